@@ -1,0 +1,57 @@
+# gomux: build, test, lint, demo, bench. Run as root on Debian for the
+# end-to-end parts (they create network namespaces and users).
+GO       ?= go
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+ARCHES   := amd64 arm64
+AGENTS   := $(foreach a,$(ARCHES),agent/dist/bin/gomux-agent-linux-$(a))
+AGENT_SRC := $(shell find agent cmd/gomux-agent -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps
+
+.PHONY: all build agents deps test unit lint fmt demo bench fuzz clean
+
+all: build
+
+# The agent is built first: gomux embeds it (go:embed in agent/dist).
+agents: $(AGENTS)
+
+agent/dist/bin/gomux-agent-linux-%: $(AGENT_SRC)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$* $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/gomux-agent
+
+build: agents
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/gomux ./cmd/gomux
+
+# Debian packages the tests, the demo and the benchmark need.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Every test: vet, staticcheck, unit tests and end-to-end tests, with -race.
+test: agents lint
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+unit: agents
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+lint: agents
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+fuzz: agents
+	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./agent
+
+# demo: three targets, the same work directly and through gomux.
+demo: deps build
+	GOMUX_DEMO=1 $(GO) test -count=1 -timeout 10m -run '^TestDemo$$' -v ./integration
+
+bench: deps build
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench . -benchtime 1x ./integration
+
+clean:
+	rm -rf bin $(AGENTS)

@@ -1,0 +1,235 @@
+// Package agent is the program gomux runs on each target and the client
+// gomux uses to talk to it. One agent serves every session, file operation
+// and port forward of one (target, user) over yamux on its stdin/stdout, so
+// a task costs a stream, not a new SSH channel and process.
+//
+// The package knows nothing of Ansible or of gomux's front: it runs on
+// targets. Its wire protocol is written down in PROTOCOL.md.
+package agent
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// ProtocolVersion changes whenever a frame or request changes meaning.
+// gomux embeds the agent it speaks to, so both ends always match; the
+// check catches a stale binary under a reused name.
+const ProtocolVersion = 1
+
+// Banner starts the agent's output, followed by a space, the protocol
+// version and a newline. Everything before it (login-shell noise) is skipped.
+const Banner = "GOMUX-AGENT"
+
+// MaxFrame bounds a frame's payload so a corrupt length never makes either
+// side allocate more than this.
+const MaxFrame = 1 << 20
+
+// Frame types.
+const (
+	frameRequest   byte = 1  // client → agent: JSON request header
+	frameOK        byte = 2  // agent → client: JSON result
+	frameError     byte = 3  // agent → client: JSON RemoteError
+	frameStdin     byte = 4  // exec: data
+	frameStdinEOF  byte = 5  // exec: no payload
+	frameResize    byte = 6  // exec: JSON windowSize
+	frameSignal    byte = 7  // exec: signal name
+	frameStdout    byte = 8  // exec: data
+	frameStderr    byte = 9  // exec: data
+	frameStdoutEOF byte = 10 // exec
+	frameStderrEOF byte = 11 // exec
+	frameExit      byte = 12 // exec: JSON ExitStatus
+	frameRead      byte = 13 // file: JSON readReq
+	frameData      byte = 14 // file: id(4) eof(1) data
+	frameWrite     byte = 15 // file: id(4) offset(8) data
+	frameFstat     byte = 16 // file: no payload
+	frameClose     byte = 17 // file: no payload
+)
+
+// writeFrame sends one frame. Callers serialize writes on a stream.
+func writeFrame(w io.Writer, typ byte, payload []byte) error {
+	if len(payload) > MaxFrame {
+		return fmt.Errorf("frame of %d bytes exceeds %d", len(payload), MaxFrame)
+	}
+	var hdr [5]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
+	if len(payload) == 0 {
+		_, err := w.Write(hdr[:])
+		return err
+	}
+	// One write, so a frame is never interleaved on the stream.
+	buf := make([]byte, 5+len(payload))
+	copy(buf, hdr[:])
+	copy(buf[5:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+func writeJSON(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFrame(w, typ, b)
+}
+
+// ErrFrameTooLarge is a frame whose length exceeds MaxFrame.
+var ErrFrameTooLarge = errors.New("agent: frame too large")
+
+// readFrame reads one frame, checking the length before allocating.
+func readFrame(r io.Reader) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > MaxFrame {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	if n == 0 {
+		return hdr[0], nil, nil
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return hdr[0], p, nil
+}
+
+// request is the header of every stream. Op selects the RPC; the other
+// fields are the RPC's arguments, unused ones omitted.
+type request struct {
+	Op      string       `json:"op"`
+	Version int          `json:"version,omitempty"`
+	Exec    *ExecRequest `json:"exec,omitempty"`
+	Path    string       `json:"path,omitempty"`
+	Path2   string       `json:"path2,omitempty"`
+	Flag    int          `json:"flag,omitempty"`
+	Mode    uint32       `json:"mode,omitempty"`
+	Bool    bool         `json:"bool,omitempty"`
+	Attr    *wireAttr    `json:"attr,omitempty"`
+	Network string       `json:"network,omitempty"`
+	Address string       `json:"address,omitempty"`
+	Timeout int64        `json:"timeout_ms,omitempty"`
+}
+
+func decodeRequest(p []byte) (*request, error) {
+	var r request
+	if err := json.Unmarshal(p, &r); err != nil {
+		return nil, fmt.Errorf("agent: bad request header: %w", err)
+	}
+	if r.Op == "" {
+		return nil, errors.New("agent: request without op")
+	}
+	return &r, nil
+}
+
+// Info describes the agent and the account it runs as; gomux uses it to
+// answer questions (home directory, user) without a round trip.
+type Info struct {
+	ProtocolVersion int    `json:"protocol_version"`
+	AgentVersion    string `json:"agent_version"`
+	UID             int    `json:"uid"`
+	GID             int    `json:"gid"`
+	User            string `json:"user"`
+	Home            string `json:"home"`
+	Shell           string `json:"shell"`
+	Arch            string `json:"arch"`
+	Hostname        string `json:"hostname"`
+}
+
+// Pty asks for a terminal, as an SSH pty-req does.
+type Pty struct {
+	Term                          string
+	Cols, Rows, WidthPx, HeightPx uint32
+	// Modes are RFC 4254 encoded terminal modes.
+	Modes []byte
+}
+
+// ExecRequest starts a process. With Command it runs through the login
+// shell's -c like sshd; with Argv directly; with neither, an interactive
+// login shell.
+type ExecRequest struct {
+	Command string
+	Argv    []string
+	Env     []string
+	Pty     *Pty
+	Dir     string
+}
+
+// ExitStatus is how a process ended: a code, or the signal that killed it.
+type ExitStatus struct {
+	Code       int
+	Signal     string // SSH name, without "SIG"
+	CoreDumped bool
+}
+
+type windowSize struct {
+	Cols, Rows, WidthPx, HeightPx uint32
+}
+
+type readReq struct {
+	ID  uint32 `json:"id"`
+	Off int64  `json:"off"`
+	N   int    `json:"n"`
+}
+
+// RemoteError is an error that happened on the target. Errno is set for OS
+// errors, so errors.Is(err, fs.ErrNotExist) works across the wire.
+type RemoteError struct {
+	Op    string        `json:"op"`
+	Path  string        `json:"path,omitempty"`
+	Msg   string        `json:"msg"`
+	Errno syscall.Errno `json:"errno,omitempty"`
+}
+
+func (e *RemoteError) Error() string {
+	if e.Path != "" {
+		return fmt.Sprintf("%s %s: %s", e.Op, e.Path, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Op, e.Msg)
+}
+
+// Unwrap exposes the errno for errors.Is.
+func (e *RemoteError) Unwrap() error {
+	if e.Errno != 0 {
+		return e.Errno
+	}
+	return nil
+}
+
+func toRemoteError(op, path string, err error) *RemoteError {
+	re := &RemoteError{Op: op, Path: path, Msg: err.Error()}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		re.Errno = errno
+		re.Msg = errno.Error()
+	}
+	return re
+}
+
+// YamuxConfig is shared by both ends. Liveness comes from SSH keepalives
+// on the carrying connection, so yamux's own keepalive is off; and its
+// write timeout is long, because a stream back-pressured by a slow reader
+// during bulk data is busy, not dead.
+func YamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.EnableKeepAlive = false
+	c.ConnectionWriteTimeout = 5 * time.Minute
+	c.StreamOpenTimeout = 2 * time.Minute
+	c.MaxStreamWindowSize = 4 << 20
+	c.LogOutput = io.Discard
+	c.Logger = nil
+	return c
+}

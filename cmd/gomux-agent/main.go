@@ -1,0 +1,70 @@
+// Command gomux-agent runs on targets, started by gomux over one SSH exec
+// channel: `gomux-agent serve` speaks the agent protocol on stdin/stdout
+// until stdin closes. It is not meant to be run by hand.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gomux/gomux/agent"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve|version")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "version":
+		fmt.Println("gomux-agent", version)
+	case "serve":
+		os.Exit(serve())
+	default:
+		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve|version")
+		os.Exit(2)
+	}
+}
+
+func serve() int {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The protocol owns the original stdin and stdout. Point fds 0 and 1 at
+	// /dev/null so nothing else (a child, a stray print) can write into the
+	// multiplexed stream.
+	in, err := unix.FcntlInt(0, unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		log.Error("dup stdin", "err", err)
+		return 1
+	}
+	out, err := unix.FcntlInt(1, unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		log.Error("dup stdout", "err", err)
+		return 1
+	}
+	null, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		log.Error("open /dev/null", "err", err)
+		return 1
+	}
+	unix.Dup3(null, 0, 0)
+	unix.Dup3(null, 1, 0)
+	unix.Close(null)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT)
+	defer stop()
+	s := &agent.Server{Version: version, Log: log}
+	if err := s.Serve(ctx, os.NewFile(uintptr(in), "agent-in"), os.NewFile(uintptr(out), "agent-out")); err != nil {
+		log.Error("serve", "err", err)
+		return 1
+	}
+	return 0
+}

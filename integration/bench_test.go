@@ -1,0 +1,91 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/gomux/gomux/integration/harness"
+)
+
+// median runs fn n times and returns the median duration.
+func median(b *testing.B, n int, fn func() error) time.Duration {
+	var ds []time.Duration
+	for range n {
+		start := time.Now()
+		if err := fn(); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2]
+}
+
+// BenchmarkJumpLatency is the latency of `ssh -J gomux host true` against a
+// plain OpenSSH jump host (one of the lab's sshd targets), both warm,
+// median of 20, at the lab RTT set by GOMUX_BENCH_RTT (default 0).
+func BenchmarkJumpLatency(b *testing.B) {
+	rtt := time.Duration(0)
+	if v := os.Getenv("GOMUX_BENCH_RTT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rtt = d
+	}
+	lab := harness.Start(b, harness.Options{Targets: 2, RTT: rtt})
+	g := startGomux(b, lab, gomuxOptions{})
+	jump, target := lab.Targets[0], lab.Targets[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	plainCfg := filepath.Join(b.TempDir(), "ssh_config")
+	must(b, os.WriteFile(plainCfg, []byte(fmt.Sprintf(`Host jump
+  HostName %s
+Host *
+  User %s
+  IdentityFile %s
+  IdentitiesOnly yes
+  UserKnownHostsFile %s
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+`, jump.Addr, lab.User, lab.ClientKey, lab.KnownHostsFile())), 0o600))
+	run := func(cmd *exec.Cmd) func() error {
+		return func() error {
+			c := exec.CommandContext(ctx, cmd.Args[0], cmd.Args[1:]...)
+			if out, err := c.CombinedOutput(); err != nil {
+				return fmt.Errorf("%v: %v\n%s", c.Args, err, out)
+			}
+			return nil
+		}
+	}
+	viaGomux := run(g.SSH(ctx, target.Addr, "true"))
+	viaPlain := run(exec.Command("ssh", "-F", plainCfg, "-J", "jump", target.Addr, "true"))
+	// Warm both paths: gomux's pool and agent, the targets' page cache.
+	for range 3 {
+		if err := viaGomux(); err != nil {
+			b.Fatal(err)
+		}
+		if err := viaPlain(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	var mg, mp time.Duration
+	for range b.N {
+		mg = median(b, 20, viaGomux)
+		mp = median(b, 20, viaPlain)
+	}
+	b.ReportMetric(float64(mg.Microseconds())/1000, "gomux-ms")
+	b.ReportMetric(float64(mp.Microseconds())/1000, "openssh-jump-ms")
+	b.ReportMetric(mg.Seconds()/mp.Seconds(), "ratio")
+	fmt.Printf("ssh -J ... true, warm, median of 20, RTT %v: gomux %v, OpenSSH jump host %v (ratio %.2f)\n",
+		rtt, mg.Round(time.Millisecond), mp.Round(time.Millisecond), mg.Seconds()/mp.Seconds())
+}

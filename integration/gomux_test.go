@@ -1,0 +1,262 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomux/gomux/integration/harness"
+)
+
+// gomuxBinary is built once per test binary, with the agents embedded.
+type builtBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var build builtBinary // set once, read-only afterwards
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+func gomuxBinary(t testing.TB) string {
+	build.once.Do(func() {
+		root := repoRoot()
+		if _, err := os.Stat(filepath.Join(root, "agent/dist/bin/gomux-agent-linux-amd64")); err != nil {
+			build.err = fmt.Errorf("agent binaries are not built: run `make agents` (or make test) first")
+			return
+		}
+		dir, err := os.MkdirTemp("", "gomux-bin-")
+		if err != nil {
+			build.err = err
+			return
+		}
+		build.path = filepath.Join(dir, "gomux")
+		cmd := exec.Command("go", "build", "-o", build.path, "./cmd/gomux")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
+	}
+	return build.path
+}
+
+// Gomux is one gomux process under test.
+type Gomux struct {
+	t      testing.TB
+	Addr   string
+	Port   int
+	Dir    string
+	cmd    *exec.Cmd
+	logMu  sync.Mutex
+	logBuf bytes.Buffer
+	done   chan struct{}
+	// SSHConfig is an ssh_config with `Host gomux` and the client key.
+	SSHConfig  string
+	KnownHosts string
+}
+
+// gomuxOptions tweak the config a test runs gomux with.
+type gomuxOptions struct {
+	// Targets is the YAML of the targets: list; default accelerates the
+	// lab's targets.
+	Targets string
+	// Extra is appended to the upstream: section.
+	Upstream string
+	// StateDir reuses a state dir (a second gomux sharing the host CA).
+	StateDir string
+	// KnownHosts overrides the upstream known_hosts file.
+	KnownHosts string
+}
+
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
+	t.Helper()
+	bin := gomuxBinary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	state := o.StateDir
+	if state == "" {
+		state = filepath.Join(dir, "state")
+	}
+	kh := o.KnownHosts
+	if kh == "" {
+		kh = lab.KnownHostsFile()
+	}
+	authKeys := filepath.Join(dir, "authorized_keys")
+	pub, err := os.ReadFile(lab.ClientKey + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.WriteFile(authKeys, pub, 0o600))
+	targets := o.Targets
+	if targets == "" {
+		var ips []string
+		for _, tg := range lab.Targets {
+			ips = append(ips, fmt.Sprintf("%q", tg.Addr))
+		}
+		targets = fmt.Sprintf("  - hosts: [%s]\n    mode: accelerate\n", strings.Join(ips, ", "))
+	}
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
+state_dir: %s
+log_level: debug
+drain_timeout: 5s
+auth:
+  authorized_keys: [%s]
+upstream:
+  identity_files: [%s]
+  use_ssh_agent: false
+  known_hosts: [%s]
+  keepalive_interval: 2s
+  keepalive_count_max: 3
+%s
+targets:
+%s`, port, state, authKeys, lab.ClientKey, kh, o.Upstream, targets)
+	cfgPath := filepath.Join(dir, "gomux.yaml")
+	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
+
+	g := &Gomux{t: t, Addr: fmt.Sprintf("127.0.0.1:%d", port), Port: port, Dir: dir, done: make(chan struct{})}
+	g.cmd = exec.Command(bin, "serve", "-config", cfgPath)
+	g.cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK=")
+	stderr, err := g.cmd.StderrPipe()
+	must(t, err)
+	must(t, g.cmd.Start())
+	go func() {
+		defer close(g.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			g.logMu.Lock()
+			g.logBuf.Write(sc.Bytes())
+			g.logBuf.WriteByte('\n')
+			g.logMu.Unlock()
+		}
+		g.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		g.Stop()
+		if t.Failed() {
+			t.Logf("gomux log:\n%s", g.Log())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("tcp", g.Addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-g.done:
+			t.Fatalf("gomux exited at start:\n%s", g.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gomux did not listen on %s:\n%s", g.Addr, g.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, err := exec.Command(bin, "ca", "-state", state).Output()
+	must(t, err)
+	g.KnownHosts = filepath.Join(dir, "client_known_hosts")
+	must(t, os.WriteFile(g.KnownHosts, out, 0o600))
+	g.SSHConfig = filepath.Join(dir, "ssh_config")
+	must(t, os.WriteFile(g.SSHConfig, []byte(fmt.Sprintf(`Host gomux
+  HostName 127.0.0.1
+  Port %d
+  HostKeyAlias gomux
+Host *
+  User %s
+  IdentityFile %s
+  IdentitiesOnly yes
+  UserKnownHostsFile %s
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+  ConnectTimeout 10
+  LogLevel ERROR
+`, port, lab.User, lab.ClientKey, g.KnownHosts)), 0o600))
+	return g
+}
+
+// Stop sends SIGTERM and waits for the drain.
+func (g *Gomux) Stop() {
+	if g.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-g.done:
+		return
+	default:
+	}
+	g.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-g.done:
+	case <-time.After(15 * time.Second):
+		g.cmd.Process.Kill()
+		<-g.done
+	}
+}
+
+// Log returns everything gomux logged so far.
+func (g *Gomux) Log() string {
+	g.logMu.Lock()
+	defer g.logMu.Unlock()
+	return g.logBuf.String()
+}
+
+// Events returns the JSON log events with the given "event" field.
+func (g *Gomux) Events(name string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(g.Log(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["event"] == name {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// SSH returns a real ssh client going through gomux to target.
+func (g *Gomux) SSH(ctx context.Context, target string, args ...string) *exec.Cmd {
+	a := append([]string{"-F", g.SSHConfig, "-J", "gomux", target}, args...)
+	return exec.CommandContext(ctx, "ssh", a...)
+}
+
+// SSHArgs returns the client options without the destination, for sftp/scp.
+func (g *Gomux) ClientArgs() []string {
+	return []string{"-F", g.SSHConfig, "-J", "gomux"}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

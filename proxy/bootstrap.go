@@ -1,0 +1,328 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/agent/dist"
+)
+
+// Launcher status lines. The launcher prints one of these, or execs the
+// agent, which prints agent.Banner.
+const (
+	needAgentLine = "GOMUX-NEED-AGENT"
+	noAgentLine   = "GOMUX-NO-AGENT"
+	uploadedLine  = "GOMUX-UPLOADED"
+)
+
+// launcherScript starts the cached agent if its hash verifies. It runs
+// under /bin/sh whatever the login shell is, and costs one round trip on a
+// warm target.
+func launcherScript(bins map[string]dist.Binary) string {
+	var cases strings.Builder
+	for _, b := range bins {
+		switch b.Arch {
+		case "amd64":
+			fmt.Fprintf(&cases, "x86_64|amd64) h=%s ;; ", b.SHA256)
+		case "arm64":
+			fmt.Fprintf(&cases, "aarch64|arm64) h=%s ;; ", b.SHA256)
+		}
+	}
+	// No umask here: the agent and every command it runs inherit this
+	// shell's, which must stay the one sshd gave the login.
+	script := `m=$(uname -m); case "$m" in ` + cases.String() +
+		`*) echo "` + noAgentLine + ` no agent build for machine $m"; exit 0 ;; esac; ` +
+		`f="$HOME/.cache/gomux/agent-$h"; ` +
+		`if [ -f "$f" ] && [ "$(sha256sum < "$f" 2>/dev/null | cut -c1-64)" = "$h" ]; then exec "$f" serve; fi; ` +
+		`echo "` + needAgentLine + ` $h $m"`
+	return "exec /bin/sh -c " + shellQuote(script)
+}
+
+// uploadScript writes the agent from stdin into the per-user cache under a
+// temporary name, verifies it, and renames it into place, so a broken
+// transfer never leaves a file the launcher would run.
+func uploadScript(hash string) string {
+	script := `umask 077; d="$HOME/.cache/gomux"; t="$d/.agent-` + hash + `.$$"; ` +
+		`mkdir -p "$d" && cat > "$t" && [ "$(sha256sum < "$t" | cut -c1-64)" = "` + hash + `" ] && chmod 700 "$t" && mv -f "$t" "$d/agent-` + hash + `" && echo ` + uploadedLine + ` && exit 0; ` +
+		`rm -f "$t"; exit 1`
+	return "exec /bin/sh -c " + shellQuote(script)
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
+
+// errNeedAgent means the target has no verified copy of the agent.
+type errNeedAgent struct{ arch string }
+
+func (e errNeedAgent) Error() string { return "agent not cached on target (" + e.arch + ")" }
+
+// fallbackError means the agent cannot run on this target; the reason is
+// logged once and the target is served by forwarding channels.
+type fallbackError struct{ reason string }
+
+func (e fallbackError) Error() string { return e.reason }
+
+// agentClient returns the running agent, starting it if needed. Only one
+// start runs at a time per upstream; others wait for it.
+func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
+	for {
+		u.amu.Lock()
+		if u.fallback != "" {
+			u.amu.Unlock()
+			return nil, nil
+		}
+		if u.agent != nil {
+			select {
+			case <-u.agent.Done():
+				u.agent = nil
+			default:
+				a := u.agent
+				u.amu.Unlock()
+				return a, nil
+			}
+		}
+		if u.starting != nil {
+			ch := u.starting
+			u.amu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if !*u.pool.cfg.Agent || len(u.pool.agents) == 0 {
+			reason := "agent disabled in config"
+			if *u.pool.cfg.Agent {
+				reason = "this gomux build embeds no agent binaries (build with make)"
+			}
+			u.fallback = reason
+			u.amu.Unlock()
+			u.logger().Warn().Str("event", "agent_fallback").Str("reason", reason).Msg("serving target without agent")
+			return nil, nil
+		}
+		ch := make(chan struct{})
+		u.starting = ch
+		u.amu.Unlock()
+
+		a, err := u.startAgent(ctx)
+
+		u.amu.Lock()
+		u.starting = nil
+		close(ch)
+		var fb fallbackError
+		switch {
+		case errors.As(err, &fb):
+			u.fallback = fb.reason
+			u.amu.Unlock()
+			u.logger().Warn().Str("event", "agent_fallback").Str("reason", fb.reason).Msg("serving target without agent")
+			return nil, nil
+		case err != nil:
+			u.amu.Unlock()
+			return nil, err
+		}
+		u.agent = a
+		u.amu.Unlock()
+		return a, nil
+	}
+}
+
+func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
+	log := u.logger()
+	start := time.Now()
+	a, err := u.launch(ctx)
+	var need errNeedAgent
+	uploaded := false
+	if errors.As(err, &need) {
+		if err := u.upload(ctx, need.arch); err != nil {
+			return nil, err
+		}
+		uploaded = true
+		a, err = u.launch(ctx)
+	}
+	if err != nil {
+		log.Warn().Str("event", "agent_start").Err(err).Dur("duration", time.Since(start)).Msg("agent start failed")
+		return nil, err
+	}
+	info := a.Info()
+	log.Info().Str("event", "agent_start").Bool("uploaded", uploaded).Str("agent_version", info.AgentVersion).
+		Str("arch", info.Arch).Dur("duration", time.Since(start)).Msg("agent started")
+	return a, nil
+}
+
+// launch runs the launcher on a new exec channel and, when the agent starts,
+// returns a client speaking yamux over that channel's stdio.
+func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
+	sess, err := u.client.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("open agent channel: %w", err)
+	}
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	stderr := &boundedBuffer{max: 64 << 10}
+	sess.Stderr = stderr
+	if err := sess.Start(launcherScript(u.pool.agents)); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("start agent launcher: %w", err)
+	}
+	br := bufio.NewReaderSize(stdout, 64<<10)
+	status, err := readLauncherStatus(br)
+	if err != nil {
+		sess.Close()
+		waitErr := sess.Wait()
+		return nil, fallbackError{reason: fmt.Sprintf("agent did not start: %v (%v) stderr: %q", err, waitErr, stderr.String())}
+	}
+	switch {
+	case strings.HasPrefix(status, needAgentLine):
+		sess.Close()
+		f := strings.Fields(status)
+		if len(f) < 3 {
+			return nil, fallbackError{reason: "launcher said " + status}
+		}
+		return nil, errNeedAgent{arch: archOf(f[2])}
+	case strings.HasPrefix(status, noAgentLine):
+		sess.Close()
+		return nil, fallbackError{reason: strings.TrimSpace(strings.TrimPrefix(status, noAgentLine))}
+	}
+	// status is the banner line; hand it back to the client with the rest.
+	r := io.MultiReader(strings.NewReader(status+"\n"), br)
+	a, err := agent.NewClient(ctx, r, stdin)
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("agent handshake: %w", err)
+	}
+	// The session's owner is the agent client: when it ends, the channel is
+	// closed, which closes the agent's stdin and makes it exit.
+	u.pool.wg.Add(1)
+	go func() {
+		defer u.pool.wg.Done()
+		select {
+		case <-a.Done():
+		case <-u.dead:
+			a.Close()
+		}
+		sess.Close()
+		if s := stderr.String(); s != "" {
+			u.logger().Info().Str("event", "agent_exit").Str("agent_stderr", s).Msg("agent session ended")
+		} else {
+			u.logger().Info().Str("event", "agent_exit").Msg("agent session ended")
+		}
+	}()
+	return a, nil
+}
+
+func archOf(machine string) string {
+	switch machine {
+	case "x86_64", "amd64":
+		return "amd64"
+	case "aarch64", "arm64":
+		return "arm64"
+	}
+	return machine
+}
+
+// readLauncherStatus skips login-shell noise and returns the first line
+// that is a launcher status or the agent banner.
+func readLauncherStatus(br *bufio.Reader) (string, error) {
+	skipped := 0
+	for skipped < 64<<10 {
+		line, err := br.ReadString('\n')
+		skipped += len(line)
+		t := strings.TrimRight(line, "\r\n")
+		if strings.HasPrefix(t, needAgentLine) || strings.HasPrefix(t, noAgentLine) || strings.HasPrefix(t, agent.Banner+" ") {
+			return t, nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("launcher output ended: %w", err)
+		}
+	}
+	return "", errors.New("no agent banner in the first 64 KiB of output")
+}
+
+func (u *upstream) upload(ctx context.Context, arch string) error {
+	bin, ok := u.pool.agents[arch]
+	if !ok {
+		return fallbackError{reason: "no agent build for " + arch}
+	}
+	start := time.Now()
+	sess, err := u.client.NewSession()
+	if err != nil {
+		return fmt.Errorf("open upload channel: %w", err)
+	}
+	defer sess.Close()
+	var out bytes.Buffer
+	stderr := &boundedBuffer{max: 64 << 10}
+	sess.Stdout = &out
+	sess.Stderr = stderr
+	sess.Stdin = bytes.NewReader(bin.Data)
+	done := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		done <- sess.Run(uploadScript(bin.SHA256))
+	}()
+	defer wg.Wait()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		sess.Close()
+		return ctx.Err()
+	}
+	var exitErr *gossh.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		return fmt.Errorf("upload agent: %w", err)
+	}
+	if err != nil || !strings.Contains(out.String(), uploadedLine) {
+		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/.cache/gomux: %v stderr: %q", err, stderr.String())}
+	}
+	u.logger().Info().Str("event", "agent_upload").Str("arch", arch).Str("sha256", bin.SHA256).
+		Int("bytes", len(bin.Data)).Dur("duration", time.Since(start)).Msg("agent uploaded")
+	return nil
+}
+
+// boundedBuffer keeps the first max bytes written to it: enough stderr to
+// explain a failure, never unbounded memory.
+type boundedBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   bytes.Buffer
+}
+
+func (b *boundedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := b.max - b.b.Len(); room > 0 {
+		if len(p) > room {
+			b.b.Write(p[:room])
+		} else {
+			b.b.Write(p)
+		}
+	}
+	return len(p), nil
+}
+
+func (b *boundedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.TrimSpace(b.b.String())
+}

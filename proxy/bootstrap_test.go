@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/agent/dist"
+)
+
+// fakeAgent is a shell script standing in for the agent binary: the
+// launcher and upload scripts only care that it verifies and runs.
+func fakeAgent(t *testing.T) dist.Binary {
+	data := []byte("#!/bin/sh\necho \"" + agent.Banner + " 1 $1\"\n")
+	sum := sha256.Sum256(data)
+	arch := map[string]string{"x86_64": "amd64", "aarch64": "arm64"}[machine(t)]
+	return dist.Binary{Arch: arch, SHA256: hex.EncodeToString(sum[:]), Data: data}
+}
+
+func machine(t *testing.T) string {
+	out, err := exec.Command("uname", "-m").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func runScript(t *testing.T, home, script string, stdin []byte) (string, int) {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.Env = []string{"HOME=" + home, "PATH=/usr/bin:/bin"}
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.Output()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+func TestLauncherUploadAndVerify(t *testing.T) {
+	home := t.TempDir()
+	bin := fakeAgent(t)
+	bins := map[string]dist.Binary{bin.Arch: bin}
+
+	out, _ := runScript(t, home, launcherScript(bins), nil)
+	if !strings.HasPrefix(out, needAgentLine+" "+bin.SHA256) {
+		t.Fatalf("cold launcher said %q", out)
+	}
+	// A corrupted transfer is refused and leaves nothing to run.
+	out, code := runScript(t, home, uploadScript(bin.SHA256), bin.Data[:10])
+	if code == 0 || strings.Contains(out, uploadedLine) {
+		t.Fatalf("truncated upload accepted: %q %d", out, code)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(home, ".cache/gomux")); len(ents) != 0 {
+		t.Fatalf("truncated upload left %v", ents)
+	}
+	out, code = runScript(t, home, uploadScript(bin.SHA256), bin.Data)
+	if code != 0 || !strings.Contains(out, uploadedLine) {
+		t.Fatalf("upload: %q %d", out, code)
+	}
+	fi, err := os.Stat(filepath.Join(home, ".cache/gomux/agent-"+bin.SHA256))
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("cached agent: %v %v", fi, err)
+	}
+	out, _ = runScript(t, home, launcherScript(bins), nil)
+	if out != agent.Banner+" 1 serve\n" {
+		t.Fatalf("warm launcher said %q", out)
+	}
+	// A cached file that no longer matches its hash is never run.
+	p := filepath.Join(home, ".cache/gomux/agent-"+bin.SHA256)
+	os.WriteFile(p, []byte("#!/bin/sh\necho tampered\n"), 0o700)
+	out, _ = runScript(t, home, launcherScript(bins), nil)
+	if !strings.HasPrefix(out, needAgentLine) {
+		t.Fatalf("tampered agent: launcher said %q", out)
+	}
+}
+
+func TestLauncherUnknownArch(t *testing.T) {
+	out, _ := runScript(t, t.TempDir(), launcherScript(map[string]dist.Binary{"riscv64x": {Arch: "riscv64x"}}), nil)
+	if !strings.HasPrefix(out, noAgentLine) {
+		t.Fatalf("launcher said %q", out)
+	}
+}
+
+func TestReadLauncherStatusSkipsNoise(t *testing.T) {
+	in := "Welcome to host\nlast login...\n" + agent.Banner + " 1\nrest"
+	br := bufio.NewReader(strings.NewReader(in))
+	st, err := readLauncherStatus(br)
+	if err != nil || st != agent.Banner+" 1" {
+		t.Fatalf("%q %v", st, err)
+	}
+	if rest, _ := br.ReadString(0); rest != "rest" {
+		t.Errorf("consumed past the banner: %q", rest)
+	}
+	if _, err := readLauncherStatus(bufio.NewReader(strings.NewReader("just noise\n"))); err == nil {
+		t.Error("EOF without banner accepted")
+	}
+	if _, err := readLauncherStatus(bufio.NewReader(strings.NewReader(strings.Repeat("x", 70<<10)))); err == nil {
+		t.Error("endless noise accepted")
+	}
+}

@@ -1,0 +1,366 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is everything an operator can set. The zero value is not usable;
+// Defaults and LoadConfig return a Config whose every field holds either the
+// operator's value or its documented default, so the rest of the proxy never
+// has to know which.
+type Config struct {
+	// Listen is the front address. Default 127.0.0.1:2222, so a laptop or CI
+	// runner can start gomux without exposing it.
+	Listen string `yaml:"listen"`
+	// StateDir holds the front host key, the host CA and the trust-on-first-use
+	// known_hosts. Default $XDG_STATE_HOME/gomux, else ~/.local/state/gomux.
+	StateDir string `yaml:"state_dir"`
+	// HostCertValidity is how long a minted host certificate is valid. Default 24h.
+	HostCertValidity Duration `yaml:"host_cert_validity"`
+	// DrainTimeout is how long SIGTERM waits for running channels. Default 30s.
+	DrainTimeout Duration `yaml:"drain_timeout"`
+	// LogLevel is one of debug, info, warn, error. Default info.
+	LogLevel string `yaml:"log_level"`
+
+	Auth     AuthConfig     `yaml:"auth"`
+	Upstream UpstreamConfig `yaml:"upstream"`
+	// Targets are the access rules, first match wins; a target no rule
+	// matches is denied. Default: one rule accelerating every host, the
+	// personal-use case where the operator is the only user.
+	Targets []TargetRule `yaml:"targets"`
+}
+
+// AuthConfig says which client keys the front accepts.
+type AuthConfig struct {
+	// AuthorizedKeys files, in OpenSSH authorized_keys format. Default: the
+	// running user's ~/.ssh/authorized_keys.
+	AuthorizedKeys []string `yaml:"authorized_keys"`
+	// UserCAKeys files, each holding CA public keys (authorized_keys format)
+	// whose user certificates are accepted when a principal matches the login
+	// name. Default none.
+	UserCAKeys []string `yaml:"user_ca_keys"`
+}
+
+// UpstreamConfig says how gomux reaches targets.
+type UpstreamConfig struct {
+	// IdentityFiles are private keys offered to targets. Default: the
+	// running user's ~/.ssh/id_ed25519, id_ecdsa and id_rsa that exist.
+	IdentityFiles []string `yaml:"identity_files"`
+	// UseSSHAgent offers the keys of the ssh-agent at gomux's SSH_AUTH_SOCK.
+	// Default true (ignored when SSH_AUTH_SOCK is unset).
+	UseSSHAgent *bool `yaml:"use_ssh_agent"`
+	// KnownHosts files verify target host keys (@cert-authority honoured).
+	// Default ~/.ssh/known_hosts.
+	KnownHosts []string `yaml:"known_hosts"`
+	// TrustOnFirstUse accepts and records the key of a target that no
+	// known_hosts file names, in <state_dir>/known_hosts. Default false.
+	TrustOnFirstUse bool `yaml:"trust_on_first_use"`
+	// ConnectTimeout bounds TCP connect plus SSH handshake. Default 10s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// KeepaliveInterval is the SSH keepalive period. Default 15s.
+	KeepaliveInterval Duration `yaml:"keepalive_interval"`
+	// KeepaliveCountMax unanswered keepalives close the connection. Default 3.
+	KeepaliveCountMax int `yaml:"keepalive_count_max"`
+	// IdleTimeout closes an upstream connection no one has used for this
+	// long. Default 10m.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// Agent runs gomux-agent on targets. Default true; false serves every
+	// target by forwarding channels, as in fallback.
+	Agent *bool `yaml:"agent"`
+	// AcceptEnv lists the env request names passed to commands, like sshd's
+	// AcceptEnv (* wildcards). Default LANG, LC_*.
+	AcceptEnv []string `yaml:"accept_env"`
+}
+
+// TargetRule grants access to a set of hosts.
+type TargetRule struct {
+	// Hosts are shell patterns (*, ?, [..]) matched against the host exactly
+	// as the client requested it. Required.
+	Hosts []string `yaml:"hosts"`
+	// Ports limits the ports. Default: any.
+	Ports []int `yaml:"ports"`
+	// Users limits the front login names. Default: any authenticated user.
+	Users []string `yaml:"users"`
+	// RemoteUsers limits the user names on the target. Default: any.
+	RemoteUsers []string `yaml:"remote_users"`
+	// Mode is accelerate (default), splice or deny.
+	Mode Mode `yaml:"mode"`
+}
+
+// Mode is what the front does with a forwarding request.
+type Mode string
+
+// The modes a target rule can select.
+const (
+	// ModeAccelerate terminates the inner SSH session in gomux.
+	ModeAccelerate Mode = "accelerate"
+	// ModeSplice copies bytes to the target like a plain jump host.
+	ModeSplice Mode = "splice"
+	// ModeDeny refuses the request.
+	ModeDeny Mode = "deny"
+)
+
+// Duration is a time.Duration written as "10s" or "5m" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML reads Go duration syntax, so units are always explicit.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use units, e.g. 10s or 5m)", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// FieldError names the config field that is wrong, so the operator does not
+// have to guess which of several similar values was meant.
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// LoadConfig reads a YAML config file. An empty path means no file: every
+// default applies. Unknown fields are errors, so a typo never silently
+// becomes a default.
+func LoadConfig(path string) (*Config, error) {
+	var c Config
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("config %s: %w", path, nameFields(b, err))
+		}
+	}
+	if err := c.applyDefaults(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		if path != "" {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return &c, nil
+}
+
+var lineRE = regexp.MustCompile(`line (\d+): `)
+
+// nameFields rewrites yaml's "line N: cannot unmarshal ..." into
+// "FIELD (line N): ...", because an operator looks for the field.
+func nameFields(src []byte, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	var root yaml.Node
+	if yaml.Unmarshal(src, &root) != nil {
+		return err
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, m := range te.Errors {
+		if sm := lineRE.FindStringSubmatch(m); sm != nil {
+			line, _ := strconv.Atoi(sm[1])
+			if f := fieldAtLine(&root, line, ""); f != "" {
+				m = f + " (" + strings.TrimSuffix(sm[0], ": ") + "): " + m[len(sm[0]):]
+			}
+		}
+		msgs = append(msgs, m)
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// fieldAtLine returns the dotted path of the innermost key whose value
+// starts on line.
+func fieldAtLine(n *yaml.Node, line int, prefix string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if f := fieldAtLine(c, line, prefix); f != "" {
+				return f
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if prefix != "" {
+				p = prefix + "." + k.Value
+			}
+			if f := fieldAtLine(v, line, p); f != "" {
+				return f
+			}
+			if k.Line == line || v.Line == line {
+				return p
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if f := fieldAtLine(c, line, fmt.Sprintf("%s[%d]", prefix, i)); f != "" {
+				return f
+			}
+		}
+	}
+	return ""
+}
+
+func (c *Config) applyDefaults() error {
+	home, _ := os.UserHomeDir()
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:2222"
+	}
+	if c.StateDir == "" {
+		if x := os.Getenv("XDG_STATE_HOME"); x != "" {
+			c.StateDir = filepath.Join(x, "gomux")
+		} else if home != "" {
+			c.StateDir = filepath.Join(home, ".local", "state", "gomux")
+		} else {
+			return &FieldError{"state_dir", errors.New("no default: neither XDG_STATE_HOME nor a home directory is set")}
+		}
+	}
+	if c.HostCertValidity == 0 {
+		c.HostCertValidity = Duration(24 * time.Hour)
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = Duration(30 * time.Second)
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.Auth.AuthorizedKeys == nil && home != "" {
+		c.Auth.AuthorizedKeys = []string{filepath.Join(home, ".ssh", "authorized_keys")}
+	}
+	u := &c.Upstream
+	if u.IdentityFiles == nil && home != "" {
+		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+			p := filepath.Join(home, ".ssh", n)
+			if _, err := os.Stat(p); err == nil {
+				u.IdentityFiles = append(u.IdentityFiles, p)
+			}
+		}
+	}
+	if u.UseSSHAgent == nil {
+		t := true
+		u.UseSSHAgent = &t
+	}
+	if u.KnownHosts == nil && home != "" {
+		u.KnownHosts = []string{filepath.Join(home, ".ssh", "known_hosts")}
+	}
+	if u.ConnectTimeout == 0 {
+		u.ConnectTimeout = Duration(10 * time.Second)
+	}
+	if u.KeepaliveInterval == 0 {
+		u.KeepaliveInterval = Duration(15 * time.Second)
+	}
+	if u.KeepaliveCountMax == 0 {
+		u.KeepaliveCountMax = 3
+	}
+	if u.IdleTimeout == 0 {
+		u.IdleTimeout = Duration(10 * time.Minute)
+	}
+	if u.Agent == nil {
+		t := true
+		u.Agent = &t
+	}
+	if u.AcceptEnv == nil {
+		u.AcceptEnv = []string{"LANG", "LC_*"}
+	}
+	if c.Targets == nil {
+		c.Targets = []TargetRule{{Hosts: []string{"*"}}}
+	}
+	for i := range c.Targets {
+		if c.Targets[i].Mode == "" {
+			c.Targets[i].Mode = ModeAccelerate
+		}
+	}
+	c.StateDir = expandHome(c.StateDir, home)
+	expandAll(c.Auth.AuthorizedKeys, home)
+	expandAll(c.Auth.UserCAKeys, home)
+	expandAll(u.IdentityFiles, home)
+	expandAll(u.KnownHosts, home)
+	return nil
+}
+
+func expandAll(ps []string, home string) {
+	for i, p := range ps {
+		ps[i] = expandHome(p, home)
+	}
+}
+
+func expandHome(p, home string) string {
+	if home != "" && (p == "~" || strings.HasPrefix(p, "~/")) {
+		return filepath.Join(home, p[1:])
+	}
+	return p
+}
+
+func (c *Config) validate() error {
+	if _, _, err := splitHostPort(c.Listen); err != nil {
+		return &FieldError{"listen", err}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return &FieldError{"log_level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel)}
+	}
+	if c.Upstream.KeepaliveCountMax < 0 {
+		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}
+	}
+	for i, r := range c.Targets {
+		f := fmt.Sprintf("targets[%d]", i)
+		if len(r.Hosts) == 0 {
+			return &FieldError{f + ".hosts", errors.New("at least one host pattern is required")}
+		}
+		for _, pats := range [][]string{r.Hosts, r.Users, r.RemoteUsers} {
+			for _, p := range pats {
+				if err := checkPattern(p); err != nil {
+					return &FieldError{f, err}
+				}
+			}
+		}
+		for _, p := range r.Ports {
+			if p < 1 || p > 65535 {
+				return &FieldError{f + ".ports", fmt.Errorf("%d is not a TCP port", p)}
+			}
+		}
+		switch r.Mode {
+		case ModeAccelerate, ModeSplice, ModeDeny:
+		default:
+			return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, deny", r.Mode)}
+		}
+	}
+	for _, p := range c.Upstream.AcceptEnv {
+		if err := checkPattern(p); err != nil {
+			return &FieldError{"upstream.accept_env", err}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,406 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+	sshagent "golang.org/x/crypto/ssh/agent"
+
+	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/agent/dist"
+)
+
+// PoolConfig is what the upstream pool needs from the operator's config.
+type PoolConfig struct {
+	Upstream UpstreamConfig
+	StateDir string
+	// Agents are the agent binaries by GOARCH; empty means every target is
+	// served in fallback mode.
+	Agents map[string]dist.Binary
+}
+
+// Pool keeps one SSH connection per (target, remote user, credential) and
+// shares it among every downstream connection that maps to it: this is what
+// turns many short-lived client sessions into one warm upstream session.
+type Pool struct {
+	cfg    UpstreamConfig
+	agents map[string]dist.Binary
+	keys   *hostKeys
+	signer []gossh.Signer
+	log    zerolog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[poolKey]*upstream
+}
+
+type poolKey struct {
+	addr, user, cred string
+}
+
+// NewPool loads the upstream credentials. Passphrase-protected identity
+// files cannot be used unattended and are reported, not skipped silently.
+func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
+	var signers []gossh.Signer
+	for _, f := range cfg.Upstream.IdentityFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.identity_files: %w", err)
+		}
+		s, err := gossh.ParsePrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("upstream.identity_files: %s: %w", f, err)
+		}
+		signers = append(signers, s)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{
+		cfg:    cfg.Upstream,
+		agents: cfg.Agents,
+		keys: &hostKeys{
+			files:    cfg.Upstream.KnownHosts,
+			tofuFile: cfg.StateDir + "/known_hosts",
+			tofu:     cfg.Upstream.TrustOnFirstUse,
+		},
+		signer: signers,
+		log:    log,
+		ctx:    ctx,
+		cancel: cancel,
+		conns:  map[poolKey]*upstream{},
+	}, nil
+}
+
+// Close ends every upstream connection and waits for their goroutines.
+func (p *Pool) Close() error {
+	p.cancel()
+	p.mu.Lock()
+	for _, u := range p.conns {
+		u.closeConn()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}
+
+// Len is the number of pooled connections, for tests and metrics.
+func (p *Pool) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// Acquire returns a lease on the connection for (addr, user), dialling it if
+// there is none. Concurrent callers for one key share a single dial.
+func (p *Pool) Acquire(ctx context.Context, addr, user string) (*Lease, error) {
+	key := poolKey{addr: addr, user: user, cred: "default"}
+	for {
+		p.mu.Lock()
+		u, ok := p.conns[key]
+		if !ok {
+			u = &upstream{pool: p, key: key, ready: make(chan struct{}), dead: make(chan struct{})}
+			p.conns[key] = u
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				u.connect()
+			}()
+		}
+		u.refs++
+		u.stopIdleLocked()
+		p.mu.Unlock()
+
+		select {
+		case <-u.ready:
+		case <-ctx.Done():
+			p.release(u)
+			return nil, ctx.Err()
+		}
+		if u.err != nil {
+			p.release(u)
+			return nil, u.err
+		}
+		select {
+		case <-u.dead:
+			// Raced with a connection that just died; it has left the map.
+			p.release(u)
+			continue
+		default:
+		}
+		return &Lease{u: u}, nil
+	}
+}
+
+func (p *Pool) release(u *upstream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	u.refs--
+	if u.refs > 0 {
+		return
+	}
+	select {
+	case <-u.dead:
+		return
+	default:
+	}
+	if u.err != nil {
+		return
+	}
+	u.idle = time.AfterFunc(p.cfg.IdleTimeout.D(), func() {
+		p.mu.Lock()
+		idle := u.refs == 0
+		p.mu.Unlock()
+		if idle {
+			p.log.Info().Str("event", "upstream_idle_close").Str("target", u.key.addr).Str("remote_user", u.key.user).Msg("upstream idle, closing")
+			u.closeConn()
+		}
+	})
+}
+
+// Lease is one downstream connection's hold on an upstream connection. The
+// connection stays open at least as long as a lease on it does.
+type Lease struct {
+	u    *upstream
+	once sync.Once
+}
+
+// Release gives the lease back; the last release starts the idle timer.
+func (l *Lease) Release() {
+	l.once.Do(func() { l.u.pool.release(l.u) })
+}
+
+// Client is the SSH connection, for fallback channels.
+func (l *Lease) Client() *gossh.Client { return l.u.client }
+
+// Dead is closed when the SSH connection has ended.
+func (l *Lease) Dead() <-chan struct{} { return l.u.dead }
+
+// Agent returns the agent session, starting the agent if it is not
+// running. A nil client with a nil error means fallback mode: the target
+// cannot run the agent and is served channel by channel.
+func (l *Lease) Agent(ctx context.Context) (*agent.Client, error) {
+	return l.u.agentClient(ctx)
+}
+
+// upstream is one pooled SSH connection and the agent running over it.
+type upstream struct {
+	pool   *Pool
+	key    poolKey
+	ready  chan struct{} // closed once client or err is set
+	dead   chan struct{} // closed once the connection has ended
+	err    error
+	client *gossh.Client
+
+	// guarded by pool.mu
+	refs int
+	idle *time.Timer
+
+	amu      sync.Mutex
+	agent    *agent.Client
+	fallback string
+	starting chan struct{}
+	startErr error
+}
+
+func (u *upstream) stopIdleLocked() {
+	if u.idle != nil {
+		u.idle.Stop()
+		u.idle = nil
+	}
+}
+
+func (u *upstream) logger() *zerolog.Logger {
+	l := u.pool.log.With().Str("target", u.key.addr).Str("remote_user", u.key.user).Logger()
+	return &l
+}
+
+func (u *upstream) connect() {
+	log := u.logger()
+	start := time.Now()
+	c, err := u.pool.dial(u.pool.ctx, u.key)
+	if err != nil {
+		log.Warn().Str("event", "upstream_connect").Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
+		u.err = err
+		u.pool.forget(u)
+		close(u.dead)
+		close(u.ready)
+		return
+	}
+	if u.pool.ctx.Err() != nil {
+		// The pool closed while we dialled.
+		c.Close()
+		u.err = u.pool.ctx.Err()
+		u.pool.forget(u)
+		close(u.dead)
+		close(u.ready)
+		return
+	}
+	u.client = c
+	log.Info().Str("event", "upstream_connect").Str("server_version", string(c.ServerVersion())).Dur("duration", time.Since(start)).Msg("upstream connected")
+	close(u.ready)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		u.keepalive()
+	}()
+	err = c.Wait()
+	u.pool.forget(u)
+	close(u.dead)
+	u.amu.Lock()
+	ac := u.agent
+	u.amu.Unlock()
+	if ac != nil {
+		ac.Close()
+	}
+	wg.Wait()
+	log.Info().Str("event", "upstream_closed").AnErr("reason", err).Dur("duration", time.Since(start)).Msg("upstream connection ended")
+}
+
+// closeConn closes a connected upstream. One still dialling is ended by
+// the pool's context instead, which connect() checks.
+func (u *upstream) closeConn() {
+	select {
+	case <-u.ready:
+		if u.client != nil {
+			u.client.Close()
+		}
+	default:
+	}
+}
+
+// keepalive sends OpenSSH keepalives and closes a connection that stopped
+// answering, so channels on a dead path end instead of hanging.
+func (u *upstream) keepalive() {
+	interval := u.pool.cfg.KeepaliveInterval.D()
+	maxMissed := u.pool.cfg.KeepaliveCountMax
+	replies := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-u.dead:
+				return
+			case <-t.C:
+			}
+			if _, _, err := u.client.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+				return
+			}
+			select {
+			case replies <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	defer wg.Wait()
+	missed := 0
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-u.dead:
+			return
+		case <-replies:
+			missed = 0
+		case <-t.C:
+			missed++
+			if missed > maxMissed {
+				u.logger().Warn().Str("event", "upstream_keepalive_timeout").Int("missed", missed).Msg("upstream stopped answering keepalives, closing")
+				u.client.Close()
+				return
+			}
+		}
+	}
+}
+
+func (p *Pool) forget(u *upstream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns[u.key] == u {
+		delete(p.conns, u.key)
+	}
+	u.stopIdleLocked()
+}
+
+func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, error) {
+	timeout := p.cfg.ConnectTimeout.D()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cb, algos, err := p.keys.clientSettings(key.addr)
+	if err != nil {
+		return nil, err
+	}
+	auth, closeAgent, err := p.authMethods()
+	if err != nil {
+		return nil, err
+	}
+	defer closeAgent()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", key.addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", key.addr, err)
+	}
+	deadline, _ := ctx.Deadline()
+	nc.SetDeadline(deadline)
+	// Cancelling ctx (pool closing) aborts a handshake in progress.
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	cfg := &gossh.ClientConfig{
+		User:              key.user,
+		Auth:              auth,
+		HostKeyCallback:   cb,
+		HostKeyAlgorithms: algos,
+		ClientVersion:     "SSH-2.0-gomux",
+		Timeout:           timeout,
+	}
+	conn, chans, reqs, err := gossh.NewClientConn(nc, key.addr, cfg)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("ssh to %s as %s: %w", key.addr, key.user, err)
+	}
+	nc.SetDeadline(time.Time{})
+	return gossh.NewClient(conn, chans, reqs), nil
+}
+
+// authMethods offers the identity files, then the ssh-agent's keys. The
+// agent socket is dialled per connection so a restarted agent is picked up.
+func (p *Pool) authMethods() ([]gossh.AuthMethod, func(), error) {
+	signers := append([]gossh.Signer(nil), p.signer...)
+	closer := func() {}
+	if *p.cfg.UseSSHAgent {
+		if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
+			c, err := net.Dial("unix", sock)
+			if err == nil {
+				closer = func() { c.Close() }
+				if s, err := sshagent.NewClient(c).Signers(); err == nil {
+					signers = append(signers, s...)
+				}
+			}
+		}
+	}
+	if len(signers) == 0 {
+		closer()
+		return nil, nil, errors.New("no upstream credentials: set upstream.identity_files or run an ssh-agent")
+	}
+	return []gossh.AuthMethod{gossh.PublicKeys(signers...)}, closer, nil
+}
+
+// portString keeps address formatting in one place.
+func joinHostPort(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}

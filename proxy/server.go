@@ -1,0 +1,181 @@
+// Package proxy is gomux's SSH front: it authenticates clients, applies
+// policy to every forwarding request, terminates accelerated inner sessions,
+// and serves them from a pool of upstream connections to targets, each with
+// one agent session multiplexed over it.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	glider "github.com/gliderlabs/ssh"
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gomux/gomux/agent/dist"
+)
+
+// Server is a running gomux front with its upstream pool.
+type Server struct {
+	cfg    *Config
+	log    zerolog.Logger
+	ca     *HostCA
+	auth   *Authenticator
+	policy *Policy
+	pool   *Pool
+	front  *glider.Server
+	tasks  tracker
+}
+
+// NewServer prepares keys, credentials and policy. Everything that can be
+// wrong with the operator's setup is reported here, before listening.
+func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (*Server, error) {
+	ca, err := OpenHostCA(cfg.StateDir, cfg.HostCertValidity.D())
+	if err != nil {
+		return nil, err
+	}
+	auth, err := NewAuthenticator(cfg.Auth.AuthorizedKeys, cfg.Auth.UserCAKeys)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents}, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: NewPolicy(cfg.Targets), pool: pool}
+	frontSigners := []glider.Signer{ca.HostSigner()}
+	if cs, err := ca.SignerFor(frontName()); err == nil {
+		frontSigners = append(frontSigners, cs)
+	}
+	s.front = &glider.Server{
+		HostSigners:      frontSigners,
+		Version:          "gomux",
+		PublicKeyHandler: s.authenticate,
+		ChannelHandlers: map[string]glider.ChannelHandler{
+			"direct-tcpip": s.handleForward,
+			"session":      s.refuseSession,
+		},
+		RequestHandlers:   map[string]glider.RequestHandler{},
+		SubsystemHandlers: map[string]glider.SubsystemHandler{},
+		ConnCallback: func(ctx glider.Context, conn net.Conn) net.Conn {
+			s.log.Debug().Str("event", "tcp_accept").Str("source", conn.RemoteAddr().String()).Msg("connection accepted")
+			return conn
+		},
+		ConnectionFailedCallback: func(conn net.Conn, err error) {
+			s.log.Info().Str("event", "connection").Str("source", conn.RemoteAddr().String()).Err(err).
+				Str("result", "failed").Msg("front handshake or authentication failed")
+		},
+	}
+	return s, nil
+}
+
+// frontName is the principal of the front's own certificate, so the one
+// @cert-authority line can verify gomux itself when clients use
+// HostKeyAlias gomux.
+func frontName() string { return "gomux" }
+
+// KnownHostsLine is the line clients add to trust gomux's host CA.
+func (s *Server) KnownHostsLine() string { return s.ca.KnownHostsLine() }
+
+// Pool exposes the upstream pool for tests and metrics.
+func (s *Server) Pool() *Pool { return s.pool }
+
+func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
+	err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
+	ev := s.log.Info()
+	if err != nil {
+		ev = s.log.Warn().Err(err)
+	}
+	ev.Str("event", "front_auth").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+		Str("fingerprint", gossh.FingerprintSHA256(key)).Bool("accepted", err == nil).Msg("front public key")
+	return err == nil
+}
+
+func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
+	s.log.Info().Str("event", "channel").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+		Str("result", "refused").Msg("shell on the front refused")
+	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
+}
+
+func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
+	if !s.tasks.Go(func() { s.forward(ctx, conn, nc) }) {
+		nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
+	}
+}
+
+func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.NewChannel) {
+	var p forwardPayload
+	if err := gossh.Unmarshal(nc.ExtraData(), &p); err != nil {
+		s.log.Warn().Str("event", "forward").Err(err).Msg("malformed direct-tcpip request")
+		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
+		return
+	}
+	addr := joinHostPort(p.Host, int(p.Port))
+	d := s.policy.Decide(conn.User(), p.Host, int(p.Port))
+	log := s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+		Str("target", addr).Str("mode", string(d.Mode)).Int("rule", d.Rule).Logger()
+	start := time.Now()
+	switch d.Mode {
+	case ModeDeny:
+		log.Warn().Str("event", "forward").Str("result", "denied").Msg("target not allowed by policy")
+		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s", conn.User(), addr))
+	case ModeSplice:
+		var dialer net.Dialer
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
+		tc, err := dialer.DialContext(dctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			log.Warn().Str("event", "forward").Err(err).Msg("splice connect failed")
+			nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("gomux: connect to %s: %v", addr, err))
+			return
+		}
+		ch, reqs, err := nc.Accept()
+		if err != nil {
+			tc.Close()
+			return
+		}
+		go gossh.DiscardRequests(reqs)
+		log.Info().Str("event", "forward").Str("result", "spliced").Msg("splice open")
+		in, out := splice(ch, tc)
+		log.Info().Str("event", "forward_closed").Int64("bytes_in", in).Int64("bytes_out", out).
+			Dur("duration", time.Since(start)).Msg("splice closed")
+	default:
+		ch, reqs, err := nc.Accept()
+		if err != nil {
+			return
+		}
+		go gossh.DiscardRequests(reqs)
+		log.Info().Str("event", "forward").Str("result", "accelerated").Msg("inner session starting")
+		ic := &innerConn{s: s, host: p.Host, addr: addr, frontUser: conn.User(), decision: d, log: log}
+		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
+		log.Info().Str("event", "forward_closed").Dur("duration", time.Since(start)).Msg("inner session ended")
+	}
+}
+
+// Serve accepts clients on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.log.Info().Str("event", "listen").Str("addr", ln.Addr().String()).Msg("gomux listening")
+	err := s.front.Serve(ln)
+	if errors.Is(err, glider.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, lets running connections finish until ctx is
+// done, then closes what is left and the upstream pool.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.front.Shutdown(ctx)
+	if err != nil {
+		s.log.Warn().Str("event", "shutdown").Err(err).Msg("drain timeout, closing remaining connections")
+		s.front.Close()
+	}
+	s.tasks.Close()
+	s.tasks.Wait()
+	s.pool.Close()
+	s.log.Info().Str("event", "shutdown").Msg("gomux stopped")
+	return nil
+}

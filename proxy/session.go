@@ -1,0 +1,389 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gomux/gomux/agent"
+)
+
+// RFC 4254 request payloads.
+type ptyRequest struct {
+	Term                          string
+	Cols, Rows, WidthPx, HeightPx uint32
+	Modes                         string
+}
+
+type windowChange struct {
+	Cols, Rows, WidthPx, HeightPx uint32
+}
+
+type envRequest struct{ Name, Value string }
+
+type execRequest struct{ Command string }
+
+type signalRequest struct{ Name string }
+
+type exitStatus struct{ Status uint32 }
+
+type exitSignal struct {
+	Signal     string
+	CoreDumped bool
+	Message    string
+	Lang       string
+}
+
+func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
+	l, a, err := ic.backend(ctx)
+	if err != nil {
+		ic.log.Warn().Str("event", "channel").Err(err).Msg("session refused")
+		nc.Reject(gossh.ConnectionFailed, err.Error())
+		return
+	}
+	if a == nil {
+		ic.forwardSession(ctx, l, nc)
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	s := &session{ic: ic, a: a, ch: ch, start: time.Now(), log: ic.log}
+	s.serve(ctx, reqs)
+}
+
+// session is one inner session channel served by the agent.
+type session struct {
+	ic    *innerConn
+	a     *agent.Client
+	ch    gossh.Channel
+	log   zerolog.Logger
+	start time.Time
+
+	env  []string
+	pty  *agent.Pty
+	kind string // exec, shell or subsystem
+	cmd  string
+
+	mu   sync.Mutex
+	proc *agent.Process
+
+	bytesIn, bytesOut atomic.Int64
+	run               sync.WaitGroup
+}
+
+func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for req := range reqs {
+		ok := s.handleRequest(ctx, req)
+		if req.WantReply {
+			req.Reply(ok, nil)
+		}
+	}
+	// The client closed the channel: stop whatever still runs for it.
+	s.mu.Lock()
+	if s.proc != nil {
+		s.proc.Close()
+	}
+	s.mu.Unlock()
+	cancel()
+	s.run.Wait()
+}
+
+func (s *session) handleRequest(ctx context.Context, req *gossh.Request) bool {
+	started := s.kind != ""
+	switch req.Type {
+	case "pty-req":
+		var p ptyRequest
+		if started || gossh.Unmarshal(req.Payload, &p) != nil {
+			return false
+		}
+		s.pty = &agent.Pty{Term: p.Term, Cols: p.Cols, Rows: p.Rows, WidthPx: p.WidthPx, HeightPx: p.HeightPx, Modes: []byte(p.Modes)}
+		return true
+	case "env":
+		var e envRequest
+		if started || gossh.Unmarshal(req.Payload, &e) != nil {
+			return false
+		}
+		if !matchAny(s.ic.s.cfg.Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
+			s.log.Debug().Str("env", e.Name).Msg("env request not accepted")
+			return false
+		}
+		s.env = append(s.env, e.Name+"="+e.Value)
+		return true
+	case "window-change":
+		var w windowChange
+		if gossh.Unmarshal(req.Payload, &w) != nil {
+			return false
+		}
+		if s.pty != nil {
+			s.pty.Cols, s.pty.Rows, s.pty.WidthPx, s.pty.HeightPx = w.Cols, w.Rows, w.WidthPx, w.HeightPx
+		}
+		if p := s.process(); p != nil {
+			p.Resize(w.Cols, w.Rows, w.WidthPx, w.HeightPx)
+		}
+		return true
+	case "signal":
+		var sig signalRequest
+		if gossh.Unmarshal(req.Payload, &sig) != nil {
+			return false
+		}
+		if p := s.process(); p != nil {
+			return p.Signal(sig.Name) == nil
+		}
+		return false
+	case "exec":
+		var e execRequest
+		if started || gossh.Unmarshal(req.Payload, &e) != nil {
+			return false
+		}
+		return s.startProcess(ctx, req, "exec", e.Command)
+	case "shell":
+		if started {
+			return false
+		}
+		return s.startProcess(ctx, req, "shell", "")
+	case "subsystem":
+		var e execRequest
+		if started || gossh.Unmarshal(req.Payload, &e) != nil {
+			return false
+		}
+		if e.Command != "sftp" {
+			s.log.Info().Str("event", "channel").Str("subsystem", e.Command).Msg("unknown subsystem refused")
+			return false
+		}
+		s.kind, s.cmd = "subsystem", "sftp"
+		if req.WantReply {
+			req.Reply(true, nil)
+			req.WantReply = false
+		}
+		s.run.Add(1)
+		go func() {
+			defer s.run.Done()
+			s.serveSFTP(ctx)
+		}()
+		return true
+	}
+	// auth-agent-req, x11-req and unknown requests: refused, as an sshd
+	// with forwarding disabled would.
+	return false
+}
+
+func (s *session) process() *agent.Process {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc
+}
+
+func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
+	s.kind, s.cmd = kind, cmd
+	p, err := s.a.Exec(ctx, agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
+	if err != nil {
+		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", cmd).Err(err).Msg("exec failed")
+		// A broken agent is a broken path to the target: close without
+		// an exit status so the client reports a connection failure.
+		if req.WantReply {
+			req.Reply(false, nil)
+			req.WantReply = false
+		}
+		s.ch.Close()
+		return false
+	}
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
+	// Reply before any output so the client sees success first, as from sshd.
+	if req.WantReply {
+		req.Reply(true, nil)
+		req.WantReply = false
+	}
+	s.run.Add(1)
+	go func() {
+		defer s.run.Done()
+		s.pump(p)
+	}()
+	return true
+}
+
+// pump moves stdio between the channel and the process, then reports the
+// exit the way sshd does: EOF, exit-status or exit-signal, close.
+func (s *session) pump(p *agent.Process) {
+	var out sync.WaitGroup
+	out.Add(2)
+	go func() {
+		defer out.Done()
+		n, err := io.Copy(s.ch, p.Stdout())
+		s.bytesOut.Add(n)
+		if err != nil {
+			p.Close()
+		}
+	}()
+	go func() {
+		defer out.Done()
+		n, err := io.Copy(s.ch.Stderr(), p.Stderr())
+		s.bytesOut.Add(n)
+		if err != nil {
+			p.Close()
+		}
+	}()
+	var in sync.WaitGroup
+	in.Add(1)
+	go func() {
+		defer in.Done()
+		n, _ := io.Copy(p.Stdin(), s.ch)
+		s.bytesIn.Add(n)
+		p.Stdin().Close()
+	}()
+	out.Wait()
+	st, err := p.Wait()
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Bool("pty", s.pty != nil)
+	if err != nil {
+		s.ch.Close()
+		in.Wait()
+		log.Err(err).Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).
+			Dur("duration", time.Since(s.start)).Msg("agent lost during session; closed without exit status")
+		return
+	}
+	s.ch.CloseWrite()
+	if st.Signal != "" {
+		s.ch.SendRequest("exit-signal", false, gossh.Marshal(exitSignal{Signal: st.Signal, CoreDumped: st.CoreDumped}))
+	} else {
+		s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(st.Code)}))
+	}
+	s.ch.Close()
+	in.Wait()
+	log.Int("exit_status", st.Code).Str("exit_signal", st.Signal).Int64("bytes_in", s.bytesIn.Load()).
+		Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start)).Msg("session ended")
+}
+
+func (s *session) serveSFTP(ctx context.Context) {
+	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
+	srv := newSFTPServer(ctx, s.a, cw)
+	err := srv.Serve()
+	srv.Close()
+	status := uint32(0)
+	if err != nil && err != io.EOF {
+		status = 1
+	}
+	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: status}))
+	s.ch.Close()
+	ev := s.log.Info().Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
+		Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start))
+	if status != 0 {
+		ev = ev.Err(err)
+	}
+	ev.Msg("sftp session ended")
+}
+
+// countingRW counts the bytes of an sftp session for the channel log line.
+type countingRW struct {
+	rw      io.ReadWriteCloser
+	in, out *atomic.Int64
+}
+
+func (c *countingRW) Read(p []byte) (int, error) {
+	n, err := c.rw.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingRW) Write(p []byte) (int, error) {
+	n, err := c.rw.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *countingRW) Close() error { return c.rw.Close() }
+
+// forwardSession serves a session channel in fallback mode by opening a
+// channel of the same type upstream and relaying requests and data
+// unchanged, so the target's sshd answers everything itself.
+func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewChannel) {
+	start := time.Now()
+	uch, ureqs, err := l.Client().OpenChannel("session", nc.ExtraData())
+	if err != nil {
+		msg := fmt.Sprintf("gomux: open session on %s: %v", ic.host, err)
+		ic.log.Warn().Str("event", "channel").Str("mode", "fallback").Err(err).Msg("session refused")
+		nc.Reject(gossh.ConnectionFailed, msg)
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		uch.Close()
+		return
+	}
+	var cmd string
+	var fromClient sync.WaitGroup
+	fromClient.Add(2)
+	go func() {
+		defer fromClient.Done()
+		for r := range reqs {
+			if r.Type == "env" {
+				var e envRequest
+				if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.cfg.Upstream.AcceptEnv, e.Name) {
+					r.Reply(false, nil)
+					continue
+				}
+			}
+			if r.Type == "exec" || r.Type == "subsystem" {
+				var e execRequest
+				if gossh.Unmarshal(r.Payload, &e) == nil {
+					cmd = e.Command
+				}
+			}
+			ok, err := uch.SendRequest(r.Type, r.WantReply, r.Payload)
+			if r.WantReply {
+				r.Reply(ok && err == nil, nil)
+			}
+		}
+		uch.Close()
+	}()
+	var in int64
+	go func() {
+		defer fromClient.Done()
+		in, _ = io.Copy(uch, ch)
+		uch.CloseWrite()
+	}()
+
+	// Everything from the target reaches the client before the close, so
+	// the client sees the same data, exit report and EOF it would directly.
+	var fromTarget sync.WaitGroup
+	var out, errOut int64
+	exited := false
+	fromTarget.Add(3)
+	go func() {
+		defer fromTarget.Done()
+		for r := range ureqs {
+			if r.Type == "exit-status" || r.Type == "exit-signal" {
+				exited = true
+			}
+			ok, _ := ch.SendRequest(r.Type, r.WantReply, r.Payload)
+			if r.WantReply {
+				r.Reply(ok, nil)
+			}
+		}
+	}()
+	go func() {
+		defer fromTarget.Done()
+		errOut, _ = io.Copy(ch.Stderr(), uch.Stderr())
+	}()
+	go func() {
+		defer fromTarget.Done()
+		out, _ = io.Copy(ch, uch)
+	}()
+	fromTarget.Wait()
+	ch.CloseWrite()
+	ch.Close()
+	fromClient.Wait()
+	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", cmd).Bool("exited", exited).
+		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
+}
