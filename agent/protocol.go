@@ -32,7 +32,7 @@ const Banner = "GOMUX-AGENT"
 // side allocate more than this.
 const MaxFrame = 1 << 20
 
-// Frame types.
+// Frame types. PROTOCOL.md says which side sends each and when.
 const (
 	frameRequest   byte = 1  // client → agent: JSON request header
 	frameOK        byte = 2  // agent → client: JSON result
@@ -46,11 +46,12 @@ const (
 	frameStdoutEOF byte = 10 // exec
 	frameStderrEOF byte = 11 // exec
 	frameExit      byte = 12 // exec: JSON ExitStatus
-	frameRead      byte = 13 // file: JSON readReq
+	frameRead      byte = 13 // file: id(4) offset(8) length(4)
 	frameData      byte = 14 // file: id(4) eof(1) data
 	frameWrite     byte = 15 // file: id(4) offset(8) data
 	frameFstat     byte = 16 // file: no payload
 	frameClose     byte = 17 // file: no payload
+	frameIOError   byte = 18 // file: id(4) JSON RemoteError, for one read or write
 )
 
 // writeFrame sends one frame. Callers serialize writes on a stream.
@@ -73,10 +74,11 @@ func writeFrame(w io.Writer, typ byte, payload []byte) error {
 	return err
 }
 
+// writeJSON sends v, JSON-encoded, as one frame.
 func writeJSON(w io.Writer, typ byte, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return err
+		return fmt.Errorf("agent: encode frame %d: %w", typ, err)
 	}
 	return writeFrame(w, typ, b)
 }
@@ -124,6 +126,8 @@ type request struct {
 	Timeout int64        `json:"timeout_ms,omitempty"`
 }
 
+// decodeRequest parses a stream's header frame. It is a fuzz target: it
+// must reject garbage without panicking.
 func decodeRequest(p []byte) (*request, error) {
 	var r request
 	if err := json.Unmarshal(p, &r); err != nil {
@@ -179,10 +183,54 @@ type windowSize struct {
 	Cols, Rows, WidthPx, HeightPx uint32
 }
 
+// readReq asks for up to N bytes at Off; the answer carries ID.
 type readReq struct {
-	ID  uint32 `json:"id"`
-	Off int64  `json:"off"`
-	N   int    `json:"n"`
+	ID  uint32
+	Off int64
+	N   uint32
+}
+
+func (r readReq) encode() []byte {
+	b := make([]byte, 16)
+	binary.BigEndian.PutUint32(b, r.ID)
+	binary.BigEndian.PutUint64(b[4:], uint64(r.Off))
+	binary.BigEndian.PutUint32(b[12:], r.N)
+	return b
+}
+
+func decodeReadReq(p []byte) (readReq, error) {
+	if len(p) != 16 {
+		return readReq{}, fmt.Errorf("agent: read request of %d bytes, want 16", len(p))
+	}
+	r := readReq{
+		ID:  binary.BigEndian.Uint32(p),
+		Off: int64(binary.BigEndian.Uint64(p[4:])),
+		N:   binary.BigEndian.Uint32(p[12:]),
+	}
+	if r.Off < 0 {
+		return readReq{}, fmt.Errorf("agent: negative read offset %d", r.Off)
+	}
+	return r, nil
+}
+
+// ioError is an error frame for one pipelined read or write.
+func ioErrorPayload(id uint32, re *RemoteError) []byte {
+	b, _ := json.Marshal(re)
+	out := make([]byte, 4+len(b))
+	binary.BigEndian.PutUint32(out, id)
+	copy(out[4:], b)
+	return out
+}
+
+func decodeIOError(p []byte) (uint32, *RemoteError, error) {
+	if len(p) < 4 {
+		return 0, nil, errors.New("agent: short io error frame")
+	}
+	var re RemoteError
+	if err := json.Unmarshal(p[4:], &re); err != nil {
+		return 0, nil, fmt.Errorf("agent: bad io error frame: %w", err)
+	}
+	return binary.BigEndian.Uint32(p), &re, nil
 }
 
 // RemoteError is an error that happened on the target. Errno is set for OS
@@ -194,6 +242,7 @@ type RemoteError struct {
 	Errno syscall.Errno `json:"errno,omitempty"`
 }
 
+// Error reads like an os.PathError, naming the operation and path.
 func (e *RemoteError) Error() string {
 	if e.Path != "" {
 		return fmt.Sprintf("%s %s: %s", e.Op, e.Path, e.Msg)
@@ -209,6 +258,7 @@ func (e *RemoteError) Unwrap() error {
 	return nil
 }
 
+// toRemoteError keeps an OS error's errno so errors.Is works on the client.
 func toRemoteError(op, path string, err error) *RemoteError {
 	re := &RemoteError{Op: op, Path: path, Msg: err.Error()}
 	var errno syscall.Errno

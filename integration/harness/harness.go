@@ -1,0 +1,387 @@
+// Package harness builds throwaway SSH targets for end-to-end tests: each
+// target is a Linux network namespace with a real OpenSSH sshd, reached
+// through a userspace relay that adds round-trip latency (the test kernel
+// has no netem). Everything it creates is unique per run and removed by
+// the test's cleanup, so runs never collide.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// Options shape a lab.
+type Options struct {
+	// Targets is the number of target hosts (default 1).
+	Targets int
+	// RTT is the round-trip time each relay adds.
+	RTT time.Duration
+}
+
+// Lab is a set of targets sharing one bridge, one login user and one
+// client key.
+type Lab struct {
+	// Dir holds keys, configs and logs.
+	Dir string
+	// User is an unprivileged login user with passwordless sudo.
+	User string
+	// Home is User's home directory.
+	Home string
+	// OtherUser is a second unprivileged user, for become_user tests.
+	OtherUser string
+	// ClientKey is the private key file authorized for User (0600).
+	ClientKey string
+	// ClientPub is its public key.
+	ClientPub gossh.PublicKey
+	// Targets are the hosts.
+	Targets []*Target
+	// Gateway is the bridge's address, the root namespace's side.
+	Gateway string
+
+	token  string
+	bridge string
+	kh     string
+}
+
+// Target is one host: a namespace, its sshd and the relay in front of it.
+type Target struct {
+	// Name is the network namespace's name.
+	Name string
+	// Addr is the target's IP address.
+	Addr string
+	// Port is the relay's port, where clients connect (22).
+	Port int
+	// SSHDPort is where sshd itself listens (2222).
+	SSHDPort int
+	// HostKey is sshd's host key.
+	HostKey gossh.PublicKey
+	// Relay adds latency and can drop connections.
+	Relay *Relay
+
+	sshd    *exec.Cmd
+	sshdLog string
+}
+
+// Start builds the lab or skips the test when root or a binary is missing.
+func Start(tb testing.TB, opt Options) *Lab {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("harness: needs root to create network namespaces, users and sshd")
+	}
+	for _, b := range []string{"/usr/sbin/sshd", "ip", "ssh", "useradd", "ss"} {
+		if _, err := exec.LookPath(b); err != nil {
+			tb.Skipf("harness: %s not installed (apt-get install openssh-server openssh-client iproute2 passwd)", b)
+		}
+	}
+	if opt.Targets <= 0 {
+		opt.Targets = 1
+	}
+	tok := make([]byte, 3)
+	rand.Read(tok)
+	l := &Lab{token: hex.EncodeToString(tok)}
+	dir, err := os.MkdirTemp("", "gmxlab-"+l.token+"-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	l.Dir = dir
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+
+	l.createUsers(tb)
+	l.createKey(tb)
+	subnet := pickSubnet(tb)
+	l.Gateway = subnet + ".1"
+	l.bridge = "gb" + l.token
+	run(tb, "ip", "link", "add", l.bridge, "type", "bridge")
+	tb.Cleanup(func() { exec.Command("ip", "link", "del", l.bridge).Run() })
+	run(tb, "ip", "addr", "add", l.Gateway+"/24", "dev", l.bridge)
+	run(tb, "ip", "link", "set", l.bridge, "up")
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	for i := range opt.Targets {
+		l.Targets = append(l.Targets, l.startTarget(tb, i, fmt.Sprintf("%s.%d", subnet, i+2), opt.RTT))
+	}
+	return l
+}
+
+func run(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// pickSubnet returns a 10.x.y /24 prefix that no address or route here uses.
+func pickSubnet(tb testing.TB) string {
+	routes, _ := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
+	addrs, _ := exec.Command("ip", "-4", "addr").Output()
+	used := string(routes) + string(addrs)
+	var nets []*net.IPNet
+	for _, f := range strings.Fields(used) {
+		if _, n, err := net.ParseCIDR(f); err == nil {
+			nets = append(nets, n)
+		}
+	}
+	for range 200 {
+		var b [2]byte
+		rand.Read(b[:])
+		prefix := fmt.Sprintf("10.%d.%d", 100+int(b[0])%150, b[1])
+		ip := net.ParseIP(prefix + ".1")
+		clash := strings.Contains(used, prefix+".")
+		for _, n := range nets {
+			if n.Contains(ip) && n.String() != "0.0.0.0/0" {
+				clash = true
+			}
+		}
+		if !clash {
+			return prefix
+		}
+	}
+	tb.Fatal("harness: no free 10.x.y.0/24 subnet")
+	return ""
+}
+
+func (l *Lab) createUsers(tb testing.TB) {
+	l.User = "gmx" + l.token
+	l.OtherUser = "gmo" + l.token
+	for _, u := range []string{l.User, l.OtherUser} {
+		run(tb, "useradd", "-m", "-s", "/bin/bash", u)
+		user := u
+		tb.Cleanup(func() {
+			killUserProcesses(user)
+			exec.Command("userdel", "-f", "-r", user).Run()
+		})
+		// A locked password ("!") makes sshd refuse the account.
+		run(tb, "usermod", "-p", "*", u)
+	}
+	l.Home = "/home/" + l.User
+	sudoers := "/etc/sudoers.d/gomux-test-" + l.token
+	if err := os.WriteFile(sudoers, []byte(l.User+" ALL=(ALL:ALL) NOPASSWD: ALL\n"), 0o440); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.Remove(sudoers) })
+	if out, err := exec.Command("visudo", "-cf", sudoers).CombinedOutput(); err != nil {
+		tb.Fatalf("sudoers: %v %s", err, out)
+	}
+}
+
+// killUserProcesses ends whatever the test user still runs (agents,
+// sessions), found by uid in /proc: by PID, never by name.
+func killUserProcesses(user string) {
+	out, err := exec.Command("id", "-u", user).Output()
+	if err != nil {
+		return
+	}
+	uid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fi, err := os.Stat("/proc/" + e.Name())
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == uid {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func writeKey(tb testing.TB, path, comment string) gossh.PublicKey {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	blk, err := gossh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(blk), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	s, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(path+".pub", gossh.MarshalAuthorizedKey(s.PublicKey()), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	return s.PublicKey()
+}
+
+func (l *Lab) createKey(tb testing.TB) {
+	l.ClientKey = filepath.Join(l.Dir, "client_ed25519")
+	l.ClientPub = writeKey(tb, l.ClientKey, "gomux-test-client")
+	ak := filepath.Join(l.Dir, "authorized_keys")
+	if err := os.MkdirAll(ak, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	for _, u := range []string{l.User, l.OtherUser} {
+		if err := os.WriteFile(filepath.Join(ak, u), gossh.MarshalAuthorizedKey(l.ClientPub), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration) *Target {
+	t := &Target{Name: fmt.Sprintf("gmx-%s-%d", l.token, i), Addr: addr, Port: 22, SSHDPort: 2222}
+	run(tb, "ip", "netns", "add", t.Name)
+	tb.Cleanup(func() { exec.Command("ip", "netns", "del", t.Name).Run() })
+	host, peer := fmt.Sprintf("gv%s%d", l.token, i), fmt.Sprintf("gp%s%d", l.token, i)
+	run(tb, "ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+	tb.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
+	run(tb, "ip", "link", "set", peer, "netns", t.Name)
+	run(tb, "ip", "link", "set", host, "master", l.bridge, "up")
+	run(tb, "ip", "netns", "exec", t.Name, "ip", "addr", "add", addr+"/24", "dev", peer)
+	run(tb, "ip", "netns", "exec", t.Name, "ip", "link", "set", peer, "up")
+	run(tb, "ip", "netns", "exec", t.Name, "ip", "link", "set", "lo", "up")
+
+	tdir := filepath.Join(l.Dir, t.Name)
+	if err := os.MkdirAll(tdir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	hk := filepath.Join(tdir, "ssh_host_ed25519_key")
+	t.HostKey = writeKey(tb, hk, "host "+t.Name)
+	cfg := filepath.Join(tdir, "sshd_config")
+	t.sshdLog = filepath.Join(tdir, "sshd.log")
+	conf := fmt.Sprintf(`Port %d
+ListenAddress %s
+HostKey %s
+PidFile none
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin no
+AuthorizedKeysFile %s/%%u
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+MaxSessions 200
+MaxStartups 100:30:200
+LogLevel VERBOSE
+UseDNS no
+PrintMotd no
+PrintLastLog no
+AllowTcpForwarding yes
+`, t.SSHDPort, addr, hk, filepath.Join(l.Dir, "authorized_keys"))
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	t.sshd = exec.Command("ip", "netns", "exec", t.Name, "/usr/sbin/sshd", "-D", "-f", cfg, "-E", t.sshdLog)
+	if out, err := exec.Command("/usr/sbin/sshd", "-t", "-f", cfg).CombinedOutput(); err != nil {
+		tb.Fatalf("sshd config: %v %s", err, out)
+	}
+	if err := t.sshd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		t.sshd.Process.Kill()
+		t.sshd.Wait()
+	})
+	sshdAddr := net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort))
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", sshdAddr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("sshd in %s did not listen: %v\n%s", t.Name, err, t.SSHDLog())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	relay, err := startRelay(t.Name, net.JoinHostPort(addr, "22"), sshdAddr, rtt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(relay.Close)
+	t.Relay = relay
+	return t
+}
+
+// SSHDLog returns what sshd logged.
+func (t *Target) SSHDLog() string {
+	b, _ := os.ReadFile(t.sshdLog)
+	return string(b)
+}
+
+// KnownHostsLine is the target's key as known_hosts has it.
+func (t *Target) KnownHostsLine() string {
+	return t.Addr + " " + strings.TrimSpace(string(gossh.MarshalAuthorizedKey(t.HostKey)))
+}
+
+// Exec runs a command inside the target's namespace.
+func (t *Target) Exec(ctx context.Context, argv ...string) ([]byte, error) {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", t.Name}, argv...)...).CombinedOutput()
+}
+
+// KnownHostsFile writes (once) a known_hosts with every target's key.
+func (l *Lab) KnownHostsFile() string {
+	if l.kh != "" {
+		return l.kh
+	}
+	var b bytes.Buffer
+	for _, t := range l.Targets {
+		b.WriteString(t.KnownHostsLine() + "\n")
+	}
+	p := filepath.Join(l.Dir, "known_hosts")
+	os.WriteFile(p, b.Bytes(), 0o644)
+	l.kh = p
+	return p
+}
+
+// ClientOptions are the OpenSSH options for a direct, verified,
+// non-interactive connection to the lab's targets.
+func (l *Lab) ClientOptions() []string {
+	return []string{
+		"-F", "/dev/null",
+		"-o", "BatchMode=yes",
+		"-o", "UserKnownHostsFile=" + l.KnownHostsFile(),
+		"-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "StrictHostKeyChecking=yes",
+		"-o", "IdentitiesOnly=yes",
+		"-o", "ConnectTimeout=10",
+		"-o", "LogLevel=ERROR",
+		"-o", "User=" + l.User,
+		"-i", l.ClientKey,
+	}
+}
+
+// SSHCommand is a real ssh run straight to a target (args start with the
+// destination).
+func (l *Lab) SSHCommand(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ssh", append(l.ClientOptions(), args...)...)
+}
+
+// SFTPCommand is a real sftp run straight to a target.
+func (l *Lab) SFTPCommand(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "sftp", append(l.ClientOptions(), args...)...)
+}
+
+// SCPCommand is a real scp run straight to a target.
+func (l *Lab) SCPCommand(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "scp", append(l.ClientOptions(), args...)...)
+}
