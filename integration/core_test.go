@@ -219,7 +219,7 @@ func TestCore(t *testing.T) {
 		ctx := ctxT(t, time.Minute)
 		outside := lab.Targets[1].Addr // not in this gomux's rule set below
 		g2 := startGomux(t, lab, gomuxOptions{Targets: fmt.Sprintf("  - hosts: [%q]\n", host)})
-		got := runCmd(g2.SSH(ctx, outside, "true"), nil)
+		got := runCmd(g2.SSHVerbose(ctx, outside, "true"), nil)
 		if got.Code != 255 || !strings.Contains(got.Stderr, "may not reach") {
 			t.Errorf("outside target: %+v", got)
 		}
@@ -238,7 +238,7 @@ func TestCore(t *testing.T) {
 		pub := readFile(t, key+".pub")
 		must(t, os.WriteFile(bad, []byte(host+" "+pub), 0o600))
 		g2 := startGomux(t, lab, gomuxOptions{KnownHosts: bad})
-		got := runCmd(g2.SSH(ctx, host, "true"), nil)
+		got := runCmd(g2.SSHVerbose(ctx, host, "true"), nil)
 		if got.Code != 255 || !strings.Contains(got.Stderr, "does not match") {
 			t.Errorf("mismatching target key: %+v", got)
 		}

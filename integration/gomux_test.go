@@ -249,7 +249,20 @@ func (g *Gomux) SSH(ctx context.Context, target string, args ...string) *exec.Cm
 	return exec.CommandContext(ctx, "ssh", a...)
 }
 
-// SSHArgs returns the client options without the destination, for sftp/scp.
+// SSHVerbose is SSH at OpenSSH's default log level, where the reason for
+// a refused channel ("open failed: ...") is printed.
+func (g *Gomux) SSHVerbose(ctx context.Context, target string, args ...string) *exec.Cmd {
+	cfg := g.SSHConfig + ".info"
+	if _, err := os.Stat(cfg); err != nil {
+		b, err := os.ReadFile(g.SSHConfig)
+		must(g.t, err)
+		must(g.t, os.WriteFile(cfg, bytes.ReplaceAll(b, []byte("LogLevel ERROR"), []byte("LogLevel INFO")), 0o600))
+	}
+	a := append([]string{"-F", cfg, "-J", "gomux", target}, args...)
+	return exec.CommandContext(ctx, "ssh", a...)
+}
+
+// ClientArgs returns the client options without the destination, for sftp/scp.
 func (g *Gomux) ClientArgs() []string {
 	return []string{"-F", g.SSHConfig, "-J", "gomux"}
 }

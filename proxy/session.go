@@ -266,10 +266,13 @@ func (s *session) pump(p *agent.Process) {
 }
 
 func (s *session) serveSFTP(ctx context.Context) {
+	// pkg/sftp closes its connection when it stops; the channel must stay
+	// open for the exit status, which scp checks.
 	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
 	srv := newSFTPServer(ctx, s.a, cw)
 	err := srv.Serve()
 	srv.Close()
+	s.ch.CloseWrite()
 	status := uint32(0)
 	if err != nil && err != io.EOF {
 		status = 1
@@ -286,7 +289,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 
 // countingRW counts the bytes of an sftp session for the channel log line.
 type countingRW struct {
-	rw      io.ReadWriteCloser
+	rw      io.ReadWriter
 	in, out *atomic.Int64
 }
 
@@ -302,7 +305,9 @@ func (c *countingRW) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *countingRW) Close() error { return c.rw.Close() }
+// Close leaves the channel open: the session sends the exit status and
+// closes it after the sftp server has stopped.
+func (c *countingRW) Close() error { return nil }
 
 // forwardSession serves a session channel in fallback mode by opening a
 // channel of the same type upstream and relaying requests and data
