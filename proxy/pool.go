@@ -209,7 +209,6 @@ type upstream struct {
 	agent    *agent.Client
 	fallback string
 	starting chan struct{}
-	startErr error
 }
 
 func (u *upstream) stopIdleLocked() {
