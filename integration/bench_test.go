@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,8 +11,16 @@ import (
 	"testing"
 	"time"
 
+	gossh "golang.org/x/crypto/ssh"
+
 	"github.com/gomux/gomux/integration/harness"
 )
+
+func readFileB(b *testing.B, p string) string {
+	data, err := os.ReadFile(p)
+	must(b, err)
+	return string(data)
+}
 
 // median runs fn n times and returns the median duration.
 func median(b *testing.B, n int, fn func() error) time.Duration {
@@ -28,7 +37,7 @@ func median(b *testing.B, n int, fn func() error) time.Duration {
 }
 
 // BenchmarkJumpLatency is the latency of `ssh -J gomux host true` against a
-// plain OpenSSH jump host (one of the lab's sshd targets), both warm,
+// plain OpenSSH jump host in the same place (an sshd on loopback), both warm,
 // median of 20, at the lab RTT set by GOMUX_BENCH_RTT (default 0).
 func BenchmarkJumpLatency(b *testing.B) {
 	rtt := time.Duration(0)
@@ -39,15 +48,23 @@ func BenchmarkJumpLatency(b *testing.B) {
 		}
 		rtt = d
 	}
-	lab := harness.Start(b, harness.Options{Targets: 2, RTT: rtt})
+	lab := harness.Start(b, harness.Options{Targets: 1, RTT: rtt})
 	g := startGomux(b, lab, gomuxOptions{})
-	jump, target := lab.Targets[0], lab.Targets[1]
+	target := lab.Targets[0]
+	// The plain OpenSSH jump host sits where gomux does: on loopback next
+	// to the client, with the lab's RTT between it and the target.
+	jump := lab.StartJumpHost(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
+	jumpHost, jumpPort, _ := net.SplitHostPort(jump.Addr)
+	khPath := filepath.Join(b.TempDir(), "known_hosts")
+	kh := readFileB(b, lab.KnownHostsFile()) + fmt.Sprintf("[%s]:%s %s", jumpHost, jumpPort, gossh.MarshalAuthorizedKey(jump.HostKey))
+	must(b, os.WriteFile(khPath, []byte(kh), 0o600))
 	plainCfg := filepath.Join(b.TempDir(), "ssh_config")
 	must(b, os.WriteFile(plainCfg, []byte(fmt.Sprintf(`Host jump
   HostName %s
+  Port %s
 Host *
   User %s
   IdentityFile %s
@@ -56,7 +73,7 @@ Host *
   GlobalKnownHostsFile /dev/null
   StrictHostKeyChecking yes
   BatchMode yes
-`, jump.Addr, lab.User, lab.ClientKey, lab.KnownHostsFile())), 0o600))
+`, jumpHost, jumpPort, lab.User, lab.ClientKey, khPath)), 0o600))
 	run := func(cmd *exec.Cmd) func() error {
 		return func() error {
 			c := exec.CommandContext(ctx, cmd.Args[0], cmd.Args[1:]...)

@@ -257,15 +257,31 @@ func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration) 
 	run(tb, "ip", "netns", "exec", t.Name, "ip", "link", "set", peer, "up")
 	run(tb, "ip", "netns", "exec", t.Name, "ip", "link", "set", "lo", "up")
 
-	tdir := filepath.Join(l.Dir, t.Name)
+	hk, cmd, logPath := l.sshd(tb, t.Name, net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort)), []string{"ip", "netns", "exec", t.Name})
+	t.HostKey, t.sshd, t.sshdLog = hk, cmd, logPath
+	sshdAddr := net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort))
+	relay, err := startRelay(t.Name, net.JoinHostPort(addr, "22"), sshdAddr, rtt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(relay.Close)
+	t.Relay = relay
+	return t
+}
+
+// sshd starts an sshd listening on listen, wrapped by prefix (e.g. ip
+// netns exec), and waits until it accepts connections.
+func (l *Lab) sshd(tb testing.TB, name, listen string, prefix []string) (gossh.PublicKey, *exec.Cmd, string) {
+	tdir := filepath.Join(l.Dir, name)
 	if err := os.MkdirAll(tdir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
 	hk := filepath.Join(tdir, "ssh_host_ed25519_key")
-	t.HostKey = writeKey(tb, hk, "host "+t.Name)
+	pub := writeKey(tb, hk, "host "+name)
 	cfg := filepath.Join(tdir, "sshd_config")
-	t.sshdLog = filepath.Join(tdir, "sshd.log")
-	conf := fmt.Sprintf(`Port %d
+	logPath := filepath.Join(tdir, "sshd.log")
+	host, port, _ := net.SplitHostPort(listen)
+	conf := fmt.Sprintf(`Port %s
 ListenAddress %s
 HostKey %s
 PidFile none
@@ -285,41 +301,56 @@ UseDNS no
 PrintMotd no
 PrintLastLog no
 AllowTcpForwarding yes
-`, t.SSHDPort, addr, hk, filepath.Join(l.Dir, "authorized_keys"))
+`, port, host, hk, filepath.Join(l.Dir, "authorized_keys"))
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	t.sshd = exec.Command("ip", "netns", "exec", t.Name, "/usr/sbin/sshd", "-D", "-f", cfg, "-E", t.sshdLog)
 	if out, err := exec.Command("/usr/sbin/sshd", "-t", "-f", cfg).CombinedOutput(); err != nil {
 		tb.Fatalf("sshd config: %v %s", err, out)
 	}
-	if err := t.sshd.Start(); err != nil {
+	argv := append(append([]string(nil), prefix...), "/usr/sbin/sshd", "-D", "-f", cfg, "-E", logPath)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		t.sshd.Process.Kill()
-		t.sshd.Wait()
+		cmd.Process.Kill()
+		cmd.Wait()
 	})
-	sshdAddr := net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort))
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", sshdAddr, time.Second)
+		c, err := net.DialTimeout("tcp", listen, time.Second)
 		if err == nil {
 			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("sshd in %s did not listen: %v\n%s", t.Name, err, t.SSHDLog())
+			b, _ := os.ReadFile(logPath)
+			tb.Fatalf("sshd %s did not listen on %s: %v\n%s", name, listen, err, b)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	relay, err := startRelay(t.Name, net.JoinHostPort(addr, "22"), sshdAddr, rtt)
+	return pub, cmd, logPath
+}
+
+// JumpHost is a plain OpenSSH sshd on loopback in the root namespace: the
+// reference a benchmark compares gomux with, placed where gomux runs.
+type JumpHost struct {
+	Addr    string
+	HostKey gossh.PublicKey
+}
+
+// StartJumpHost starts a plain sshd on 127.0.0.1 that the lab's users and
+// key can log in to.
+func (l *Lab) StartJumpHost(tb testing.TB) *JumpHost {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(relay.Close)
-	t.Relay = relay
-	return t
+	addr := ln.Addr().String()
+	ln.Close()
+	hk, _, _ := l.sshd(tb, "jump", addr, nil)
+	return &JumpHost{Addr: addr, HostKey: hk}
 }
 
 // SSHDLog returns what sshd logged.
