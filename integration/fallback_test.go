@@ -87,4 +87,3 @@ func TestDrain(t *testing.T) {
 		t.Errorf("gomux did not exit after draining")
 	}
 }
-
