@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestRunUsageAndConfigErrors(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("upstream:\n  idle_timeout: forever\n"), 0o600)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "usage"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"serve", "-config", bad}, 2, "invalid duration"},
+		{[]string{"serve", "-config", filepath.Join(dir, "missing.yaml")}, 2, "no such file"},
+		{[]string{"serve", "extra"}, 2, "unexpected argument"},
+		{[]string{"version"}, 0, "gomux"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(tc.args, &out, &errb)
+		if code != tc.code || !strings.Contains(out.String()+errb.String(), tc.want) {
+			t.Errorf("%v: code %d, output %q %q; want %d and %q", tc.args, code, out.String(), errb.String(), tc.code, tc.want)
+		}
+	}
+}
+
+func TestCAPrintsKnownHostsLine(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	state := t.TempDir()
+	var out, errb bytes.Buffer
+	if code := run([]string{"ca", "-state", state}, &out, &errb); code != 0 {
+		t.Fatalf("ca: %d %s", code, errb.String())
+	}
+	first := out.String()
+	if !strings.HasPrefix(first, "@cert-authority * ssh-ed25519 ") {
+		t.Fatalf("ca printed %q", first)
+	}
+	out.Reset()
+	run([]string{"ca", "-state", state}, &out, &errb)
+	if out.String() != first {
+		t.Errorf("CA changed between runs")
+	}
+}
