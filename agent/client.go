@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,48 +27,89 @@ type Client struct {
 // maxNoise bounds the login-shell output skipped before the banner.
 const maxNoise = 64 << 10
 
-// NewClient skips noise up to the banner on r, starts yamux over r and w,
-// and checks the protocol version.
+// NewClient skips noise up to the banner on r, starts yamux (client side)
+// over r and w, and does the Hello handshake. When ctx ends before the
+// banner arrives, it closes w (and r, if it is an io.Closer) to give up.
 func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, error) {
 	br := bufio.NewReaderSize(r, 4096)
-	if err := skipToBanner(br); err != nil {
+	stop := context.AfterFunc(ctx, func() {
+		w.Close()
+		if c, ok := r.(io.Closer); ok {
+			c.Close()
+		}
+	})
+	err := skipToBanner(br)
+	if !stop() {
+		return nil, fmt.Errorf("agent: waiting for the banner: %w", ctx.Err())
+	}
+	if err != nil {
 		return nil, err
 	}
+	// br keeps any bytes read past the banner: they are yamux's.
 	conn := rwc{Reader: br, Writer: w, close: w.Close}
 	sess, err := yamux.Client(conn, YamuxConfig())
 	if err != nil {
-		return nil, fmt.Errorf("agent: yamux: %w", err)
+		return nil, fmt.Errorf("agent: start yamux: %w", err)
 	}
 	c := &Client{sess: sess}
 	var info Info
 	if err := c.call(ctx, &request{Op: "hello", Version: ProtocolVersion}, &info); err != nil {
 		sess.Close()
+		var re *RemoteError
+		if errors.As(err, &re) && re.Op == "hello" {
+			return nil, fmt.Errorf("%w: %w", ErrVersion, err)
+		}
 		return nil, fmt.Errorf("agent: handshake: %w", err)
 	}
 	c.info = info
 	return c, nil
 }
 
+// ErrVersion is a banner or handshake with a protocol version this client
+// does not speak.
+var ErrVersion = errors.New("agent: protocol version mismatch")
+
+// skipToBanner consumes everything up to and including the banner line.
+// The banner may follow noise without a newline (a motd lacking its last
+// line break), so it is searched for byte by byte, not per line. What
+// follows the banner stays buffered in br for yamux.
 func skipToBanner(br *bufio.Reader) error {
-	want := Banner + " "
-	skipped := 0
-	for {
-		line, err := br.ReadString('\n')
-		if strings.HasPrefix(line, want) {
-			v := strings.TrimSpace(strings.TrimPrefix(line, want))
-			if v != fmt.Sprint(ProtocolVersion) {
-				return fmt.Errorf("agent: speaks protocol %q, want %d", v, ProtocolVersion)
-			}
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("agent: no banner: %w", err)
-		}
-		skipped += len(line)
+	want := []byte(Banner + " ")
+	tail := make([]byte, 0, 2*len(want)) // the latest bytes read
+	for skipped := 0; ; skipped++ {
 		if skipped > maxNoise {
 			return errors.New("agent: no banner in the first 64 KiB of output")
 		}
+		c, err := br.ReadByte()
+		if err != nil {
+			return fmt.Errorf("agent: no banner: %w", err)
+		}
+		if len(tail) == cap(tail) {
+			tail = append(tail[:0], tail[len(tail)-len(want)+1:]...)
+		}
+		tail = append(tail, c)
+		if bytes.HasSuffix(tail, want) {
+			break
+		}
 	}
+	var v []byte
+	for {
+		c, err := br.ReadByte()
+		if err != nil {
+			return fmt.Errorf("agent: banner cut short: %w", err)
+		}
+		if c == '\n' {
+			break
+		}
+		if len(v) >= 32 {
+			return errors.New("agent: banner line too long")
+		}
+		v = append(v, c)
+	}
+	if got := strings.TrimSpace(string(v)); got != strconv.Itoa(ProtocolVersion) {
+		return fmt.Errorf("%w: agent speaks %q, this gomux speaks %d (stale agent binary?)", ErrVersion, got, ProtocolVersion)
+	}
+	return nil
 }
 
 // Info is what the agent said about itself at the handshake.
@@ -81,12 +124,15 @@ func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
 // NumStreams is the number of open streams, for tests and metrics.
 func (c *Client) NumStreams() int { return c.sess.NumStreams() }
 
-// open starts a stream with a request header. The stream is closed when
-// ctx ends before the caller is done with it... callers own closing it.
+// open starts a stream with a request header. The caller owns the
+// stream and closes it.
 func (c *Client) open(ctx context.Context, req *request) (*yamux.Stream, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	st, err := c.sess.OpenStream()
 	if err != nil {
-		return nil, fmt.Errorf("agent: open stream: %w", err)
+		return nil, fmt.Errorf("agent: open stream for %s: %w", req.Op, err)
 	}
 	if err := writeJSON(st, frameRequest, req); err != nil {
 		st.Close()
@@ -106,7 +152,10 @@ func result(st io.Reader, out any) error {
 		if out == nil {
 			return nil
 		}
-		return json.Unmarshal(p, out)
+		if err := json.Unmarshal(p, out); err != nil {
+			return fmt.Errorf("agent: bad reply: %w", err)
+		}
+		return nil
 	case frameError:
 		var re RemoteError
 		if err := json.Unmarshal(p, &re); err != nil {
@@ -117,6 +166,18 @@ func result(st io.Reader, out any) error {
 	return fmt.Errorf("agent: unexpected frame %d", typ)
 }
 
+// awaitResult is result bounded by ctx: when ctx ends first, the pending
+// read is woken by a deadline and ctx's error is returned. The deadline is
+// cleared again on success, since the stream may live on.
+func awaitResult(ctx context.Context, st *yamux.Stream, out any) error {
+	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
+	err := result(st, out)
+	if !stop() {
+		return fmt.Errorf("agent: %w", ctx.Err())
+	}
+	return err
+}
+
 // call is one request and one reply on a fresh stream.
 func (c *Client) call(ctx context.Context, req *request, out any) error {
 	st, err := c.open(ctx, req)
@@ -124,13 +185,7 @@ func (c *Client) call(ctx context.Context, req *request, out any) error {
 		return err
 	}
 	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	defer stop()
-	err = result(st, out)
-	if err != nil && ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
+	return awaitResult(ctx, st, out)
 }
 
 // Stat follows symlinks.
@@ -215,24 +270,20 @@ func (c *Client) Setstat(ctx context.Context, path string, attr SetAttr) error {
 	return c.call(ctx, &request{Op: "setstat", Path: path, Attr: w}, nil)
 }
 
-// Dial opens a TCP connection from the target. The returned conn closes
-// fully on Close; yamux streams have no half-close.
+// Dial opens a TCP connection from the target ("tcp", "tcp4" or "tcp6").
+// ctx bounds the dial only. The returned conn's Close is a half-close
+// (yamux FIN): the agent then half-closes the TCP connection and the conn
+// can still read what the peer sends until the peer closes too.
 func (c *Client) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	timeout := 30 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	st, err := c.open(ctx, &request{Op: "dial", Network: network, Address: address, Timeout: timeout.Milliseconds()})
+	st, err := c.open(ctx, &request{Op: "dial", Network: network, Address: address, Timeout: max(timeout.Milliseconds(), 1)})
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	err = result(st, nil)
-	if !stop() {
-		st.Close()
-		return nil, ctx.Err()
-	}
-	if err != nil {
+	if err := awaitResult(ctx, st, nil); err != nil {
 		st.Close()
 		return nil, err
 	}

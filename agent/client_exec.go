@@ -11,7 +11,8 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// Process is a running command on the target.
+// Process is a running command on the target; its stream carries the
+// command's stdio, window changes, signals and finally its exit status.
 type Process struct {
 	st     *yamux.Stream
 	wmu    sync.Mutex
@@ -24,28 +25,28 @@ type Process struct {
 	err    error
 }
 
-// ErrSessionLost is returned by Wait when the process's fate is unknown:
+// ErrSessionLost is wrapped by Wait's error when the process's fate is unknown:
 // the stream or the agent went away before an exit was reported.
 var ErrSessionLost = errors.New("agent: session lost before the process exited")
 
-// Exec starts a process.
+// Exec starts a process and returns once the agent has started it (or
+// failed to: then the error is a *RemoteError). ctx bounds the start only.
+// Read Stdout and Stderr concurrently, as with os/exec: output is
+// delivered in order and a stream nobody reads holds the other back.
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 	st, err := c.open(ctx, &request{Op: "exec", Exec: &req})
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	err = result(st, nil)
-	stop()
-	if err != nil {
+	if err := awaitResult(ctx, st, nil); err != nil {
 		st.Close()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
 		return nil, err
 	}
 	outR, outW := io.Pipe()
 	errR, errW := io.Pipe()
+	if req.Pty != nil {
+		errW.Close() // a terminal merges stderr into stdout, as sshd does
+	}
 	p := &Process{st: st, stdout: outR, stderr: errR, done: make(chan struct{})}
 	p.stdin = &processStdin{p: p}
 	go p.readLoop(outW, errW)
@@ -57,7 +58,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 	defer close(p.done)
 	fail := func(err error) {
-		p.err = fmt.Errorf("%w: %v", ErrSessionLost, err)
+		p.err = fmt.Errorf("%w: %w", ErrSessionLost, err)
 		outW.CloseWithError(p.err)
 		errW.CloseWithError(p.err)
 		p.st.Close()
@@ -87,7 +88,7 @@ func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 			outW.Close()
 			errW.Close()
 			if err := json.Unmarshal(b, &p.status); err != nil {
-				fail(err)
+				fail(fmt.Errorf("bad exit frame: %w", err))
 				return
 			}
 			p.st.Close()
@@ -124,26 +125,32 @@ func (p *Process) Resize(cols, rows, widthPx, heightPx uint32) error {
 // process group.
 func (p *Process) Signal(name string) error { return p.send(frameSignal, []byte(name)) }
 
-// Wait returns the exit status once it has arrived, or an error wrapping
-// ErrSessionLost when it never will.
+// Wait returns the exit status once the exit frame has arrived and the
+// caller has read Stdout and Stderr to the end. A non-nil error (wrapping
+// ErrSessionLost) means the stream or session broke first and the
+// process's fate is unknown: it is never an exit status in disguise.
 func (p *Process) Wait() (ExitStatus, error) {
 	<-p.done
 	return p.status, p.err
 }
 
-// Close abandons the process: the agent kills its process group.
+// Close abandons the process: the stream is closed, the agent kills the
+// process group, and unread output is discarded.
 func (p *Process) Close() error {
 	p.stdout.Close()
 	p.stderr.Close()
 	return p.st.Close()
 }
 
+// processStdin is the Process's stdin writer.
 type processStdin struct {
 	p      *Process
 	mu     sync.Mutex
 	closed bool
 }
 
+// Write sends b in frames of at most 32 KiB; it blocks while the agent
+// has not consumed earlier ones (yamux window), which bounds memory.
 func (s *processStdin) Write(b []byte) (int, error) {
 	written := 0
 	for len(b) > 0 {
@@ -157,6 +164,7 @@ func (s *processStdin) Write(b []byte) (int, error) {
 	return written, nil
 }
 
+// Close sends stdin EOF once; later calls do nothing.
 func (s *processStdin) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

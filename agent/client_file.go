@@ -14,13 +14,16 @@ import (
 )
 
 // File is an open file on the target. It is safe for concurrent use:
-// concurrent ReadAt calls are pipelined on the wire, and WriteAt does not
-// wait for the write (an error is reported by a later call or by Close),
-// so a transfer never pays one round trip per chunk.
+// ReadAt and WriteAt are pipelined on the wire (each chunk carries a
+// request id), and WriteAt does not wait for the agent's answer, so a
+// transfer never pays one round trip per chunk. A failed write is sticky:
+// it is returned by the first call after the agent reported it, and at the
+// latest by Stat or Close, whose replies follow every earlier write.
 type File struct {
 	st   *yamux.Stream
 	path string
-	wmu  sync.Mutex
+	wmu  sync.Mutex // one frame at a time on the stream
+	cmu  sync.Mutex // one fstat/close in flight, so replies match callers
 
 	mu      sync.Mutex
 	nextID  uint32
@@ -43,26 +46,29 @@ type controlResult struct {
 }
 
 // maxChunk is the most one read or write frame carries.
-const maxChunk = 256<<10 - 64
+const maxChunk = 256 << 10
 
-// Open opens a file with os.OpenFile flags.
+// readAhead bounds the chunk requests one ReadAt keeps in flight.
+const readAhead = 16
+
+// Open opens a file with os.OpenFile flags; a relative path is relative
+// to the home directory.
 func (c *Client) Open(ctx context.Context, path string, flag int, perm fs.FileMode) (*File, error) {
 	st, err := c.open(ctx, &request{Op: "open", Path: path, Flag: flag, Mode: uint32(perm)})
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	err = result(st, nil)
-	stop()
-	if err != nil {
+	if err := awaitResult(ctx, st, nil); err != nil {
 		st.Close()
 		return nil, err
 	}
-	f := &File{st: st, path: path, reads: map[uint32]chan readResult{}, control: make(chan controlResult, 4), loop: make(chan struct{})}
+	f := &File{st: st, path: path, reads: map[uint32]chan readResult{}, control: make(chan controlResult, 1), loop: make(chan struct{})}
 	go f.readLoop()
 	return f, nil
 }
 
+// readLoop routes the agent's answers: data and per-request errors to the
+// waiting ReadAt, write errors to the sticky error, the rest to control.
 func (f *File) readLoop() {
 	defer close(f.loop)
 	for {
@@ -78,26 +84,26 @@ func (f *File) readLoop() {
 				return
 			}
 			f.deliver(binary.BigEndian.Uint32(b), readResult{data: b[5:], eof: b[4] == 1})
-		case frameError:
-			var withID struct {
-				ID  uint32       `json:"id"`
-				Err *RemoteError `json:"err"`
+		case frameIOError:
+			id, re, err := decodeIOError(b)
+			if err != nil {
+				f.fail(err)
+				return
 			}
-			if json.Unmarshal(b, &withID) == nil && withID.ID != 0 && withID.Err != nil {
-				f.deliver(withID.ID, readResult{err: withID.Err})
-				continue
+			if !f.deliver(id, readResult{err: re}) {
+				f.setErr(re) // a write failed
 			}
-			f.control <- controlResult{typ, b}
-		case frameOK:
+		case frameOK, frameError:
 			f.control <- controlResult{typ, b}
 		default:
-			f.fail(fmt.Errorf("agent: unexpected frame %d", typ))
+			f.fail(fmt.Errorf("agent: unexpected frame %d on file stream", typ))
 			return
 		}
 	}
 }
 
-func (f *File) deliver(id uint32, r readResult) {
+// deliver hands a read its answer; false when no read waits for id.
+func (f *File) deliver(id uint32, r readResult) bool {
 	f.mu.Lock()
 	ch := f.reads[id]
 	delete(f.reads, id)
@@ -105,8 +111,18 @@ func (f *File) deliver(id uint32, r readResult) {
 	if ch != nil {
 		ch <- r
 	}
+	return ch != nil
 }
 
+func (f *File) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+	}
+}
+
+// fail ends every pending call with err; only readLoop calls it.
 func (f *File) fail(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -114,7 +130,7 @@ func (f *File) fail(err error) {
 		f.err = err
 	}
 	for id, ch := range f.reads {
-		ch <- readResult{err: f.err}
+		ch <- readResult{err: err}
 		delete(f.reads, id)
 	}
 	close(f.control)
@@ -127,31 +143,63 @@ func (f *File) send(typ byte, b []byte) error {
 }
 
 // ReadAt reads like os.File.ReadAt: io.EOF when fewer than len(p) bytes
-// were left.
+// were left. A large read is split into chunks requested together.
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("agent: read %s: negative offset", f.path)
+	}
+	type pending struct {
+		ch   chan readResult
+		at   int // position in p
+		size int
+	}
+	var queue []pending
+	next := 0 // next position in p to request
 	total := 0
-	for total < len(p) {
-		n := min(len(p)-total, maxChunk)
-		r, err := f.readChunk(off+int64(total), n)
-		if err != nil {
-			return total, err
+	var firstErr error
+	for next < len(p) || len(queue) > 0 {
+		for firstErr == nil && next < len(p) && len(queue) < readAhead {
+			n := min(len(p)-next, maxChunk)
+			ch, err := f.requestRead(off+int64(next), n)
+			if err != nil {
+				firstErr = err
+				break
+			}
+			queue = append(queue, pending{ch, next, n})
+			next += n
 		}
-		copy(p[total:], r.data)
-		total += len(r.data)
-		if r.eof || len(r.data) < n {
-			return total, io.EOF
+		if len(queue) == 0 {
+			break
 		}
+		q := queue[0]
+		queue = queue[1:]
+		r := <-q.ch
+		if firstErr != nil {
+			continue // drain the rest; the answer is already decided
+		}
+		if r.err != nil {
+			firstErr = r.err
+			continue
+		}
+		copy(p[q.at:], r.data)
+		total = q.at + len(r.data)
+		if len(r.data) < q.size {
+			firstErr = io.EOF
+		}
+	}
+	if firstErr != nil {
+		return total, firstErr
 	}
 	return total, nil
 }
 
-func (f *File) readChunk(off int64, n int) (readResult, error) {
+func (f *File) requestRead(off int64, n int) (chan readResult, error) {
 	ch := make(chan readResult, 1)
 	f.mu.Lock()
 	if f.err != nil {
 		err := f.err
 		f.mu.Unlock()
-		return readResult{}, err
+		return nil, err
 	}
 	f.nextID++
 	if f.nextID == 0 {
@@ -160,27 +208,37 @@ func (f *File) readChunk(off int64, n int) (readResult, error) {
 	id := f.nextID
 	f.reads[id] = ch
 	f.mu.Unlock()
-	b, _ := json.Marshal(readReq{ID: id, Off: off, N: n})
-	if err := f.send(frameRead, b); err != nil {
-		f.deliver(id, readResult{})
-		return readResult{}, fmt.Errorf("agent: read %s: %w", f.path, err)
+	if err := f.send(frameRead, readReq{ID: id, Off: off, N: uint32(n)}.encode()); err != nil {
+		f.mu.Lock()
+		delete(f.reads, id)
+		f.mu.Unlock()
+		return nil, fmt.Errorf("agent: read %s: %w", f.path, err)
 	}
-	r := <-ch
-	return r, r.err
+	return ch, nil
 }
 
-// WriteAt queues the write; it fails only if an earlier one did.
+// WriteAt queues the write and returns; it fails if an earlier write did
+// or the stream broke.
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
-	f.mu.Lock()
-	err := f.err
-	f.mu.Unlock()
-	if err != nil {
-		return 0, err
+	if off < 0 {
+		return 0, fmt.Errorf("agent: write %s: negative offset", f.path)
 	}
 	written := 0
 	for written < len(p) {
+		f.mu.Lock()
+		err := f.err
+		f.nextID++
+		if f.nextID == 0 {
+			f.nextID = 1
+		}
+		id := f.nextID
+		f.mu.Unlock()
+		if err != nil {
+			return written, err
+		}
 		n := min(len(p)-written, maxChunk)
 		buf := make([]byte, 12+n)
+		binary.BigEndian.PutUint32(buf, id)
 		binary.BigEndian.PutUint64(buf[4:12], uint64(off)+uint64(written))
 		copy(buf[12:], p[written:written+n])
 		if err := f.send(frameWrite, buf); err != nil {
@@ -191,10 +249,12 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	return written, nil
 }
 
-// control sends fstat or close and waits for its reply. The agent serves
-// a file's requests in order, so this reply also vouches for every write
-// sent before it.
+// controlCall sends fstat or close and waits for its reply. The agent
+// serves a file's requests in order, so this reply also vouches for every
+// write sent before it.
 func (f *File) controlCall(typ byte, out any) error {
+	f.cmu.Lock()
+	defer f.cmu.Unlock()
 	if err := f.send(typ, nil); err != nil {
 		return fmt.Errorf("agent: %s: %w", f.path, err)
 	}
@@ -212,7 +272,9 @@ func (f *File) controlCall(typ byte, out any) error {
 		return &re
 	}
 	if out != nil {
-		return json.Unmarshal(r.b, out)
+		if err := json.Unmarshal(r.b, out); err != nil {
+			return fmt.Errorf("agent: bad reply: %w", err)
+		}
 	}
 	return nil
 }
@@ -226,7 +288,8 @@ func (f *File) Stat() (*FileInfo, error) {
 	return &FileInfo{w}, nil
 }
 
-// Close closes the file and reports any write that failed.
+// Close closes the file and reports any write that failed. Later calls
+// return nil.
 func (f *File) Close() error {
 	f.mu.Lock()
 	if f.closed {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -82,6 +83,8 @@ func command(req *ExecRequest, info Info) *exec.Cmd {
 	cmd.Dir = req.Dir
 	if cmd.Dir == "" {
 		cmd.Dir = info.Home
+	} else if !filepath.IsAbs(cmd.Dir) {
+		cmd.Dir = filepath.Join(info.Home, cmd.Dir)
 	}
 	return cmd
 }
@@ -103,7 +106,7 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 	var outputs []io.Reader
 	var master *os.File
 	if req.Pty != nil {
-		m, tty, err := pty.Open()
+		m, tty, err := openPty()
 		if err != nil {
 			fail(err)
 			return
@@ -111,7 +114,7 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 		master = m
 		defer master.Close()
 		applyModes(int(tty.Fd()), req.Pty.Modes)
-		pty.Setsize(master, &pty.Winsize{Cols: uint16(req.Pty.Cols), Rows: uint16(req.Pty.Rows), X: uint16(req.Pty.WidthPx), Y: uint16(req.Pty.HeightPx)})
+		setWinsize(master, req.Pty.Cols, req.Pty.Rows, req.Pty.WidthPx, req.Pty.HeightPx)
 		cmd.Env = buildEnv(os.Environ(), req.Env, req.Pty, tty.Name())
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
@@ -147,14 +150,17 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 		stdin, outputs = in, []io.Reader{out, errp}
 	}
 	pg := cmd.Process.Pid
-	s.track(pg, true)
+	s.track(pg, true) // false: the session is ending and pg is killed
 	defer s.track(pg, false)
 	if err := send(frameOK, []byte("{}")); err != nil {
 		killGroup(pg)
+		if master != nil {
+			master.Close()
+		}
 		cmd.Wait()
 		return
 	}
-	s.Log.Debug("exec", "pid", pg, "pty", req.Pty != nil)
+	s.log().Debug("exec", "pid", pg, "pty", req.Pty != nil)
 
 	// Input: stdin data, EOF, window changes, signals. A broken stream
 	// means gomux abandoned the process: kill its group, as sshd does
@@ -186,13 +192,13 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 			case frameResize:
 				var w windowSize
 				if master != nil && json.Unmarshal(p, &w) == nil {
-					pty.Setsize(master, &pty.Winsize{Cols: uint16(w.Cols), Rows: uint16(w.Rows), X: uint16(w.WidthPx), Y: uint16(w.HeightPx)})
+					setWinsize(master, w.Cols, w.Rows, w.WidthPx, w.HeightPx)
 				}
 			case frameSignal:
 				if sig := unix.SignalNum("SIG" + string(p)); sig != 0 {
 					syscall.Kill(-pg, sig)
 				} else {
-					s.Log.Info("unknown signal", "name", string(p))
+					s.log().Info("unknown signal ignored", "name", string(p), "pid", pg)
 				}
 			}
 		}
@@ -207,6 +213,9 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 		}()
 		s.pumpPty(procDone, master, send)
 		<-procDone
+		// Nothing reads the terminal any more: a stdin write blocked on
+		// its full input queue must fail rather than hold up the end.
+		master.Close()
 	} else {
 		var outWG sync.WaitGroup
 		for i, r := range outputs {
@@ -236,10 +245,46 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 		err = cmd.Wait()
 	}
 	close(exited)
-	send(frameExit, mustJSON(exitStatusOf(cmd, err)))
+	status := exitStatusOf(cmd, err)
+	s.log().Debug("exit", "pid", pg, "code", status.Code, "signal", status.Signal)
+	send(frameExit, mustJSON(status))
 	// The client closes the stream once it has the exit; that ends inWG.
 	st.Close()
 	inWG.Wait()
+}
+
+// openPty opens a terminal pair. The master is re-wrapped non-blocking so
+// the runtime poller serves it: creack/pty's ioctls leave it blocking, and
+// only a pollable master can be given a read deadline when a background
+// job keeps the slave open after the command has exited.
+func openPty() (master, tty *os.File, err error) {
+	m, t, err := pty.Open()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open pty: %w", err)
+	}
+	defer m.Close()
+	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Close()
+		return nil, nil, fmt.Errorf("dup pty master: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		t.Close()
+		return nil, nil, fmt.Errorf("pty master non-blocking: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "/dev/ptmx"), t, nil
+}
+
+// setWinsize sets the terminal size through the poller's raw conn, since
+// File.Fd would switch the master back to blocking mode.
+func setWinsize(master *os.File, cols, rows, wpx, hpx uint32) {
+	rc, err := master.SyscallConn()
+	if err != nil {
+		return
+	}
+	ws := &unix.Winsize{Col: uint16(cols), Row: uint16(rows), Xpixel: uint16(wpx), Ypixel: uint16(hpx)}
+	rc.Control(func(fd uintptr) { unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, ws) })
 }
 
 // pumpPty copies the terminal's output until the process has exited and

@@ -182,7 +182,7 @@ func (f fileOps) setstat(p string, a *wireAttr) error {
 		if a.GID != nil {
 			gid = int(*a.GID)
 		}
-		if err := os.Lchown(p, uid, gid); err != nil {
+		if err := os.Chown(p, uid, gid); err != nil { // SFTP setstat follows symlinks
 			return err
 		}
 	}

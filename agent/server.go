@@ -3,52 +3,66 @@ package agent
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"os/user"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
 )
 
 // Server is the agent's side: it runs processes and file operations for
-// the streams gomux opens. The zero value needs only Version set.
+// the streams gomux opens. The zero value is ready to use.
 type Server struct {
 	// Version is reported in Info; set at build time.
 	Version string
-	// Log receives diagnostic events; nil discards them.
+	// Log receives diagnostic events (they go to stderr, which gomux
+	// logs); nil discards them. log/slog keeps the package free of
+	// third-party logging.
 	Log *slog.Logger
 
 	mu     sync.Mutex
+	closed bool             // Serve is ending: children started now are killed at once
 	groups map[int]struct{} // process groups of running children
 	wg     sync.WaitGroup
 }
 
+// rwc joins a reader and a writer into the io.ReadWriteCloser yamux wants.
 type rwc struct {
 	io.Reader
 	io.Writer
 	close func() error
 }
 
+// Close closes whatever the owner said closes the connection.
 func (c rwc) Close() error { return c.close() }
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
 
 // Serve writes the banner to w, then serves yamux streams read from r until
 // r ends or ctx is done. On return every process group it started that is
-// still running has been killed.
+// still running has been killed and every goroutine it started has ended.
+// Serve closes r and w if they are io.Closers.
 func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
-	if s.Log == nil {
-		s.Log = slog.New(slog.DiscardHandler)
-	}
+	s.mu.Lock()
+	s.closed = false
+	s.mu.Unlock()
 	if _, err := fmt.Fprintf(w, "%s %d\n", Banner, ProtocolVersion); err != nil {
-		return fmt.Errorf("write banner: %w", err)
+		return fmt.Errorf("agent: write banner: %w", err)
 	}
 	conn := rwc{Reader: r, Writer: w, close: func() error {
 		if c, ok := r.(io.Closer); ok {
@@ -61,11 +75,16 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	}}
 	sess, err := yamux.Server(conn, YamuxConfig())
 	if err != nil {
-		return fmt.Errorf("yamux: %w", err)
+		return fmt.Errorf("agent: start yamux: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
+	// sctx ends with the session, releasing streams blocked on something
+	// other than yamux (a dialed TCP connection).
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	info := s.info()
+	s.log().Info("serving", "protocol", ProtocolVersion, "version", s.Version, "user", info.User)
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
@@ -74,52 +93,68 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveStream(ctx, st, info)
+			s.serveStream(sctx, st, info)
 		}()
 	}
 	sess.Close()
+	cancel()
 	s.killAll()
 	s.wg.Wait()
+	s.log().Info("session ended")
 	return nil
 }
 
+// killAll kills every running group and makes track kill later ones, so
+// a child started while the session ends cannot escape.
 func (s *Server) killAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	for pg := range s.groups {
 		killGroup(pg)
 	}
 }
 
-func (s *Server) track(pg int, add bool) {
+// track records a started (add) or reaped process group. It reports false
+// when the session is ending; the group has then been killed.
+func (s *Server) track(pg int, add bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.groups == nil {
 		s.groups = map[int]struct{}{}
 	}
-	if add {
-		s.groups[pg] = struct{}{}
-	} else {
+	if !add {
 		delete(s.groups, pg)
+		return true
 	}
+	s.groups[pg] = struct{}{}
+	if s.closed {
+		killGroup(pg)
+		return false
+	}
+	return true
 }
 
+// info describes the account, preferring what sshd put in the
+// environment and falling back to the passwd database.
 func (s *Server) info() Info {
 	in := Info{ProtocolVersion: ProtocolVersion, AgentVersion: s.Version, UID: os.Getuid(), GID: os.Getgid(), Arch: runtime.GOARCH}
 	in.Hostname, _ = os.Hostname()
-	in.Home = os.Getenv("HOME")
-	in.Shell = os.Getenv("SHELL")
-	if u, err := user.Current(); err == nil {
-		in.User = u.Username
-		if in.Home == "" {
-			in.Home = u.HomeDir
-		}
-	}
+	pw := lookupPasswd("/etc/passwd", in.UID)
+	in.User = pw.name
 	if in.User == "" {
 		in.User = os.Getenv("USER")
 	}
+	in.Home = os.Getenv("HOME")
+	if in.Home == "" {
+		in.Home = pw.home
+	}
 	if in.Home == "" {
 		in.Home = "/"
+	}
+	in.Shell = os.Getenv("SHELL")
+	if in.Shell == "" {
+		in.Shell = pw.shell
 	}
 	if in.Shell == "" {
 		in.Shell = "/bin/sh"
@@ -127,11 +162,30 @@ func (s *Server) info() Info {
 	return in
 }
 
+type passwdEntry struct{ name, home, shell string }
+
+// lookupPasswd reads the passwd file directly: the agent is built without
+// cgo, and os/user does not report the login shell.
+func lookupPasswd(file string, uid int) passwdEntry {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return passwdEntry{}
+	}
+	want := strconv.Itoa(uid)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 7 && f[2] == want {
+			return passwdEntry{name: f[0], home: f[5], shell: f[6]}
+		}
+	}
+	return passwdEntry{}
+}
+
 func (s *Server) serveStream(ctx context.Context, st net.Conn, info Info) {
 	defer st.Close()
 	typ, p, err := readFrame(st)
 	if err != nil || typ != frameRequest {
-		s.Log.Warn("bad stream start", "err", err, "type", typ)
+		s.log().Warn("bad stream start", "err", err, "type", typ)
 		return
 	}
 	req, err := decodeRequest(p)
@@ -174,6 +228,8 @@ func (s *Server) serveStream(ctx context.Context, st net.Conn, info Info) {
 		reply(struct{}{}, removeDir(fo.abs(req.Path)), req.Path)
 	case "rename":
 		reply(struct{}{}, fo.rename(req.Path, req.Path2, req.Bool), req.Path)
+	case "posix-rename":
+		reply(struct{}{}, fo.rename(req.Path, req.Path2, true), req.Path)
 	case "symlink":
 		reply(struct{}{}, os.Symlink(req.Path, fo.abs(req.Path2)), req.Path2)
 	case "link":
@@ -237,6 +293,8 @@ func (s *Server) dial(ctx context.Context, st net.Conn, req *request) {
 		return
 	}
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	if err := writeJSON(st, frameOK, struct{}{}); err != nil {
 		return
 	}
@@ -244,20 +302,26 @@ func (s *Server) dial(ctx context.Context, st net.Conn, req *request) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		io.Copy(c, st)
+		if _, err := io.Copy(c, st); err != nil {
+			c.Close() // the stream broke: nobody will read the rest
+			return
+		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.CloseWrite()
 		}
 	}()
+	// Peer EOF half-closes the stream; the TCP conn stays open for the
+	// client's remaining bytes until the client closes too (bounded by
+	// yamux's StreamCloseTimeout and by the session's end).
 	io.Copy(st, c)
 	st.Close()
-	c.Close()
 	wg.Wait()
 }
 
 // serveFile serves one open file: pread, pwrite, fstat, close. Requests are
 // served in order; the client pipelines them, so throughput does not pay a
-// round trip per chunk.
+// round trip per chunk. A failed write is reported at once (frameIOError
+// with its id) and again, sticky, by the next fstat and by close.
 func (s *Server) serveFile(st net.Conn, path string, flag int, perm os.FileMode) {
 	f, err := os.OpenFile(path, flag, perm)
 	if err != nil {
@@ -268,8 +332,8 @@ func (s *Server) serveFile(st net.Conn, path string, flag int, perm os.FileMode)
 	if err := writeJSON(st, frameOK, struct{}{}); err != nil {
 		return
 	}
-	var sticky error // first write error, reported on the next fstat/close
-	buf := make([]byte, 256<<10)
+	var sticky error
+	buf := make([]byte, 5+maxChunk)
 	for {
 		typ, p, err := readFrame(st)
 		if err != nil {
@@ -277,38 +341,44 @@ func (s *Server) serveFile(st net.Conn, path string, flag int, perm os.FileMode)
 		}
 		switch typ {
 		case frameRead:
-			var rr readReq
-			if json.Unmarshal(p, &rr) != nil {
+			rr, err := decodeReadReq(p)
+			if err != nil {
+				s.log().Warn("bad read request", "err", err)
 				return
 			}
-			n := min(max(rr.N, 0), len(buf)-5)
+			n := min(int(rr.N), maxChunk)
 			m, rerr := f.ReadAt(buf[5:5+n], rr.Off)
-			binary.BigEndian.PutUint32(buf[:4], rr.ID)
-			buf[4] = 0
-			if errors.Is(rerr, io.EOF) {
-				buf[4] = 1
-			} else if rerr != nil {
-				b, _ := json.Marshal(struct {
-					ID  uint32       `json:"id"`
-					Err *RemoteError `json:"err"`
-				}{rr.ID, toRemoteError("read", path, rerr)})
-				if writeFrame(st, frameError, b) != nil {
+			if rerr != nil && !errors.Is(rerr, io.EOF) {
+				if writeFrame(st, frameIOError, ioErrorPayload(rr.ID, toRemoteError("read", path, rerr))) != nil {
 					return
 				}
 				continue
+			}
+			binary.BigEndian.PutUint32(buf[:4], rr.ID)
+			buf[4] = 0
+			if rerr != nil {
+				buf[4] = 1
 			}
 			if writeFrame(st, frameData, buf[:5+m]) != nil {
 				return
 			}
 		case frameWrite:
 			if len(p) < 12 {
+				s.log().Warn("short write frame", "len", len(p))
 				return
 			}
+			id := binary.BigEndian.Uint32(p)
 			off := int64(binary.BigEndian.Uint64(p[4:12]))
-			if sticky == nil {
-				if _, err := f.WriteAt(p[12:], off); err != nil {
-					sticky = err
-				}
+			if sticky != nil {
+				continue
+			}
+			if off < 0 {
+				sticky = syscall.EINVAL
+			} else if _, err := f.WriteAt(p[12:], off); err != nil {
+				sticky = err
+			}
+			if sticky != nil && writeFrame(st, frameIOError, ioErrorPayload(id, toRemoteError("write", path, sticky))) != nil {
+				return
 			}
 		case frameFstat:
 			if sticky != nil {
@@ -320,8 +390,7 @@ func (s *Server) serveFile(st net.Conn, path string, flag int, perm os.FileMode)
 				writeJSON(st, frameError, toRemoteError("fstat", path, err))
 				continue
 			}
-			info := infoFrom(fi.Name(), fi)
-			writeJSON(st, frameOK, info)
+			writeJSON(st, frameOK, infoFrom(filepath.Base(path), fi))
 		case frameClose:
 			cerr := f.Close()
 			if sticky != nil {
@@ -334,6 +403,7 @@ func (s *Server) serveFile(st net.Conn, path string, flag int, perm os.FileMode)
 			}
 			return
 		default:
+			s.log().Warn("unexpected frame on file stream", "type", typ)
 			return
 		}
 	}

@@ -55,13 +55,19 @@ func serve() int {
 		log.Error("open /dev/null", "err", err)
 		return 1
 	}
-	unix.Dup3(null, 0, 0)
-	unix.Dup3(null, 1, 0)
+	for _, fd := range []int{0, 1} {
+		if err := unix.Dup3(null, fd, 0); err != nil {
+			log.Error("point fd at /dev/null", "fd", fd, "err", err)
+			return 1
+		}
+	}
 	unix.Close(null)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT)
 	defer stop()
 	s := &agent.Server{Version: version, Log: log}
+	// Serve returns when stdin reaches EOF (gomux closed the channel) or a
+	// signal arrives; either way its children have been killed.
 	if err := s.Serve(ctx, os.NewFile(uintptr(in), "agent-in"), os.NewFile(uintptr(out), "agent-out")); err != nil {
 		log.Error("serve", "err", err)
 		return 1

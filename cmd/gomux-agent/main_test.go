@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gomux/gomux/agent"
+)
+
+// TestMain lets the test binary act as the agent, so the test below runs
+// the real main path (fd juggling included) in a child process.
+func TestMain(m *testing.M) {
+	if os.Getenv("GOMUX_AGENT_TEST_SERVE") == "1" {
+		os.Exit(serve())
+	}
+	os.Exit(m.Run())
+}
+
+func TestServeOverStdio(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := agent.NewClient(ctx, stdout, stdin)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("NewClient: %v (stderr %s)", err, stderr.String())
+	}
+	if v := c.Info().AgentVersion; v != version {
+		t.Errorf("agent version %q, want %q", v, version)
+	}
+	p, err := c.Exec(ctx, agent.ExecRequest{Command: "echo ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, p.Stderr())
+	out, _ := io.ReadAll(p.Stdout())
+	if st, err := p.Wait(); err != nil || st.Code != 0 || string(out) != "ok\n" {
+		t.Fatalf("exec: %q %+v %v", out, st, err)
+	}
+	c.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("agent exit: %v (stderr %s)", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("agent did not exit when its stdin closed")
+	}
+	if !bytes.Contains(stderr.Bytes(), []byte(`"msg":"session ended"`)) {
+		t.Errorf("stderr log: %s", stderr.String())
+	}
+}
+
+func TestStdioIsDevNull(t *testing.T) {
+	if os.Getenv("GOMUX_AGENT_TEST_SERVE") != "" {
+		t.Skip()
+	}
+	// Once the banner is out, the agent's fds 0 and 1 must point at
+	// /dev/null, so nothing but the protocol reaches the stream.
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := agent.NewClient(ctx, stdout, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, fd := range []string{"0", "1"} {
+		link, err := os.Readlink("/proc/" + itoa(cmd.Process.Pid) + "/fd/" + fd)
+		if err != nil || link != "/dev/null" {
+			t.Errorf("agent fd %s -> %q %v", fd, link, err)
+		}
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
