@@ -33,21 +33,13 @@ func runPlaybook(ctx context.Context, t testing.TB, lab *harness.Lab, g *Gomux, 
 		t.Skip("ansible-playbook not installed (apt-get install ansible-core)")
 	}
 	dir := t.TempDir()
-	sshCfg := filepath.Join(dir, "ssh_config")
-	commonArgs := "-F " + sshCfg
+	var sshCfg, commonArgs string
 	if g != nil {
 		sshCfg = g.SSHConfig
 		commonArgs = "-F " + sshCfg + " -o ProxyJump=gomux"
 	} else {
-		must(t, os.WriteFile(sshCfg, []byte(fmt.Sprintf(`Host *
-  User %s
-  IdentityFile %s
-  IdentitiesOnly yes
-  UserKnownHostsFile %s
-  GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
-  BatchMode yes
-`, lab.User, lab.ClientKey, lab.KnownHostsFile())), 0o600))
+		sshCfg = writeSSHConfig(t, dir, lab, lab.KnownHostsFile(), "")
+		commonArgs = "-F " + sshCfg
 	}
 	var inv strings.Builder
 	inv.WriteString("[all]\n")

@@ -61,19 +61,7 @@ func BenchmarkJumpLatency(b *testing.B) {
 	khPath := filepath.Join(b.TempDir(), "known_hosts")
 	kh := readFileB(b, lab.KnownHostsFile()) + fmt.Sprintf("[%s]:%s %s", jumpHost, jumpPort, gossh.MarshalAuthorizedKey(jump.HostKey))
 	must(b, os.WriteFile(khPath, []byte(kh), 0o600))
-	plainCfg := filepath.Join(b.TempDir(), "ssh_config")
-	must(b, os.WriteFile(plainCfg, []byte(fmt.Sprintf(`Host jump
-  HostName %s
-  Port %s
-Host *
-  User %s
-  IdentityFile %s
-  IdentitiesOnly yes
-  UserKnownHostsFile %s
-  GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
-  BatchMode yes
-`, jumpHost, jumpPort, lab.User, lab.ClientKey, khPath)), 0o600))
+	plainCfg := writeSSHConfig(b, b.TempDir(), lab, khPath, fmt.Sprintf("Host jump\n  HostName %s\n  Port %s\n", jumpHost, jumpPort))
 	run := func(cmd *exec.Cmd) func() error {
 		return func() error {
 			c := exec.CommandContext(ctx, cmd.Args[0], cmd.Args[1:]...)

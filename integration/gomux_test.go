@@ -186,12 +186,16 @@ targets:
 	must(t, err)
 	g.KnownHosts = filepath.Join(dir, "client_known_hosts")
 	must(t, os.WriteFile(g.KnownHosts, out, 0o600))
-	g.SSHConfig = filepath.Join(dir, "ssh_config")
-	must(t, os.WriteFile(g.SSHConfig, []byte(fmt.Sprintf(`Host gomux
-  HostName 127.0.0.1
-  Port %d
-  HostKeyAlias gomux
-Host *
+	g.SSHConfig = writeSSHConfig(t, dir, lab, g.KnownHosts, fmt.Sprintf("Host gomux\n  HostName 127.0.0.1\n  Port %d\n  HostKeyAlias gomux\n", port))
+	return g
+}
+
+// writeSSHConfig writes an ssh_config for the lab's user and key, with host
+// keys checked strictly against knownHosts; head holds Host blocks that
+// come first.
+func writeSSHConfig(t testing.TB, dir string, lab *harness.Lab, knownHosts, head string) string {
+	p := filepath.Join(dir, "ssh_config")
+	must(t, os.WriteFile(p, []byte(head+fmt.Sprintf(`Host *
   User %s
   IdentityFile %s
   IdentitiesOnly yes
@@ -201,8 +205,8 @@ Host *
   BatchMode yes
   ConnectTimeout 10
   LogLevel ERROR
-`, port, lab.User, lab.ClientKey, g.KnownHosts)), 0o600))
-	return g
+`, lab.User, lab.ClientKey, knownHosts)), 0o600))
+	return p
 }
 
 // Stop sends SIGTERM and waits for the drain.

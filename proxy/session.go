@@ -162,15 +162,8 @@ func (s *session) handleRequest(ctx context.Context, req *gossh.Request) bool {
 			return false
 		}
 		s.kind, s.cmd = "subsystem", "sftp"
-		if req.WantReply {
-			req.Reply(true, nil)
-			req.WantReply = false
-		}
-		s.run.Add(1)
-		go func() {
-			defer s.run.Done()
-			s.serveSFTP(ctx)
-		}()
+		answer(req, true)
+		s.spawn(func() { s.serveSFTP(ctx) })
 		return true
 	}
 	// auth-agent-req, x11-req and unknown requests: refused, as an sshd
@@ -191,27 +184,35 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", cmd).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
-		if req.WantReply {
-			req.Reply(false, nil)
-			req.WantReply = false
-		}
+		answer(req, false)
 		s.ch.Close()
 		return false
 	}
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()
-	// Reply before any output so the client sees success first, as from sshd.
+	answer(req, true)
+	s.spawn(func() { s.pump(p) })
+	return true
+}
+
+// answer replies to req at once, before any data the request causes, so
+// the client sees success first as from sshd; the request loop then does
+// not reply again.
+func answer(req *gossh.Request, ok bool) {
 	if req.WantReply {
-		req.Reply(true, nil)
+		req.Reply(ok, nil)
 		req.WantReply = false
 	}
+}
+
+// spawn runs fn as one of the session's goroutines, which serve waits for.
+func (s *session) spawn(fn func()) {
 	s.run.Add(1)
 	go func() {
 		defer s.run.Done()
-		s.pump(p)
+		fn()
 	}()
-	return true
 }
 
 // pump moves stdio between the channel and the process, then reports the
