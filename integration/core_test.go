@@ -282,7 +282,7 @@ func TestCore(t *testing.T) {
 	t.Run("agent-killed-mid-exec", func(t *testing.T) {
 		ctx := ctxT(t, 2*time.Minute)
 		cmd := g.SSH(ctx, host, "echo started; sleep 60")
-		var out bytes.Buffer
+		var out syncBuffer
 		cmd.Stdout = &out
 		must(t, cmd.Start())
 		waitFor(t, 10*time.Second, func() bool { return strings.Contains(out.String(), "started") })
@@ -307,6 +307,24 @@ func TestCore(t *testing.T) {
 			t.Errorf("next session after agent kill: %+v", r)
 		}
 	})
+}
+
+// syncBuffer is a bytes.Buffer a test can read while a command writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func hasEvent(g *Gomux, event, field string, value any) bool {
