@@ -85,6 +85,8 @@ type gomuxOptions struct {
 	StateDir string
 	// KnownHosts overrides the upstream known_hosts file.
 	KnownHosts string
+	// AgentSock makes gomux log in to targets with this ssh-agent only.
+	AgentSock string
 }
 
 func freePort(t testing.TB) int {
@@ -123,6 +125,10 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 		}
 		targets = fmt.Sprintf("  - hosts: [%s]\n    mode: accelerate\n", strings.Join(ips, ", "))
 	}
+	identity := lab.ClientKey
+	if o.AgentSock != "" {
+		identity = ""
+	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 state_dir: %s
 log_level: debug
@@ -131,19 +137,19 @@ auth:
   authorized_keys: [%s]
 upstream:
   identity_files: [%s]
-  use_ssh_agent: false
+  use_ssh_agent: %v
   known_hosts: [%s]
   keepalive_interval: 2s
   keepalive_count_max: 3
 %s
 targets:
-%s`, port, state, authKeys, lab.ClientKey, kh, o.Upstream, targets)
+%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, targets)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 
 	g := &Gomux{t: t, Addr: fmt.Sprintf("127.0.0.1:%d", port), Port: port, Dir: dir, done: make(chan struct{})}
 	g.cmd = exec.Command(bin, "serve", "-config", cfgPath)
-	g.cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK=")
+	g.cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK="+o.AgentSock)
 	stderr, err := g.cmd.StderrPipe()
 	must(t, err)
 	must(t, g.cmd.Start())

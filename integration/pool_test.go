@@ -1,6 +1,9 @@
 package integration
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,5 +35,31 @@ func TestPoolLifecycle(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return establishedSSH(t, tgt) == 0 })
 	if !strings.Contains(g.Log(), `"event":"agent_exit"`) {
 		t.Errorf("agent session not ended with the idle connection")
+	}
+}
+
+// TestUpstreamSSHAgent logs in to targets with the keys of the ssh-agent at
+// gomux's SSH_AUTH_SOCK, and no key file at all.
+func TestUpstreamSSHAgent(t *testing.T) {
+	for _, b := range []string{"ssh-agent", "ssh-add"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed", b)
+		}
+	}
+	lab := harness.Start(t, harness.Options{Targets: 1})
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agentCmd := exec.Command("ssh-agent", "-D", "-a", sock)
+	must(t, agentCmd.Start())
+	t.Cleanup(func() { agentCmd.Process.Kill(); agentCmd.Wait() })
+	waitFor(t, 10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
+	add := exec.Command("ssh-add", lab.ClientKey)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v %s", err, out)
+	}
+	g := startGomux(t, lab, gomuxOptions{AgentSock: sock})
+	ctx := ctxT(t, time.Minute)
+	if r := runCmd(g.SSH(ctx, lab.Targets[0].Addr, "echo via-agent"), nil); r.Stdout != "via-agent\n" {
+		t.Fatalf("session with ssh-agent credentials: %+v", r)
 	}
 }
