@@ -69,8 +69,8 @@ func TestParsePassesThroughTheRest(t *testing.T) {
 		wrap("echo $HOME"),
 		wrap("echo ~/x"),
 		wrap("rm -f -r /home/user > /dev/null 2>&1"), // not a temp dir
-		wrap("rm -f -r " + tmpT + "/"),                // no redirections
-		wrap("rm -r " + tmpT + "/ > /dev/null 2>&1"),  // no -f
+		wrap("rm -f -r " + tmpT + "/"),               // no redirections
+		wrap("rm -r " + tmpT + "/ > /dev/null 2>&1"), // no -f
 		wrap("chmod u+x $(evil)"),
 		wrap("/usr/bin/python3 /etc/evil.py"),
 		wrap("/usr/bin/python3 -c 'print(1)'"),
