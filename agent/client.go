@@ -12,6 +12,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -22,6 +23,9 @@ import (
 type Client struct {
 	sess *yamux.Session
 	info Info
+
+	bmu   sync.Mutex
+	blobs map[string]bool // content the agent confirmed it stores
 }
 
 // maxNoise bounds the login-shell output skipped before the banner.
@@ -288,4 +292,25 @@ func (c *Client) Dial(ctx context.Context, network, address string) (net.Conn, e
 		return nil, err
 	}
 	return st, nil
+}
+
+func (c *Client) hasBlob(sum string) bool {
+	c.bmu.Lock()
+	defer c.bmu.Unlock()
+	return c.blobs[sum]
+}
+
+func (c *Client) addBlob(sum string) {
+	c.bmu.Lock()
+	defer c.bmu.Unlock()
+	if c.blobs == nil {
+		c.blobs = map[string]bool{}
+	}
+	c.blobs[sum] = true
+}
+
+func (c *Client) forgetBlobs() {
+	c.bmu.Lock()
+	defer c.bmu.Unlock()
+	c.blobs = nil
 }

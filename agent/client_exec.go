@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +44,11 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 		st.Close()
 		return nil, err
 	}
+	return c.startProcess(st, &req), nil
+}
+
+// startProcess wires a started exec stream to pipes.
+func (c *Client) startProcess(st *yamux.Stream, req *ExecRequest) *Process {
 	outR, outW := io.Pipe()
 	errR, errW := io.Pipe()
 	if req.Pty != nil {
@@ -50,7 +57,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 	p := &Process{st: st, stdout: outR, stderr: errR, done: make(chan struct{})}
 	p.stdin = &processStdin{p: p}
 	go p.readLoop(outW, errW)
-	return p, nil
+	return p
 }
 
 // readLoop delivers output in order; writes to the pipes block until the
@@ -173,4 +180,75 @@ func (s *processStdin) Close() error {
 	}
 	s.closed = true
 	return s.p.send(frameStdinEOF, nil)
+}
+
+// ErrNoBlob is a batch that named cached content the agent no longer has.
+var ErrNoBlob = errors.New("agent: blob not cached")
+
+// Batch performs prep in order and then, when exec is not nil, starts the
+// command: one stream, one round trip. A write whose SHA256 the agent has
+// already stored is sent as a reference; the rest is sent as data and
+// cached by the agent for later batches. With a nil exec the returned
+// Process is nil.
+func (c *Client) Batch(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*Process, error) {
+	p, err := c.batchOnce(ctx, prep, exec, false)
+	if errors.Is(err, ErrNoBlob) {
+		// The cache was pruned or belongs to another agent build: resend
+		// every content. The agent checked before changing anything.
+		p, err = c.batchOnce(ctx, prep, exec, true)
+	}
+	return p, err
+}
+
+func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache bool) (*Process, error) {
+	ops := make([]PrepOp, len(prep))
+	copy(ops, prep)
+	for i := range ops {
+		if ops[i].Op != "write" {
+			continue
+		}
+		if ops[i].SHA256 == "" {
+			sum := sha256.Sum256(ops[i].Data)
+			ops[i].SHA256 = hex.EncodeToString(sum[:])
+		}
+		ops[i].Cached = !noCache && c.hasBlob(ops[i].SHA256)
+	}
+	st, err := c.open(ctx, &request{Op: "batch", Prep: ops, Exec: exec})
+	if err != nil {
+		return nil, err
+	}
+	for _, op := range ops {
+		if op.Op != "write" || op.Cached {
+			continue
+		}
+		for off := 0; off < len(op.Data); off += maxChunk {
+			if err := writeFrame(st, frameBlob, op.Data[off:min(off+maxChunk, len(op.Data))]); err != nil {
+				st.Close()
+				return nil, fmt.Errorf("agent: send blob: %w", err)
+			}
+		}
+		if err := writeFrame(st, frameBlob, nil); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("agent: send blob: %w", err)
+		}
+	}
+	if err := awaitResult(ctx, st, nil); err != nil {
+		st.Close()
+		var re *RemoteError
+		if errors.As(err, &re) && re.Op == "blob" {
+			c.forgetBlobs()
+			return nil, fmt.Errorf("%w: %v", ErrNoBlob, err)
+		}
+		return nil, err
+	}
+	for _, op := range ops {
+		if op.Op == "write" {
+			c.addBlob(op.SHA256)
+		}
+	}
+	if exec == nil {
+		st.Close()
+		return nil, nil
+	}
+	return c.startProcess(st, exec), nil
 }

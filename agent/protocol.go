@@ -52,6 +52,7 @@ const (
 	frameFstat     byte = 16 // file: no payload
 	frameClose     byte = 17 // file: no payload
 	frameIOError   byte = 18 // file: id(4) JSON RemoteError, for one read or write
+	frameBlob      byte = 19 // batch: file content chunk; empty ends the file
 )
 
 // writeFrame sends one frame. Callers serialize writes on a stream.
@@ -124,6 +125,7 @@ type request struct {
 	Network string       `json:"network,omitempty"`
 	Address string       `json:"address,omitempty"`
 	Timeout int64        `json:"timeout_ms,omitempty"`
+	Prep    []PrepOp     `json:"prep,omitempty"`
 }
 
 // decodeRequest parses a stream's header frame. It is a fuzz target: it

@@ -208,6 +208,8 @@ func (s *Server) serveStream(ctx context.Context, st net.Conn, info Info) {
 			return
 		}
 		reply(info, nil, "")
+	case "batch":
+		s.batch(ctx, st, req, info)
 	case "exec":
 		if req.Exec == nil {
 			reply(nil, errors.New("exec without arguments"), "")

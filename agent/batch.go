@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+)
+
+// PrepOp is one filesystem step a batch performs before its command, so a
+// task's temp dir, uploads and modes cost no round trips of their own.
+type PrepOp struct {
+	// Op is "mkdir", "write", "chmod" or "remove_all".
+	Op   string      `json:"op"`
+	Path string      `json:"path"`
+	Mode fs.FileMode `json:"mode,omitempty"`
+	// Parents makes mkdir create missing parents (mkdir -p).
+	Parents bool `json:"parents,omitempty"`
+	// SHA256 names a write's content; the agent keeps a copy under it.
+	SHA256 string `json:"sha256,omitempty"`
+	// Cached means the content is not sent: the agent copies it from its
+	// blob cache.
+	Cached bool `json:"cached,omitempty"`
+	// Data is the content of a write that is not cached; it travels as
+	// blob frames after the request, not inside it.
+	Data []byte `json:"-"`
+}
+
+var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// errNoBlob is a cached write whose content the agent no longer has.
+var errNoBlob = errors.New("blob not in cache")
+
+// blobDir is the agent's content-addressed cache, beside its own binary.
+func blobDir(home string) string { return filepath.Join(home, ".cache", "gomux", "blobs") }
+
+// batch performs a request's prep ops in order, then runs its command
+// (when there is one) exactly as exec does. Cached contents are checked
+// before anything is changed, so a cache miss leaves no partial state and
+// the client can resend with data.
+func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info) {
+	fo := fileOps{home: info.Home}
+	fail := func(i int, op PrepOp, err error) {
+		re := toRemoteError("batch:"+op.Op, op.Path, err)
+		if errors.Is(err, errNoBlob) {
+			re.Op = "blob"
+		}
+		writeJSON(st, frameError, re)
+	}
+	for i, op := range req.Prep {
+		if op.Op == "write" {
+			if !sha256RE.MatchString(op.SHA256) {
+				fail(i, op, fmt.Errorf("bad sha256 %q", op.SHA256))
+				return
+			}
+			if op.Cached {
+				if _, err := os.Stat(filepath.Join(blobDir(info.Home), op.SHA256)); err != nil {
+					fail(i, op, errNoBlob)
+					return
+				}
+			}
+		}
+	}
+	for i, op := range req.Prep {
+		p := fo.abs(op.Path)
+		var err error
+		switch op.Op {
+		case "mkdir":
+			if op.Parents {
+				err = os.MkdirAll(p, op.Mode.Perm())
+			} else {
+				err = os.Mkdir(p, op.Mode.Perm())
+			}
+			if err == nil {
+				// mkdir applies the umask; the caller asked for this mode.
+				err = os.Chmod(p, op.Mode.Perm())
+			}
+		case "write":
+			err = s.writeBlob(st, info.Home, p, op)
+		case "chmod":
+			err = os.Chmod(p, op.Mode)
+		case "remove_all":
+			err = os.RemoveAll(p)
+		default:
+			err = fmt.Errorf("unknown prep op %q", op.Op)
+		}
+		if err != nil {
+			fail(i, op, err)
+			return
+		}
+	}
+	if req.Exec == nil {
+		writeJSON(st, frameOK, struct{}{})
+		return
+	}
+	s.exec(ctx, st, req.Exec, info)
+}
+
+// writeBlob writes one file from blob frames (or from the cache), checking
+// its hash, and keeps a cached copy for later batches.
+func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp) error {
+	cache := filepath.Join(blobDir(home), op.SHA256)
+	mode := op.Mode.Perm()
+	if mode == 0 {
+		mode = 0o600
+	}
+	if op.Cached {
+		return copyFile(cache, path, mode)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		drainBlob(st)
+		return err
+	}
+	h := sha256.New()
+	w := io.MultiWriter(f, h)
+	var werr error
+	for {
+		typ, p, err := readFrame(st)
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("read blob: %w", err)
+		}
+		if typ != frameBlob {
+			f.Close()
+			return fmt.Errorf("unexpected frame %d in blob", typ)
+		}
+		if len(p) == 0 {
+			break
+		}
+		if werr == nil {
+			_, werr = w.Write(p)
+		}
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return werr
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != op.SHA256 {
+		os.Remove(path)
+		return fmt.Errorf("content hash %s, want %s", got, op.SHA256)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return err
+	}
+	if _, err := os.Stat(cache); err != nil {
+		// Best effort: a cache that cannot be written only costs a resend.
+		if os.MkdirAll(filepath.Dir(cache), 0o700) == nil {
+			tmp := fmt.Sprintf("%s.%d.tmp", cache, os.Getpid())
+			if copyFile(path, tmp, 0o600) == nil {
+				os.Rename(tmp, cache)
+			} else {
+				os.Remove(tmp)
+			}
+		}
+	}
+	return nil
+}
+
+// drainBlob skips one blob's frames after a failed open.
+func drainBlob(st io.Reader) {
+	for {
+		typ, p, err := readFrame(st)
+		if err != nil || typ != frameBlob || len(p) == 0 {
+			return
+		}
+	}
+}
+
+func copyFile(src, dst string, mode fs.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return errNoBlob
+		}
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(dst, mode)
+}

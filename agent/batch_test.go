@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBatchPrepThenExec(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	h := startAgent(t, "")
+	dir := filepath.Join(home, ".ansible/tmp/ansible-tmp-1-2-3")
+	module := []byte("print('hello from the module')\n" + strings.Repeat("#", 300<<10))
+	prep := []PrepOp{
+		{Op: "mkdir", Path: ".ansible/tmp", Mode: 0o700, Parents: true},
+		{Op: "mkdir", Path: dir, Mode: 0o700},
+		{Op: "write", Path: dir + "/AnsiballZ_x.py", Mode: 0o600, Data: module},
+		{Op: "chmod", Path: dir + "/AnsiballZ_x.py", Mode: 0o700},
+	}
+	p, err := h.c.Batch(ctxT(t), prep, &ExecRequest{Command: "cat " + dir + "/AnsiballZ_x.py | head -1; stat -c %a " + dir + " " + dir + "/AnsiballZ_x.py"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Stdin().Close()
+	out, _ := io.ReadAll(p.Stdout())
+	io.ReadAll(p.Stderr())
+	st, err := p.Wait()
+	if err != nil || st.Code != 0 {
+		t.Fatalf("exit %+v %v", st, err)
+	}
+	if string(out) != "print('hello from the module')\n700\n700\n" {
+		t.Errorf("output %q", out)
+	}
+	// The content is cached under its hash; a second batch sends only the
+	// reference and still gets the same bytes.
+	ents, _ := os.ReadDir(blobDir(home))
+	if len(ents) != 1 {
+		t.Fatalf("blob cache holds %d entries", len(ents))
+	}
+	prep2 := []PrepOp{{Op: "write", Path: dir + "/again.py", Mode: 0o600, Data: module}}
+	if _, err := h.c.Batch(ctxT(t), prep2, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(dir + "/again.py")
+	if string(b) != string(module) {
+		t.Errorf("cached write differs")
+	}
+	// A pruned cache makes the client resend the data, with nothing
+	// changed by the failed attempt.
+	os.RemoveAll(blobDir(home))
+	prep3 := []PrepOp{{Op: "mkdir", Path: dir + "/sub", Mode: 0o700}, {Op: "write", Path: dir + "/sub/third.py", Data: module}}
+	if _, err := h.c.Batch(ctxT(t), prep3, nil); err != nil {
+		t.Fatalf("resend after cache loss: %v", err)
+	}
+	if b, _ := os.ReadFile(dir + "/sub/third.py"); string(b) != string(module) {
+		t.Errorf("resent write differs")
+	}
+	// remove_all ends the temp dir.
+	if _, err := h.c.Batch(ctxT(t), []PrepOp{{Op: "remove_all", Path: dir}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("dir not removed: %v", err)
+	}
+}
+
+func TestBatchPrepFailureRunsNothing(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	h := startAgent(t, "")
+	marker := filepath.Join(home, "ran")
+	prep := []PrepOp{{Op: "mkdir", Path: "/nonexistent/parent/dir", Mode: 0o700}}
+	_, err := h.c.Batch(ctxT(t), prep, &ExecRequest{Command: "touch " + marker})
+	var re *RemoteError
+	if !errors.As(err, &re) || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("err %v", err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("command ran after a failed prep")
+	}
+	if _, err := h.c.Batch(ctxT(t), []PrepOp{{Op: "write", Path: "x", SHA256: "nothex", Cached: true}}, nil); err == nil {
+		t.Errorf("bad hash accepted")
+	}
+}
