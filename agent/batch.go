@@ -74,11 +74,9 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 		switch op.Op {
 		case "mkdir":
 			if op.Parents {
+				// Like mkdir -p: existing directories keep their mode.
 				err = os.MkdirAll(p, op.Mode.Perm())
-			} else {
-				err = os.Mkdir(p, op.Mode.Perm())
-			}
-			if err == nil {
+			} else if err = os.Mkdir(p, op.Mode.Perm()); err == nil {
 				// mkdir applies the umask; the caller asked for this mode.
 				err = os.Chmod(p, op.Mode.Perm())
 			}

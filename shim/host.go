@@ -1,0 +1,372 @@
+package shim
+
+import (
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gomux/gomux/agent"
+)
+
+// Limits on what a Host stages in gomux's memory. Beyond them an upload
+// goes to the target as it arrives.
+const (
+	MaxStagedFile  = 8 << 20
+	MaxStagedTotal = 64 << 20
+)
+
+// Counters say what the shim saved, for the log line at the end of a
+// downstream connection and, later, metrics.
+type Counters struct {
+	// RoundTrips are requests that reached the target (batches and
+	// passed-through commands).
+	RoundTrips int64
+	// Local are steps answered without the target.
+	Local int64
+}
+
+// Host is gomux's view of one (target, login user): the home directory,
+// and the temp dirs Ansible believes it has made, with the uploads it put
+// in them that have not reached the target yet. It is safe for concurrent
+// use by every connection to that target and user.
+type Host struct {
+	user, home string
+
+	mu      sync.Mutex
+	dirs    map[string]*tempDir // by resolved path, no trailing slash
+	pending []agent.PrepOp      // ops owed to the target, in order
+	staged  int64               // bytes staged in all dirs
+	count   Counters
+}
+
+type tempDir struct {
+	base     string
+	path     string
+	onTarget bool
+	created  time.Time
+	files    map[string]*stagedFile // by base name
+}
+
+type stagedFile struct {
+	data []byte
+	mode fs.FileMode
+}
+
+// NewHost starts with nothing virtual.
+func NewHost(user, home string) *Host {
+	return &Host{user: user, home: home, dirs: map[string]*tempDir{}}
+}
+
+// Counters returns a snapshot.
+func (h *Host) Counters() Counters {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.count
+}
+
+// Plan is what gomux does with one exec command.
+type Plan struct {
+	// Step is what the command was recognized as.
+	Step Step
+	// Reply means answer locally with Stdout and Exit; nothing else runs.
+	Reply  bool
+	Stdout string
+	Exit   int
+	// Prep runs on the target before the command, in one batch with it.
+	Prep []agent.PrepOp
+	// After is sent to the target once the reply is given, without
+	// waiting (the removal of a temp dir that reached the target).
+	After []agent.PrepOp
+}
+
+// Plan decides how to serve cmd, and updates the virtual state as if it
+// had run: a command that reaches the target takes every pending op with
+// it, so what it can see is what it would see without gomux.
+func (h *Host) Plan(cmd string) Plan {
+	step := Parse(cmd)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.expireLocked(time.Now())
+	switch s := step.(type) {
+	case EchoHome:
+		if s.User == "" || s.User == h.user {
+			h.count.Local++
+			return Plan{Step: step, Reply: true, Stdout: h.home + "\n"}
+		}
+	case MakeTemp:
+		base, ok1 := s.Base.Resolve(h.user, h.home)
+		dir, ok2 := s.Dir.Resolve(h.user, h.home)
+		if ok1 && ok2 && h.dirs[dir] == nil {
+			h.dirs[dir] = &tempDir{base: base, path: dir, created: time.Now(), files: map[string]*stagedFile{}}
+			h.count.Local++
+			return Plan{Step: step, Reply: true, Stdout: s.ID + "=" + dir + "\n"}
+		}
+	case Chmod:
+		if h.chmodLocked(s) {
+			h.count.Local++
+			return Plan{Step: step, Reply: true}
+		}
+	case Remove:
+		p, ok := s.Path.Resolve(h.user, h.home)
+		if d := h.dirs[path.Clean(p)]; ok && d != nil {
+			delete(h.dirs, d.path)
+			h.dropStagedLocked(d)
+			h.count.Local++
+			plan := Plan{Step: step, Reply: true}
+			if d.onTarget {
+				plan.After = []agent.PrepOp{{Op: "remove_all", Path: d.path}}
+			} else {
+				h.dropPendingLocked(d.path)
+			}
+			return plan
+		}
+	case Run:
+		plan := Plan{Step: step, Prep: h.flushLocked()}
+		h.count.RoundTrips++
+		if s.RemoveAfter != nil {
+			if p, ok := s.RemoveAfter.Resolve(h.user, h.home); ok {
+				delete(h.dirs, path.Clean(p))
+			}
+		}
+		return plan
+	}
+	h.count.RoundTrips++
+	return Plan{Step: step, Prep: h.flushLocked()}
+}
+
+// flushLocked returns every op owed to the target: temp dirs it has not
+// made, staged uploads, then the recorded modes; and marks them done.
+func (h *Host) flushLocked() []agent.PrepOp {
+	var ops []agent.PrepOp
+	bases := map[string]bool{}
+	for _, d := range h.dirs {
+		if d.onTarget {
+			continue
+		}
+		if !bases[d.base] {
+			bases[d.base] = true
+			ops = append(ops, agent.PrepOp{Op: "mkdir", Path: d.base, Mode: 0o700, Parents: true})
+		}
+		ops = append(ops, agent.PrepOp{Op: "mkdir", Path: d.path, Mode: 0o700})
+		d.onTarget = true
+	}
+	for _, d := range h.dirs {
+		for name, f := range d.files {
+			ops = append(ops, agent.PrepOp{Op: "write", Path: d.path + "/" + name, Mode: f.mode, Data: f.data})
+		}
+		h.dropStagedLocked(d)
+	}
+	ops = append(ops, h.pending...)
+	h.pending = nil
+	return ops
+}
+
+func (h *Host) dropStagedLocked(d *tempDir) {
+	for name, f := range d.files {
+		h.staged -= int64(len(f.data))
+		delete(d.files, name)
+	}
+}
+
+func (h *Host) dropPendingLocked(dir string) {
+	kept := h.pending[:0]
+	for _, op := range h.pending {
+		if op.Path != dir && !strings.HasPrefix(op.Path, dir+"/") {
+			kept = append(kept, op)
+		}
+	}
+	h.pending = kept
+}
+
+// expireLocked forgets temp dirs older than a day: Ansible never came back
+// for them (an async job removes its own), and the map must stay bounded.
+func (h *Host) expireLocked(now time.Time) {
+	for p, d := range h.dirs {
+		if now.Sub(d.created) > 24*time.Hour && len(d.files) == 0 {
+			delete(h.dirs, p)
+		}
+	}
+}
+
+// dirOf returns the temp dir holding p (p itself or its parent).
+func (h *Host) dirOf(p string) (*tempDir, string) {
+	p = path.Clean(p)
+	if d := h.dirs[p]; d != nil {
+		return d, ""
+	}
+	if d := h.dirs[path.Dir(p)]; d != nil {
+		return d, path.Base(p)
+	}
+	return nil, ""
+}
+
+// chmodLocked records a chmod of temp paths whose current mode is known
+// (a dir gomux made, a staged file), so it can be answered locally.
+func (h *Host) chmodLocked(c Chmod) bool {
+	type change struct {
+		path string
+		mode fs.FileMode
+		f    *stagedFile
+	}
+	var changes []change
+	for _, pe := range c.Paths {
+		p, ok := pe.Resolve(h.user, h.home)
+		if !ok {
+			return false
+		}
+		d, name := h.dirOf(p)
+		if d == nil {
+			return false
+		}
+		var cur fs.FileMode
+		var f *stagedFile
+		switch {
+		case name == "":
+			cur = 0o700
+		case d.files[name] != nil:
+			f = d.files[name]
+			cur = f.mode
+		default:
+			return false
+		}
+		m, ok := applySymbolic(cur, c.Mode)
+		if !ok {
+			return false
+		}
+		changes = append(changes, change{path.Join(d.path, name), m, f})
+	}
+	for _, ch := range changes {
+		if ch.f != nil {
+			ch.f.mode = ch.mode
+		} else {
+			h.pending = append(h.pending, agent.PrepOp{Op: "chmod", Path: ch.path, Mode: ch.mode})
+		}
+	}
+	return true
+}
+
+// applySymbolic applies chmod's symbolic modes ([ugoa]*[+-=][rwx]*, comma
+// separated); anything else is not understood.
+func applySymbolic(cur fs.FileMode, spec string) (fs.FileMode, bool) {
+	m := cur.Perm()
+	for _, clause := range strings.Split(spec, ",") {
+		i := 0
+		var who fs.FileMode
+		for i < len(clause) && strings.IndexByte("ugoa", clause[i]) >= 0 {
+			switch clause[i] {
+			case 'u':
+				who |= 0o700
+			case 'g':
+				who |= 0o070
+			case 'o':
+				who |= 0o007
+			case 'a':
+				who |= 0o777
+			}
+			i++
+		}
+		if who == 0 || i >= len(clause) {
+			// Without who, chmod applies the umask: not modelled.
+			return 0, false
+		}
+		op := clause[i]
+		if op != '+' && op != '-' && op != '=' {
+			return 0, false
+		}
+		var bits fs.FileMode
+		for _, c := range clause[i+1:] {
+			switch c {
+			case 'r':
+				bits |= 0o444
+			case 'w':
+				bits |= 0o222
+			case 'x':
+				bits |= 0o111
+			default:
+				return 0, false
+			}
+		}
+		bits &= who
+		switch op {
+		case '+':
+			m |= bits
+		case '-':
+			m &^= bits
+		case '=':
+			m = m&^who | bits
+		}
+	}
+	return m, true
+}
+
+// Virtual reports whether p is a temp dir or a staged file that exists
+// only in gomux, with what a stat of it on the target would show.
+func (h *Host) Virtual(p string) (size int64, mode fs.FileMode, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, name := h.dirOf(p)
+	if d == nil {
+		return 0, 0, false
+	}
+	if name == "" {
+		if d.onTarget {
+			return 0, 0, false
+		}
+		return 0, fs.ModeDir | 0o700, true
+	}
+	if f := d.files[name]; f != nil {
+		return int64(len(f.data)), f.mode, true
+	}
+	return 0, 0, false
+}
+
+// InTempDir reports whether p is in a temp dir gomux tracks, whatever its
+// state.
+func (h *Host) InTempDir(p string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, _ := h.dirOf(p)
+	return d != nil
+}
+
+// Stage keeps an upload of p in memory when p is a file directly in a
+// temp dir and the limits allow; the file then reaches the target with the
+// next command that does. ok is false when the caller must write it to the
+// target itself (after Flush).
+func (h *Host) Stage(p string, data []byte, mode fs.FileMode) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, name := h.dirOf(p)
+	if d == nil || name == "" || len(data) > MaxStagedFile {
+		return false
+	}
+	old := int64(0)
+	if f := d.files[name]; f != nil {
+		old = int64(len(f.data))
+	}
+	if h.staged-old+int64(len(data)) > MaxStagedTotal {
+		return false
+	}
+	h.staged += int64(len(data)) - old
+	d.files[name] = &stagedFile{data: data, mode: mode.Perm()}
+	return true
+}
+
+// Flush returns every op owed to the target and marks them done: the
+// caller sends them before doing anything on the target that could see
+// the temp dirs.
+func (h *Host) Flush() []agent.PrepOp {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.flushLocked()
+}
+
+// String is for logs.
+func (h *Host) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return fmt.Sprintf("shim host %s (%d temp dirs, %d bytes staged)", h.user, len(h.dirs), h.staged)
+}

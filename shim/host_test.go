@@ -1,0 +1,108 @@
+package shim
+
+import (
+	"io/fs"
+	"reflect"
+	"testing"
+
+	"github.com/gomux/gomux/agent"
+)
+
+func mkdirCmd(base, dir string) string {
+	return wrap(`( umask 77 && mkdir -p "` + "` echo " + base + " `" + `"&& mkdir "` + "` echo " + dir + " `" + `" && echo ` + tmpID + `="` + "` echo " + dir + " `" + `" )`)
+}
+
+func TestHostTask(t *testing.T) {
+	h := NewHost("u", "/home/u")
+	if p := h.Plan(wrap("echo ~")); !p.Reply || p.Stdout != "/home/u\n" {
+		t.Fatalf("echo ~: %+v", p)
+	}
+	if p := h.Plan(wrap("echo ~other")); p.Reply {
+		t.Fatalf("echo ~other answered locally: %+v", p)
+	}
+	p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
+	dir := "/home/u/.ansible/tmp/" + tmpID
+	if !p.Reply || p.Stdout != tmpID+"="+dir+"\n" {
+		t.Fatalf("mkdir: %+v", p)
+	}
+	if _, mode, ok := h.Virtual(dir); !ok || mode != fs.ModeDir|0o700 {
+		t.Fatalf("virtual dir: %v %v", mode, ok)
+	}
+	module := []byte("module")
+	if !h.Stage(dir+"/AnsiballZ_ping.py", module, 0o600) {
+		t.Fatal("upload not staged")
+	}
+	if h.Stage("/home/u/elsewhere.py", module, 0o600) {
+		t.Fatal("upload outside a temp dir staged")
+	}
+	if p := h.Plan(wrap("chmod u+x " + tmpT + "/ " + tmpT + "/AnsiballZ_ping.py")); !p.Reply || p.Exit != 0 {
+		t.Fatalf("chmod: %+v", p)
+	}
+	if size, mode, ok := h.Virtual(dir + "/AnsiballZ_ping.py"); !ok || size != 6 || mode != 0o700 {
+		t.Fatalf("staged file after chmod: %d %v %v", size, mode, ok)
+	}
+	p = h.Plan(wrap("/usr/bin/python3 " + tmpT + "/AnsiballZ_ping.py"))
+	want := []agent.PrepOp{
+		{Op: "mkdir", Path: "/home/u/.ansible/tmp", Mode: 0o700, Parents: true},
+		{Op: "mkdir", Path: dir, Mode: 0o700},
+		{Op: "write", Path: dir + "/AnsiballZ_ping.py", Mode: 0o700, Data: module},
+		{Op: "chmod", Path: dir, Mode: 0o700},
+	}
+	if p.Reply || !reflect.DeepEqual(p.Prep, want) {
+		t.Fatalf("run prep:\n got %+v\nwant %+v", p.Prep, want)
+	}
+	if _, _, ok := h.Virtual(dir); ok {
+		t.Fatal("dir still virtual after the run")
+	}
+	p = h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"))
+	if !p.Reply || !reflect.DeepEqual(p.After, []agent.PrepOp{{Op: "remove_all", Path: dir}}) {
+		t.Fatalf("rm: %+v", p)
+	}
+	if c := h.Counters(); c.Local != 4 || c.RoundTrips != 2 {
+		t.Errorf("counters %+v", c)
+	}
+}
+
+func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
+	h := NewHost("u", "/home/u")
+	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
+	h.Stage("/home/u/.ansible/tmp/"+tmpID+"/x.py", []byte("x"), 0o600)
+	p := h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"))
+	if !p.Reply || len(p.After) != 0 {
+		t.Fatalf("rm of a dir that never reached the target: %+v", p)
+	}
+	if ops := h.Flush(); len(ops) != 0 {
+		t.Fatalf("ops left: %+v", ops)
+	}
+}
+
+func TestHostPassthroughFlushesFirst(t *testing.T) {
+	h := NewHost("u", "/home/u")
+	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
+	p := h.Plan("ls -la ~/.ansible/tmp")
+	if p.Reply || len(p.Prep) != 2 {
+		t.Fatalf("passthrough must first make the dir: %+v", p)
+	}
+}
+
+func TestApplySymbolic(t *testing.T) {
+	for _, tc := range []struct {
+		cur  fs.FileMode
+		spec string
+		want fs.FileMode
+		ok   bool
+	}{
+		{0o600, "u+x", 0o700, true},
+		{0o644, "go-r", 0o600, true},
+		{0o600, "a+rx", 0o755, true},
+		{0o777, "u=rw,go=", 0o600, true},
+		{0o600, "+x", 0, false},
+		{0o600, "755", 0, false},
+		{0o600, "u+s", 0, false},
+	} {
+		got, ok := applySymbolic(tc.cur, tc.spec)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%o %s: %o %v", tc.cur, tc.spec, got, ok)
+		}
+	}
+}
