@@ -78,6 +78,10 @@ type UpstreamConfig struct {
 	// Agent runs gomux-agent on targets. Default true; false serves every
 	// target by forwarding channels, as in fallback.
 	Agent *bool `yaml:"agent"`
+	// Ansible turns on the shim: gomux answers Ansible's temp-dir steps
+	// itself and sends each task to the agent as one batch. Default true;
+	// false passes every command through unchanged.
+	Ansible *bool `yaml:"ansible"`
 	// AcceptEnv lists the env request names passed to commands, like sshd's
 	// AcceptEnv (* wildcards). Default LANG, LC_*.
 	AcceptEnv []string `yaml:"accept_env"`
@@ -289,6 +293,10 @@ func (c *Config) applyDefaults() error {
 	if u.Agent == nil {
 		t := true
 		u.Agent = &t
+	}
+	if u.Ansible == nil {
+		t := true
+		u.Ansible = &t
 	}
 	if u.AcceptEnv == nil {
 		u.AcceptEnv = []string{"LANG", "LC_*"}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/shim"
 )
 
 // PoolConfig is what the upstream pool needs from the operator's config.
@@ -43,6 +44,7 @@ type Pool struct {
 
 	mu    sync.Mutex
 	conns map[poolKey]*upstream
+	hosts map[poolKey]*shim.Host // outlive connections: virtual state is the target's
 }
 
 type poolKey struct {
@@ -78,6 +80,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		ctx:    ctx,
 		cancel: cancel,
 		conns:  map[poolKey]*upstream{},
+		hosts:  map[poolKey]*shim.Host{},
 	}, nil
 }
 
@@ -191,6 +194,36 @@ func (l *Lease) Dead() <-chan struct{} { return l.u.dead }
 func (l *Lease) Agent(ctx context.Context) (*agent.Client, error) {
 	return l.u.agentClient(ctx)
 }
+
+// Shim returns the Ansible state for this lease's (target, user), made on
+// first use from what the agent reported. It outlives connections, since
+// what it stages belongs to the target, not to one connection.
+func (l *Lease) Shim(a *agent.Client) *shim.Host {
+	p := l.u.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.hosts[l.u.key]
+	if h == nil {
+		info := a.Info()
+		h = shim.NewHost(info.User, info.Home)
+		p.hosts[l.u.key] = h
+	}
+	return h
+}
+
+// Go runs fn as one of the pool's goroutines, which Close waits for: work
+// a client need not wait for, such as removing a finished temp dir.
+func (l *Lease) Go(fn func()) {
+	p := l.u.pool
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
+}
+
+// Context is the pool's, cancelled when gomux shuts down.
+func (l *Lease) Context() context.Context { return l.u.pool.ctx }
 
 // upstream is one pooled SSH connection and the agent running over it.
 type upstream struct {

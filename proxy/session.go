@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/shim"
 )
 
 // RFC 4254 request payloads.
@@ -56,7 +58,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	if err != nil {
 		return
 	}
-	s := &session{ic: ic, a: a, ch: ch, start: time.Now(), log: ic.log}
+	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log}
 	s.serve(ctx, reqs)
 }
 
@@ -64,6 +66,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 type session struct {
 	ic    *innerConn
 	a     *agent.Client
+	lease *Lease
 	ch    gossh.Channel
 	log   zerolog.Logger
 	start time.Time
@@ -72,6 +75,7 @@ type session struct {
 	pty  *agent.Pty
 	kind string // exec, shell or subsystem
 	cmd  string
+	step string // what the shim recognized the command as
 
 	mu   sync.Mutex
 	proc *agent.Process
@@ -179,8 +183,27 @@ func (s *session) process() *agent.Process {
 
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
-	p, err := s.a.Exec(ctx, agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
+	var prep []agent.PrepOp
+	if kind == "exec" && *s.ic.s.cfg.Upstream.Ansible {
+		plan := s.lease.Shim(s.a).Plan(cmd)
+		s.step = strings.TrimPrefix(fmt.Sprintf("%T", plan.Step), "shim.")
+		if plan.Reply {
+			answer(req, true)
+			s.spawn(func() { s.replyLocally(plan) })
+			return true
+		}
+		prep = plan.Prep
+	}
+	p, err := s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
 	if err != nil {
+		var re *agent.RemoteError
+		if errors.As(err, &re) && len(prep) > 0 {
+			// A step gomux deferred (a temp dir, an upload) failed on the
+			// target: Ansible sees it here, as a failed command.
+			answer(req, true)
+			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
+			return true
+		}
 		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", cmd).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
@@ -194,6 +217,34 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	answer(req, true)
 	s.spawn(func() { s.pump(p) })
 	return true
+}
+
+// replyLocally answers a step the shim served without the target, exactly
+// as the target's shell would have, then sends what the target is owed
+// (the removal of a finished temp dir) without making the client wait.
+func (s *session) replyLocally(plan shim.Plan) {
+	if plan.Stdout != "" {
+		io.WriteString(s.ch, plan.Stdout)
+	}
+	if plan.Stderr != "" {
+		io.WriteString(s.ch.Stderr(), plan.Stderr)
+	}
+	s.ch.CloseWrite()
+	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(plan.Exit)}))
+	s.ch.Close()
+	s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
+		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start)).Msg("answered locally")
+	if len(plan.After) == 0 {
+		return
+	}
+	a, log := s.a, s.log
+	s.lease.Go(func() {
+		ctx, cancel := context.WithTimeout(s.lease.Context(), time.Minute)
+		defer cancel()
+		if _, err := a.Batch(ctx, plan.After, nil); err != nil {
+			log.Warn().Str("event", "shim_after").Err(err).Msg("deferred temp dir removal failed")
+		}
+	})
 }
 
 // answer replies to req at once, before any data the request causes, so
@@ -246,7 +297,7 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	out.Wait()
 	st, err := p.Wait()
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Bool("pty", s.pty != nil)
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil)
 	if err != nil {
 		s.ch.Close()
 		in.Wait()
@@ -270,7 +321,11 @@ func (s *session) serveSFTP(ctx context.Context) {
 	// pkg/sftp closes its connection when it stops; the channel must stay
 	// open for the exit status, which scp checks.
 	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
-	srv := newSFTPServer(ctx, s.a, cw)
+	var host *shim.Host
+	if *s.ic.s.cfg.Upstream.Ansible {
+		host = s.lease.Shim(s.a)
+	}
+	srv := newSFTPServer(ctx, s.a, host, cw)
 	err := srv.Serve()
 	srv.Close()
 	s.ch.CloseWrite()

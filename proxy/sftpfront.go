@@ -6,12 +6,15 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
 
 	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/shim"
 )
 
 // sftpFront serves the inner sftp subsystem from the agent's file RPCs, so
@@ -20,10 +23,13 @@ import (
 type sftpFront struct {
 	ctx context.Context
 	a   *agent.Client
+	// host is the Ansible state of this target and user; nil when the
+	// shim is off. Uploads into its temp dirs are staged there.
+	host *shim.Host
 }
 
-func newSFTPServer(ctx context.Context, a *agent.Client, rwc io.ReadWriteCloser) *sftp.RequestServer {
-	f := &sftpFront{ctx: ctx, a: a}
+func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser) *sftp.RequestServer {
+	f := &sftpFront{ctx: ctx, a: a, host: host}
 	return sftp.NewRequestServer(rwc, sftp.Handlers{FileGet: f, FilePut: f, FileCmd: f, FileList: f},
 		sftp.WithStartDirectory(a.Info().Home))
 }
@@ -41,7 +47,28 @@ func sftpErr(op, p string, err error) error {
 	return err
 }
 
+// materialize sends what the shim owes the target before an operation on
+// p could observe it, so sftp sees the target as it would without gomux.
+func (f *sftpFront) materialize(paths ...string) error {
+	if f.host == nil {
+		return nil
+	}
+	for _, p := range paths {
+		if p != "" && f.host.InTempDir(p) {
+			if ops := f.host.Flush(); len(ops) > 0 {
+				_, err := f.a.Batch(f.ctx, ops, nil)
+				return sftpErr("flush", p, err)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
 func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+	if err := f.materialize(r.Filepath); err != nil {
+		return nil, err
+	}
 	h, err := f.a.Open(f.ctx, r.Filepath, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, sftpErr("open", r.Filepath, err)
@@ -50,6 +77,16 @@ func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 }
 
 func (f *sftpFront) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+	pf := r.Pflags()
+	if f.host != nil && !pf.Read && !pf.Append && f.host.InTempDir(r.Filepath) {
+		// An upload into a temp dir: keep it in gomux until the command
+		// that uses it, and send both in one batch.
+		perm := fs.FileMode(0o644)
+		if r.AttrFlags().Permissions {
+			perm = r.Attributes().FileMode().Perm()
+		}
+		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, req: r}, nil
+	}
 	return f.open(r)
 }
 
@@ -59,6 +96,9 @@ func (f *sftpFront) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
 }
 
 func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
+	if err := f.materialize(r.Filepath); err != nil {
+		return nil, err
+	}
 	pf := r.Pflags()
 	flag := 0
 	switch {
@@ -93,6 +133,9 @@ func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
 
 func (f *sftpFront) Filecmd(r *sftp.Request) error {
 	ctx, p := f.ctx, r.Filepath
+	if err := f.materialize(p, r.Target); err != nil {
+		return err
+	}
 	switch r.Method {
 	case "Setstat":
 		var attr agent.SetAttr
@@ -140,10 +183,21 @@ func (f *sftpFront) Filecmd(r *sftp.Request) error {
 
 // PosixRename overwrites the target, as posix-rename@openssh.com promises.
 func (f *sftpFront) PosixRename(r *sftp.Request) error {
+	if err := f.materialize(r.Filepath, r.Target); err != nil {
+		return err
+	}
 	return sftpErr("rename", r.Filepath, f.a.Rename(f.ctx, r.Filepath, r.Target, true))
 }
 
 func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+	if r.Method == "Stat" {
+		if fi, ok := f.virtual(r.Filepath); ok {
+			return listerAt{fi}, nil
+		}
+	}
+	if err := f.materialize(r.Filepath); err != nil {
+		return nil, err
+	}
 	switch r.Method {
 	case "List":
 		ents, err := f.a.ReadDir(f.ctx, r.Filepath)
@@ -173,6 +227,9 @@ func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 
 // Lstat does not follow a final symlink, unlike Stat.
 func (f *sftpFront) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
+	if fi, ok := f.virtual(r.Filepath); ok {
+		return listerAt{fi}, nil
+	}
 	fi, err := f.a.Lstat(f.ctx, r.Filepath)
 	if err != nil {
 		return nil, sftpErr("lstat", r.Filepath, err)
@@ -192,6 +249,101 @@ func (f *sftpFront) Readlink(p string) (string, error) {
 func (f *sftpFront) RealPath(p string) (string, error) {
 	r, err := f.a.RealPath(f.ctx, p)
 	return r, sftpErr("realpath", p, err)
+}
+
+// virtual answers a stat of a temp dir or staged upload that exists only
+// in gomux, as the target would once it is there.
+func (f *sftpFront) virtual(p string) (os.FileInfo, bool) {
+	if f.host == nil {
+		return nil, false
+	}
+	size, mode, ok := f.host.Virtual(p)
+	if !ok {
+		return nil, false
+	}
+	info := f.a.Info()
+	return virtualInfo{name: path.Base(p), size: size, mode: mode, uid: uint32(info.UID), gid: uint32(info.GID), mtime: time.Now()}, true
+}
+
+type virtualInfo struct {
+	name     string
+	size     int64
+	mode     fs.FileMode
+	uid, gid uint32
+	mtime    time.Time
+}
+
+func (v virtualInfo) Name() string       { return v.name }
+func (v virtualInfo) Size() int64        { return v.size }
+func (v virtualInfo) Mode() fs.FileMode  { return v.mode }
+func (v virtualInfo) ModTime() time.Time { return v.mtime }
+func (v virtualInfo) IsDir() bool        { return v.mode.IsDir() }
+func (v virtualInfo) Sys() any           { return nil }
+func (v virtualInfo) Uid() uint32        { return v.uid }
+func (v virtualInfo) Gid() uint32        { return v.gid }
+
+// stagingFile collects an upload into a temp dir. It is handed to the shim
+// on Close; one too large to stage goes to the target instead.
+type stagingFile struct {
+	f    *sftpFront
+	path string
+	mode fs.FileMode
+	req  *sftp.Request
+
+	mu   sync.Mutex
+	buf  []byte
+	real *sftpFile
+}
+
+func (s *stagingFile) WriteAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.real != nil {
+		return s.real.WriteAt(p, off)
+	}
+	end := off + int64(len(p))
+	if end > shim.MaxStagedFile {
+		if err := s.spillLocked(); err != nil {
+			return 0, err
+		}
+		return s.real.WriteAt(p, off)
+	}
+	if end > int64(len(s.buf)) {
+		s.buf = append(s.buf, make([]byte, end-int64(len(s.buf)))...)
+	}
+	copy(s.buf[off:], p)
+	return len(p), nil
+}
+
+// spillLocked sends the temp dirs to the target and continues the upload
+// there, for files beyond what gomux stages.
+func (s *stagingFile) spillLocked() error {
+	real, err := s.f.open(s.req)
+	if err != nil {
+		return err
+	}
+	if len(s.buf) > 0 {
+		if _, err := real.WriteAt(s.buf, 0); err != nil {
+			real.Close()
+			return err
+		}
+	}
+	s.real, s.buf = real, nil
+	return nil
+}
+
+func (s *stagingFile) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.real == nil && s.f.host.Stage(s.path, s.buf, s.mode) {
+		return nil
+	}
+	if s.real == nil {
+		if err := s.spillLocked(); err != nil {
+			return err
+		}
+	}
+	return s.real.Close()
 }
 
 // sftpFile adapts an agent file handle; Close is called by pkg/sftp.

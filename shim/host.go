@@ -74,6 +74,7 @@ type Plan struct {
 	// Reply means answer locally with Stdout and Exit; nothing else runs.
 	Reply  bool
 	Stdout string
+	Stderr string
 	Exit   int
 	// Prep runs on the target before the command, in one batch with it.
 	Prep []agent.PrepOp
