@@ -31,6 +31,17 @@ type PrepOp struct {
 	// Data is the content of a write that is not cached; it travels as
 	// blob frames after the request, not inside it.
 	Data []byte `json:"-"`
+	// Parts, when set, make the write the concatenation of several
+	// contents, each cached on its own: an AnsiballZ file is mostly a
+	// module archive that is the same for every task of that module.
+	Parts []PrepPart `json:"parts,omitempty"`
+}
+
+// PrepPart is one piece of a written file.
+type PrepPart struct {
+	SHA256 string `json:"sha256"`
+	Cached bool   `json:"cached,omitempty"`
+	Data   []byte `json:"-"`
 }
 
 var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -55,13 +66,16 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 		writeJSON(st, frameError, re)
 	}
 	for i, op := range req.Prep {
-		if op.Op == "write" {
-			if !sha256RE.MatchString(op.SHA256) {
-				fail(i, op, fmt.Errorf("bad sha256 %q", op.SHA256))
+		if op.Op != "write" {
+			continue
+		}
+		for _, part := range op.parts() {
+			if !sha256RE.MatchString(part.SHA256) {
+				fail(i, op, fmt.Errorf("bad sha256 %q", part.SHA256))
 				return
 			}
-			if op.Cached {
-				if _, err := os.Stat(filepath.Join(blobDir(info.Home), op.SHA256)); err != nil {
+			if part.Cached {
+				if _, err := os.Stat(filepath.Join(blobDir(info.Home), part.SHA256)); err != nil {
 					fail(i, op, errNoBlob)
 					return
 				}
@@ -101,60 +115,94 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 	s.exec(ctx, st, req.Exec, info)
 }
 
-// writeBlob writes one file from blob frames (or from the cache), checking
-// its hash, and keeps a cached copy for later batches.
+// parts is the write's content as pieces: Parts, or the whole content.
+func (op PrepOp) parts() []PrepPart {
+	if len(op.Parts) > 0 {
+		return op.Parts
+	}
+	return []PrepPart{{SHA256: op.SHA256, Cached: op.Cached}}
+}
+
+// writeBlob writes one file from its parts, each from blob frames (checked
+// against its hash and then cached) or from the cache.
 func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp) error {
-	cache := filepath.Join(blobDir(home), op.SHA256)
 	mode := op.Mode.Perm()
 	if mode == 0 {
 		mode = 0o600
 	}
-	if op.Cached {
-		return copyFile(cache, path, mode)
-	}
+	parts := op.parts()
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
-		drainBlob(st)
+		for _, p := range parts {
+			if !p.Cached {
+				drainBlob(st)
+			}
+		}
 		return err
 	}
-	h := sha256.New()
-	w := io.MultiWriter(f, h)
 	var werr error
-	for {
-		typ, p, err := readFrame(st)
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("read blob: %w", err)
-		}
-		if typ != frameBlob {
-			f.Close()
-			return fmt.Errorf("unexpected frame %d in blob", typ)
-		}
-		if len(p) == 0 {
+	for i, part := range parts {
+		err := writePart(st, f, home, part)
+		if err != nil && werr == nil {
+			werr = err
+			// Keep reading the remaining parts so the stream stays in step.
+			for _, rest := range parts[i+1:] {
+				if !rest.Cached {
+					drainBlob(st)
+				}
+			}
 			break
-		}
-		if werr == nil {
-			_, werr = w.Write(p)
 		}
 	}
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
 	if werr != nil {
+		os.Remove(path)
 		return werr
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != op.SHA256 {
-		os.Remove(path)
-		return fmt.Errorf("content hash %s, want %s", got, op.SHA256)
+	return os.Chmod(path, mode)
+}
+
+// writePart appends one part to f.
+func writePart(st io.Reader, f *os.File, home string, part PrepPart) error {
+	cache := filepath.Join(blobDir(home), part.SHA256)
+	if part.Cached {
+		in, err := os.Open(cache)
+		if err != nil {
+			return errNoBlob
+		}
+		defer in.Close()
+		_, err = io.Copy(f, in)
+		return err
 	}
-	if err := os.Chmod(path, mode); err != nil {
+	h := sha256.New()
+	var data []byte
+	for {
+		typ, p, err := readFrame(st)
+		if err != nil {
+			return fmt.Errorf("read blob: %w", err)
+		}
+		if typ != frameBlob {
+			return fmt.Errorf("unexpected frame %d in blob", typ)
+		}
+		if len(p) == 0 {
+			break
+		}
+		h.Write(p)
+		data = append(data, p...)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != part.SHA256 {
+		return fmt.Errorf("content hash %s, want %s", got, part.SHA256)
+	}
+	if _, err := f.Write(data); err != nil {
 		return err
 	}
 	if _, err := os.Stat(cache); err != nil {
 		// Best effort: a cache that cannot be written only costs a resend.
 		if os.MkdirAll(filepath.Dir(cache), 0o700) == nil {
 			tmp := fmt.Sprintf("%s.%d.tmp", cache, os.Getpid())
-			if copyFile(path, tmp, 0o600) == nil {
+			if os.WriteFile(tmp, data, 0o600) == nil {
 				os.Rename(tmp, cache)
 			} else {
 				os.Remove(tmp)
@@ -172,27 +220,4 @@ func drainBlob(st io.Reader) {
 			return
 		}
 	}
-}
-
-func copyFile(src, dst string, mode fs.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return errNoBlob
-		}
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Chmod(dst, mode)
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -26,6 +27,14 @@ type Client struct {
 
 	bmu   sync.Mutex
 	blobs map[string]bool // content the agent confirmed it stores
+
+	blobSent, blobSaved atomic.Int64
+}
+
+// BlobBytes are the file bytes batches sent, and those they did not send
+// because the agent had them cached.
+func (c *Client) BlobBytes() (sent, saved int64) {
+	return c.blobSent.Load(), c.blobSaved.Load()
 }
 
 // maxNoise bounds the login-shell output skipped before the banner.

@@ -203,33 +203,50 @@ func (c *Client) Batch(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*
 func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache bool) (*Process, error) {
 	ops := make([]PrepOp, len(prep))
 	copy(ops, prep)
+	var sent, saved int64
 	for i := range ops {
 		if ops[i].Op != "write" {
 			continue
 		}
-		if ops[i].SHA256 == "" {
-			sum := sha256.Sum256(ops[i].Data)
-			ops[i].SHA256 = hex.EncodeToString(sum[:])
+		if len(ops[i].Parts) == 0 {
+			ops[i].Parts = []PrepPart{{SHA256: ops[i].SHA256, Data: ops[i].Data}}
+		} else {
+			ops[i].Parts = append([]PrepPart(nil), ops[i].Parts...)
 		}
-		ops[i].Cached = !noCache && c.hasBlob(ops[i].SHA256)
+		ops[i].SHA256, ops[i].Data = "", nil
+		for j := range ops[i].Parts {
+			part := &ops[i].Parts[j]
+			if part.SHA256 == "" {
+				sum := sha256.Sum256(part.Data)
+				part.SHA256 = hex.EncodeToString(sum[:])
+			}
+			part.Cached = !noCache && c.hasBlob(part.SHA256)
+			if part.Cached {
+				saved += int64(len(part.Data))
+			} else {
+				sent += int64(len(part.Data))
+			}
+		}
 	}
 	st, err := c.open(ctx, &request{Op: "batch", Prep: ops, Exec: exec})
 	if err != nil {
 		return nil, err
 	}
 	for _, op := range ops {
-		if op.Op != "write" || op.Cached {
-			continue
-		}
-		for off := 0; off < len(op.Data); off += maxChunk {
-			if err := writeFrame(st, frameBlob, op.Data[off:min(off+maxChunk, len(op.Data))]); err != nil {
+		for _, part := range op.Parts {
+			if part.Cached {
+				continue
+			}
+			for off := 0; off < len(part.Data); off += maxChunk {
+				if err := writeFrame(st, frameBlob, part.Data[off:min(off+maxChunk, len(part.Data))]); err != nil {
+					st.Close()
+					return nil, fmt.Errorf("agent: send blob: %w", err)
+				}
+			}
+			if err := writeFrame(st, frameBlob, nil); err != nil {
 				st.Close()
 				return nil, fmt.Errorf("agent: send blob: %w", err)
 			}
-		}
-		if err := writeFrame(st, frameBlob, nil); err != nil {
-			st.Close()
-			return nil, fmt.Errorf("agent: send blob: %w", err)
 		}
 	}
 	if err := awaitResult(ctx, st, nil); err != nil {
@@ -242,10 +259,12 @@ func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest
 		return nil, err
 	}
 	for _, op := range ops {
-		if op.Op == "write" {
-			c.addBlob(op.SHA256)
+		for _, part := range op.Parts {
+			c.addBlob(part.SHA256)
 		}
 	}
+	c.blobSent.Add(sent)
+	c.blobSaved.Add(saved)
 	if exec == nil {
 		st.Close()
 		return nil, nil

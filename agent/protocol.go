@@ -153,6 +153,8 @@ type Info struct {
 	Shell           string `json:"shell"`
 	Arch            string `json:"arch"`
 	Hostname        string `json:"hostname"`
+	// RealHome is Home with symlinks resolved, what realpath(".") answers.
+	RealHome string `json:"real_home,omitempty"`
 }
 
 // Pty asks for a terminal, as an SSH pty-req does.

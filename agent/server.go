@@ -159,6 +159,10 @@ func (s *Server) info() Info {
 	if in.Shell == "" {
 		in.Shell = "/bin/sh"
 	}
+	in.RealHome = in.Home
+	if r, err := filepath.EvalSymlinks(in.Home); err == nil {
+		in.RealHome = r
+	}
 	return in
 }
 

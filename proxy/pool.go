@@ -205,7 +205,7 @@ func (l *Lease) Shim(a *agent.Client) *shim.Host {
 	h := p.hosts[l.u.key]
 	if h == nil {
 		info := a.Info()
-		h = shim.NewHost(info.User, info.Home)
+		h = shim.NewHost(info.User, info.Home, info.RealHome)
 		p.hosts[l.u.key] = h
 	}
 	return h

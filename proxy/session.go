@@ -232,8 +232,8 @@ func (s *session) replyLocally(plan shim.Plan) {
 	s.ch.CloseWrite()
 	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(plan.Exit)}))
 	s.ch.Close()
-	s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
-		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start)).Msg("answered locally")
+	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
+		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
 		return
 	}
@@ -245,6 +245,18 @@ func (s *session) replyLocally(plan shim.Plan) {
 			log.Warn().Str("event", "shim_after").Err(err).Msg("deferred temp dir removal failed")
 		}
 	})
+}
+
+// counters adds what the shim and the blob cache saved so far on this
+// target, cumulative, so a log reader sees round trips per task.
+func (s *session) counters(ev *zerolog.Event) *zerolog.Event {
+	if !*s.ic.s.cfg.Upstream.Ansible {
+		return ev
+	}
+	c := s.lease.Shim(s.a).Counters()
+	sent, saved := s.a.BlobBytes()
+	return ev.Int64("round_trips", c.RoundTrips).Int64("local_steps", c.Local).
+		Int64("blob_bytes_sent", sent).Int64("blob_bytes_saved", saved)
 }
 
 // answer replies to req at once, before any data the request causes, so
@@ -313,7 +325,7 @@ func (s *session) pump(p *agent.Process) {
 	}
 	s.ch.Close()
 	in.Wait()
-	log.Int("exit_status", st.Code).Str("exit_signal", st.Signal).Int64("bytes_in", s.bytesIn.Load()).
+	s.counters(log).Int("exit_status", st.Code).Str("exit_signal", st.Signal).Int64("bytes_in", s.bytesIn.Load()).
 		Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start)).Msg("session ended")
 }
 
@@ -335,7 +347,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	}
 	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: status}))
 	s.ch.Close()
-	ev := s.log.Info().Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
+	ev := s.counters(s.log.Info()).Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
 		Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start))
 	if status != 0 {
 		ev = ev.Err(err)

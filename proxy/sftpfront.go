@@ -56,6 +56,7 @@ func (f *sftpFront) materialize(paths ...string) error {
 	for _, p := range paths {
 		if p != "" && f.host.InTempDir(p) {
 			if ops := f.host.Flush(); len(ops) > 0 {
+				f.rt()
 				_, err := f.a.Batch(f.ctx, ops, nil)
 				return sftpErr("flush", p, err)
 			}
@@ -69,6 +70,7 @@ func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 	if err := f.materialize(r.Filepath); err != nil {
 		return nil, err
 	}
+	f.rt()
 	h, err := f.a.Open(f.ctx, r.Filepath, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, sftpErr("open", r.Filepath, err)
@@ -124,6 +126,7 @@ func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
 	if r.AttrFlags().Permissions {
 		perm = r.Attributes().FileMode().Perm()
 	}
+	f.rt()
 	h, err := f.a.Open(f.ctx, r.Filepath, flag, perm)
 	if err != nil {
 		return nil, sftpErr("open", r.Filepath, err)
@@ -136,6 +139,7 @@ func (f *sftpFront) Filecmd(r *sftp.Request) error {
 	if err := f.materialize(p, r.Target); err != nil {
 		return err
 	}
+	f.rt()
 	switch r.Method {
 	case "Setstat":
 		var attr agent.SetAttr
@@ -192,12 +196,13 @@ func (f *sftpFront) PosixRename(r *sftp.Request) error {
 func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 	if r.Method == "Stat" {
 		if fi, ok := f.virtual(r.Filepath); ok {
-			return listerAt{fi}, nil
+			return statResult(fi, r.Filepath)
 		}
 	}
 	if err := f.materialize(r.Filepath); err != nil {
 		return nil, err
 	}
+	f.rt()
 	switch r.Method {
 	case "List":
 		ents, err := f.a.ReadDir(f.ctx, r.Filepath)
@@ -228,8 +233,9 @@ func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 // Lstat does not follow a final symlink, unlike Stat.
 func (f *sftpFront) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
 	if fi, ok := f.virtual(r.Filepath); ok {
-		return listerAt{fi}, nil
+		return statResult(fi, r.Filepath)
 	}
+	f.rt()
 	fi, err := f.a.Lstat(f.ctx, r.Filepath)
 	if err != nil {
 		return nil, sftpErr("lstat", r.Filepath, err)
@@ -247,19 +253,45 @@ func (f *sftpFront) Readlink(p string) (string, error) {
 // where OpenSSH's sftp-server starts, so "." and relative uploads land in
 // the same place with and without gomux.
 func (f *sftpFront) RealPath(p string) (string, error) {
-	r, err := f.a.RealPath(f.ctx, p)
+	resolve := func(p string) (string, error) { return f.a.RealPath(f.ctx, p) }
+	var r string
+	var err error
+	if f.host != nil {
+		r, err = f.host.RealPath(p, resolve)
+	} else {
+		r, err = resolve(p)
+	}
 	return r, sftpErr("realpath", p, err)
 }
 
+// rt counts an agent request made for sftp, for the shim's counters.
+func (f *sftpFront) rt() {
+	if f.host != nil {
+		f.host.CountRoundTrip()
+	}
+}
+
+// statResult is a local stat answer: the file, or ENOENT for nil.
+func statResult(fi os.FileInfo, p string) (sftp.ListerAt, error) {
+	if fi == nil {
+		return nil, &os.PathError{Op: "stat", Path: p, Err: syscall.ENOENT}
+	}
+	return listerAt{fi}, nil
+}
+
 // virtual answers a stat of a temp dir or staged upload that exists only
-// in gomux, as the target would once it is there.
+// in gomux, as the target would once it is there; ok with a nil info is a
+// path that cannot exist yet. ok false means ask the target.
 func (f *sftpFront) virtual(p string) (os.FileInfo, bool) {
 	if f.host == nil {
 		return nil, false
 	}
-	size, mode, ok := f.host.Virtual(p)
-	if !ok {
+	size, mode, pr := f.host.Lookup(p)
+	switch pr {
+	case shim.Unknown:
 		return nil, false
+	case shim.Absent:
+		return nil, true
 	}
 	info := f.a.Info()
 	return virtualInfo{name: path.Base(p), size: size, mode: mode, uid: uint32(info.UID), gid: uint32(info.GID), mtime: time.Now()}, true

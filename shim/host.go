@@ -40,6 +40,7 @@ type Host struct {
 	pending []agent.PrepOp      // ops owed to the target, in order
 	staged  int64               // bytes staged in all dirs
 	count   Counters
+	real    map[string]string // realpath answers for the home directory
 }
 
 type tempDir struct {
@@ -55,9 +56,14 @@ type stagedFile struct {
 	mode fs.FileMode
 }
 
-// NewHost starts with nothing virtual.
-func NewHost(user, home string) *Host {
-	return &Host{user: user, home: home, dirs: map[string]*tempDir{}}
+// NewHost starts with nothing virtual. realHome, when known, answers
+// realpath of the home directory without asking the target.
+func NewHost(user, home, realHome string) *Host {
+	h := &Host{user: user, home: home, dirs: map[string]*tempDir{}}
+	if realHome != "" {
+		h.real = map[string]string{home: realHome}
+	}
+	return h
 }
 
 // Counters returns a snapshot.
@@ -65,6 +71,47 @@ func (h *Host) Counters() Counters {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.count
+}
+
+// CountRoundTrip records a request to the target made outside Plan (an
+// sftp operation).
+func (h *Host) CountRoundTrip() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.count.RoundTrips++
+}
+
+// RealPath returns a cached realpath answer for p, or calls resolve and
+// caches it when p is the home directory (or "."), which every sftp
+// session asks for first and which does not change.
+func (h *Host) RealPath(p string, resolve func(string) (string, error)) (string, error) {
+	if p == "." || p == "" {
+		p = h.home
+	}
+	if p != h.home {
+		h.CountRoundTrip()
+		return resolve(p)
+	}
+	h.mu.Lock()
+	r, ok := h.real[p]
+	h.mu.Unlock()
+	if ok {
+		h.mu.Lock()
+		h.count.Local++
+		h.mu.Unlock()
+		return r, nil
+	}
+	h.CountRoundTrip()
+	r, err := resolve(p)
+	if err == nil {
+		h.mu.Lock()
+		if h.real == nil {
+			h.real = map[string]string{}
+		}
+		h.real[p] = r
+		h.mu.Unlock()
+	}
+	return r, err
 }
 
 // Plan is what gomux does with one exec command.
@@ -156,7 +203,11 @@ func (h *Host) flushLocked() []agent.PrepOp {
 	}
 	for _, d := range h.dirs {
 		for name, f := range d.files {
-			ops = append(ops, agent.PrepOp{Op: "write", Path: d.path + "/" + name, Mode: f.mode, Data: f.data})
+			op := agent.PrepOp{Op: "write", Path: d.path + "/" + name, Mode: f.mode, Data: f.data}
+			if strings.HasPrefix(name, "AnsiballZ_") {
+				op.Parts = splitModule(f.data)
+			}
+			ops = append(ops, op)
 		}
 		h.dropStagedLocked(d)
 	}
@@ -303,25 +354,48 @@ func applySymbolic(cur fs.FileMode, spec string) (fs.FileMode, bool) {
 	return m, true
 }
 
-// Virtual reports whether p is a temp dir or a staged file that exists
-// only in gomux, with what a stat of it on the target would show.
-func (h *Host) Virtual(p string) (size int64, mode fs.FileMode, ok bool) {
+// Presence is what gomux knows of a path in a temp dir.
+type Presence int
+
+// What Lookup can say of a path.
+const (
+	// Unknown: ask the target.
+	Unknown Presence = iota
+	// Present only in gomux (a temp dir or a staged upload).
+	Present
+	// Absent: in a temp dir that exists only in gomux, and not staged.
+	Absent
+)
+
+// Lookup says whether p is a temp dir or a staged file that exists only in
+// gomux (with what a stat on the target would show), a file that cannot
+// exist yet, or something only the target knows.
+func (h *Host) Lookup(p string) (size int64, mode fs.FileMode, presence Presence) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	d, name := h.dirOf(p)
 	if d == nil {
-		return 0, 0, false
+		return 0, 0, Unknown
 	}
 	if name == "" {
 		if d.onTarget {
-			return 0, 0, false
+			return 0, 0, Unknown
 		}
-		return 0, fs.ModeDir | 0o700, true
+		return 0, fs.ModeDir | 0o700, Present
 	}
 	if f := d.files[name]; f != nil {
-		return int64(len(f.data)), f.mode, true
+		return int64(len(f.data)), f.mode, Present
 	}
-	return 0, 0, false
+	if !d.onTarget {
+		return 0, 0, Absent
+	}
+	return 0, 0, Unknown
+}
+
+// Virtual reports whether p exists only in gomux, with its size and mode.
+func (h *Host) Virtual(p string) (size int64, mode fs.FileMode, ok bool) {
+	size, mode, pr := h.Lookup(p)
+	return size, mode, pr == Present
 }
 
 // InTempDir reports whether p is in a temp dir gomux tracks, whatever its

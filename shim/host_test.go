@@ -13,7 +13,7 @@ func mkdirCmd(base, dir string) string {
 }
 
 func TestHostTask(t *testing.T) {
-	h := NewHost("u", "/home/u")
+	h := NewHost("u", "/home/u", "")
 	if p := h.Plan(wrap("echo ~")); !p.Reply || p.Stdout != "/home/u\n" {
 		t.Fatalf("echo ~: %+v", p)
 	}
@@ -64,7 +64,7 @@ func TestHostTask(t *testing.T) {
 }
 
 func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
-	h := NewHost("u", "/home/u")
+	h := NewHost("u", "/home/u", "")
 	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
 	h.Stage("/home/u/.ansible/tmp/"+tmpID+"/x.py", []byte("x"), 0o600)
 	p := h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"))
@@ -77,7 +77,7 @@ func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 }
 
 func TestHostPassthroughFlushesFirst(t *testing.T) {
-	h := NewHost("u", "/home/u")
+	h := NewHost("u", "/home/u", "")
 	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
 	p := h.Plan("ls -la ~/.ansible/tmp")
 	if p.Reply || len(p.Prep) != 2 {

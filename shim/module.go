@@ -1,0 +1,42 @@
+package shim
+
+import (
+	"bytes"
+
+	"github.com/gomux/gomux/agent"
+)
+
+// splitModule cuts an AnsiballZ wrapper into pieces that repeat across
+// tasks: the module archive line (ZIPDATA, the same for every task of one
+// module within a run) and the wrapper code stand apart from the one line
+// that changes per task (ANSIBALLZ_PARAMS). The agent caches each piece,
+// so a module's later tasks send little more than their parameters.
+// Anything that does not look like a wrapper is one piece.
+func splitModule(data []byte) []agent.PrepPart {
+	var parts []agent.PrepPart
+	start := 0
+	cut := func(end int) {
+		if end > start {
+			parts = append(parts, agent.PrepPart{Data: data[start:end]})
+			start = end
+		}
+	}
+	for off := 0; off < len(data); {
+		nl := bytes.IndexByte(data[off:], '\n')
+		end := len(data)
+		if nl >= 0 {
+			end = off + nl + 1
+		}
+		line := bytes.TrimLeft(data[off:end], " \t")
+		if bytes.HasPrefix(line, []byte(`ZIPDATA = """`)) || bytes.HasPrefix(line, []byte(`ANSIBALLZ_PARAMS = `)) {
+			cut(off)
+			cut(end)
+		}
+		off = end
+	}
+	cut(len(data))
+	if len(parts) < 3 {
+		return nil
+	}
+	return parts
+}

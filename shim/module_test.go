@@ -1,0 +1,27 @@
+package shim
+
+import (
+	"bytes"
+	"testing"
+)
+
+func TestSplitModule(t *testing.T) {
+	wrapper := []byte("#!/usr/bin/python\nimport sys\ndef _ansiballz_main():\n    ZIPDATA = \"\"\"UEsDBBQ...\"\"\"\n    x = 1\n    ANSIBALLZ_PARAMS = '{\"a\": 1}'\n    run()\n")
+	parts := splitModule(wrapper)
+	if len(parts) != 5 {
+		t.Fatalf("%d parts", len(parts))
+	}
+	var joined []byte
+	for _, p := range parts {
+		joined = append(joined, p.Data...)
+	}
+	if !bytes.Equal(joined, wrapper) {
+		t.Fatal("parts do not join to the file")
+	}
+	if !bytes.HasPrefix(parts[1].Data, []byte("    ZIPDATA")) || !bytes.HasPrefix(parts[3].Data, []byte("    ANSIBALLZ_PARAMS")) {
+		t.Errorf("cut in the wrong places: %q %q", parts[1].Data, parts[3].Data)
+	}
+	if splitModule([]byte("just a file\n")) != nil {
+		t.Error("plain file split")
+	}
+}
