@@ -43,8 +43,12 @@ lint: agents
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# Each fuzz target for a while; `go test` alone runs their seed corpora.
 fuzz: agents
-	$(GO) test -run '^$$' -fuzz FuzzReadFrame -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzParseModes$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
 
 # demo: three targets, the same work directly and through gomux.
 demo: deps build

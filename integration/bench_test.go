@@ -94,3 +94,47 @@ func BenchmarkJumpLatency(b *testing.B) {
 	fmt.Printf("ssh -J ... true, warm, median of 20, RTT %v: gomux %v, OpenSSH jump host %v (ratio %.2f)\n",
 		rtt, mg.Round(time.Millisecond), mp.Round(time.Millisecond), mg.Seconds()/mp.Seconds())
 }
+
+// BenchmarkSeed runs the seed playbook directly and through gomux, with
+// pipelining off and on, on GOMUX_BENCH_TARGETS targets (default 10) at
+// GOMUX_BENCH_RTT (default 50ms), and prints the wall times.
+func BenchmarkSeed(b *testing.B) {
+	rtt := 50 * time.Millisecond
+	if v := os.Getenv("GOMUX_BENCH_RTT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rtt = d
+	}
+	n := 10
+	if v := os.Getenv("GOMUX_BENCH_TARGETS"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	lab := harness.Start(b, harness.Options{Targets: n, RTT: rtt})
+	g := startGomux(b, lab, gomuxOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	for range b.N {
+		for _, pipe := range []string{"False", "True"} {
+			env := "ANSIBLE_PIPELINING=" + pipe
+			direct := runPlaybook(ctx, b, lab, nil, playbookPath("seed.yml"), env)
+			via := runPlaybook(ctx, b, lab, g, playbookPath("seed.yml"), env)
+			if direct.Err != nil || via.Err != nil {
+				b.Fatalf("direct: %v\nvia gomux: %v\n%s", direct.Err, via.Err, via.Output)
+			}
+			fmt.Printf("seed playbook, %d targets, RTT %v, pipelining %s: direct %.2f s, through gomux %.2f s (%.2fx)\n",
+				n, rtt, pipe, direct.Wall.Seconds(), via.Wall.Seconds(), direct.Wall.Seconds()/via.Wall.Seconds())
+		}
+	}
+	var last map[string]any
+	for _, e := range g.Events("channel") {
+		if _, ok := e["round_trips"]; ok {
+			last = e
+		}
+	}
+	if last != nil {
+		fmt.Printf("counters of one target after both runs: round_trips=%v local_steps=%v blob_bytes_sent=%v blob_bytes_saved=%v\n",
+			last["round_trips"], last["local_steps"], last["blob_bytes_sent"], last["blob_bytes_saved"])
+	}
+}
