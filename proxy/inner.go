@@ -106,13 +106,17 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	sc.Close()
 	ic.tasks.Close()
 	ic.tasks.Wait()
+	ev := ic.log.Info().Str("event", "inner_disconnect")
 	ic.mu.Lock()
 	if ic.lease != nil {
+		if c, ok := ic.lease.ShimCounters(); ok {
+			ev = ev.Int64("round_trips", c.RoundTrips).Int64("local_steps", c.Local)
+		}
 		ic.lease.Release()
 		ic.lease = nil
 	}
 	ic.mu.Unlock()
-	ic.log.Info().Str("event", "inner_disconnect").Msg("inner session closed")
+	ev.Msg("inner session closed")
 }
 
 // upstreamLease returns a live lease for this connection's target,

@@ -211,6 +211,19 @@ func (l *Lease) Shim(a *agent.Client) *shim.Host {
 	return h
 }
 
+// ShimCounters returns the shim's counters for this lease's target and
+// user, and false when no Ansible step has reached it.
+func (l *Lease) ShimCounters() (shim.Counters, bool) {
+	p := l.u.pool
+	p.mu.Lock()
+	h := p.hosts[l.u.key]
+	p.mu.Unlock()
+	if h == nil {
+		return shim.Counters{}, false
+	}
+	return h.Counters(), true
+}
+
 // Go runs fn as one of the pool's goroutines, which Close waits for: work
 // a client need not wait for, such as removing a finished temp dir.
 func (l *Lease) Go(fn func()) {
