@@ -88,22 +88,19 @@ func (h *Host) RealPath(p string, resolve func(string) (string, error)) (string,
 	if p == "." || p == "" {
 		p = h.home
 	}
-	if p != h.home {
-		h.CountRoundTrip()
-		return resolve(p)
-	}
 	h.mu.Lock()
 	r, ok := h.real[p]
+	if ok {
+		h.count.Local++
+	} else {
+		h.count.RoundTrips++
+	}
 	h.mu.Unlock()
 	if ok {
-		h.mu.Lock()
-		h.count.Local++
-		h.mu.Unlock()
 		return r, nil
 	}
-	h.CountRoundTrip()
 	r, err := resolve(p)
-	if err == nil {
+	if err == nil && p == h.home {
 		h.mu.Lock()
 		if h.real == nil {
 			h.real = map[string]string{}

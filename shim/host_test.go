@@ -106,3 +106,20 @@ func TestApplySymbolic(t *testing.T) {
 		}
 	}
 }
+
+func TestHostRealPath(t *testing.T) {
+	h := NewHost("u", "/home/u", "/data/home/u")
+	calls := 0
+	resolve := func(p string) (string, error) { calls++; return p, nil }
+	for _, p := range []string{".", "", "/home/u"} {
+		if r, err := h.RealPath(p, resolve); err != nil || r != "/data/home/u" {
+			t.Errorf("%q: %q %v", p, r, err)
+		}
+	}
+	if r, _ := h.RealPath("/etc", resolve); r != "/etc" || calls != 1 {
+		t.Errorf("other path: %q after %d calls", r, calls)
+	}
+	if c := h.Counters(); c.Local != 3 || c.RoundTrips != 1 {
+		t.Errorf("counters %+v", c)
+	}
+}
