@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,9 +97,30 @@ func BenchmarkJumpLatency(b *testing.B) {
 		rtt, mg.Round(time.Millisecond), mp.Round(time.Millisecond), mg.Seconds()/mp.Seconds())
 }
 
-// BenchmarkSeed runs the seed playbook directly and through gomux, with
-// pipelining off and on, on GOMUX_BENCH_TARGETS targets (default 10) at
-// GOMUX_BENCH_RTT (default 50ms), and prints the wall times.
+// benchMode is one way of running a playbook in the benchmark.
+type benchMode struct {
+	name  string
+	gomux bool
+	env   []string
+}
+
+func benchModes() []benchMode {
+	return []benchMode{
+		{name: "stock", env: []string{"ANSIBLE_PIPELINING=False"}},
+		{name: "stock_pipe", env: []string{"ANSIBLE_PIPELINING=True"}},
+		{name: "mitogen_linear", env: []string{"ANSIBLE_STRATEGY=mitogen_linear"}},
+		{name: "mitogen_free", env: []string{"ANSIBLE_STRATEGY=mitogen_free"}},
+		{name: "gomux", gomux: true, env: []string{"ANSIBLE_PIPELINING=False"}},
+		{name: "gomux_pipe", gomux: true, env: []string{"ANSIBLE_PIPELINING=True"}},
+	}
+}
+
+// BenchmarkSeed runs the seed playbook in every mode (stock Ansible with
+// and without pipelining, Debian's Mitogen linear and free, gomux with and
+// without pipelining) one after another on GOMUX_BENCH_TARGETS targets
+// (default 10) at GOMUX_BENCH_RTT (default 50ms), each from a cold
+// ControlMaster, and prints a markdown table. A mode with a failed or
+// unreachable host is reported as failed, not timed.
 func BenchmarkSeed(b *testing.B) {
 	rtt := 50 * time.Millisecond
 	if v := os.Getenv("GOMUX_BENCH_RTT"); v != "" {
@@ -115,17 +138,39 @@ func BenchmarkSeed(b *testing.B) {
 	g := startGomux(b, lab, gomuxOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
+	walls := map[string]time.Duration{}
+	failed := map[string]string{}
 	for range b.N {
-		for _, pipe := range []string{"False", "True"} {
-			env := "ANSIBLE_PIPELINING=" + pipe
-			direct := runPlaybook(ctx, b, lab, nil, playbookPath("seed.yml"), env)
-			via := runPlaybook(ctx, b, lab, g, playbookPath("seed.yml"), env)
-			if direct.Err != nil || via.Err != nil {
-				b.Fatalf("direct: %v\nvia gomux: %v\n%s", direct.Err, via.Err, via.Output)
+		for _, m := range benchModes() {
+			var via *Gomux
+			if m.gomux {
+				via = g
 			}
-			fmt.Printf("seed playbook, %d targets, RTT %v, pipelining %s: direct %.2f s, through gomux %.2f s (%.2fx)\n",
-				n, rtt, pipe, direct.Wall.Seconds(), via.Wall.Seconds(), direct.Wall.Seconds()/via.Wall.Seconds())
+			r := runPlaybook(ctx, b, lab, via, playbookPath("seed.yml"), m.env...)
+			if r.Err != nil || len(r.Recap) != n || strings.Contains(r.recapString(), "unreachable=1") || strings.Contains(r.recapString(), " failed=1") {
+				failed[m.name] = fmt.Sprintf("%v", r.Err)
+				b.Logf("%s failed: %v\n%s", m.name, r.Err, lastLines(r.Output, 30))
+				continue
+			}
+			walls[m.name] = r.Wall
 		}
+	}
+	fmt.Printf("\nseed playbook, %d targets, RTT %v, %d cores\n\n", n, rtt, runtime.NumCPU())
+	fmt.Println("| mode | wall (s) | vs stock | vs mitogen_linear |")
+	fmt.Println("|---|---|---|---|")
+	for _, m := range benchModes() {
+		w, ok := walls[m.name]
+		if !ok {
+			fmt.Printf("| %s | failed | | |\n", m.name)
+			continue
+		}
+		ratio := func(ref string) string {
+			if rw, ok := walls[ref]; ok {
+				return fmt.Sprintf("%.2f", w.Seconds()/rw.Seconds())
+			}
+			return "n/a"
+		}
+		fmt.Printf("| %s | %.2f | %s | %s |\n", m.name, w.Seconds(), ratio("stock"), ratio("mitogen_linear"))
 	}
 	var last map[string]any
 	for _, e := range g.Events("channel") {
@@ -134,7 +179,15 @@ func BenchmarkSeed(b *testing.B) {
 		}
 	}
 	if last != nil {
-		fmt.Printf("counters of one target after both runs: round_trips=%v local_steps=%v blob_bytes_sent=%v blob_bytes_saved=%v\n",
+		fmt.Printf("\ngomux counters of one target after both gomux runs: round_trips=%v local_steps=%v blob_bytes_sent=%v blob_bytes_saved=%v\n",
 			last["round_trips"], last["local_steps"], last["blob_bytes_sent"], last["blob_bytes_saved"])
 	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
