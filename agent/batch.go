@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 )
@@ -17,8 +19,11 @@ import (
 // PrepOp is one filesystem step a batch performs before its command, so a
 // task's temp dir, uploads and modes cost no round trips of their own.
 type PrepOp struct {
-	// Op is "mkdir", "write", "chmod" or "remove_all".
-	Op   string      `json:"op"`
+	// Op is "mkdir", "write", "chmod", "remove_all" or "run".
+	Op string `json:"op"`
+	// Argv is the program a "run" op executes (no shell); a non-zero exit
+	// fails the batch with its stderr.
+	Argv []string    `json:"argv,omitempty"`
 	Path string      `json:"path"`
 	Mode fs.FileMode `json:"mode,omitempty"`
 	// Parents makes mkdir create missing parents (mkdir -p).
@@ -100,6 +105,8 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 			err = os.Chmod(p, op.Mode)
 		case "remove_all":
 			err = os.RemoveAll(p)
+		case "run":
+			err = runPrep(ctx, op.Argv, info.Home)
 		default:
 			err = fmt.Errorf("unknown prep op %q", op.Op)
 		}
@@ -220,4 +227,20 @@ func drainBlob(st io.Reader) {
 			return
 		}
 	}
+}
+
+// runPrep runs a prep program such as setfacl, in home, with the agent's
+// environment, and turns a failure into an error carrying its stderr.
+func runPrep(ctx context.Context, argv []string, home string) error {
+	if len(argv) == 0 {
+		return errors.New("run without a program")
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = home
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", argv[0], err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return nil
 }

@@ -86,3 +86,19 @@ func TestBatchPrepFailureRunsNothing(t *testing.T) {
 		t.Errorf("bad hash accepted")
 	}
 }
+
+func TestBatchRunOp(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	h := startAgent(t, "")
+	if _, err := h.c.Batch(ctxT(t), []PrepOp{{Op: "run", Argv: []string{"touch", "made"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(home, "made")); err != nil {
+		t.Errorf("run op did not run in home: %v", err)
+	}
+	_, err := h.c.Batch(ctxT(t), []PrepOp{{Op: "run", Argv: []string{"sh", "-c", "echo nope >&2; exit 3"}}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("failing run op: %v", err)
+	}
+}

@@ -1,8 +1,12 @@
 package integration
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,4 +62,62 @@ func TestShimSeedRoundTrips(t *testing.T) {
 		ents, _ := os.ReadDir(tmp)
 		return len(ents) == 0
 	})
+}
+
+// TestShimBecomeUnprivileged runs tasks as another unprivileged user (the
+// setfacl path, temp dirs in /var/tmp): results as direct, and once one
+// setfacl has worked on the target the later ones ride with the run.
+func TestShimBecomeUnprivileged(t *testing.T) {
+	lab := harness.Start(t, harness.Options{Targets: 1})
+	g := startGomux(t, lab, gomuxOptions{})
+	ctx := ctxT(t, 5*time.Minute)
+	play := filepath.Join(t.TempDir(), "become.yml")
+	must(t, os.WriteFile(play, []byte(fmt.Sprintf(`- hosts: all
+  gather_facts: false
+  become: true
+  become_user: %s
+  tasks:
+    - command: id -un
+      register: a
+    - command: id -un
+      register: b
+    - copy: {content: "hello\n", dest: "/tmp/gmx-become-{{ inventory_hostname }}-%s"}
+      register: c
+    - assert: {that: ["a.stdout == '%s'", "b.stdout == '%s'", "c.changed"]}
+    - file: {path: "{{ c.dest }}", state: absent}
+`, lab.OtherUser, lab.OtherUser, lab.OtherUser, lab.OtherUser)), 0o600))
+	for _, via := range []*Gomux{nil, g} {
+		r := runPlaybook(ctx, t, lab, via, play, "ANSIBLE_PIPELINING=False")
+		if r.Err != nil || !strings.Contains(r.recapString(), "failed=0") {
+			t.Fatalf("via gomux=%v: %v\n%s", via != nil, r.Err, r.Output)
+		}
+	}
+	local := 0
+	for _, e := range g.Events("channel") {
+		if e["step"] == "Setfacl" && e["local"] == true {
+			local++
+		}
+	}
+	if local == 0 {
+		t.Errorf("no setfacl was recorded after the first one worked")
+	}
+	// Temp dirs of this test's user are gone (removal is sent without
+	// waiting, so give it a moment).
+	waitFor(t, 10*time.Second, func() bool {
+		ents, _ := filepath.Glob("/var/tmp/ansible-tmp-*")
+		for _, e := range ents {
+			if fi, err := os.Stat(e); err == nil && ownedBy(fi, lab.User) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func ownedBy(fi os.FileInfo, user string) bool {
+	out, err := exec.Command("id", "-u", user).Output()
+	if err != nil {
+		return false
+	}
+	return fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid) == strings.TrimSpace(string(out))
 }

@@ -76,6 +76,8 @@ type session struct {
 	kind string // exec, shell or subsystem
 	cmd  string
 	step string // what the shim recognized the command as
+	// observe tells the shim how a command it passed on ended.
+	observe func(exit int)
 
 	mu   sync.Mutex
 	proc *agent.Process
@@ -185,7 +187,9 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	s.kind, s.cmd = kind, cmd
 	var prep []agent.PrepOp
 	if kind == "exec" && *s.ic.s.cfg.Upstream.Ansible {
-		plan := s.lease.Shim(s.a).Plan(cmd)
+		host := s.lease.Shim(s.a)
+		plan := host.Plan(cmd)
+		s.observe = func(code int) { host.Observe(plan.Step, code) }
 		s.step = strings.TrimPrefix(fmt.Sprintf("%T", plan.Step), "shim.")
 		if plan.Reply {
 			answer(req, true)
@@ -316,6 +320,9 @@ func (s *session) pump(p *agent.Process) {
 		log.Err(err).Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).
 			Dur("duration", time.Since(s.start)).Msg("agent lost during session; closed without exit status")
 		return
+	}
+	if s.observe != nil && st.Signal == "" {
+		s.observe(st.Code)
 	}
 	s.ch.CloseWrite()
 	if st.Signal != "" {

@@ -41,6 +41,10 @@ type Host struct {
 	staged  int64               // bytes staged in all dirs
 	count   Counters
 	real    map[string]string // realpath answers for the home directory
+	// aclWorks is set once a setfacl on this target succeeded: from then
+	// on setfacl is recorded and sent with the run. Until then it runs
+	// as sent, so a failure reaches Ansible, which has fallbacks for it.
+	aclWorks bool
 }
 
 type tempDir struct {
@@ -154,6 +158,11 @@ func (h *Host) Plan(cmd string) Plan {
 			h.count.Local++
 			return Plan{Step: step, Reply: true}
 		}
+	case Setfacl:
+		if h.aclWorks && h.setfaclLocked(s) {
+			h.count.Local++
+			return Plan{Step: step, Reply: true}
+		}
 	case Remove:
 		p, ok := s.Path.Resolve(h.user, h.home)
 		if d := h.dirs[path.Clean(p)]; ok && d != nil {
@@ -238,6 +247,38 @@ func (h *Host) expireLocked(now time.Time) {
 			delete(h.dirs, p)
 		}
 	}
+}
+
+// Observe learns from how a command that reached the target ended.
+func (h *Host) Observe(step Step, exit int) {
+	if _, ok := step.(Setfacl); ok && exit == 0 {
+		h.mu.Lock()
+		h.aclWorks = true
+		h.mu.Unlock()
+	}
+}
+
+// setfaclLocked records a setfacl of temp paths to run with the next batch.
+func (h *Host) setfaclLocked(c Setfacl) bool {
+	argv := []string{"setfacl", "-m", c.Spec}
+	var dir string
+	for _, pe := range c.Paths {
+		p, ok := pe.Resolve(h.user, h.home)
+		if !ok {
+			return false
+		}
+		d, _ := h.dirOf(p)
+		if d == nil {
+			return false
+		}
+		if dir == "" {
+			dir = d.path
+		}
+		argv = append(argv, p)
+	}
+	// Path names the temp dir, so an rm before the run drops the op.
+	h.pending = append(h.pending, agent.PrepOp{Op: "run", Path: dir, Argv: argv})
+	return true
 }
 
 // dirOf returns the temp dir holding p (p itself or its parent).

@@ -123,3 +123,27 @@ func TestHostRealPath(t *testing.T) {
 		t.Errorf("counters %+v", c)
 	}
 }
+
+func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
+	h := NewHost("u", "/home/u", "")
+	dir := "/var/tmp/" + tmpID
+	setfacl := wrap("setfacl -m u:other:r-x " + dir + "/ " + dir + "/AnsiballZ_ping.py")
+	h.Plan(mkdirCmd("/var/tmp", dir))
+	p := h.Plan(setfacl)
+	if p.Reply {
+		t.Fatalf("first setfacl answered locally: %+v", p)
+	}
+	h.Observe(p.Step, 0)
+	// Next task: the same steps, now recorded.
+	h.Plan(wrap("rm -f -r " + dir + "/ > /dev/null 2>&1"))
+	h.Plan(mkdirCmd("/var/tmp", dir))
+	h.Stage(dir+"/AnsiballZ_ping.py", []byte("m"), 0o600)
+	if p := h.Plan(setfacl); !p.Reply {
+		t.Fatalf("setfacl after a success not recorded: %+v", p)
+	}
+	p = h.Plan(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-" + key + " ; /usr/bin/python3 " + dir + "/AnsiballZ_ping.py'"))
+	last := p.Prep[len(p.Prep)-1]
+	if last.Op != "run" || !reflect.DeepEqual(last.Argv, []string{"setfacl", "-m", "u:other:r-x", dir + "/", dir + "/AnsiballZ_ping.py"}) {
+		t.Fatalf("run prep ends with %+v", last)
+	}
+}
