@@ -32,7 +32,7 @@ type harness struct {
 
 // startAgent runs a Server whose output starts with noise, as a login
 // shell's would, and connects a Client to it.
-func startAgent(t *testing.T, noise string) *harness {
+func startAgent(t testing.TB, noise string) *harness {
 	t.Helper()
 	c2sR, c2sW := io.Pipe()
 	s2cR, s2cW := io.Pipe()
@@ -66,7 +66,7 @@ func startAgent(t *testing.T, noise string) *harness {
 }
 
 // testWriter sends the server's log lines to the test log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))

@@ -115,7 +115,8 @@ func benchModes() []benchMode {
 	}
 }
 
-// BenchmarkSeed runs the seed playbook in every mode (stock Ansible with
+// BenchmarkSeed runs the seed playbook (or GOMUX_BENCH_WORKLOAD: latency)
+// in every mode (stock Ansible with
 // and without pipelining, Debian's Mitogen linear and free, gomux with and
 // without pipelining) one after another on GOMUX_BENCH_TARGETS targets
 // (default 10) at GOMUX_BENCH_RTT (default 50ms), each from a cold
@@ -134,6 +135,10 @@ func BenchmarkSeed(b *testing.B) {
 	if v := os.Getenv("GOMUX_BENCH_TARGETS"); v != "" {
 		fmt.Sscan(v, &n)
 	}
+	workload := "seed"
+	if v := os.Getenv("GOMUX_BENCH_WORKLOAD"); v != "" {
+		workload = v
+	}
 	lab := harness.Start(b, harness.Options{Targets: n, RTT: rtt})
 	g := startGomux(b, lab, gomuxOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -146,7 +151,7 @@ func BenchmarkSeed(b *testing.B) {
 			if m.gomux {
 				via = g
 			}
-			r := runPlaybook(ctx, b, lab, via, playbookPath("seed.yml"), m.env...)
+			r := runPlaybook(ctx, b, lab, via, playbookPath(workload+".yml"), m.env...)
 			if r.Err != nil || len(r.Recap) != n || strings.Contains(r.recapString(), "unreachable=1") || strings.Contains(r.recapString(), " failed=1") {
 				failed[m.name] = fmt.Sprintf("%v", r.Err)
 				b.Logf("%s failed: %v\n%s", m.name, r.Err, lastLines(r.Output, 30))
@@ -155,7 +160,7 @@ func BenchmarkSeed(b *testing.B) {
 			walls[m.name] = r.Wall
 		}
 	}
-	fmt.Printf("\nseed playbook, %d targets, RTT %v, %d cores\n\n", n, rtt, runtime.NumCPU())
+	fmt.Printf("\n%s playbook, %d targets, RTT %v, %d cores\n\n", workload, n, rtt, runtime.NumCPU())
 	fmt.Println("| mode | wall (s) | vs stock | vs mitogen_linear |")
 	fmt.Println("|---|---|---|---|")
 	for _, m := range benchModes() {
