@@ -23,37 +23,28 @@ type Relay struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	open map[net.Conn]struct{}
+	// sent and received count bytes towards and from the far side.
+	sent, received atomic.Int64
 }
 
-// startRelay listens on addr inside namespace ns. The listening socket is
-// created on a thread that entered the namespace and is then discarded,
-// so no other goroutine ever runs in the namespace.
+type listenResult struct {
+	ln  net.Listener
+	err error
+}
+
+// startRelay listens on addr inside namespace ns (the root namespace when
+// ns is empty) and forwards to to.
 func startRelay(ns, addr, to string, rtt time.Duration) (*Relay, error) {
-	type res struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the thread, now in the namespace, exits with
-		// this goroutine.
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			ch <- res{err: err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{err: fmt.Errorf("setns %s: %w", ns, err)}
-			return
-		}
+	ch := make(chan listenResult, 1)
+	if ns == "" {
 		ln, err := net.Listen("tcp", addr)
-		ch <- res{ln, err}
-	}()
+		ch <- listenResult{ln, err}
+	} else {
+		go listenInNamespace(ns, addr, ch)
+	}
 	r := <-ch
 	if r.err != nil {
-		return nil, fmt.Errorf("relay in %s: %w", ns, r.err)
+		return nil, fmt.Errorf("relay in %q: %w", ns, r.err)
 	}
 	rl := &Relay{ln: r.ln, to: to, open: map[net.Conn]struct{}{}}
 	rl.rtt.Store(int64(rtt))
@@ -61,6 +52,41 @@ func startRelay(ns, addr, to string, rtt time.Duration) (*Relay, error) {
 	go rl.serve()
 	return rl, nil
 }
+
+// listenInNamespace creates the listening socket on a thread that entered
+// namespace ns and is then discarded, so no other goroutine ever runs in
+// the namespace.
+func listenInNamespace(ns, addr string, ch chan<- listenResult) {
+	runtime.LockOSThread()
+	// No UnlockOSThread: the thread, now in the namespace, exits with
+	// this goroutine.
+	f, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		ch <- listenResult{err: err}
+		return
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		ch <- listenResult{err: fmt.Errorf("setns %s: %w", ns, err)}
+		return
+	}
+	ln, err := net.Listen("tcp", addr)
+	ch <- listenResult{ln, err}
+}
+
+// StartRelay runs a relay in the root namespace on addr (host:0 picks a
+// port) to the address to: a benchmark puts one in front of gomux to place
+// it far from the controller.
+func StartRelay(addr, to string, rtt time.Duration) (*Relay, error) {
+	return startRelay("", addr, to, rtt)
+}
+
+// Addr is where the relay listens.
+func (r *Relay) Addr() string { return r.ln.Addr().String() }
+
+// Bytes reports what crossed the relay so far: sent towards the far side
+// (a target's sshd) and received from it.
+func (r *Relay) Bytes() (sent, received int64) { return r.sent.Load(), r.received.Load() }
 
 // SetRTT changes the added round-trip time for data sent from now on.
 func (r *Relay) SetRTT(d time.Duration) { r.rtt.Store(int64(d)) }
@@ -131,8 +157,8 @@ func (r *Relay) relay(c net.Conn) {
 	defer r.track(up, false)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); r.delayCopy(up, c) }()
-	go func() { defer wg.Done(); r.delayCopy(c, up) }()
+	go func() { defer wg.Done(); r.delayCopy(up, c, &r.sent) }()
+	go func() { defer wg.Done(); r.delayCopy(c, up, &r.received) }()
 	wg.Wait()
 }
 
@@ -144,7 +170,7 @@ type chunk struct {
 
 // delayCopy copies src to dst, delivering each chunk RTT/2 after it was
 // read, and passes EOF on as a half-close.
-func (r *Relay) delayCopy(dst, src net.Conn) {
+func (r *Relay) delayCopy(dst, src net.Conn, count *atomic.Int64) {
 	q := make(chan chunk, 4096)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -173,6 +199,7 @@ func (r *Relay) delayCopy(dst, src net.Conn) {
 		buf := make([]byte, 64<<10)
 		n, err := src.Read(buf)
 		if n > 0 {
+			count.Add(int64(n))
 			q <- chunk{due: time.Now().Add(time.Duration(r.rtt.Load()) / 2), data: buf[:n]}
 		}
 		if err != nil {
