@@ -1,0 +1,387 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/agent/dist"
+)
+
+// upstreamHelperEnv makes the test binary, re-executed, act as the
+// upstream side of BenchmarkPoolIdleMemory (see runUpstreamHelper), so the
+// benchmark's own process holds nothing but the proxy side.
+const upstreamHelperEnv = "GOMUX_POOL_BENCH_UPSTREAM"
+
+// TestMain only diverts to the upstream helper when the benchmark asked
+// for it; a normal `go test` goes straight to m.Run.
+func TestMain(m *testing.M) {
+	if os.Getenv(upstreamHelperEnv) == "1" {
+		os.Exit(runUpstreamHelper())
+	}
+	os.Exit(m.Run())
+}
+
+// BenchmarkPoolIdleMemory is what one idle pooled upstream session costs
+// the proxy: an SSH client connection with its keepalive, the agent's exec
+// channel and the yamux session over it, as the pool holds them between
+// tasks. It opens 100 and then 1,000 of them (distinct remote users, so
+// distinct pool keys) against an SSH server in a helper process and
+// reports, per session, the growth of the proxy process's heap and stacks
+// (HeapInuse+StackInuse, after GC), of Sys and of RSS, and the goroutines.
+// ns/op is the time to open all of them. Run with -benchtime 1x.
+func BenchmarkPoolIdleMemory(b *testing.B) {
+	type result struct {
+		n                int
+		heapStack, gorPS float64
+	}
+	var results []result
+	for _, n := range []int{100, 1000} {
+		b.Run("sessions="+strconv.Itoa(n), func(b *testing.B) {
+			// Sockets, the known_hosts read per dial, a few spare.
+			if err := raiseNOFILE(uint64(n) + 256); err != nil {
+				b.Skipf("cannot open %d connections: %v", n, err)
+			}
+			addr, hostKey := startUpstreamHelper(b)
+			dir := b.TempDir()
+			cfg := benchPoolConfig(b, dir, addr, hostKey)
+			var m idleMeasure
+			for range b.N {
+				m = measureIdleSessions(b, cfg, addr, n)
+			}
+			b.ReportMetric(m.heapStack/float64(n), "B/session")
+			b.ReportMetric(m.sys/float64(n), "sys-B/session")
+			b.ReportMetric(m.rss/float64(n), "rss-B/session")
+			b.ReportMetric(float64(m.goroutines)/float64(n), "goroutines/session")
+			results = append(results, result{n, m.heapStack / float64(n), float64(m.goroutines) / float64(n)})
+		})
+	}
+	if len(results) > 0 {
+		var parts []string
+		for _, r := range results {
+			parts = append(parts, fmt.Sprintf("%d sessions %.1f KiB/session (heap+stack), %.1f goroutines/session", r.n, r.heapStack/1024, r.gorPS))
+		}
+		fmt.Printf("proxy memory per idle upstream session (agent over yamux): %s\n", strings.Join(parts, "; "))
+	}
+}
+
+// idleMeasure is the growth of the proxy process across opening the
+// sessions, in bytes (goroutines in number).
+type idleMeasure struct {
+	heapStack, sys, rss float64
+	goroutines          int
+}
+
+// benchPoolConfig is a pool that logs in with a fresh key, verifies the
+// helper's host key from known_hosts, and believes every target has the
+// agent cached (the helper answers the launcher with a running agent).
+func benchPoolConfig(b *testing.B, dir, addr string, hostKey gossh.PublicKey) PoolConfig {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	blk, err := gossh.MarshalPrivateKey(priv, "gomux-bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := filepath.Join(dir, "id_ed25519")
+	kh := filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(id, pem.EncodeToMemory(blk), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	line := knownhosts.Line([]string{knownhosts.Normalize(addr)}, hostKey) + "\n"
+	if err := os.WriteFile(kh, []byte(line), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	no, yes := false, true
+	return PoolConfig{
+		Upstream: UpstreamConfig{
+			IdentityFiles:     []string{id},
+			UseSSHAgent:       &no,
+			KnownHosts:        []string{kh},
+			ConnectTimeout:    Duration(30 * time.Second),
+			KeepaliveInterval: Duration(15 * time.Second),
+			KeepaliveCountMax: 3,
+			IdleTimeout:       Duration(time.Hour),
+			Agent:             &yes,
+			Ansible:           &yes,
+		},
+		StateDir: filepath.Join(dir, "state"),
+		// Only the launcher's hash check reads this; the helper never
+		// asks for an upload.
+		Agents: map[string]dist.Binary{runtime.GOARCH: {Arch: runtime.GOARCH, SHA256: strings.Repeat("0", 64)}},
+	}
+}
+
+// measureIdleSessions opens n pooled sessions with their agents on a fresh
+// pool, releases every lease (the sessions stay, idle), and returns how
+// much the process grew. The pool is closed before it returns.
+func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleMeasure {
+	b.StopTimer()
+	pool, err := NewPool(cfg, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	before, gBefore := settledMemory(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	b.StartTimer()
+	users := make(chan string)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for u := range users {
+				errs <- openIdle(ctx, pool, addr, u)
+			}
+		})
+	}
+	for i := range n {
+		users <- fmt.Sprintf("bench%04d", i)
+	}
+	close(users)
+	wg.Wait()
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	if got := pool.Len(); got != n {
+		b.Fatalf("pool holds %d connections, want %d", got, n)
+	}
+	after, gAfter := settledMemory(b)
+	return idleMeasure{
+		heapStack:  float64(after.heapStack) - float64(before.heapStack),
+		sys:        float64(after.sys) - float64(before.sys),
+		rss:        float64(after.rss) - float64(before.rss),
+		goroutines: gAfter - gBefore,
+	}
+}
+
+// openIdle acquires the session for user, starts its agent and releases
+// the lease, leaving the session as the pool keeps it between tasks.
+func openIdle(ctx context.Context, pool *Pool, addr, user string) error {
+	l, err := pool.Acquire(ctx, addr, user)
+	if err != nil {
+		return fmt.Errorf("acquire %s: %w", user, err)
+	}
+	defer l.Release()
+	a, err := l.Agent(ctx)
+	if err != nil {
+		return fmt.Errorf("agent for %s: %w", user, err)
+	}
+	if a == nil {
+		return fmt.Errorf("agent for %s: pool fell back to plain channels", user)
+	}
+	return nil
+}
+
+type memSample struct{ heapStack, sys, rss uint64 }
+
+// settledMemory lets just-finished goroutines exit, collects garbage and
+// returns the process's memory and goroutine count.
+func settledMemory(b *testing.B) (memSample, int) {
+	time.Sleep(200 * time.Millisecond)
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, err := processRSS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return memSample{heapStack: ms.HeapInuse + ms.StackInuse, sys: ms.Sys, rss: rss}, runtime.NumGoroutine()
+}
+
+// processRSS reads this process's resident set size from /proc.
+func processRSS() (uint64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("rss: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("rss: %w", err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("rss: no VmRSS in /proc/self/status")
+}
+
+// raiseNOFILE makes sure this process may hold need descriptors, raising
+// the soft limit (and the hard one, which root may) when it is lower.
+func raiseNOFILE(need uint64) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	if lim.Cur >= need {
+		return nil
+	}
+	lim.Cur = need
+	if lim.Max < need {
+		lim.Max = need
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("setrlimit NOFILE %d: %w", need, err)
+	}
+	return nil
+}
+
+// startUpstreamHelper runs the test binary as the upstream helper and
+// returns the address it serves SSH on and its host key. Cleanup kills it
+// by PID and waits for it.
+func startUpstreamHelper(b *testing.B) (string, gossh.PublicKey) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), upstreamHelperEnv+"=1")
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stdin.Close() // the helper exits when its stdin ends
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatalf("upstream helper: %v", err)
+	}
+	addr, key, ok := strings.Cut(strings.TrimSpace(line), " ")
+	if !ok {
+		b.Fatalf("upstream helper said %q", line)
+	}
+	pub, _, _, _, err := gossh.ParseAuthorizedKey([]byte(key))
+	if err != nil {
+		b.Fatalf("upstream helper host key: %v", err)
+	}
+	return addr, pub
+}
+
+// runUpstreamHelper is the helper process: an SSH server on 127.0.0.1
+// that lets any user in with any key and answers the pool's agent
+// launcher the way a target with the agent cached does, by serving a real
+// agent.Server on that exec channel. Its first stdout line is its address
+// and host key; it exits when stdin ends (the benchmark has finished or
+// died).
+func runUpstreamHelper() int {
+	if err := raiseNOFILE(4096); err != nil {
+		fmt.Fprintln(os.Stderr, "upstream helper:", err)
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "upstream helper:", err)
+		return 1
+	}
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "upstream helper:", err)
+		return 1
+	}
+	cfg := &gossh.ServerConfig{
+		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
+	}
+	cfg.AddHostKey(signer)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "upstream helper:", err)
+		return 1
+	}
+	fmt.Printf("%s %s", ln.Addr(), gossh.MarshalAuthorizedKey(signer.PublicKey()))
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return 0
+		}
+		go serveHelperConn(c, cfg)
+	}
+}
+
+// serveHelperConn is one upstream SSH connection in the helper.
+func serveHelperConn(c net.Conn, cfg *gossh.ServerConfig) {
+	sc, chans, reqs, err := gossh.NewServerConn(c, cfg)
+	if err != nil {
+		c.Close()
+		return
+	}
+	defer sc.Close()
+	// Keepalives get a "no", which is an answer all the same, as from sshd.
+	go gossh.DiscardRequests(reqs)
+	for nc := range chans {
+		if nc.ChannelType() != "session" {
+			nc.Reject(gossh.UnknownChannelType, "helper serves sessions only")
+			continue
+		}
+		ch, creqs, err := nc.Accept()
+		if err != nil {
+			continue
+		}
+		go serveHelperSession(ch, creqs)
+	}
+}
+
+// serveHelperSession runs the agent for the launcher's exec and refuses
+// anything else, so a change in how the pool starts its agent shows up as
+// a failed benchmark rather than a wrong figure.
+func serveHelperSession(ch gossh.Channel, reqs <-chan *gossh.Request) {
+	for req := range reqs {
+		var p struct{ Command string }
+		if req.Type != "exec" || gossh.Unmarshal(req.Payload, &p) != nil || !strings.Contains(p.Command, "/.cache/gomux/agent-") {
+			req.Reply(false, nil)
+			continue
+		}
+		req.Reply(true, nil)
+		go func() {
+			srv := &agent.Server{Version: "bench"}
+			// Wrapped so Serve does not close the channel before the exit
+			// status is sent.
+			srv.Serve(context.Background(), struct{ io.Reader }{ch}, struct{ io.Writer }{ch})
+			ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{0}))
+			ch.Close()
+		}()
+	}
+}
