@@ -38,6 +38,9 @@ type playOpts struct {
 	env []string
 	// args are extra ansible-playbook arguments (-e ...).
 	args []string
+	// sshConfig, when set, replaces the gomux's ssh_config (a benchmark
+	// reaches gomux through a relay).
+	sshConfig string
 	// cpu, when set, receives ansible-playbook as soon as it starts, so
 	// the benchmark counts the controller's CPU with all its forks.
 	cpu *harness.CPUGroup
@@ -52,6 +55,9 @@ func runPlaybookOpts(ctx context.Context, t testing.TB, lab *harness.Lab, g *Gom
 	var sshCfg, commonArgs string
 	if g != nil {
 		sshCfg = g.SSHConfig
+		if o.sshConfig != "" {
+			sshCfg = o.sshConfig
+		}
 		commonArgs = "-F " + sshCfg + " -o ProxyJump=gomux"
 	} else {
 		sshCfg = writeSSHConfig(t, dir, lab, lab.KnownHostsFile(), "")

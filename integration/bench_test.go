@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -99,9 +101,10 @@ func BenchmarkJumpLatency(b *testing.B) {
 
 // benchMode is one way of running a playbook in the benchmark.
 type benchMode struct {
-	name  string
-	gomux bool
-	env   []string
+	name string
+	// via is "" (direct), "gomux" or "gomux_cold" (warm Python off).
+	via string
+	env []string
 }
 
 func benchModes() []benchMode {
@@ -110,83 +113,309 @@ func benchModes() []benchMode {
 		{name: "stock_pipe", env: []string{"ANSIBLE_PIPELINING=True"}},
 		{name: "mitogen_linear", env: []string{"ANSIBLE_STRATEGY=mitogen_linear"}},
 		{name: "mitogen_free", env: []string{"ANSIBLE_STRATEGY=mitogen_free"}},
-		{name: "gomux", gomux: true, env: []string{"ANSIBLE_PIPELINING=False"}},
-		{name: "gomux_pipe", gomux: true, env: []string{"ANSIBLE_PIPELINING=True"}},
+		{name: "gomux", via: "gomux", env: []string{"ANSIBLE_PIPELINING=False"}},
+		{name: "gomux_pipe", via: "gomux", env: []string{"ANSIBLE_PIPELINING=True"}},
 	}
 }
 
-// BenchmarkSeed runs the seed playbook (or GOMUX_BENCH_WORKLOAD: latency)
-// in every mode (stock Ansible with
-// and without pipelining, Debian's Mitogen linear and free, gomux with and
-// without pipelining) one after another on GOMUX_BENCH_TARGETS targets
-// (default 10) at GOMUX_BENCH_RTT (default 50ms), each from a cold
-// ControlMaster, and prints a markdown table. A mode with a failed or
-// unreachable host is reported as failed, not timed.
-func BenchmarkSeed(b *testing.B) {
-	rtt := 50 * time.Millisecond
-	if v := os.Getenv("GOMUX_BENCH_RTT"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatal(err)
+// benchWorkload is one playbook on one lab shape.
+type benchWorkload struct {
+	name     string
+	playbook string
+	targets  int
+	rtt      time.Duration
+	// bastion places gomux next to the targets: the RTT is between the
+	// controller and gomux, and gomux reaches the targets at once. Direct
+	// modes still cross the RTT to the targets.
+	bastion bool
+}
+
+// benchWorkloads are the issue's tables: the seed playbook (10 hosts at
+// RTT 0 and 50 ms, 30 hosts), the latency-bound one, the file-heavy one,
+// and gomux as a bastion.
+func benchWorkloads() []benchWorkload {
+	ms := time.Millisecond
+	return []benchWorkload{
+		{name: "seed-10h-0ms", playbook: "seed.yml", targets: 10},
+		{name: "seed-10h-50ms", playbook: "seed.yml", targets: 10, rtt: 50 * ms},
+		{name: "latency-2h-50ms", playbook: "latency.yml", targets: 2, rtt: 50 * ms},
+		{name: "seed-30h-50ms", playbook: "seed.yml", targets: 30, rtt: 50 * ms},
+		{name: "files-10h-50ms", playbook: "files.yml", targets: 10, rtt: 50 * ms},
+		{name: "seed-10h-50ms-bastion", playbook: "seed.yml", targets: 10, rtt: 50 * ms, bastion: true},
+	}
+}
+
+// benchSample is what one run of one mode cost.
+type benchSample struct {
+	wall, controller, ssh, proxy, target time.Duration
+	roundTrips                          int64
+	bytesToTargets                      int64
+	tasks                               int
+}
+
+// BenchmarkAnsible runs each workload in every mode (stock Ansible with and
+// without pipelining, Debian's Mitogen linear and free, gomux with and
+// without pipelining) one after another in the same lab, each from a cold
+// ControlMaster, GOMUX_BENCH_REPS times (default 3), and prints a markdown
+// table of medians, also written to bench-results/<workload>.md. A mode
+// with a failed or unreachable host is reported as failed, not timed.
+// GOMUX_BENCH_MODES (comma separated) limits the modes.
+//
+// CPU is measured by cgroup: the controller (ansible-playbook and every
+// process it starts), within it the ssh processes (ControlMasters
+// included), gomux's own process, and everything on the targets.
+func BenchmarkAnsible(b *testing.B) {
+	for _, w := range benchWorkloads() {
+		b.Run(w.name, func(b *testing.B) { benchAnsible(b, w) })
+	}
+}
+
+func benchAnsible(b *testing.B, w benchWorkload) {
+	reps := 3
+	if v := os.Getenv("GOMUX_BENCH_REPS"); v != "" {
+		fmt.Sscan(v, &reps)
+	}
+	modes := benchModes()
+	if v := os.Getenv("GOMUX_BENCH_MODES"); v != "" {
+		want := map[string]bool{}
+		for _, m := range strings.Split(v, ",") {
+			want[strings.TrimSpace(m)] = true
 		}
-		rtt = d
+		var keep []benchMode
+		for _, m := range modes {
+			if want[m.name] {
+				keep = append(keep, m)
+			}
+		}
+		modes = keep
 	}
-	n := 10
-	if v := os.Getenv("GOMUX_BENCH_TARGETS"); v != "" {
-		fmt.Sscan(v, &n)
+	lab := harness.Start(b, harness.Options{Targets: w.targets, RTT: w.rtt, CPUAccounting: true})
+	gomuxes := map[string]*Gomux{"gomux": startGomux(b, lab, gomuxOptions{})}
+	// In the bastion placement the controller reaches gomux through a
+	// relay with the RTT, and gomux reaches the targets at once.
+	sshConfigs := map[string]string{}
+	if w.bastion {
+		for name, g := range gomuxes {
+			r, err := harness.StartRelay("127.0.0.1:0", g.Addr, w.rtt)
+			must(b, err)
+			b.Cleanup(r.Close)
+			_, port, _ := net.SplitHostPort(r.Addr())
+			sshConfigs[name] = writeSSHConfig(b, b.TempDir(), lab, g.KnownHosts,
+				fmt.Sprintf("Host gomux\n  HostName 127.0.0.1\n  Port %s\n  HostKeyAlias gomux\n", port))
+		}
 	}
-	workload := "seed"
-	if v := os.Getenv("GOMUX_BENCH_WORKLOAD"); v != "" {
-		workload = v
+	ctlCPU, err := harness.NewCPUGroup("gmx-bench-" + lab.Targets[0].Name + "-controller")
+	if err != nil {
+		b.Logf("controller CPU not measured: %v", err)
+	} else {
+		b.Cleanup(ctlCPU.Close)
 	}
-	lab := harness.Start(b, harness.Options{Targets: n, RTT: rtt})
-	g := startGomux(b, lab, gomuxOptions{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	sshCPU, _ := harness.NewCPUGroup("gmx-bench-" + lab.Targets[0].Name + "-ssh")
+	env := []string{}
+	if sshCPU != nil {
+		b.Cleanup(sshCPU.Close)
+		// Every ssh the controller starts joins the ssh group first.
+		wrapper := filepath.Join(b.TempDir(), "ssh")
+		must(b, os.WriteFile(wrapper, []byte("#!/bin/sh\necho $$ > "+sshCPU.ProcsFile()+"\nexec ssh \"$@\"\n"), 0o755))
+		env = append(env, "ANSIBLE_SSH_EXECUTABLE="+wrapper)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
-	walls := map[string]time.Duration{}
+
+	samples := map[string][]benchSample{}
 	failed := map[string]string{}
+	usage := func(g *harness.CPUGroup) time.Duration {
+		if g == nil {
+			return 0
+		}
+		return g.Usage()
+	}
 	for range b.N {
-		for _, m := range benchModes() {
-			var via *Gomux
-			if m.gomux {
-				via = g
+		for rep := range reps {
+			for _, m := range modes {
+				if _, bad := failed[m.name]; bad {
+					continue
+				}
+				g := gomuxes[m.via]
+				for _, t := range lab.Targets {
+					if w.bastion && g != nil {
+						t.Relay.SetRTT(0)
+					} else {
+						t.Relay.SetRTT(w.rtt)
+					}
+				}
+				var before benchSample
+				before.controller, before.ssh, before.target = usage(ctlCPU), usage(sshCPU), usage(lab.TargetCPU)
+				before.bytesToTargets = relayBytes(lab)
+				if g != nil {
+					before.proxy = g.CPU()
+					before.roundTrips = g.RoundTrips()
+				}
+				r := runPlaybookOpts(ctx, b, lab, g, playbookPath(w.playbook), playOpts{
+					env:       append(append([]string(nil), env...), m.env...),
+					args:      []string{"-e", fmt.Sprintf("gmx_run=%s-%d", m.name, rep)},
+					cpu:       ctlCPU,
+					sshConfig: sshConfigs[m.via],
+				})
+				rc := parseRecap(r.Output)
+				if r.Err != nil || len(rc) != w.targets || rc.sum("unreachable") > 0 || rc.sum("failed") > 0 {
+					failed[m.name] = fmt.Sprintf("%v", r.Err)
+					b.Logf("%s failed: %v\n%s", m.name, r.Err, lastLines(r.Output, 30))
+					continue
+				}
+				s := benchSample{
+					wall:           r.Wall,
+					controller:     usage(ctlCPU) - before.controller,
+					ssh:            usage(sshCPU) - before.ssh,
+					target:         usage(lab.TargetCPU) - before.target,
+					bytesToTargets: relayBytes(lab) - before.bytesToTargets,
+					tasks:          rc.sum("ok") + rc.sum("failed") + rc.sum("ignored"),
+				}
+				if g != nil {
+					s.proxy = g.CPU() - before.proxy
+					s.roundTrips = g.RoundTrips() - before.roundTrips
+				}
+				samples[m.name] = append(samples[m.name], s)
+				b.Logf("%s rep %d: %.2f s", m.name, rep+1, r.Wall.Seconds())
 			}
-			r := runPlaybook(ctx, b, lab, via, playbookPath(workload+".yml"), m.env...)
-			if r.Err != nil || len(r.Recap) != n || strings.Contains(r.recapString(), "unreachable=1") || strings.Contains(r.recapString(), " failed=1") {
-				failed[m.name] = fmt.Sprintf("%v", r.Err)
-				b.Logf("%s failed: %v\n%s", m.name, r.Err, lastLines(r.Output, 30))
-				continue
-			}
-			walls[m.name] = r.Wall
 		}
 	}
-	fmt.Printf("\n%s playbook, %d targets, RTT %v, %d cores\n\n", workload, n, rtt, runtime.NumCPU())
-	fmt.Println("| mode | wall (s) | vs stock | vs mitogen_linear |")
-	fmt.Println("|---|---|---|---|")
-	for _, m := range benchModes() {
-		w, ok := walls[m.name]
+	table := benchTable(w, reps, modes, samples, failed)
+	fmt.Print(table)
+	dir := filepath.Join(repoRoot(), "bench-results")
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		os.WriteFile(filepath.Join(dir, w.name+".md"), []byte(table), 0o644)
+	}
+	if s, ok := medianSample(samples["gomux"]); ok {
+		b.ReportMetric(s.wall.Seconds(), "gomux-s")
+	}
+	if s, ok := medianSample(samples["mitogen_linear"]); ok {
+		b.ReportMetric(s.wall.Seconds(), "mitogen_linear-s")
+	}
+}
+
+// relayBytes is what crossed the relays towards the targets so far.
+func relayBytes(lab *harness.Lab) int64 {
+	var n int64
+	for _, t := range lab.Targets {
+		sent, _ := t.Relay.Bytes()
+		n += sent
+	}
+	return n
+}
+
+// medianSample takes each figure's median on its own.
+func medianSample(ss []benchSample) (benchSample, bool) {
+	if len(ss) == 0 {
+		return benchSample{}, false
+	}
+	med := func(f func(benchSample) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, s := range ss {
+			v[i] = f(s)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	d := func(f func(benchSample) time.Duration) time.Duration {
+		return time.Duration(med(func(s benchSample) float64 { return float64(f(s)) }))
+	}
+	return benchSample{
+		wall:           d(func(s benchSample) time.Duration { return s.wall }),
+		controller:     d(func(s benchSample) time.Duration { return s.controller }),
+		ssh:            d(func(s benchSample) time.Duration { return s.ssh }),
+		proxy:          d(func(s benchSample) time.Duration { return s.proxy }),
+		target:         d(func(s benchSample) time.Duration { return s.target }),
+		roundTrips:     int64(med(func(s benchSample) float64 { return float64(s.roundTrips) })),
+		bytesToTargets: int64(med(func(s benchSample) float64 { return float64(s.bytesToTargets) })),
+		tasks:          int(med(func(s benchSample) float64 { return float64(s.tasks) })),
+	}, true
+}
+
+// benchTable renders the medians as the markdown table the README carries.
+func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string][]benchSample, failed map[string]string) string {
+	var t strings.Builder
+	place := "gomux next to the controller, RTT between gomux and the targets"
+	if w.bastion {
+		place = "gomux as a bastion next to the targets, RTT between the controller and gomux (direct modes cross it to the targets)"
+	}
+	fmt.Fprintf(&t, "\n%s: %s, %d targets, RTT %v, %s; %d cores, median of %d\n\n",
+		w.name, w.playbook, w.targets, w.rtt, place, runtime.NumCPU(), reps)
+	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU (s) | of it ssh (s) | gomux CPU (s) | target CPU (s) | target CPU / task (ms) | round trips / task | KB to targets / task |\n")
+	t.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	ref := map[string]benchSample{}
+	for _, name := range []string{"stock", "mitogen_linear"} {
+		if s, ok := medianSample(samples[name]); ok {
+			ref[name] = s
+		}
+	}
+	for _, m := range modes {
+		s, ok := medianSample(samples[m.name])
 		if !ok {
-			fmt.Printf("| %s | failed | | |\n", m.name)
+			fmt.Fprintf(&t, "| %s | failed | | | | | | | | | |\n", m.name)
 			continue
 		}
-		ratio := func(ref string) string {
-			if rw, ok := walls[ref]; ok {
-				return fmt.Sprintf("%.2f", w.Seconds()/rw.Seconds())
+		ratio := func(name string) string {
+			if r, ok := ref[name]; ok {
+				return fmt.Sprintf("%.2f", s.wall.Seconds()/r.wall.Seconds())
 			}
 			return "n/a"
 		}
-		fmt.Printf("| %s | %.2f | %s | %s |\n", m.name, w.Seconds(), ratio("stock"), ratio("mitogen_linear"))
-	}
-	var last map[string]any
-	for _, e := range g.Events("channel") {
-		if _, ok := e["round_trips"]; ok {
-			last = e
+		tasks := float64(max(s.tasks, 1))
+		proxy, rts := "", ""
+		if m.via != "" {
+			proxy = fmt.Sprintf("%.2f", s.proxy.Seconds())
+			rts = fmt.Sprintf("%.2f", float64(s.roundTrips)/tasks)
 		}
+		fmt.Fprintf(&t, "| %s | %.2f | %s | %s | %.2f | %.2f | %s | %.2f | %.0f | %s | %.1f |\n",
+			m.name, s.wall.Seconds(), ratio("stock"), ratio("mitogen_linear"),
+			s.controller.Seconds(), s.ssh.Seconds(), proxy, s.target.Seconds(),
+			float64(s.target.Milliseconds())/tasks, rts, float64(s.bytesToTargets)/1024/tasks)
 	}
-	if last != nil {
-		fmt.Printf("\ngomux counters of one target after both gomux runs: round_trips=%v local_steps=%v blob_bytes_sent=%v blob_bytes_saved=%v\n",
-			last["round_trips"], last["local_steps"], last["blob_bytes_sent"], last["blob_bytes_saved"])
+	var names []string
+	for name := range failed {
+		names = append(names, name)
 	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(&t, "\n%s failed: %s\n", name, failed[name])
+	}
+	return t.String()
+}
+
+// recap is the PLAY RECAP: per host, each counter.
+type recap map[string]map[string]int
+
+var recapFields = regexp.MustCompile(`(\w+)=(\d+)`)
+
+// parseRecap reads every counter of the PLAY RECAP lines.
+func parseRecap(out string) recap {
+	rc := recap{}
+	i := strings.LastIndex(out, "PLAY RECAP")
+	if i < 0 {
+		return rc
+	}
+	for _, line := range strings.Split(out[i:], "\n")[1:] {
+		host, rest, ok := strings.Cut(line, " : ")
+		if !ok {
+			continue
+		}
+		m := map[string]int{}
+		for _, f := range recapFields.FindAllStringSubmatch(rest, -1) {
+			n, _ := strconv.Atoi(f[2])
+			m[f[1]] = n
+		}
+		rc[strings.TrimSpace(host)] = m
+	}
+	return rc
+}
+
+func (rc recap) sum(field string) int {
+	n := 0
+	for _, m := range rc {
+		n += m[field]
+	}
+	return n
 }
 
 func lastLines(s string, n int) string {

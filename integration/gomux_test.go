@@ -283,3 +283,41 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// CPU is the user and system time gomux's process has used so far.
+func (g *Gomux) CPU() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses: utime and
+	// stime are the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// RoundTrips adds up, over every target, the shim's count of requests that
+// reached the target so far (the counters are cumulative per target).
+func (g *Gomux) RoundTrips() int64 {
+	last := map[string]float64{}
+	for _, e := range g.Events("channel") {
+		rt, ok := e["round_trips"].(float64)
+		if !ok {
+			continue
+		}
+		k := fmt.Sprintf("%v/%v", e["target"], e["remote_user"])
+		last[k] = max(last[k], rt)
+	}
+	var n int64
+	for _, v := range last {
+		n += int64(v)
+	}
+	return n
+}
