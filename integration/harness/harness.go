@@ -32,6 +32,13 @@ type Options struct {
 	Targets int
 	// RTT is the round-trip time each relay adds.
 	RTT time.Duration
+	// CPUAccounting puts every target's sshd, and so all it starts, in
+	// one cgroup (Lab.TargetCPU) for benchmarks.
+	CPUAccounting bool
+	// PasswordSudoUser adds a login user whose sudo asks for a password
+	// (Lab.PasswordUser, Lab.Password), so tests cover Ansible's
+	// become-with-password path, where stdin carries the password first.
+	PasswordSudoUser bool
 }
 
 // Lab is a set of targets sharing one bridge, one login user and one
@@ -45,6 +52,11 @@ type Lab struct {
 	Home string
 	// OtherUser is a second unprivileged user, for become_user tests.
 	OtherUser string
+	// PasswordUser, with Options.PasswordSudoUser, is a login user whose
+	// sudo requires Password (empty otherwise).
+	PasswordUser string
+	// Password is PasswordUser's login password.
+	Password string
 	// ClientKey is the private key file authorized for User (0600).
 	ClientKey string
 	// ClientPub is its public key.
@@ -53,6 +65,9 @@ type Lab struct {
 	Targets []*Target
 	// Gateway is the bridge's address, the root namespace's side.
 	Gateway string
+	// TargetCPU, with Options.CPUAccounting, adds up the CPU time of
+	// every process on every target; nil where cgroups are not writable.
+	TargetCPU *CPUGroup
 
 	token  string
 	bridge string
@@ -103,7 +118,7 @@ func Start(tb testing.TB, opt Options) *Lab {
 	l.Dir = dir
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 
-	l.createUsers(tb)
+	l.createUsers(tb, opt.PasswordSudoUser)
 	l.createKey(tb)
 	subnet := pickSubnet(tb)
 	l.Gateway = subnet + ".1"
@@ -118,7 +133,28 @@ func Start(tb testing.TB, opt Options) *Lab {
 	for i := range opt.Targets {
 		l.Targets = append(l.Targets, l.startTarget(tb, i, fmt.Sprintf("%s.%d", subnet, i+2), opt.RTT))
 	}
+	if opt.CPUAccounting {
+		l.startCPUAccounting(tb)
+	}
 	return l
+}
+
+// startCPUAccounting moves every sshd into the lab's CPU group; sessions,
+// agents and modules they start are counted with them. Without writable
+// cgroups the lab runs without it and says so.
+func (l *Lab) startCPUAccounting(tb testing.TB) {
+	g, err := NewCPUGroup("gmx-" + l.token + "-targets")
+	if err != nil {
+		tb.Logf("harness: target CPU not measured: %v", err)
+		return
+	}
+	tb.Cleanup(g.Close)
+	for _, t := range l.Targets {
+		if err := g.Add(t.sshd.Process.Pid); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	l.TargetCPU = g
 }
 
 func run(tb testing.TB, name string, args ...string) string {
@@ -160,22 +196,42 @@ func pickSubnet(tb testing.TB) string {
 	return ""
 }
 
-func (l *Lab) createUsers(tb testing.TB) {
+func (l *Lab) createUsers(tb testing.TB, passwordUser bool) {
 	l.User = "gmx" + l.token
 	l.OtherUser = "gmo" + l.token
-	for _, u := range []string{l.User, l.OtherUser} {
+	users := []string{l.User, l.OtherUser}
+	if passwordUser {
+		l.PasswordUser = "gmp" + l.token
+		pw := make([]byte, 12)
+		rand.Read(pw)
+		l.Password = hex.EncodeToString(pw)
+		users = append(users, l.PasswordUser)
+	}
+	for _, u := range users {
 		run(tb, "useradd", "-m", "-s", "/bin/bash", u)
 		user := u
 		tb.Cleanup(func() {
 			killUserProcesses(user)
 			exec.Command("userdel", "-f", "-r", user).Run()
 		})
+		if u == l.PasswordUser {
+			cmd := exec.Command("chpasswd")
+			cmd.Stdin = strings.NewReader(u + ":" + l.Password + "\n")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				tb.Fatalf("chpasswd: %v %s", err, out)
+			}
+			continue
+		}
 		// A locked password ("!") makes sshd refuse the account.
 		run(tb, "usermod", "-p", "*", u)
 	}
 	l.Home = "/home/" + l.User
+	rules := l.User + " ALL=(ALL:ALL) NOPASSWD: ALL\n"
+	if passwordUser {
+		rules += l.PasswordUser + " ALL=(ALL:ALL) ALL\n"
+	}
 	sudoers := "/etc/sudoers.d/gomux-test-" + l.token
-	if err := os.WriteFile(sudoers, []byte(l.User+" ALL=(ALL:ALL) NOPASSWD: ALL\n"), 0o440); err != nil {
+	if err := os.WriteFile(sudoers, []byte(rules), 0o440); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.Remove(sudoers) })
@@ -237,7 +293,10 @@ func (l *Lab) createKey(tb testing.TB) {
 	if err := os.MkdirAll(ak, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-	for _, u := range []string{l.User, l.OtherUser} {
+	for _, u := range []string{l.User, l.OtherUser, l.PasswordUser} {
+		if u == "" {
+			continue
+		}
 		if err := os.WriteFile(filepath.Join(ak, u), gossh.MarshalAuthorizedKey(l.ClientPub), 0o644); err != nil {
 			tb.Fatal(err)
 		}
