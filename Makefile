@@ -54,8 +54,14 @@ fuzz: agents
 demo: deps build
 	GOMUX_DEMO=1 $(GO) test -count=1 -timeout 10m -run '^TestDemo$$' -v ./integration
 
+# bench: microbenchmarks, then every Ansible workload in every mode (stock,
+# pipelining, Mitogen linear and free, gomux) in one run. Tables are printed
+# and written to bench-results/. GOMUX_BENCH_REPS (default 3) and
+# GOMUX_BENCH_MODES narrow it; -bench 'BenchmarkAnsible/latency' picks one.
 bench: deps build
-	$(GO) test -count=1 -timeout 60m -run '^$$' -bench . -benchtime 1x ./integration
+	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./agent
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./proxy
+	$(GO) test -count=1 -timeout 300m -run '^$$' -bench . -benchtime 1x ./integration
 
 clean:
 	rm -rf bin $(AGENTS)
