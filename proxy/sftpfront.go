@@ -26,12 +26,28 @@ type sftpFront struct {
 	// host is the Ansible state of this target and user; nil when the
 	// shim is off. Uploads into its temp dirs are staged there.
 	host *shim.Host
+	// opens has the permissions each OPEN asked for, which pkg/sftp's
+	// request server does not pass on.
+	opens *openModes
 }
 
 func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser) *sftp.RequestServer {
-	f := &sftpFront{ctx: ctx, a: a, host: host}
-	return sftp.NewRequestServer(rwc, sftp.Handlers{FileGet: f, FilePut: f, FileCmd: f, FileList: f},
-		sftp.WithStartDirectory(a.Info().Home))
+	home := a.Info().Home
+	opens := newOpenModes(home)
+	f := &sftpFront{ctx: ctx, a: a, host: host, opens: opens}
+	return sftp.NewRequestServer(&openSniffer{ReadWriteCloser: rwc, modes: opens}, sftp.Handlers{FileGet: f, FilePut: f, FileCmd: f, FileList: f},
+		sftp.WithStartDirectory(home))
+}
+
+// createMode is the mode a file created by r gets before the umask: the
+// permissions the client sent with OPEN, else 0666, as OpenSSH's
+// sftp-server does. (pkg/sftp's AttrFlags reads OPEN's pflags as if they
+// were attribute flags, so it cannot be asked.)
+func (f *sftpFront) createMode(r *sftp.Request) fs.FileMode {
+	if m, ok := f.opens.take(r.Filepath); ok {
+		return m
+	}
+	return 0o666
 }
 
 // sftpErr turns an agent error into one pkg/sftp maps to the right SFTP
@@ -67,6 +83,7 @@ func (f *sftpFront) materialize(paths ...string) error {
 }
 
 func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+	f.opens.take(r.Filepath) // a read creates nothing
 	if err := f.materialize(r.Filepath); err != nil {
 		return nil, err
 	}
@@ -83,11 +100,8 @@ func (f *sftpFront) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 	if f.host != nil && !pf.Read && !pf.Append && f.host.InTempDir(r.Filepath) {
 		// An upload into a temp dir: keep it in gomux until the command
 		// that uses it, and send both in one batch.
-		perm := fs.FileMode(0o644)
-		if r.AttrFlags().Permissions {
-			perm = r.Attributes().FileMode().Perm()
-		}
-		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, req: r}, nil
+		perm := f.createMode(r)
+		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, perm: perm, req: r}, nil
 	}
 	return f.open(r)
 }
@@ -98,6 +112,12 @@ func (f *sftpFront) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
 }
 
 func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
+	return f.openMode(r, f.createMode(r))
+}
+
+// openMode opens r's file on the target, creating it with perm (before
+// the umask) when the flags say so.
+func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, error) {
 	if err := f.materialize(r.Filepath); err != nil {
 		return nil, err
 	}
@@ -122,10 +142,6 @@ func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
 	}
 	// Append is served by WriteAt offsets the client computes, as OpenSSH's
 	// sftp-server does; O_APPEND would make pwrite ignore them.
-	perm := fs.FileMode(0o644)
-	if r.AttrFlags().Permissions {
-		perm = r.Attributes().FileMode().Perm()
-	}
 	f.rt()
 	h, err := f.a.Open(f.ctx, r.Filepath, flag, perm)
 	if err != nil {
@@ -168,9 +184,10 @@ func (f *sftpFront) Filecmd(r *sftp.Request) error {
 	case "Rmdir":
 		return sftpErr("rmdir", p, f.a.Rmdir(ctx, p))
 	case "Mkdir":
-		perm := fs.FileMode(0o755)
-		if r.AttrFlags().Permissions {
-			perm = r.Attributes().FileMode().Perm()
+		// As sftp-server: the permissions sent, else 0777, then the umask.
+		perm := fs.FileMode(0o777)
+		if m, ok := f.opens.take(p); ok {
+			perm = m
 		}
 		return sftpErr("mkdir", p, f.a.Mkdir(ctx, p, perm))
 	case "Link":
@@ -320,6 +337,8 @@ type stagingFile struct {
 	f    *sftpFront
 	path string
 	mode fs.FileMode
+	// perm is what the client asked for, for an upload that spills.
+	perm fs.FileMode
 	req  *sftp.Request
 
 	mu   sync.Mutex
@@ -350,7 +369,7 @@ func (s *stagingFile) WriteAt(p []byte, off int64) (int, error) {
 // spillLocked sends the temp dirs to the target and continues the upload
 // there, for files beyond what gomux stages.
 func (s *stagingFile) spillLocked() error {
-	real, err := s.f.open(s.req)
+	real, err := s.f.openMode(s.req, s.perm)
 	if err != nil {
 		return err
 	}
