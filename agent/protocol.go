@@ -8,11 +8,14 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -155,6 +158,40 @@ type Info struct {
 	Hostname        string `json:"hostname"`
 	// RealHome is Home with symlinks resolved, what realpath(".") answers.
 	RealHome string `json:"real_home,omitempty"`
+	// Executable is the agent binary's path, so gomux can name it in a
+	// command: `<Executable> pyrun` runs a module in a warm interpreter.
+	Executable string `json:"executable,omitempty"`
+	// PID and StartTime (clock ticks after boot, /proc/PID/stat field 22)
+	// identify this agent process; fork servers exit once it is gone.
+	PID       int    `json:"pid,omitempty"`
+	StartTime string `json:"start_time,omitempty"`
+}
+
+// ID is "PID:StartTime", what `gomux-agent pyrun -agent` takes; empty
+// when the agent did not report them.
+func (in Info) ID() string {
+	if in.PID == 0 || in.StartTime == "" {
+		return ""
+	}
+	return fmt.Sprintf("%d:%s", in.PID, in.StartTime)
+}
+
+// procStartTime reads a process's start time from /proc/PID/stat (field
+// 22, after the parenthesized command name, which may hold spaces).
+func procStartTime(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 > len(b) {
+		return ""
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19]
 }
 
 // Pty asks for a terminal, as an SSH pty-req does.

@@ -163,6 +163,11 @@ func (s *Server) info() Info {
 	if r, err := filepath.EvalSymlinks(in.Home); err == nil {
 		in.RealHome = r
 	}
+	if exe, err := os.Executable(); err == nil {
+		in.Executable = exe
+	}
+	in.PID = os.Getpid()
+	in.StartTime = procStartTime(in.PID)
 	return in
 }
 

@@ -1,6 +1,9 @@
 // Command gomux-agent runs on targets, started by gomux over one SSH exec
 // channel: `gomux-agent serve` speaks the agent protocol on stdin/stdout
-// until stdin closes. It is not meant to be run by hand.
+// until stdin closes. `gomux-agent pyrun -- INTERP SCRIPT` is what gomux
+// puts in place of the interpreter of an Ansible module run, to run it in
+// a warm fork server (see agent/PROTOCOL.md). Neither is meant to be run
+// by hand.
 package main
 
 import (
@@ -20,6 +23,11 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "pyrun" {
+		// One Ansible module run handed to the warm interpreter; kept
+		// free of logging and set-up because it runs once per task.
+		os.Exit(agent.PyRun(context.Background(), os.Args[2:]))
+	}
 	if len(os.Args) != 2 {
 		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve|version")
 		os.Exit(2)

@@ -1,0 +1,725 @@
+# gomux fork server: a warm Python for Ansible modules on this target.
+#
+# Started by `gomux-agent pyrun` (see PROTOCOL.md, "Warm Python") as
+#   <interpreter> forkserver.py <socket> <idle-seconds> <agent PID:starttime or ->
+# with fd 3 a pipe on which it says "ok" once it listens, or "cold <why>".
+#
+# Process tree: the server accepts requests; per AnsiballZ ZIPDATA it forks a
+# template that has imported ansible.module_utils.basic from that zip; per run
+# the template forks a child that becomes the payload's __main__ and never
+# comes back, so nothing one task does is seen by the next.
+#
+# Nothing here may crash a task: any doubt before a run is committed answers
+# "cold", and the client then runs the interpreter itself.
+
+import os
+import sys
+
+VERSION = 1
+MAX_SCRIPT = 64 << 20
+MAX_TEMPLATES = 16
+
+
+def _send_ready(fd, msg):
+    try:
+        os.write(fd, msg.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _supported():
+    if sys.implementation.name != "cpython":
+        return "not CPython"
+    if sys.version_info < (3, 9):
+        return "Python older than 3.9"
+    if not hasattr(os, "pidfd_open"):
+        return "no pidfd_open"
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as e:
+        return "pidfd_open: %s" % e
+    return ""
+
+
+# What AnsiballZ's wrapper imports before basic: loaded once, here.
+import array  # noqa: E402
+import base64  # noqa: E402,F401
+import builtins  # noqa: E402
+import gc  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import runpy  # noqa: E402,F401
+import select  # noqa: E402
+import shutil  # noqa: E402,F401
+import signal  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+import zipfile  # noqa: E402,F401
+
+ZIPDATA_RE = re.compile(rb'\n\s*ZIPDATA = """([A-Za-z0-9+/=\s]*)"""')
+WRAPPER_MARK = b"_ANSIBALLZ_WRAPPER = True"
+
+# sys.path as a fresh `python3 script` has it, without its first entry
+# (the script's directory, or '' for stdin).
+BASE_PATH = list(sys.path[1:])
+
+
+class Run(object):
+    """One task: the client's request and the descriptors it passed."""
+
+    def __init__(self, hdr, conn, fds):
+        self.hdr = hdr
+        self.conn = conn  # socket
+        self.stdin, self.stdout, self.stderr, self.cwd, self.script = fds
+        self.pid = 0
+        self.pidfd = -1
+        self.state = "ready"
+
+    def close_fds(self):
+        for fd in (self.stdin, self.stdout, self.stderr, self.cwd, self.script):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.stdin = self.stdout = self.stderr = self.cwd = self.script = -1
+
+
+def send(conn, obj):
+    try:
+        conn.send(json.dumps(obj, separators=(",", ":")).encode())
+        return True
+    except OSError:
+        return False
+
+
+def recv_request(sock, nfds):
+    """Reads one message and up to nfds descriptors from a SEQPACKET socket."""
+    fds = array.array("i")
+    msg, anc, flags, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(nfds * fds.itemsize))
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    got = list(fds)
+    if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for fd in got:
+            os.close(fd)
+        raise ValueError("truncated message")
+    return msg, got
+
+
+def read_all(fd):
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    total = 0
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            break
+        total += len(b)
+        if total > MAX_SCRIPT:
+            raise ValueError("script too large")
+        chunks.append(b)
+    return b"".join(chunks)
+
+
+def zip_hash(script):
+    if WRAPPER_MARK not in script:
+        return None, None
+    m = ZIPDATA_RE.search(script)
+    if not m:
+        return None, None
+    data = m.group(1)
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def check_header(h):
+    if not isinstance(h, dict) or h.get("v") != VERSION:
+        return "unknown request version"
+    argv = h.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return "bad argv"
+    if argv[0] != sys.executable:
+        return "interpreter differs"
+    env = h.get("env")
+    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
+        return "bad env"
+    for k in ("umask", "nice", "uid", "euid", "gid", "egid"):
+        if not isinstance(h.get(k), int):
+            return "bad " + k
+    if (h["uid"], h["euid"]) != (os.getuid(), os.geteuid()) or (h["gid"], h["egid"]) != (os.getgid(), os.getegid()):
+        return "credentials differ"
+    groups = h.get("groups")
+    if not isinstance(groups, list) or sorted(set(groups)) != sorted(set(os.getgroups())):
+        return "groups differ"
+    rl = h.get("rlimits")
+    if not isinstance(rl, list) or not all(isinstance(r, list) and len(r) == 3 and all(isinstance(x, int) for x in r) for r in rl):
+        return "bad rlimits"
+    ign = h.get("sigign")
+    if not isinstance(ign, list) or not all(isinstance(s, int) for s in ign):
+        return "bad sigign"
+    if not isinstance(h.get("script"), bool):
+        return "bad script flag"
+    return ""
+
+
+def feasible(h):
+    """Says why this process cannot give a child the client's limits."""
+    if os.geteuid() == 0:
+        return ""
+    for res, cur, mx in h["rlimits"]:
+        try:
+            _, omx = resource.getrlimit(res)
+        except (ValueError, OSError):
+            return "rlimit %d" % res
+        if omx != resource.RLIM_INFINITY and (mx == resource.RLIM_INFINITY or mx > omx):
+            return "rlimit %d above this server's" % res
+    if h["nice"] < os.getpriority(os.PRIO_PROCESS, 0):
+        return "nice below this server's"
+    return ""
+
+
+class Exit(Exception):
+    """Unwinds a forked child out of the loops to run its payload."""
+
+    def __init__(self, run):
+        Exception.__init__(self)
+        self.run = run
+
+
+class BecomeTemplate(Exception):
+    """Unwinds a forked server out of its loop to become a template, closing
+    on the way every descriptor the server held for the request at hand."""
+
+    def __init__(self, ctl, workdir, digest, data, closers):
+        Exception.__init__(self)
+        self.ctl, self.workdir, self.digest, self.data = ctl, workdir, digest, data
+        self.closers = closers
+
+
+# ---------------------------------------------------------------- template
+
+
+class Template(object):
+    """A process holding basic imported from one zip; forks the runs."""
+
+    def __init__(self, ctl, zippath, broken):
+        self.ctl = ctl
+        self.zippath = zippath
+        self.broken = broken
+        self.runs = {}  # conn fd -> Run
+        self.bypid = {}  # pidfd -> Run
+        self.closing = False
+
+    def loop(self):
+        poll = select.poll()
+        poll.register(self.ctl.fileno(), select.POLLIN)
+        while not (self.closing and not self.runs):
+            for fd, ev in poll.poll():
+                if fd == self.ctl.fileno():
+                    self.from_server(poll, ev)
+                elif fd in self.bypid:
+                    self.reap(poll, self.bypid[fd])
+                elif fd in self.runs:
+                    self.from_client(poll, self.runs[fd])
+        try:
+            os.unlink(self.zippath)
+        except OSError:
+            pass
+
+    def from_server(self, poll, ev):
+        try:
+            msg, fds = recv_request(self.ctl, 6)
+        except (OSError, ValueError):
+            msg, fds = b"", []
+        if not msg:
+            self.closing = True
+            poll.unregister(self.ctl.fileno())
+            return
+        if len(fds) != 6:
+            for fd in fds:
+                os.close(fd)
+            return
+        conn = socket.socket(fileno=fds[0])
+        run = Run(json.loads(msg), conn, fds[1:])
+        why = self.broken or feasible(run.hdr)
+        if why:
+            send(conn, {"cold": why})
+            run.close_fds()
+            conn.close()
+            return
+        if not send(conn, {"ready": 1}):
+            run.close_fds()
+            conn.close()
+            return
+        self.runs[conn.fileno()] = run
+        poll.register(conn.fileno(), select.POLLIN)
+
+    def from_client(self, poll, run):
+        try:
+            msg = run.conn.recv(4096)
+            m = json.loads(msg) if msg else None
+        except (OSError, ValueError):
+            msg, m = b"", None
+        if run.state == "ready":
+            if isinstance(m, dict) and m.get("go"):
+                self.start(poll, run)
+                return
+            self.drop(poll, run)
+            return
+        if not msg:
+            # The client is gone: so is the task, as with a killed sshd.
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            poll.unregister(run.conn.fileno())
+            return
+        if isinstance(m, dict) and isinstance(m.get("signal"), int):
+            try:
+                os.killpg(run.pid, m["signal"])
+            except (OSError, ValueError):
+                pass
+
+    def drop(self, poll, run):
+        poll.unregister(run.conn.fileno())
+        del self.runs[run.conn.fileno()]
+        run.close_fds()
+        run.conn.close()
+
+    def start(self, poll, run):
+        pid = os.fork()
+        if pid == 0:
+            # The child owns only its run's descriptors: drop the Python
+            # objects of the others without closing numbers the payload
+            # may reuse (child_prepare closes the descriptors themselves).
+            self.ctl.detach()
+            for r in self.runs.values():
+                if r is not run:
+                    r.conn.detach()
+            raise Exit(run)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        run.close_fds()
+        run.pid = pid
+        run.state = "running"
+        run.pidfd = os.pidfd_open(pid)
+        self.bypid[run.pidfd] = run
+        poll.register(run.pidfd, select.POLLIN)
+
+    def reap(self, poll, run):
+        try:
+            _, st = os.waitpid(run.pid, 0)
+        except ChildProcessError:
+            st = None
+        poll.unregister(run.pidfd)
+        del self.bypid[run.pidfd]
+        os.close(run.pidfd)
+        if st is not None:
+            if os.WIFSIGNALED(st):
+                send(run.conn, {"status": {"signal": os.WTERMSIG(st), "core": os.WCOREDUMP(st)}})
+            else:
+                send(run.conn, {"status": {"code": os.WEXITSTATUS(st)}})
+        try:
+            poll.unregister(run.conn.fileno())
+        except KeyError:
+            pass
+        del self.runs[run.conn.fileno()]
+        run.conn.close()
+
+
+def template_main(ctl, workdir, digest, data):
+    zippath = os.path.join(workdir, "zip-%d-%s.zip" % (os.getpid(), digest[:16]))
+    broken = ""
+    try:
+        fd = os.open(zippath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(data))
+        sys.path.insert(0, zippath)
+        gc.disable()
+        try:
+            __import__("ansible.module_utils.basic")
+        finally:
+            sys.path.remove(zippath)
+    except BaseException as e:  # a broken zip makes its tasks run cold
+        broken = "template: %s" % e.__class__.__name__
+    # Everything imported so far lives as long as the template: out of
+    # the collector's sight, a child's collections do not touch (and so
+    # copy) the pages it shares with the template.
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+    Template(ctl, zippath, broken).loop()
+
+
+# ---------------------------------------------------------------- server
+
+
+def proc_starttime(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s[s.rindex(b")") + 2:].split()[19].decode()
+
+
+class Server(object):
+    def __init__(self, lsock, workdir, idle, agent, cold):
+        self.lsock = lsock
+        self.workdir = workdir
+        self.idle = idle
+        self.agent = agent
+        self.cold = cold
+        self.templates = {}  # digest -> [pid, ctl socket, last use]
+        self.last = time.monotonic()
+
+    def alive(self):
+        if self.agent is None:
+            return True
+        pid, start = self.agent
+        return proc_starttime(pid) == start
+
+    def loop(self):
+        poll = select.poll()
+        poll.register(self.lsock.fileno(), select.POLLIN)
+        while True:
+            ev = poll.poll(1000)
+            self.reap()
+            now = time.monotonic()
+            if now - self.last > self.idle or not self.alive():
+                return
+            for digest, t in list(self.templates.items()):
+                if now - t[2] > self.idle:
+                    self.retire(digest)
+            if ev:
+                try:
+                    conn, _ = self.lsock.accept()
+                except OSError:
+                    continue
+                self.last = now
+                try:
+                    self.handle(conn)
+                finally:
+                    if conn.fileno() >= 0:
+                        conn.close()
+
+    def reap(self):
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for digest, t in list(self.templates.items()):
+                if t[0] == pid:
+                    t[1].close()
+                    del self.templates[digest]
+
+    def retire(self, digest):
+        t = self.templates.pop(digest)
+        t[1].close()  # the template finishes its runs, then exits
+
+    def handle(self, conn):
+        conn.settimeout(5)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        peer_uid = int.from_bytes(creds[4:8], sys.byteorder)
+        try:
+            msg, fds = recv_request(conn, 5)
+        except (OSError, ValueError) as e:
+            send(conn, {"cold": "request: %s" % e})
+            return
+        try:
+            self.dispatch(conn, msg, fds, peer_uid)
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def dispatch(self, conn, msg, fds, peer_uid):
+        if self.cold:
+            send(conn, {"cold": self.cold})
+            return
+        if peer_uid != os.geteuid():
+            send(conn, {"cold": "peer is another user"})
+            return
+        if len(fds) != 5:
+            send(conn, {"cold": "want 5 descriptors, got %d" % len(fds)})
+            return
+        try:
+            hdr = json.loads(msg)
+        except ValueError:
+            send(conn, {"cold": "request is not JSON"})
+            return
+        why = check_header(hdr)
+        if why:
+            send(conn, {"cold": why})
+            return
+        try:
+            script = read_all(fds[4])
+        except (OSError, ValueError) as e:
+            send(conn, {"cold": "script: %s" % e})
+            return
+        digest, data = zip_hash(script)
+        if digest is None:
+            send(conn, {"cold": "not an AnsiballZ module"})
+            return
+        for attempt in (0, 1):
+            t = self.templates.get(digest)
+            if t is None:
+                t = self.spawn(digest, data)
+            t[2] = time.monotonic()
+            try:
+                t[1].sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()] + fds))])
+                return
+            except OSError:
+                self.retire(digest)
+        send(conn, {"cold": "no template"})
+
+    def spawn(self, digest, data):
+        if len(self.templates) >= MAX_TEMPLATES:
+            oldest = min(self.templates, key=lambda d: self.templates[d][2])
+            self.retire(oldest)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            closers = [ours, self.lsock] + [t[1] for t in self.templates.values()]
+            raise BecomeTemplate(theirs, self.workdir, digest, data, closers)
+        theirs.close()
+        t = [pid, ours, time.monotonic()]
+        self.templates[digest] = t
+        return t
+
+
+def clean_stale(workdir):
+    for name in os.listdir(workdir):
+        if not name.startswith("zip-"):
+            continue
+        try:
+            pid = int(name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        path = os.path.join(workdir, name)
+        try:
+            # A child of a killed template may still import from its zip.
+            old = time.time() - os.stat(path).st_mtime > 3600
+        except OSError:
+            continue
+        if old and not os.path.exists("/proc/%d" % pid):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def server_main(argv):
+    sockpath, idle, agent = argv[1], float(argv[2]), argv[3]
+    workdir = os.path.dirname(sockpath)
+    ready = 3
+    cold = _supported()
+    ag = None
+    if agent != "-":
+        pid, start = agent.split(":")
+        ag = (int(pid), start)
+        if proc_starttime(ag[0]) is None:
+            ag = None  # /proc hides it (hidepid): rely on the idle timeout
+    try:
+        os.unlink(sockpath)
+    except OSError:
+        pass
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lsock.bind(sockpath)
+    lsock.listen(128)
+    clean_stale(workdir)
+    _send_ready(ready, "cold " + cold if cold else "ok")
+    gc.collect()
+    gc.freeze()
+    me = os.getpid()
+    try:
+        Server(lsock, workdir, idle, ag, cold).loop()
+    finally:
+        try:
+            if os.getpid() != me:
+                raise OSError("not the server")
+            if os.stat(sockpath).st_ino == os.fstat(lsock.fileno()).st_ino:
+                os.unlink(sockpath)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- child
+
+
+def _exit_code(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    return 1
+
+
+def child_prepare(run):
+    """Makes this forked process look like `python3 script` just started."""
+    h = run.hdr
+    os.setpgid(0, 0)
+    ign = set(h["sigign"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN if signal.SIGINT in ign else signal.default_int_handler)
+    for s in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN if s in ign else signal.SIG_DFL)
+    for res, cur, mx in h["rlimits"]:
+        try:
+            if resource.getrlimit(res) != (cur, mx):
+                resource.setrlimit(res, (cur, mx))
+        except (ValueError, OSError):
+            pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, h["nice"])
+    except OSError:
+        pass
+    os.umask(h["umask"])
+    os.dup2(run.stdin, 0)
+    os.dup2(run.stdout, 1)
+    os.dup2(run.stderr, 2)
+    os.fchdir(run.cwd)
+    source = read_all(run.script)
+    # The connection (for the exit report should the template die) moves
+    # to the top of the descriptor table, so the payload's own files get
+    # the numbers they would have had; it is close-on-exec.
+    conn = run.conn.detach()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    high = min(soft if soft != resource.RLIM_INFINITY else 1024, 1 << 20) - 1
+    if high > conn:
+        conn = os.dup2(conn, high, inheritable=False)
+    os.set_inheritable(conn, False)
+    os.closerange(3, conn)
+    os.closerange(conn + 1, 1 << 20)
+
+    env = {}
+    for kv in h["env"]:
+        k, _, v = kv.partition("=")
+        env[k.encode("utf-8", "surrogateescape")] = v.encode("utf-8", "surrogateescape")
+    os.environb.clear()
+    os.environb.update(env)
+    tempfile.tempdir = None
+
+    argv = h["argv"]
+    tty = [os.isatty(fd) for fd in (0, 1)]
+    old = (sys.stdin, sys.stdout, sys.stderr)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+        io.open(0, "rb", closefd=False), encoding=old[0].encoding, errors=old[0].errors, line_buffering=tty[0])
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.open(1, "wb", closefd=False), encoding=old[1].encoding, errors=old[1].errors, line_buffering=tty[1])
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.open(2, "wb", closefd=False), encoding=old[2].encoding, errors=old[2].errors, line_buffering=True)
+    for s, name in zip((sys.stdin, sys.stdout, sys.stderr), ("<stdin>", "<stdout>", "<stderr>")):
+        s.mode = "r" if name == "<stdin>" else "w"
+
+    main = types.ModuleType("__main__")
+    main.__annotations__ = {}
+    main.__builtins__ = builtins
+    if h["script"]:
+        path = os.path.abspath(argv[1])
+        sys.argv = list(argv[1:])
+        sys.path[:] = [os.path.dirname(os.path.realpath(argv[1]))] + BASE_PATH
+        main.__file__ = path
+        main.__cached__ = None
+        import importlib.machinery
+        main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+        filename = path
+    else:
+        sys.argv = [""]
+        sys.path[:] = [""] + BASE_PATH
+        main.__file__ = "<stdin>"
+        main.__cached__ = None
+        import importlib.machinery
+        main.__loader__ = importlib.machinery.BuiltinImporter
+        filename = "<stdin>"
+    sys.orig_argv = list(argv)
+    sys.modules["__main__"] = main
+    return conn, source, filename, main
+
+
+def child_main(run):
+    """Runs the payload; returns the exit code for sys.exit."""
+    conn, source, filename, main = child_prepare(run)
+    final = [1]
+
+    def report():
+        # Runs last (registered first): tells the client the status in
+        # case the template that waits for this process is gone.
+        try:
+            os.write(conn, json.dumps({"exit": final[0]}).encode())
+        except OSError:
+            pass
+
+    import atexit
+    atexit.register(report)
+    del run
+    try:
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError:
+        t, v, tb = sys.exc_info()
+        sys.excepthook(t, v, None)
+        final[0] = 1
+        return 1
+    del source
+    try:
+        exec(code, main.__dict__)
+    except SystemExit as e:
+        final[0] = _exit_code(e.code)
+        raise
+    except KeyboardInterrupt:
+        t, v, tb = sys.exc_info()
+        sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
+        atexit._run_exitfuncs()
+        for s in (sys.stdout, sys.stderr):
+            try:
+                s.flush()
+            except Exception:
+                pass
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        os._exit(130)
+    except BaseException:
+        t, v, tb = sys.exc_info()
+        sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
+        final[0] = 1
+        return 1
+    final[0] = 0
+    return 0
+
+
+def main(argv):
+    if len(argv) != 4:
+        sys.stderr.write("usage: forkserver.py SOCKET IDLE AGENT\n")
+        return None
+    try:
+        server_main(argv)
+        return None
+    except BecomeTemplate as b:
+        tmpl = b
+    for s in tmpl.closers:
+        s.close()
+    try:
+        template_main(tmpl.ctl, tmpl.workdir, tmpl.digest, tmpl.data)
+    except Exit as e:
+        return e.run
+    return None
+
+
+if __name__ == "__main__":
+    _run = main(sys.argv)
+    if _run is None:
+        os._exit(0)
+    del main
+    sys.exit(child_main(_run))

@@ -1,0 +1,538 @@
+package agent
+
+import (
+	"archive/zip"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// pyRunHelperName, as argv[0] of this test binary, makes it act as
+// `gomux-agent pyrun` (see TestMain), so the tests run the real client.
+const pyRunHelperName = "gomux-pyrun-helper"
+
+func TestMain(m *testing.M) {
+	if filepath.Base(os.Args[0]) == pyRunHelperName {
+		os.Exit(PyRun(context.Background(), os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// probeModule is a stand-in for an Ansible module: it reports what a
+// module can observe of its process, or does what its parameters say.
+const probeModule = `
+import json, os, sys, signal, gc
+from ansible.module_utils import basic
+p = json.loads(basic._ANSIBLE_ARGS)
+act = p.get("act")
+if act == "report":
+    data = sys.stdin.read()
+    import __main__
+    out = {
+        "argv": sys.argv[1:], "orig_argv": sys.orig_argv, "cwd": os.getcwd(), "umask": os.umask(0),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("PROBE", "HOME", "PATH", "LANG"))},
+        "stdin": data, "isatty": [os.isatty(0), os.isatty(1), os.isatty(2)],
+        "path0": sys.path[0], "path": sys.path[2:], "main_file": getattr(__main__, "__file__", None),
+        "encoding": sys.stdout.encoding, "next_fd": os.open("/dev/null", os.O_RDONLY),
+        "sigint": str(signal.getsignal(signal.SIGINT)), "sigpipe": str(signal.getsignal(signal.SIGPIPE)),
+        "nofile": __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE),
+    }
+    print(json.dumps(out, sort_keys=True))
+    sys.stderr.write("to stderr\n")
+    sys.exit(p.get("code", 0))
+elif act == "global":
+    basic.COUNTER.append(1)
+    print(len(basic.COUNTER))
+elif act == "exit":
+    sys.exit(p["code"])
+elif act == "exitmsg":
+    sys.exit("bad things")
+elif act == "raise":
+    raise ValueError("boom")
+elif act == "kill":
+    os.kill(os.getpid(), p["sig"])
+elif act == "block":
+    print("started", flush=True)
+    sys.stdin.read()
+    print("released", flush=True)
+    sys.exit(p.get("code", 0))
+elif act == "warm":
+    print(gc.get_freeze_count() > 0)
+`
+
+// fakeAnsiballZ writes a script shaped like Ansible's wrapper: a marker,
+// the module archive as ZIPDATA, and a main that unpacks it, imports
+// basic from it and runs the module as __main__.
+func fakeAnsiballZ(t *testing.T, dir string, params string) string {
+	t.Helper()
+	var zb bytes.Buffer
+	zw := zip.NewWriter(&zb)
+	for name, body := range map[string]string{
+		"ansible/__init__.py":              "",
+		"ansible/module_utils/__init__.py": "",
+		"ansible/module_utils/basic.py":    "_ANSIBLE_ARGS = None\nCOUNTER = []\n",
+		"ansible/modules/__init__.py":      "",
+		"ansible/modules/probe.py":         probeModule,
+	} {
+		w, err := zw.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(body))
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf(`#!/usr/bin/python3
+_ANSIBALLZ_WRAPPER = True
+def _ansiballz_main():
+    import os, sys, base64, tempfile, runpy, shutil
+    ZIPDATA = """%s"""
+    ANSIBALLZ_PARAMS = %q
+    temp_path = tempfile.mkdtemp(prefix="ansible_probe_payload_")
+    try:
+        zipped = os.path.join(temp_path, "probe.zip")
+        with open(zipped, "wb") as f:
+            f.write(base64.b64decode(ZIPDATA))
+        sys.path.insert(0, zipped)
+        from ansible.module_utils import basic
+        basic._ANSIBLE_ARGS = ANSIBALLZ_PARAMS
+        runpy.run_module(mod_name="ansible.modules.probe", run_name="__main__", alter_sys=True)
+    finally:
+        shutil.rmtree(temp_path, True)
+if __name__ == "__main__":
+    _ansiballz_main()
+`, base64.StdEncoding.EncodeToString(zb.Bytes()), params)
+	p := filepath.Join(dir, "AnsiballZ_probe.py")
+	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// pyLab is one test's interpreter, socket directory and helper.
+type pyLab struct {
+	t      *testing.T
+	python string
+	dir    string // XDG_RUNTIME_DIR of the runs
+	work   string
+	helper string
+	env    []string
+}
+
+func newPyLab(t *testing.T) *pyLab {
+	python := "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		t.Skip("no /usr/bin/python3: the fork server tests need a CPython 3")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Descriptors this test process inherited must not reach the cold
+	// runs either: the agent's children see only 0, 1 and 2.
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		for _, e := range ents {
+			if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+				unix.CloseOnExec(fd)
+			}
+		}
+	}
+	l := &pyLab{t: t, python: python, dir: t.TempDir(), work: t.TempDir()}
+	l.helper = filepath.Join(t.TempDir(), pyRunHelperName)
+	if err := os.Symlink(self, l.helper); err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PYTHON") && !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") {
+			l.env = append(l.env, kv)
+		}
+	}
+	l.env = append(l.env, "XDG_RUNTIME_DIR="+l.dir, "PROBE_VAR=probe value", "GOMUX_PYRUN_DEBUG=1")
+	t.Cleanup(l.killServers)
+	return l
+}
+
+// servers returns the PIDs of fork server processes (servers and
+// templates) using this lab's directory.
+func (l *pyLab) servers() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(b, []byte("forkserver-")) && bytes.Contains(b, []byte(l.dir)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// serverPID is the fork server proper: the one whose parent is not a
+// fork server too.
+func (l *pyLab) serverPID() int {
+	all := l.servers()
+	for _, p := range all {
+		pp := ppidOf(p)
+		isChild := false
+		for _, q := range all {
+			if q == pp {
+				isChild = true
+			}
+		}
+		if !isChild {
+			return p
+		}
+	}
+	return 0
+}
+
+func ppidOf(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+func (l *pyLab) killServers() {
+	for _, p := range l.servers() {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+}
+
+type pyResult struct {
+	stdout, stderr string
+	code           int
+	signal         syscall.Signal
+}
+
+// cmd builds a run: warm through the helper, or cold as the shell would
+// run the module. sh sets the umask, as a login would.
+func (l *pyLab) cmd(warm bool, argv ...string) *exec.Cmd {
+	line := ""
+	if warm {
+		line = shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(Info{PID: os.Getpid(), StartTime: procStartTime(os.Getpid())}.ID()) + " -- "
+	}
+	for _, a := range argv {
+		line += shellQuoteTest(a) + " "
+	}
+	c := exec.Command("/bin/sh", "-c", "umask 027; exec "+line)
+	c.Env = l.env
+	c.Dir = l.work
+	return c
+}
+
+func shellQuoteTest(s string) string { return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'" }
+
+func (l *pyLab) run(warm bool, stdin string, argv ...string) pyResult {
+	l.t.Helper()
+	c := l.cmd(warm, argv...)
+	c.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	r := pyResult{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		l.t.Fatal(err)
+	}
+	ws := c.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		r.signal = ws.Signal()
+	} else {
+		r.code = ws.ExitStatus()
+	}
+	if warm && strings.Contains(r.stderr, "gomux pyrun: cold") {
+		l.t.Fatalf("run went cold: %s", r.stderr)
+	}
+	return r
+}
+
+// zipPaths are the random paths of the unpacked module archive, which
+// differ between any two runs.
+var zipPaths = regexp.MustCompile(`/[^" ]*\.zip/|ansible_probe_payload_[a-z0-9_]+`)
+
+func TestPyRunMatchesColdRun(t *testing.T) {
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "report", "code": 3}`)
+	cold := l.run(false, "some input\n", l.python, script)
+	cold.stdout = zipPaths.ReplaceAllString(cold.stdout, "/Z/")
+	for i := 0; i < 2; i++ {
+		warm := l.run(true, "some input\n", l.python, script)
+		warm.stdout = zipPaths.ReplaceAllString(warm.stdout, "/Z/")
+		if warm != cold {
+			t.Errorf("run %d:\nwarm %+v\ncold %+v", i, warm, cold)
+		}
+	}
+	if r := l.run(true, "", l.python, fakeAnsiballZ(t, l.work, `{"act": "warm"}`)); r.stdout != "True\n" {
+		t.Errorf("the run was not served by the fork server: %+v", r)
+	}
+	if len(l.servers()) < 2 {
+		t.Errorf("want a fork server and a template, have %v", l.servers())
+	}
+}
+
+func TestPyRunPipelined(t *testing.T) {
+	l := newPyLab(t)
+	b, err := os.ReadFile(fakeAnsiballZ(t, l.work, `{"act": "report"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cold := l.run(false, string(b), l.python)
+	warm := l.run(true, string(b), l.python)
+	cold.stdout = zipPaths.ReplaceAllString(cold.stdout, "/Z/")
+	warm.stdout = zipPaths.ReplaceAllString(warm.stdout, "/Z/")
+	if warm != cold {
+		t.Errorf("warm %+v\ncold %+v", warm, cold)
+	}
+	if !strings.Contains(cold.stdout, `"orig_argv": ["/usr/bin/python3"]`) {
+		t.Errorf("unexpected pipelined report %s", cold.stdout)
+	}
+}
+
+func TestPyRunExitStatuses(t *testing.T) {
+	l := newPyLab(t)
+	for _, params := range []string{
+		`{"act": "exit", "code": 0}`, `{"act": "exit", "code": 7}`, `{"act": "exit", "code": 256}`,
+		`{"act": "exitmsg"}`, `{"act": "raise"}`, `{"act": "kill", "sig": 15}`, `{"act": "kill", "sig": 9}`,
+		`{"act": "kill", "sig": 2}`, `{"act": "kill", "sig": 3}`,
+	} {
+		script := fakeAnsiballZ(t, l.work, params)
+		cold := l.run(false, "", l.python, script)
+		warm := l.run(true, "", l.python, script)
+		cold.stderr = zipPaths.ReplaceAllString(cold.stderr, "/Z/")
+		warm.stderr = zipPaths.ReplaceAllString(warm.stderr, "/Z/")
+		if warm != cold {
+			t.Errorf("%s:\nwarm %+v\ncold %+v", params, warm, cold)
+		}
+	}
+}
+
+func TestPyRunIsolation(t *testing.T) {
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "global"}`)
+	for i := 0; i < 3; i++ {
+		if r := l.run(true, "", l.python, script); r.stdout != "1\n" || r.code != 0 {
+			t.Fatalf("run %d saw state of an earlier run: %+v", i, r)
+		}
+	}
+}
+
+// blockingRun starts a run that prints "started" and waits for its stdin
+// to close; it returns once the module has started.
+func (l *pyLab) blockingRun(script string) (*exec.Cmd, *os.File, *bufio.Reader) {
+	l.t.Helper()
+	c := l.cmd(true, l.python, script)
+	in, err := c.StdinPipe()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	out, err := c.StdoutPipe()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "started\n" {
+		l.t.Fatalf("blocking run: %q %v", line, err)
+	}
+	return c, in.(*os.File), br
+}
+
+func TestPyRunServerKilledMidRun(t *testing.T) {
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "block", "code": 5}`)
+	c, in, out := l.blockingRun(script)
+	old := l.serverPID()
+	if old == 0 {
+		t.Fatal("no fork server")
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	rest, _ := out.ReadString('\n')
+	err := c.Wait()
+	if rest != "released\n" || c.ProcessState.ExitCode() != 5 {
+		t.Fatalf("run across a killed server: %q %v", rest, err)
+	}
+	// The next run starts a new server.
+	if r := l.run(true, "", l.python, fakeAnsiballZ(t, l.work, `{"act": "warm"}`)); r.stdout != "True\n" {
+		t.Fatalf("after the kill: %+v", r)
+	}
+	if p := l.serverPID(); p == 0 || p == old {
+		t.Fatalf("no new fork server (old %d, now %d)", old, p)
+	}
+}
+
+func TestPyRunTemplateKilledMidRun(t *testing.T) {
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "block", "code": 4}`)
+	c, in, out := l.blockingRun(script)
+	server := l.serverPID()
+	for _, p := range l.servers() {
+		if ppidOf(p) == server {
+			syscall.Kill(p, syscall.SIGKILL) // the template
+		}
+	}
+	in.Close()
+	rest, _ := out.ReadString('\n')
+	c.Wait()
+	if rest != "released\n" || c.ProcessState.ExitCode() != 4 {
+		t.Fatalf("run across a killed template: %q %v", rest, c.ProcessState)
+	}
+}
+
+func TestPyRunForwardsSignals(t *testing.T) {
+	l := newPyLab(t)
+	c, _, _ := l.blockingRun(fakeAnsiballZ(t, l.work, `{"act": "block"}`))
+	// sh exec'd the client, so c.Process is the client.
+	c.Process.Signal(syscall.SIGTERM)
+	c.Wait()
+	ws := c.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("client ended %v, want killed by SIGTERM like the module", c.ProcessState)
+	}
+}
+
+func TestPyRunColdCases(t *testing.T) {
+	l := newPyLab(t)
+	// Not an AnsiballZ module: the server says cold, the client runs
+	// the interpreter itself.
+	plain := filepath.Join(l.work, "plain.py")
+	os.WriteFile(plain, []byte("import sys\nprint(sys.argv[1:])\nsys.exit(3)\n"), 0o600)
+	c := l.cmd(true, l.python, plain, "a")
+	out, _ := c.Output()
+	if string(out) != "['a']\n" || c.ProcessState.ExitCode() != 3 {
+		t.Errorf("plain script: %q %v", out, c.ProcessState)
+	}
+	// A missing script: python's own error.
+	c = l.cmd(true, l.python, filepath.Join(l.work, "missing.py"))
+	var errb bytes.Buffer
+	c.Stderr = &errb
+	c.Run()
+	if c.ProcessState.ExitCode() != 2 || !strings.Contains(errb.String(), "can't open file") {
+		t.Errorf("missing script: %v %s", c.ProcessState, errb.String())
+	}
+}
+
+func TestPyRunMalformedRequests(t *testing.T) {
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "warm"}`)
+	if r := l.run(true, "", l.python, script); r.stdout != "True\n" {
+		t.Fatalf("%+v", r)
+	}
+	socks, _ := filepath.Glob(filepath.Join(l.dir, "gomux", "py-*.sock"))
+	if len(socks) != 1 {
+		t.Fatalf("sockets %v", socks)
+	}
+	null, _ := unix.Open("/dev/null", unix.O_RDONLY, 0)
+	defer unix.Close(null)
+	for _, m := range []struct {
+		msg string
+		fds []int
+	}{
+		{"not json", []int{null, null, null, null, null}},
+		{`{"v": 1}`, []int{null, null, null, null, null}},
+		{`{"v": 99}`, nil},
+		{`[1,2]`, []int{null}},
+	} {
+		fd, err := pyDial(socks[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var oob []byte
+		if m.fds != nil {
+			oob = unix.UnixRights(m.fds...)
+		}
+		if err := unix.Sendmsg(fd, []byte(m.msg), oob, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+		r, err := pyRecv(context.Background(), fd)
+		unix.Close(fd)
+		if err != nil || r.Cold == "" {
+			t.Errorf("%q: %+v %v, want a cold answer", m.msg, r, err)
+		}
+	}
+	if r := l.run(true, "", l.python, script); r.stdout != "True\n" {
+		t.Fatalf("server stopped serving after bad requests: %+v", r)
+	}
+}
+
+func TestParsePyRunArgs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		ok   bool
+		argv int
+	}{
+		{[]string{"--", "/usr/bin/python3", "x.py"}, true, 2},
+		{[]string{"-agent", "12:345", "-idle", "5m", "--", "/usr/bin/python3"}, true, 1},
+		{[]string{"-idle", "--", "/usr/bin/python3"}, false, 1},
+		{[]string{"-agent", "x", "--", "/usr/bin/python3"}, false, 1},
+		{[]string{"-bogus", "1", "--", "/usr/bin/python3"}, false, 1},
+		{[]string{"--", "python3"}, false, 1},
+		{[]string{"/usr/bin/python3"}, false, 0},
+	} {
+		o, err := parsePyRunArgs(c.args)
+		if (err == nil) != c.ok || len(o.Argv) != c.argv {
+			t.Errorf("%q: %+v %v", c.args, o, err)
+		}
+	}
+}
+
+func TestDecodePyReply(t *testing.T) {
+	r, err := decodePyReply([]byte(`{"status":{"signal":15}}`))
+	if err != nil || r.Status == nil || r.Status.Signal != 15 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	for _, bad := range []string{"", "x", `{"status":{"code":300}}`, `{"exit":-1}`} {
+		if _, err := decodePyReply([]byte(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	b, _ := json.Marshal(pyRequest{V: 1})
+	if !bytes.Contains(b, []byte(`"v":1`)) {
+		t.Errorf("request encoding %s", b)
+	}
+}
+
+func FuzzDecodePyReply(f *testing.F) {
+	f.Add([]byte(`{"ready":1}`))
+	f.Add([]byte(`{"cold":"why"}`))
+	f.Add([]byte(`{"exit":3}`))
+	f.Add([]byte(`{"status":{"code":1,"signal":9,"core":true}}`))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		r, err := decodePyReply(p)
+		if err == nil && r.Status != nil && (r.Status.Signal < 0 || r.Status.Signal > 64) {
+			t.Fatalf("out of range signal accepted: %+v", r.Status)
+		}
+	})
+}
