@@ -1,0 +1,195 @@
+package shim
+
+import (
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	"mvdan.cc/sh/v3/syntax"
+)
+
+// WarmOptions name the agent that serves warm module runs on a target.
+type WarmOptions struct {
+	// Agent is the agent binary's path on the target (agent.Info.Executable).
+	Agent string
+	// AgentID is the agent's "PID:STARTTIME"; its fork servers exit with it.
+	AgentID string
+	// Idle is how long a fork server waits for a run before it exits.
+	Idle time.Duration
+}
+
+var (
+	warmInterpRE = regexp.MustCompile(`^python3(\.[0-9]+)?$`)
+	warmScriptRE = regexp.MustCompile(`^AnsiballZ_[A-Za-z0-9_.]+\.py$`)
+)
+
+// Warm rewrites the command of a recognized module run so that the
+// interpreter word becomes `AGENT pyrun ... -- INTERP`, which runs the
+// module in a warm fork server on the target (agent/PROTOCOL.md, "Warm
+// Python"). Every other byte stays as Ansible sent it: become wrappers
+// still run, so sudo still authenticates and logs, and pyrun runs as the
+// become user. The replacement is guarded by `[ -x AGENT ]`, so a user who
+// cannot run the agent (an unprivileged become_user) runs the interpreter
+// as before. ok is false, and cmd is to be run unchanged, for anything
+// unusual: async_wrapper, interpreter flags or arguments, an interpreter
+// that is not python3, a script that is not an AnsiballZ module, or
+// quoting that would not survive the rewrite byte for byte.
+func Warm(cmd string, step Step, o WarmOptions) (string, bool) {
+	run, ok := step.(Run)
+	if !ok || o.Agent == "" || !path.IsAbs(o.Agent) || !warmInterpRE.MatchString(path.Base(run.Interpreter)) {
+		return cmd, false
+	}
+	if len(run.Args) > 0 || (run.Script.Value != "" && !warmScriptRE.MatchString(path.Base(run.Script.Value))) {
+		return cmd, false
+	}
+	for _, kv := range run.Env {
+		if strings.HasPrefix(kv, "ANSIBLE_ASYNC_DIR=") || strings.HasPrefix(kv, "PYTHON") {
+			return cmd, false
+		}
+	}
+	out, ok := rewriteShellC(cmd, func(inner string) (string, bool) { return warmOuter(inner, o) })
+	if !ok {
+		return cmd, false
+	}
+	if _, ok := parseFile(out); !ok {
+		return cmd, false
+	}
+	return out, true
+}
+
+// warmOuter rewrites the command inside Ansible's `/bin/sh -c '...'`:
+// `RUN && sleep 0`, `RUN; rm ... && sleep 0`, or a become wrapper in
+// RUN's place.
+func warmOuter(src string, o WarmOptions) (string, bool) {
+	f, ok := parseFile(src)
+	if !ok {
+		return "", false
+	}
+	var st *syntax.Stmt
+	switch len(f.Stmts) {
+	case 1:
+		st, ok = beforeSleep0(f.Stmts[0])
+	case 2:
+		st, ok = f.Stmts[0], true
+	default:
+		ok = false
+	}
+	if !ok || len(st.Redirs) > 0 || st.Negated || st.Background {
+		return "", false
+	}
+	call, ok := st.Cmd.(*syntax.CallExpr)
+	if !ok || len(call.Args) == 0 {
+		return "", false
+	}
+	if _, isRun := parseRun(call); isRun {
+		return replaceRun(src, call, o)
+	}
+	if _, isBecome := parseBecome(call); !isBecome || len(call.Assigns) > 0 {
+		return "", false
+	}
+	args, ok := literals(call.Args)
+	if !ok {
+		return "", false
+	}
+	last := call.Args[len(call.Args)-1]
+	inner := func(v string) (string, bool) { return warmBecomeInner(v, o) }
+	if len(args) >= 4 && isShell(args[len(args)-3]) && args[len(args)-2] == "-c" {
+		// sudo ... /bin/sh -c 'echo BECOME-SUCCESS-...; RUN'
+		return spliceWord(src, last, inner)
+	}
+	// su ... -c '/bin/sh -c '"'"'echo BECOME-SUCCESS-...; RUN'"'"''
+	return spliceWord(src, last, func(v string) (string, bool) { return rewriteShellC(v, inner) })
+}
+
+// warmBecomeInner rewrites `echo BECOME-SUCCESS-<key> ; RUN`.
+func warmBecomeInner(src string, o WarmOptions) (string, bool) {
+	f, ok := parseFile(src)
+	if !ok || len(f.Stmts) != 2 {
+		return "", false
+	}
+	call, ok := f.Stmts[1].Cmd.(*syntax.CallExpr)
+	if !ok || len(f.Stmts[1].Redirs) > 0 {
+		return "", false
+	}
+	if _, isRun := parseRun(call); !isRun {
+		return "", false
+	}
+	return replaceRun(src, call, o)
+}
+
+// replaceRun puts the guarded pyrun in place of the run's simple command.
+func replaceRun(src string, call *syntax.CallExpr, o WarmOptions) (string, bool) {
+	start, end := int(call.Pos().Offset()), int(call.End().Offset())
+	interp := int(call.Args[0].Pos().Offset())
+	if start < 0 || start > interp || interp > end || end > len(src) {
+		return "", false
+	}
+	agent := shQuote(o.Agent)
+	flags := ""
+	if o.AgentID != "" {
+		flags += "-agent " + shQuote(o.AgentID) + " "
+	}
+	if o.Idle > 0 {
+		flags += "-idle " + shQuote(o.Idle.String()) + " "
+	}
+	orig := src[start:end]
+	guarded := "if [ -x " + agent + " ]; then " + src[start:interp] + agent + " pyrun " + flags + "-- " +
+		src[interp:end] + "; else " + orig + "; fi"
+	return src[:start] + guarded + src[end:], true
+}
+
+// rewriteShellC applies fn to the command word of `SHELL -c WORD`.
+func rewriteShellC(src string, fn func(string) (string, bool)) (string, bool) {
+	st, ok := singleStmt(src)
+	if !ok {
+		return "", false
+	}
+	call, ok := st.Cmd.(*syntax.CallExpr)
+	if !ok || len(call.Assigns) > 0 || len(call.Args) != 3 {
+		return "", false
+	}
+	args, ok := literals(call.Args[:2])
+	if !ok || !isShell(args[0]) || args[1] != "-c" {
+		return "", false
+	}
+	return spliceWord(src, call.Args[2], fn)
+}
+
+// spliceWord replaces word w of src by fn of its value, quoted the way
+// Ansible quotes (Python's shlex.quote). It refuses a word that this
+// quoting would not reproduce byte for byte, so nothing else changes.
+func spliceWord(src string, w *syntax.Word, fn func(string) (string, bool)) (string, bool) {
+	v, tilde, ok := literal(w)
+	if !ok || tilde {
+		return "", false
+	}
+	start, end := int(w.Pos().Offset()), int(w.End().Offset())
+	if start < 0 || end > len(src) || start > end || shQuote(v) != src[start:end] {
+		return "", false
+	}
+	nv, ok := fn(v)
+	if !ok {
+		return "", false
+	}
+	return src[:start] + shQuote(nv) + src[end:], true
+}
+
+// shQuote is Python's shlex.quote, which Ansible uses for every level.
+func shQuote(s string) string {
+	if s == "" {
+		return "''"
+	}
+	safe := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_@%+=:,./-", c) >= 0) {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
