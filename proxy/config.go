@@ -82,6 +82,15 @@ type UpstreamConfig struct {
 	// itself and sends each task to the agent as one batch. Default true;
 	// false passes every command through unchanged.
 	Ansible *bool `yaml:"ansible"`
+	// WarmPython runs Ansible modules in a warm Python fork server on the
+	// target (one per interpreter and user, started by the first task that
+	// needs it, become tasks included) instead of a new interpreter per
+	// task. Default true; needs ansible: true. false runs every module
+	// with the interpreter Ansible named, as sent.
+	WarmPython *bool `yaml:"warm_python"`
+	// WarmPythonIdle is how long a fork server waits for a task before it
+	// exits. Default 5m.
+	WarmPythonIdle Duration `yaml:"warm_python_idle"`
 	// AcceptEnv lists the env request names passed to commands, like sshd's
 	// AcceptEnv (* wildcards). Default LANG, LC_*.
 	AcceptEnv []string `yaml:"accept_env"`
@@ -297,6 +306,13 @@ func (c *Config) applyDefaults() error {
 	if u.Ansible == nil {
 		t := true
 		u.Ansible = &t
+	}
+	if u.WarmPython == nil {
+		t := true
+		u.WarmPython = &t
+	}
+	if u.WarmPythonIdle == 0 {
+		u.WarmPythonIdle = Duration(5 * time.Minute)
 	}
 	if u.AcceptEnv == nil {
 		u.AcceptEnv = []string{"LANG", "LC_*"}

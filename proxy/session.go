@@ -76,6 +76,7 @@ type session struct {
 	kind string // exec, shell or subsystem
 	cmd  string
 	step string // what the shim recognized the command as
+	warm bool   // the module runs in a warm fork server (shim.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
 
@@ -197,6 +198,11 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			return true
 		}
 		prep = plan.Prep
+		if *s.ic.s.cfg.Upstream.WarmPython {
+			info := s.a.Info()
+			cmd, s.warm = shim.Warm(cmd, plan.Step, shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(),
+				Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()})
+		}
 	}
 	p, err := s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
 	if err != nil {
@@ -313,7 +319,7 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	out.Wait()
 	st, err := p.Wait()
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil)
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
 	if err != nil {
 		s.ch.Close()
 		in.Wait()
