@@ -48,6 +48,7 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParseModes$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
 
 # demo: three targets, the same work directly and through gomux.
