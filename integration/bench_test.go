@@ -115,6 +115,8 @@ func benchModes() []benchMode {
 		{name: "mitogen_free", env: []string{"ANSIBLE_STRATEGY=mitogen_free"}},
 		{name: "gomux", via: "gomux", env: []string{"ANSIBLE_PIPELINING=False"}},
 		{name: "gomux_pipe", via: "gomux", env: []string{"ANSIBLE_PIPELINING=True"}},
+		{name: "gomux_cold", via: "gomux_cold", env: []string{"ANSIBLE_PIPELINING=False"}},
+		{name: "gomux_pipe_cold", via: "gomux_cold", env: []string{"ANSIBLE_PIPELINING=True"}},
 	}
 }
 
@@ -155,7 +157,7 @@ type benchSample struct {
 
 // BenchmarkAnsible runs each workload in every mode (stock Ansible with and
 // without pipelining, Debian's Mitogen linear and free, gomux with and
-// without pipelining) one after another in the same lab, each from a cold
+// without pipelining, each with warm Python on and off) one after another in the same lab, each from a cold
 // ControlMaster, GOMUX_BENCH_REPS times (default 3), and prints a markdown
 // table of medians, also written to bench-results/<workload>.md. A mode
 // with a failed or unreachable host is reported as failed, not timed.
@@ -190,7 +192,12 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 		modes = keep
 	}
 	lab := harness.Start(b, harness.Options{Targets: w.targets, RTT: w.rtt, CPUAccounting: true})
-	gomuxes := map[string]*Gomux{"gomux": startGomux(b, lab, gomuxOptions{})}
+	// gomux_cold is the same with the fork server off: a fresh Python
+	// per task, as before warm Python.
+	gomuxes := map[string]*Gomux{
+		"gomux":      startGomux(b, lab, gomuxOptions{}),
+		"gomux_cold": startGomux(b, lab, gomuxOptions{Upstream: "  warm_python: false\n"}),
+	}
 	// In the bastion placement the controller reaches gomux through a
 	// relay with the RTT, and gomux reaches the targets at once.
 	sshConfigs := map[string]string{}
