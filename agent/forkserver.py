@@ -63,11 +63,24 @@ import types  # noqa: E402
 import zipfile  # noqa: E402,F401
 
 ZIPDATA_RE = re.compile(rb'\n\s*ZIPDATA = """([A-Za-z0-9+/=\s]*)"""')
+MODULE_RE = re.compile(rb"runpy\.run_module\(mod_name='([A-Za-z0-9_.]+)'")
+# The names the wrapper unpacks its archive under.
+PAYLOAD_RE = re.compile(rb"tempfile\.mkdtemp\(prefix='(ansible_[A-Za-z0-9_.]+_payload_)'\)")
+ZIPNAME_RE = re.compile(rb"os\.path\.join\(temp_path, '(ansible_[A-Za-z0-9_.]+_payload\.zip)'\)")
+# Top-level imports of module_utils in a module's source: the template
+# imports them too, as the module would before anything else.
+UTILS_RE = re.compile(r"^(?:from\s+(ansible(?:_collections)?\.[\w.]*module_utils[\w.]*)\s+import|import\s+(ansible\.module_utils[\w.]*)\s*$)", re.M)
 WRAPPER_MARK = b"_ANSIBALLZ_WRAPPER = True"
 
 # sys.path as a fresh `python3 script` has it, without its first entry
 # (the script's directory, or '' for stdin).
 BASE_PATH = list(sys.path[1:])
+
+# PEP 538: an interpreter started in the C locale sets LC_CTYPE in its own
+# environment. Every client of this server has the locale variables the
+# server started with (they are part of its key), so a fresh interpreter
+# of theirs would have done the same.
+COERCED_LC_CTYPE = os.environ.get("LC_CTYPE")
 
 
 class Run(object):
@@ -129,13 +142,37 @@ def read_all(fd):
 
 
 def zip_hash(script):
+    """The archive's digest and data, and the module's name, of an
+    AnsiballZ wrapper; None for anything else."""
     if WRAPPER_MARK not in script:
-        return None, None
+        return None, None, None
     m = ZIPDATA_RE.search(script)
     if not m:
-        return None, None
+        return None, None, None
     data = m.group(1)
-    return hashlib.sha256(data).hexdigest(), data
+    mod = MODULE_RE.search(script)
+    name = mod.group(1).decode() if mod else ""
+    prefix, zipname = PAYLOAD_RE.search(script), ZIPNAME_RE.search(script)
+    if prefix and zipname:
+        name += "\0" + prefix.group(1).decode() + "\0" + zipname.group(1).decode()
+    return hashlib.sha256(data + b"\0" + name.encode()).hexdigest(), data, name
+
+
+def preimport(zippath, module):
+    """Imports the module_utils the module imports at its top, from the
+    archive: what every run of it would import first anyway."""
+    if not module.startswith(("ansible.modules.", "ansible_collections.")):
+        return
+    try:
+        with zipfile.ZipFile(zippath) as z:
+            src = z.read(module.replace(".", "/") + ".py").decode("utf-8")
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return
+    for m in UTILS_RE.finditer(src):
+        try:
+            __import__(m.group(1) or m.group(2))
+        except Exception:
+            pass
 
 
 def check_header(h):
@@ -196,9 +233,9 @@ class BecomeTemplate(Exception):
     """Unwinds a forked server out of its loop to become a template, closing
     on the way every descriptor the server held for the request at hand."""
 
-    def __init__(self, ctl, workdir, digest, data, closers):
+    def __init__(self, ctl, workdir, digest, data, module, closers):
         Exception.__init__(self)
-        self.ctl, self.workdir, self.digest, self.data = ctl, workdir, digest, data
+        self.ctl, self.workdir, self.digest, self.data, self.module = ctl, workdir, digest, data, module
         self.closers = closers
 
 
@@ -208,9 +245,10 @@ class BecomeTemplate(Exception):
 class Template(object):
     """A process holding basic imported from one zip; forks the runs."""
 
-    def __init__(self, ctl, zippath, broken):
+    def __init__(self, ctl, zippath, broken, alias=None):
         self.ctl = ctl
         self.zippath = zippath
+        self.alias = alias  # payload_alias's directory
         self.broken = broken
         self.runs = {}  # conn fd -> Run
         self.bypid = {}  # pidfd -> Run
@@ -231,6 +269,8 @@ class Template(object):
             os.unlink(self.zippath)
         except OSError:
             pass
+        if self.alias:
+            shutil.rmtree(self.alias, True)
 
     def from_server(self, poll, ev):
         try:
@@ -335,19 +375,61 @@ class Template(object):
         run.conn.close()
 
 
-def template_main(ctl, workdir, digest, data):
+# A module's own file in an AnsiballZ archive.
+MODFILE_RE = re.compile(r"^(?:ansible/modules|ansible_collections/[^/]+/[^/]+/plugins/modules)/(?!__init__)([A-Za-z0-9_]+)\.py$")
+
+
+def payload_alias(zippath, shape=""):
+    """Gives the archive the name AnsiballZ unpacks it under,
+    <tmp>/ansible_<module>_payload_<random>/ansible_<module>_payload.zip
+    (a symlink), so the file names modules see in tracebacks and __file__
+    read as without gomux. Returns the path to import from and the
+    directory to remove with the template (None: no alias). shape is
+    "prefix\\0zipname" as the wrapper spells them, when it could be read."""
+    if shape:
+        prefix, _, zipname = shape.partition("\0")
+        d = tempfile.mkdtemp(prefix=prefix)
+        link = os.path.join(d, zipname)
+        try:
+            os.symlink(zippath, link)
+        except OSError:
+            os.rmdir(d)
+            return zippath, None
+        return link, d
+    try:
+        with zipfile.ZipFile(zippath) as z:
+            mods = [m.group(1) for m in map(MODFILE_RE.match, z.namelist()) if m]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return zippath, None
+    if len(mods) != 1:
+        return zippath, None
+    d = tempfile.mkdtemp(prefix="ansible_%s_payload_" % mods[0])
+    link = os.path.join(d, "ansible_%s_payload.zip" % mods[0])
+    try:
+        os.symlink(zippath, link)
+    except OSError:
+        os.rmdir(d)
+        return zippath, None
+    return link, d
+
+
+def template_main(ctl, workdir, digest, data, module):
+    module, _, shape = module.partition("\0")
     zippath = os.path.join(workdir, "zip-%d-%s.zip" % (os.getpid(), digest[:16]))
     broken = ""
+    alias = None
     try:
         fd = os.open(zippath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(base64.b64decode(data))
-        sys.path.insert(0, zippath)
+        importpath, alias = payload_alias(zippath, shape)
+        sys.path.insert(0, importpath)
         gc.disable()
         try:
             __import__("ansible.module_utils.basic")
+            preimport(zippath, module)
         finally:
-            sys.path.remove(zippath)
+            sys.path.remove(importpath)
     except BaseException as e:  # a broken zip makes its tasks run cold
         broken = "template: %s" % e.__class__.__name__
     # Everything imported so far lives as long as the template: out of
@@ -356,7 +438,7 @@ def template_main(ctl, workdir, digest, data):
     gc.collect()
     gc.freeze()
     gc.enable()
-    Template(ctl, zippath, broken).loop()
+    Template(ctl, zippath, broken, alias).loop()
 
 
 # ---------------------------------------------------------------- server
@@ -470,14 +552,14 @@ class Server(object):
         except (OSError, ValueError) as e:
             send(conn, {"cold": "script: %s" % e})
             return
-        digest, data = zip_hash(script)
+        digest, data, module = zip_hash(script)
         if digest is None:
             send(conn, {"cold": "not an AnsiballZ module"})
             return
         for attempt in (0, 1):
             t = self.templates.get(digest)
             if t is None:
-                t = self.spawn(digest, data)
+                t = self.spawn(digest, data, module)
             t[2] = time.monotonic()
             try:
                 t[1].sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()] + fds))])
@@ -486,7 +568,7 @@ class Server(object):
                 self.retire(digest)
         send(conn, {"cold": "no template"})
 
-    def spawn(self, digest, data):
+    def spawn(self, digest, data, module):
         if len(self.templates) >= MAX_TEMPLATES:
             oldest = min(self.templates, key=lambda d: self.templates[d][2])
             self.retire(oldest)
@@ -494,7 +576,7 @@ class Server(object):
         pid = os.fork()
         if pid == 0:
             closers = [ours, self.lsock] + [t[1] for t in self.templates.values()]
-            raise BecomeTemplate(theirs, self.workdir, digest, data, closers)
+            raise BecomeTemplate(theirs, self.workdir, digest, data, module, closers)
         theirs.close()
         t = [pid, ours, time.monotonic()]
         self.templates[digest] = t
@@ -568,6 +650,30 @@ def _exit_code(code):
     return 1
 
 
+def coerce_c_locale():
+    """Does what a starting CPython does (PEP 538) when the environment
+    leaves LC_CTYPE at the C locale: switches it to a UTF-8 one and says
+    so in LC_CTYPE, which the module and its children then see. The
+    server and templates made that choice for their own environment."""
+    import locale
+    env = os.environ
+    if env.get("PYTHONCOERCECLOCALE") == "0" or env.get("LC_ALL"):
+        return
+    try:
+        name = locale.setlocale(locale.LC_CTYPE, "")
+    except locale.Error:
+        name = "C"
+    if name not in ("C", "POSIX"):
+        return
+    for target in ("C.UTF-8", "C.utf8", "UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, target)
+        except locale.Error:
+            continue
+        env["LC_CTYPE"] = target
+        return
+
+
 def child_prepare(run):
     """Makes this forked process look like `python3 script` just started."""
     h = run.hdr
@@ -608,8 +714,11 @@ def child_prepare(run):
     for kv in h["env"]:
         k, _, v = kv.partition("=")
         env[k.encode("utf-8", "surrogateescape")] = v.encode("utf-8", "surrogateescape")
+    if COERCED_LC_CTYPE is not None:
+        env[b"LC_CTYPE"] = COERCED_LC_CTYPE.encode("utf-8", "surrogateescape")
     os.environb.clear()
     os.environb.update(env)
+    coerce_c_locale()
     tempfile.tempdir = None
 
     argv = h["argv"]
@@ -649,54 +758,86 @@ def child_prepare(run):
     return conn, source, filename, main
 
 
-def child_main(run):
-    """Runs the payload; returns the exit code for sys.exit."""
-    conn, source, filename, main = child_prepare(run)
-    final = [1]
+def _flush_files():
+    """Flushes the file objects the payload left open, as their
+    destructors would at interpreter exit."""
+    gc.collect()
+    for kind in (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom):
+        for o in gc.get_objects():
+            if isinstance(o, kind) and o not in (sys.stdout, sys.stderr):
+                try:
+                    if not o.closed:
+                        o.flush()
+                except Exception:
+                    pass
 
-    def report():
-        # Runs last (registered first): tells the client the status in
-        # case the template that waits for this process is gone.
+
+def finish(conn, status, sig=0):
+    """Ends the child the way Py_FinalizeEx ends an interpreter, minus
+    tearing down every module: that would write to (and so copy) every
+    page shared with the template, the most expensive part of a run."""
+    try:
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+    except BaseException:
+        pass
+    try:
+        import atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    _flush_files()
+    for s in (sys.stdout, sys.stderr):
         try:
-            os.write(conn, json.dumps({"exit": final[0]}).encode())
-        except OSError:
-            pass
+            s.flush()
+        except Exception as e:
+            if s is sys.stdout:
+                try:
+                    sys.stderr.write("Exception ignored in: %r\n%s: %s\n" % (s, e.__class__.__name__, e))
+                    sys.stderr.flush()
+                except Exception:
+                    pass
+            status = 120
+    if sig:
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    try:
+        os.write(conn, json.dumps({"exit": status & 0xFF}).encode())
+    except OSError:
+        pass
+    os._exit(status & 0xFF)
 
-    import atexit
-    atexit.register(report)
+
+def child_main(run):
+    """Runs the payload and ends the process; never returns."""
+    conn, source, filename, main = child_prepare(run)
     del run
     try:
         code = compile(source, filename, "exec", dont_inherit=True)
     except SyntaxError:
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v, None)
-        final[0] = 1
-        return 1
+        finish(conn, 1)
     del source
     try:
         exec(code, main.__dict__)
     except SystemExit as e:
-        final[0] = _exit_code(e.code)
-        raise
+        c = e.code
+        if c is not None and not isinstance(c, int):
+            try:
+                sys.stderr.write(str(c) + "\n")
+            except Exception:
+                pass
+        finish(conn, _exit_code(c))
     except KeyboardInterrupt:
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
-        atexit._run_exitfuncs()
-        for s in (sys.stdout, sys.stderr):
-            try:
-                s.flush()
-            except Exception:
-                pass
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-        os._exit(130)
+        finish(conn, 130, signal.SIGINT)
     except BaseException:
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
-        final[0] = 1
-        return 1
-    final[0] = 0
-    return 0
+        finish(conn, 1)
+    finish(conn, 0)
 
 
 def main(argv):
@@ -711,7 +852,7 @@ def main(argv):
     for s in tmpl.closers:
         s.close()
     try:
-        template_main(tmpl.ctl, tmpl.workdir, tmpl.digest, tmpl.data)
+        template_main(tmpl.ctl, tmpl.workdir, tmpl.digest, tmpl.data, tmpl.module)
     except Exit as e:
         return e.run
     return None
@@ -722,4 +863,4 @@ if __name__ == "__main__":
     if _run is None:
         os._exit(0)
     del main
-    sys.exit(child_main(_run))
+    child_main(_run)

@@ -70,6 +70,10 @@ elif act == "block":
     sys.stdin.read()
     print("released", flush=True)
     sys.exit(p.get("code", 0))
+elif act == "leave_open":
+    LEFT = open(p["path"], "w")
+    LEFT.write("unflushed data")
+    sys.exit(0)
 elif act == "warm":
     print(gc.get_freeze_count() > 0)
 `
@@ -328,6 +332,18 @@ func TestPyRunExitStatuses(t *testing.T) {
 		warm.stderr = zipPaths.ReplaceAllString(warm.stderr, "/Z/")
 		if warm != cold {
 			t.Errorf("%s:\nwarm %+v\ncold %+v", params, warm, cold)
+		}
+	}
+}
+
+func TestPyRunFlushesFilesLeftOpen(t *testing.T) {
+	l := newPyLab(t)
+	for _, warm := range []bool{false, true} {
+		p := filepath.Join(l.work, fmt.Sprintf("left-%v", warm))
+		r := l.run(warm, "", l.python, fakeAnsiballZ(t, l.work, `{"act": "leave_open", "path": "`+p+`"}`))
+		b, err := os.ReadFile(p)
+		if r.code != 0 || err != nil || string(b) != "unflushed data" {
+			t.Errorf("warm=%v: %+v %q %v", warm, r, b, err)
 		}
 	}
 }
