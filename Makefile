@@ -5,7 +5,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 ARCHES   := amd64 arm64
 AGENTS   := $(foreach a,$(ARCHES),agent/dist/bin/gomux-agent-linux-$(a))
-AGENT_SRC := $(shell find agent cmd/gomux-agent -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
+AGENT_SRC := $(shell find agent cmd/gomux-agent \( -name '*.go' -not -name '*_test.go' \) -o -name '*.py' 2>/dev/null) go.mod go.sum
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps
 
