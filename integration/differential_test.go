@@ -1,0 +1,482 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gomux/gomux/integration/harness"
+)
+
+// TestDifferential is the rule "what Ansible observes is exactly what it
+// would observe without gomux", checked task by task: the corpus in
+// testdata/differential (commands, shell, raw, facts, copy, template,
+// file, stat, lineinfile, fetch, slurp, every become path, async, failures,
+// check and diff mode, loops, stderr, timeouts) runs directly and through
+// gomux, with pipelining off and on, and every task's normalized result,
+// every file it leaves on the target and every byte it fetches must be
+// the same.
+func TestDifferential(t *testing.T) {
+	lab := harness.Start(t, harness.Options{Targets: 1, PasswordSudoUser: true})
+	g := startGomux(t, lab, gomuxOptions{})
+	ctx := ctxT(t, 20*time.Minute)
+
+	// Everything the runs write on the target lives under base, one
+	// directory per run; the lab's users all reach it.
+	tok := make([]byte, 4)
+	rand.Read(tok)
+	base := filepath.Join(os.TempDir(), "gmxdiff-"+hex.EncodeToString(tok))
+	must(t, os.Mkdir(base, 0o755))
+	must(t, os.Chmod(base, 0o1777))
+	t.Cleanup(func() { os.RemoveAll(base) })
+	ctl := t.TempDir()
+	bin := writeRandomFile(t, ctl, "binary.bin", 70_000)
+
+	defer func() {
+		// The runs through gomux went through the shim, not around it.
+		steps := map[string]int{}
+		for _, e := range g.Events("channel") {
+			if st, ok := e["step"].(string); ok {
+				steps[st]++
+			}
+		}
+		for _, want := range []string{"Run", "MakeTemp", "Chmod", "Setfacl", "Remove", "EchoHome", "Passthrough"} {
+			if steps[want] == 0 {
+				t.Errorf("no %s step served through gomux (steps: %v)", want, steps)
+			}
+		}
+		t.Logf("steps served through gomux: %v", steps)
+	}()
+	for _, pipelining := range []string{"False", "True"} {
+		var runs [2]corpusRun
+		for i, via := range []*Gomux{nil, g} {
+			name := "direct"
+			if via != nil {
+				name = "gomux"
+			}
+			name += "-pipelining-" + strings.ToLower(pipelining)
+			fetch := filepath.Join(ctl, "fetch-"+name)
+			must(t, os.Mkdir(fetch, 0o755))
+			results := filepath.Join(ctl, "results-"+name+".jsonl")
+			tempBefore := tempEntries(lab)
+			r := runPlaybook(ctx, t, lab, via, playbookPath("differential/corpus.yml"),
+				"ANSIBLE_PIPELINING="+pipelining,
+				"ANSIBLE_CALLBACK_PLUGINS="+playbookPath("differential/callback_plugins"),
+				"ANSIBLE_CALLBACKS_ENABLED=record",
+				"GOMUX_DIFF_RESULTS="+results,
+				"GOMUX_DIFF_RUN="+name,
+				"GOMUX_DIFF_BASE="+base,
+				"GOMUX_DIFF_FETCH="+fetch,
+				"GOMUX_DIFF_BIN="+bin,
+				"GOMUX_DIFF_OTHER="+lab.OtherUser,
+				"GOMUX_DIFF_PWUSER="+lab.PasswordUser,
+				"GOMUX_DIFF_PASSWORD="+lab.Password,
+			)
+			n := normalizer{
+				runs: []string{filepath.Join(base, name), name},
+				dirs: map[string]string{fetch: "<FETCH>", ctl: "<CONTROLLER>", bin: "<BIN>"},
+			}
+			runs[i] = corpusRun{
+				name:    name,
+				play:    r,
+				results: n.results(t, results),
+				files:   listTree(t, filepath.Join(base, name)),
+				fetched: listTree(t, fetch),
+				norm:    n,
+				before:  tempBefore,
+			}
+			if dump := os.Getenv("GOMUX_DIFF_DUMP"); dump != "" {
+				// For a person reading what the corpus observes.
+				b, err := json.MarshalIndent(runs[i].results, "", "  ")
+				must(t, err)
+				must(t, os.WriteFile(filepath.Join(dump, name+".json"), b, 0o644))
+			}
+			t.Logf("%s: %d task results in %v, recap %s; slowest: %s", name, len(runs[i].results), r.Wall.Round(time.Millisecond),
+				strings.TrimSpace(r.recapString()), slowest(runs[i].results, 5))
+		}
+		direct, via := runs[0], runs[1]
+		if direct.play.Err != nil || len(direct.results) < 30 {
+			t.Fatalf("%s: the corpus itself fails (%v, %d results):\n%s", direct.name, direct.play.Err, len(direct.results), direct.play.Output)
+		}
+		if via.play.Err != nil {
+			t.Errorf("%s: %v\n%s", via.name, via.play.Err, via.play.Output)
+		}
+		if d := diffResults(direct.results, via.results); d != "" {
+			t.Errorf("task results differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+		}
+		if d := diffLines(direct.files, via.files); d != "" {
+			t.Errorf("files on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+		}
+		if d := diffLines(direct.fetched, via.fetched); d != "" {
+			t.Errorf("fetched files differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+		}
+		// Temp dirs Ansible left (a task killed by its timeout leaves its
+		// own): the same ones must be left. gomux removes finished temp
+		// dirs after answering, so wait for that to settle.
+		var left, viaLeft []string
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			now := tempEntries(lab)
+			stillThere := map[string]bool{}
+			for p := range via.before {
+				if now[p] {
+					stillThere[p] = true
+				}
+			}
+			left = direct.norm.newTempEntries(direct.before, stillThere)
+			viaLeft = via.norm.newTempEntries(via.before, now)
+			if diffLines(left, viaLeft) == "" || time.Now().After(deadline) {
+				break
+			}
+		}
+		t.Logf("pipelining=%s: temp entries left by the direct run: %v", pipelining, left)
+		if d := diffLines(left, viaLeft); d != "" {
+			t.Errorf("temp files left on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+		}
+	}
+}
+
+// slowest names the n slowest tasks, for the log.
+func slowest(rs []taskResult, n int) string {
+	rs = append([]taskResult(nil), rs...)
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Seconds > rs[j].Seconds })
+	var out []string
+	for _, r := range rs[:min(n, len(rs))] {
+		out = append(out, fmt.Sprintf("%q %.1fs", r.Task, r.Seconds))
+	}
+	return strings.Join(out, ", ")
+}
+
+// corpusRun is one run of the corpus, normalized.
+type corpusRun struct {
+	name    string
+	play    playbookRun
+	results []taskResult
+	files   []string
+	fetched []string
+	norm    normalizer
+	// before are the temp entries on the target before the run.
+	before map[string]bool
+}
+
+// tempEntries lists Ansible's temp dirs of the lab's users and what is in
+// them, by full path.
+func tempEntries(lab *harness.Lab) map[string]bool {
+	var globs []string
+	for _, u := range []string{lab.User, lab.OtherUser, lab.PasswordUser} {
+		globs = append(globs, filepath.Join("/home", u, ".ansible/tmp/ansible-tmp-*"))
+	}
+	globs = append(globs, "/var/tmp/ansible-tmp-*")
+	out := map[string]bool{}
+	for _, g := range globs {
+		dirs, _ := filepath.Glob(g)
+		for _, d := range dirs {
+			out[d] = true
+			ents, _ := os.ReadDir(d)
+			for _, e := range ents {
+				out[filepath.Join(d, e.Name())] = true
+			}
+		}
+	}
+	return out
+}
+
+// newTempEntries are the normalized entries in after and not in before.
+func (n normalizer) newTempEntries(before, after map[string]bool) []string {
+	var out []string
+	for p := range after {
+		if !before[p] {
+			out = append(out, n.str(p))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// taskResult is one line of the record callback: a task's result on one
+// host, as Ansible saw it.
+type taskResult struct {
+	Task   string         `json:"task"`
+	Host   string         `json:"host"`
+	Status string         `json:"status"`
+	Result map[string]any `json:"result"`
+	// Seconds the task took, for the log; not compared.
+	Seconds float64 `json:"seconds"`
+}
+
+// normalizer removes from results what legitimately differs between any
+// two runs, gomux or not: times, temp and job names, the run's own
+// directories, source ports. Everything else must be equal.
+type normalizer struct {
+	// runs are strings naming this run (its directory, its name), longest
+	// first.
+	runs []string
+	// dirs are controller paths of this run and what they become.
+	dirs map[string]string
+}
+
+// timeKeys are result fields that are clocks or durations.
+var timeKeys = map[string]bool{
+	"start": true, "end": true, "delta": true,
+	"mtime": true, "atime": true, "ctime": true,
+	// How many async_status polls it took depends on timing.
+	"attempts": true,
+}
+
+var volatile = []struct {
+	re   *regexp.Regexp
+	with string
+}{
+	// Ansible's temp dirs on the target and the controller, Python's
+	// temp names, module payload dirs.
+	{regexp.MustCompile(`ansible-tmp-[0-9]+(\.[0-9]+)?-[0-9]+-[0-9]+`), "ansible-tmp-<ID>"},
+	{regexp.MustCompile(`[^\s"']*/ansible-local-[0-9]+[A-Za-z0-9_]+`), "<LOCAL_TEMP>"},
+	{regexp.MustCompile(`ansible_[A-Za-z0-9_]+_payload_[A-Za-z0-9_]+`), "ansible_<MODULE>_payload_<ID>"},
+	{regexp.MustCompile(`tmp[a-z0-9_]{8}`), "tmp<RANDOM>"},
+	// Async job ids.
+	{regexp.MustCompile(`j?[0-9]{6,}\.[0-9]+`), "<JOB>"},
+	// Pseudo-terminal numbers, source ports in SSH_CLIENT/SSH_CONNECTION.
+	{regexp.MustCompile(`^/dev/pts/[0-9]+$`), "/dev/pts/<N>"},
+	{regexp.MustCompile(`^([0-9.]+) [0-9]+ ([0-9.]+) ([0-9]+)$`), "$1 <PORT> $2 $3"},
+	{regexp.MustCompile(`^([0-9.]+) [0-9]+ ([0-9]+)$`), "$1 <PORT> $2"},
+}
+
+func (n normalizer) results(t *testing.T, file string) []taskResult {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Errorf("no results recorded: %v", err)
+		return nil
+	}
+	defer f.Close()
+	var out []taskResult
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		var r taskResult
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		r.Host = "<HOST>"
+		r.Result, _ = n.value(r.Result).(map[string]any)
+		out = append(out, r)
+	}
+	must(t, sc.Err())
+	return out
+}
+
+func (n normalizer) value(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			switch {
+			case timeKeys[k]:
+				out[k] = "<TIME>"
+			case k == "ansible_job_id" || k == "pid" || k == "inode" || k == "child_pid" || k == "version":
+				// version is a file's inode generation number (stat).
+				out[k] = "<ID>"
+			default:
+				out[k] = n.value(x)
+			}
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = n.value(x)
+		}
+		return out
+	case string:
+		return n.str(v)
+	}
+	return v
+}
+
+func (n normalizer) str(s string) string {
+	var dirs []string
+	for d := range n.dirs {
+		dirs = append(dirs, d)
+	}
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+	for _, d := range dirs {
+		s = strings.ReplaceAll(s, d, n.dirs[d])
+	}
+	for i, r := range n.runs {
+		s = strings.ReplaceAll(s, r, fmt.Sprintf("<RUN%d>", i))
+	}
+	for _, v := range volatile {
+		s = v.re.ReplaceAllString(s, v.with)
+	}
+	return s
+}
+
+// listTree describes every file under root, one line each: path, type,
+// mode, owner, group, and the content's SHA-256 (or a link's target).
+// Times are left out: they differ between any two runs.
+func listTree(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		line := fmt.Sprintf("%s %s %s:%s", rel, fi.Mode(), userName(st.Uid), groupName(st.Gid))
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			acl := make([]byte, 1024)
+			if n, err := syscall.Getxattr(p, "system.posix_acl_access", acl); err == nil {
+				line += fmt.Sprintf(" acl:%x", acl[:n])
+			}
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			tgt, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			line += " -> " + tgt
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			line += fmt.Sprintf(" %d %x", len(b), sum[:8])
+		}
+		out = append(out, line)
+		return nil
+	})
+	if err != nil && !os.IsNotExist(err) {
+		t.Errorf("list %s: %v", root, err)
+	}
+	return out
+}
+
+func userName(uid uint32) string {
+	if u, err := user.LookupId(strconv.Itoa(int(uid))); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(int(uid))
+}
+
+func groupName(gid uint32) string {
+	if g, err := user.LookupGroupId(strconv.Itoa(int(gid))); err == nil {
+		return g.Name
+	}
+	return strconv.Itoa(int(gid))
+}
+
+// compared is what of a result must be equal.
+func (r taskResult) compared() any {
+	return struct {
+		Task, Host, Status string
+		Result             map[string]any
+	}{r.Task, r.Host, r.Status, r.Result}
+}
+
+// diffResults compares task by task and shows, for each task that
+// differs, the fields that do.
+func diffResults(want, got []taskResult) string {
+	var b strings.Builder
+	for i := 0; i < max(len(want), len(got)); i++ {
+		var w, g []string
+		title := ""
+		if i < len(want) {
+			w = flatten("", want[i].compared())
+			title = want[i].Task
+		}
+		if i < len(got) {
+			g = flatten("", got[i].compared())
+			if title == "" {
+				title = got[i].Task
+			}
+		}
+		if d := diffLines(w, g); d != "" {
+			fmt.Fprintf(&b, "task %d %q:\n%s", i+1, title, d)
+		}
+	}
+	return b.String()
+}
+
+// flatten turns a value into sorted "path = json" lines.
+func flatten(prefix string, v any) []string {
+	raw, _ := json.Marshal(v)
+	var x any
+	json.Unmarshal(raw, &x)
+	var out []string
+	var walk func(string, any)
+	walk = func(p string, x any) {
+		switch x := x.(type) {
+		case map[string]any:
+			if len(x) == 0 {
+				out = append(out, p+" = {}")
+			}
+			for k, y := range x {
+				walk(p+"."+k, y)
+			}
+		case []any:
+			if len(x) == 0 {
+				out = append(out, p+" = []")
+			}
+			for i, y := range x {
+				walk(fmt.Sprintf("%s[%d]", p, i), y)
+			}
+		default:
+			j, _ := json.Marshal(x)
+			out = append(out, p+" = "+string(j))
+		}
+	}
+	walk(prefix, x)
+	sort.Strings(out)
+	return out
+}
+
+// diffLines lists the lines only in want (-) and only in got (+),
+// counting repeats.
+func diffLines(want, got []string) string {
+	count := map[string]int{}
+	for _, l := range want {
+		count[l]++
+	}
+	for _, l := range got {
+		count[l]--
+	}
+	var b bytes.Buffer
+	extra := map[string]int{}
+	for l, n := range count {
+		extra[l] = n
+	}
+	for _, l := range want {
+		if extra[l] > 0 {
+			extra[l]--
+			fmt.Fprintf(&b, "  - %s\n", l)
+		}
+	}
+	for _, l := range got {
+		if extra[l] < 0 {
+			extra[l]++
+			fmt.Fprintf(&b, "  + %s\n", l)
+		}
+	}
+	return b.String()
+}
