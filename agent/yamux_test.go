@@ -45,6 +45,10 @@ func stallSession(t *testing.T, cfg *yamux.Config, stall time.Duration) error {
 	open := make(chan struct{})
 	close(open)
 	gate := &gatedReader{r: s2cR, open: open}
+	// Deferred first so it runs last: the sessions are closed before the
+	// reader is waited for, whichever way the sender returns.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	srv, err := yamux.Server(rwc{Reader: c2sR, Writer: s2cW, close: func() error { c2sR.Close(); return s2cW.Close() }}, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -58,8 +62,6 @@ func stallSession(t *testing.T, cfg *yamux.Config, stall time.Duration) error {
 
 	data := bytes.Repeat([]byte("0123456789abcdef"), 4<<20/16)
 	got := make(chan []byte, 1)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
