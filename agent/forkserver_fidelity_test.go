@@ -1,9 +1,6 @@
 package agent
 
 import (
-	"archive/zip"
-	"bytes"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,24 +26,10 @@ raise RuntimeError("boom")
 // <tmp>/ansible_<module>_payload_<random>/ansible_<module>_payload.zip.
 func realAnsiballZ(t *testing.T, dir string) string {
 	t.Helper()
-	var zb bytes.Buffer
-	zw := zip.NewWriter(&zb)
-	for name, body := range map[string]string{
-		"ansible/__init__.py":              "",
-		"ansible/module_utils/__init__.py": "",
-		"ansible/module_utils/basic.py":    "",
-		"ansible/modules/__init__.py":      "",
-		"ansible/modules/fidelity.py":      fidelityModule,
-	} {
-		w, err := zw.Create(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write([]byte(body))
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
+	zipdata := moduleArchive(t, map[string]string{
+		"ansible/module_utils/basic.py": "",
+		"ansible/modules/fidelity.py":   fidelityModule,
+	})
 	script := fmt.Sprintf(`#!/usr/bin/python3
 _ANSIBALLZ_WRAPPER = True
 def _ansiballz_main():
@@ -63,7 +46,7 @@ def _ansiballz_main():
         shutil.rmtree(temp_path, True)
 if __name__ == "__main__":
     _ansiballz_main()
-`, base64.StdEncoding.EncodeToString(zb.Bytes()))
+`, zipdata)
 	p := filepath.Join(dir, "AnsiballZ_fidelity.py")
 	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
 		t.Fatal(err)

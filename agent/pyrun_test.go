@@ -78,20 +78,21 @@ elif act == "warm":
     print(gc.get_freeze_count() > 0)
 `
 
-// fakeAnsiballZ writes a script shaped like Ansible's wrapper: a marker,
-// the module archive as ZIPDATA, and a main that unpacks it, imports
-// basic from it and runs the module as __main__.
-func fakeAnsiballZ(t *testing.T, dir string, params string) string {
+// moduleArchive is AnsiballZ's ZIPDATA (base64 of a zip) holding the
+// ansible package skeleton and files.
+func moduleArchive(t *testing.T, files map[string]string) string {
 	t.Helper()
-	var zb bytes.Buffer
-	zw := zip.NewWriter(&zb)
-	for name, body := range map[string]string{
+	all := map[string]string{
 		"ansible/__init__.py":              "",
 		"ansible/module_utils/__init__.py": "",
-		"ansible/module_utils/basic.py":    "_ANSIBLE_ARGS = None\nCOUNTER = []\n",
 		"ansible/modules/__init__.py":      "",
-		"ansible/modules/probe.py":         probeModule,
-	} {
+	}
+	for name, body := range files {
+		all[name] = body
+	}
+	var zb bytes.Buffer
+	zw := zip.NewWriter(&zb)
+	for name, body := range all {
 		w, err := zw.Create(name)
 		if err != nil {
 			t.Fatal(err)
@@ -101,6 +102,18 @@ func fakeAnsiballZ(t *testing.T, dir string, params string) string {
 	if err := zw.Close(); err != nil {
 		t.Fatal(err)
 	}
+	return base64.StdEncoding.EncodeToString(zb.Bytes())
+}
+
+// fakeAnsiballZ writes a script shaped like Ansible's wrapper: a marker,
+// the module archive as ZIPDATA, and a main that unpacks it, imports
+// basic from it and runs the module as __main__.
+func fakeAnsiballZ(t *testing.T, dir string, params string) string {
+	t.Helper()
+	zipdata := moduleArchive(t, map[string]string{
+		"ansible/module_utils/basic.py": "_ANSIBLE_ARGS = None\nCOUNTER = []\n",
+		"ansible/modules/probe.py":      probeModule,
+	})
 	script := fmt.Sprintf(`#!/usr/bin/python3
 _ANSIBALLZ_WRAPPER = True
 def _ansiballz_main():
@@ -120,7 +133,7 @@ def _ansiballz_main():
         shutil.rmtree(temp_path, True)
 if __name__ == "__main__":
     _ansiballz_main()
-`, base64.StdEncoding.EncodeToString(zb.Bytes()), params)
+`, zipdata, params)
 	p := filepath.Join(dir, "AnsiballZ_probe.py")
 	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
 		t.Fatal(err)

@@ -278,7 +278,13 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 				rc := parseRecap(r.Output)
 				if r.Err != nil || len(rc) != w.targets || rc.sum("unreachable") > 0 || rc.sum("failed") > 0 {
 					failed[m.name] = fmt.Sprintf("%v", r.Err)
-					b.Logf("%s failed: %v\n%s", m.name, r.Err, lastLines(r.Output, 30))
+					// What failed, not the play's tail: the fatal and
+					// unreachable lines, and what gomux logged above info.
+					why := failureLines(r.Output)
+					if g != nil {
+						why += "\ngomux:\n" + g.Problems()
+					}
+					fmt.Printf("%s failed: %v\n%s\n", m.name, r.Err, why)
 					continue
 				}
 				s := benchSample{
@@ -437,10 +443,16 @@ func (rc recap) sum(field string) int {
 	return n
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+// failureLines picks the lines of a playbook's output that say why it
+// failed: fatal or unreachable results.
+func failureLines(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "fatal:") || strings.Contains(l, "UNREACHABLE") {
+			if !strings.Contains(l, "...ignoring") {
+				keep = append(keep, l)
+			}
+		}
 	}
-	return strings.Join(lines, "\n")
+	return strings.Join(keep, "\n")
 }

@@ -321,3 +321,15 @@ func (g *Gomux) RoundTrips() int64 {
 	}
 	return n
 }
+
+// Problems returns gomux's log lines above info, and those of channels
+// that ended without an exit status: what a failed benchmark run needs.
+func (g *Gomux) Problems() string {
+	var b strings.Builder
+	for _, l := range strings.Split(g.Log(), "\n") {
+		if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) || strings.Contains(l, "without exit status") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
