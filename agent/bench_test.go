@@ -18,16 +18,7 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 	b.Setenv("HOME", b.TempDir())
 	h := startAgent(b, "")
 	for b.Loop() {
-		p, err := h.c.Exec(b.Context(), ExecRequest{Argv: []string{"/bin/true"}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		p.Stdin().Close()
-		io.Copy(io.Discard, p.Stdout())
-		io.Copy(io.Discard, p.Stderr())
-		if _, err := p.Wait(); err != nil {
-			b.Fatal(err)
-		}
+		execTrue(b, h.c)
 	}
 }
 
@@ -41,16 +32,7 @@ func BenchmarkExecRoundTripTCP(b *testing.B) {
 	c := startAgentTCP(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		p, err := c.Exec(b.Context(), ExecRequest{Argv: []string{"/bin/true"}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		p.Stdin().Close()
-		io.Copy(io.Discard, p.Stdout())
-		io.Copy(io.Discard, p.Stderr())
-		if _, err := p.Wait(); err != nil {
-			b.Fatal(err)
-		}
+		execTrue(b, c)
 	}
 }
 
@@ -117,5 +99,20 @@ func BenchmarkBatchWrite(b *testing.B) {
 		if _, err := h.c.Batch(b.Context(), []PrepOp{{Op: "write", Path: dir + "/f", Data: data}}, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// execTrue is one task's worth of agent work: run /bin/true, drain its
+// output, wait for its exit.
+func execTrue(b *testing.B, c *Client) {
+	p, err := c.Exec(b.Context(), ExecRequest{Argv: []string{"/bin/true"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.Stdin().Close()
+	io.Copy(io.Discard, p.Stdout())
+	io.Copy(io.Discard, p.Stderr())
+	if _, err := p.Wait(); err != nil {
+		b.Fatal(err)
 	}
 }

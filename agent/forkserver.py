@@ -388,14 +388,7 @@ def payload_alias(zippath, shape=""):
     "prefix\\0zipname" as the wrapper spells them, when it could be read."""
     if shape:
         prefix, _, zipname = shape.partition("\0")
-        d = tempfile.mkdtemp(prefix=prefix)
-        link = os.path.join(d, zipname)
-        try:
-            os.symlink(zippath, link)
-        except OSError:
-            os.rmdir(d)
-            return zippath, None
-        return link, d
+        return _link_payload(zippath, prefix, zipname)
     try:
         with zipfile.ZipFile(zippath) as z:
             mods = [m.group(1) for m in map(MODFILE_RE.match, z.namelist()) if m]
@@ -403,8 +396,14 @@ def payload_alias(zippath, shape=""):
         return zippath, None
     if len(mods) != 1:
         return zippath, None
-    d = tempfile.mkdtemp(prefix="ansible_%s_payload_" % mods[0])
-    link = os.path.join(d, "ansible_%s_payload.zip" % mods[0])
+    return _link_payload(zippath, "ansible_%s_payload_" % mods[0], "ansible_%s_payload.zip" % mods[0])
+
+
+def _link_payload(zippath, prefix, zipname):
+    """Link zippath as <new dir named prefix...>/zipname; (zippath, None)
+    when that cannot be made."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    link = os.path.join(d, zipname)
     try:
         os.symlink(zippath, link)
     except OSError:
