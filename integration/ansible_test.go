@@ -44,6 +44,10 @@ type playOpts struct {
 	// cpu, when set, receives ansible-playbook as soon as it starts, so
 	// the benchmark counts the controller's CPU with all its forks.
 	cpu *harness.CPUGroup
+	// controlDir, when set, is the ControlPath directory, kept across runs
+	// (ControlPersist reused as a user's would be); the caller stops the
+	// masters. Empty: a fresh directory, its masters stopped at cleanup.
+	controlDir string
 }
 
 func runPlaybookOpts(ctx context.Context, t testing.TB, lab *harness.Lab, g *Gomux, playbook string, o playOpts) playbookRun {
@@ -72,16 +76,10 @@ func runPlaybookOpts(ctx context.Context, t testing.TB, lab *harness.Lab, g *Gom
 		lab.User, lab.ClientKey, commonArgs)
 	invPath := filepath.Join(dir, "inventory")
 	must(t, os.WriteFile(invPath, []byte(inv.String()), 0o600))
-	cpDir, err := os.MkdirTemp("/tmp", "gmxcp")
-	must(t, err)
-	t.Cleanup(func() {
-		// Stop ControlMasters by their sockets, then remove them.
-		ents, _ := os.ReadDir(cpDir)
-		for _, e := range ents {
-			exec.Command("ssh", "-O", "exit", "-o", "ControlPath="+filepath.Join(cpDir, e.Name()), "x").Run()
-		}
-		os.RemoveAll(cpDir)
-	})
+	cpDir := o.controlDir
+	if cpDir == "" {
+		cpDir = controlDir(t)
+	}
 	cmd := exec.CommandContext(ctx, "ansible-playbook", append([]string{"-i", invPath, playbook}, o.args...)...)
 	cmd.Env = append(os.Environ(),
 		"ANSIBLE_SSH_CONTROL_PATH_DIR="+cpDir,
@@ -95,7 +93,7 @@ func runPlaybookOpts(ctx context.Context, t testing.TB, lab *harness.Lab, g *Gom
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	err = cmd.Start()
+	err := cmd.Start()
 	if err == nil && o.cpu != nil {
 		// Python takes far longer to start than this write: nothing has
 		// forked yet.
@@ -113,6 +111,22 @@ func runPlaybookOpts(ctx context.Context, t testing.TB, lab *harness.Lab, g *Gom
 		r.Recap[m[1]] = strings.Join(strings.Fields(m[2]), " ")
 	}
 	return r
+}
+
+// controlDir makes a ControlPath directory whose masters are stopped, by
+// their sockets, when the test ends.
+func controlDir(t testing.TB) string {
+	t.Helper()
+	cpDir, err := os.MkdirTemp("/tmp", "gmxcp")
+	must(t, err)
+	t.Cleanup(func() {
+		ents, _ := os.ReadDir(cpDir)
+		for _, e := range ents {
+			exec.Command("ssh", "-O", "exit", "-o", "ControlPath="+filepath.Join(cpDir, e.Name()), "x").Run()
+		}
+		os.RemoveAll(cpDir)
+	})
+	return cpDir
 }
 
 func playbookPath(name string) string {

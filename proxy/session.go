@@ -239,9 +239,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 	if plan.Stderr != "" {
 		io.WriteString(s.ch.Stderr(), plan.Stderr)
 	}
-	s.ch.CloseWrite()
-	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(plan.Exit)}))
-	s.ch.Close()
+	s.reportExit(plan.Exit, "", false)
 	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
@@ -267,6 +265,31 @@ func (s *session) counters(ev *zerolog.Event) *zerolog.Event {
 	sent, saved := s.a.BlobBytes()
 	return ev.Int64("round_trips", c.RoundTrips).Int64("local_steps", c.Local).
 		Int64("blob_bytes_sent", sent).Int64("blob_bytes_saved", saved)
+}
+
+// reportExit ends the channel the way sshd does: the exit report first,
+// then EOF, then close. The order matters. OpenSSH's client closes a
+// channel as soon as its own input has ended and it has seen EOF, without
+// waiting for an exit report, and x/crypto answers that close at once and
+// drops whatever the channel sends after it. An exit report sent after EOF
+// therefore races the client's close; when it loses, the client (a
+// ControlMaster's mux client, with Ansible's pipelined stdin already
+// closed) exits 255 and Ansible calls the host UNREACHABLE. All output has
+// been written before this is called, so nothing of it follows the report.
+func (s *session) reportExit(code int, signal string, coreDumped bool) {
+	var err error
+	if signal != "" {
+		_, err = s.ch.SendRequest("exit-signal", false, gossh.Marshal(exitSignal{Signal: signal, CoreDumped: coreDumped}))
+	} else {
+		_, err = s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(code)}))
+	}
+	if err != nil {
+		// Only a client that closed the channel before the command ended
+		// gets here: nobody is left to tell.
+		s.log.Debug().Str("event", "channel").Err(err).Msg("exit report not delivered: channel already closed by the client")
+	}
+	s.ch.CloseWrite()
+	s.ch.Close()
 }
 
 // answer replies to req at once, before any data the request causes, so
@@ -330,13 +353,7 @@ func (s *session) pump(p *agent.Process) {
 	if s.observe != nil && st.Signal == "" {
 		s.observe(st.Code)
 	}
-	s.ch.CloseWrite()
-	if st.Signal != "" {
-		s.ch.SendRequest("exit-signal", false, gossh.Marshal(exitSignal{Signal: st.Signal, CoreDumped: st.CoreDumped}))
-	} else {
-		s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(st.Code)}))
-	}
-	s.ch.Close()
+	s.reportExit(st.Code, st.Signal, st.CoreDumped)
 	in.Wait()
 	s.counters(log).Int("exit_status", st.Code).Str("exit_signal", st.Signal).Int64("bytes_in", s.bytesIn.Load()).
 		Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start)).Msg("session ended")
@@ -353,13 +370,11 @@ func (s *session) serveSFTP(ctx context.Context) {
 	srv := newSFTPServer(ctx, s.a, host, cw)
 	err := srv.Serve()
 	srv.Close()
-	s.ch.CloseWrite()
-	status := uint32(0)
+	status := 0
 	if err != nil && err != io.EOF {
 		status = 1
 	}
-	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: status}))
-	s.ch.Close()
+	s.reportExit(status, "", false)
 	ev := s.counters(s.log.Info()).Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
 		Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start))
 	if status != 0 {
