@@ -159,15 +159,25 @@ func (p *Pool) release(u *upstream) {
 	if u.err != nil {
 		return
 	}
-	u.idle = time.AfterFunc(p.cfg.IdleTimeout.D(), func() {
+	var timer *time.Timer
+	timer = time.AfterFunc(p.cfg.IdleTimeout.D(), func() {
+		// Decide and unlist under one lock: once the connection has left
+		// the map no Acquire can lease it, so closing it can never pull a
+		// connection out from under a lease taken after the check.
 		p.mu.Lock()
-		idle := u.refs == 0
-		p.mu.Unlock()
-		if idle {
-			p.log.Info().Str("event", "upstream_idle_close").Str("target", u.key.addr).Str("remote_user", u.key.user).Msg("upstream idle, closing")
-			u.closeConn()
+		if u.refs != 0 || u.idle != timer {
+			p.mu.Unlock()
+			return
 		}
+		u.idle = nil
+		if p.conns[u.key] == u {
+			delete(p.conns, u.key)
+		}
+		p.mu.Unlock()
+		p.log.Info().Str("event", "upstream_idle_close").Str("target", u.key.addr).Str("remote_user", u.key.user).Msg("upstream idle, closing")
+		u.closeConn()
 	})
+	u.idle = timer
 }
 
 // Lease is one downstream connection's hold on an upstream connection. The

@@ -97,7 +97,7 @@ type idleMeasure struct {
 // benchPoolConfig is a pool that logs in with a fresh key, verifies the
 // helper's host key from known_hosts, and believes every target has the
 // agent cached (the helper answers the launcher with a running agent).
-func benchPoolConfig(b *testing.B, dir, addr string, hostKey gossh.PublicKey) PoolConfig {
+func benchPoolConfig(b testing.TB, dir, addr string, hostKey gossh.PublicKey) PoolConfig {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		b.Fatal(err)
@@ -262,7 +262,7 @@ func raiseNOFILE(need uint64) error {
 // startUpstreamHelper runs the test binary as the upstream helper and
 // returns the address it serves SSH on and its host key. Cleanup kills it
 // by PID and waits for it.
-func startUpstreamHelper(b *testing.B) (string, gossh.PublicKey) {
+func startUpstreamHelper(b testing.TB) (string, gossh.PublicKey) {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), upstreamHelperEnv+"=1")

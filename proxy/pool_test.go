@@ -1,0 +1,41 @@
+package proxy
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// TestPoolIdleCloseNeverTakesALease races the idle timer against new
+// leases: with an idle timeout of a millisecond, every release arms the
+// timer and the next Acquire lands right around the moment it fires. A
+// connection the timer closes must never be one a lease holds.
+func TestPoolIdleCloseNeverTakesALease(t *testing.T) {
+	addr, hostKey := startUpstreamHelper(t)
+	cfg := benchPoolConfig(t, t.TempDir(), addr, hostKey)
+	cfg.Upstream.IdleTimeout = Duration(time.Millisecond)
+	pool, err := NewPool(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := range 300 {
+		l, err := pool.Acquire(ctx, addr, "racer")
+		if err != nil {
+			t.Fatalf("acquire %d: %v", i, err)
+		}
+		// Hold the lease past the idle timeout: nothing may close it.
+		select {
+		case <-l.Dead():
+			t.Fatalf("lease %d: the idle timer closed a connection in use", i)
+		case <-time.After(3 * time.Millisecond):
+		}
+		l.Release()
+		// Sometimes come back just as the timer fires.
+		time.Sleep(time.Duration(i%3) * 500 * time.Microsecond)
+	}
+}
