@@ -62,65 +62,73 @@ func TestDifferential(t *testing.T) {
 		}
 		t.Logf("steps served through gomux: %v", steps)
 	}()
-	// comparePair runs the corpus directly and through gomux and returns
-	// every difference.
-	comparePair := func(pipelining string, attempt int) []string {
-		var problems []string
-		var runs [2]corpusRun
-		for i, via := range []*Gomux{nil, g} {
-			name := "direct"
-			if via != nil {
-				name = "gomux"
-			}
-			name += "-pipelining-" + strings.ToLower(pipelining)
-			if attempt > 0 {
-				name += fmt.Sprintf("-again%d", attempt)
-			}
-			fetch := filepath.Join(ctl, "fetch-"+name)
-			must(t, os.Mkdir(fetch, 0o755))
-			results := filepath.Join(ctl, "results-"+name+".jsonl")
-			tempBefore := tempEntries(lab)
-			r := runPlaybook(ctx, t, lab, via, playbookPath("differential/corpus.yml"),
-				"ANSIBLE_PIPELINING="+pipelining,
-				"ANSIBLE_CALLBACK_PLUGINS="+playbookPath("differential/callback_plugins"),
-				"ANSIBLE_CALLBACKS_ENABLED=record",
-				"GOMUX_DIFF_RESULTS="+results,
-				"GOMUX_DIFF_RUN="+name,
-				"GOMUX_DIFF_BASE="+base,
-				"GOMUX_DIFF_FETCH="+fetch,
-				"GOMUX_DIFF_BIN="+bin,
-				"GOMUX_DIFF_OTHER="+lab.OtherUser,
-				"GOMUX_DIFF_PWUSER="+lab.PasswordUser,
-				"GOMUX_DIFF_PASSWORD="+lab.Password,
-			)
-			n := normalizer{
-				runs: []string{filepath.Join(base, name), name},
-				dirs: map[string]string{fetch: "<FETCH>", ctl: "<CONTROLLER>", bin: "<BIN>"},
-			}
-			runs[i] = corpusRun{
-				name:    name,
-				play:    r,
-				results: n.results(t, results),
-				files:   listTree(t, filepath.Join(base, name)),
-				fetched: listTree(t, fetch),
-				norm:    n,
-				before:  tempBefore,
-			}
-			if dump := os.Getenv("GOMUX_DIFF_DUMP"); dump != "" {
-				// For a person reading what the corpus observes.
-				b, err := json.MarshalIndent(runs[i].results, "", "  ")
-				must(t, err)
-				must(t, os.WriteFile(filepath.Join(dump, name+".json"), b, 0o644))
-			}
-			t.Logf("%s: %d task results in %v, recap %s; slowest: %s", name, len(runs[i].results), r.Wall.Round(time.Millisecond),
-				strings.TrimSpace(r.recapString()), slowest(runs[i].results, 5))
+	// runCorpus runs the corpus once, directly (via nil) or through
+	// gomux; label tells repeated runs apart.
+	runCorpus := func(via *Gomux, pipelining, label string) corpusRun {
+		name := "direct"
+		if via != nil {
+			name = "gomux"
 		}
-		direct, via := runs[0], runs[1]
+		name += "-pipelining-" + strings.ToLower(pipelining)
+		if label != "" {
+			name += "-" + label
+		}
+		fetch := filepath.Join(ctl, "fetch-"+name)
+		must(t, os.Mkdir(fetch, 0o755))
+		results := filepath.Join(ctl, "results-"+name+".jsonl")
+		tempBefore := tempEntries(lab)
+		r := runPlaybook(ctx, t, lab, via, playbookPath("differential/corpus.yml"),
+			"ANSIBLE_PIPELINING="+pipelining,
+			"ANSIBLE_CALLBACK_PLUGINS="+playbookPath("differential/callback_plugins"),
+			"ANSIBLE_CALLBACKS_ENABLED=record",
+			"GOMUX_DIFF_RESULTS="+results,
+			"GOMUX_DIFF_RUN="+name,
+			"GOMUX_DIFF_BASE="+base,
+			"GOMUX_DIFF_FETCH="+fetch,
+			"GOMUX_DIFF_BIN="+bin,
+			"GOMUX_DIFF_OTHER="+lab.OtherUser,
+			"GOMUX_DIFF_PWUSER="+lab.PasswordUser,
+			"GOMUX_DIFF_PASSWORD="+lab.Password,
+		)
+		n := normalizer{
+			runs: []string{filepath.Join(base, name), name},
+			dirs: map[string]string{fetch: "<FETCH>", ctl: "<CONTROLLER>", bin: "<BIN>"},
+		}
+		run := corpusRun{
+			name:    name,
+			play:    r,
+			results: n.results(t, results),
+			files:   listTree(t, filepath.Join(base, name)),
+			fetched: listTree(t, fetch),
+			norm:    n,
+			before:  tempBefore,
+		}
+		if dump := os.Getenv("GOMUX_DIFF_DUMP"); dump != "" {
+			// For a person reading what the corpus observes.
+			b, err := json.MarshalIndent(run.results, "", "  ")
+			must(t, err)
+			must(t, os.WriteFile(filepath.Join(dump, name+".json"), b, 0o644))
+		}
+		t.Logf("%s: %d task results in %v, recap %s; slowest: %s", name, len(run.results), r.Wall.Round(time.Millisecond),
+			strings.TrimSpace(r.recapString()), slowest(run.results, 5))
+		return run
+	}
+	// compare returns every difference between a direct run and one
+	// through gomux, and whether gomux's own run failed (the playbook
+	// erred or a host was unreachable), which no rerun may excuse.
+	compare := func(direct, via corpusRun, pipelining string) (problems []string, gomuxFailed bool) {
 		if direct.play.Err != nil || len(direct.results) < 30 {
 			t.Fatalf("%s: the corpus itself fails (%v, %d results):\n%s", direct.name, direct.play.Err, len(direct.results), direct.play.Output)
 		}
 		if via.play.Err != nil {
+			gomuxFailed = true
 			problems = append(problems, fmt.Sprintf("%s: %v\n%s", via.name, via.play.Err, via.play.Output))
+		}
+		for _, r := range via.results {
+			if r.Status == "unreachable" {
+				gomuxFailed = true
+				problems = append(problems, fmt.Sprintf("%s: task %q unreachable through gomux: %v", via.name, r.Task, r.Result))
+			}
 		}
 		if d := diffResults(direct.results, via.results); d != "" {
 			problems = append(problems, fmt.Sprintf("task results differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d))
@@ -153,23 +161,39 @@ func TestDifferential(t *testing.T) {
 		if d := diffLines(left, viaLeft); d != "" {
 			problems = append(problems, fmt.Sprintf("temp files left on the target differ, %s (-) vs %s (+):\n%s", direct.name, via.name, d))
 		}
-		return problems
+		return problems, gomuxFailed
 	}
+	comparePair := func(pipelining, label string) ([]string, bool) {
+		direct := runCorpus(nil, pipelining, label)
+		return compare(direct, runCorpus(g, pipelining, label), pipelining)
+	}
+	// GOMUX_REPEAT_RUNS repeats every pair (make soak); reruns are
+	// counted, so a soak shows whether any was needed.
+	reps, reruns := repeatRuns(1), 0
 	for _, pipelining := range []string{"False", "True"} {
-		// Stock Ansible itself is not deterministic everywhere (an async
-		// job polled as it finishes can report empty output and leave its
-		// poll's temp dir), so a pair that differs runs once more, and
-		// only a difference that comes back fails. Both attempts are in
-		// the log.
-		problems := comparePair(pipelining, 0)
-		if len(problems) > 0 {
-			t.Logf("pipelining=%s: the pair differed; running it again:\n%s", pipelining, strings.Join(problems, "\n"))
-			problems = comparePair(pipelining, 1)
-		}
-		for _, p := range problems {
-			t.Error(p)
+		for rep := range reps {
+			label := ""
+			if reps > 1 {
+				label = fmt.Sprintf("rep%d", rep+1)
+			}
+			// Stock Ansible itself is not deterministic everywhere (an
+			// async job polled as it finishes can report empty output and
+			// leave its poll's temp dir), so a pair whose results differ
+			// runs once more, and only a difference that comes back fails.
+			// A pair in which gomux's own run failed is never run again:
+			// that is a failure.
+			problems, gomuxFailed := comparePair(pipelining, label)
+			if len(problems) > 0 && !gomuxFailed {
+				reruns++
+				t.Logf("pipelining=%s %s: the pair differed; running it again:\n%s", pipelining, label, strings.Join(problems, "\n"))
+				problems, _ = comparePair(pipelining, label+"again")
+			}
+			for _, p := range problems {
+				t.Error(p)
+			}
 		}
 	}
+	t.Logf("%d pairs per pipelining mode, %d reruns", reps, reruns)
 }
 
 // slowest names the n slowest tasks, for the log.
