@@ -25,6 +25,8 @@ type Relay struct {
 	open map[net.Conn]struct{}
 	// sent and received count bytes towards and from the far side.
 	sent, received atomic.Int64
+	// hole, when set, swallows all traffic (SetBlackHole).
+	hole atomic.Bool
 }
 
 type listenResult struct {
@@ -146,6 +148,13 @@ func (r *Relay) serve() {
 
 func (r *Relay) relay(c net.Conn) {
 	defer c.Close()
+	if r.hole.Load() {
+		// Accepted, and then nothing: the far side never hears of it.
+		r.track(c, true)
+		defer r.track(c, false)
+		io.Copy(io.Discard, c)
+		return
+	}
 	up, err := net.DialTimeout("tcp", r.to, 10*time.Second)
 	if err != nil {
 		return
@@ -179,6 +188,9 @@ func (r *Relay) delayCopy(dst, src net.Conn, count *atomic.Int64) {
 		for c := range q {
 			if d := time.Until(c.due); d > 0 {
 				time.Sleep(d)
+			}
+			if r.hole.Load() {
+				continue
 			}
 			if c.eof {
 				if tc, ok := dst.(*net.TCPConn); ok {
