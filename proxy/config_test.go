@@ -112,4 +112,3 @@ func TestConfigFileWithoutTargetsIsAnError(t *testing.T) {
 		}
 	}
 }
-
