@@ -112,3 +112,15 @@ func TestConfigFileWithoutTargetsIsAnError(t *testing.T) {
 		}
 	}
 }
+
+// The shipped example documents every field; it must stay loadable.
+func TestConfigExampleLoads(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	c, err := LoadConfig(filepath.Join("..", "deploy", "gomux.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Targets) == 0 || c.Upstream.Credentials["legacy"].IdentityFiles == nil {
+		t.Errorf("example not read in full: %+v", c)
+	}
+}
