@@ -247,6 +247,10 @@ func LoadConfig(path string) (*Config, error) {
 	return &c, nil
 }
 
+// errNoTargets is why a config file must list its rules: on a shared
+// bastion no rule means no, never "every host".
+var errNoTargets = errors.New("required in a config file: list the rules saying who may reach which hosts (no rule means no)")
+
 var lineRE = regexp.MustCompile(`line (\d+): `)
 
 // nameFields rewrites yaml's "line N: cannot unmarshal ..." into

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -318,5 +317,3 @@ func splitHostPort(addr string) (string, int, error) {
 	}
 	return h, p, nil
 }
-
-var errNoTargets = errors.New("required in a config file: list the rules saying who may reach which hosts (no rule means no)")
