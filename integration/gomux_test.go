@@ -87,6 +87,13 @@ type gomuxOptions struct {
 	KnownHosts string
 	// AgentSock makes gomux log in to targets with this ssh-agent only.
 	AgentSock string
+	// IdentityFiles is the YAML list of upstream.identity_files; default
+	// the lab's client key.
+	IdentityFiles string
+	// HostsFile, when set, is what gomux (alone) sees as /etc/hosts: it
+	// runs in a private mount namespace with the file bound over it, so
+	// tests can give lab targets names without touching the machine.
+	HostsFile string
 }
 
 func freePort(t testing.TB) int {
@@ -123,11 +130,16 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 		for _, tg := range lab.Targets {
 			ips = append(ips, fmt.Sprintf("%q", tg.Addr))
 		}
-		targets = fmt.Sprintf("  - hosts: [%s]\n    mode: accelerate\n", strings.Join(ips, ", "))
+		// The second rule is for the local-forward test: a service on
+		// the target's loopback, reached inside an accelerated session.
+		targets = fmt.Sprintf("  - hosts: [%s]\n    mode: accelerate\n  - cidrs: [127.0.0.1/32]\n    ports: [18080]\n", strings.Join(ips, ", "))
 	}
-	identity := lab.ClientKey
+	identity := "[" + lab.ClientKey + "]"
 	if o.AgentSock != "" {
-		identity = ""
+		identity = "[]"
+	}
+	if o.IdentityFiles != "" {
+		identity = o.IdentityFiles
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 state_dir: %s
@@ -136,7 +148,7 @@ drain_timeout: 5s
 auth:
   authorized_keys: [%s]
 upstream:
-  identity_files: [%s]
+  identity_files: %s
   use_ssh_agent: %v
   known_hosts: [%s]
   keepalive_interval: 2s
@@ -149,6 +161,11 @@ targets:
 
 	g := &Gomux{t: t, Addr: fmt.Sprintf("127.0.0.1:%d", port), Port: port, Dir: dir, done: make(chan struct{})}
 	g.cmd = exec.Command(bin, "serve", "-config", cfgPath)
+	if o.HostsFile != "" {
+		// unshare and sh exec in place, so the PID is gomux's own.
+		g.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+			`mount --bind "$0" /etc/hosts && exec "$@"`, o.HostsFile, bin, "serve", "-config", cfgPath)
+	}
 	g.cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK="+o.AgentSock)
 	stderr, err := g.cmd.StderrPipe()
 	must(t, err)

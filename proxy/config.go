@@ -35,9 +35,10 @@ type Config struct {
 
 	Auth     AuthConfig     `yaml:"auth"`
 	Upstream UpstreamConfig `yaml:"upstream"`
-	// Targets are the access rules, first match wins; a target no rule
-	// matches is denied. Default: one rule accelerating every host, the
-	// personal-use case where the operator is the only user.
+	// Targets are the access rules, first match wins; a destination no
+	// rule matches is denied. Required in a config file. Without a config
+	// file: one rule accelerating every host on port 22, the personal-use
+	// case where the operator is the only user.
 	Targets []TargetRule `yaml:"targets"`
 }
 
@@ -94,21 +95,74 @@ type UpstreamConfig struct {
 	// AcceptEnv lists the env request names passed to commands, like sshd's
 	// AcceptEnv (* wildcards). Default LANG, LC_*.
 	AcceptEnv []string `yaml:"accept_env"`
+	// UserCA is a private key file. When set, gomux logs in to targets of
+	// the default credential with a short-lived user certificate it signs
+	// for each new connection: principal the remote user, key ID
+	// "gomux:<person>", so the target's sshd log names who acted. Targets
+	// trust it with TrustedUserCAKeys. Default none.
+	UserCA string `yaml:"user_ca"`
+	// UserCertValidity is how long such a certificate is valid (plus one
+	// minute of clock-skew slack before now). Default 5m.
+	UserCertValidity Duration `yaml:"user_cert_validity"`
+	// Credentials are named upstream credentials that target rules pick
+	// with `credential:`. The name "default" is reserved for the
+	// identity_files, use_ssh_agent and user_ca above. Default none.
+	Credentials map[string]Credential `yaml:"credentials"`
+	// AgentDial lets forwards opened inside an accelerated session (-L, -W,
+	// a nested -J) be dialled by the agent on the target. Default false:
+	// they go through the target sshd's own direct-tcpip, so its
+	// AllowTcpForwarding and PermitOpen still apply. A rule may override it.
+	AgentDial bool `yaml:"agent_dial"`
 }
 
-// TargetRule grants access to a set of hosts.
+// DefaultCredential names the credential made of upstream.identity_files,
+// upstream.use_ssh_agent and upstream.user_ca.
+const DefaultCredential = "default"
+
+// Credential is one way of logging in to targets. Which one a connection
+// uses is part of the pool's key, so targets never see a credential their
+// rule does not name.
+type Credential struct {
+	// IdentityFiles are private keys offered, in order. Default none.
+	IdentityFiles []string `yaml:"identity_files"`
+	// UseSSHAgent offers the keys of the ssh-agent at gomux's
+	// SSH_AUTH_SOCK after the files. Default false.
+	UseSSHAgent bool `yaml:"use_ssh_agent"`
+	// UserCA signs a per-person certificate offered before the keys, as
+	// upstream.user_ca does for the default credential. Default none.
+	UserCA string `yaml:"user_ca"`
+}
+
+// TargetRule grants (or denies) a set of destinations. Names are compared
+// lowercased and without a trailing dot; the address gomux dials is the one
+// it resolved when deciding.
 type TargetRule struct {
-	// Hosts are shell patterns (*, ?, [..]) matched against the host exactly
-	// as the client requested it. Required.
+	// Hosts are shell patterns (*, ?, [..]) matched against the normalized
+	// name (an IP literal in canonical form). At least one of hosts and
+	// cidrs is required; with both, both must match.
 	Hosts []string `yaml:"hosts"`
-	// Ports limits the ports. Default: any.
+	// CIDRs are networks (or single addresses) that must contain the
+	// address the name resolves to, so no alias or IP literal in a network
+	// escapes a rule about it. Loopback, link-local (169.254.169.254
+	// included) and unspecified addresses are reached only by a rule whose
+	// cidrs name them; "*" or 0.0.0.0/0 does not.
+	CIDRs []string `yaml:"cidrs"`
+	// Ports limits the ports. Default: 22 only.
 	Ports []int `yaml:"ports"`
-	// Users limits the front login names. Default: any authenticated user.
+	// Users limits the front login names (persons). Default: any
+	// authenticated user.
 	Users []string `yaml:"users"`
-	// RemoteUsers limits the user names on the target. Default: any.
+	// RemoteUsers limits the user names on the target (shell patterns).
+	// Default: any but root. Root is allowed only when listed literally.
 	RemoteUsers []string `yaml:"remote_users"`
 	// Mode is accelerate (default), splice or deny.
 	Mode Mode `yaml:"mode"`
+	// Credential names the upstream credential (upstream.credentials) used
+	// to log in to these targets. Default "default".
+	Credential string `yaml:"credential"`
+	// AgentDial overrides upstream.agent_dial for forwards inside
+	// accelerated sessions to these destinations.
+	AgentDial *bool `yaml:"agent_dial"`
 }
 
 // Mode is what the front does with a forwarding request.
@@ -162,6 +216,7 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // becomes a default.
 func LoadConfig(path string) (*Config, error) {
 	var c Config
+	personal := path == ""
 	if path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -173,6 +228,10 @@ func LoadConfig(path string) (*Config, error) {
 			return nil, fmt.Errorf("config %s: %w", path, nameFields(b, err))
 		}
 	}
+	// A file without targets (or with every rule commented out) is an
+	// error, reported after any other: the personal default is only for
+	// running with no file at all.
+	noTargets := c.Targets == nil && !personal
 	if err := c.applyDefaults(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -182,8 +241,15 @@ func LoadConfig(path string) (*Config, error) {
 		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	if noTargets {
+		return nil, fmt.Errorf("config %s: %w", path, &FieldError{"targets", errNoTargets})
+	}
 	return &c, nil
 }
+
+// errNoTargets is why a config file must list its rules: on a shared
+// bastion no rule means no, never "every host".
+var errNoTargets = errors.New("required in a config file: list the rules saying who may reach which hosts (no rule means no)")
 
 var lineRE = regexp.MustCompile(`line (\d+): `)
 
@@ -317,7 +383,11 @@ func (c *Config) applyDefaults() error {
 	if u.AcceptEnv == nil {
 		u.AcceptEnv = []string{"LANG", "LC_*"}
 	}
+	if u.UserCertValidity == 0 {
+		u.UserCertValidity = Duration(5 * time.Minute)
+	}
 	if c.Targets == nil {
+		// The personal default; LoadConfig refuses a file without targets.
 		c.Targets = []TargetRule{{Hosts: []string{"*"}}}
 	}
 	for i := range c.Targets {
@@ -330,6 +400,12 @@ func (c *Config) applyDefaults() error {
 	expandAll(c.Auth.UserCAKeys, home)
 	expandAll(u.IdentityFiles, home)
 	expandAll(u.KnownHosts, home)
+	u.UserCA = expandHome(u.UserCA, home)
+	for n, cr := range u.Credentials {
+		expandAll(cr.IdentityFiles, home)
+		cr.UserCA = expandHome(cr.UserCA, home)
+		u.Credentials[n] = cr
+	}
 	return nil
 }
 
@@ -358,16 +434,33 @@ func (c *Config) validate() error {
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}
 	}
+	for n, cr := range c.Upstream.Credentials {
+		f := "upstream.credentials." + n
+		if n == DefaultCredential || n == "" {
+			return &FieldError{f, fmt.Errorf("the name %q is reserved for upstream.identity_files", n)}
+		}
+		if len(cr.IdentityFiles) == 0 && !cr.UseSSHAgent && cr.UserCA == "" {
+			return &FieldError{f, errors.New("names no identity_files, use_ssh_agent or user_ca")}
+		}
+	}
+	if len(c.Targets) == 0 {
+		return &FieldError{"targets", errNoTargets}
+	}
 	for i, r := range c.Targets {
 		f := fmt.Sprintf("targets[%d]", i)
-		if len(r.Hosts) == 0 {
-			return &FieldError{f + ".hosts", errors.New("at least one host pattern is required")}
+		if len(r.Hosts) == 0 && len(r.CIDRs) == 0 {
+			return &FieldError{f + ".hosts", errors.New("at least one host pattern or cidrs network is required")}
 		}
 		for _, pats := range [][]string{r.Hosts, r.Users, r.RemoteUsers} {
 			for _, p := range pats {
 				if err := checkPattern(p); err != nil {
 					return &FieldError{f, err}
 				}
+			}
+		}
+		for _, n := range r.CIDRs {
+			if _, err := parseCIDR(n); err != nil {
+				return &FieldError{f + ".cidrs", err}
 			}
 		}
 		for _, p := range r.Ports {
@@ -379,6 +472,11 @@ func (c *Config) validate() error {
 		case ModeAccelerate, ModeSplice, ModeDeny:
 		default:
 			return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, deny", r.Mode)}
+		}
+		if r.Credential != "" && r.Credential != DefaultCredential {
+			if _, ok := c.Upstream.Credentials[r.Credential]; !ok {
+				return &FieldError{f + ".credential", fmt.Errorf("%q is not in upstream.credentials", r.Credential)}
+			}
 		}
 	}
 	for _, p := range c.Upstream.AcceptEnv {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,11 +70,17 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"upstream:\n  idle_timeout: 10\n", "invalid duration"},
 		{"upstream:\n  idle_timeout: soon\n", "invalid duration \"soon\""},
 		{"targets:\n  - hosts: []\n", "targets[0].hosts"},
+		{"targets:\n  - ports: [22]\n", "targets[0].hosts"},
+		{"targets:\n  - cidrs: [10.0.0.0/33]\n", "targets[0].cidrs"},
+		{"targets:\n  - cidrs: [db.example.com]\n", "targets[0].cidrs"},
+		{"targets:\n  - hosts: [a]\n    credential: ops\n", "targets[0].credential"},
+		{"upstream:\n  credentials:\n    default: {identity_files: [k]}\ntargets:\n  - hosts: [a]\n", "upstream.credentials.default"},
+		{"upstream:\n  credentials:\n    ops: {}\ntargets:\n  - hosts: [a]\n", "upstream.credentials.ops"},
 		{"targets:\n  - hosts: [a]\n    mode: fast\n", "targets[0].mode"},
 		{"targets:\n  - hosts: ['[']\n", "bad pattern"},
 		{"targets:\n  - hosts: [a]\n    ports: [0]\n", "targets[0].ports"},
-		{"log_level: loud\n", "log_level"},
-		{"listen: nohostport\n", "listen"},
+		{"log_level: loud\ntargets: [{hosts: [a]}]\n", "log_level"},
+		{"listen: nohostport\ntargets: [{hosts: [a]}]\n", "listen"},
 	} {
 		_, err := LoadConfig(writeConfig(t, tc.body))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -82,38 +89,38 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 }
 
-func TestConfigEmptyFileIsDefaults(t *testing.T) {
+func TestConfigMinimalFileIsDefaults(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
-	c, err := LoadConfig(writeConfig(t, ""))
+	c, err := LoadConfig(writeConfig(t, "targets:\n  - hosts: [web]\n"))
 	if err != nil || c.Listen != "127.0.0.1:2222" {
 		t.Fatalf("%v %+v", err, c)
 	}
+	if c.Upstream.UserCertValidity.D() != 5*time.Minute || c.Upstream.AgentDial {
+		t.Errorf("upstream defaults %+v", c.Upstream)
+	}
 }
 
-func TestPolicy(t *testing.T) {
-	p := NewPolicy([]TargetRule{
-		{Hosts: []string{"db*.example.com"}, Mode: ModeDeny},
-		{Hosts: []string{"*.example.com"}, Users: []string{"alice"}, RemoteUsers: []string{"deploy"}, Mode: ModeAccelerate},
-		{Hosts: []string{"10.0.0.*"}, Ports: []int{22}, Mode: ModeSplice},
-	})
-	for _, tc := range []struct {
-		user, host string
-		port       int
-		mode       Mode
-	}{
-		{"alice", "db1.example.com", 22, ModeDeny},
-		{"alice", "web.example.com", 22, ModeAccelerate},
-		{"bob", "web.example.com", 22, ModeDeny},
-		{"bob", "10.0.0.7", 22, ModeSplice},
-		{"bob", "10.0.0.7", 2222, ModeDeny},
-		{"bob", "elsewhere", 22, ModeDeny},
-	} {
-		if d := p.Decide(tc.user, tc.host, tc.port); d.Mode != tc.mode {
-			t.Errorf("%s→%s:%d = %s, want %s", tc.user, tc.host, tc.port, d.Mode, tc.mode)
+// A config file is a shared bastion's: leaving the rules out, or
+// commenting every one out, must not open every host.
+func TestConfigFileWithoutTargetsIsAnError(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	for _, body := range []string{"", "listen: 127.0.0.1:2022\n", "targets:\n#  - hosts: ['*']\n", "targets: []\n"} {
+		_, err := LoadConfig(writeConfig(t, body))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "targets" {
+			t.Errorf("%q: error %v, want a FieldError for targets", body, err)
 		}
 	}
-	d := p.Decide("alice", "web.example.com", 22)
-	if !d.AllowsRemoteUser("deploy") || d.AllowsRemoteUser("root") {
-		t.Errorf("remote user limits not applied: %+v", d)
+}
+
+// The shipped example documents every field; it must stay loadable.
+func TestConfigExampleLoads(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	c, err := LoadConfig(filepath.Join("..", "deploy", "gomux.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Targets) == 0 || c.Upstream.Credentials["legacy"].IdentityFiles == nil {
+		t.Errorf("example not read in full: %+v", c)
 	}
 }

@@ -20,7 +20,7 @@ import (
 type innerConn struct {
 	s         *Server
 	host      string // as the client requested it
-	addr      string // host:port dialled upstream
+	addr      string // normalized host:port, for messages
 	frontUser string
 	decision  Decision
 	log       zerolog.Logger
@@ -133,7 +133,10 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 			return ic.lease, nil
 		}
 	}
-	l, err := ic.s.pool.Acquire(ctx, ic.addr, ic.remoteUser)
+	d := ic.decision
+	l, err := ic.s.pool.Acquire(ctx, UpstreamTarget{
+		Host: d.HostPort(), Dial: d.DialAddr(), User: ic.remoteUser, Credential: d.Credential, Person: ic.frontUser,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -163,8 +166,19 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
 		return
 	}
-	dest := joinHostPort(p.Host, int(p.Port))
-	log := ic.log.With().Str("event", "forward").Str("dest", dest).Logger()
+	// The same decision as a front forward, for the same person: a -L, -W
+	// or nested -J inside an accelerated session reaches nothing the front
+	// would refuse. Names are resolved by gomux and the checked address is
+	// what is dialled.
+	d := ic.s.decide(ctx, ic.frontUser, p.Host, int(p.Port))
+	log := ic.log.With().Str("event", "forward").Str("dest", d.HostPort()).Logger()
+	logDecision(ic.log, "inner", p.Host, d)
+	if d.Mode == ModeDeny {
+		log.Warn().Str("result", "denied").Str("reason", d.Reason).Msg("forward not allowed by policy")
+		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", ic.frontUser, joinHostPort(p.Host, int(p.Port)), d.Reason))
+		return
+	}
+	dest := d.DialAddr()
 	start := time.Now()
 	l, a, err := ic.backend(ctx)
 	if err != nil {
@@ -174,15 +188,17 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, ic.s.cfg.Upstream.ConnectTimeout.D())
 	var conn net.Conn
-	if a != nil {
+	if d.AgentDial && a != nil {
 		conn, err = a.Dial(dctx, "tcp", dest)
 	} else {
+		// Through the target sshd's own direct-tcpip, so its
+		// AllowTcpForwarding and PermitOpen still apply.
 		conn, err = l.Client().DialContext(dctx, "tcp", dest)
 	}
 	cancel()
 	if err != nil {
 		log.Warn().Err(err).Msg("forward failed")
-		nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("gomux: connect to %s from %s: %v", dest, ic.host, err))
+		nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("gomux: connect to %s from %s: %v", d.HostPort(), ic.host, err))
 		return
 	}
 	ch, reqs, err := nc.Accept()

@@ -1,54 +1,283 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"path"
 	"strconv"
+	"strings"
 )
 
 // Decision is what policy says about one forwarding request, with the rule
-// that said it so logs can show why.
+// that said it and the address it resolved, so the caller dials exactly
+// what was checked and logs can show why.
 type Decision struct {
 	Mode Mode
 	// Rule is the index of the matching rule, -1 when none matched.
 	Rule int
-	// RemoteUsers limits the login names on the target; nil means any.
+	// Host is the normalized name: lowercased, without a trailing dot; an
+	// IP literal in its canonical form.
+	Host string
+	// Addr is the address Host resolved to, the only one the caller may
+	// dial. Invalid when resolution failed.
+	Addr netip.Addr
+	// Port is the requested port.
+	Port int
+	// RemoteUsers limits the login names on the target; nil means any
+	// except root.
 	RemoteUsers []string
+	// Credential names the upstream credential (DefaultCredential when the
+	// rule names none).
+	Credential string
+	// AgentDial lets a forward inside an accelerated session be dialled
+	// by the agent instead of the target's sshd.
+	AgentDial bool
+	// Reason says why a request was denied, for the log and the client.
+	Reason string
+}
+
+// DialAddr is the checked address and port, the only thing to dial.
+func (d Decision) DialAddr() string {
+	return netip.AddrPortFrom(d.Addr, uint16(d.Port)).String()
+}
+
+// HostPort is the normalized name with the port, as known_hosts looks it up.
+func (d Decision) HostPort() string { return joinHostPort(d.Host, d.Port) }
+
+// Resolver turns a host name into addresses; *net.Resolver is one. Tests
+// inject a fake so policy needs no DNS.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 // Policy decides who may reach what. It is immutable once built, so one
 // value is shared by every connection without locking.
 type Policy struct {
-	rules []TargetRule
+	rules     []compiledRule
+	resolver  Resolver
+	agentDial bool
 }
 
-// NewPolicy builds a policy from validated rules.
-func NewPolicy(rules []TargetRule) *Policy {
-	return &Policy{rules: append([]TargetRule(nil), rules...)}
+type compiledRule struct {
+	TargetRule
+	nets  []netip.Prefix
+	ports []int
 }
 
-// Decide applies the first rule matching the front user, host and port.
-// No match denies: a bastion must not reach what no rule names.
-func (p *Policy) Decide(frontUser, host string, port int) Decision {
-	for i, r := range p.rules {
-		if !matchAny(r.Hosts, host) {
-			continue
+// specialBlocks are the networks no rule reaches unless its cidrs name
+// them: the bastion's or target's own loopback, link-local (cloud metadata
+// at 169.254.169.254 included) and the unspecified address, which dials
+// loopback.
+var specialBlocks = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("224.0.0.0/24"),
+	netip.MustParsePrefix("ff00::/8"),
+}
+
+// NewPolicy builds a policy from validated rules. agentDial is the
+// upstream.agent_dial default for rules that do not set their own.
+func NewPolicy(rules []TargetRule, resolver Resolver, agentDial bool) (*Policy, error) {
+	p := &Policy{resolver: resolver, agentDial: agentDial}
+	for i, r := range rules {
+		cr := compiledRule{TargetRule: r, ports: r.Ports}
+		cr.Hosts = nil
+		for _, h := range r.Hosts {
+			cr.Hosts = append(cr.Hosts, strings.TrimSuffix(strings.ToLower(h), "."))
 		}
-		if len(r.Ports) > 0 && !containsInt(r.Ports, port) {
-			continue
+		if len(cr.ports) == 0 {
+			cr.ports = []int{22}
 		}
-		if len(r.Users) > 0 && !matchAny(r.Users, frontUser) {
-			continue
+		for _, c := range r.CIDRs {
+			n, err := parseCIDR(c)
+			if err != nil {
+				return nil, &FieldError{fmt.Sprintf("targets[%d].cidrs", i), err}
+			}
+			cr.nets = append(cr.nets, n)
 		}
-		return Decision{Mode: r.Mode, Rule: i, RemoteUsers: r.RemoteUsers}
+		p.rules = append(p.rules, cr)
 	}
-	return Decision{Mode: ModeDeny, Rule: -1}
+	return p, nil
+}
+
+// parseCIDR accepts a network or a single address (a /32 or /128).
+func parseCIDR(s string) (netip.Prefix, error) {
+	if n, err := netip.ParsePrefix(s); err == nil {
+		if n.Addr().Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+		}
+		return netip.PrefixFrom(n.Addr().Unmap(), unmappedBits(n)).Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is not a network (e.g. 10.0.0.0/8) or an address", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func unmappedBits(n netip.Prefix) int {
+	if n.Addr().Is4In6() {
+		return max(n.Bits()-96, 0)
+	}
+	return n.Bits()
+}
+
+// NormalizeHost lowercases a requested host and drops one trailing dot;
+// an IP literal (brackets allowed) becomes its canonical form, IPv4-mapped
+// IPv6 as IPv4. It fails on names no resolver would accept, so odd spellings
+// cannot slip past a rule.
+func NormalizeHost(host string) (string, netip.Addr, error) {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		if a.Zone() != "" {
+			return "", netip.Addr{}, fmt.Errorf("host %q: zoned addresses are not allowed", host)
+		}
+		a = a.Unmap()
+		return a.String(), a, nil
+	}
+	if h == "" || len(h) > 253 {
+		return "", netip.Addr{}, fmt.Errorf("host %q is not a host name", host)
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return "", netip.Addr{}, fmt.Errorf("host %q is not a host name", host)
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return "", netip.Addr{}, fmt.Errorf("host %q is not a host name", host)
+			}
+		}
+	}
+	return h, netip.Addr{}, nil
+}
+
+// Decide is the one function every forwarding request goes through: from
+// the front and from inside an accelerated session. It normalizes host,
+// resolves it once, and applies the first rule matching the person, name,
+// address and port. No match denies: a bastion must not reach what no rule
+// names.
+func (p *Policy) Decide(ctx context.Context, person, host string, port int) Decision {
+	deny := Decision{Mode: ModeDeny, Rule: -1, Host: host, Port: port}
+	if port < 1 || port > 65535 {
+		deny.Reason = fmt.Sprintf("port %d is not a TCP port", port)
+		return deny
+	}
+	name, addr, err := NormalizeHost(host)
+	if err != nil {
+		deny.Reason = err.Error()
+		return deny
+	}
+	deny.Host = name
+	if !addr.IsValid() {
+		addrs, err := p.resolver.LookupNetIP(ctx, "ip", name)
+		if err != nil {
+			deny.Reason = fmt.Sprintf("cannot resolve %s: %v", name, err)
+			return deny
+		}
+		if len(addrs) == 0 {
+			deny.Reason = fmt.Sprintf("cannot resolve %s: no addresses", name)
+			return deny
+		}
+		// The first address is the one dialled; only it is checked.
+		addr = addrs[0].Unmap()
+		if addr.Zone() != "" {
+			deny.Reason = fmt.Sprintf("%s resolves to a zoned address %s", name, addr)
+			return deny
+		}
+	}
+	deny.Addr = addr
+	special := isSpecial(addr)
+	for i, r := range p.rules {
+		if len(r.Users) > 0 && !matchAny(r.Users, person) {
+			continue
+		}
+		if len(r.Hosts) > 0 && !matchAny(r.Hosts, name) {
+			continue
+		}
+		if len(r.nets) > 0 && !containsAddr(r.nets, addr) {
+			continue
+		}
+		if !containsInt(r.ports, port) {
+			continue
+		}
+		if r.Mode != ModeDeny && special && !namesSpecial(r.nets, addr) {
+			// Loopback, link-local and unspecified are reached only by a
+			// rule that names them in cidrs; a "*" does not.
+			continue
+		}
+		d := Decision{Mode: r.Mode, Rule: i, Host: name, Addr: addr, Port: port,
+			RemoteUsers: r.RemoteUsers, Credential: r.Credential, AgentDial: p.agentDial}
+		if d.Credential == "" {
+			d.Credential = DefaultCredential
+		}
+		if r.AgentDial != nil {
+			d.AgentDial = *r.AgentDial
+		}
+		if d.Mode == ModeDeny {
+			d.Reason = fmt.Sprintf("denied by targets[%d]", i)
+		}
+		return d
+	}
+	deny.Reason = "no rule allows it"
+	if special {
+		deny.Reason = "no rule names this loopback, link-local or unspecified address in cidrs"
+	}
+	return deny
+}
+
+// isSpecial reports an address only an explicit cidrs entry may reach.
+func isSpecial(a netip.Addr) bool {
+	return containsAddr(specialBlocks, a) || a.IsLoopback() || a.IsLinkLocalUnicast() ||
+		a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() || a.IsUnspecified()
+}
+
+// namesSpecial reports whether a network in nets holding a lies wholly in
+// a special block: 127.0.0.0/8 names loopback, 0.0.0.0/0 does not.
+func namesSpecial(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if !n.Contains(a) {
+			continue
+		}
+		for _, b := range specialBlocks {
+			if b.Bits() <= n.Bits() && b.Contains(n.Addr()) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func containsAddr(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // AllowsRemoteUser says whether the decision lets the client log in to the
-// target as user.
+// target as user. Root is allowed only where the rule lists "root"
+// literally: no pattern reaches it.
 func (d Decision) AllowsRemoteUser(user string) bool {
+	if user == "root" {
+		for _, u := range d.RemoteUsers {
+			if u == "root" {
+				return true
+			}
+		}
+		return false
+	}
 	return len(d.RemoteUsers) == 0 || matchAny(d.RemoteUsers, user)
 }
 

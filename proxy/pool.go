@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
-	"errors"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
@@ -35,7 +37,7 @@ type Pool struct {
 	cfg    UpstreamConfig
 	agents map[string]dist.Binary
 	keys   *hostKeys
-	signer []gossh.Signer
+	creds  map[string]*credential
 	log    zerolog.Logger
 
 	ctx    context.Context
@@ -47,24 +49,84 @@ type Pool struct {
 	hosts map[poolKey]*shim.Host // outlive connections: virtual state is the target's
 }
 
+// poolKey names one pooled connection. host is the name known_hosts is
+// asked about, dial the address policy checked; person is set only for a
+// credential that signs per-person certificates.
 type poolKey struct {
-	addr, user, cred string
+	host, dial, user, cred, person string
 }
 
-// NewPool loads the upstream credentials. Passphrase-protected identity
-// files cannot be used unattended and are reported, not skipped silently.
+// UpstreamTarget is what an upstream connection is for: where, as whom,
+// with which credential, on whose behalf.
+type UpstreamTarget struct {
+	// Host is name:port as the rule matched it, for known_hosts.
+	Host string
+	// Dial is ip:port, the address policy resolved and checked.
+	Dial string
+	// User is the remote login name.
+	User string
+	// Credential names the credential ("" means DefaultCredential).
+	Credential string
+	// Person is the front user acting, named in user certificates.
+	Person string
+}
+
+// credential is one loaded upstream credential.
+type credential struct {
+	name     string
+	signers  []gossh.Signer
+	useAgent bool
+	ca       gossh.Signer // signs per-person user certificates; nil if none
+}
+
+// loadCredential reads a credential's keys. Passphrase-protected files
+// cannot be used unattended and are reported, not skipped silently.
+func loadCredential(field, name string, files []string, useAgent bool, caFile string) (*credential, error) {
+	c := &credential{name: name, useAgent: useAgent}
+	for _, f := range files {
+		s, err := readSigner(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s.identity_files: %w", field, err)
+		}
+		c.signers = append(c.signers, s)
+	}
+	if caFile != "" {
+		s, err := readSigner(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s.user_ca: %w", field, err)
+		}
+		c.ca = s
+	}
+	return c, nil
+}
+
+func readSigner(f string) (gossh.Signer, error) {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, err
+	}
+	s, err := gossh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f, err)
+	}
+	return s, nil
+}
+
+// NewPool loads the upstream credentials.
 func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
-	var signers []gossh.Signer
-	for _, f := range cfg.Upstream.IdentityFiles {
-		b, err := os.ReadFile(f)
+	u := cfg.Upstream
+	useAgent := u.UseSSHAgent != nil && *u.UseSSHAgent
+	def, err := loadCredential("upstream", DefaultCredential, u.IdentityFiles, useAgent, u.UserCA)
+	if err != nil {
+		return nil, err
+	}
+	creds := map[string]*credential{DefaultCredential: def}
+	for n, c := range u.Credentials {
+		lc, err := loadCredential("upstream.credentials."+n, n, c.IdentityFiles, c.UseSSHAgent, c.UserCA)
 		if err != nil {
-			return nil, fmt.Errorf("upstream.identity_files: %w", err)
+			return nil, err
 		}
-		s, err := gossh.ParsePrivateKey(b)
-		if err != nil {
-			return nil, fmt.Errorf("upstream.identity_files: %s: %w", f, err)
-		}
-		signers = append(signers, s)
+		creds[n] = lc
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Pool{
@@ -75,7 +137,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 			tofuFile: cfg.StateDir + "/known_hosts",
 			tofu:     cfg.Upstream.TrustOnFirstUse,
 		},
-		signer: signers,
+		creds:  creds,
 		log:    log,
 		ctx:    ctx,
 		cancel: cancel,
@@ -103,10 +165,22 @@ func (p *Pool) Len() int {
 	return len(p.conns)
 }
 
-// Acquire returns a lease on the connection for (addr, user), dialling it if
-// there is none. Concurrent callers for one key share a single dial.
-func (p *Pool) Acquire(ctx context.Context, addr, user string) (*Lease, error) {
-	key := poolKey{addr: addr, user: user, cred: "default"}
+// Acquire returns a lease on the connection for t, dialling it if there is
+// none. Concurrent callers for one key share a single dial. Connections are
+// shared per (target, remote user, credential), and per person too when the
+// credential signs certificates naming the person.
+func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
+	if t.Credential == "" {
+		t.Credential = DefaultCredential
+	}
+	cred, ok := p.creds[t.Credential]
+	if !ok {
+		return nil, fmt.Errorf("no upstream credential %q", t.Credential)
+	}
+	key := poolKey{host: t.Host, dial: t.Dial, user: t.User, cred: t.Credential}
+	if cred.ca != nil {
+		key.person = t.Person
+	}
 	for {
 		p.mu.Lock()
 		u, ok := p.conns[key]
@@ -174,7 +248,7 @@ func (p *Pool) release(u *upstream) {
 			delete(p.conns, u.key)
 		}
 		p.mu.Unlock()
-		p.log.Info().Str("event", "upstream_idle_close").Str("target", u.key.addr).Str("remote_user", u.key.user).Msg("upstream idle, closing")
+		u.logger().Info().Str("event", "upstream_idle_close").Msg("upstream idle, closing")
 		u.closeConn()
 	})
 	u.idle = timer
@@ -275,7 +349,11 @@ func (u *upstream) stopIdleLocked() {
 }
 
 func (u *upstream) logger() *zerolog.Logger {
-	l := u.pool.log.With().Str("target", u.key.addr).Str("remote_user", u.key.user).Logger()
+	lc := u.pool.log.With().Str("target", u.key.host).Str("addr", u.key.dial).Str("remote_user", u.key.user).Str("credential", u.key.cred)
+	if u.key.person != "" {
+		lc = lc.Str("person", u.key.person)
+	}
+	l := lc.Logger()
 	return &l
 }
 
@@ -396,19 +474,22 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, error) {
 	timeout := p.cfg.ConnectTimeout.D()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cb, algos, err := p.keys.clientSettings(key.addr)
+	// Host keys are looked up by the name the rule matched; the TCP
+	// connection goes to the address policy resolved and checked, with no
+	// second lookup.
+	cb, algos, err := p.keys.clientSettings(key.host)
 	if err != nil {
 		return nil, err
 	}
-	auth, closeAgent, err := p.authMethods()
+	auth, closeAgent, err := p.authMethods(key)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAgent()
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", key.addr)
+	nc, err := d.DialContext(ctx, "tcp", key.dial)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", key.addr, err)
+		return nil, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
 	}
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
@@ -423,21 +504,31 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, error) {
 		ClientVersion:     "SSH-2.0-gomux",
 		Timeout:           timeout,
 	}
-	conn, chans, reqs, err := gossh.NewClientConn(nc, key.addr, cfg)
+	conn, chans, reqs, err := gossh.NewClientConn(nc, key.host, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("ssh to %s as %s: %w", key.addr, key.user, err)
+		return nil, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
 	}
 	nc.SetDeadline(time.Time{})
 	return gossh.NewClient(conn, chans, reqs), nil
 }
 
-// authMethods offers the identity files, then the ssh-agent's keys. The
+// authMethods offers, for key's credential: a fresh user certificate when
+// it has a CA, then the identity files, then the ssh-agent's keys. The
 // agent socket is dialled per connection so a restarted agent is picked up.
-func (p *Pool) authMethods() ([]gossh.AuthMethod, func(), error) {
-	signers := append([]gossh.Signer(nil), p.signer...)
+func (p *Pool) authMethods(key poolKey) ([]gossh.AuthMethod, func(), error) {
+	cred := p.creds[key.cred]
+	var signers []gossh.Signer
+	if cred.ca != nil {
+		s, err := signUserCert(cred.ca, key.person, key.user, p.cfg.UserCertValidity.D())
+		if err != nil {
+			return nil, nil, err
+		}
+		signers = append(signers, s)
+	}
+	signers = append(signers, cred.signers...)
 	closer := func() {}
-	if *p.cfg.UseSSHAgent {
+	if cred.useAgent {
 		if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
 			c, err := net.Dial("unix", sock)
 			if err == nil {
@@ -450,9 +541,50 @@ func (p *Pool) authMethods() ([]gossh.AuthMethod, func(), error) {
 	}
 	if len(signers) == 0 {
 		closer()
-		return nil, nil, errors.New("no upstream credentials: set upstream.identity_files or run an ssh-agent")
+		return nil, nil, fmt.Errorf("no upstream credentials in %q: set identity_files, user_ca or run an ssh-agent", key.cred)
 	}
 	return []gossh.AuthMethod{gossh.PublicKeys(signers...)}, closer, nil
+}
+
+// signUserCert makes a throwaway key and a certificate for it, valid for
+// one login as user on behalf of person: the target's sshd logs the key ID,
+// so its log names who acted. Each new connection gets a fresh one;
+// connections already up keep theirs.
+func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) (gossh.Signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("user certificate key: %w", err)
+	}
+	s, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("user certificate key: %w", err)
+	}
+	var serial [8]byte
+	if _, err := rand.Read(serial[:]); err != nil {
+		return nil, fmt.Errorf("user certificate serial: %w", err)
+	}
+	now := time.Now()
+	cert := &gossh.Certificate{
+		Key:             s.PublicKey(),
+		Serial:          binary.BigEndian.Uint64(serial[:]),
+		CertType:        gossh.UserCert,
+		KeyId:           "gomux:" + person,
+		ValidPrincipals: []string{user},
+		ValidAfter:      uint64(now.Add(-time.Minute).Unix()),
+		ValidBefore:     uint64(now.Add(validity).Unix()),
+		Permissions: gossh.Permissions{Extensions: map[string]string{
+			"permit-pty":             "",
+			"permit-port-forwarding": "",
+		}},
+	}
+	if err := cert.SignCert(rand.Reader, ca); err != nil {
+		return nil, fmt.Errorf("sign user certificate for %s as %s: %w", person, user, err)
+	}
+	cs, err := gossh.NewCertSigner(cert, s)
+	if err != nil {
+		return nil, fmt.Errorf("user certificate signer: %w", err)
+	}
+	return cs, nil
 }
 
 // portString keeps address formatting in one place.

@@ -187,7 +187,7 @@ func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleM
 // openIdle acquires the session for user, starts its agent and releases
 // the lease, leaving the session as the pool keeps it between tasks.
 func openIdle(ctx context.Context, pool *Pool, addr, user string) error {
-	l, err := pool.Acquire(ctx, addr, user)
+	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: user})
 	if err != nil {
 		return fmt.Errorf("acquire %s: %w", user, err)
 	}

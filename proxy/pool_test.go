@@ -24,7 +24,7 @@ func TestPoolIdleCloseNeverTakesALease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for i := range 300 {
-		l, err := pool.Acquire(ctx, addr, "racer")
+		l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "racer"})
 		if err != nil {
 			t.Fatalf("acquire %d: %v", i, err)
 		}

@@ -45,7 +45,11 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: NewPolicy(cfg.Targets), pool: pool}
+	policy, err := NewPolicy(cfg.Targets, net.DefaultResolver, cfg.Upstream.AgentDial)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: policy, pool: pool}
 	frontSigners := []glider.Signer{ca.HostSigner()}
 	if cs, err := ca.SignerFor(frontName()); err == nil {
 		frontSigners = append(frontSigners, cs)
@@ -113,15 +117,16 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
 		return
 	}
-	addr := joinHostPort(p.Host, int(p.Port))
-	d := s.policy.Decide(conn.User(), p.Host, int(p.Port))
+	d := s.decide(ctx, conn.User(), p.Host, int(p.Port))
 	log := s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
-		Str("target", addr).Str("mode", string(d.Mode)).Int("rule", d.Rule).Logger()
+		Str("target", d.HostPort()).Logger()
+	logDecision(log, "front", p.Host, d)
+	addr := d.DialAddr()
 	start := time.Now()
 	switch d.Mode {
 	case ModeDeny:
-		log.Warn().Str("event", "forward").Str("result", "denied").Msg("target not allowed by policy")
-		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s", conn.User(), addr))
+		log.Warn().Str("event", "forward").Str("result", "denied").Str("reason", d.Reason).Msg("target not allowed by policy")
+		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", conn.User(), joinHostPort(p.Host, int(p.Port)), d.Reason))
 	case ModeSplice:
 		var dialer net.Dialer
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
@@ -149,10 +154,34 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		}
 		go gossh.DiscardRequests(reqs)
 		log.Info().Str("event", "forward").Str("result", "accelerated").Msg("inner session starting")
-		ic := &innerConn{s: s, host: p.Host, addr: addr, frontUser: conn.User(), decision: d, log: log}
+		ic := &innerConn{s: s, host: p.Host, addr: d.HostPort(), frontUser: conn.User(), decision: d, log: log}
 		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
 		log.Info().Str("event", "forward_closed").Dur("duration", time.Since(start)).Msg("inner session ended")
 	}
+}
+
+// decide asks policy about one forwarding request, bounding the name
+// lookup by the connect timeout so a slow resolver cannot hold a channel.
+func (s *Server) decide(ctx context.Context, person, host string, port int) Decision {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
+	defer cancel()
+	return s.policy.Decide(ctx, person, host, port)
+}
+
+// logDecision records one policy decision: who, what was asked, what it
+// normalized and resolved to, which rule decided and how.
+func logDecision(log zerolog.Logger, via, requested string, d Decision) {
+	ev := log.Info()
+	if d.Mode == ModeDeny {
+		ev = log.Warn().Str("reason", d.Reason)
+	}
+	addr := ""
+	if d.Addr.IsValid() {
+		addr = d.Addr.String()
+	}
+	ev.Str("event", "policy_decision").Str("via", via).Str("requested", requested).Str("host", d.Host).
+		Str("addr", addr).Int("port", d.Port).Int("rule", d.Rule).Str("mode", string(d.Mode)).
+		Str("credential", d.Credential).Bool("agent_dial", d.AgentDial).Msg("forwarding decision")
 }
 
 // Serve accepts clients on ln until Shutdown.

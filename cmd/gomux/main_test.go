@@ -13,6 +13,8 @@ func TestRunUsageAndConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("upstream:\n  idle_timeout: forever\n"), 0o600)
+	noTargets := filepath.Join(dir, "no-targets.yaml")
+	os.WriteFile(noTargets, []byte("listen: 127.0.0.1:2022\ntargets:\n#  - hosts: ['*']\n"), 0o600)
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -22,6 +24,7 @@ func TestRunUsageAndConfigErrors(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "unknown command"},
 		{[]string{"serve", "-config", bad}, 2, "invalid duration"},
 		{[]string{"serve", "-config", filepath.Join(dir, "missing.yaml")}, 2, "no such file"},
+		{[]string{"serve", "-config", noTargets}, 2, "targets: required"},
 		{[]string{"serve", "extra"}, 2, "unexpected argument"},
 		{[]string{"version"}, 0, "gomux"},
 	} {

@@ -39,6 +39,11 @@ type Options struct {
 	// (Lab.PasswordUser, Lab.Password), so tests cover Ansible's
 	// become-with-password path, where stdin carries the password first.
 	PasswordSudoUser bool
+	// SSHDConfig, when set, returns lines placed at the top of target i's
+	// sshd_config, where they win over the harness's own (sshd keeps the
+	// first value of a keyword): e.g. "AllowTcpForwarding no" or
+	// "TrustedUserCAKeys FILE".
+	SSHDConfig func(i int) string
 }
 
 // Lab is a set of targets sharing one bridge, one login user and one
@@ -131,7 +136,11 @@ func Start(tb testing.TB, opt Options) *Lab {
 		tb.Fatal(err)
 	}
 	for i := range opt.Targets {
-		l.Targets = append(l.Targets, l.startTarget(tb, i, fmt.Sprintf("%s.%d", subnet, i+2), opt.RTT))
+		extra := ""
+		if opt.SSHDConfig != nil {
+			extra = opt.SSHDConfig(i)
+		}
+		l.Targets = append(l.Targets, l.startTarget(tb, i, fmt.Sprintf("%s.%d", subnet, i+2), opt.RTT, extra))
 	}
 	if opt.CPUAccounting {
 		l.startCPUAccounting(tb)
@@ -303,7 +312,7 @@ func (l *Lab) createKey(tb testing.TB) {
 	}
 }
 
-func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration) *Target {
+func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration, extra string) *Target {
 	t := &Target{Name: fmt.Sprintf("gmx-%s-%d", l.token, i), Addr: addr, Port: 22, SSHDPort: 2222}
 	run(tb, "ip", "netns", "add", t.Name)
 	tb.Cleanup(func() { exec.Command("ip", "netns", "del", t.Name).Run() })
@@ -316,7 +325,7 @@ func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration) 
 	run(tb, "ip", "netns", "exec", t.Name, "ip", "link", "set", peer, "up")
 	run(tb, "ip", "netns", "exec", t.Name, "ip", "link", "set", "lo", "up")
 
-	hk, cmd, logPath := l.sshd(tb, t.Name, net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort)), []string{"ip", "netns", "exec", t.Name})
+	hk, cmd, logPath := l.sshd(tb, t.Name, net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort)), []string{"ip", "netns", "exec", t.Name}, extra)
 	t.HostKey, t.sshd, t.sshdLog = hk, cmd, logPath
 	sshdAddr := net.JoinHostPort(addr, strconv.Itoa(t.SSHDPort))
 	relay, err := startRelay(t.Name, net.JoinHostPort(addr, "22"), sshdAddr, rtt)
@@ -330,7 +339,7 @@ func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration) 
 
 // sshd starts an sshd listening on listen, wrapped by prefix (e.g. ip
 // netns exec), and waits until it accepts connections.
-func (l *Lab) sshd(tb testing.TB, name, listen string, prefix []string) (gossh.PublicKey, *exec.Cmd, string) {
+func (l *Lab) sshd(tb testing.TB, name, listen string, prefix []string, extra string) (gossh.PublicKey, *exec.Cmd, string) {
 	tdir := filepath.Join(l.Dir, name)
 	if err := os.MkdirAll(tdir, 0o755); err != nil {
 		tb.Fatal(err)
@@ -340,7 +349,10 @@ func (l *Lab) sshd(tb testing.TB, name, listen string, prefix []string) (gossh.P
 	cfg := filepath.Join(tdir, "sshd_config")
 	logPath := filepath.Join(tdir, "sshd.log")
 	host, port, _ := net.SplitHostPort(listen)
-	conf := fmt.Sprintf(`Port %s
+	if extra != "" && !strings.HasSuffix(extra, "\n") {
+		extra += "\n"
+	}
+	conf := extra + fmt.Sprintf(`Port %s
 ListenAddress %s
 HostKey %s
 PidFile none
@@ -408,7 +420,7 @@ func (l *Lab) StartJumpHost(tb testing.TB) *JumpHost {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	hk, _, _ := l.sshd(tb, "jump", addr, nil)
+	hk, _, _ := l.sshd(tb, "jump", addr, nil, "")
 	return &JumpHost{Addr: addr, HostKey: hk}
 }
 

@@ -1,0 +1,249 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// fakeResolver answers from a table, so policy tests need no DNS.
+type fakeResolver map[string][]string
+
+func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	addrs, ok := f[host]
+	if !ok {
+		return nil, fmt.Errorf("no such host %s", host)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out, nil
+}
+
+var lab = fakeResolver{
+	"db1.example.com":     {"10.1.0.5"},
+	"web.example.com":     {"10.2.0.7"},
+	"alias.example.com":   {"10.1.0.9"}, // a name for a host in the denied network
+	"metadata.example":    {"169.254.169.254"},
+	"localhost":           {"127.0.0.1", "::1"},
+	"v6only.example.com":  {"fe80::1"},
+	"mapped.example.com":  {"::ffff:10.1.0.6"},
+	"elsewhere.example":   {"192.0.2.1"},
+	"loopy.example.com":   {"127.0.0.2"},
+	"bastion.example.com": {"10.9.0.1"},
+}
+
+func mustPolicy(t *testing.T, rules []TargetRule, agentDial bool) *Policy {
+	t.Helper()
+	for i := range rules {
+		if rules[i].Mode == "" {
+			rules[i].Mode = ModeAccelerate
+		}
+	}
+	p, err := NewPolicy(rules, lab, agentDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPolicyTable(t *testing.T) {
+	yes := true
+	p := mustPolicy(t, []TargetRule{
+		/*0*/ {Hosts: []string{"DB*.Example.com."}, Mode: ModeDeny},
+		/*1*/ {CIDRs: []string{"10.1.0.0/16"}, Mode: ModeDeny},
+		/*2*/ {Hosts: []string{"*.example.com"}, Users: []string{"alice"}, RemoteUsers: []string{"deploy"}},
+		/*3*/ {Hosts: []string{"10.3.0.*"}, Mode: ModeSplice},
+		/*4*/ {Hosts: []string{"web.example.com"}, CIDRs: []string{"10.2.0.0/24"}, Ports: []int{22, 8080}, Credential: "ops", AgentDial: &yes},
+		/*5*/ {CIDRs: []string{"127.0.0.1"}, Ports: []int{18080}},
+		/*6*/ {Hosts: []string{"*"}, Ports: []int{22, 80, 2222}},
+	}, false)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		user, host string
+		port       int
+		mode       Mode
+		rule       int
+		addr       string
+	}{
+		{"alice", "db1.example.com", 22, ModeDeny, 0, "10.1.0.5"},
+		{"alice", "DB1.EXAMPLE.COM", 22, ModeDeny, 0, "10.1.0.5"},
+		{"alice", "db1.example.com.", 22, ModeDeny, 0, "10.1.0.5"},
+		// A cidrs-only deny holds for an alias, an IP literal and an
+		// IPv4-mapped spelling of an address in its network.
+		{"alice", "alias.example.com", 22, ModeDeny, 1, "10.1.0.9"},
+		{"alice", "10.1.0.9", 22, ModeDeny, 1, "10.1.0.9"},
+		{"alice", "::ffff:10.1.0.9", 22, ModeDeny, 1, "10.1.0.9"},
+		{"alice", "[::ffff:10.1.0.9]", 22, ModeDeny, 1, "10.1.0.9"},
+		{"alice", "mapped.example.com", 22, ModeDeny, 1, "10.1.0.6"},
+		{"alice", "web.example.com", 22, ModeAccelerate, 2, "10.2.0.7"},
+		{"bob", "web.example.com", 22, ModeAccelerate, 4, "10.2.0.7"},
+		{"bob", "WEB.example.com.", 8080, ModeAccelerate, 4, "10.2.0.7"},
+		{"bob", "web.example.com", 8081, ModeDeny, -1, "10.2.0.7"},
+		{"bob", "10.3.0.7", 22, ModeSplice, 3, "10.3.0.7"},
+		// A rule without ports means port 22 only.
+		{"bob", "10.3.0.7", 2222, ModeAccelerate, 6, "10.3.0.7"},
+		{"bob", "10.3.0.7", 3306, ModeDeny, -1, "10.3.0.7"},
+		{"bob", "elsewhere.example", 22, ModeAccelerate, 6, "192.0.2.1"},
+		// "*" does not reach loopback, link-local or unspecified.
+		{"bob", "127.0.0.1", 22, ModeDeny, -1, "127.0.0.1"},
+		{"bob", "localhost", 22, ModeDeny, -1, "127.0.0.1"},
+		{"bob", "LOCALHOST.", 2222, ModeDeny, -1, "127.0.0.1"},
+		{"bob", "loopy.example.com", 22, ModeDeny, -1, "127.0.0.2"},
+		{"bob", "::1", 22, ModeDeny, -1, "::1"},
+		{"bob", "::ffff:127.0.0.1", 22, ModeDeny, -1, "127.0.0.1"},
+		{"bob", "0.0.0.0", 22, ModeDeny, -1, "0.0.0.0"},
+		{"bob", "::", 22, ModeDeny, -1, "::"},
+		{"bob", "169.254.169.254", 80, ModeDeny, -1, "169.254.169.254"},
+		{"bob", "metadata.example", 80, ModeDeny, -1, "169.254.169.254"},
+		{"bob", "v6only.example.com", 22, ModeDeny, -1, "fe80::1"},
+		// ...unless a rule names it in cidrs.
+		{"bob", "localhost", 18080, ModeAccelerate, 5, "127.0.0.1"},
+		{"bob", "127.0.0.1", 18080, ModeAccelerate, 5, "127.0.0.1"},
+		// Unresolvable and malformed names are denied.
+		{"bob", "nowhere.example", 22, ModeDeny, -1, ""},
+		{"bob", "a..b", 22, ModeDeny, -1, ""},
+		{"bob", "evil host", 22, ModeDeny, -1, ""},
+		{"bob", "fe80::1%eth0", 22, ModeDeny, -1, ""},
+		{"bob", "elsewhere.example", 0, ModeDeny, -1, ""},
+	} {
+		d := p.Decide(ctx, tc.user, tc.host, tc.port)
+		got := ""
+		if d.Addr.IsValid() {
+			got = d.Addr.String()
+		}
+		if d.Mode != tc.mode || d.Rule != tc.rule || got != tc.addr {
+			t.Errorf("%s→%s:%d = %s rule %d addr %q (%s), want %s rule %d addr %q",
+				tc.user, tc.host, tc.port, d.Mode, d.Rule, got, d.Reason, tc.mode, tc.rule, tc.addr)
+		}
+		if d.Mode == ModeDeny && d.Reason == "" {
+			t.Errorf("%s: denied without a reason", tc.host)
+		}
+	}
+	d := p.Decide(ctx, "bob", "WEB.Example.COM.", 22)
+	if d.Host != "web.example.com" || d.DialAddr() != "10.2.0.7:22" || d.HostPort() != "web.example.com:22" {
+		t.Errorf("normalized %q dial %q hostport %q", d.Host, d.DialAddr(), d.HostPort())
+	}
+	if d.Credential != "ops" || !d.AgentDial {
+		t.Errorf("rule credential/agent_dial not carried: %+v", d)
+	}
+	if d := p.Decide(ctx, "bob", "elsewhere.example", 22); d.Credential != DefaultCredential || d.AgentDial {
+		t.Errorf("defaults not applied: %+v", d)
+	}
+}
+
+func TestPolicyResolvesOnceAndDialsThatAddress(t *testing.T) {
+	calls := 0
+	r := countingResolver{fakeResolver{"flip.example.com": {"10.2.0.1"}}, &calls}
+	p, err := NewPolicy([]TargetRule{{CIDRs: []string{"10.2.0.0/24"}, Mode: ModeSplice}}, r, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.Decide(context.Background(), "bob", "flip.example.com", 22)
+	if d.Mode != ModeSplice || d.DialAddr() != "10.2.0.1:22" || calls != 1 {
+		t.Errorf("decision %+v after %d lookups", d, calls)
+	}
+}
+
+type countingResolver struct {
+	fakeResolver
+	n *int
+}
+
+func (c countingResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	*c.n++
+	return c.fakeResolver.LookupNetIP(ctx, network, host)
+}
+
+func TestPolicyLoopbackNeedsANarrowCIDR(t *testing.T) {
+	p := mustPolicy(t, []TargetRule{
+		{CIDRs: []string{"0.0.0.0/0", "::/0"}},
+		{CIDRs: []string{"169.254.169.254/32"}, Ports: []int{80}},
+	}, false)
+	ctx := context.Background()
+	if d := p.Decide(ctx, "bob", "127.0.0.1", 22); d.Mode != ModeDeny {
+		t.Errorf("0.0.0.0/0 reached loopback: %+v", d)
+	}
+	if d := p.Decide(ctx, "bob", "::1", 22); d.Mode != ModeDeny {
+		t.Errorf("::/0 reached loopback: %+v", d)
+	}
+	if d := p.Decide(ctx, "bob", "10.0.0.1", 22); d.Mode != ModeAccelerate {
+		t.Errorf("0.0.0.0/0 did not reach 10.0.0.1: %+v", d)
+	}
+	if d := p.Decide(ctx, "bob", "169.254.169.254", 80); d.Mode != ModeAccelerate || d.Rule != 1 {
+		t.Errorf("named metadata address not reached: %+v", d)
+	}
+}
+
+func TestPolicyNoRulesDeniesAll(t *testing.T) {
+	p := mustPolicy(t, nil, false)
+	if d := p.Decide(context.Background(), "bob", "web.example.com", 22); d.Mode != ModeDeny {
+		t.Errorf("empty policy allowed: %+v", d)
+	}
+}
+
+func TestPolicyRootOnlyWhenNamed(t *testing.T) {
+	for _, tc := range []struct {
+		remote []string
+		user   string
+		ok     bool
+	}{
+		{nil, "deploy", true},
+		{nil, "root", false},
+		{[]string{"*"}, "root", false},
+		{[]string{"r*"}, "root", false},
+		{[]string{"*"}, "deploy", true},
+		{[]string{"deploy"}, "ops", false},
+		{[]string{"deploy", "root"}, "root", true},
+	} {
+		d := Decision{RemoteUsers: tc.remote}
+		if got := d.AllowsRemoteUser(tc.user); got != tc.ok {
+			t.Errorf("remote_users %v, %s: %v want %v", tc.remote, tc.user, got, tc.ok)
+		}
+	}
+}
+
+func TestNewPolicyRejectsBadCIDR(t *testing.T) {
+	if _, err := NewPolicy([]TargetRule{{CIDRs: []string{"10.0.0.0/40"}}}, lab, false); err == nil {
+		t.Error("bad cidr accepted")
+	}
+}
+
+func TestSignUserCertNamesPerson(t *testing.T) {
+	ca, err := loadOrCreateKey(t.TempDir()+"/ca", "test ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := signUserCert(ca, "alice", "deploy", 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, ok := s.PublicKey().(*gossh.Certificate)
+	if !ok {
+		t.Fatalf("not a certificate: %T", s.PublicKey())
+	}
+	now := time.Now()
+	if cert.KeyId != "gomux:alice" || len(cert.ValidPrincipals) != 1 || cert.ValidPrincipals[0] != "deploy" ||
+		cert.CertType != gossh.UserCert || time.Unix(int64(cert.ValidBefore), 0).After(now.Add(6*time.Minute)) ||
+		time.Unix(int64(cert.ValidAfter), 0).After(now) {
+		t.Errorf("certificate %+v", cert)
+	}
+	checker := gossh.CertChecker{IsUserAuthority: func(k gossh.PublicKey) bool {
+		return string(k.Marshal()) == string(ca.PublicKey().Marshal())
+	}}
+	if err := checker.CheckCert("deploy", cert); err != nil {
+		t.Errorf("CA does not verify: %v", err)
+	}
+	if err := checker.CheckCert("root", cert); err == nil {
+		t.Error("certificate valid for another user")
+	}
+	s2, _ := signUserCert(ca, "alice", "deploy", 5*time.Minute)
+	if s2.PublicKey().(*gossh.Certificate).Serial == cert.Serial {
+		t.Error("serials repeat")
+	}
+}
