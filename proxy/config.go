@@ -69,9 +69,11 @@ type UpstreamConfig struct {
 	TrustOnFirstUse bool `yaml:"trust_on_first_use"`
 	// ConnectTimeout bounds TCP connect plus SSH handshake. Default 10s.
 	ConnectTimeout Duration `yaml:"connect_timeout"`
-	// KeepaliveInterval is the SSH keepalive period. Default 15s.
+	// KeepaliveInterval is the SSH keepalive period. Default 4s: with
+	// KeepaliveCountMax 2, a path that went silent is closed within about
+	// 12 s, so a task on it fails as unreachable instead of hanging.
 	KeepaliveInterval Duration `yaml:"keepalive_interval"`
-	// KeepaliveCountMax unanswered keepalives close the connection. Default 3.
+	// KeepaliveCountMax unanswered keepalives close the connection. Default 2.
 	KeepaliveCountMax int `yaml:"keepalive_count_max"`
 	// IdleTimeout closes an upstream connection no one has used for this
 	// long. Default 10m.
@@ -357,10 +359,10 @@ func (c *Config) applyDefaults() error {
 		u.ConnectTimeout = Duration(10 * time.Second)
 	}
 	if u.KeepaliveInterval == 0 {
-		u.KeepaliveInterval = Duration(15 * time.Second)
+		u.KeepaliveInterval = Duration(4 * time.Second)
 	}
 	if u.KeepaliveCountMax == 0 {
-		u.KeepaliveCountMax = 3
+		u.KeepaliveCountMax = 2
 	}
 	if u.IdleTimeout == 0 {
 		u.IdleTimeout = Duration(10 * time.Minute)

@@ -87,19 +87,32 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	act := ic.s.drain.track(func() {
+		ic.log.Info().Str("event", "inner_drain").Msg("gomux is draining: inner session idle, closing")
+		ic.materialize(ctx)
+		sc.Close()
+	})
+	defer ic.s.drain.untrack(act)
 	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
 	for nc := range chans {
+		var handle func(context.Context, gossh.NewChannel)
 		switch nc.ChannelType() {
 		case "session":
-			if !ic.tasks.Go(func() { ic.handleSession(ctx, nc) }) {
-				nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
-			}
+			handle = ic.handleSession
 		case "direct-tcpip":
-			if !ic.tasks.Go(func() { ic.handleDirect(ctx, nc) }) {
-				nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
-			}
-		default:
+			handle = ic.handleDirect
+		}
+		if handle == nil {
 			nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
+			continue
+		}
+		act.begin()
+		if !ic.tasks.Go(func() {
+			defer act.end()
+			handle(ctx, nc)
+		}) {
+			act.end()
+			nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
 		}
 	}
 	cancel()
@@ -117,6 +130,32 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	}
 	ic.mu.Unlock()
 	ev.Msg("inner session closed")
+}
+
+// materialize writes to the target what the shim holds for it only in
+// gomux's memory (temp dirs not yet made, staged uploads, modes), so the
+// gomux, or the plain sshd, that serves the client's next step of a task
+// begun here finds them where Ansible put them.
+func (ic *innerConn) materialize(ctx context.Context) {
+	ic.mu.Lock()
+	l := ic.lease
+	ic.mu.Unlock()
+	if l == nil || !*ic.s.cfg.Upstream.Ansible {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, ic.s.cfg.Upstream.ConnectTimeout.D()+30*time.Second)
+	defer cancel()
+	a, err := l.Agent(ctx)
+	if err != nil || a == nil {
+		return
+	}
+	ops := l.Shim(a).Flush()
+	if len(ops) == 0 {
+		return
+	}
+	if _, err := a.Batch(ctx, ops, nil); err != nil {
+		ic.log.Warn().Str("event", "inner_drain").Err(err).Msg("could not write staged temp dirs to the target before closing")
+	}
 }
 
 // upstreamLease returns a live lease for this connection's target,

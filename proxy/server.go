@@ -28,7 +28,13 @@ type Server struct {
 	pool   *Pool
 	front  *glider.Server
 	tasks  tracker
+	// drain ends each connection once nothing runs on it after SIGTERM.
+	drain drainer
 }
+
+// activityKey is where a front connection's activity is kept in its
+// glider context.
+type activityKey struct{}
 
 // NewServer prepares keys, credentials and policy. Everything that can be
 // wrong with the operator's setup is reported here, before listening.
@@ -66,6 +72,10 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		SubsystemHandlers: map[string]glider.SubsystemHandler{},
 		ConnCallback: func(ctx glider.Context, conn net.Conn) net.Conn {
 			s.log.Debug().Str("event", "tcp_accept").Str("source", conn.RemoteAddr().String()).Msg("connection accepted")
+			act := s.drain.track(func() { conn.Close() })
+			ctx.SetValue(activityKey{}, act)
+			// glider cancels the context when the connection ends.
+			context.AfterFunc(ctx, func() { s.drain.untrack(act) })
 			return conn
 		},
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
@@ -111,6 +121,10 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 }
 
 func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.NewChannel) {
+	if act, ok := ctx.Value(activityKey{}).(*activity); ok {
+		act.begin()
+		defer act.end()
+	}
 	var p forwardPayload
 	if err := gossh.Unmarshal(nc.ExtraData(), &p); err != nil {
 		s.log.Warn().Str("event", "forward").Err(err).Msg("malformed direct-tcpip request")
@@ -197,6 +211,10 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting, lets running connections finish until ctx is
 // done, then closes what is left and the upstream pool.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// Idle connections end now, busy ones after their last channel: a
+	// client's next command connects afresh instead of being cut mid-task
+	// at the drain timeout.
+	s.drain.drain()
 	err := s.front.Shutdown(ctx)
 	if err != nil {
 		s.log.Warn().Str("event", "shutdown").Err(err).Msg("drain timeout, closing remaining connections")
