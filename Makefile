@@ -9,7 +9,7 @@ AGENT_SRC := $(shell find agent cmd/gomux-agent \( -name '*.go' -not -name '*_te
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps
 
-.PHONY: all build agents deps test unit lint fmt demo bench fuzz clean
+.PHONY: all build agents deps test unit lint fmt demo bench soak fuzz clean
 
 all: build
 
@@ -63,6 +63,16 @@ bench: deps build
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./agent
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./proxy
 	$(GO) test -count=1 -timeout 300m -run '^$$' -bench . -benchtime 1x ./integration
+
+# soak: the reliability and load runs that take minutes to hours, kept out
+# of make test: the pipelined become playbook and the differential corpus
+# (both pipelining modes) GOMUX_REPEAT_RUNS times each (30), 200 targets
+# with 50 forks, 1,000 concurrent ssh -J sessions, and a soak of repeated
+# playbooks for GOMUX_SOAK_DURATION (30m) with gomux's RSS, goroutines
+# and open files sampled each minute. Figures are in the -v output.
+soak: deps build
+	GOMUX_SOAK=1 GOMUX_REPEAT_RUNS=$${GOMUX_REPEAT_RUNS:-30} $(GO) test -count=1 -timeout 900m -v \
+		-run '^(TestPipelinedBecomeRepeated|TestLoadManyTargets|TestLoadConcurrentSessions|TestSoak|TestDifferential)$$' ./integration
 
 clean:
 	rm -rf bin $(AGENTS)

@@ -28,10 +28,12 @@ func repeatRuns(def int) int {
 // on, many times in a row through one gomux with the ControlMasters kept
 // between runs, as a user's would be. Every run must reach every host: a
 // spurious UNREACHABLE is a failed deployment stock Ansible does not have.
+// 10 runs in make test, 30 (GOMUX_REPEAT_RUNS) in make soak; before the
+// exit report came ahead of EOF, about one run in 20 to 30 lost a host.
 func TestPipelinedBecomeRepeated(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 10, RTT: 50 * time.Millisecond})
 	g := startGomux(t, lab, gomuxOptions{})
-	runs := repeatRuns(30)
+	runs := repeatRuns(10)
 	ctx := ctxT(t, time.Duration(runs)*time.Minute+5*time.Minute)
 	cp := controlDir(t)
 	failed := 0

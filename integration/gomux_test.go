@@ -94,6 +94,10 @@ type gomuxOptions struct {
 	// runs in a private mount namespace with the file bound over it, so
 	// tests can give lab targets names without touching the machine.
 	HostsFile string
+	// Port reuses a front port (a gomux restarted in place); 0 picks one.
+	Port int
+	// Top is appended to the top level of the config.
+	Top string
 }
 
 func freePort(t testing.TB) int {
@@ -109,7 +113,10 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 	t.Helper()
 	bin := gomuxBinary(t)
 	dir := t.TempDir()
-	port := freePort(t)
+	port := o.Port
+	if port == 0 {
+		port = freePort(t)
+	}
 	state := o.StateDir
 	if state == "" {
 		state = filepath.Join(dir, "state")
@@ -155,7 +162,8 @@ upstream:
   keepalive_count_max: 3
 %s
 targets:
-%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, targets)
+%s
+%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, targets, o.Top)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 

@@ -32,6 +32,10 @@ type Config struct {
 	DrainTimeout Duration `yaml:"drain_timeout"`
 	// LogLevel is one of debug, info, warn, error. Default info.
 	LogLevel string `yaml:"log_level"`
+	// StatsInterval is how often gomux logs its own goroutines, memory
+	// and open files (event "stats"), so a leak shows in the log before
+	// it shows as an outage. Default 1m.
+	StatsInterval Duration `yaml:"stats_interval"`
 
 	Auth     AuthConfig     `yaml:"auth"`
 	Upstream UpstreamConfig `yaml:"upstream"`
@@ -329,6 +333,9 @@ func (c *Config) applyDefaults() error {
 	}
 	if c.HostCertValidity == 0 {
 		c.HostCertValidity = Duration(24 * time.Hour)
+	}
+	if c.StatsInterval == 0 {
+		c.StatsInterval = Duration(time.Minute)
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(30 * time.Second)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -128,6 +129,15 @@ func serve(cfg *proxy.Config, stderr io.Writer) int {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	statsCtx, stopStats := context.WithCancel(context.Background())
+	var stats sync.WaitGroup
+	stats.Add(1)
+	go func() {
+		defer stats.Done()
+		srv.LogStats(statsCtx, cfg.StatsInterval.D())
+	}()
+	defer stats.Wait()
+	defer stopStats()
 	select {
 	case err := <-errc:
 		if err != nil {

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -91,3 +92,11 @@ func Descendants(pid int) []int {
 // agent, its fork servers, running commands), found by uid, never by name:
 // what an OOM kill or an operator's cleanup does to a target.
 func KillUserProcesses(user string) { killUserProcesses(user) }
+
+// InTargetMounts runs argv in the mount namespace of the target's sshd,
+// which `ip netns exec` gave it: a file system mounted there is what
+// the target's sessions see, and nothing else on the machine sees it.
+func (t *Target) InTargetMounts(ctx context.Context, argv ...string) ([]byte, error) {
+	args := append([]string{"-t", strconv.Itoa(t.sshd.Process.Pid), "-m", "--"}, argv...)
+	return exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+}
