@@ -698,3 +698,15 @@ func TestContextCancelsCall(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestRequestOnEndedSessionIsNotSent: a request on a session that has
+// ended says so with ErrNotSent, which callers may retry elsewhere.
+func TestRequestOnEndedSessionIsNotSent(t *testing.T) {
+	h := startAgent(t, "")
+	h.c.Close()
+	<-h.c.Done()
+	_, err := h.c.Batch(ctxT(t), nil, &ExecRequest{Command: "true"})
+	if !errors.Is(err, ErrNotSent) {
+		t.Fatalf("Batch on an ended session: %v, want ErrNotSent", err)
+	}
+}

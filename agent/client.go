@@ -82,6 +82,11 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 // does not speak.
 var ErrVersion = errors.New("agent: protocol version mismatch")
 
+// ErrNotSent is a request that never left gomux: the session to the
+// agent had ended before its stream could open. Nothing of it reached
+// the target, so it is safe to send again on a new session.
+var ErrNotSent = errors.New("agent: session ended before the request was sent")
+
 // skipToBanner consumes everything up to and including the banner line.
 // The banner may follow noise without a newline (a motd lacking its last
 // line break), so it is searched for byte by byte, not per line. What
@@ -145,7 +150,7 @@ func (c *Client) open(ctx context.Context, req *request) (*yamux.Stream, error) 
 	}
 	st, err := c.sess.OpenStream()
 	if err != nil {
-		return nil, fmt.Errorf("agent: open stream for %s: %w", req.Op, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrNotSent, req.Op, err)
 	}
 	if err := writeJSON(st, frameRequest, req); err != nil {
 		st.Close()

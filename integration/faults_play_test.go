@@ -26,6 +26,9 @@ type faultPlay struct {
 	marker  string
 	results string
 	done    chan playbookRun
+	// sleep is the victim's sleep argument, unique to this play, so its
+	// process can be found on the target if anything leaves it behind.
+	sleep string
 }
 
 // startFaultPlay starts the playbook in the background; the victim task
@@ -41,14 +44,15 @@ func startFaultPlay(ctx context.Context, t *testing.T, lab *harness.Lab, g *Gomu
 	t.Cleanup(func() { os.RemoveAll(mdir) })
 	must(t, os.Chmod(mdir, 0o777))
 	fp := &faultPlay{t: t, lab: lab, g: g, marker: filepath.Join(mdir, "victim-started"),
-		results: filepath.Join(t.TempDir(), "results.jsonl"), done: make(chan playbookRun, 1)}
+		results: filepath.Join(t.TempDir(), "results.jsonl"), done: make(chan playbookRun, 1),
+		sleep: fmt.Sprintf("%d.%06d", victimSeconds, time.Now().Nanosecond()/1000)}
 	o := playOpts{
 		env: append([]string{
 			"ANSIBLE_CALLBACK_PLUGINS=" + playbookPath("differential/callback_plugins"),
 			"ANSIBLE_CALLBACKS_ENABLED=record",
 			"GOMUX_DIFF_RESULTS=" + fp.results,
 		}, env...),
-		args: []string{"-e", "marker=" + fp.marker, "-e", fmt.Sprintf("victim_seconds=%d", victimSeconds)},
+		args: []string{"-e", "marker=" + fp.marker, "-e", "victim_seconds=" + fp.sleep},
 	}
 	go func() { fp.done <- runPlaybookOpts(ctx, t, lab, g, playbookPath("faults.yml"), o) }()
 	return fp
@@ -112,6 +116,20 @@ func (fp *faultPlay) finish() playbookRun {
 		if st, res := fp.result(task, time.Second); st != "ok" {
 			fp.t.Errorf("task %q: %q %v\n%s", task, st, res, r.Output)
 		}
+	}
+	// Nothing of the victim may outlive its task on the target: the
+	// agent takes its children with it, and sshd its sessions.
+	var left string
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-a", "-f", "sleep "+fp.sleep).Output()
+		if left = strings.TrimSpace(string(out)); left == "" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if left != "" {
+		fp.t.Errorf("the victim's processes outlived it on the target:\n%s", left)
 	}
 	return r
 }

@@ -205,6 +205,17 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 		}
 	}
 	p, err := s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
+	if errors.Is(err, agent.ErrNotSent) {
+		// The agent's session ended while idle and gomux had not yet
+		// seen it: nothing reached the target, so one more try on a new
+		// agent is safe. The module runs cold there (s.cmd is as sent),
+		// which is the same run, only slower.
+		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
+			s.log.Info().Str("event", "channel").Err(err).Msg("agent session had ended; sending the command again on a new one")
+			s.lease, s.a, s.warm, cmd = l, a, false, s.cmd
+			p, err = s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
+		}
+	}
 	if err != nil {
 		var re *agent.RemoteError
 		if errors.As(err, &re) && len(prep) > 0 {
