@@ -29,7 +29,7 @@ type File struct {
 	mu      sync.Mutex
 	nextID  uint32
 	reads   map[uint32]chan readResult
-	sizes   map[uint32]int // bytes each pending read asked for
+	sizes   map[uint32]int     // bytes each pending read asked for
 	control chan controlResult // fstat and close replies, in order
 	err     error              // sticky: the stream failed or a write failed
 	closed  bool
