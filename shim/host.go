@@ -68,7 +68,7 @@ type tempDir struct {
 	base     string
 	path     string
 	onTarget bool
-	used     time.Time // last time a step or an sftp request named it
+	used     time.Time              // last time a step or an sftp request named it
 	files    map[string]*stagedFile // by base name
 }
 
