@@ -35,6 +35,7 @@ type Config struct {
 
 	Auth     AuthConfig     `yaml:"auth"`
 	Upstream UpstreamConfig `yaml:"upstream"`
+	Limits   LimitsConfig   `yaml:"limits"`
 	// Targets are the access rules, first match wins; a target no rule
 	// matches is denied. Default: one rule accelerating every host, the
 	// personal-use case where the operator is the only user.
@@ -317,6 +318,7 @@ func (c *Config) applyDefaults() error {
 	if u.AcceptEnv == nil {
 		u.AcceptEnv = []string{"LANG", "LC_*"}
 	}
+	c.Limits.applyDefaults()
 	if c.Targets == nil {
 		c.Targets = []TargetRule{{Hosts: []string{"*"}}}
 	}
@@ -354,6 +356,9 @@ func (c *Config) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return &FieldError{"log_level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel)}
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}

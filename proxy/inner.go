@@ -88,18 +88,31 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
+	var open chanCount // this inner connection's open channels
 	for nc := range chans {
+		var handle func(context.Context, gossh.NewChannel)
 		switch nc.ChannelType() {
 		case "session":
-			if !ic.tasks.Go(func() { ic.handleSession(ctx, nc) }) {
-				nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
-			}
+			handle = ic.handleSession
 		case "direct-tcpip":
-			if !ic.tasks.Go(func() { ic.handleDirect(ctx, nc) }) {
-				nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
-			}
+			handle = ic.handleDirect
 		default:
 			nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
+			continue
+		}
+		release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), &open)
+		if err != nil {
+			ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
+			nc.Reject(gossh.ResourceShortage, err.Error())
+			continue
+		}
+		if !ic.tasks.Go(func() {
+			defer release()
+			defer contain(ic.log, "inner "+nc.ChannelType(), sc)
+			handle(ctx, nc)
+		}) {
+			release()
+			nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
 		}
 	}
 	cancel()

@@ -16,6 +16,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/shim"
 )
 
 // Server is a running gomux front with its upstream pool.
@@ -28,6 +29,8 @@ type Server struct {
 	pool   *Pool
 	front  *glider.Server
 	tasks  tracker
+	limits *limiter
+	budget *shim.Budget
 }
 
 // NewServer prepares keys, credentials and policy. Everything that can be
@@ -41,11 +44,13 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents}, log)
+	budget := shim.NewBudget(int64(cfg.Limits.MaxStagedMiB) << 20)
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget}, log)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: NewPolicy(cfg.Targets), pool: pool}
+	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: NewPolicy(cfg.Targets), pool: pool,
+		limits: newLimiter(cfg.Limits), budget: budget}
 	frontSigners := []glider.Signer{ca.HostSigner()}
 	if cs, err := ca.SignerFor(frontName()); err == nil {
 		frontSigners = append(frontSigners, cs)
@@ -58,12 +63,10 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 			"direct-tcpip": s.handleForward,
 			"session":      s.refuseSession,
 		},
-		RequestHandlers:   map[string]glider.RequestHandler{},
-		SubsystemHandlers: map[string]glider.SubsystemHandler{},
-		ConnCallback: func(ctx glider.Context, conn net.Conn) net.Conn {
-			s.log.Debug().Str("event", "tcp_accept").Str("source", conn.RemoteAddr().String()).Msg("connection accepted")
-			return conn
-		},
+		RequestHandlers:      map[string]glider.RequestHandler{},
+		SubsystemHandlers:    map[string]glider.SubsystemHandler{},
+		ConnCallback:         s.admit,
+		ServerConfigCallback: s.frontConfig,
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
 			s.log.Info().Str("event", "connection").Str("source", conn.RemoteAddr().String()).Err(err).
 				Str("result", "failed").Msg("front handshake or authentication failed")
@@ -101,7 +104,24 @@ func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.N
 }
 
 func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
-	if !s.tasks.Go(func() { s.forward(ctx, conn, nc) }) {
+	fs, _ := ctx.Value(frontStateKey{}).(*frontState)
+	if fs == nil {
+		nc.Reject(gossh.ResourceShortage, "gomux: connection state missing")
+		return
+	}
+	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
+	if err != nil {
+		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+			Str("channel", "direct-tcpip").Err(err).Msg("channel refused")
+		nc.Reject(gossh.ResourceShortage, err.Error())
+		return
+	}
+	if !s.tasks.Go(func() {
+		defer release()
+		defer contain(s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).Logger(), "front direct-tcpip", conn)
+		s.forward(ctx, conn, nc)
+	}) {
+		release()
 		nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
 	}
 }
