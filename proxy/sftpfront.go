@@ -149,7 +149,7 @@ func (f *sftpFront) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
 		release()
 		return nil, sftpErr("open", r.Filepath, err)
 	}
-	return &sftpFile{f: h, path: r.Filepath, release: release}, nil
+	return &sftpFile{f: h, path: r.Filepath, log: &f.log, release: release}, nil
 }
 
 func (f *sftpFront) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
@@ -226,7 +226,7 @@ func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, erro
 	if err != nil {
 		return nil, sftpErr("open", r.Filepath, err)
 	}
-	return &sftpFile{f: h, path: r.Filepath}, nil
+	return &sftpFile{f: h, path: r.Filepath, log: &f.log}, nil
 }
 
 func (f *sftpFront) Filecmd(r *sftp.Request) (err error) {
@@ -519,11 +519,13 @@ func (s *stagingFile) Close() (err error) {
 type sftpFile struct {
 	f       *agent.File
 	path    string
+	log     *zerolog.Logger
 	release func() // the sftp handle, when this is one
 }
 
 func (s *sftpFile) ReadAt(p []byte, off int64) (int, error) {
 	if err := checkRange("read", s.path, off, len(p)); err != nil {
+		s.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp read refused")
 		return 0, err
 	}
 	n, err := s.f.ReadAt(p, off)
@@ -540,6 +542,7 @@ func (s *sftpFile) ReadAt(p []byte, off int64) (int, error) {
 
 func (s *sftpFile) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange("write", s.path, off, len(p)); err != nil {
+		s.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp write refused")
 		return 0, err
 	}
 	n, err := s.f.WriteAt(p, off)
