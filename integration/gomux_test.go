@@ -87,6 +87,8 @@ type gomuxOptions struct {
 	KnownHosts string
 	// AgentSock makes gomux log in to targets with this ssh-agent only.
 	AgentSock string
+	// Limits is the YAML body of the limits: section.
+	Limits string
 }
 
 func freePort(t testing.TB) int {
@@ -142,8 +144,10 @@ upstream:
   keepalive_interval: 2s
   keepalive_count_max: 3
 %s
+limits:
+%s
 targets:
-%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, targets)
+%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, o.Limits, targets)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 
