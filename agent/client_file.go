@@ -67,16 +67,16 @@ func (c *Client) Open(ctx context.Context, path string, flag int, perm fs.FileMo
 	}
 	f := &File{st: st, path: path, reads: map[uint32]chan readResult{}, sizes: map[uint32]int{}, control: make(chan controlResult, 1),
 		loop: make(chan struct{}), timeout: c.timeout()}
-	go f.readLoop()
+	go f.readLoop(st)
 	return f, nil
 }
 
 // readLoop routes the agent's answers: data and per-request errors to the
 // waiting ReadAt, write errors to the sticky error, the rest to control.
-func (f *File) readLoop() {
+func (f *File) readLoop(r io.Reader) {
 	defer close(f.loop)
 	for {
-		typ, b, err := readFrame(f.st)
+		typ, b, err := readFrame(r)
 		if err != nil {
 			f.fail(fmt.Errorf("agent: file %s: %w", f.path, err))
 			return

@@ -56,7 +56,7 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 // hostileAgent serves the agent protocol's handshake, then hands each
 // stream's request to serve. It returns a real agent.Client connected to
 // it.
-func hostileAgent(t *testing.T, serve func(op, path string, st *yamux.Stream)) *agent.Client {
+func hostileAgent(t testing.TB, serve func(op, path string, st *yamux.Stream)) *agent.Client {
 	t.Helper()
 	c2sR, c2sW := io.Pipe()
 	s2cR, s2cW := io.Pipe()

@@ -73,6 +73,7 @@ func (f *sftpFront) contain(op string, err *error) {
 func (f *sftpFront) takeHandle(p string) (func(), error) {
 	if n := f.handles.Add(1); f.lim.handles > 0 && n > int64(f.lim.handles) {
 		f.handles.Add(-1)
+		f.opens.take(p) // the refused open's mode is not for a later one
 		f.log.Warn().Str("event", "limit").Str("path", p).Int("max_sftp_handles", f.lim.handles).Msg("sftp open refused: too many open files")
 		return nil, fmt.Errorf("gomux: too many open files in this sftp session (max_sftp_handles %d)", f.lim.handles)
 	}
