@@ -76,7 +76,14 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 		},
 	}
 	cfg.AddHostKey(signer)
+	// The inner login has the front's grace time too, so a forward that
+	// never logs in does not hold its channel for ever.
+	grace := time.AfterFunc(ic.s.cfg.Limits.LoginGraceTime.D(), func() {
+		ic.log.Warn().Str("event", "login_grace").Msg("inner session not authenticated within the login grace time; closing")
+		conn.Close()
+	})
 	sc, chans, reqs, err := gossh.NewServerConn(conn, cfg)
+	grace.Stop()
 	if err != nil {
 		ic.log.Info().Str("event", "inner_handshake").Err(err).Msg("inner handshake failed")
 		return

@@ -291,6 +291,7 @@ func (s *session) spawn(fn func()) {
 	s.run.Add(1)
 	go func() {
 		defer s.run.Done()
+		defer contain(s.log, "session "+s.kind, s.ch)
 		fn()
 	}()
 }
