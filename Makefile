@@ -49,6 +49,10 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParseModes$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzFileStream$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzResult$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenSniffer$$' -fuzztime 30s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzSFTPWrite$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
 
 # demo: three targets, the same work directly and through gomux.

@@ -24,6 +24,9 @@ import (
 type Client struct {
 	sess *yamux.Session
 	info Info
+	// replyTimeout bounds the wait for any one reply (nanoseconds), so a
+	// stalled agent ends the request that waits on it, not the caller.
+	replyTimeout atomic.Int64
 
 	bmu   sync.Mutex
 	blobs map[string]bool // content the agent confirmed it stores
@@ -36,6 +39,27 @@ type Client struct {
 func (c *Client) BlobBytes() (sent, saved int64) {
 	return c.blobSent.Load(), c.blobSaved.Load()
 }
+
+// DefaultReplyTimeout is how long a request waits for the agent's reply
+// when SetReplyTimeout was not called. A reply is the answer to one file
+// operation, one chunk or the start of a command, never a command's run,
+// so it is long for a healthy agent and short for a person waiting.
+const DefaultReplyTimeout = 2 * time.Minute
+
+// SetReplyTimeout bounds the wait for each reply from the agent: a request
+// the agent does not answer in d fails with ErrReplyTimeout, and a file
+// stream that stalls is closed. Zero restores DefaultReplyTimeout.
+func (c *Client) SetReplyTimeout(d time.Duration) { c.replyTimeout.Store(int64(d)) }
+
+func (c *Client) timeout() time.Duration {
+	if d := time.Duration(c.replyTimeout.Load()); d > 0 {
+		return d
+	}
+	return DefaultReplyTimeout
+}
+
+// ErrReplyTimeout is a request the agent did not answer in time.
+var ErrReplyTimeout = errors.New("agent: no reply in time")
 
 // maxNoise bounds the login-shell output skipped before the banner.
 const maxNoise = 64 << 10
@@ -184,14 +208,18 @@ func result(st io.Reader, out any) error {
 	return fmt.Errorf("agent: unexpected frame %d", typ)
 }
 
-// awaitResult is result bounded by ctx: when ctx ends first, the pending
-// read is woken by a deadline and ctx's error is returned. The deadline is
-// cleared again on success, since the stream may live on.
-func awaitResult(ctx context.Context, st *yamux.Stream, out any) error {
+// awaitResult is result bounded by ctx and by the reply timeout: when
+// either ends first, the pending read is woken by a deadline and the
+// reason is returned. The deadline is cleared again on success, since the
+// stream may live on.
+func (c *Client) awaitResult(ctx context.Context, st *yamux.Stream, out any) error {
+	d := c.timeout()
+	ctx, cancel := context.WithTimeoutCause(ctx, d, fmt.Errorf("%w (%v)", ErrReplyTimeout, d))
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
 	err := result(st, out)
 	if !stop() {
-		return fmt.Errorf("agent: %w", ctx.Err())
+		return fmt.Errorf("agent: %w", context.Cause(ctx))
 	}
 	return err
 }
@@ -203,7 +231,7 @@ func (c *Client) call(ctx context.Context, req *request, out any) error {
 		return err
 	}
 	defer st.Close()
-	return awaitResult(ctx, st, out)
+	return c.awaitResult(ctx, st, out)
 }
 
 // Stat follows symlinks.
@@ -301,7 +329,7 @@ func (c *Client) Dial(ctx context.Context, network, address string) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
-	if err := awaitResult(ctx, st, nil); err != nil {
+	if err := c.awaitResult(ctx, st, nil); err != nil {
 		st.Close()
 		return nil, err
 	}

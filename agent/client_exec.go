@@ -40,7 +40,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := awaitResult(ctx, st, nil); err != nil {
+	if err := c.awaitResult(ctx, st, nil); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -249,7 +249,7 @@ func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			}
 		}
 	}
-	if err := awaitResult(ctx, st, nil); err != nil {
+	if err := c.awaitResult(ctx, st, nil); err != nil {
 		st.Close()
 		var re *RemoteError
 		if errors.As(err, &re) && re.Op == "blob" {

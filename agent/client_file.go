@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/yamux"
 )
@@ -28,10 +29,12 @@ type File struct {
 	mu      sync.Mutex
 	nextID  uint32
 	reads   map[uint32]chan readResult
+	sizes   map[uint32]int     // bytes each pending read asked for
 	control chan controlResult // fstat and close replies, in order
 	err     error              // sticky: the stream failed or a write failed
 	closed  bool
 	loop    chan struct{}
+	timeout time.Duration // for each reply, and each frame sent
 }
 
 type readResult struct {
@@ -58,21 +61,22 @@ func (c *Client) Open(ctx context.Context, path string, flag int, perm fs.FileMo
 	if err != nil {
 		return nil, err
 	}
-	if err := awaitResult(ctx, st, nil); err != nil {
+	if err := c.awaitResult(ctx, st, nil); err != nil {
 		st.Close()
 		return nil, err
 	}
-	f := &File{st: st, path: path, reads: map[uint32]chan readResult{}, control: make(chan controlResult, 1), loop: make(chan struct{})}
-	go f.readLoop()
+	f := &File{st: st, path: path, reads: map[uint32]chan readResult{}, sizes: map[uint32]int{}, control: make(chan controlResult, 1),
+		loop: make(chan struct{}), timeout: c.timeout()}
+	go f.readLoop(st)
 	return f, nil
 }
 
 // readLoop routes the agent's answers: data and per-request errors to the
 // waiting ReadAt, write errors to the sticky error, the rest to control.
-func (f *File) readLoop() {
+func (f *File) readLoop(r io.Reader) {
 	defer close(f.loop)
 	for {
-		typ, b, err := readFrame(f.st)
+		typ, b, err := readFrame(r)
 		if err != nil {
 			f.fail(fmt.Errorf("agent: file %s: %w", f.path, err))
 			return
@@ -83,7 +87,9 @@ func (f *File) readLoop() {
 				f.fail(errors.New("agent: short data frame"))
 				return
 			}
-			f.deliver(binary.BigEndian.Uint32(b), readResult{data: b[5:], eof: b[4] == 1})
+			if !f.deliverData(binary.BigEndian.Uint32(b), b[5:], b[4] == 1) {
+				return
+			}
 		case frameIOError:
 			id, re, err := decodeIOError(b)
 			if err != nil {
@@ -102,11 +108,36 @@ func (f *File) readLoop() {
 	}
 }
 
+// deliverData hands a read its data after checking the agent sent no more
+// than was asked: a longer answer would make the caller report more bytes
+// than its buffer holds. A reply to no pending read is dropped (its
+// reader gave up). false means the stream has failed.
+func (f *File) deliverData(id uint32, data []byte, eof bool) bool {
+	f.mu.Lock()
+	ch := f.reads[id]
+	want := f.sizes[id]
+	delete(f.reads, id)
+	delete(f.sizes, id)
+	f.mu.Unlock()
+	if ch == nil {
+		return true
+	}
+	if len(data) > want {
+		err := fmt.Errorf("agent: file %s: %w: read reply of %d bytes for %d asked", f.path, ErrProtocol, len(data), want)
+		ch <- readResult{err: err}
+		f.fail(err)
+		return false
+	}
+	ch <- readResult{data: data, eof: eof}
+	return true
+}
+
 // deliver hands a read its answer; false when no read waits for id.
 func (f *File) deliver(id uint32, r readResult) bool {
 	f.mu.Lock()
 	ch := f.reads[id]
 	delete(f.reads, id)
+	delete(f.sizes, id)
 	f.mu.Unlock()
 	if ch != nil {
 		ch <- r
@@ -130,16 +161,50 @@ func (f *File) fail(err error) {
 		f.err = err
 	}
 	for id, ch := range f.reads {
-		ch <- readResult{err: err}
+		ch <- readResult{err: f.err}
 		delete(f.reads, id)
+		delete(f.sizes, id)
 	}
 	close(f.control)
 }
 
+// abort gives up on a stalled stream: err becomes every pending call's
+// answer, and the read deadline wakes readLoop, which then fails the rest.
+func (f *File) abort(err error) {
+	f.setErr(err)
+	f.st.SetReadDeadline(time.Now())
+}
+
+// stalled is the error for a reply that did not come in time.
+func (f *File) stalled(what string) error {
+	return fmt.Errorf("agent: file %s: %w: %s (%v)", f.path, ErrReplyTimeout, what, f.timeout)
+}
+
+// send writes one frame, failing if the agent has not made room for it
+// (yamux window) within the reply timeout.
 func (f *File) send(typ byte, b []byte) error {
 	f.wmu.Lock()
 	defer f.wmu.Unlock()
-	return writeFrame(f.st, typ, b)
+	f.st.SetWriteDeadline(time.Now().Add(f.timeout))
+	err := writeFrame(f.st, typ, b)
+	if errors.Is(err, yamux.ErrTimeout) {
+		err = f.stalled("the agent reads no more")
+		f.abort(err)
+	}
+	return err
+}
+
+// wait receives a reply, or aborts the stream when none comes in time.
+func (f *File) wait(ch chan readResult) readResult {
+	t := time.NewTimer(f.timeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r
+	case <-t.C:
+		f.abort(f.stalled("no read reply"))
+		return <-ch // readLoop's fail answers every pending read
+	}
 }
 
 // ReadAt reads like os.File.ReadAt: io.EOF when fewer than len(p) bytes
@@ -173,7 +238,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 		}
 		q := queue[0]
 		queue = queue[1:]
-		r := <-q.ch
+		r := f.wait(q.ch)
 		if firstErr != nil {
 			continue // drain the rest; the answer is already decided
 		}
@@ -207,10 +272,12 @@ func (f *File) requestRead(off int64, n int) (chan readResult, error) {
 	}
 	id := f.nextID
 	f.reads[id] = ch
+	f.sizes[id] = n
 	f.mu.Unlock()
 	if err := f.send(frameRead, readReq{ID: id, Off: off, N: uint32(n)}.encode()); err != nil {
 		f.mu.Lock()
 		delete(f.reads, id)
+		delete(f.sizes, id)
 		f.mu.Unlock()
 		return nil, fmt.Errorf("agent: read %s: %w", f.path, err)
 	}
@@ -258,7 +325,16 @@ func (f *File) controlCall(typ byte, out any) error {
 	if err := f.send(typ, nil); err != nil {
 		return fmt.Errorf("agent: %s: %w", f.path, err)
 	}
-	r, ok := <-f.control
+	t := time.NewTimer(f.timeout)
+	defer t.Stop()
+	var r controlResult
+	var ok bool
+	select {
+	case r, ok = <-f.control:
+	case <-t.C:
+		f.abort(f.stalled("no reply to " + map[byte]string{frameFstat: "fstat", frameClose: "close"}[typ]))
+		r, ok = <-f.control
+	}
 	if !ok {
 		f.mu.Lock()
 		defer f.mu.Unlock()

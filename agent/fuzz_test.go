@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"testing"
 )
 
@@ -80,6 +82,91 @@ func FuzzParseModes(f *testing.F) {
 		})
 		if n > len(in)/5 {
 			t.Fatalf("%d modes from %d bytes", n, len(in))
+		}
+	})
+}
+
+// FuzzFileStream feeds a target's bytes to a file stream's reply loop
+// with reads pending: it must never hand a read more than it asked for,
+// and must answer every pending read once the stream ends.
+func FuzzFileStream(f *testing.F) {
+	var b bytes.Buffer
+	data := make([]byte, 5+10)
+	binary.BigEndian.PutUint32(data, 1)
+	writeFrame(&b, frameData, data)
+	writeFrame(&b, frameIOError, ioErrorPayload(2, &RemoteError{Op: "read", Msg: "x", Errno: 5}))
+	writeFrame(&b, frameOK, []byte(`{"name":"x"}`))
+	f.Add(b.Bytes())
+	long := make([]byte, 5+4096)
+	binary.BigEndian.PutUint32(long, 3)
+	b.Reset()
+	writeFrame(&b, frameData, long)
+	f.Add(b.Bytes())
+	f.Add([]byte{frameData, 0, 0, 0, 2, 0, 1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fl := &File{path: "x", reads: map[uint32]chan readResult{}, sizes: map[uint32]int{},
+			control: make(chan controlResult, 1), loop: make(chan struct{})}
+		var chs []chan readResult
+		for id := uint32(1); id <= 3; id++ {
+			ch := make(chan readResult, 1)
+			fl.reads[id], fl.sizes[id] = ch, 10
+			chs = append(chs, ch)
+		}
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			for r := range fl.control {
+				var w wireInfo
+				json.Unmarshal(r.b, &w)
+			}
+		}()
+		fl.readLoop(bytes.NewReader(in))
+		<-drained
+		for i, ch := range chs {
+			select {
+			case r := <-ch:
+				if len(r.data) > 10 {
+					t.Fatalf("read %d got %d bytes for 10 asked", i+1, len(r.data))
+				}
+			default:
+				t.Fatalf("read %d not answered after the stream ended", i+1)
+			}
+		}
+	})
+}
+
+// FuzzResult decodes a target's reply to a request into each kind of
+// answer the client expects.
+func FuzzResult(f *testing.F) {
+	var b bytes.Buffer
+	writeJSON(&b, frameOK, Info{ProtocolVersion: 1, Home: "/h"})
+	f.Add(b.Bytes())
+	b.Reset()
+	writeJSON(&b, frameError, &RemoteError{Op: "stat", Msg: "no", Errno: 2})
+	f.Add(b.Bytes())
+	b.Reset()
+	writeJSON(&b, frameOK, []wireInfo{{Name: "a", Size: -1}})
+	f.Add(b.Bytes())
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var info Info
+		result(bytes.NewReader(in), &info)
+		var ws []wireInfo
+		result(bytes.NewReader(in), &ws)
+		for _, w := range ws {
+			fi := &FileInfo{w}
+			fi.Mode()
+			fi.IsDir()
+		}
+		var s string
+		result(bytes.NewReader(in), &s)
+		var st ExitStatus
+		result(bytes.NewReader(in), &st)
+		if err := result(bytes.NewReader(in), nil); err != nil {
+			var re *RemoteError
+			if errors.As(err, &re) {
+				_ = re.Error()
+				_ = errors.Is(err, fs.ErrNotExist)
+			}
 		}
 	})
 }

@@ -87,6 +87,10 @@ func writeJSON(w io.Writer, typ byte, v any) error {
 	return writeFrame(w, typ, b)
 }
 
+// ErrProtocol is a peer that broke the protocol: a reply that does not
+// fit its request. The stream it came on is closed.
+var ErrProtocol = errors.New("agent: protocol violation")
+
 // ErrFrameTooLarge is a frame whose length exceeds MaxFrame.
 var ErrFrameTooLarge = errors.New("agent: frame too large")
 

@@ -98,6 +98,8 @@ type gomuxOptions struct {
 	Port int
 	// Top is appended to the top level of the config.
 	Top string
+	// Limits is the YAML body of the limits: section.
+	Limits string
 }
 
 func freePort(t testing.TB) int {
@@ -161,9 +163,11 @@ upstream:
   keepalive_interval: 2s
   keepalive_count_max: 3
 %s
+limits:
+%s
 targets:
 %s
-%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, targets, o.Top)
+%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, o.Limits, targets, o.Top)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 

@@ -210,6 +210,7 @@ func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
 		sess.Close()
 		return nil, fmt.Errorf("agent handshake: %w", err)
 	}
+	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout.D())
 	// The session's owner is the agent client: when it ends, the channel is
 	// closed, which closes the agent's stdin and makes it exit.
 	u.pool.wg.Add(1)

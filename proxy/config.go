@@ -39,6 +39,7 @@ type Config struct {
 
 	Auth     AuthConfig     `yaml:"auth"`
 	Upstream UpstreamConfig `yaml:"upstream"`
+	Limits   LimitsConfig   `yaml:"limits"`
 	// Targets are the access rules, first match wins; a destination no
 	// rule matches is denied. Required in a config file. Without a config
 	// file: one rule accelerating every host on port 22, the personal-use
@@ -395,6 +396,7 @@ func (c *Config) applyDefaults() error {
 	if u.UserCertValidity == 0 {
 		u.UserCertValidity = Duration(5 * time.Minute)
 	}
+	c.Limits.applyDefaults()
 	if c.Targets == nil {
 		// The personal default; LoadConfig refuses a file without targets.
 		c.Targets = []TargetRule{{Hosts: []string{"*"}}}
@@ -439,6 +441,9 @@ func (c *Config) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return &FieldError{"log_level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel)}
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}

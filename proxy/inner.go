@@ -76,7 +76,14 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 		},
 	}
 	cfg.AddHostKey(signer)
+	// The inner login has the front's grace time too, so a forward that
+	// never logs in does not hold its channel for ever.
+	grace := time.AfterFunc(ic.s.cfg.Limits.LoginGraceTime.D(), func() {
+		ic.log.Warn().Str("event", "login_grace").Msg("inner session not authenticated within the login grace time; closing")
+		conn.Close()
+	})
 	sc, chans, reqs, err := gossh.NewServerConn(conn, cfg)
+	grace.Stop()
 	if err != nil {
 		ic.log.Info().Str("event", "inner_handshake").Err(err).Msg("inner handshake failed")
 		return
@@ -94,6 +101,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	})
 	defer ic.s.drain.untrack(act)
 	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
+	var open chanCount // this inner connection's open channels
 	for nc := range chans {
 		var handle func(context.Context, gossh.NewChannel)
 		switch nc.ChannelType() {
@@ -101,16 +109,24 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 			handle = ic.handleSession
 		case "direct-tcpip":
 			handle = ic.handleDirect
-		}
-		if handle == nil {
+		default:
 			nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
+			continue
+		}
+		release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), &open)
+		if err != nil {
+			ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
+			nc.Reject(gossh.ResourceShortage, err.Error())
 			continue
 		}
 		act.begin()
 		if !ic.tasks.Go(func() {
 			defer act.end()
+			defer release()
+			defer contain(ic.log, "inner "+nc.ChannelType(), sc)
 			handle(ctx, nc)
 		}) {
+			release()
 			act.end()
 			nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
 		}

@@ -28,6 +28,10 @@ type PoolConfig struct {
 	// Agents are the agent binaries by GOARCH; empty means every target is
 	// served in fallback mode.
 	Agents map[string]dist.Binary
+	// Limits bound the per-target Ansible state and agent replies.
+	Limits LimitsConfig
+	// Budget is the staging memory shared by every target.
+	Budget *shim.Budget
 }
 
 // Pool keeps one SSH connection per (target, remote user, credential) and
@@ -35,6 +39,8 @@ type PoolConfig struct {
 // turns many short-lived client sessions into one warm upstream session.
 type Pool struct {
 	cfg    UpstreamConfig
+	limits LimitsConfig
+	budget *shim.Budget
 	agents map[string]dist.Binary
 	keys   *hostKeys
 	creds  map[string]*credential
@@ -128,9 +134,12 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		}
 		creds[n] = lc
 	}
+	cfg.Limits.applyDefaults() // for pools made without a Config
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{
+	p := &Pool{
 		cfg:    cfg.Upstream,
+		limits: cfg.Limits,
+		budget: cfg.Budget,
 		agents: cfg.Agents,
 		keys: &hostKeys{
 			files:    cfg.Upstream.KnownHosts,
@@ -143,7 +152,13 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		cancel: cancel,
 		conns:  map[poolKey]*upstream{},
 		hosts:  map[poolKey]*shim.Host{},
-	}, nil
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.pruneLoop()
+	}()
+	return p, nil
 }
 
 // Close ends every upstream connection and waits for their goroutines.
@@ -288,8 +303,11 @@ func (l *Lease) Shim(a *agent.Client) *shim.Host {
 	defer p.mu.Unlock()
 	h := p.hosts[l.u.key]
 	if h == nil {
+		if max := p.limits.MaxShimStates; max > 0 && len(p.hosts) >= max {
+			p.evictLocked(len(p.hosts) - max + 1)
+		}
 		info := a.Info()
-		h = shim.NewHost(info.User, info.Home, info.RealHome)
+		h = shim.NewHostLimits(info.User, info.Home, info.RealHome, shim.HostLimits{Budget: p.budget, TempDirIdle: p.limits.TempDirIdle.D()})
 		p.hosts[l.u.key] = h
 	}
 	return h

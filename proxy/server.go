@@ -16,6 +16,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/shim"
 )
 
 // Server is a running gomux front with its upstream pool.
@@ -29,7 +30,9 @@ type Server struct {
 	front  *glider.Server
 	tasks  tracker
 	// drain ends each connection once nothing runs on it after SIGTERM.
-	drain drainer
+	drain  drainer
+	limits *limiter
+	budget *shim.Budget
 }
 
 // activityKey is where a front connection's activity is kept in its
@@ -47,7 +50,8 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents}, log)
+	budget := shim.NewBudget(int64(cfg.Limits.MaxStagedMiB) << 20)
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -55,7 +59,8 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: policy, pool: pool}
+	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: policy, pool: pool,
+		limits: newLimiter(cfg.Limits), budget: budget}
 	frontSigners := []glider.Signer{ca.HostSigner()}
 	if cs, err := ca.SignerFor(frontName()); err == nil {
 		frontSigners = append(frontSigners, cs)
@@ -71,13 +76,17 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		RequestHandlers:   map[string]glider.RequestHandler{},
 		SubsystemHandlers: map[string]glider.SubsystemHandler{},
 		ConnCallback: func(ctx glider.Context, conn net.Conn) net.Conn {
-			s.log.Debug().Str("event", "tcp_accept").Str("source", conn.RemoteAddr().String()).Msg("connection accepted")
+			conn = s.admit(ctx, conn)
+			if conn == nil {
+				return nil
+			}
 			act := s.drain.track(func() { conn.Close() })
 			ctx.SetValue(activityKey{}, act)
 			// glider cancels the context when the connection ends.
 			context.AfterFunc(ctx, func() { s.drain.untrack(act) })
 			return conn
 		},
+		ServerConfigCallback: s.frontConfig,
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
 			s.log.Info().Str("event", "connection").Str("source", conn.RemoteAddr().String()).Err(err).
 				Str("result", "failed").Msg("front handshake or authentication failed")
@@ -115,7 +124,24 @@ func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.N
 }
 
 func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
-	if !s.tasks.Go(func() { s.forward(ctx, conn, nc) }) {
+	fs, _ := ctx.Value(frontStateKey{}).(*frontState)
+	if fs == nil {
+		nc.Reject(gossh.ResourceShortage, "gomux: connection state missing")
+		return
+	}
+	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
+	if err != nil {
+		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+			Str("channel", "direct-tcpip").Err(err).Msg("channel refused")
+		nc.Reject(gossh.ResourceShortage, err.Error())
+		return
+	}
+	if !s.tasks.Go(func() {
+		defer release()
+		defer contain(s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).Logger(), "front direct-tcpip", conn)
+		s.forward(ctx, conn, nc)
+	}) {
+		release()
 		nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
 	}
 }

@@ -43,6 +43,9 @@ type exitSignal struct {
 	Lang       string
 }
 
+// maxEnv is how many env requests one session may make, as sshd's limit.
+const maxEnv = 128
+
 func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	l, a, err := ic.backend(ctx)
 	if err != nil {
@@ -123,6 +126,10 @@ func (s *session) handleRequest(ctx context.Context, req *gossh.Request) bool {
 		}
 		if !matchAny(s.ic.s.cfg.Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
 			s.log.Debug().Str("env", e.Name).Msg("env request not accepted")
+			return false
+		}
+		if len(s.env) >= maxEnv {
+			s.log.Warn().Str("event", "limit").Str("env", e.Name).Int("max_env", maxEnv).Msg("env request beyond the limit refused")
 			return false
 		}
 		s.env = append(s.env, e.Name+"="+e.Value)
@@ -318,6 +325,7 @@ func (s *session) spawn(fn func()) {
 	s.run.Add(1)
 	go func() {
 		defer s.run.Done()
+		defer contain(s.log, "session "+s.kind, s.ch)
 		fn()
 	}()
 }
@@ -378,7 +386,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	if *s.ic.s.cfg.Upstream.Ansible {
 		host = s.lease.Shim(s.a)
 	}
-	srv := newSFTPServer(ctx, s.a, host, cw)
+	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.cfg.Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)
 	err := srv.Serve()
 	srv.Close()
 	status := 0

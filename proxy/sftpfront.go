@@ -3,15 +3,20 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
+	"github.com/rs/zerolog"
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/shim"
@@ -29,14 +34,60 @@ type sftpFront struct {
 	// opens has the permissions each OPEN asked for, which pkg/sftp's
 	// request server does not pass on.
 	opens *openModes
+	lim   sftpLimits
+	log   zerolog.Logger
+	// handles counts the open files, against lim.handles.
+	handles atomic.Int64
 }
 
-func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser) *sftp.RequestServer {
+// sftpLimits bound one sftp session.
+type sftpLimits struct {
+	// handles is the most files open at once; 0 means no limit.
+	handles int
+	// budget is gomux's staging memory, which the buffers of uploads
+	// being staged count against; nil means only shim.MaxStagedFile.
+	budget *shim.Budget
+}
+
+func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser, lim sftpLimits, log zerolog.Logger) *sftp.RequestServer {
 	home := a.Info().Home
 	opens := newOpenModes(home)
-	f := &sftpFront{ctx: ctx, a: a, host: host, opens: opens}
+	f := &sftpFront{ctx: ctx, a: a, host: host, opens: opens, lim: lim, log: log}
 	return sftp.NewRequestServer(&openSniffer{ReadWriteCloser: rwc, modes: opens}, sftp.Handlers{FileGet: f, FilePut: f, FileCmd: f, FileList: f},
 		sftp.WithStartDirectory(home))
+}
+
+// contain turns a panic in a handler into an error for that one request,
+// logged with its stack: handlers run in pkg/sftp's goroutines, which
+// gomux cannot guard otherwise.
+func (f *sftpFront) contain(op string, err *error) {
+	if r := recover(); r != nil {
+		f.log.Error().Str("event", "panic").Str("in", "sftp "+op).Interface("panic", r).Str("stack", string(debug.Stack())).
+			Msg("bug: panic in an sftp request contained; the request fails")
+		*err = fmt.Errorf("gomux: internal error serving %s", op)
+	}
+}
+
+// takeHandle counts a file opened for the client; the returned func gives
+// it back on close.
+func (f *sftpFront) takeHandle(p string) (func(), error) {
+	if n := f.handles.Add(1); f.lim.handles > 0 && n > int64(f.lim.handles) {
+		f.handles.Add(-1)
+		f.opens.take(p) // the refused open's mode is not for a later one
+		f.log.Warn().Str("event", "limit").Str("path", p).Int("max_sftp_handles", f.lim.handles).Msg("sftp open refused: too many open files")
+		return nil, fmt.Errorf("gomux: too many open files in this sftp session (max_sftp_handles %d)", f.lim.handles)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.handles.Add(-1) }) }, nil
+}
+
+// checkRange validates a client's offset before anything uses it: pkg/sftp
+// turns the wire's uint64 into an int64, so 2^63 and above arrive negative.
+func checkRange(op, p string, off int64, n int) error {
+	if off < 0 || off > math.MaxInt64-int64(n) {
+		return fmt.Errorf("gomux: %s %s: offset %d out of range: %w", op, p, uint64(off), sftp.ErrSSHFxBadMessage)
+	}
+	return nil
 }
 
 // createMode is the mode a file created by r gets before the umask: the
@@ -82,33 +133,62 @@ func (f *sftpFront) materialize(paths ...string) error {
 	return nil
 }
 
-func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+func (f *sftpFront) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
+	defer f.contain("read open", &err)
 	f.opens.take(r.Filepath) // a read creates nothing
+	release, err := f.takeHandle(r.Filepath)
+	if err != nil {
+		return nil, err
+	}
 	if err := f.materialize(r.Filepath); err != nil {
+		release()
 		return nil, err
 	}
 	f.rt()
 	h, err := f.a.Open(f.ctx, r.Filepath, os.O_RDONLY, 0)
 	if err != nil {
+		release()
 		return nil, sftpErr("open", r.Filepath, err)
 	}
-	return &sftpFile{f: h, path: r.Filepath}, nil
+	return &sftpFile{f: h, path: r.Filepath, log: &f.log, release: release}, nil
 }
 
-func (f *sftpFront) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+func (f *sftpFront) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
+	defer f.contain("write open", &err)
+	release, err := f.takeHandle(r.Filepath)
+	if err != nil {
+		return nil, err
+	}
 	pf := r.Pflags()
 	if f.host != nil && !pf.Read && !pf.Append && f.host.InTempDir(r.Filepath) {
 		// An upload into a temp dir: keep it in gomux until the command
 		// that uses it, and send both in one batch.
 		perm := f.createMode(r)
-		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, perm: perm, req: r}, nil
+		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, perm: perm, req: r, release: release}, nil
 	}
-	return f.open(r)
+	h, err := f.open(r)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	h.release = release
+	return h, nil
 }
 
 // OpenFile serves read-write opens on one handle.
-func (f *sftpFront) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
-	return f.open(r)
+func (f *sftpFront) OpenFile(r *sftp.Request) (_ sftp.WriterAtReaderAt, err error) {
+	defer f.contain("open", &err)
+	release, err := f.takeHandle(r.Filepath)
+	if err != nil {
+		return nil, err
+	}
+	h, err := f.open(r)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	h.release = release
+	return h, nil
 }
 
 func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
@@ -147,10 +227,11 @@ func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, erro
 	if err != nil {
 		return nil, sftpErr("open", r.Filepath, err)
 	}
-	return &sftpFile{f: h, path: r.Filepath}, nil
+	return &sftpFile{f: h, path: r.Filepath, log: &f.log}, nil
 }
 
-func (f *sftpFront) Filecmd(r *sftp.Request) error {
+func (f *sftpFront) Filecmd(r *sftp.Request) (err error) {
+	defer f.contain(r.Method, &err)
 	ctx, p := f.ctx, r.Filepath
 	if err := f.materialize(p, r.Target); err != nil {
 		return err
@@ -203,14 +284,16 @@ func (f *sftpFront) Filecmd(r *sftp.Request) error {
 }
 
 // PosixRename overwrites the target, as posix-rename@openssh.com promises.
-func (f *sftpFront) PosixRename(r *sftp.Request) error {
+func (f *sftpFront) PosixRename(r *sftp.Request) (err error) {
+	defer f.contain("posix-rename", &err)
 	if err := f.materialize(r.Filepath, r.Target); err != nil {
 		return err
 	}
 	return sftpErr("rename", r.Filepath, f.a.Rename(f.ctx, r.Filepath, r.Target, true))
 }
 
-func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+func (f *sftpFront) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer f.contain(r.Method, &err)
 	if r.Method == "Stat" {
 		if fi, ok := f.virtual(r.Filepath); ok {
 			return statResult(fi, r.Filepath)
@@ -248,7 +331,8 @@ func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 }
 
 // Lstat does not follow a final symlink, unlike Stat.
-func (f *sftpFront) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
+func (f *sftpFront) Lstat(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer f.contain("lstat", &err)
 	if fi, ok := f.virtual(r.Filepath); ok {
 		return statResult(fi, r.Filepath)
 	}
@@ -261,7 +345,8 @@ func (f *sftpFront) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
 }
 
 // Readlink returns the link's content as written, relative or absolute.
-func (f *sftpFront) Readlink(p string) (string, error) {
+func (f *sftpFront) Readlink(p string) (_ string, err error) {
+	defer f.contain("readlink", &err)
 	t, err := f.a.Readlink(f.ctx, p)
 	return t, sftpErr("readlink", p, err)
 }
@@ -269,10 +354,10 @@ func (f *sftpFront) Readlink(p string) (string, error) {
 // RealPath resolves against the login user's home on the target, which is
 // where OpenSSH's sftp-server starts, so "." and relative uploads land in
 // the same place with and without gomux.
-func (f *sftpFront) RealPath(p string) (string, error) {
+func (f *sftpFront) RealPath(p string) (_ string, err error) {
+	defer f.contain("realpath", &err)
 	resolve := func(p string) (string, error) { return f.a.RealPath(f.ctx, p) }
 	var r string
-	var err error
 	if f.host != nil {
 		r, err = f.host.RealPath(p, resolve)
 	} else {
@@ -341,19 +426,29 @@ type stagingFile struct {
 	perm fs.FileMode
 	req  *sftp.Request
 
+	release func() // the sftp handle
+
 	mu   sync.Mutex
 	buf  []byte
+	held int64 // bytes of buf reserved from the staging budget
 	real *sftpFile
 }
 
-func (s *stagingFile) WriteAt(p []byte, off int64) (int, error) {
+func (s *stagingFile) WriteAt(p []byte, off int64) (_ int, err error) {
+	defer s.f.contain("write", &err)
+	if err := checkRange("write", s.path, off, len(p)); err != nil {
+		s.f.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp write refused")
+		return 0, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.real != nil {
 		return s.real.WriteAt(p, off)
 	}
 	end := off + int64(len(p))
-	if end > shim.MaxStagedFile {
+	if end > shim.MaxStagedFile || (end > s.held && !s.reserveLocked(end)) {
+		// Too large to stage, or gomux's staging memory is spent: the
+		// upload goes to the target from here on.
 		if err := s.spillLocked(); err != nil {
 			return 0, err
 		}
@@ -364,6 +459,23 @@ func (s *stagingFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	copy(s.buf[off:], p)
 	return len(p), nil
+}
+
+// reserveLocked grows the budget held for buf to end bytes, rounded up
+// so that a stream of small writes does not take the budget's lock each.
+func (s *stagingFile) reserveLocked(end int64) bool {
+	want := min(max(end, 2*s.held, 64<<10), shim.MaxStagedFile)
+	if !s.f.lim.budget.Reserve(want - s.held) {
+		return false
+	}
+	s.held = want
+	return true
+}
+
+// unreserveLocked gives back what buf held of the budget.
+func (s *stagingFile) unreserveLocked() {
+	s.f.lim.budget.Release(s.held)
+	s.held = 0
 }
 
 // spillLocked sends the temp dirs to the target and continues the upload
@@ -380,13 +492,20 @@ func (s *stagingFile) spillLocked() error {
 		}
 	}
 	s.real, s.buf = real, nil
+	s.unreserveLocked()
 	return nil
 }
 
-func (s *stagingFile) Close() error {
+func (s *stagingFile) Close() (err error) {
+	defer s.f.contain("close", &err)
+	defer s.release()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The buffer's reservation passes to the staged file (Stage takes
+	// its own), or ends with the spill.
+	s.unreserveLocked()
 	if s.real == nil && s.f.host.Stage(s.path, s.buf, s.mode) {
+		s.buf = nil
 		return nil
 	}
 	if s.real == nil {
@@ -399,12 +518,23 @@ func (s *stagingFile) Close() error {
 
 // sftpFile adapts an agent file handle; Close is called by pkg/sftp.
 type sftpFile struct {
-	f    *agent.File
-	path string
+	f       *agent.File
+	path    string
+	log     *zerolog.Logger
+	release func() // the sftp handle, when this is one
 }
 
 func (s *sftpFile) ReadAt(p []byte, off int64) (int, error) {
+	if err := checkRange("read", s.path, off, len(p)); err != nil {
+		s.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp read refused")
+		return 0, err
+	}
 	n, err := s.f.ReadAt(p, off)
+	if n > len(p) || n < 0 {
+		// The agent client vouches for this; a slip here would make
+		// pkg/sftp slice past its buffer.
+		return 0, fmt.Errorf("gomux: read %s: %d bytes reported for a buffer of %d", s.path, n, len(p))
+	}
 	if errors.Is(err, io.EOF) {
 		return n, io.EOF
 	}
@@ -412,11 +542,20 @@ func (s *sftpFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (s *sftpFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := checkRange("write", s.path, off, len(p)); err != nil {
+		s.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp write refused")
+		return 0, err
+	}
 	n, err := s.f.WriteAt(p, off)
 	return n, sftpErr("write", s.path, err)
 }
 
-func (s *sftpFile) Close() error { return sftpErr("close", s.path, s.f.Close()) }
+func (s *sftpFile) Close() error {
+	if s.release != nil {
+		defer s.release()
+	}
+	return sftpErr("close", s.path, s.f.Close())
+}
 
 type listerAt []os.FileInfo
 

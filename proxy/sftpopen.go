@@ -34,6 +34,10 @@ type openModes struct {
 	modes map[string][]fs.FileMode // by cleaned path, oldest first
 }
 
+// maxOpenModes bounds the paths whose OPEN modes wait for a handler; far
+// more than a client's requests in flight.
+const maxOpenModes = 1024
+
 func newOpenModes(base string) *openModes {
 	return &openModes{base: base, modes: map[string][]fs.FileMode{}}
 }
@@ -55,6 +59,14 @@ func (o *openModes) put(p string, mode fs.FileMode) {
 	// Bounded: a client that opens a path many times without the handler
 	// taking them (it cannot, but a bug should not grow memory) keeps the
 	// newest few.
+	if _, ok := o.modes[p]; !ok && len(o.modes) >= maxOpenModes {
+		// Opens the handlers never took (pkg/sftp refused them, or a
+		// cap did): forget one, so a client cannot grow the map.
+		for k := range o.modes {
+			delete(o.modes, k)
+			break
+		}
+	}
 	q := append(o.modes[p], mode)
 	if len(q) > 16 {
 		q = q[len(q)-16:]

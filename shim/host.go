@@ -18,6 +18,21 @@ const (
 	MaxStagedTotal = 64 << 20
 )
 
+// DefaultTempDirIdle is how long a temp dir gomux keeps for Ansible may go
+// unused before it is forgotten, with what is staged in it. A task touches
+// its temp dir every few seconds; one idle this long belongs to a run that
+// died, and must not hold memory for ever.
+const DefaultTempDirIdle = 30 * time.Minute
+
+// HostLimits bound what a Host holds.
+type HostLimits struct {
+	// Budget is shared by every Host and upload; nil means only the
+	// per-Host MaxStagedTotal applies.
+	Budget *Budget
+	// TempDirIdle expires unused temp dirs; zero means DefaultTempDirIdle.
+	TempDirIdle time.Duration
+}
+
 // Counters say what the shim saved, for the log line at the end of a
 // downstream connection and, later, metrics.
 type Counters struct {
@@ -41,6 +56,8 @@ type Host struct {
 	staged  int64               // bytes staged in all dirs
 	count   Counters
 	real    map[string]string // realpath answers for the home directory
+	lim     HostLimits
+	used    time.Time // last use of any kind
 	// aclWorks is set once a setfacl on this target succeeded: from then
 	// on setfacl is recorded and sent with the run. Until then it runs
 	// as sent, so a failure reaches Ansible, which has fallbacks for it.
@@ -51,7 +68,7 @@ type tempDir struct {
 	base     string
 	path     string
 	onTarget bool
-	created  time.Time
+	used     time.Time              // last time a step or an sftp request named it
 	files    map[string]*stagedFile // by base name
 }
 
@@ -63,7 +80,15 @@ type stagedFile struct {
 // NewHost starts with nothing virtual. realHome, when known, answers
 // realpath of the home directory without asking the target.
 func NewHost(user, home, realHome string) *Host {
-	h := &Host{user: user, home: home, dirs: map[string]*tempDir{}}
+	return NewHostLimits(user, home, realHome, HostLimits{})
+}
+
+// NewHostLimits is NewHost with limits other than the defaults.
+func NewHostLimits(user, home, realHome string, lim HostLimits) *Host {
+	if lim.TempDirIdle <= 0 {
+		lim.TempDirIdle = DefaultTempDirIdle
+	}
+	h := &Host{user: user, home: home, dirs: map[string]*tempDir{}, lim: lim, used: time.Now()}
 	if realHome != "" {
 		h.real = map[string]string{home: realHome}
 	}
@@ -138,7 +163,8 @@ func (h *Host) Plan(cmd string) Plan {
 	step := Parse(cmd)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.expireLocked(time.Now())
+	h.used = time.Now()
+	h.expireLocked(h.used)
 	switch s := step.(type) {
 	case EchoHome:
 		if s.User == "" || s.User == h.user {
@@ -149,7 +175,7 @@ func (h *Host) Plan(cmd string) Plan {
 		base, ok1 := s.Base.Resolve(h.user, h.home)
 		dir, ok2 := s.Dir.Resolve(h.user, h.home)
 		if ok1 && ok2 && h.dirs[dir] == nil {
-			h.dirs[dir] = &tempDir{base: base, path: dir, created: time.Now(), files: map[string]*stagedFile{}}
+			h.dirs[dir] = &tempDir{base: base, path: dir, used: h.used, files: map[string]*stagedFile{}}
 			h.count.Local++
 			return Plan{Step: step, Reply: true, Stdout: s.ID + "=" + dir + "\n"}
 		}
@@ -225,6 +251,7 @@ func (h *Host) flushLocked() []agent.PrepOp {
 func (h *Host) dropStagedLocked(d *tempDir) {
 	for name, f := range d.files {
 		h.staged -= int64(len(f.data))
+		h.lim.Budget.Release(int64(len(f.data)))
 		delete(d.files, name)
 	}
 }
@@ -239,14 +266,40 @@ func (h *Host) dropPendingLocked(dir string) {
 	h.pending = kept
 }
 
-// expireLocked forgets temp dirs older than a day: Ansible never came back
-// for them (an async job removes its own), and the map must stay bounded.
+// expireLocked forgets temp dirs unused for TempDirIdle, with what is
+// staged in them: Ansible never came back for them (an async job removes
+// its own), and neither the map nor the staged bytes may grow for ever. A
+// dir already on the target stays there, as it would after a killed run.
 func (h *Host) expireLocked(now time.Time) {
 	for p, d := range h.dirs {
-		if now.Sub(d.created) > 24*time.Hour && len(d.files) == 0 {
+		if now.Sub(d.used) > h.lim.TempDirIdle {
+			h.dropStagedLocked(d)
+			h.dropPendingLocked(p)
 			delete(h.dirs, p)
 		}
 	}
+}
+
+// Expire forgets idle temp dirs now, and says how long the Host has been
+// unused and whether it still holds anything: the owner drops a Host that
+// is empty and idle, since a new one is made on the next use.
+func (h *Host) Expire(now time.Time) (idle time.Duration, empty bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.expireLocked(now)
+	return now.Sub(h.used), len(h.dirs) == 0 && len(h.pending) == 0
+}
+
+// Drop forgets everything the Host holds and gives its staged bytes back
+// to the budget; for an owner that discards it.
+func (h *Host) Drop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for p, d := range h.dirs {
+		h.dropStagedLocked(d)
+		delete(h.dirs, p)
+	}
+	h.pending = nil
 }
 
 // Observe learns from how a command that reached the target ended.
@@ -281,13 +334,18 @@ func (h *Host) setfaclLocked(c Setfacl) bool {
 	return true
 }
 
-// dirOf returns the temp dir holding p (p itself or its parent).
+// dirOf returns the temp dir holding p (p itself or its parent), and
+// marks it used.
 func (h *Host) dirOf(p string) (*tempDir, string) {
 	p = path.Clean(p)
+	now := time.Now()
+	h.used = now
 	if d := h.dirs[p]; d != nil {
+		d.used = now
 		return d, ""
 	}
 	if d := h.dirs[path.Dir(p)]; d != nil {
+		d.used = now
 		return d, path.Base(p)
 	}
 	return nil, ""
@@ -460,9 +518,10 @@ func (h *Host) Stage(p string, data []byte, mode fs.FileMode) bool {
 	if f := d.files[name]; f != nil {
 		old = int64(len(f.data))
 	}
-	if h.staged-old+int64(len(data)) > MaxStagedTotal {
+	if h.staged-old+int64(len(data)) > MaxStagedTotal || !h.lim.Budget.Reserve(int64(len(data))) {
 		return false
 	}
+	h.lim.Budget.Release(old)
 	h.staged += int64(len(data)) - old
 	d.files[name] = &stagedFile{data: data, mode: mode.Perm()}
 	return true

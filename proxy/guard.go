@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	glider "github.com/gliderlabs/ssh"
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// frontStateKey finds a front connection's frontState in its context.
+type frontStateKey struct{}
+
+// frontState is what the limits track for one front connection: its
+// startup slot until it logs in, its login slot after, its channels, and
+// the login grace timer.
+type frontState struct {
+	chans chanCount
+
+	mu          sync.Mutex
+	startupDone func()
+	closedFn    func()
+	grace       *time.Timer
+	release     func() // the person's connection slot, once logged in
+	expired     bool   // the grace time ran out first
+	closed      bool
+}
+
+// errGraceOver is a login that came after the grace time closed the
+// connection.
+var errGraceOver = errors.New("gomux: login grace time is over")
+
+// login turns the startup slot into the person's connection slot and
+// stops the grace timer; an error refuses the login.
+func (fs *frontState) login(l *limiter, user string) error {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.expired || fs.closed {
+		return errGraceOver
+	}
+	if fs.release != nil {
+		return nil
+	}
+	rel, err := l.login(user)
+	if err != nil {
+		return err
+	}
+	fs.release = rel
+	fs.grace.Stop()
+	fs.startupDone()
+	return nil
+}
+
+// expire is the grace timer: true when the connection must be closed.
+func (fs *frontState) expire() bool {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.release != nil || fs.closed {
+		return false
+	}
+	fs.expired = true
+	return true
+}
+
+// close gives back every slot the connection held.
+func (fs *frontState) close() {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.closed {
+		return
+	}
+	fs.closed = true
+	fs.grace.Stop()
+	if fs.release != nil {
+		fs.release()
+	}
+	fs.closedFn()
+}
+
+// guardedConn gives the connection's slots back when it closes.
+type guardedConn struct {
+	net.Conn
+	fs *frontState
+}
+
+func (c *guardedConn) Close() error {
+	c.fs.close()
+	return c.Conn.Close()
+}
+
+// admit runs when a TCP connection is accepted, before any SSH: it applies
+// MaxStartups and the per-source caps, and starts the login grace timer.
+// A nil return makes the front close the connection.
+func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
+	src := conn.RemoteAddr().String()
+	done, closed, err := s.limits.startup(sourceOf(conn.RemoteAddr()))
+	if err != nil {
+		s.log.Warn().Str("event", "limit").Str("source", src).Err(err).Msg("connection dropped before login")
+		// RFC 4253 4.2 lets a server send lines before its version; the
+		// client shows this one in its debug output.
+		conn.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(conn, err.Error()+"\r\n")
+		return nil
+	}
+	s.log.Debug().Str("event", "tcp_accept").Str("source", src).Msg("connection accepted")
+	fs := &frontState{startupDone: done, closedFn: closed}
+	grace := s.cfg.Limits.LoginGraceTime.D()
+	fs.grace = time.AfterFunc(grace, func() {
+		if fs.expire() {
+			s.log.Warn().Str("event", "login_grace").Str("source", src).Dur("login_grace_time", grace).
+				Msg("not authenticated within the login grace time; closing")
+			conn.Close()
+		}
+	})
+	ctx.SetValue(frontStateKey{}, fs)
+	return &guardedConn{Conn: conn, fs: fs}
+}
+
+// frontConfig is the front's SSH config for one connection: a login that
+// proved its key takes a slot of the person's connections, or is refused
+// with a banner saying why.
+func (s *Server) frontConfig(ctx glider.Context) *gossh.ServerConfig {
+	return &gossh.ServerConfig{
+		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, _ gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			fs, _ := ctx.Value(frontStateKey{}).(*frontState)
+			if fs == nil {
+				return nil, errors.New("gomux: connection state missing")
+			}
+			if err := fs.login(s.limits, meta.User()); err != nil {
+				s.log.Warn().Str("event", "limit").Str("user", meta.User()).Str("source", meta.RemoteAddr().String()).
+					Err(err).Msg("login refused")
+				return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}
+			}
+			return perms, nil
+		},
+	}
+}
+
+// contain is deferred by the goroutines gomux owns per connection or
+// channel: a panic there is logged with its stack and ends only that
+// connection (closed by closer), never the process.
+func contain(log zerolog.Logger, what string, closer io.Closer) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	log.Error().Str("event", "panic").Str("in", what).Interface("panic", r).Str("stack", string(debug.Stack())).
+		Msg("bug: panic contained; closing the connection it happened on")
+	if closer != nil {
+		closer.Close()
+	}
+}

@@ -1,0 +1,150 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+)
+
+func testLimits() LimitsConfig {
+	l := LimitsConfig{MaxStartups: "2:50:4", PerSourceMaxStartups: 3, MaxConnectionsPerUser: 2, MaxConnectionsPerSource: 5,
+		MaxChannelsPerConnection: 2, MaxChannelsPerUser: 3, MaxChannelsPerSource: 4}
+	l.applyDefaults()
+	return l
+}
+
+func TestParseStartups(t *testing.T) {
+	for in, want := range map[string]startups{"10:30:100": {10, 30, 100}, "7": {7, 100, 7}} {
+		got, err := parseStartups(in)
+		if err != nil || got != want {
+			t.Errorf("parseStartups(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "a", "1:2", "10:101:20", "10:30:5", "0:30:10", "-1"} {
+		if _, err := parseStartups(bad); err == nil {
+			t.Errorf("parseStartups(%q) accepted", bad)
+		}
+	}
+}
+
+func TestMaxStartupsEarlyDrop(t *testing.T) {
+	l := newLimiter(testLimits())
+	roll := 0
+	l.rand = func(int) int { return roll }
+	var closers []func()
+	admit := func(src string) error {
+		_, closed, err := l.startup(src)
+		if err == nil {
+			closers = append(closers, closed)
+		}
+		return err
+	}
+	// Below start: always admitted.
+	for i := 0; i < 2; i++ {
+		if err := admit("a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// At start, probability 50%: a roll of 49 drops, 50 admits.
+	roll = 49
+	if err := admit("b"); err == nil || !strings.Contains(err.Error(), "max_startups") {
+		t.Fatalf("early drop: %v", err)
+	}
+	roll = 50
+	if err := admit("b"); err != nil {
+		t.Fatal(err)
+	}
+	// Per source: "a" may have 3 unauthenticated at most.
+	roll = 99
+	if err := admit("a"); err != nil {
+		t.Fatal(err)
+	}
+	// Full: everything dropped.
+	if err := admit("c"); err == nil {
+		t.Fatal("admitted beyond full")
+	}
+	for _, c := range closers {
+		c()
+	}
+	if l.unauth != 0 || len(l.conns) != 0 || len(l.unauthBy) != 0 {
+		t.Fatalf("counts left after every close: %d %v %v", l.unauth, l.conns, l.unauthBy)
+	}
+}
+
+func TestPerSourceStartups(t *testing.T) {
+	lc := testLimits()
+	lc.MaxStartups = "100"
+	l := newLimiter(lc)
+	for i := 0; i < 3; i++ {
+		if _, _, err := l.startup("a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := l.startup("a"); err == nil || !strings.Contains(err.Error(), "per_source_max_startups") {
+		t.Fatalf("4th from one source: %v", err)
+	}
+	if _, _, err := l.startup("b"); err != nil {
+		t.Fatalf("another source refused: %v", err)
+	}
+}
+
+func TestLoginAndChannelCaps(t *testing.T) {
+	l := newLimiter(testLimits())
+	r1, err := l.login("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.login("alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.login("alice"); err == nil || !strings.Contains(err.Error(), "max_connections_per_user") {
+		t.Fatalf("3rd login: %v", err)
+	}
+	if _, err := l.login("bob"); err != nil {
+		t.Fatalf("another person refused: %v", err)
+	}
+	r1()
+	r1() // twice is harmless
+	if _, err := l.login("alice"); err != nil {
+		t.Fatalf("login after a close: %v", err)
+	}
+
+	var c1, c2 chanCount
+	rel, err := l.channel("alice", "s", &c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.channel("alice", "s", &c1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.channel("alice", "s", &c1); err == nil || !strings.Contains(err.Error(), "max_channels_per_connection") {
+		t.Fatalf("3rd channel on a connection: %v", err)
+	}
+	if _, err := l.channel("alice", "s", &c2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.channel("alice", "s", &c2); err == nil || !strings.Contains(err.Error(), "max_channels_per_user") {
+		t.Fatalf("4th channel of a person: %v", err)
+	}
+	if _, err := l.channel("bob", "s", &c2); err != nil {
+		t.Fatalf("another person refused: %v", err)
+	}
+	if _, err := l.channel("carol", "s", &c2); err == nil || !strings.Contains(err.Error(), "max_channels") {
+		t.Fatalf("5th channel from a source: %v", err)
+	}
+	rel()
+	if _, err := l.channel("alice", "s", &c1); err != nil {
+		t.Fatalf("channel after a release: %v", err)
+	}
+}
+
+func TestLimitsConfig(t *testing.T) {
+	var l LimitsConfig
+	l.applyDefaults()
+	if l.LoginGraceTime.D().Seconds() != 60 || l.MaxStartups != "100:30:1000" || l.MaxChannelsPerConnection != 64 {
+		t.Fatalf("defaults: %+v", l)
+	}
+	l.MaxStartups = "x"
+	if err := l.validate(); err == nil || !strings.Contains(err.Error(), "limits.max_startups") {
+		t.Fatalf("bad max_startups: %v", err)
+	}
+}
