@@ -131,6 +131,7 @@ func (fp *faultPlay) finish() playbookRun {
 	if left != "" {
 		fp.t.Errorf("the victim's processes outlived it on the target:\n%s", left)
 	}
+	fp.t.Logf("playbook: %v in all", r.Wall.Round(100*time.Millisecond))
 	return r
 }
 

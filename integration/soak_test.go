@@ -177,7 +177,15 @@ func TestLoadConcurrentSessions(t *testing.T) {
 	soakOnly(t)
 	const n = 1000
 	lab := harness.Start(t, harness.Options{Targets: 10})
-	g := startGomux(t, lab, gomuxOptions{Top: "stats_interval: 5s\n"})
+	// One person from one address holds all of them: the per-person and
+	// per-source defaults are for a team, so this test raises them.
+	g := startGomux(t, lab, gomuxOptions{Top: "stats_interval: 5s\n", Limits: `  max_startups: "1000:30:2000"
+  per_source_max_startups: 1000
+  max_connections_per_user: 1200
+  max_connections_per_source: 2000
+  max_channels_per_user: 4000
+  max_channels_per_source: 8000
+`})
 	ctx := ctxT(t, 20*time.Minute)
 	var ok, bad atomic.Int64
 	var wg sync.WaitGroup
