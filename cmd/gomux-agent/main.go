@@ -44,6 +44,7 @@ func main() {
 }
 
 func serve() int {
+	closeLauncherFD()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// The protocol owns the original stdin and stdout. Point fds 0 and 1 at
 	// /dev/null so nothing else (a child, a stray print) can write into the
@@ -81,4 +82,22 @@ func serve() int {
 		return 1
 	}
 	return 0
+}
+
+// launcherFD is the descriptor through which the launcher hashed and then
+// executed this binary (`exec /proc/self/fd/3 serve`, see the proxy's
+// launcherScript).
+const launcherFD = 3
+
+// closeLauncherFD closes the launcher's descriptor of this binary, so no
+// command the agent runs inherits it. It touches fd 3 only when that is
+// this very executable.
+func closeLauncherFD() {
+	var fd, exe unix.Stat_t
+	if unix.Fstat(launcherFD, &fd) != nil || unix.Stat("/proc/self/exe", &exe) != nil {
+		return
+	}
+	if fd.Dev == exe.Dev && fd.Ino == exe.Ino {
+		unix.Close(launcherFD)
+	}
 }
