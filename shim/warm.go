@@ -182,7 +182,8 @@ func becomeGuard(loginAgent, sha string) (cond, agent string) {
 	install := `( umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
 		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && cat ` + shQuote(loginAgent) + ` > "$t" && ` +
 		`[ "$(sha256sum < "$t" | cut -c1-64)" = ` + sha + ` ] && chmod 500 "$t" && mv -f "$t" ` + v + ` || { rm -f "$t"; exit 1; } ) >/dev/null 2>&1`
-	cond = `case "$HOME" in /?*) { ` + check + `; } || { ` + install + ` && ` + check + `; } ;; *) false ;; esac`
+	// test -x last: a copy on a noexec mount is not installed again.
+	cond = `case "$HOME" in /?*) { { ` + check + `; } || { ` + install + ` && ` + check + `; }; } && [ -x ` + v + ` ] ;; *) false ;; esac`
 	return cond, v
 }
 

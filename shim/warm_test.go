@@ -228,6 +228,23 @@ func TestWarmBecomeRunsVerifiedCopy(t *testing.T) {
 	if _, err := os.Lstat(l.copyPath()); err == nil {
 		t.Fatalf("a copy that failed verification was kept")
 	}
+	// A copy that cannot be executed here (as on a noexec mount) runs the
+	// interpreter, and is not copied again for every task.
+	if err := os.WriteFile(l.loginAgent, []byte(fakeAgent), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("reinstall: %q", got)
+	}
+	if err := os.Chmod(l.copyPath(), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("copy not executable: %q", got)
+	}
+	if st, err := os.Lstat(l.copyPath()); err != nil || st.Mode().Perm() != 0o400 {
+		t.Fatalf("copy installed again: %v %v", st, err)
+	}
 }
 
 // TestWarmBecomeRefusesUnsafeCopy: a copy or directory that is a symlink
