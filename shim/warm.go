@@ -168,8 +168,9 @@ const becomeAgentVar = "_gomux_agent"
 // 077, it creates the directory, checks owner and no symlink again,
 // chmods it 0700 (so no one else can add, rename or replace entries in
 // it from then on), copies the login user's agent into a temporary file
-// there, hashes THAT copy, and renames it into place only if the hash is
-// SHA. The copy cannot change after it was hashed: only the become user
+// there (a regular file, at most 64 MiB, so a login user's symlink to
+// /dev/zero cannot fill the disk), hashes THAT copy, and renames it into
+// place only if the hash is SHA. The copy cannot change after it was hashed: only the become user
 // (or root) can write that directory and file, so there is no window
 // between the check and the exec. Any failure (a HOME that is not the
 // become user's, a login user's agent it cannot read, a bad hash, a
@@ -180,7 +181,7 @@ func becomeGuard(loginAgent, sha string) (cond, agent string) {
 	d := `"$HOME/.cache/gomux"`
 	check := `[ -f ` + v + ` ] && [ ! -L ` + v + ` ] && [ -O ` + v + ` ] && [ -d ` + d + ` ] && [ ! -L ` + d + ` ] && [ -O ` + d + ` ]`
 	install := `( umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
-		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && cat ` + shQuote(loginAgent) + ` > "$t" && ` +
+		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && [ -f ` + shQuote(loginAgent) + ` ] && head -c 67108864 ` + shQuote(loginAgent) + ` > "$t" && ` +
 		`[ "$(sha256sum < "$t" | cut -c1-64)" = ` + sha + ` ] && chmod 500 "$t" && mv -f "$t" ` + v + ` || { rm -f "$t"; exit 1; } ) >/dev/null 2>&1`
 	// test -x last: a copy on a noexec mount is not installed again.
 	cond = `case "$HOME" in /?*) { { ` + check + `; } || { ` + install + ` && ` + check + `; }; } && [ -x ` + v + ` ] ;; *) false ;; esac`

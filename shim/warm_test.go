@@ -228,6 +228,21 @@ func TestWarmBecomeRunsVerifiedCopy(t *testing.T) {
 	if _, err := os.Lstat(l.copyPath()); err == nil {
 		t.Fatalf("a copy that failed verification was kept")
 	}
+	// A login agent that is endless (a symlink to /dev/zero) is copied
+	// no further than 64 MiB, and not kept.
+	if err := os.Remove(l.loginAgent); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", l.loginAgent); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("endless login agent: %q", got)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(l.copyPath())); len(ents) != 0 {
+		t.Fatalf("endless login agent left %v", ents)
+	}
+	os.Remove(l.loginAgent)
 	// A copy that cannot be executed here (as on a noexec mount) runs the
 	// interpreter, and is not copied again for every task.
 	if err := os.WriteFile(l.loginAgent, []byte(fakeAgent), 0o700); err != nil {
