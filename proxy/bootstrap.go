@@ -44,12 +44,13 @@ const cacheChecks = `u=$(id -u); bad=; top=; ` +
 
 // launcherScript starts the cached agent if its hash verifies. It runs
 // under /bin/sh whatever the login shell is, and costs one round trip on a
-// warm target. It opens the agent once, hashes that open file and
-// executes it through the same descriptor (/proc/self/fd/3), so the file
-// it runs is the one it hashed, not whatever the path names by then; it
-// only does so from a cache directory no one else can write (cacheChecks).
-// This is the login user running its own file: the become side never
-// runs it (see shim.Warm).
+// warm target. It opens the agent once, hashes that open file, checks
+// that the path still names that very file (test -ef) and executes it by
+// its path, so ps and the agent's own executable path show the real
+// name, not /proc/self/fd/3. Only the login user could swap the file in
+// between: the launcher runs only from a cache directory no one else can
+// write (cacheChecks), and this is the login user running its own file.
+// The become side never runs it (see shim.Warm).
 func launcherScript(bins map[string]dist.Binary) string {
 	var cases strings.Builder
 	for _, b := range bins {
@@ -68,7 +69,7 @@ func launcherScript(bins map[string]dist.Binary) string {
 		`if [ -n "$top" ]; then echo "` + noAgentLine + ` unsafe agent cache: $bad"; exit 0; fi; ` +
 		`if [ -n "$bad" ]; then echo "` + needAgentLine + ` $h $m unsafe agent cache: $bad"; exit 0; fi; ` +
 		`if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && exec 3<"$f"; then ` +
-		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ]; then exec /proc/self/fd/3 serve; fi; exec 3<&-; fi; ` +
+		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then exec "$f" serve; fi; exec 3<&-; fi; ` +
 		`echo "` + needAgentLine + ` $h $m"`
 	return "exec /bin/sh -c " + shellQuote(script)
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -84,20 +85,25 @@ func serve() int {
 	return 0
 }
 
-// launcherFD is the descriptor through which the launcher hashed and then
-// executed this binary (`exec /proc/self/fd/3 serve`, see the proxy's
-// launcherScript).
+// launcherFD is the descriptor through which the launcher hashed this
+// binary before it executed it by path (see the proxy's launcherScript).
 const launcherFD = 3
 
 // closeLauncherFD closes the launcher's descriptor of this binary, so no
-// command the agent runs inherits it. It touches fd 3 only when that is
-// this very executable.
+// command the agent runs inherits it. It touches fd 3 only when that is a
+// file of this binary's name (the same file, or one a concurrent upload
+// just replaced).
 func closeLauncherFD() {
-	var fd, exe unix.Stat_t
-	if unix.Fstat(launcherFD, &fd) != nil || unix.Stat("/proc/self/exe", &exe) != nil {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
 		return
 	}
-	if fd.Dev == exe.Dev && fd.Ino == exe.Ino {
+	name, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", launcherFD))
+	if err != nil {
+		return
+	}
+	exe = strings.TrimSuffix(exe, " (deleted)")
+	if strings.TrimSuffix(name, " (deleted)") == exe {
 		unix.Close(launcherFD)
 	}
 }

@@ -107,9 +107,9 @@ func TestStdioIsDevNull(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-// TestLauncherDescriptorNotInherited: the launcher runs the agent through
-// the descriptor it hashed (fd 3); the agent closes it, so neither it nor
-// any command it runs holds the agent binary open.
+// TestLauncherDescriptorNotInherited: the launcher leaves the descriptor
+// it hashed the agent through open (fd 3); the agent closes it, so
+// neither it nor any command it runs holds the agent binary open.
 func TestLauncherDescriptorNotInherited(t *testing.T) {
 	if os.Getenv("GOMUX_AGENT_TEST_SERVE") != "" {
 		t.Skip()
@@ -118,7 +118,7 @@ func TestLauncherDescriptorNotInherited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/bin/sh", "-c", `exec 3<"$1"; exec /proc/self/fd/3`, "sh", self)
+	cmd := exec.Command("/bin/sh", "-c", `exec 3<"$1"; exec "$1"`, "sh", self)
 	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
