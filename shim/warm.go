@@ -32,10 +32,11 @@ var (
 // module in a warm fork server on the target (agent/PROTOCOL.md, "Warm
 // Python"). Every other byte stays as Ansible sent it: become wrappers
 // still run, so sudo still authenticates and logs, and pyrun runs as the
-// become user. Without become the replacement is guarded by `[ -x AGENT
-// ]`: the login user runs its own agent. Under become it never runs the
-// login user's file (see becomeGuard): the become user runs its own
-// verified copy, or the interpreter exactly as Ansible asked. ok is false, and cmd is to be run unchanged, for anything
+// become user. Without become the replacement is guarded by
+// `[ -x AGENT ]`: the login user runs its own agent. Under become it
+// never runs the login user's file (see becomeGuard): the become user
+// runs its own verified copy, or the interpreter exactly as Ansible
+// asked. ok is false, and cmd is to be run unchanged, for anything
 // unusual: async_wrapper, interpreter flags or arguments, an interpreter
 // that is not python3, a script that is not an AnsiballZ module, or
 // quoting that would not survive the rewrite byte for byte.
@@ -170,9 +171,9 @@ const becomeAgentVar = "_gomux_agent"
 // it from then on), copies the login user's agent into a temporary file
 // there (a regular file, at most 64 MiB, so a login user's symlink to
 // /dev/zero cannot fill the disk), hashes THAT copy, and renames it into
-// place only if the hash is SHA. The copy cannot change after it was hashed: only the become user
-// (or root) can write that directory and file, so there is no window
-// between the check and the exec. Any failure (a HOME that is not the
+// place only if the hash is SHA. The copy cannot change after it was
+// hashed: only the become user (or root) can write that directory and
+// file, so there is no window between the check and the exec. Any failure (a HOME that is not the
 // become user's, a login user's agent it cannot read, a bad hash, a
 // missing tool) runs the interpreter exactly as Ansible asked; the
 // install's output goes to /dev/null, so the task's output is stock.
