@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"syscall"
 )
 
 // PrepOp is one filesystem step a batch performs before its command, so a
@@ -70,6 +71,12 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 		}
 		writeJSON(st, frameError, re)
 	}
+	// Every cached content is read and hashed now, before anything is
+	// changed, and those very bytes are what the writes below use: the
+	// cache is a directory the login user (and anything running as it)
+	// can write, so a file there is only a hint until its hash matches.
+	cached := map[string][]byte{}
+	var cachedBytes int64
 	for i, op := range req.Prep {
 		if op.Op != "write" {
 			continue
@@ -79,12 +86,16 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 				fail(i, op, fmt.Errorf("bad sha256 %q", part.SHA256))
 				return
 			}
-			if part.Cached {
-				if _, err := os.Stat(filepath.Join(blobDir(info.Home), part.SHA256)); err != nil {
-					fail(i, op, errNoBlob)
-					return
-				}
+			if !part.Cached || cached[part.SHA256] != nil {
+				continue
 			}
+			data, err := s.readBlob(info.Home, part.SHA256, maxCachedBatch-cachedBytes)
+			if err != nil {
+				fail(i, op, err)
+				return
+			}
+			cached[part.SHA256] = data
+			cachedBytes += int64(len(data))
 		}
 	}
 	for i, op := range req.Prep {
@@ -100,7 +111,7 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 				err = os.Chmod(p, op.Mode.Perm())
 			}
 		case "write":
-			err = s.writeBlob(st, info.Home, p, op)
+			err = s.writeBlob(st, info.Home, p, op, cached)
 		case "chmod":
 			err = os.Chmod(p, op.Mode)
 		case "remove_all":
@@ -130,9 +141,38 @@ func (op PrepOp) parts() []PrepPart {
 	return []PrepPart{{SHA256: op.SHA256, Cached: op.Cached}}
 }
 
+// maxCachedBatch bounds the cached content one batch reads into memory
+// (as much as gomux stages for one task); beyond it a content counts as
+// not cached and is sent again.
+const maxCachedBatch = 64 << 20
+
+// readBlob returns the cached content named sum, read whole and checked
+// against its name. Content that is missing, larger than limit or does
+// not hash to its name is errNoBlob (the client resends it); a mismatch is
+// logged and the file removed, so the resend caches the right bytes.
+func (s *Server) readBlob(home, sum string, limit int64) ([]byte, error) {
+	p := filepath.Join(blobDir(home), sum)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, errNoBlob
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil || int64(len(data)) > limit {
+		return nil, errNoBlob
+	}
+	if got := sha256.Sum256(data); hex.EncodeToString(got[:]) != sum {
+		s.log().Warn("cached blob does not match its hash; resending", "event", "blob_mismatch", "sha256", sum,
+			"got", hex.EncodeToString(got[:]), "bytes", len(data))
+		os.Remove(p)
+		return nil, errNoBlob
+	}
+	return data, nil
+}
+
 // writeBlob writes one file from its parts, each from blob frames (checked
-// against its hash and then cached) or from the cache.
-func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp) error {
+// against its hash and then cached) or from cached, the verified cache.
+func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp, cached map[string][]byte) error {
 	mode := op.Mode.Perm()
 	if mode == 0 {
 		mode = 0o600
@@ -149,7 +189,7 @@ func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp) error {
 	}
 	var werr error
 	for i, part := range parts {
-		err := writePart(st, f, home, part)
+		err := writePart(st, f, home, part, cached)
 		if err != nil && werr == nil {
 			werr = err
 			// Keep reading the remaining parts so the stream stays in step.
@@ -172,15 +212,14 @@ func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp) error {
 }
 
 // writePart appends one part to f.
-func writePart(st io.Reader, f *os.File, home string, part PrepPart) error {
+func writePart(st io.Reader, f *os.File, home string, part PrepPart, cached map[string][]byte) error {
 	cache := filepath.Join(blobDir(home), part.SHA256)
 	if part.Cached {
-		in, err := os.Open(cache)
-		if err != nil {
+		data, ok := cached[part.SHA256]
+		if !ok {
 			return errNoBlob
 		}
-		defer in.Close()
-		_, err = io.Copy(f, in)
+		_, err := f.Write(data)
 		return err
 	}
 	h := sha256.New()

@@ -102,3 +102,42 @@ func TestBatchRunOp(t *testing.T) {
 		t.Errorf("failing run op: %v", err)
 	}
 }
+
+// TestBatchRehashesCachedBlobs: a cached content is hashed again when a
+// batch uses it. A corrupted (or planted) cache file is treated as a miss:
+// nothing is changed by the failed attempt, the client resends the data,
+// the file gets the right bytes and the cache is repaired.
+func TestBatchRehashesCachedBlobs(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	h := startAgent(t, "")
+	module := []byte("print('genuine')\n" + strings.Repeat("#", 100<<10))
+	if _, err := h.c.Batch(ctxT(t), []PrepOp{{Op: "write", Path: "first.py", Data: module}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(blobDir(home))
+	if len(ents) != 1 {
+		t.Fatalf("blob cache holds %d entries", len(ents))
+	}
+	blob := filepath.Join(blobDir(home), ents[0].Name())
+	for _, bad := range [][]byte{
+		[]byte("print('planted')\n"),                   // other content
+		append([]byte(nil), module[:len(module)-1]...), // truncated
+		append(append([]byte(nil), module...), 'x'),    // longer
+	} {
+		if err := os.WriteFile(blob, bad, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		prep := []PrepOp{{Op: "mkdir", Path: "d", Mode: 0o700}, {Op: "write", Path: "d/second.py", Data: module}}
+		if _, err := h.c.Batch(ctxT(t), prep, nil); err != nil {
+			t.Fatalf("batch with a corrupted cache: %v", err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(home, "d/second.py")); string(b) != string(module) {
+			t.Fatalf("written from a corrupted cache: %q...", b[:min(len(b), 20)])
+		}
+		if b, _ := os.ReadFile(blob); string(b) != string(module) {
+			t.Fatalf("cache not repaired")
+		}
+		os.RemoveAll(filepath.Join(home, "d"))
+	}
+}

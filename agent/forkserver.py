@@ -452,6 +452,99 @@ def proc_starttime(pid):
     return s[s.rindex(b")") + 2:].split()[19].decode()
 
 
+# ---------------------------------------------------------------- peers
+
+# SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, taken
+# by the kernel at connect(); the same number on amd64 and arm64.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+# What of a process its forked children inherit and a module could use:
+# ids, groups, capabilities, no_new_privs and seccomp (/proc/PID/status).
+CONFINEMENT_KEYS = (b"Uid", b"Gid", b"Groups", b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb",
+                    b"NoNewPrivs", b"Seccomp", b"Seccomp_filters")
+NAMESPACES = ("mnt", "pid_for_children", "user", "net", "ipc", "uts", "cgroup", "time_for_children")
+
+
+def confinement(pid):
+    """Everything of process pid ("self" for this one) that a child forked
+    here would get from this server instead: the peer must match it."""
+    with open("/proc/%s/status" % pid, "rb") as f:
+        status = f.read()
+    out = {}
+    for line in status.split(b"\n"):
+        k, _, v = line.partition(b":")
+        if k in CONFINEMENT_KEYS:
+            v = v.split()
+            out[k.decode()] = sorted(set(v)) if k == b"Groups" else v
+    for k in CONFINEMENT_KEYS:
+        out.setdefault(k.decode(), None)
+    try:
+        with open("/proc/%s/attr/current" % pid, "rb") as f:
+            out["lsm"] = f.read()
+    except OSError:
+        out["lsm"] = None  # no LSM that keeps a label
+    for ns in NAMESPACES:
+        try:
+            st = os.stat("/proc/%s/ns/%s" % (pid, ns))
+            out["ns." + ns] = (st.st_dev, st.st_ino)
+        except OSError:
+            out["ns." + ns] = None
+    return out
+
+
+def peer_pidfd(conn, pid):
+    """A pidfd for the peer: the kernel's own (SO_PEERPIDFD) when it has
+    one, else pidfd_open of the SO_PEERCRED pid (on such kernels a peer
+    that exits before this point could in theory hand its pid on)."""
+    try:
+        fd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+        with open("/proc/self/fdinfo/%d" % fd, "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    if int(line.split()[1]) != pid:
+                        os.close(fd)
+                        return -1
+                    return fd
+        os.close(fd)
+        return -1
+    except OSError:
+        pass
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
+
+
+def check_peer(conn, mine):
+    """Says why the process at the other end of conn is not one this
+    server may run modules for: every credential and confinement a child
+    takes from this server (not from the request) must equal the peer's,
+    or the peer would get a process with rights it does not have."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    pid = int.from_bytes(creds[0:4], sys.byteorder)
+    uid = int.from_bytes(creds[4:8], sys.byteorder)
+    gid = int.from_bytes(creds[8:12], sys.byteorder)
+    if uid != os.geteuid() or gid != os.getegid():
+        return "peer is another user"
+    if pid <= 0:
+        return "peer not visible"
+    pidfd = peer_pidfd(conn, pid)
+    if pidfd < 0:
+        return "peer not pinned"
+    try:
+        try:
+            theirs = confinement(pid)
+            # Alive now, so alive throughout: pid was the peer's all along.
+            signal.pidfd_send_signal(pidfd, 0)
+        except OSError:
+            return "peer gone"
+    finally:
+        os.close(pidfd)
+    for k in sorted(mine):
+        if theirs.get(k) != mine[k]:
+            return "peer %s differs" % k
+    return ""
+
+
 class Server(object):
     def __init__(self, lsock, workdir, idle, agent, cold):
         self.lsock = lsock
@@ -461,6 +554,7 @@ class Server(object):
         self.cold = cold
         self.templates = {}  # digest -> [pid, ctl socket, last use]
         self.last = time.monotonic()
+        self.mine = confinement("self")
 
     def alive(self):
         if self.agent is None:
@@ -511,15 +605,17 @@ class Server(object):
 
     def handle(self, conn):
         conn.settimeout(5)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        peer_uid = int.from_bytes(creds[4:8], sys.byteorder)
+        try:
+            peer = check_peer(conn, self.mine)
+        except (OSError, ValueError) as e:
+            peer = "peer: %s" % e
         try:
             msg, fds = recv_request(conn, 5)
         except (OSError, ValueError) as e:
             send(conn, {"cold": "request: %s" % e})
             return
         try:
-            self.dispatch(conn, msg, fds, peer_uid)
+            self.dispatch(conn, msg, fds, peer)
         finally:
             for fd in fds:
                 try:
@@ -527,12 +623,12 @@ class Server(object):
                 except OSError:
                     pass
 
-    def dispatch(self, conn, msg, fds, peer_uid):
+    def dispatch(self, conn, msg, fds, peer):
         if self.cold:
             send(conn, {"cold": self.cold})
             return
-        if peer_uid != os.geteuid():
-            send(conn, {"cold": "peer is another user"})
+        if peer:
+            send(conn, {"cold": peer})
             return
         if len(fds) != 5:
             send(conn, {"cold": "want 5 descriptors, got %d" % len(fds)})

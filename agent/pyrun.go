@@ -461,6 +461,10 @@ func pyServerKey(o pyRunOptions, r *pyRequest) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%d %d %d %d %v\x00", o.Argv[0], o.Agent, r.UID, r.EUID, r.GID, r.EGID, r.Groups)
 	h.Write(forkServerScript)
+	// A run confined differently (capabilities, no_new_privs, seccomp,
+	// LSM label, namespaces) gets its own server: one started by a client
+	// confined otherwise refuses it (forkserver.py, check_peer).
+	h.Write(confinementKey())
 	var env []string
 	for _, kv := range r.Env {
 		k, _, _ := strings.Cut(kv, "=")
@@ -473,6 +477,31 @@ func pyServerKey(o pyRunOptions, r *pyRequest) string {
 		h.Write([]byte(kv + "\x00"))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:20]
+}
+
+// confinementKey is what of this process a fork server compares with its
+// own before it serves a run (forkserver.py, confinement): the lines of
+// /proc/self/status that say ids, groups, capabilities, no_new_privs and
+// seccomp, the LSM label, and the namespaces.
+func confinementKey() []byte {
+	var b bytes.Buffer
+	if st, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, line := range strings.Split(string(st), "\n") {
+			k, _, _ := strings.Cut(line, ":")
+			switch k {
+			case "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Seccomp_filters":
+				b.WriteString(line + "\n")
+			}
+		}
+	}
+	if l, err := os.ReadFile("/proc/self/attr/current"); err == nil {
+		b.Write(l)
+	}
+	for _, ns := range []string{"mnt", "pid_for_children", "user", "net", "ipc", "uts", "cgroup", "time_for_children"} {
+		l, _ := os.Readlink("/proc/self/ns/" + ns)
+		b.WriteString(l + "\n")
+	}
+	return b.Bytes()
 }
 
 // pyRunDir returns a directory only euid can use: $XDG_RUNTIME_DIR/gomux

@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == pyRunHelperName {
 		os.Exit(PyRun(context.Background(), os.Args[2:]))
 	}
+	if filepath.Base(os.Args[0]) == pyPeerHelperName {
+		os.Exit(pyPeerHelper(os.Args[1:]))
+	}
 	os.Exit(m.Run())
 }
 
@@ -76,6 +79,9 @@ elif act == "leave_open":
     sys.exit(0)
 elif act == "warm":
     print(gc.get_freeze_count() > 0)
+elif act == "confinement":
+    st = [l.strip() for l in open("/proc/self/status") if l.startswith(("CapBnd", "NoNewPrivs"))]
+    print(json.dumps({"warm": gc.get_freeze_count() > 0, "status": st}))
 `
 
 // moduleArchive is AnsiballZ's ZIPDATA (base64 of a zip) holding the

@@ -25,9 +25,32 @@ const (
 	uploadedLine  = "GOMUX-UPLOADED"
 )
 
+// cacheChecks is shell that sets bad to why the agent cache
+// ($HOME/.cache/gomux, in d) cannot be trusted: a file there runs as the
+// login user, so no one else may be able to write it or rename it. As
+// OpenSSH's StrictModes does for authorized_keys, $HOME and ~/.cache must
+// be owned by the user (or root) and not writable by group or others;
+// then ~/.cache/gomux must be a directory (not a symlink) owned by the
+// user and not writable by group or others. top is set when the fault
+// is above ~/.cache/gomux (gomux cannot fix it and does without the
+// agent); otherwise the upload script replaces the directory.
+const cacheChecks = `u=$(id -u); bad=; top=; ` +
+	`for p in "$HOME" "$HOME/.cache"; do [ -e "$p" ] || continue; s=$(stat -Lc '%u %a' "$p") || { bad="cannot stat $p"; top=1; break; }; ` +
+	`case "$s" in "$u "*|"0 "*) ;; *) bad="$p is not owned by uid $u ($s)"; top=1; break ;; esac; ` +
+	`case "$s" in *[2367]?|*[2367]) bad="$p is writable by others (mode ${s#* })"; top=1; break ;; esac; done; ` +
+	`if [ -z "$bad" ] && { [ -e "$d" ] || [ -L "$d" ]; }; then ` +
+	`if [ -L "$d" ] || [ ! -d "$d" ] || [ ! -O "$d" ]; then bad="$d is not a directory owned by uid $u"; ` +
+	`else s=$(stat -c '%a' "$d"); case "$s" in *[2367]?|*[2367]) bad="$d is writable by others (mode $s)" ;; esac; fi; fi; `
+
 // launcherScript starts the cached agent if its hash verifies. It runs
 // under /bin/sh whatever the login shell is, and costs one round trip on a
-// warm target.
+// warm target. It opens the agent once, hashes that open file, checks
+// that the path still names that very file (test -ef) and executes it by
+// its path, so ps and the agent's own executable path show the real
+// name, not /proc/self/fd/3. Only the login user could swap the file in
+// between: the launcher runs only from a cache directory no one else can
+// write (cacheChecks), and this is the login user running its own file.
+// The become side never runs it (see shim.Warm).
 func launcherScript(bins map[string]dist.Binary) string {
 	var cases strings.Builder
 	for _, b := range bins {
@@ -42,18 +65,26 @@ func launcherScript(bins map[string]dist.Binary) string {
 	// shell's, which must stay the one sshd gave the login.
 	script := `m=$(uname -m); case "$m" in ` + cases.String() +
 		`*) echo "` + noAgentLine + ` no agent build for machine $m"; exit 0 ;; esac; ` +
-		`f="$HOME/.cache/gomux/agent-$h"; ` +
-		`if [ -f "$f" ] && [ "$(sha256sum < "$f" 2>/dev/null | cut -c1-64)" = "$h" ]; then exec "$f" serve; fi; ` +
+		`d="$HOME/.cache/gomux"; f="$d/agent-$h"; ` + cacheChecks +
+		`if [ -n "$top" ]; then echo "` + noAgentLine + ` unsafe agent cache: $bad"; exit 0; fi; ` +
+		`if [ -n "$bad" ]; then echo "` + needAgentLine + ` $h $m unsafe agent cache: $bad"; exit 0; fi; ` +
+		`if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && exec 3<"$f"; then ` +
+		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then exec "$f" serve; fi; exec 3<&-; fi; ` +
 		`echo "` + needAgentLine + ` $h $m"`
 	return "exec /bin/sh -c " + shellQuote(script)
 }
 
 // uploadScript writes the agent from stdin into the per-user cache under a
 // temporary name, verifies it, and renames it into place, so a broken
-// transfer never leaves a file the launcher would run.
+// transfer never leaves a file the launcher would run. A cache directory
+// that others could write (cacheChecks) is removed first and made again,
+// 0700: whatever is in it is not the user's.
 func uploadScript(hash string) string {
-	script := `umask 077; d="$HOME/.cache/gomux"; t="$d/.agent-` + hash + `.$$"; ` +
-		`mkdir -p "$d" && cat > "$t" && [ "$(sha256sum < "$t" | cut -c1-64)" = "` + hash + `" ] && chmod 700 "$t" && mv -f "$t" "$d/agent-` + hash + `" && echo ` + uploadedLine + ` && exit 0; ` +
+	script := `umask 077; d="$HOME/.cache/gomux"; ` + cacheChecks +
+		`if [ -n "$top" ]; then echo "$bad" >&2; exit 1; fi; ` +
+		`if [ -n "$bad" ]; then rm -rf "$d" || exit 1; fi; ` +
+		`t="$d/.agent-` + hash + `.$$"; ` +
+		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && cat > "$t" && [ "$(sha256sum < "$t" | cut -c1-64)" = "` + hash + `" ] && chmod 700 "$t" && mv -f "$t" "$d/agent-` + hash + `" && echo ` + uploadedLine + ` && exit 0; ` +
 		`rm -f "$t"; exit 1`
 	return "exec /bin/sh -c " + shellQuote(script)
 }
@@ -62,8 +93,9 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }
 
-// errNeedAgent means the target has no verified copy of the agent.
-type errNeedAgent struct{ arch string }
+// errNeedAgent means the target has no verified copy of the agent;
+// unsafe says why the cache directory was not trusted, when it was not.
+type errNeedAgent struct{ arch, unsafe string }
 
 func (e errNeedAgent) Error() string { return "agent not cached on target (" + e.arch + ")" }
 
@@ -145,6 +177,10 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 	var need errNeedAgent
 	uploaded := false
 	if errors.As(err, &need) {
+		if need.unsafe != "" {
+			log.Warn().Str("event", "agent_cache_unsafe").Str("reason", need.unsafe).
+				Msg("agent cache on target is open to others; replacing it")
+		}
 		if err := u.upload(ctx, need.arch); err != nil {
 			return nil, err
 		}
@@ -198,7 +234,11 @@ func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
 		if len(f) < 3 {
 			return nil, fallbackError{reason: "launcher said " + status}
 		}
-		return nil, errNeedAgent{arch: archOf(f[2])}
+		unsafe := ""
+		if len(f) > 3 {
+			unsafe = strings.Join(f[3:], " ")
+		}
+		return nil, errNeedAgent{arch: archOf(f[2]), unsafe: unsafe}
 	case strings.HasPrefix(status, noAgentLine):
 		sess.Close()
 		return nil, fallbackError{reason: strings.TrimSpace(strings.TrimPrefix(status, noAgentLine))}

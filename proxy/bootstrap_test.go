@@ -109,3 +109,78 @@ func TestReadLauncherStatusSkipsNoise(t *testing.T) {
 		t.Error("endless noise accepted")
 	}
 }
+
+// TestLauncherDistrustsOpenCache: an agent cache directory that others
+// can write (a wider mode, a symlink) is never run from; the launcher
+// says why, and the upload replaces the directory with a fresh 0700 one,
+// dropping whatever others put there. A ~/.cache open to others cannot be
+// fixed by gomux: no agent.
+func TestLauncherDistrustsOpenCache(t *testing.T) {
+	bin := fakeAgent(t)
+	bins := map[string]dist.Binary{bin.Arch: bin}
+	install := func(home string) string {
+		t.Helper()
+		if out, code := runScript(t, home, uploadScript(bin.SHA256), bin.Data); code != 0 || !strings.Contains(out, uploadedLine) {
+			t.Fatalf("upload: %q %d", out, code)
+		}
+		return filepath.Join(home, ".cache/gomux")
+	}
+	for _, c := range []struct {
+		name  string
+		spoil func(home, d string)
+	}{
+		{"world-writable", func(home, d string) { os.Chmod(d, 0o777) }},
+		{"group-writable", func(home, d string) { os.Chmod(d, 0o770) }},
+		{"symlink", func(home, d string) {
+			other := filepath.Join(home, "elsewhere")
+			os.Rename(d, other)
+			os.Chmod(other, 0o777)
+			os.Symlink(other, d)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			home := t.TempDir()
+			d := install(home)
+			c.spoil(home, d)
+			os.WriteFile(filepath.Join(d, "planted-by-someone-else"), []byte("x"), 0o644)
+			out, _ := runScript(t, home, launcherScript(bins), nil)
+			if !strings.HasPrefix(out, needAgentLine+" "+bin.SHA256+" ") || !strings.Contains(out, "unsafe agent cache") {
+				t.Fatalf("launcher with an open cache said %q", out)
+			}
+			install(home)
+			st, err := os.Lstat(d)
+			if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+				t.Fatalf("cache after upload: %v %v", st, err)
+			}
+			if _, err := os.Stat(filepath.Join(d, "planted-by-someone-else")); err == nil {
+				t.Fatalf("the upload kept a file from the open cache")
+			}
+			if out, _ := runScript(t, home, launcherScript(bins), nil); out != agent.Banner+" 1 serve\n" {
+				t.Fatalf("launcher after the upload said %q", out)
+			}
+		})
+	}
+	t.Run("open ~/.cache", func(t *testing.T) {
+		home := t.TempDir()
+		d := install(home)
+		os.Chmod(filepath.Dir(d), 0o777)
+		out, _ := runScript(t, home, launcherScript(bins), nil)
+		if !strings.HasPrefix(out, noAgentLine+" unsafe agent cache: ") {
+			t.Fatalf("launcher with an open ~/.cache said %q", out)
+		}
+		if out, code := runScript(t, home, uploadScript(bin.SHA256), bin.Data); code == 0 || strings.Contains(out, uploadedLine) {
+			t.Fatalf("upload into an open ~/.cache: %q %d", out, code)
+		}
+	})
+	t.Run("symlinked agent", func(t *testing.T) {
+		home := t.TempDir()
+		d := install(home)
+		f := filepath.Join(d, "agent-"+bin.SHA256)
+		real := filepath.Join(home, "real-agent")
+		os.Rename(f, real)
+		os.Symlink(real, f)
+		if out, _ := runScript(t, home, launcherScript(bins), nil); !strings.HasPrefix(out, needAgentLine) {
+			t.Fatalf("launcher ran a symlinked agent: %q", out)
+		}
+	})
+}

@@ -22,6 +22,9 @@ type WarmOptions struct {
 var (
 	warmInterpRE = regexp.MustCompile(`^python3(\.[0-9]+)?$`)
 	warmScriptRE = regexp.MustCompile(`^AnsiballZ_[A-Za-z0-9_.]+\.py$`)
+	// warmAgentRE is the name the launcher gives the agent: its content's
+	// SHA-256, which the launcher checked before it ran it.
+	warmAgentRE = regexp.MustCompile(`^agent-([0-9a-f]{64})$`)
 )
 
 // Warm rewrites the command of a recognized module run so that the
@@ -29,9 +32,11 @@ var (
 // module in a warm fork server on the target (agent/PROTOCOL.md, "Warm
 // Python"). Every other byte stays as Ansible sent it: become wrappers
 // still run, so sudo still authenticates and logs, and pyrun runs as the
-// become user. The replacement is guarded by `[ -x AGENT ]`, so a user who
-// cannot run the agent (an unprivileged become_user) runs the interpreter
-// as before. ok is false, and cmd is to be run unchanged, for anything
+// become user. Without become the replacement is guarded by
+// `[ -x AGENT ]`: the login user runs its own agent. Under become it
+// never runs the login user's file (see becomeGuard): the become user
+// runs its own verified copy, or the interpreter exactly as Ansible
+// asked. ok is false, and cmd is to be run unchanged, for anything
 // unusual: async_wrapper, interpreter flags or arguments, an interpreter
 // that is not python3, a script that is not an AnsiballZ module, or
 // quoting that would not survive the rewrite byte for byte.
@@ -83,7 +88,7 @@ func warmOuter(src string, o WarmOptions) (string, bool) {
 		return "", false
 	}
 	if _, isRun := parseRun(call); isRun {
-		return replaceRun(src, call, o)
+		return replaceRun(src, call, o, false)
 	}
 	if _, isBecome := parseBecome(call); !isBecome || len(call.Assigns) > 0 {
 		return "", false
@@ -115,17 +120,16 @@ func warmBecomeInner(src string, o WarmOptions) (string, bool) {
 	if _, isRun := parseRun(call); !isRun {
 		return "", false
 	}
-	return replaceRun(src, call, o)
+	return replaceRun(src, call, o, true)
 }
 
 // replaceRun puts the guarded pyrun in place of the run's simple command.
-func replaceRun(src string, call *syntax.CallExpr, o WarmOptions) (string, bool) {
+func replaceRun(src string, call *syntax.CallExpr, o WarmOptions, become bool) (string, bool) {
 	start, end := int(call.Pos().Offset()), int(call.End().Offset())
 	interp := int(call.Args[0].Pos().Offset())
 	if start < 0 || start > interp || interp > end || end > len(src) {
 		return "", false
 	}
-	agent := shQuote(o.Agent)
 	flags := ""
 	if o.AgentID != "" {
 		flags += "-agent " + shQuote(o.AgentID) + " "
@@ -134,9 +138,55 @@ func replaceRun(src string, call *syntax.CallExpr, o WarmOptions) (string, bool)
 		flags += "-idle " + shQuote(o.Idle.String()) + " "
 	}
 	orig := src[start:end]
-	guarded := "if [ -x " + agent + " ]; then " + src[start:interp] + agent + " pyrun " + flags + "-- " +
+	cond, agent := "[ -x "+shQuote(o.Agent)+" ]", shQuote(o.Agent)
+	if become {
+		m := warmAgentRE.FindStringSubmatch(path.Base(o.Agent))
+		if m == nil {
+			return "", false
+		}
+		cond, agent = becomeGuard(o.Agent, m[1])
+	}
+	guarded := "if " + cond + "; then " + src[start:interp] + agent + " pyrun " + flags + "-- " +
 		src[interp:end] + "; else " + orig + "; fi"
+	if become {
+		guarded = becomeAgentVar + `="$HOME/.cache/gomux/agent-` + path.Base(o.Agent)[len("agent-"):] + `"; ` + guarded
+	}
 	return src[:start] + guarded + src[end:], true
+}
+
+// becomeAgentVar is the shell variable (never exported) that names the
+// become user's own copy of the agent in a become wrapper's shell.
+const becomeAgentVar = "_gomux_agent"
+
+// becomeGuard is the condition, and the agent word, of a module run under
+// become. The login user can write its own agent file, so running that
+// file as the become user would hand the login user the become user's
+// rights at the next become task. Instead the become user's shell runs
+// $HOME/.cache/gomux/agent-SHA of its own HOME (sudo -H, su and doas set
+// it): it takes that file only when the file and its directory are owned
+// by itself (test -O, the effective uid) and neither is a symlink, which
+// costs no process. Otherwise it installs it: in a subshell, with umask
+// 077, it creates the directory, checks owner and no symlink again,
+// chmods it 0700 (so no one else can add, rename or replace entries in
+// it from then on), copies the login user's agent into a temporary file
+// there (a regular file, at most 64 MiB, so a login user's symlink to
+// /dev/zero cannot fill the disk), hashes THAT copy, and renames it into
+// place only if the hash is SHA. The copy cannot change after it was
+// hashed: only the become user (or root) can write that directory and
+// file, so there is no window between the check and the exec. Any failure (a HOME that is not the
+// become user's, a login user's agent it cannot read, a bad hash, a
+// missing tool) runs the interpreter exactly as Ansible asked; the
+// install's output goes to /dev/null, so the task's output is stock.
+func becomeGuard(loginAgent, sha string) (cond, agent string) {
+	v := `"$` + becomeAgentVar + `"`
+	d := `"$HOME/.cache/gomux"`
+	check := `[ -f ` + v + ` ] && [ ! -L ` + v + ` ] && [ -O ` + v + ` ] && [ -d ` + d + ` ] && [ ! -L ` + d + ` ] && [ -O ` + d + ` ]`
+	install := `( umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
+		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && [ -f ` + shQuote(loginAgent) + ` ] && head -c 67108864 ` + shQuote(loginAgent) + ` > "$t" && ` +
+		`[ "$(sha256sum < "$t" | cut -c1-64)" = ` + sha + ` ] && chmod 500 "$t" && mv -f "$t" ` + v + ` || { rm -f "$t"; exit 1; } ) >/dev/null 2>&1`
+	// test -x last: a copy on a noexec mount is not installed again.
+	cond = `case "$HOME" in /?*) { { ` + check + `; } || { ` + install + ` && ` + check + `; }; } && [ -x ` + v + ` ] ;; *) false ;; esac`
+	return cond, v
 }
 
 // rewriteShellC applies fn to the command word of `SHELL -c WORD`.

@@ -1,6 +1,8 @@
 package shim
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,12 +17,22 @@ const (
 	warmScript = warmT + "/AnsiballZ_command.py"
 )
 
+const warmSHA = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 func TestWarmRewrites(t *testing.T) {
-	o := WarmOptions{Agent: "/home/u/.cache/gomux/agent-ab", AgentID: "77:9000", Idle: 5 * time.Minute}
+	agent := "/home/u/.cache/gomux/agent-" + warmSHA
+	o := WarmOptions{Agent: agent, AgentID: "77:9000", Idle: 5 * time.Minute}
 	guard := func(run string) string {
-		return "if [ -x /home/u/.cache/gomux/agent-ab ]; then /home/u/.cache/gomux/agent-ab pyrun -agent 77:9000 -idle 5m0s -- " +
+		return "if [ -x " + agent + " ]; then " + agent + " pyrun -agent 77:9000 -idle 5m0s -- " +
 			run + "; else " + run + "; fi"
 	}
+	// Under become the login user's agent is only the source of a copy.
+	bguard := func(run string) string {
+		cond, a := becomeGuard(agent, warmSHA)
+		return `_gomux_agent="$HOME/.cache/gomux/agent-` + warmSHA + `"; if ` + cond + "; then " + a + " pyrun -agent 77:9000 -idle 5m0s -- " +
+			run + "; else " + run + "; fi"
+	}
+	q := func(s string) string { return strings.ReplaceAll(s, "'", `'"'"'"'"'"'"'"'"'`) }
 	for _, c := range []struct {
 		name, cmd, want string
 	}{
@@ -44,14 +56,14 @@ func TestWarmRewrites(t *testing.T) {
 			cmd: `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` + warmKey + ` ; /usr/bin/python3 ` +
 				warmScript + `'"'"' && sleep 0'`,
 			want: `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` + warmKey + ` ; ` +
-				guard(`/usr/bin/python3 `+warmScript) + `'"'"' && sleep 0'`,
+				q(bguard(`/usr/bin/python3 `+warmScript)) + `'"'"' && sleep 0'`,
 		},
 		{
 			name: "sudo with a password prompt, pipelined",
 			cmd: `/bin/sh -c 'sudo -H -S -p "[sudo via ansible, key=` + warmKey + `] password:" -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` +
 				warmKey + ` ; /usr/bin/python3'"'"' && sleep 0'`,
 			want: `/bin/sh -c 'sudo -H -S -p "[sudo via ansible, key=` + warmKey + `] password:" -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` +
-				warmKey + ` ; ` + guard(`/usr/bin/python3`) + `'"'"' && sleep 0'`,
+				warmKey + ` ; ` + q(bguard(`/usr/bin/python3`)) + `'"'"' && sleep 0'`,
 		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -92,6 +104,12 @@ func TestWarmLeavesAlone(t *testing.T) {
 	if _, ok := Warm(cmd, Parse(cmd), WarmOptions{}); ok {
 		t.Errorf("rewritten without an agent path")
 	}
+	// Under become, an agent not named by its hash cannot be copied and
+	// verified: the run stays as Ansible sent it.
+	cmd = `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` + warmKey + ` ; /usr/bin/python3 ` + warmScript + `'"'"' && sleep 0'`
+	if got, ok := Warm(cmd, Parse(cmd), o); ok || got != cmd {
+		t.Errorf("become run rewritten with an agent not named by its hash: %s", got)
+	}
 }
 
 // TestWarmRunsInShell runs rewritten commands in sh with a stand-in
@@ -109,27 +127,209 @@ func TestWarmRunsInShell(t *testing.T) {
 	}
 	wrap := func(inner string) string { return "/bin/sh -c " + shQuote(inner) }
 	plain := wrap(py + " " + warmScript + " && sleep 0")
-	become := wrap("/usr/bin/env /bin/sh -c " + shQuote("echo BECOME-SUCCESS-"+warmKey+" ; "+py+" "+warmScript) + " && sleep 0")
 	o := WarmOptions{Agent: agent, AgentID: "1:2"}
-	for _, cmd := range []string{plain, become} {
-		w, ok := Warm(cmd, Parse(cmd), o)
-		if !ok {
-			t.Fatalf("not rewritten: %s", cmd)
-		}
-		out, err := exec.Command("/bin/sh", "-c", w).CombinedOutput()
-		if err != nil || !strings.HasSuffix(string(out), "AGENT pyrun -agent 1:2 -- "+py+" "+warmScript+"\n") {
-			t.Errorf("%s: %q %v", w, out, err)
-		}
+	w, ok := Warm(plain, Parse(plain), o)
+	if !ok {
+		t.Fatalf("not rewritten: %s", plain)
+	}
+	out, err := exec.Command("/bin/sh", "-c", w).CombinedOutput()
+	if err != nil || !strings.HasSuffix(string(out), "AGENT pyrun -agent 1:2 -- "+py+" "+warmScript+"\n") {
+		t.Errorf("%s: %q %v", w, out, err)
 	}
 	if err := os.Chmod(agent, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{plain, become} {
-		w, _ := Warm(cmd, Parse(cmd), o)
-		out, err := exec.Command("/bin/sh", "-c", w).CombinedOutput()
-		if err != nil || !strings.HasSuffix(string(out), "PY "+warmScript+"\n") {
-			t.Errorf("agent not executable: %s: %q %v", w, out, err)
-		}
+	out, err = exec.Command("/bin/sh", "-c", w).CombinedOutput()
+	if err != nil || !strings.HasSuffix(string(out), "PY "+warmScript+"\n") {
+		t.Errorf("agent not executable: %s: %q %v", w, out, err)
+	}
+}
+
+// becomeLab is a login user's agent, named by its hash, and a become
+// user's home, for running rewritten become commands in sh.
+type becomeLab struct {
+	t          *testing.T
+	loginAgent string
+	home       string
+	py         string
+}
+
+const fakeAgent = "#!/bin/sh\necho AGENT \"$@\"\n"
+
+func newBecomeLab(t *testing.T) *becomeLab {
+	login, home := t.TempDir(), t.TempDir()
+	sum := sha256.Sum256([]byte(fakeAgent))
+	l := &becomeLab{t: t, loginAgent: filepath.Join(login, ".cache", "gomux", "agent-"+hex.EncodeToString(sum[:])), home: home,
+		py: filepath.Join(login, "python3")}
+	if err := os.MkdirAll(filepath.Dir(l.loginAgent), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(l.loginAgent, []byte(fakeAgent), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(l.py, []byte("#!/bin/sh\necho PY \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// run runs a module under a become wrapper (env standing in for sudo -H)
+// and returns its output.
+func (l *becomeLab) run() string {
+	l.t.Helper()
+	inner := "echo BECOME-SUCCESS-" + warmKey + " ; " + l.py + " " + warmScript
+	cmd := "/bin/sh -c " + shQuote("/usr/bin/env HOME="+l.home+" /bin/sh -c "+shQuote(inner)+" && sleep 0")
+	w, ok := Warm(cmd, Parse(cmd), WarmOptions{Agent: l.loginAgent, AgentID: "1:2"})
+	if !ok {
+		l.t.Fatalf("not rewritten: %s", cmd)
+	}
+	out, err := exec.Command("/bin/sh", "-c", w).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("%s: %v\n%s", w, err, out)
+	}
+	return strings.TrimPrefix(string(out), "BECOME-SUCCESS-"+warmKey+"\n")
+}
+
+func (l *becomeLab) copyPath() string {
+	return filepath.Join(l.home, ".cache", "gomux", filepath.Base(l.loginAgent))
+}
+
+// TestWarmBecomeRunsVerifiedCopy: under become the shell runs the become
+// user's own verified copy of the agent, never the login user's file.
+func TestWarmBecomeRunsVerifiedCopy(t *testing.T) {
+	l := newBecomeLab(t)
+	want := "AGENT pyrun -agent 1:2 -- " + l.py + " " + warmScript + "\n"
+	if got := l.run(); got != want {
+		t.Fatalf("first run: %q, want %q", got, want)
+	}
+	st, err := os.Lstat(l.copyPath())
+	if err != nil || st.Mode() != 0o500 {
+		t.Fatalf("verified copy: %v %v", st, err)
+	}
+	if d, err := os.Stat(filepath.Dir(l.copyPath())); err != nil || d.Mode().Perm() != 0o700 {
+		t.Fatalf("copy directory: %v %v", d, err)
+	}
+	// The login user rewrites its agent: the become user keeps running
+	// the copy it verified.
+	if err := os.WriteFile(l.loginAgent, []byte("#!/bin/sh\necho EVIL\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("after the login user rewrote its agent: %q, want %q", got, want)
+	}
+	// Without a copy, a login agent that does not hash to its name is
+	// never run: the interpreter runs as Ansible asked.
+	if err := os.Remove(l.copyPath()); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("tampered login agent: %q", got)
+	}
+	if _, err := os.Lstat(l.copyPath()); err == nil {
+		t.Fatalf("a copy that failed verification was kept")
+	}
+	// A login agent that is endless (a symlink to /dev/zero) is copied
+	// no further than 64 MiB, and not kept.
+	if err := os.Remove(l.loginAgent); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", l.loginAgent); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("endless login agent: %q", got)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(l.copyPath())); len(ents) != 0 {
+		t.Fatalf("endless login agent left %v", ents)
+	}
+	os.Remove(l.loginAgent)
+	// A copy that cannot be executed here (as on a noexec mount) runs the
+	// interpreter, and is not copied again for every task.
+	if err := os.WriteFile(l.loginAgent, []byte(fakeAgent), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("reinstall: %q", got)
+	}
+	if err := os.Chmod(l.copyPath(), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("copy not executable: %q", got)
+	}
+	if st, err := os.Lstat(l.copyPath()); err != nil || st.Mode().Perm() != 0o400 {
+		t.Fatalf("copy installed again: %v %v", st, err)
+	}
+}
+
+// TestWarmBecomeRefusesUnsafeCopy: a copy or directory that is a symlink
+// or owned by another user is not run; a directory open to others is
+// closed (0700) before anything is copied into it.
+func TestWarmBecomeRefusesUnsafeCopy(t *testing.T) {
+	l := newBecomeLab(t)
+	want := "AGENT pyrun -agent 1:2 -- " + l.py + " " + warmScript + "\n"
+	d := filepath.Dir(l.copyPath())
+	if err := os.MkdirAll(d, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("run: %q", got)
+	}
+	if st, _ := os.Stat(d); st.Mode().Perm() != 0o700 {
+		t.Fatalf("directory mode %v after install", st.Mode())
+	}
+	// A symlinked copy (someone else's file) is replaced by a verified one.
+	evil := filepath.Join(t.TempDir(), "evil")
+	if err := os.WriteFile(evil, []byte("#!/bin/sh\necho EVIL\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(l.copyPath())
+	if err := os.Symlink(evil, l.copyPath()); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("symlinked copy: %q", got)
+	}
+	// A symlinked directory is refused altogether.
+	if err := os.RemoveAll(d); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, filepath.Base(l.copyPath())), []byte("#!/bin/sh\necho EVIL\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(other, d); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("symlinked directory: %q", got)
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+	// A copy owned by another user (one who could rewrite it) is
+	// replaced; a directory owned by another user is refused.
+	os.Remove(d)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(l.copyPath(), []byte("#!/bin/sh\necho EVIL\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(l.copyPath(), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("copy owned by another user: %q", got)
+	}
+	if err := os.Chown(d, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+warmScript+"\n" {
+		t.Fatalf("directory owned by another user: %q", got)
 	}
 }
 

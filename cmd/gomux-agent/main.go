@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -44,6 +45,7 @@ func main() {
 }
 
 func serve() int {
+	closeLauncherFD()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// The protocol owns the original stdin and stdout. Point fds 0 and 1 at
 	// /dev/null so nothing else (a child, a stray print) can write into the
@@ -81,4 +83,27 @@ func serve() int {
 		return 1
 	}
 	return 0
+}
+
+// launcherFD is the descriptor through which the launcher hashed this
+// binary before it executed it by path (see the proxy's launcherScript).
+const launcherFD = 3
+
+// closeLauncherFD closes the launcher's descriptor of this binary, so no
+// command the agent runs inherits it. It touches fd 3 only when that is a
+// file of this binary's name (the same file, or one a concurrent upload
+// just replaced).
+func closeLauncherFD() {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return
+	}
+	name, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", launcherFD))
+	if err != nil {
+		return
+	}
+	exe = strings.TrimSuffix(exe, " (deleted)")
+	if strings.TrimSuffix(name, " (deleted)") == exe {
+		unix.Close(launcherFD)
+	}
 }

@@ -106,3 +106,45 @@ func TestStdioIsDevNull(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestLauncherDescriptorNotInherited: the launcher leaves the descriptor
+// it hashed the agent through open (fd 3); the agent closes it, so
+// neither it nor any command it runs holds the agent binary open.
+func TestLauncherDescriptorNotInherited(t *testing.T) {
+	if os.Getenv("GOMUX_AGENT_TEST_SERVE") != "" {
+		t.Skip()
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", `exec 3<"$1"; exec "$1"`, "sh", self)
+	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := agent.NewClient(ctx, stdout, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if link, err := os.Readlink("/proc/" + itoa(cmd.Process.Pid) + "/fd/3"); err == nil && link == self {
+		t.Errorf("agent still holds fd 3 -> %s", link)
+	}
+	p, err := c.Exec(ctx, agent.ExecRequest{Command: "readlink /proc/self/fd/3 || echo closed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, p.Stderr())
+	out, _ := io.ReadAll(p.Stdout())
+	p.Wait()
+	if string(out) != "closed\n" {
+		t.Errorf("a command of the agent has fd 3: %q", out)
+	}
+}
