@@ -43,13 +43,25 @@ type Config struct {
 
 // AuthConfig says which client keys the front accepts.
 type AuthConfig struct {
-	// AuthorizedKeys files, in OpenSSH authorized_keys format. Default: the
-	// running user's ~/.ssh/authorized_keys.
+	// AuthorizedKeys files, in OpenSSH authorized_keys format. As in sshd's
+	// AuthorizedKeysFile, %u expands to the login name given to gomux and
+	// %% to %: a key in /etc/gomux/users/%u.keys logs in only as that
+	// name. A file without %u vouches only for the account gomux runs as.
+	// Default: the running user's ~/.ssh/authorized_keys.
 	AuthorizedKeys []string `yaml:"authorized_keys"`
 	// UserCAKeys files, each holding CA public keys (authorized_keys format)
 	// whose user certificates are accepted when a principal matches the login
 	// name. Default none.
 	UserCAKeys []string `yaml:"user_ca_keys"`
+	// RevokedKeys files, each either public keys in authorized_keys format
+	// or an OpenSSH binary KRL (ssh-keygen -k), refuse keys and
+	// certificates (by key, CA and serial, or key id). Re-read on change.
+	// Default none.
+	RevokedKeys []string `yaml:"revoked_keys"`
+	// RecheckInterval is how often every open front connection is checked
+	// again (key still listed, not revoked, certificate not expired); one
+	// that fails is closed. Default 15s.
+	RecheckInterval Duration `yaml:"recheck_interval"`
 }
 
 // UpstreamConfig says how gomux reaches targets.
@@ -271,6 +283,9 @@ func (c *Config) applyDefaults() error {
 	if c.Auth.AuthorizedKeys == nil && home != "" {
 		c.Auth.AuthorizedKeys = []string{filepath.Join(home, ".ssh", "authorized_keys")}
 	}
+	if c.Auth.RecheckInterval == 0 {
+		c.Auth.RecheckInterval = Duration(15 * time.Second)
+	}
 	u := &c.Upstream
 	if u.IdentityFiles == nil && home != "" {
 		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
@@ -328,6 +343,7 @@ func (c *Config) applyDefaults() error {
 	c.StateDir = expandHome(c.StateDir, home)
 	expandAll(c.Auth.AuthorizedKeys, home)
 	expandAll(c.Auth.UserCAKeys, home)
+	expandAll(c.Auth.RevokedKeys, home)
 	expandAll(u.IdentityFiles, home)
 	expandAll(u.KnownHosts, home)
 	return nil

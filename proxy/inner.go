@@ -22,6 +22,7 @@ type innerConn struct {
 	host      string // as the client requested it
 	addr      string // host:port dialled upstream
 	frontUser string
+	id        *Identity // the front person; the inner session acts for them
 	decision  Decision
 	log       zerolog.Logger
 
@@ -67,12 +68,21 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 					Message: fmt.Sprintf("gomux: user %s may not log in to %s as %s\r\n", ic.frontUser, ic.host, meta.User()),
 				}
 			}
-			if err := ic.s.auth.Check(ic.frontUser, meta.RemoteAddr(), key); err != nil {
-				ic.log.Warn().Str("event", "inner_auth").Str("remote_user", meta.User()).Str("fingerprint", gossh.FingerprintSHA256(key)).
-					Err(err).Str("result", "denied").Msg("inner authentication failed")
+			if err := ic.checkInnerKey(key); err != nil {
+				ic.log.Debug().Str("event", "inner_auth_query").Str("remote_user", meta.User()).
+					Str("fingerprint", gossh.FingerprintSHA256(key)).AnErr("refused", err).Msg("inner public key refused")
 				return nil, err
 			}
-			return &gossh.Permissions{Extensions: map[string]string{"fingerprint": gossh.FingerprintSHA256(key)}}, nil
+			return &gossh.Permissions{}, nil
+		},
+		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			if err := ic.checkInnerKey(key); err != nil {
+				ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Str("remote_user", meta.User()).Err(err).Msg("inner login refused")
+				return nil, err
+			}
+			keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted"), ic.id).
+				Str("remote_user", meta.User()).Msg("inner login")
+			return &gossh.Permissions{}, nil
 		},
 	}
 	cfg.AddHostKey(signer)
@@ -83,7 +93,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	}
 	ic.remoteUser = sc.User()
 	ic.log = ic.log.With().Str("remote_user", ic.remoteUser).Logger()
-	ic.log.Info().Str("event", "inner_connect").Str("fingerprint", sc.Permissions.Extensions["fingerprint"]).Msg("inner session authenticated")
+	ic.log.Debug().Str("event", "inner_connect").Msg("inner session established")
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -117,6 +127,19 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	}
 	ic.mu.Unlock()
 	ev.Msg("inner session closed")
+}
+
+// errInnerKeyMismatch refuses an inner login by any key but the front one.
+var errInnerKeyMismatch = errors.New("the inner session must be authenticated with the key that authenticated to gomux")
+
+// checkInnerKey admits the inner login only with the very key or
+// certificate that authenticated the front connection, still valid now:
+// the person was settled there, and a second credential cannot change it.
+func (ic *innerConn) checkInnerKey(key gossh.PublicKey) error {
+	if !ic.id.SameKey(key) {
+		return errInnerKeyMismatch
+	}
+	return ic.s.auth.Recheck(ic.id)
 }
 
 // upstreamLease returns a live lease for this connection's target,

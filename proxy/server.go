@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/user"
 	"time"
 
 	glider "github.com/gliderlabs/ssh"
@@ -37,7 +38,12 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	auth, err := NewAuthenticator(cfg.Auth.AuthorizedKeys, cfg.Auth.UserCAKeys)
+	me, err := user.Current()
+	if err != nil {
+		return nil, fmt.Errorf("auth: the account gomux runs as: %w", err)
+	}
+	auth, err := NewAuthenticator(AuthOptions{KeyFiles: cfg.Auth.AuthorizedKeys, CAFiles: cfg.Auth.UserCAKeys,
+		RevokedFiles: cfg.Auth.RevokedKeys, RunAs: me.Username})
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
@@ -54,6 +60,13 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		HostSigners:      frontSigners,
 		Version:          "gomux",
 		PublicKeyHandler: s.authenticate,
+		ServerConfigCallback: func(ctx glider.Context) *gossh.ServerConfig {
+			return &gossh.ServerConfig{
+				VerifiedPublicKeyCallback: func(conn gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+					return s.verified(ctx, conn, key)
+				},
+			}
+		},
 		ChannelHandlers: map[string]glider.ChannelHandler{
 			"direct-tcpip": s.handleForward,
 			"session":      s.refuseSession,
@@ -62,6 +75,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		SubsystemHandlers: map[string]glider.SubsystemHandler{},
 		ConnCallback: func(ctx glider.Context, conn net.Conn) net.Conn {
 			s.log.Debug().Str("event", "tcp_accept").Str("source", conn.RemoteAddr().String()).Msg("connection accepted")
+			ctx.SetValue(netConnKey{}, conn)
 			return conn
 		},
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
@@ -83,15 +97,90 @@ func (s *Server) KnownHostsLine() string { return s.ca.KnownHostsLine() }
 // Pool exposes the upstream pool for tests and metrics.
 func (s *Server) Pool() *Pool { return s.pool }
 
+// authenticate answers whether a key would be accepted. The client may
+// only be asking (a query, before any signature), so this decides nothing
+// for the audit log: it logs at debug, and verified records the login.
+// glider's ctx.User() keeps the first name the client tried; the binding
+// check is redone in verified with the name of the signed request.
 func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
-	err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
-	ev := s.log.Info()
-	if err != nil {
-		ev = s.log.Warn().Err(err)
-	}
-	ev.Str("event", "front_auth").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
-		Str("fingerprint", gossh.FingerprintSHA256(key)).Bool("accepted", err == nil).Msg("front public key")
+	_, err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
+	s.log.Debug().Str("event", "front_auth_query").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+		Str("fingerprint", gossh.FingerprintSHA256(key)).AnErr("refused", err).Msg("front public key offered")
 	return err == nil
+}
+
+// netConnKey holds the front connection's net.Conn in the glider context,
+// so the re-check can close a connection whose person lost access.
+type netConnKey struct{}
+
+// identityKey holds the *Identity that authenticated a front connection.
+type identityKey struct{}
+
+// identityFrom returns the person a front connection acts for, nil before
+// authentication completed.
+func identityFrom(ctx glider.Context) *Identity {
+	id, _ := ctx.Value(identityKey{}).(*Identity)
+	return id
+}
+
+// verified runs once the client has signed with key: the login is decided
+// here, for the name in the signed request, logged as exactly one audit
+// event, and watched for as long as the connection lives.
+func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+	id, err := s.auth.Check(conn.User(), conn.RemoteAddr(), key)
+	if err != nil {
+		s.log.Warn().Str("event", "front_auth").Str("result", "refused").Str("user", conn.User()).
+			Str("source", conn.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).Err(err).
+			Msg("front login refused")
+		return nil, err
+	}
+	ctx.SetValue(identityKey{}, id)
+	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted"), id).
+		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
+	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
+		return nil, errors.New("gomux is shutting down")
+	}
+	return &gossh.Permissions{Extensions: map[string]string{"fingerprint": id.Fingerprint()}}, nil
+}
+
+// identityFields adds who authenticated and with what to a log event.
+func identityFields(ev *zerolog.Event, id *Identity) *zerolog.Event {
+	return keyFields(ev.Str("user", id.User), id)
+}
+
+// keyFields adds how id authenticated, for loggers that already name the user.
+func keyFields(ev *zerolog.Event, id *Identity) *zerolog.Event {
+	ev = ev.Str("method", id.Method()).Str("fingerprint", id.Fingerprint())
+	if c := id.Cert(); c != nil {
+		ev = ev.Str("cert_key_id", c.KeyId).Uint64("cert_serial", c.Serial).
+			Str("ca_fingerprint", gossh.FingerprintSHA256(c.SignatureKey))
+	}
+	return ev
+}
+
+// watch checks an open front connection again every recheck interval and
+// closes it, inner sessions and all, once its person would no longer be
+// admitted: key removed or revoked, certificate expired.
+func (s *Server) watch(ctx glider.Context, id *Identity) {
+	t := time.NewTicker(s.cfg.Auth.RecheckInterval.D())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := s.auth.Recheck(id)
+		if err == nil {
+			continue
+		}
+		identityFields(s.log.Warn().Str("event", "front_revoked"), id).Str("source", id.Source.String()).
+			Str("reason", err.Error()).Msg("access withdrawn: closing the connection")
+		if c, ok := ctx.Value(netConnKey{}).(net.Conn); ok {
+			c.Close()
+		}
+		return
+	}
 }
 
 func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
@@ -114,6 +203,11 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		return
 	}
 	addr := joinHostPort(p.Host, int(p.Port))
+	id := identityFrom(ctx)
+	if id == nil {
+		nc.Reject(gossh.Prohibited, "gomux: not authenticated")
+		return
+	}
 	d := s.policy.Decide(conn.User(), p.Host, int(p.Port))
 	log := s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("target", addr).Str("mode", string(d.Mode)).Int("rule", d.Rule).Logger()
@@ -149,7 +243,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		}
 		go gossh.DiscardRequests(reqs)
 		log.Info().Str("event", "forward").Str("result", "accelerated").Msg("inner session starting")
-		ic := &innerConn{s: s, host: p.Host, addr: addr, frontUser: conn.User(), decision: d, log: log}
+		ic := &innerConn{s: s, host: p.Host, addr: addr, frontUser: conn.User(), id: id, decision: d, log: log}
 		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
 		log.Info().Str("event", "forward_closed").Dur("duration", time.Since(start)).Msg("inner session ended")
 	}
