@@ -214,7 +214,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
 			return true
 		}
-		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", cmd).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", RedactCommand(cmd)).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
 		answer(req, false)
@@ -242,7 +242,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 	s.ch.CloseWrite()
 	s.ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: uint32(plan.Exit)}))
 	s.ch.Close()
-	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
+	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.step).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
 		return
@@ -319,7 +319,7 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	out.Wait()
 	st, err := p.Wait()
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
 	if err != nil {
 		s.ch.Close()
 		in.Wait()
@@ -470,6 +470,6 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	ch.CloseWrite()
 	ch.Close()
 	fromClient.Wait()
-	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", cmd).Bool("exited", exited).
+	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
 }
