@@ -87,6 +87,10 @@ type gomuxOptions struct {
 	KnownHosts string
 	// AgentSock makes gomux log in to targets with this ssh-agent only.
 	AgentSock string
+	// Auth, when set, is the body of the auth: section (indented two
+	// spaces); by default the lab's client key may log in as lab.User
+	// through <dir>/users/%u.keys.
+	Auth string
 }
 
 func freePort(t testing.TB) int {
@@ -111,12 +115,17 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 	if kh == "" {
 		kh = lab.KnownHostsFile()
 	}
-	authKeys := filepath.Join(dir, "authorized_keys")
-	pub, err := os.ReadFile(lab.ClientKey + ".pub")
-	if err != nil {
-		t.Fatal(err)
+	auth := o.Auth
+	if auth == "" {
+		// One file per login name, as a shared bastion is set up: the
+		// lab's key counts for the lab's user only.
+		users := filepath.Join(dir, "users")
+		must(t, os.MkdirAll(users, 0o700))
+		pub, err := os.ReadFile(lab.ClientKey + ".pub")
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(users, lab.User+".keys"), pub, 0o600))
+		auth = fmt.Sprintf("  authorized_keys: [%s]\n", filepath.Join(users, "%u.keys"))
 	}
-	must(t, os.WriteFile(authKeys, pub, 0o600))
 	targets := o.Targets
 	if targets == "" {
 		var ips []string
@@ -134,7 +143,7 @@ state_dir: %s
 log_level: debug
 drain_timeout: 5s
 auth:
-  authorized_keys: [%s]
+%s
 upstream:
   identity_files: [%s]
   use_ssh_agent: %v
@@ -143,7 +152,7 @@ upstream:
   keepalive_count_max: 3
 %s
 targets:
-%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, targets)
+%s`, port, state, strings.TrimRight(auth, "\n"), identity, o.AgentSock != "", kh, o.Upstream, targets)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 

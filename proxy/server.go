@@ -98,15 +98,22 @@ func (s *Server) KnownHostsLine() string { return s.ca.KnownHostsLine() }
 func (s *Server) Pool() *Pool { return s.pool }
 
 // authenticate answers whether a key would be accepted. The client may
-// only be asking (a query, before any signature), so this decides nothing
-// for the audit log: it logs at debug, and verified records the login.
-// glider's ctx.User() keeps the first name the client tried; the binding
-// check is redone in verified with the name of the signed request.
+// only be asking (a query, before any signature), so an acceptance here is
+// not a login: it is logged at debug, and verified records the login. A
+// refusal is logged, as sshd logs a failed publickey attempt. glider's
+// ctx.User() keeps the first name the client tried; the binding check is
+// redone in verified with the name of the signed request.
 func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
 	_, err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
-	s.log.Debug().Str("event", "front_auth_query").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
-		Str("fingerprint", gossh.FingerprintSHA256(key)).AnErr("refused", err).Msg("front public key offered")
-	return err == nil
+	if err != nil {
+		s.log.Info().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", ctx.User()).
+			Str("source", ctx.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).
+			Str("reason", err.Error()).Msg("front public key refused")
+		return false
+	}
+	s.log.Debug().Str("event", "front_auth_offer").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+		Str("fingerprint", gossh.FingerprintSHA256(key)).Msg("front public key acceptable, awaiting signature")
+	return true
 }
 
 // netConnKey holds the front connection's net.Conn in the glider context,
@@ -129,13 +136,13 @@ func identityFrom(ctx glider.Context) *Identity {
 func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 	id, err := s.auth.Check(conn.User(), conn.RemoteAddr(), key)
 	if err != nil {
-		s.log.Warn().Str("event", "front_auth").Str("result", "refused").Str("user", conn.User()).
+		s.log.Warn().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", conn.User()).
 			Str("source", conn.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).Err(err).
 			Msg("front login refused")
 		return nil, err
 	}
 	ctx.SetValue(identityKey{}, id)
-	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted"), id).
+	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted").Bool("accepted", true), id).
 		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
 	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
 		return nil, errors.New("gomux is shutting down")
