@@ -324,6 +324,48 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 
+	t.Run("audit-trail", func(t *testing.T) {
+		ctx := ctxT(t, time.Minute)
+		cfg := x.config("audit", x.lab.User, x.lab.ClientKey)
+		local := filepath.Join(x.dir, "upload.txt")
+		const content = "file-content-never-logged-7731"
+		must(t, os.WriteFile(local, []byte(content), 0o600))
+		name := fmt.Sprintf("gomux-audit-%d", time.Now().UnixNano())
+		batch := filepath.Join(x.dir, "batch")
+		must(t, os.WriteFile(batch, []byte(fmt.Sprintf("put %s %s\nrename %s %s.2\nrm %s.2\n", local, name, name, name, name)), 0o600))
+		r := runCmd(exec.CommandContext(ctx, "sftp", "-F", cfg, "-J", "gomux", "-b", batch, x.lab.Targets[0].Addr), nil)
+		if r.Code != 0 {
+			t.Fatalf("sftp: %+v", r)
+		}
+		ops := map[string]bool{}
+		for _, e := range x.g.Events("sftp") {
+			if strings.Contains(fmt.Sprint(e["path"]), name) && e["user"] == x.lab.User {
+				ops[fmt.Sprint(e["op"])] = true
+			}
+		}
+		// OpenSSH's sftp renames with posix-rename@openssh.com.
+		ops["Rename"] = ops["Rename"] || ops["PosixRename"]
+		for _, op := range []string{"open-write", "Rename", "Remove"} {
+			if !ops[op] {
+				t.Errorf("sftp %s of %s not logged with its path (logged: %v)", op, name, ops)
+			}
+		}
+		if strings.Contains(x.g.Log(), content) {
+			t.Errorf("file content in gomux's log")
+		}
+		if r := x.ssh(ctx, cfg, "exit 3"); r.Code != 3 {
+			t.Fatalf("exit 3: %+v", r)
+		}
+		var found bool
+		for _, e := range x.g.Events("channel") {
+			found = found || (e["command"] == "exit 3" && e["exit_status"] == float64(3) && e["user"] == x.lab.User &&
+				e["bytes_out"] != nil && e["duration"] != nil)
+		}
+		if !found {
+			t.Errorf("exec not logged with person, exit status, bytes and duration")
+		}
+	})
+
 	t.Run("no-secrets-in-the-log", func(t *testing.T) {
 		ctx := ctxT(t, 5*time.Minute)
 		const secret = "s3cr3t-value-xyz"

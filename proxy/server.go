@@ -190,8 +190,8 @@ func (s *Server) watch(ctx glider.Context, id *Identity) {
 	}
 }
 
-func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
-	s.log.Info().Str("event", "channel").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ glider.Context) {
+	s.log.Info().Str("event", "channel").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("result", "refused").Msg("shell on the front refused")
 	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
 }

@@ -350,7 +350,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	if *s.ic.s.cfg.Upstream.Ansible {
 		host = s.lease.Shim(s.a)
 	}
-	srv := newSFTPServer(ctx, s.a, host, cw)
+	srv := newSFTPServer(ctx, s.a, host, cw, s.log)
 	err := srv.Serve()
 	srv.Close()
 	s.ch.CloseWrite()

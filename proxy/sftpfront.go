@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+	"github.com/rs/zerolog"
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/shim"
@@ -29,12 +30,15 @@ type sftpFront struct {
 	// opens has the permissions each OPEN asked for, which pkg/sftp's
 	// request server does not pass on.
 	opens *openModes
+	// log receives one event per operation: its name and paths, never
+	// file contents.
+	log zerolog.Logger
 }
 
-func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser) *sftp.RequestServer {
+func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser, log zerolog.Logger) *sftp.RequestServer {
 	home := a.Info().Home
 	opens := newOpenModes(home)
-	f := &sftpFront{ctx: ctx, a: a, host: host, opens: opens}
+	f := &sftpFront{ctx: ctx, a: a, host: host, opens: opens, log: log}
 	return sftp.NewRequestServer(&openSniffer{ReadWriteCloser: rwc, modes: opens}, sftp.Handlers{FileGet: f, FilePut: f, FileCmd: f, FileList: f},
 		sftp.WithStartDirectory(home))
 }
@@ -82,7 +86,70 @@ func (f *sftpFront) materialize(paths ...string) error {
 	return nil
 }
 
+// audit logs one sftp operation: reads of metadata at debug, everything
+// that opens, changes or removes a file at info.
+func (f *sftpFront) audit(r *sftp.Request, op string, err error) {
+	ev := f.log.Info()
+	switch op {
+	case "List", "Stat", "Lstat", "Readlink":
+		ev = f.log.Debug()
+	}
+	ev = ev.Str("event", "sftp").Str("op", op).Str("path", r.Filepath)
+	if r.Target != "" {
+		ev = ev.Str("target_path", r.Target)
+	}
+	if err != nil {
+		ev = ev.Err(err)
+	}
+	ev.Msg("sftp operation")
+}
+
+// Fileread opens a file for reading.
 func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+	ra, err := f.fileread(r)
+	f.audit(r, "open-read", err)
+	return ra, err
+}
+
+// Filewrite opens a file for writing.
+func (f *sftpFront) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+	wa, err := f.filewrite(r)
+	f.audit(r, "open-write", err)
+	return wa, err
+}
+
+// OpenFile serves read-write opens on one handle.
+func (f *sftpFront) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
+	h, err := f.open(r)
+	f.audit(r, "open-readwrite", err)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Filecmd changes the file system: setstat, rename, mkdir, remove...
+func (f *sftpFront) Filecmd(r *sftp.Request) error {
+	err := f.filecmd(r)
+	f.audit(r, r.Method, err)
+	return err
+}
+
+// PosixRename overwrites the target, as posix-rename@openssh.com promises.
+func (f *sftpFront) PosixRename(r *sftp.Request) error {
+	err := f.posixRename(r)
+	f.audit(r, "PosixRename", err)
+	return err
+}
+
+// Filelist lists a directory, stats a file or reads a link.
+func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+	l, err := f.filelist(r)
+	f.audit(r, r.Method, err)
+	return l, err
+}
+
+func (f *sftpFront) fileread(r *sftp.Request) (io.ReaderAt, error) {
 	f.opens.take(r.Filepath) // a read creates nothing
 	if err := f.materialize(r.Filepath); err != nil {
 		return nil, err
@@ -95,7 +162,7 @@ func (f *sftpFront) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 	return &sftpFile{f: h, path: r.Filepath}, nil
 }
 
-func (f *sftpFront) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+func (f *sftpFront) filewrite(r *sftp.Request) (io.WriterAt, error) {
 	pf := r.Pflags()
 	if f.host != nil && !pf.Read && !pf.Append && f.host.InTempDir(r.Filepath) {
 		// An upload into a temp dir: keep it in gomux until the command
@@ -103,11 +170,6 @@ func (f *sftpFront) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 		perm := f.createMode(r)
 		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, perm: perm, req: r}, nil
 	}
-	return f.open(r)
-}
-
-// OpenFile serves read-write opens on one handle.
-func (f *sftpFront) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
 	return f.open(r)
 }
 
@@ -150,7 +212,7 @@ func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, erro
 	return &sftpFile{f: h, path: r.Filepath}, nil
 }
 
-func (f *sftpFront) Filecmd(r *sftp.Request) error {
+func (f *sftpFront) filecmd(r *sftp.Request) error {
 	ctx, p := f.ctx, r.Filepath
 	if err := f.materialize(p, r.Target); err != nil {
 		return err
@@ -202,15 +264,14 @@ func (f *sftpFront) Filecmd(r *sftp.Request) error {
 	return sftp.ErrSSHFxOpUnsupported
 }
 
-// PosixRename overwrites the target, as posix-rename@openssh.com promises.
-func (f *sftpFront) PosixRename(r *sftp.Request) error {
+func (f *sftpFront) posixRename(r *sftp.Request) error {
 	if err := f.materialize(r.Filepath, r.Target); err != nil {
 		return err
 	}
 	return sftpErr("rename", r.Filepath, f.a.Rename(f.ctx, r.Filepath, r.Target, true))
 }
 
-func (f *sftpFront) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+func (f *sftpFront) filelist(r *sftp.Request) (sftp.ListerAt, error) {
 	if r.Method == "Stat" {
 		if fi, ok := f.virtual(r.Filepath); ok {
 			return statResult(fi, r.Filepath)
