@@ -267,41 +267,62 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 
-	t.Run("open-connection-ends-on-revocation", func(t *testing.T) {
-		ctx := ctxT(t, 3*time.Minute)
-		erin := x.keygen("erin")
-		x.authorize("erin", erin)
-		cmd := exec.CommandContext(ctx, "ssh", "-F", x.config("erin", "erin", erin), "-J", "gomux", x.lab.Targets[0].Addr, "echo started; sleep 300")
-		out, err := cmd.StdoutPipe()
-		must(t, err)
-		must(t, cmd.Start())
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		buf := make([]byte, 8)
-		if n, _ := out.Read(buf); string(buf[:n]) != "started\n" {
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("session did not start: %q", buf[:n])
-		}
-		appendFile(t, x.revPub, readFile(t, erin+".pub"))
-		select {
-		case err := <-done:
-			if err == nil {
-				t.Errorf("ssh exited cleanly after revocation, want the connection cut")
+	// Access withdrawn while a connection is open ends that connection.
+	for _, c := range []struct {
+		name, person, reason string
+		withdraw             func(key string)
+		sign                 []string
+	}{
+		{"open-connection-ends-on-revocation", "erin", "revoked",
+			func(key string) { appendFile(t, x.revPub, readFile(t, key+".pub")) }, nil},
+		{"open-connection-ends-on-key-removal", "hank", "not authorized",
+			func(string) { must(t, os.WriteFile(filepath.Join(x.users, "hank.keys"), nil, 0o600)) }, nil},
+		{"open-connection-ends-on-certificate-expiry", "ivy", "expired",
+			func(string) {}, []string{"-n", "ivy", "-V", "-1m:+20s"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := ctxT(t, 3*time.Minute)
+			key := x.keygen(c.person)
+			if c.sign != nil {
+				// Replaces the 1h certificate sign() would issue.
+				if out, err := exec.Command("ssh-keygen", append(append([]string{"-q", "-s", x.caKey, "-I", c.person}, c.sign...), key+".pub")...).CombinedOutput(); err != nil {
+					t.Fatalf("ssh-keygen -s: %v\n%s", err, out)
+				}
+			} else {
+				x.authorize(c.person, key)
 			}
-		case <-time.After(90 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("connection still open 90s after its key was revoked")
-		}
-		var logged bool
-		for _, e := range x.g.Events("front_revoked") {
-			logged = logged || (e["user"] == "erin" && strings.Contains(fmt.Sprint(e["reason"]), "revoked"))
-		}
-		if !logged {
-			t.Errorf("no front_revoked event naming erin")
-		}
-	})
+			cmd := exec.CommandContext(ctx, "ssh", "-F", x.config(c.person, c.person, key), "-J", "gomux", x.lab.Targets[0].Addr, "echo started; sleep 300")
+			out, err := cmd.StdoutPipe()
+			must(t, err)
+			must(t, cmd.Start())
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			buf := make([]byte, 8)
+			if n, _ := out.Read(buf); string(buf[:n]) != "started\n" {
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("session did not start: %q", buf[:n])
+			}
+			c.withdraw(key)
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Errorf("ssh exited cleanly after access was withdrawn, want the connection cut")
+				}
+			case <-time.After(90 * time.Second):
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("connection still open 90s after access was withdrawn")
+			}
+			var logged bool
+			for _, e := range x.g.Events("front_revoked") {
+				logged = logged || (e["user"] == c.person && strings.Contains(fmt.Sprint(e["reason"]), c.reason))
+			}
+			if !logged {
+				t.Errorf("no front_revoked event naming %s with reason %q", c.person, c.reason)
+			}
+		})
+	}
 
 	t.Run("inner-session-must-use-the-front-key", func(t *testing.T) {
 		ctx := ctxT(t, time.Minute)
