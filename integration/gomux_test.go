@@ -91,6 +91,8 @@ type gomuxOptions struct {
 	// spaces); by default the lab's client key may log in as lab.User
 	// through <dir>/users/%u.keys.
 	Auth string
+	// Extra is top-level YAML appended to the config (e.g. an audit: section).
+	Extra string
 }
 
 func freePort(t testing.TB) int {
@@ -151,8 +153,9 @@ upstream:
   keepalive_interval: 2s
   keepalive_count_max: 3
 %s
+%s
 targets:
-%s`, port, state, strings.TrimRight(auth, "\n"), identity, o.AgentSock != "", kh, o.Upstream, targets)
+%s`, port, state, strings.TrimRight(auth, "\n"), identity, o.AgentSock != "", kh, o.Upstream, o.Extra, targets)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 

@@ -2,11 +2,13 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +29,7 @@ type identityLab struct {
 	caPub  string
 	revPub string // revoked keys, authorized_keys format
 	revKRL string // revoked keys, binary KRL
+	casts  string // audit.record_dir
 }
 
 func startIdentityLab(t *testing.T) *identityLab {
@@ -40,13 +43,15 @@ func startIdentityLab(t *testing.T) *identityLab {
 	x.caPub = x.caKey + ".pub"
 	x.revPub = filepath.Join(x.dir, "revoked_keys")
 	x.revKRL = filepath.Join(x.dir, "revoked.krl")
+	x.casts = filepath.Join(x.dir, "recordings")
 	// The lab's own key logs in as the lab's user (Ansible runs as it).
 	x.authorize(x.lab.User, x.lab.ClientKey)
 	x.g = startGomux(t, x.lab, gomuxOptions{Auth: fmt.Sprintf(`  authorized_keys: [%s, %s]
   user_ca_keys: [%s]
   revoked_keys: [%s, %s]
   recheck_interval: 2s
-`, filepath.Join(x.users, "%u.keys"), filepath.Join(x.dir, "shared_keys"), x.caPub, x.revPub, x.revKRL)})
+`, filepath.Join(x.users, "%u.keys"), filepath.Join(x.dir, "shared_keys"), x.caPub, x.revPub, x.revKRL),
+		Extra: "audit:\n  record_dir: " + x.casts + "\n"})
 	return x
 }
 
@@ -384,6 +389,65 @@ func TestIdentity(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("exec not logged with person, exit status, bytes and duration")
+		}
+	})
+
+	t.Run("pty-session-recorded", func(t *testing.T) {
+		ctx := ctxT(t, time.Minute)
+		cfg := x.config("record", x.lab.User, x.lab.ClientKey)
+		before, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
+		cmd := exec.CommandContext(ctx, "ssh", "-tt", "-F", cfg, "-J", "gomux", x.lab.Targets[0].Addr, "read line; echo output-$line-marker")
+		cmd.Env = append(os.Environ(), "TERM=xterm-256color")
+		r := runCmd(cmd, strings.NewReader("typed-secret-input\n"))
+		if r.Code != 0 || !strings.Contains(r.Stdout, "output-typed-secret-input-marker") {
+			t.Fatalf("ssh -tt: %+v", r)
+		}
+		after, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
+		var fresh []string
+		for _, a := range after {
+			if !slices.Contains(before, a) {
+				fresh = append(fresh, a)
+			}
+		}
+		if len(fresh) != 1 {
+			t.Fatalf("new recordings %v, want one", fresh)
+		}
+		p := fresh[0]
+		fi, err := os.Stat(p)
+		must(t, err)
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("recording mode %v", fi.Mode())
+		}
+		lines := strings.Split(strings.TrimSpace(readFile(t, p)), "\n")
+		var h map[string]any
+		if err := json.Unmarshal([]byte(lines[0]), &h); err != nil || h["version"] != float64(2) || h["width"] == nil ||
+			h["height"] == nil || h["timestamp"] == nil || h["env"].(map[string]any)["TERM"] != "xterm-256color" || h["gomux_user"] != x.lab.User {
+			t.Errorf("header %s: %v", lines[0], err)
+		}
+		var output strings.Builder
+		for _, l := range lines[1:] {
+			var e []any
+			if err := json.Unmarshal([]byte(l), &e); err != nil || len(e) != 3 {
+				t.Fatalf("event %q: %v", l, err)
+			}
+			if e[1] == "i" {
+				t.Errorf("input recorded: %q", l)
+			}
+			if e[1] == "o" {
+				output.WriteString(e[2].(string))
+			}
+		}
+		// The pty echoes what was typed, so it is in the output, as on
+		// the person's screen; it is never an input event.
+		if !strings.Contains(output.String(), "output-typed-secret-input-marker") {
+			t.Errorf("output not recorded: %q", output.String())
+		}
+		// A session without a pty is not recorded.
+		if r := x.ssh(ctx, cfg, "echo no-pty"); r.Code != 0 {
+			t.Fatalf("no pty: %+v", r)
+		}
+		if again, _ := filepath.Glob(filepath.Join(x.casts, "*.cast")); len(again) != len(after) {
+			t.Errorf("session without a pty recorded")
 		}
 	})
 

@@ -34,6 +34,7 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 
 	Auth     AuthConfig     `yaml:"auth"`
+	Audit    AuditConfig    `yaml:"audit"`
 	Upstream UpstreamConfig `yaml:"upstream"`
 	// Targets are the access rules, first match wins; a target no rule
 	// matches is denied. Default: one rule accelerating every host, the
@@ -62,6 +63,14 @@ type AuthConfig struct {
 	// again (key still listed, not revoked, certificate not expired); one
 	// that fails is closed. Default 15s.
 	RecheckInterval Duration `yaml:"recheck_interval"`
+}
+
+// AuditConfig says what gomux records beyond its log.
+type AuditConfig struct {
+	// RecordDir, when set, receives one asciicast v2 file (mode 0600) per
+	// session with a pty: the terminal output as the person saw it, never
+	// their keystrokes (which may be passwords). Default "" (off).
+	RecordDir string `yaml:"record_dir"`
 }
 
 // UpstreamConfig says how gomux reaches targets.
@@ -341,6 +350,9 @@ func (c *Config) applyDefaults() error {
 		}
 	}
 	c.StateDir = expandHome(c.StateDir, home)
+	if c.Audit.RecordDir != "" {
+		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
+	}
 	expandAll(c.Auth.AuthorizedKeys, home)
 	expandAll(c.Auth.UserCAKeys, home)
 	expandAll(c.Auth.RevokedKeys, home)
