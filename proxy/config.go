@@ -383,6 +383,11 @@ func (c *Config) validate() error {
 	default:
 		return &FieldError{"log_level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel)}
 	}
+	for _, p := range c.Auth.AuthorizedKeys {
+		if _, err := expandUserPath(p, "x"); err != nil {
+			return &FieldError{"auth.authorized_keys", err}
+		}
+	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}
 	}
