@@ -138,12 +138,27 @@ var (
 // principal and permit port forwarding; plain keys must be in an
 // authorized_keys file that is for user.
 func (a *Authenticator) Check(user string, remote net.Addr, key gossh.PublicKey) (*Identity, error) {
+	return a.check(user, remote, key, true)
+}
+
+// Recheck says whether an identity settled earlier would still be admitted
+// now: the key still listed, not revoked, the certificate not expired. A
+// file that cannot be read right now (an operator half way through
+// editing it) keeps its last good contents here, so a typo refuses new
+// logins but does not cut every open connection.
+func (a *Authenticator) Recheck(id *Identity) error {
+	_, err := a.check(id.User, id.Source, id.Key, false)
+	return err
+}
+
+// check decides a login; strict refuses it when any file is broken.
+func (a *Authenticator) check(user string, remote net.Addr, key gossh.PublicKey, strict bool) (*Identity, error) {
 	if err := ValidLoginName(user); err != nil {
 		return nil, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.reloadLocked(); err != nil {
+	if err := a.reloadLocked(); err != nil && strict {
 		return nil, err
 	}
 	if why := a.revoked.check(key); why != "" {
@@ -167,7 +182,7 @@ func (a *Authenticator) Check(user string, remote net.Addr, key gossh.PublicKey)
 			return nil, err
 		}
 		kf, err := a.keyFileLocked(p)
-		if err != nil {
+		if err != nil && strict {
 			return nil, err
 		}
 		if kf.keys[string(key.Marshal())] {
@@ -175,13 +190,6 @@ func (a *Authenticator) Check(user string, remote net.Addr, key gossh.PublicKey)
 		}
 	}
 	return nil, ErrKeyNotAuthorized
-}
-
-// Recheck says whether an identity settled earlier would still be admitted
-// now: the key still listed, not revoked, the certificate not expired.
-func (a *Authenticator) Recheck(id *Identity) error {
-	_, err := a.Check(id.User, id.Source, id.Key)
-	return err
 }
 
 func (a *Authenticator) checkCert(user string, remote net.Addr, cert *gossh.Certificate) error {
@@ -275,13 +283,18 @@ func (m certMeta) ServerVersion() []byte { return nil }
 func (m certMeta) LocalAddr() net.Addr   { return nil }
 
 // keyFileLocked returns path's keys, re-reading the file when its stat
-// stamp changed.
+// stamp changed. A file that fails to parse keeps its last good keys
+// beside the error.
 func (a *Authenticator) keyFileLocked(path string) (*keyFile, error) {
 	stamp := statStamp([]string{path})
-	if kf, ok := a.files[path]; ok && kf.stamp == stamp {
-		return kf, kf.err
+	prev, ok := a.files[path]
+	if ok && prev.stamp == stamp {
+		return prev, prev.err
 	}
 	keys, err := readAuthorizedKeys([]string{path})
+	if err != nil && ok {
+		keys = prev.keys
+	}
 	if len(a.files) >= maxCachedKeyFiles {
 		a.files = map[string]*keyFile{}
 	}
@@ -291,8 +304,9 @@ func (a *Authenticator) keyFileLocked(path string) (*keyFile, error) {
 }
 
 // reloadLocked re-reads the CA and revocation files when they changed. A
-// broken revocation file refuses every login until fixed: failing open
-// would readmit what the operator revoked.
+// broken revocation file refuses every new login until fixed (failing
+// open would readmit what the operator revoked); its last good contents
+// stay in force for Recheck.
 func (a *Authenticator) reloadLocked() error {
 	if stamp := statStamp(a.opt.CAFiles); stamp != a.caStamp || a.cas == nil {
 		cas, err := readAuthorizedKeys(a.opt.CAFiles)

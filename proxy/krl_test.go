@@ -153,11 +153,33 @@ func TestRevokedKeysPlainFileAndReload(t *testing.T) {
 	if err := a.Recheck(id); !errors.Is(err, ErrKeyRevoked) {
 		t.Errorf("recheck after revocation: %v", err)
 	}
-	// A broken revocation file refuses everyone rather than readmitting.
+	k2 := newSigner(t)
+	os.WriteFile(filepath.Join(dir, "bob.keys"), gossh.MarshalAuthorizedKey(k2.PublicKey()), 0o600)
+	id2, err := a.Check("bob", testAddr, k2.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A broken revocation file refuses every new login rather than
+	// readmitting; open connections keep the last good list.
 	time.Sleep(10 * time.Millisecond)
 	os.WriteFile(rev, []byte("SSHKRL\n\x00broken"), 0o600)
-	if _, err := a.Check("root", testAddr, newSigner(t).PublicKey()); err == nil {
+	if _, err := a.Check("bob", testAddr, k2.PublicKey()); err == nil {
 		t.Errorf("broken KRL: login accepted")
+	}
+	if err := a.Recheck(id2); err != nil {
+		t.Errorf("broken KRL cut an open connection: %v", err)
+	}
+	if err := a.Recheck(id); !errors.Is(err, ErrKeyRevoked) {
+		t.Errorf("broken KRL readmitted a revoked key: %v", err)
+	}
+	// Likewise a broken authorized_keys file.
+	os.WriteFile(rev, nil, 0o600)
+	os.WriteFile(filepath.Join(dir, "bob.keys"), []byte("ssh-ed25519 not-base64!\n"), 0o600)
+	if _, err := a.Check("bob", testAddr, k2.PublicKey()); err == nil {
+		t.Errorf("broken authorized_keys: login accepted")
+	}
+	if err := a.Recheck(id2); err != nil {
+		t.Errorf("broken authorized_keys cut an open connection: %v", err)
 	}
 }
 
