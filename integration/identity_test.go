@@ -343,6 +343,13 @@ func TestIdentity(t *testing.T) {
 		if !denied(r) {
 			t.Fatalf("inner login with another key than the front one: %+v", r)
 		}
+		var refused bool
+		for _, e := range x.g.Events("inner_auth") {
+			refused = refused || (e["user"] == "frank" && e["accepted"] == false && e["fingerprint"] == fingerprint(t, grace+".pub"))
+		}
+		if !refused {
+			t.Errorf("no inner_auth refusal naming frank and grace's key")
+		}
 		// The same shape with the front key works: the refusal is the key.
 		inner = x.config("frank-inner", "frank", frank)
 		if r := runCmd(exec.CommandContext(ctx, "ssh", "-F", inner, "-o", proxy, x.lab.Targets[0].Addr, "echo in"), nil); r.Code != 0 || r.Stdout != "in\n" {

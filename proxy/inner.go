@@ -69,18 +69,19 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 				}
 			}
 			if err := ic.checkInnerKey(key); err != nil {
-				ic.log.Debug().Str("event", "inner_auth_query").Str("remote_user", meta.User()).
-					Str("fingerprint", gossh.FingerprintSHA256(key)).AnErr("refused", err).Msg("inner public key refused")
+				ic.log.Info().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+					Str("fingerprint", gossh.FingerprintSHA256(key)).Str("reason", err.Error()).Msg("inner public key refused")
 				return nil, err
 			}
 			return &gossh.Permissions{}, nil
 		},
 		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 			if err := ic.checkInnerKey(key); err != nil {
-				ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Str("remote_user", meta.User()).Err(err).Msg("inner login refused")
+				ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+					Err(err).Msg("inner login refused")
 				return nil, err
 			}
-			keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted"), ic.id).
+			keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted").Bool("accepted", true), ic.id).
 				Str("remote_user", meta.User()).Msg("inner login")
 			return &gossh.Permissions{}, nil
 		},

@@ -142,11 +142,11 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 		return nil, err
 	}
 	ctx.SetValue(identityKey{}, id)
-	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted").Bool("accepted", true), id).
-		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
 	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
 		return nil, errors.New("gomux is shutting down")
 	}
+	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted").Bool("accepted", true), id).
+		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
 	return &gossh.Permissions{Extensions: map[string]string{"fingerprint": id.Fingerprint()}}, nil
 }
 
