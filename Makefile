@@ -50,6 +50,8 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzParseModes$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKRL$$' -fuzztime 30s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzRedactCommand$$' -fuzztime 30s ./proxy
 
 # demo: three targets, the same work directly and through gomux.
 demo: deps build

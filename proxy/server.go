@@ -38,12 +38,16 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	me, err := user.Current()
-	if err != nil {
-		return nil, fmt.Errorf("auth: the account gomux runs as: %w", err)
+	// A file without %u vouches for the account gomux runs as; when that
+	// has no name (a uid without a passwd entry), for no one.
+	runAs := ""
+	if me, err := user.Current(); err == nil {
+		runAs = me.Username
+	} else {
+		log.Warn().Str("event", "config").Err(err).Msg("cannot name the account gomux runs as: authorized_keys files without %u admit no one")
 	}
 	auth, err := NewAuthenticator(AuthOptions{KeyFiles: cfg.Auth.AuthorizedKeys, CAFiles: cfg.Auth.UserCAKeys,
-		RevokedFiles: cfg.Auth.RevokedKeys, RunAs: me.Username})
+		RevokedFiles: cfg.Auth.RevokedKeys, RunAs: runAs})
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
