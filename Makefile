@@ -54,6 +54,8 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenSniffer$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzSFTPWrite$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKRL$$' -fuzztime 30s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzRedactCommand$$' -fuzztime 30s ./proxy
 
 # demo: three targets, the same work directly and through gomux.
 demo: deps build

@@ -96,10 +96,14 @@ type gomuxOptions struct {
 	HostsFile string
 	// Port reuses a front port (a gomux restarted in place); 0 picks one.
 	Port int
-	// Top is appended to the top level of the config.
-	Top string
 	// Limits is the YAML body of the limits: section.
 	Limits string
+	// Auth, when set, is the body of the auth: section (indented two
+	// spaces); by default the lab's client key may log in as lab.User
+	// through <dir>/users/%u.keys.
+	Auth string
+	// Extra is top-level YAML appended to the config (e.g. an audit: section).
+	Extra string
 }
 
 func freePort(t testing.TB) int {
@@ -127,12 +131,17 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 	if kh == "" {
 		kh = lab.KnownHostsFile()
 	}
-	authKeys := filepath.Join(dir, "authorized_keys")
-	pub, err := os.ReadFile(lab.ClientKey + ".pub")
-	if err != nil {
-		t.Fatal(err)
+	auth := o.Auth
+	if auth == "" {
+		// One file per login name, as a shared bastion is set up: the
+		// lab's key counts for the lab's user only.
+		users := filepath.Join(dir, "users")
+		must(t, os.MkdirAll(users, 0o700))
+		pub, err := os.ReadFile(lab.ClientKey + ".pub")
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(users, lab.User+".keys"), pub, 0o600))
+		auth = fmt.Sprintf("  authorized_keys: [%s]\n", filepath.Join(users, "%u.keys"))
 	}
-	must(t, os.WriteFile(authKeys, pub, 0o600))
 	targets := o.Targets
 	if targets == "" {
 		var ips []string
@@ -155,7 +164,7 @@ state_dir: %s
 log_level: debug
 drain_timeout: 5s
 auth:
-  authorized_keys: [%s]
+%s
 upstream:
   identity_files: %s
   use_ssh_agent: %v
@@ -165,9 +174,9 @@ upstream:
 %s
 limits:
 %s
-targets:
 %s
-%s`, port, state, authKeys, identity, o.AgentSock != "", kh, o.Upstream, o.Limits, targets, o.Top)
+targets:
+%s`, port, state, strings.TrimRight(auth, "\n"), identity, o.AgentSock != "", kh, o.Upstream, o.Limits, o.Extra, targets)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 

@@ -70,7 +70,7 @@ func TestSoak(t *testing.T) {
 		dur = d
 	}
 	lab := harness.Start(t, harness.Options{Targets: 4, RTT: 10 * time.Millisecond})
-	g := startGomux(t, lab, gomuxOptions{Top: "stats_interval: 10s\n", Upstream: "  warm_python_idle: 20s\n"})
+	g := startGomux(t, lab, gomuxOptions{Extra: "stats_interval: 10s\n", Upstream: "  warm_python_idle: 20s\n"})
 	ctx := ctxT(t, dur+15*time.Minute)
 	soakDir, err := os.MkdirTemp("", "gmxsoak-")
 	must(t, err)
@@ -149,7 +149,7 @@ func checkTargetsClean(t *testing.T, lab *harness.Lab) {
 func TestLoadManyTargets(t *testing.T) {
 	soakOnly(t)
 	lab := harness.Start(t, harness.Options{Targets: 200})
-	g := startGomux(t, lab, gomuxOptions{Top: "stats_interval: 5s\n"})
+	g := startGomux(t, lab, gomuxOptions{Extra: "stats_interval: 5s\n"})
 	ctx := ctxT(t, 30*time.Minute)
 	before := sampleGomux(g, time.Now())
 	r := runPlaybookOpts(ctx, t, lab, g, playbookPath("become-short.yml"), playOpts{
@@ -179,7 +179,7 @@ func TestLoadConcurrentSessions(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 10})
 	// One person from one address holds all of them: the per-person and
 	// per-source defaults are for a team, so this test raises them.
-	g := startGomux(t, lab, gomuxOptions{Top: "stats_interval: 5s\n", Limits: `  max_startups: "1000:30:2000"
+	g := startGomux(t, lab, gomuxOptions{Extra: "stats_interval: 5s\n", Limits: `  max_startups: "1000:30:2000"
   per_source_max_startups: 1000
   max_connections_per_user: 1200
   max_connections_per_source: 2000

@@ -38,6 +38,7 @@ type Config struct {
 	StatsInterval Duration `yaml:"stats_interval"`
 
 	Auth     AuthConfig     `yaml:"auth"`
+	Audit    AuditConfig    `yaml:"audit"`
 	Upstream UpstreamConfig `yaml:"upstream"`
 	Limits   LimitsConfig   `yaml:"limits"`
 	// Targets are the access rules, first match wins; a destination no
@@ -49,13 +50,33 @@ type Config struct {
 
 // AuthConfig says which client keys the front accepts.
 type AuthConfig struct {
-	// AuthorizedKeys files, in OpenSSH authorized_keys format. Default: the
-	// running user's ~/.ssh/authorized_keys.
+	// AuthorizedKeys files, in OpenSSH authorized_keys format. As in sshd's
+	// AuthorizedKeysFile, %u expands to the login name given to gomux and
+	// %% to %: a key in /etc/gomux/users/%u.keys logs in only as that
+	// name. A file without %u vouches only for the account gomux runs as.
+	// Default: the running user's ~/.ssh/authorized_keys.
 	AuthorizedKeys []string `yaml:"authorized_keys"`
 	// UserCAKeys files, each holding CA public keys (authorized_keys format)
 	// whose user certificates are accepted when a principal matches the login
 	// name. Default none.
 	UserCAKeys []string `yaml:"user_ca_keys"`
+	// RevokedKeys files, each either public keys in authorized_keys format
+	// or an OpenSSH binary KRL (ssh-keygen -k), refuse keys and
+	// certificates (by key, CA and serial, or key id). Re-read on change.
+	// Default none.
+	RevokedKeys []string `yaml:"revoked_keys"`
+	// RecheckInterval is how often every open front connection is checked
+	// again (key still listed, not revoked, certificate not expired); one
+	// that fails is closed. Default 15s.
+	RecheckInterval Duration `yaml:"recheck_interval"`
+}
+
+// AuditConfig says what gomux records beyond its log.
+type AuditConfig struct {
+	// RecordDir, when set, receives one asciicast v2 file (mode 0600) per
+	// session with a pty: the terminal output as the person saw it, never
+	// their keystrokes (which may be passwords). Default "" (off).
+	RecordDir string `yaml:"record_dir"`
 }
 
 // UpstreamConfig says how gomux reaches targets.
@@ -347,6 +368,9 @@ func (c *Config) applyDefaults() error {
 	if c.Auth.AuthorizedKeys == nil && home != "" {
 		c.Auth.AuthorizedKeys = []string{filepath.Join(home, ".ssh", "authorized_keys")}
 	}
+	if c.Auth.RecheckInterval == 0 {
+		c.Auth.RecheckInterval = Duration(15 * time.Second)
+	}
 	u := &c.Upstream
 	if u.IdentityFiles == nil && home != "" {
 		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
@@ -407,8 +431,12 @@ func (c *Config) applyDefaults() error {
 		}
 	}
 	c.StateDir = expandHome(c.StateDir, home)
+	if c.Audit.RecordDir != "" {
+		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
+	}
 	expandAll(c.Auth.AuthorizedKeys, home)
 	expandAll(c.Auth.UserCAKeys, home)
+	expandAll(c.Auth.RevokedKeys, home)
 	expandAll(u.IdentityFiles, home)
 	expandAll(u.KnownHosts, home)
 	u.UserCA = expandHome(u.UserCA, home)
@@ -444,6 +472,11 @@ func (c *Config) validate() error {
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err
+	}
+	for _, p := range c.Auth.AuthorizedKeys {
+		if _, err := expandUserPath(p, "x"); err != nil {
+			return &FieldError{"auth.authorized_keys", err}
+		}
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}

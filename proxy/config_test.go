@@ -124,3 +124,35 @@ func TestConfigExampleLoads(t *testing.T) {
 		t.Errorf("example not read in full: %+v", c)
 	}
 }
+
+func TestConfigAuthAndAudit(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	c, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Auth.RecheckInterval.D() != 15*time.Second || c.Auth.RevokedKeys != nil || c.Audit.RecordDir != "" {
+		t.Errorf("defaults: recheck %v revoked %v record %q", c.Auth.RecheckInterval, c.Auth.RevokedKeys, c.Audit.RecordDir)
+	}
+	c, err = LoadConfig(writeConfig(t, `auth:
+  authorized_keys: [/etc/gomux/users/%u.keys]
+  revoked_keys: [~/revoked.krl]
+  recheck_interval: 2s
+audit:
+  record_dir: ~/casts
+targets:
+  - hosts: ["*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Auth.RecheckInterval.D() != 2*time.Second || c.Auth.RevokedKeys[0] != filepath.Join(home, "revoked.krl") ||
+		c.Audit.RecordDir != filepath.Join(home, "casts") || c.Auth.AuthorizedKeys[0] != "/etc/gomux/users/%u.keys" {
+		t.Errorf("loaded: %+v %+v", c.Auth, c.Audit)
+	}
+	_, err = LoadConfig(writeConfig(t, "auth:\n  authorized_keys: [/etc/gomux/%h.keys]\ntargets:\n  - hosts: [\"*\"]\n"))
+	if err == nil || !strings.Contains(err.Error(), "auth.authorized_keys") {
+		t.Errorf("unknown token: %v", err)
+	}
+}

@@ -121,22 +121,13 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	return &guardedConn{Conn: conn, fs: fs}
 }
 
-// frontConfig is the front's SSH config for one connection: a login that
-// proved its key takes a slot of the person's connections, or is refused
-// with a banner saying why.
+// frontConfig is the front's SSH config for one connection: the login is
+// decided once the client has signed (verified), where a person over the
+// connection limit is refused with a banner saying why.
 func (s *Server) frontConfig(ctx glider.Context) *gossh.ServerConfig {
 	return &gossh.ServerConfig{
-		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, _ gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
-			fs, _ := ctx.Value(frontStateKey{}).(*frontState)
-			if fs == nil {
-				return nil, errors.New("gomux: connection state missing")
-			}
-			if err := fs.login(s.limits, meta.User()); err != nil {
-				s.log.Warn().Str("event", "limit").Str("user", meta.User()).Str("source", meta.RemoteAddr().String()).
-					Err(err).Msg("login refused")
-				return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}
-			}
-			return perms, nil
+		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			return s.verified(ctx, meta, key)
 		},
 	}
 }

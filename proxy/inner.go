@@ -22,6 +22,7 @@ type innerConn struct {
 	host      string // as the client requested it
 	addr      string // normalized host:port, for messages
 	frontUser string
+	id        *Identity // the front person; the inner session acts for them
 	decision  Decision
 	log       zerolog.Logger
 
@@ -67,12 +68,22 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 					Message: fmt.Sprintf("gomux: user %s may not log in to %s as %s\r\n", ic.frontUser, ic.host, meta.User()),
 				}
 			}
-			if err := ic.s.auth.Check(ic.frontUser, meta.RemoteAddr(), key); err != nil {
-				ic.log.Warn().Str("event", "inner_auth").Str("remote_user", meta.User()).Str("fingerprint", gossh.FingerprintSHA256(key)).
-					Err(err).Str("result", "denied").Msg("inner authentication failed")
+			if err := ic.checkInnerKey(key); err != nil {
+				ic.log.Info().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+					Str("fingerprint", gossh.FingerprintSHA256(key)).Str("reason", err.Error()).Msg("inner public key refused")
 				return nil, err
 			}
-			return &gossh.Permissions{Extensions: map[string]string{"fingerprint": gossh.FingerprintSHA256(key)}}, nil
+			return &gossh.Permissions{}, nil
+		},
+		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			if err := ic.checkInnerKey(key); err != nil {
+				ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+					Err(err).Msg("inner login refused")
+				return nil, err
+			}
+			keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted").Bool("accepted", true), ic.id).
+				Str("remote_user", meta.User()).Msg("inner login")
+			return &gossh.Permissions{}, nil
 		},
 	}
 	cfg.AddHostKey(signer)
@@ -90,7 +101,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	}
 	ic.remoteUser = sc.User()
 	ic.log = ic.log.With().Str("remote_user", ic.remoteUser).Logger()
-	ic.log.Info().Str("event", "inner_connect").Str("fingerprint", sc.Permissions.Extensions["fingerprint"]).Msg("inner session authenticated")
+	ic.log.Debug().Str("event", "inner_connect").Msg("inner session established")
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -172,6 +183,19 @@ func (ic *innerConn) materialize(ctx context.Context) {
 	if _, err := a.Batch(ctx, ops, nil); err != nil {
 		ic.log.Warn().Str("event", "inner_drain").Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
+}
+
+// errInnerKeyMismatch refuses an inner login by any key but the front one.
+var errInnerKeyMismatch = errors.New("the inner session must be authenticated with the key that authenticated to gomux")
+
+// checkInnerKey admits the inner login only with the very key or
+// certificate that authenticated the front connection, still valid now:
+// the person was settled there, and a second credential cannot change it.
+func (ic *innerConn) checkInnerKey(key gossh.PublicKey) error {
+	if !ic.id.SameKey(key) {
+		return errInnerKeyMismatch
+	}
+	return ic.s.auth.Recheck(ic.id)
 }
 
 // upstreamLease returns a live lease for this connection's target,

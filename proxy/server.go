@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/user"
 	"time"
 
 	glider "github.com/gliderlabs/ssh"
@@ -46,7 +47,16 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	auth, err := NewAuthenticator(cfg.Auth.AuthorizedKeys, cfg.Auth.UserCAKeys)
+	// A file without %u vouches for the account gomux runs as; when that
+	// has no name (a uid without a passwd entry), for no one.
+	runAs := ""
+	if me, err := user.Current(); err == nil {
+		runAs = me.Username
+	} else {
+		log.Warn().Str("event", "config").Err(err).Msg("cannot name the account gomux runs as: authorized_keys files without %u admit no one")
+	}
+	auth, err := NewAuthenticator(AuthOptions{KeyFiles: cfg.Auth.AuthorizedKeys, CAFiles: cfg.Auth.UserCAKeys,
+		RevokedFiles: cfg.Auth.RevokedKeys, RunAs: runAs})
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
@@ -80,6 +90,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 			if conn == nil {
 				return nil
 			}
+			ctx.SetValue(netConnKey{}, conn)
 			act := s.drain.track(func() { conn.Close() })
 			ctx.SetValue(activityKey{}, act)
 			// glider cancels the context when the connection ends.
@@ -106,19 +117,110 @@ func (s *Server) KnownHostsLine() string { return s.ca.KnownHostsLine() }
 // Pool exposes the upstream pool for tests and metrics.
 func (s *Server) Pool() *Pool { return s.pool }
 
+// authenticate answers whether a key would be accepted. The client may
+// only be asking (a query, before any signature), so an acceptance here is
+// not a login: it is logged at debug, and verified records the login. A
+// refusal is logged, as sshd logs a failed publickey attempt. glider's
+// ctx.User() keeps the first name the client tried; the binding check is
+// redone in verified with the name of the signed request.
 func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
-	err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
-	ev := s.log.Info()
+	_, err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
 	if err != nil {
-		ev = s.log.Warn().Err(err)
+		s.log.Info().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", ctx.User()).
+			Str("source", ctx.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).
+			Str("reason", err.Error()).Msg("front public key refused")
+		return false
 	}
-	ev.Str("event", "front_auth").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
-		Str("fingerprint", gossh.FingerprintSHA256(key)).Bool("accepted", err == nil).Msg("front public key")
-	return err == nil
+	s.log.Debug().Str("event", "front_auth_offer").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+		Str("fingerprint", gossh.FingerprintSHA256(key)).Msg("front public key acceptable, awaiting signature")
+	return true
 }
 
-func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
-	s.log.Info().Str("event", "channel").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+// netConnKey holds the front connection's net.Conn in the glider context,
+// so the re-check can close a connection whose person lost access.
+type netConnKey struct{}
+
+// identityKey holds the *Identity that authenticated a front connection.
+type identityKey struct{}
+
+// identityFrom returns the person a front connection acts for, nil before
+// authentication completed.
+func identityFrom(ctx glider.Context) *Identity {
+	id, _ := ctx.Value(identityKey{}).(*Identity)
+	return id
+}
+
+// verified runs once the client has signed with key: the login is decided
+// here, for the name in the signed request, logged as exactly one audit
+// event, and watched for as long as the connection lives.
+func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+	id, err := s.auth.Check(conn.User(), conn.RemoteAddr(), key)
+	if err != nil {
+		s.log.Warn().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", conn.User()).
+			Str("source", conn.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).Err(err).
+			Msg("front login refused")
+		return nil, err
+	}
+	fs, _ := ctx.Value(frontStateKey{}).(*frontState)
+	if fs == nil {
+		return nil, errors.New("gomux: connection state missing")
+	}
+	if err := fs.login(s.limits, conn.User()); err != nil {
+		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+			Err(err).Msg("login refused")
+		return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}
+	}
+	ctx.SetValue(identityKey{}, id)
+	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
+		return nil, errors.New("gomux is shutting down")
+	}
+	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted").Bool("accepted", true), id).
+		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
+	return &gossh.Permissions{Extensions: map[string]string{"fingerprint": id.Fingerprint()}}, nil
+}
+
+// identityFields adds who authenticated and with what to a log event.
+func identityFields(ev *zerolog.Event, id *Identity) *zerolog.Event {
+	return keyFields(ev.Str("user", id.User), id)
+}
+
+// keyFields adds how id authenticated, for loggers that already name the user.
+func keyFields(ev *zerolog.Event, id *Identity) *zerolog.Event {
+	ev = ev.Str("method", id.Method()).Str("fingerprint", id.Fingerprint())
+	if c := id.Cert(); c != nil {
+		ev = ev.Str("cert_key_id", c.KeyId).Uint64("cert_serial", c.Serial).
+			Str("ca_fingerprint", gossh.FingerprintSHA256(c.SignatureKey))
+	}
+	return ev
+}
+
+// watch checks an open front connection again every recheck interval and
+// closes it, inner sessions and all, once its person would no longer be
+// admitted: key removed or revoked, certificate expired.
+func (s *Server) watch(ctx glider.Context, id *Identity) {
+	t := time.NewTicker(s.cfg.Auth.RecheckInterval.D())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := s.auth.Recheck(id)
+		if err == nil {
+			continue
+		}
+		identityFields(s.log.Warn().Str("event", "front_revoked"), id).Str("source", id.Source.String()).
+			Str("reason", err.Error()).Msg("access withdrawn: closing the connection")
+		if c, ok := ctx.Value(netConnKey{}).(net.Conn); ok {
+			c.Close()
+		}
+		return
+	}
+}
+
+func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ glider.Context) {
+	s.log.Info().Str("event", "channel").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("result", "refused").Msg("shell on the front refused")
 	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
 }
@@ -157,7 +259,12 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
 		return
 	}
-	d := s.decide(ctx, conn.User(), p.Host, int(p.Port))
+	id := identityFrom(ctx)
+	if id == nil {
+		nc.Reject(gossh.Prohibited, "gomux: not authenticated")
+		return
+	}
+	d := s.decide(ctx, id.User, p.Host, int(p.Port))
 	log := s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("target", d.HostPort()).Logger()
 	logDecision(log, "front", p.Host, d)
@@ -194,7 +301,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		}
 		go gossh.DiscardRequests(reqs)
 		log.Info().Str("event", "forward").Str("result", "accelerated").Msg("inner session starting")
-		ic := &innerConn{s: s, host: p.Host, addr: d.HostPort(), frontUser: conn.User(), decision: d, log: log}
+		ic := &innerConn{s: s, host: p.Host, addr: d.HostPort(), frontUser: id.User, id: id, decision: d, log: log}
 		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
 		log.Info().Str("event", "forward_closed").Dur("duration", time.Since(start)).Msg("inner session ended")
 	}

@@ -85,6 +85,8 @@ type session struct {
 
 	mu   sync.Mutex
 	proc *agent.Process
+	// rec records the terminal output of a pty session (audit.record_dir).
+	rec *recorder
 
 	bytesIn, bytesOut atomic.Int64
 	run               sync.WaitGroup
@@ -141,6 +143,9 @@ func (s *session) handleRequest(ctx context.Context, req *gossh.Request) bool {
 		}
 		if s.pty != nil {
 			s.pty.Cols, s.pty.Rows, s.pty.WidthPx, s.pty.HeightPx = w.Cols, w.Rows, w.WidthPx, w.HeightPx
+		}
+		if s.rec != nil {
+			s.rec.resize(w.Cols, w.Rows)
 		}
 		if p := s.process(); p != nil {
 			p.Resize(w.Cols, w.Rows, w.WidthPx, w.HeightPx)
@@ -232,19 +237,38 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
 			return true
 		}
-		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", cmd).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", RedactCommand(cmd)).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
 		answer(req, false)
 		s.ch.Close()
 		return false
 	}
+	s.startRecording()
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()
 	answer(req, true)
 	s.spawn(func() { s.pump(p) })
 	return true
+}
+
+// startRecording opens the session's recording when it has a pty and
+// recording is on. A recording that cannot be opened is logged; the
+// session goes on.
+func (s *session) startRecording() {
+	dir := s.ic.s.cfg.Audit.RecordDir
+	if s.pty == nil || dir == "" {
+		return
+	}
+	title := s.ic.frontUser + " as " + s.ic.remoteUser + "@" + s.ic.host
+	rec, err := newRecorder(dir, castHeader{Width: s.pty.Cols, Height: s.pty.Rows, Command: RedactCommand(s.cmd),
+		Title: title, Env: map[string]string{"TERM": s.pty.Term}, User: s.ic.frontUser, Remote: s.ic.remoteUser, Target: s.ic.addr})
+	if err != nil {
+		s.log.Error().Str("event", "recording").Err(err).Msg("cannot record pty session")
+		return
+	}
+	s.rec = rec
 }
 
 // replyLocally answers a step the shim served without the target, exactly
@@ -258,7 +282,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 		io.WriteString(s.ch.Stderr(), plan.Stderr)
 	}
 	s.reportExit(plan.Exit, "", false)
-	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
+	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.step).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
 		return
@@ -335,9 +359,13 @@ func (s *session) spawn(fn func()) {
 func (s *session) pump(p *agent.Process) {
 	var out sync.WaitGroup
 	out.Add(2)
+	stdout, stderr := io.Writer(s.ch), io.Writer(s.ch.Stderr())
+	if s.rec != nil {
+		stdout, stderr = io.MultiWriter(s.ch, s.rec), io.MultiWriter(s.ch.Stderr(), s.rec)
+	}
 	go func() {
 		defer out.Done()
-		n, err := io.Copy(s.ch, p.Stdout())
+		n, err := io.Copy(stdout, p.Stdout())
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
@@ -345,7 +373,7 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	go func() {
 		defer out.Done()
-		n, err := io.Copy(s.ch.Stderr(), p.Stderr())
+		n, err := io.Copy(stderr, p.Stderr())
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
@@ -361,7 +389,13 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	out.Wait()
 	st, err := p.Wait()
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
+	if s.rec != nil {
+		log = log.Str("recording", s.rec.path)
+		if rerr := s.rec.Close(); rerr != nil {
+			s.log.Error().Str("event", "recording").Str("recording", s.rec.path).Err(rerr).Msg("recording incomplete")
+		}
+	}
 	if err != nil {
 		s.ch.Close()
 		in.Wait()
@@ -504,6 +538,6 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	ch.CloseWrite()
 	ch.Close()
 	fromClient.Wait()
-	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", cmd).Bool("exited", exited).
+	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
 }

@@ -35,7 +35,9 @@ type sftpFront struct {
 	// request server does not pass on.
 	opens *openModes
 	lim   sftpLimits
-	log   zerolog.Logger
+	// log receives one event per operation: its name and paths, never
+	// file contents.
+	log zerolog.Logger
 	// handles counts the open files, against lim.handles.
 	handles atomic.Int64
 }
@@ -133,8 +135,76 @@ func (f *sftpFront) materialize(paths ...string) error {
 	return nil
 }
 
+// audit logs one sftp operation: reads of metadata at debug, everything
+// that opens, changes or removes a file at info.
+func (f *sftpFront) audit(r *sftp.Request, op string, err error) {
+	ev := f.log.Info()
+	switch op {
+	case "List", "Stat", "Lstat", "Readlink":
+		ev = f.log.Debug()
+	}
+	ev = ev.Str("event", "sftp").Str("op", op).Str("path", r.Filepath)
+	if r.Target != "" {
+		ev = ev.Str("target_path", r.Target)
+	}
+	if err != nil {
+		ev = ev.Err(err)
+	}
+	ev.Msg("sftp operation")
+}
+
+// Fileread opens a file for reading.
 func (f *sftpFront) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
 	defer f.contain("read open", &err)
+	ra, err := f.fileread(r)
+	f.audit(r, "open-read", err)
+	return ra, err
+}
+
+// Filewrite opens a file for writing.
+func (f *sftpFront) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
+	defer f.contain("write open", &err)
+	wa, err := f.filewrite(r)
+	f.audit(r, "open-write", err)
+	return wa, err
+}
+
+// OpenFile serves read-write opens on one handle.
+func (f *sftpFront) OpenFile(r *sftp.Request) (_ sftp.WriterAtReaderAt, err error) {
+	defer f.contain("open", &err)
+	h, err := f.openFile(r)
+	f.audit(r, "open-readwrite", err)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Filecmd changes the file system: setstat, rename, mkdir, remove...
+func (f *sftpFront) Filecmd(r *sftp.Request) (err error) {
+	defer f.contain(r.Method, &err)
+	err = f.filecmd(r)
+	f.audit(r, r.Method, err)
+	return err
+}
+
+// PosixRename overwrites the target, as posix-rename@openssh.com promises.
+func (f *sftpFront) PosixRename(r *sftp.Request) (err error) {
+	defer f.contain("posix-rename", &err)
+	err = f.posixRename(r)
+	f.audit(r, "PosixRename", err)
+	return err
+}
+
+// Filelist lists a directory, stats a file or reads a link.
+func (f *sftpFront) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer f.contain(r.Method, &err)
+	l, err := f.filelist(r)
+	f.audit(r, r.Method, err)
+	return l, err
+}
+
+func (f *sftpFront) fileread(r *sftp.Request) (io.ReaderAt, error) {
 	f.opens.take(r.Filepath) // a read creates nothing
 	release, err := f.takeHandle(r.Filepath)
 	if err != nil {
@@ -153,8 +223,7 @@ func (f *sftpFront) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
 	return &sftpFile{f: h, path: r.Filepath, log: &f.log, release: release}, nil
 }
 
-func (f *sftpFront) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
-	defer f.contain("write open", &err)
+func (f *sftpFront) filewrite(r *sftp.Request) (io.WriterAt, error) {
 	release, err := f.takeHandle(r.Filepath)
 	if err != nil {
 		return nil, err
@@ -175,9 +244,8 @@ func (f *sftpFront) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
 	return h, nil
 }
 
-// OpenFile serves read-write opens on one handle.
-func (f *sftpFront) OpenFile(r *sftp.Request) (_ sftp.WriterAtReaderAt, err error) {
-	defer f.contain("open", &err)
+// openFile opens a file for reading and writing on one handle.
+func (f *sftpFront) openFile(r *sftp.Request) (*sftpFile, error) {
 	release, err := f.takeHandle(r.Filepath)
 	if err != nil {
 		return nil, err
@@ -230,8 +298,7 @@ func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, erro
 	return &sftpFile{f: h, path: r.Filepath, log: &f.log}, nil
 }
 
-func (f *sftpFront) Filecmd(r *sftp.Request) (err error) {
-	defer f.contain(r.Method, &err)
+func (f *sftpFront) filecmd(r *sftp.Request) error {
 	ctx, p := f.ctx, r.Filepath
 	if err := f.materialize(p, r.Target); err != nil {
 		return err
@@ -283,17 +350,14 @@ func (f *sftpFront) Filecmd(r *sftp.Request) (err error) {
 	return sftp.ErrSSHFxOpUnsupported
 }
 
-// PosixRename overwrites the target, as posix-rename@openssh.com promises.
-func (f *sftpFront) PosixRename(r *sftp.Request) (err error) {
-	defer f.contain("posix-rename", &err)
+func (f *sftpFront) posixRename(r *sftp.Request) error {
 	if err := f.materialize(r.Filepath, r.Target); err != nil {
 		return err
 	}
 	return sftpErr("rename", r.Filepath, f.a.Rename(f.ctx, r.Filepath, r.Target, true))
 }
 
-func (f *sftpFront) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
-	defer f.contain(r.Method, &err)
+func (f *sftpFront) filelist(r *sftp.Request) (sftp.ListerAt, error) {
 	if r.Method == "Stat" {
 		if fi, ok := f.virtual(r.Filepath); ok {
 			return statResult(fi, r.Filepath)

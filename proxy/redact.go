@@ -1,0 +1,169 @@
+package proxy
+
+import (
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+
+	"mvdan.cc/sh/v3/syntax"
+)
+
+// redacted replaces a secret in a logged command.
+const redacted = "***"
+
+// maxRedactDepth bounds how deep nested sh -c scripts are followed.
+const maxRedactDepth = 6
+
+// RedactCommand returns cmd with the value of every NAME=value assignment
+// replaced by ***, so what Ansible's environment: puts in front of a module
+// run (often passwords and tokens) never reaches the log. It redacts
+// prefix assignments (FOO=x cmd), declarations (export FOO=x), NAME=value
+// arguments (env FOO=x, sudo FOO=x) and, recursively, the same inside any
+// quoted argument that is itself a script (sh -c '...', however deeply
+// quoted). A command the parser cannot read is redacted by pattern, so
+// failing to parse never means logging a secret.
+func RedactCommand(cmd string) string {
+	return redactScript(cmd, 0)
+}
+
+func redactScript(src string, depth int) string {
+	if depth > maxRedactDepth || !strings.Contains(src, "=") {
+		return src
+	}
+	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(strings.NewReader(src), "")
+	if err != nil {
+		return redactByPattern(src)
+	}
+	type repl struct {
+		start, end uint
+		text       string
+	}
+	var rs []repl
+	add := func(n syntax.Node, text string) {
+		rs = append(rs, repl{n.Pos().Offset(), n.End().Offset(), text})
+	}
+	syntax.Walk(f, func(n syntax.Node) bool {
+		switch n := n.(type) {
+		case *syntax.Assign:
+			if n.Value != nil {
+				add(n.Value, redacted)
+			}
+			if n.Array != nil {
+				add(n.Array, "("+redacted+")")
+			}
+		case *syntax.CallExpr:
+			if len(n.Args) == 0 {
+				break
+			}
+			if name, _ := wordLiteral(n.Args[0]); path.Base(name) == "dd" {
+				// dd's operands are of=path and the like, not variables.
+				break
+			}
+			prev := ""
+			for _, w := range n.Args[1:] {
+				v, ok := wordLiteral(w)
+				script := isScriptFlag(prev)
+				prev = v
+				if !ok {
+					continue
+				}
+				if !script && assignmentWord.MatchString(v) {
+					add(w, v[:strings.IndexByte(v, '=')+1]+redacted)
+					continue
+				}
+				if inner := redactScript(v, depth+1); inner != v {
+					add(w, shellQuote(inner))
+				}
+			}
+		}
+		return true
+	})
+	if len(rs) == 0 {
+		return src
+	}
+	// Keep the outermost of overlapping replacements: a rewritten word
+	// already covers the assignments inside it.
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].start != rs[j].start {
+			return rs[i].start < rs[j].start
+		}
+		return rs[i].end > rs[j].end
+	})
+	var b strings.Builder
+	pos := uint(0)
+	for _, r := range rs {
+		if r.start < pos || r.end > uint(len(src)) {
+			continue
+		}
+		b.WriteString(src[pos:r.start])
+		b.WriteString(r.text)
+		pos = r.end
+	}
+	b.WriteString(src[pos:])
+	return b.String()
+}
+
+// isScriptFlag says whether an argument is sh's -c (alone or in a
+// cluster such as -ec), after which comes a script rather than NAME=value.
+func isScriptFlag(arg string) bool {
+	return len(arg) > 1 && arg[0] == '-' && arg[1] != '-' && strings.IndexByte(arg, 'c') > 0
+}
+
+// assignmentWord is an argument of the form NAME=value.
+var assignmentWord = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*=`)
+
+// assignmentPattern finds NAME=value in text the parser could not read;
+// the value runs to the next blank, quote or shell operator.
+var assignmentPattern = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_]*=)(\([^)]*\)?|'[^']*'?|"[^"]*"?|[^\s;&|()'"]*)`)
+
+func redactByPattern(s string) string {
+	return assignmentPattern.ReplaceAllString(s, "${1}"+redacted)
+}
+
+// wordLiteral returns the value of a word made only of literal text and
+// quotes, as the shell would see it; false when it expands anything.
+func wordLiteral(w *syntax.Word) (string, bool) {
+	var b strings.Builder
+	for _, p := range w.Parts {
+		switch p := p.(type) {
+		case *syntax.Lit:
+			b.WriteString(unescape(p.Value, func(byte) bool { return true }))
+		case *syntax.SglQuoted:
+			if p.Dollar {
+				return "", false
+			}
+			b.WriteString(p.Value)
+		case *syntax.DblQuoted:
+			for _, q := range p.Parts {
+				l, ok := q.(*syntax.Lit)
+				if !ok {
+					return "", false
+				}
+				b.WriteString(unescape(l.Value, func(c byte) bool { return strings.IndexByte("$`\"\\\n", c) >= 0 }))
+			}
+		default:
+			return "", false
+		}
+	}
+	return b.String(), true
+}
+
+// unescape removes the backslashes the shell removes: before any byte
+// outside quotes, before $ ` " \ and newline inside double quotes.
+func unescape(s string, escapable func(byte) bool) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) && escapable(s[i+1]) {
+			i++
+			if s[i] == '\n' {
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
