@@ -224,24 +224,22 @@ func (f *sftpFront) fileread(r *sftp.Request) (io.ReaderAt, error) {
 }
 
 func (f *sftpFront) filewrite(r *sftp.Request) (io.WriterAt, error) {
+	pf := r.Pflags()
+	if f.host == nil || pf.Read || pf.Append || !f.host.InTempDir(r.Filepath) {
+		h, err := f.openFile(r)
+		if err != nil {
+			return nil, err // not a nil *sftpFile in a non-nil interface
+		}
+		return h, nil
+	}
+	// An upload into a temp dir: keep it in gomux until the command that
+	// uses it, and send both in one batch.
 	release, err := f.takeHandle(r.Filepath)
 	if err != nil {
 		return nil, err
 	}
-	pf := r.Pflags()
-	if f.host != nil && !pf.Read && !pf.Append && f.host.InTempDir(r.Filepath) {
-		// An upload into a temp dir: keep it in gomux until the command
-		// that uses it, and send both in one batch.
-		perm := f.createMode(r)
-		return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, perm: perm, req: r, release: release}, nil
-	}
-	h, err := f.open(r)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	h.release = release
-	return h, nil
+	perm := f.createMode(r)
+	return &stagingFile{f: f, path: r.Filepath, mode: perm &^ 0o022, perm: perm, req: r, release: release}, nil
 }
 
 // openFile opens a file for reading and writing on one handle.
