@@ -104,6 +104,9 @@ type gomuxOptions struct {
 	Auth string
 	// Extra is top-level YAML appended to the config (e.g. an audit: section).
 	Extra string
+	// Persons are more login names the lab's key may log in to gomux as
+	// (with the default auth), for tests of one person against another.
+	Persons []string
 }
 
 func freePort(t testing.TB) int {
@@ -139,7 +142,9 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 		must(t, os.MkdirAll(users, 0o700))
 		pub, err := os.ReadFile(lab.ClientKey + ".pub")
 		must(t, err)
-		must(t, os.WriteFile(filepath.Join(users, lab.User+".keys"), pub, 0o600))
+		for _, name := range append([]string{lab.User}, o.Persons...) {
+			must(t, os.WriteFile(filepath.Join(users, name+".keys"), pub, 0o600))
+		}
 		auth = fmt.Sprintf("  authorized_keys: [%s]\n", filepath.Join(users, "%u.keys"))
 	}
 	targets := o.Targets

@@ -202,7 +202,7 @@ func assertServing(t *testing.T, g *Gomux, target string) {
 // error status, logs it, and goes on serving this client and others.
 func TestHostileSFTPOffsets(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1})
-	g := startGomux(t, lab, gomuxOptions{})
+	g := startGomux(t, lab, gomuxOptions{Persons: []string{"mallory"}})
 	target := lab.Targets[0].Addr
 
 	front, err := rawFront(t, lab, g, "mallory", nil)
@@ -297,7 +297,7 @@ func stall(t *testing.T, addr, src string) (*staller, error) {
 // time, and a single source beyond its startup cap is dropped at once.
 func TestHostileUnauthenticated(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1})
-	g := startGomux(t, lab, gomuxOptions{Limits: `  login_grace_time: 5s
+	g := startGomux(t, lab, gomuxOptions{Persons: []string{"slow"}, Limits: `  login_grace_time: 5s
   max_startups: "600:30:1000"
   per_source_max_startups: 100`})
 	target := lab.Targets[0].Addr
@@ -401,7 +401,7 @@ func TestHostileUnauthenticated(t *testing.T) {
 // person's ssh -J commands and an extra login of the first run unaffected.
 func TestHostileChannelCaps(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1})
-	g := startGomux(t, lab, gomuxOptions{Limits: `  max_channels_per_connection: 4
+	g := startGomux(t, lab, gomuxOptions{Persons: []string{"mallory"}, Limits: `  max_channels_per_connection: 4
   max_channels_per_user: 6
   max_connections_per_user: 2`})
 	target := lab.Targets[0].Addr

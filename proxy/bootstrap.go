@@ -50,7 +50,10 @@ const cacheChecks = `u=$(id -u); bad=; top=; ` +
 // name, not /proc/self/fd/3. Only the login user could swap the file in
 // between: the launcher runs only from a cache directory no one else can
 // write (cacheChecks), and this is the login user running its own file.
-// The become side never runs it (see shim.Warm).
+// The become side never runs it (see shim.Warm). Where the file was
+// replaced between the hash and the check (a concurrent upload from
+// another connection to the same home, as on a shared NFS home), it looks
+// again, up to three times.
 func launcherScript(bins map[string]dist.Binary) string {
 	var cases strings.Builder
 	for _, b := range bins {
@@ -68,8 +71,10 @@ func launcherScript(bins map[string]dist.Binary) string {
 		`d="$HOME/.cache/gomux"; f="$d/agent-$h"; ` + cacheChecks +
 		`if [ -n "$top" ]; then echo "` + noAgentLine + ` unsafe agent cache: $bad"; exit 0; fi; ` +
 		`if [ -n "$bad" ]; then echo "` + needAgentLine + ` $h $m unsafe agent cache: $bad"; exit 0; fi; ` +
+		`for i in 1 2 3; do ` +
 		`if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && exec 3<"$f"; then ` +
-		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then exec "$f" serve; fi; exec 3<&-; fi; ` +
+		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then exec "$f" serve; fi; exec 3<&-; ` +
+		`else break; fi; done; ` +
 		`echo "` + needAgentLine + ` $h $m"`
 	return "exec /bin/sh -c " + shellQuote(script)
 }
@@ -83,8 +88,11 @@ func uploadScript(hash string) string {
 	script := `umask 077; d="$HOME/.cache/gomux"; ` + cacheChecks +
 		`if [ -n "$top" ]; then echo "$bad" >&2; exit 1; fi; ` +
 		`if [ -n "$bad" ]; then rm -rf "$d" || exit 1; fi; ` +
-		`t="$d/.agent-` + hash + `.$$"; ` +
-		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && cat > "$t" && [ "$(sha256sum < "$t" | cut -c1-64)" = "` + hash + `" ] && chmod 700 "$t" && mv -f "$t" "$d/agent-` + hash + `" && echo ` + uploadedLine + ` && exit 0; ` +
+		`t="$d/.agent-` + hash + `.$$"; f="$d/agent-` + hash + `"; ` +
+		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && cat > "$t" && [ "$(sha256sum < "$t" | cut -c1-64)" = "` + hash + `" ] && chmod 700 "$t" && ` +
+		// A shared home (NFS) or a second gomux may have put a good copy
+		// there meanwhile: keep it, so a launcher hashing it is not raced.
+		`{ { [ -f "$f" ] && [ ! -L "$f" ] && [ "$(sha256sum < "$f" | cut -c1-64)" = "` + hash + `" ] && rm -f "$t"; } || mv -f "$t" "$f"; } && echo ` + uploadedLine + ` && exit 0; ` +
 		`rm -f "$t"; exit 1`
 	return "exec /bin/sh -c " + shellQuote(script)
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/gomux/gomux/agent"
@@ -183,4 +184,42 @@ func TestLauncherDistrustsOpenCache(t *testing.T) {
 			t.Fatalf("launcher ran a symlinked agent: %q", out)
 		}
 	})
+}
+
+// TestLaunchersAndUploadsOnASharedHome starts agents on many targets
+// that share one home (an NFS home, or a lab's targets): every connection
+// uploads and launches at once, and every launcher must still start the
+// agent, though the others replace the cached file under it.
+func TestLaunchersAndUploadsOnASharedHome(t *testing.T) {
+	home := t.TempDir()
+	bin := fakeAgent(t)
+	bins := map[string]dist.Binary{bin.Arch: bin}
+	const n = 12
+	var wg sync.WaitGroup
+	outs := make([]string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// As startAgent: launch, and after an upload launch once more.
+			for try := 0; try < 2; try++ {
+				out, _ := runScript(t, home, launcherScript(bins), nil)
+				if !strings.HasPrefix(out, needAgentLine) {
+					outs[i] = out
+					return
+				}
+				if o, code := runScript(t, home, uploadScript(bin.SHA256), bin.Data); code != 0 {
+					outs[i] = "upload failed: " + o
+					return
+				}
+			}
+			outs[i] = "not started after an upload"
+		}()
+	}
+	wg.Wait()
+	for i, out := range outs {
+		if out != agent.Banner+" 1 serve\n" {
+			t.Errorf("connection %d: %q", i, out)
+		}
+	}
 }
