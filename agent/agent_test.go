@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -709,4 +710,49 @@ func TestRequestOnEndedSessionIsNotSent(t *testing.T) {
 	if !errors.Is(err, ErrNotSent) {
 		t.Fatalf("Batch on an ended session: %v, want ErrNotSent", err)
 	}
+}
+
+// gate passes bytes on until it is shut, then swallows them: a network
+// path that went silent without closing.
+type gate struct {
+	w    io.WriteCloser
+	shut atomic.Bool
+}
+
+func (g *gate) Write(p []byte) (int, error) {
+	if g.shut.Load() {
+		return len(p), nil
+	}
+	return g.w.Write(p)
+}
+
+// TestLivenessEndsSessionWhenGomuxGoesSilent: when nothing comes back
+// from gomux (its host died, the network black-holed), the agent ends the
+// session after four unanswered ping intervals and kills what it runs.
+func TestLivenessEndsSessionWhenGomuxGoesSilent(t *testing.T) {
+	c2sR, c2sW := io.Pipe()
+	s2cR, s2cW := io.Pipe()
+	g := &gate{w: s2cW}
+	srv := &Server{Version: "test", Liveness: 100 * time.Millisecond}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background(), c2sR, g) }()
+	c, err := NewClient(ctxT(t), s2cR, c2sW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, pid := startSleeper(t, c)
+	// Answered pings keep it alive well past four intervals.
+	time.Sleep(600 * time.Millisecond)
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("the session ended while gomux answered: %v", err)
+	}
+	g.shut.Store(true) // nothing the agent sends reaches gomux any more
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not end its session")
+	}
+	waitGone(t, pid)
+	s2cW.Close()
 }

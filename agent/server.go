@@ -29,6 +29,13 @@ type Server struct {
 	// logs); nil discards them. log/slog keeps the package free of
 	// third-party logging.
 	Log *slog.Logger
+	// Liveness, when set, is how often the agent pings gomux over the
+	// session; a ping unanswered for four times that ends the session and
+	// every process it started. A gomux that vanished without closing the
+	// connection (a crash of its host, a black-holed network) then leaves
+	// nothing running on the target beyond a minute or so, where sshd
+	// alone would keep it until TCP gives up, hours later.
+	Liveness time.Duration
 
 	mu     sync.Mutex
 	closed bool             // Serve is ending: children started now are killed at once
@@ -85,6 +92,13 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	defer cancel()
 	info := s.info()
 	s.log().Info("serving", "protocol", ProtocolVersion, "version", s.Version, "user", info.User)
+	if s.Liveness > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchPeer(sess)
+		}()
+	}
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
@@ -102,6 +116,36 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	s.wg.Wait()
 	s.log().Info("session ended")
 	return nil
+}
+
+// watchPeer pings gomux every Liveness and closes the session when a
+// ping goes unanswered for four times that; Serve then kills what runs.
+func (s *Server) watchPeer(sess *yamux.Session) {
+	t := time.NewTicker(s.Liveness)
+	defer t.Stop()
+	for {
+		select {
+		case <-sess.CloseChan():
+			return
+		case <-t.C:
+		}
+		pong := make(chan error, 1)
+		go func() {
+			_, err := sess.Ping()
+			pong <- err
+		}()
+		select {
+		case err := <-pong:
+			if err != nil {
+				return // the session ended
+			}
+		case <-time.After(4 * s.Liveness):
+			s.log().Warn("gomux stopped answering; ending the session", "after", 4*s.Liveness)
+			sess.Close()
+			<-pong // Ping returns once the session is closed
+			return
+		}
+	}
 }
 
 // killAll kills every running group and makes track kill later ones, so

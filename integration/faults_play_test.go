@@ -118,9 +118,11 @@ func (fp *faultPlay) finish() playbookRun {
 		}
 	}
 	// Nothing of the victim may outlive its task on the target: the
-	// agent takes its children with it, and sshd its sessions.
+	// agent takes its children with it, and sshd its sessions. Where the
+	// path went silent the agent only learns it from its own unanswered
+	// pings (a minute), so this waits that long at most.
 	var left string
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		out, _ := exec.Command("pgrep", "-a", "-f", "sleep "+fp.sleep).Output()
 		if left = strings.TrimSpace(string(out)); left == "" || time.Now().After(deadline) {

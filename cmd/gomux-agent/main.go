@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -75,7 +76,7 @@ func serve() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT)
 	defer stop()
-	s := &agent.Server{Version: version, Log: log}
+	s := &agent.Server{Version: version, Log: log, Liveness: 15 * time.Second}
 	// Serve returns when stdin reaches EOF (gomux closed the channel) or a
 	// signal arrives; either way its children have been killed.
 	if err := s.Serve(ctx, os.NewFile(uintptr(in), "agent-in"), os.NewFile(uintptr(out), "agent-out")); err != nil {
