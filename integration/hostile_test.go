@@ -487,6 +487,15 @@ func TestHostileChannelCaps(t *testing.T) {
 		}
 		wg.Wait()
 	}
+	// And that person's playbook runs as it would with mallory gone (one
+	// ControlMaster for both runs: a connection, of the two allowed).
+	cp := controlDir(t)
+	for _, pipelining := range []string{"False", "True"} {
+		r := runPlaybookOpts(ctx, t, lab, g, playbookPath("plain.yml"), playOpts{env: []string{"ANSIBLE_PIPELINING=" + pipelining}, controlDir: cp})
+		if r.Err != nil || !strings.Contains(r.recapString(), "ok=3 changed=0 unreachable=0 failed=0") {
+			t.Errorf("another person's playbook (pipelining=%s) while mallory is at her caps: %v\n%s", pipelining, r.Err, r.Output)
+		}
+	}
 	if len(g.Events("limit")) < 3 {
 		t.Errorf("refusals not logged: %d limit events", len(g.Events("limit")))
 	}
