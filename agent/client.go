@@ -219,7 +219,9 @@ func (c *Client) awaitResult(ctx context.Context, st *yamux.Stream, out any) err
 	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
 	err := result(st, out)
 	if !stop() {
-		return fmt.Errorf("agent: %w", context.Cause(ctx))
+		// The cause is either ErrReplyTimeout, which says "agent:"
+		// itself, or the caller's own context error.
+		return context.Cause(ctx)
 	}
 	return err
 }

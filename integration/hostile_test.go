@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -511,4 +513,54 @@ func TestHostileChannelCaps(t *testing.T) {
 		return true
 	})
 	assertServing(t, g, target)
+}
+
+// TestHostileTargetAgent gives gomux targets whose "agent" is hostile:
+// sshd runs testdata/fakeagent in place of the launcher (ForceCommand),
+// which greets and answers hello like the real agent, then sends garbage
+// frames, a frame header claiming 4 GiB, nothing at all, or a flood of
+// output with no reply. Each client's command fails as a connection
+// failure (exit 255) or an error, in bounded time; gomux logs why, never
+// panics, and serves a normal target throughout.
+func TestHostileTargetAgent(t *testing.T) {
+	modes := []string{"garbage", "oversize", "stall", "flood"}
+	dir, err := os.MkdirTemp("", "gmxfake-")
+	must(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	must(t, os.Chmod(dir, 0o755))
+	fake := filepath.Join(dir, "fakeagent")
+	build := exec.Command("go", "build", "-o", fake, "./integration/testdata/fakeagent")
+	build.Dir = repoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build fakeagent: %v\n%s", err, out)
+	}
+	lab := harness.Start(t, harness.Options{Targets: len(modes) + 1, SSHDConfig: func(i int) string {
+		if i < len(modes) {
+			return "ForceCommand " + fake + " " + modes[i] + "\n"
+		}
+		return ""
+	}})
+	g := startGomux(t, lab, gomuxOptions{Limits: "  agent_reply_timeout: 5s\n"})
+	normal := lab.Targets[len(modes)].Addr
+	for i, mode := range modes {
+		tgt := lab.Targets[i].Addr
+		ctx := ctxT(t, 2*time.Minute)
+		start := time.Now()
+		got := runCmd(g.SSH(ctx, tgt, "echo should-not-run"), nil)
+		if got.Code != 255 || strings.Contains(got.Stdout, "should-not-run") {
+			t.Errorf("%s agent: ssh -J: %+v, want a connection failure (255)", mode, got)
+		}
+		sftp := exec.CommandContext(ctx, "sftp", append(g.ClientArgs(), "-b", "-", tgt)...)
+		// sftp's batch mode goes on after a failed ls; the failure shows
+		// on stderr.
+		if r := runCmd(sftp, strings.NewReader("ls\n")); r.Code == 0 && !strings.Contains(r.Stderr, "Failure") {
+			t.Errorf("%s agent: sftp ls succeeded: %+v", mode, r)
+		}
+		t.Logf("%s agent: ssh and sftp failed in %v", mode, time.Since(start).Round(100*time.Millisecond))
+		assertServing(t, g, normal)
+	}
+	if strings.Contains(g.Log(), "panic") {
+		t.Errorf("gomux logged a panic:\n%s", g.Problems())
+	}
+	t.Logf("what gomux said:\n%s", g.Problems())
 }
