@@ -274,7 +274,10 @@ func TestBecomeSwapRace(t *testing.T) {
 		}
 	}
 	t.Logf("%d swaps, %d deletions of the become user's copy, markers %v", swaps, deletes, markers(markerDir))
-	if swaps < 10 || deletes < 2 {
+	// An install that copies the plant half-way through a swap fails
+	// its hash and runs plain, so how many installs succeed (and are
+	// deleted again) depends on timing: one is enough to show the race ran.
+	if swaps < 10 || deletes < 1 {
 		t.Fatalf("the race did not run: %d swaps, %d deletions", swaps, deletes)
 	}
 }
