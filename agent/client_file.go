@@ -100,7 +100,15 @@ func (f *File) readLoop(r io.Reader) {
 				f.setErr(re) // a write failed
 			}
 		case frameOK, frameError:
-			f.control <- controlResult{typ, b}
+			// One control call waits at a time, so its slot is free; a
+			// reply nobody asked for must not block this loop, which alone
+			// reads the stream.
+			select {
+			case f.control <- controlResult{typ, b}:
+			default:
+				f.fail(fmt.Errorf("agent: file %s: %w: reply to no pending call", f.path, ErrProtocol))
+				return
+			}
 		default:
 			f.fail(fmt.Errorf("agent: unexpected frame %d on file stream", typ))
 			return
@@ -203,7 +211,19 @@ func (f *File) wait(ch chan readResult) readResult {
 		return r
 	case <-t.C:
 		f.abort(f.stalled("no read reply"))
-		return <-ch // readLoop's fail answers every pending read
+		// readLoop wakes on the deadline and its fail answers every
+		// pending read; should it already be gone, say why here.
+		select {
+		case r := <-ch:
+			return r
+		case <-f.loop:
+			select {
+			case r := <-ch:
+				return r
+			default:
+				return readResult{err: f.stalled("no read reply")}
+			}
+		}
 	}
 }
 

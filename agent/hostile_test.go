@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -236,6 +237,39 @@ func TestHostileAgentStopsReading(t *testing.T) {
 	data := bytes.Repeat([]byte{1}, 8<<20)
 	if _, err := f.WriteAt(data, 0); !errors.Is(err, ErrReplyTimeout) {
 		t.Fatalf("write to a stalled agent: %v, want ErrReplyTimeout", err)
+	}
+	f.Close()
+}
+
+// TestHostileUnrequestedControlReplies: while a read waits, the agent
+// sends OK frames nobody asked for. The stream fails at once instead of
+// the reader blocking behind them, and the pending read returns an error.
+func TestHostileUnrequestedControlReplies(t *testing.T) {
+	c := fakeAgent(t, openThen(func(st *yamux.Stream) {
+		if typ, _, err := readFrame(st); err != nil || typ != frameRead {
+			return
+		}
+		for range 3 {
+			writeFrame(st, frameOK, nil)
+		}
+		stall(st)
+	}))
+	f, err := c.Open(context.Background(), "/x", os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.ReadAt(make([]byte, 10), 0)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("read succeeded on a stream full of unrequested replies")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("read hung behind unrequested control replies")
 	}
 	f.Close()
 }
