@@ -48,7 +48,9 @@ func (d *drainer) untrack(a *activity) {
 }
 
 // drain closes every idle connection now and every busy one when its
-// last channel ends.
+// last channel ends. Closing an inner session first writes what the shim
+// held for it to the target, which takes a round trip or more, so idle
+// connections are closed side by side and drain returns when all are.
 func (d *drainer) drain() {
 	d.mu.Lock()
 	d.draining = true
@@ -57,17 +59,30 @@ func (d *drainer) drain() {
 		conns = append(conns, a)
 	}
 	d.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, a := range conns {
-		a.drain()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.drain()
+		}()
 	}
+	wg.Wait()
 }
 
-// begin marks a channel as running.
-func (a *activity) begin() {
+// begin marks a channel as running. It reports false once the connection
+// is being closed: the caller refuses the channel, since whatever it did
+// would be cut off (and, on an inner session, its shim state would be
+// lost after the flush).
+func (a *activity) begin() bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
 	a.running++
 	a.used = true
-	a.mu.Unlock()
+	return true
 }
 
 // end marks a channel as finished, closing a draining connection that

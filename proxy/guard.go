@@ -27,6 +27,7 @@ type frontState struct {
 	closedFn    func()
 	grace       *time.Timer
 	release     func() // the person's connection slot, once logged in
+	user        string // whose slot release gives back
 	expired     bool   // the grace time ran out first
 	closed      bool
 }
@@ -34,6 +35,10 @@ type frontState struct {
 // errGraceOver is a login that came after the grace time closed the
 // connection.
 var errGraceOver = errors.New("gomux: login grace time is over")
+
+// errOnePersonPerConnection refuses a second name on a connection that
+// already holds a person's slot.
+var errOnePersonPerConnection = errors.New("gomux: this connection already logged in as someone else")
 
 // login turns the startup slot into the person's connection slot and
 // stops the grace timer; an error refuses the login.
@@ -44,13 +49,19 @@ func (fs *frontState) login(l *limiter, user string) error {
 		return errGraceOver
 	}
 	if fs.release != nil {
+		// A login that failed after taking its slot may be retried on
+		// the same connection, but only for the same person: another
+		// name would use this slot without being counted.
+		if user != fs.user {
+			return errOnePersonPerConnection
+		}
 		return nil
 	}
 	rel, err := l.login(user)
 	if err != nil {
 		return err
 	}
-	fs.release = rel
+	fs.release, fs.user = rel, user
 	fs.grace.Stop()
 	fs.startupDone()
 	return nil

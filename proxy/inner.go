@@ -130,7 +130,11 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 			nc.Reject(gossh.ResourceShortage, err.Error())
 			continue
 		}
-		act.begin()
+		if !act.begin() {
+			release()
+			nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")
+			continue
+		}
 		if !ic.tasks.Go(func() {
 			defer act.end()
 			defer release()

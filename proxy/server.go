@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os/user"
+	"sync"
 	"time"
 
 	glider "github.com/gliderlabs/ssh"
@@ -227,32 +228,38 @@ func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc goss
 
 func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
 	fs, _ := ctx.Value(frontStateKey{}).(*frontState)
-	if fs == nil {
+	act, _ := ctx.Value(activityKey{}).(*activity)
+	if fs == nil || act == nil {
 		nc.Reject(gossh.ResourceShortage, "gomux: connection state missing")
+		return
+	}
+	// Counted before anything else, so a drain cannot close the
+	// connection under a forward that is still starting.
+	if !act.begin() {
+		nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")
 		return
 	}
 	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
 	if err != nil {
+		act.end()
 		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Str("channel", "direct-tcpip").Err(err).Msg("channel refused")
 		nc.Reject(gossh.ResourceShortage, err.Error())
 		return
 	}
 	if !s.tasks.Go(func() {
+		defer act.end()
 		defer release()
 		defer contain(s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).Logger(), "front direct-tcpip", conn)
 		s.forward(ctx, conn, nc)
 	}) {
 		release()
+		act.end()
 		nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
 	}
 }
 
 func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.NewChannel) {
-	if act, ok := ctx.Value(activityKey{}).(*activity); ok {
-		act.begin()
-		defer act.end()
-	}
 	var p forwardPayload
 	if err := gossh.Unmarshal(nc.ExtraData(), &p); err != nil {
 		s.log.Warn().Str("event", "forward").Err(err).Msg("malformed direct-tcpip request")
@@ -347,12 +354,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Idle connections end now, busy ones after their last channel: a
 	// client's next command connects afresh instead of being cut mid-task
 	// at the drain timeout.
-	s.drain.drain()
+	var drained sync.WaitGroup
+	drained.Add(1)
+	go func() {
+		defer drained.Done()
+		s.drain.drain()
+	}()
 	err := s.front.Shutdown(ctx)
 	if err != nil {
 		s.log.Warn().Str("event", "shutdown").Err(err).Msg("drain timeout, closing remaining connections")
 		s.front.Close()
 	}
+	drained.Wait()
 	s.tasks.Close()
 	s.tasks.Wait()
 	s.pool.Close()

@@ -173,16 +173,23 @@ const becomeAgentVar = "_gomux_agent"
 // /dev/zero cannot fill the disk), hashes THAT copy, and renames it into
 // place only if the hash is SHA. The copy cannot change after it was
 // hashed: only the become user (or root) can write that directory and
-// file, so there is no window between the check and the exec. Any failure (a HOME that is not the
+// file, so there is no window between the check and the exec; HOME and
+// HOME/.cache must be the become user's own as well, so no one else can
+// rename a directory on that path in between. Any failure (a HOME that is not the
 // become user's, a login user's agent it cannot read, a bad hash, a
 // missing tool) runs the interpreter exactly as Ansible asked; the
 // install's output goes to /dev/null, so the task's output is stock.
 func becomeGuard(loginAgent, sha string) (cond, agent string) {
 	v := `"$` + becomeAgentVar + `"`
 	d := `"$HOME/.cache/gomux"`
-	check := `[ -f ` + v + ` ] && [ ! -L ` + v + ` ] && [ -O ` + v + ` ] && [ -d ` + d + ` ] && [ ! -L ` + d + ` ] && [ -O ` + d + ` ]`
+	// HOME and HOME/.cache must be the become user's own too: were
+	// either the login user's (sudo without -H, env_keep HOME), the login
+	// user could rename a directory on the path between the check and
+	// the exec and have the shell run a file of theirs.
+	home := `[ -O "$HOME" ] && [ -d "$HOME/.cache" ] && [ ! -L "$HOME/.cache" ] && [ -O "$HOME/.cache" ]`
+	check := home + ` && [ -f ` + v + ` ] && [ ! -L ` + v + ` ] && [ -O ` + v + ` ] && [ -d ` + d + ` ] && [ ! -L ` + d + ` ] && [ -O ` + d + ` ]`
 	install := `( umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
-		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && [ -f ` + shQuote(loginAgent) + ` ] && head -c 67108864 ` + shQuote(loginAgent) + ` > "$t" && ` +
+		`[ -O "$HOME" ] && mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && [ -f ` + shQuote(loginAgent) + ` ] && head -c 67108864 ` + shQuote(loginAgent) + ` > "$t" && ` +
 		`[ "$(sha256sum < "$t" | cut -c1-64)" = ` + sha + ` ] && chmod 500 "$t" && mv -f "$t" ` + v + ` || { rm -f "$t"; exit 1; } ) >/dev/null 2>&1`
 	// test -x last: a copy on a noexec mount is not installed again.
 	cond = `case "$HOME" in /?*) { { ` + check + `; } || { ` + install + ` && ` + check + `; }; } && [ -x ` + v + ` ] ;; *) false ;; esac`

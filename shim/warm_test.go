@@ -331,6 +331,26 @@ func TestWarmBecomeRefusesUnsafeCopy(t *testing.T) {
 	if got := l.run(); got != "PY "+warmScript+"\n" {
 		t.Fatalf("directory owned by another user: %q", got)
 	}
+	// A HOME, or a HOME/.cache, of another user (sudo without -H keeps
+	// the login user's): that user could swap a directory on the path
+	// between the check and the exec, so even a good copy is not run.
+	if err := os.Chown(d, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != want {
+		t.Fatalf("own directory again: %q", got)
+	}
+	for _, p := range []string{filepath.Dir(d), l.home} {
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if got := l.run(); got != "PY "+warmScript+"\n" {
+			t.Fatalf("%s owned by another user: %q", p, got)
+		}
+		if err := os.Chown(p, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestShQuoteMatchesShlex(t *testing.T) {
