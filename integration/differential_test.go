@@ -170,7 +170,11 @@ func TestDifferential(t *testing.T) {
 	// GOMUX_REPEAT_RUNS repeats every pair (make soak); reruns are
 	// counted, so a soak shows whether any was needed.
 	reps, reruns := repeatRuns(1), 0
-	for _, pipelining := range []string{"False", "True"} {
+	modes := []string{"False", "True"}
+	if m := os.Getenv("GOMUX_DIFF_PIPELINING"); m != "" {
+		modes = strings.Split(m, ",") // a soak of one mode
+	}
+	for _, pipelining := range modes {
 		for rep := range reps {
 			label := ""
 			if reps > 1 {
