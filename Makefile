@@ -53,6 +53,7 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzResult$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenSniffer$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzSFTPWrite$$' -fuzztime 30s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzParseProxyHeader$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
 
 # demo: three targets, the same work directly and through gomux.

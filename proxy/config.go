@@ -36,6 +36,12 @@ type Config struct {
 	// and open files (event "stats"), so a leak shows in the log before
 	// it shows as an outage. Default 1m.
 	StatsInterval Duration `yaml:"stats_interval"`
+	// MetricsListen is the address of the Prometheus /metrics, /healthz
+	// and /readyz endpoint, e.g. 127.0.0.1:9222. Default "": off.
+	MetricsListen string `yaml:"metrics_listen"`
+	// ProxyProtocol reads the real client address from a load balancer's
+	// PROXY protocol header. Default off.
+	ProxyProtocol ProxyProtocolConfig `yaml:"proxy_protocol"`
 
 	Auth     AuthConfig     `yaml:"auth"`
 	Upstream UpstreamConfig `yaml:"upstream"`
@@ -443,6 +449,9 @@ func (c *Config) validate() error {
 		return &FieldError{"log_level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel)}
 	}
 	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	if err := c.validateOps(); err != nil {
 		return err
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {

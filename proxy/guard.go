@@ -100,6 +100,8 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	src := conn.RemoteAddr().String()
 	done, closed, err := s.limits.startup(sourceOf(conn.RemoteAddr()))
 	if err != nil {
+		s.metrics.frontConn("dropped")
+		s.metrics.limit("startup")
 		s.log.Warn().Str("event", "limit").Str("source", src).Err(err).Msg("connection dropped before login")
 		// RFC 4253 4.2 lets a server send lines before its version; the
 		// client shows this one in its debug output.
@@ -107,9 +109,10 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 		io.WriteString(conn, err.Error()+"\r\n")
 		return nil
 	}
+	s.metrics.frontConn("accepted")
 	s.log.Debug().Str("event", "tcp_accept").Str("source", src).Msg("connection accepted")
 	fs := &frontState{startupDone: done, closedFn: closed}
-	grace := s.cfg.Limits.LoginGraceTime.D()
+	grace := s.live().cfg.Limits.LoginGraceTime.D()
 	fs.grace = time.AfterFunc(grace, func() {
 		if fs.expire() {
 			s.log.Warn().Str("event", "login_grace").Str("source", src).Dur("login_grace_time", grace).
@@ -132,6 +135,7 @@ func (s *Server) frontConfig(ctx glider.Context) *gossh.ServerConfig {
 				return nil, errors.New("gomux: connection state missing")
 			}
 			if err := fs.login(s.limits, meta.User()); err != nil {
+				s.metrics.limit("login")
 				s.log.Warn().Str("event", "limit").Str("user", meta.User()).Str("source", meta.RemoteAddr().String()).
 					Err(err).Msg("login refused")
 				return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}

@@ -67,7 +67,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 					Message: fmt.Sprintf("gomux: user %s may not log in to %s as %s\r\n", ic.frontUser, ic.host, meta.User()),
 				}
 			}
-			if err := ic.s.auth.Check(ic.frontUser, meta.RemoteAddr(), key); err != nil {
+			if err := ic.s.live().auth.Check(ic.frontUser, meta.RemoteAddr(), key); err != nil {
 				ic.log.Warn().Str("event", "inner_auth").Str("remote_user", meta.User()).Str("fingerprint", gossh.FingerprintSHA256(key)).
 					Err(err).Str("result", "denied").Msg("inner authentication failed")
 				return nil, err
@@ -78,7 +78,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	cfg.AddHostKey(signer)
 	// The inner login has the front's grace time too, so a forward that
 	// never logs in does not hold its channel for ever.
-	grace := time.AfterFunc(ic.s.cfg.Limits.LoginGraceTime.D(), func() {
+	grace := time.AfterFunc(ic.s.live().cfg.Limits.LoginGraceTime.D(), func() {
 		ic.log.Warn().Str("event", "login_grace").Msg("inner session not authenticated within the login grace time; closing")
 		conn.Close()
 	})
@@ -114,7 +114,9 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 			continue
 		}
 		release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), &open)
+		ic.s.metrics.channel("inner", nc.ChannelType())
 		if err != nil {
+			ic.s.metrics.limit("channel")
 			ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
 			nc.Reject(gossh.ResourceShortage, err.Error())
 			continue
@@ -228,6 +230,7 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 	d := ic.s.decide(ctx, ic.frontUser, p.Host, int(p.Port))
 	log := ic.log.With().Str("event", "forward").Str("dest", d.HostPort()).Logger()
 	logDecision(ic.log, "inner", p.Host, d)
+	ic.s.metrics.decision("inner", d)
 	if d.Mode == ModeDeny {
 		log.Warn().Str("result", "denied").Str("reason", d.Reason).Msg("forward not allowed by policy")
 		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", ic.frontUser, joinHostPort(p.Host, int(p.Port)), d.Reason))

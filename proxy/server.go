@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	glider "github.com/gliderlabs/ssh"
@@ -21,14 +22,16 @@ import (
 
 // Server is a running gomux front with its upstream pool.
 type Server struct {
-	cfg    *Config
-	log    zerolog.Logger
-	ca     *HostCA
-	auth   *Authenticator
-	policy *Policy
-	pool   *Pool
-	front  *glider.Server
-	tasks  tracker
+	cfg *Config // as started; s.live() is what is in force now
+	// rt is the reloadable part of the config (Reload).
+	rt      atomic.Pointer[liveConfig]
+	metrics *metrics
+	ready   atomic.Bool // accepting, not draining (/readyz)
+	log     zerolog.Logger
+	ca      *HostCA
+	pool    *Pool
+	front   *glider.Server
+	tasks   tracker
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
 	limits *limiter
@@ -46,21 +49,20 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	auth, err := NewAuthenticator(cfg.Auth.AuthorizedKeys, cfg.Auth.UserCAKeys)
+	lc, err := newLiveConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
+		return nil, err
 	}
+	m := newMetrics()
 	budget := shim.NewBudget(int64(cfg.Limits.MaxStagedMiB) << 20)
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget}, log)
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget, metrics: m}, log)
 	if err != nil {
 		return nil, err
 	}
-	policy, err := NewPolicy(cfg.Targets, net.DefaultResolver, cfg.Upstream.AgentDial)
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: policy, pool: pool,
+	s := &Server{cfg: cfg, log: log, ca: ca, pool: pool, metrics: m,
 		limits: newLimiter(cfg.Limits), budget: budget}
+	s.rt.Store(lc)
+	m.gauges(s)
 	frontSigners := []glider.Signer{ca.HostSigner()}
 	if cs, err := ca.SignerFor(frontName()); err == nil {
 		frontSigners = append(frontSigners, cs)
@@ -107,7 +109,8 @@ func (s *Server) KnownHostsLine() string { return s.ca.KnownHostsLine() }
 func (s *Server) Pool() *Pool { return s.pool }
 
 func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
-	err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
+	err := s.live().auth.Check(ctx.User(), ctx.RemoteAddr(), key)
+	s.metrics.auth(authMethod(key), err == nil)
 	ev := s.log.Info()
 	if err != nil {
 		ev = s.log.Warn().Err(err)
@@ -120,6 +123,7 @@ func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
 func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
 	s.log.Info().Str("event", "channel").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
 		Str("result", "refused").Msg("shell on the front refused")
+	s.metrics.channel("front", "refused")
 	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
 }
 
@@ -131,6 +135,7 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 	}
 	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
 	if err != nil {
+		s.metrics.limit("channel")
 		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Str("channel", "direct-tcpip").Err(err).Msg("channel refused")
 		nc.Reject(gossh.ResourceShortage, err.Error())
@@ -161,6 +166,8 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 	log := s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("target", d.HostPort()).Logger()
 	logDecision(log, "front", p.Host, d)
+	s.metrics.channel("front", "direct-tcpip")
+	s.metrics.decision("front", d)
 	addr := d.DialAddr()
 	start := time.Now()
 	switch d.Mode {
@@ -205,7 +212,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 func (s *Server) decide(ctx context.Context, person, host string, port int) Decision {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
 	defer cancel()
-	return s.policy.Decide(ctx, person, host, port)
+	return s.live().policy.Decide(ctx, person, host, port)
 }
 
 // logDecision records one policy decision: who, what was asked, what it
@@ -227,6 +234,8 @@ func logDecision(log zerolog.Logger, via, requested string, d Decision) {
 // Serve accepts clients on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info().Str("event", "listen").Str("addr", ln.Addr().String()).Msg("gomux listening")
+	ln = s.withProxyProtocol(ln)
+	s.ready.Store(true)
 	err := s.front.Serve(ln)
 	if errors.Is(err, glider.ErrServerClosed) {
 		return nil
@@ -240,6 +249,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Idle connections end now, busy ones after their last channel: a
 	// client's next command connects afresh instead of being cut mid-task
 	// at the drain timeout.
+	s.ready.Store(false)
 	s.drain.drain()
 	err := s.front.Shutdown(ctx)
 	if err != nil {

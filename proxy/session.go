@@ -258,6 +258,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 		io.WriteString(s.ch.Stderr(), plan.Stderr)
 	}
 	s.reportExit(plan.Exit, "", false)
+	s.ic.s.metrics.sessionEnded(s, true)
 	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", s.cmd).Str("step", s.step).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
@@ -361,6 +362,7 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	out.Wait()
 	st, err := p.Wait()
+	defer s.ic.s.metrics.sessionEnded(s, false)
 	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
 	if err != nil {
 		s.ch.Close()
@@ -394,6 +396,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 		status = 1
 	}
 	s.reportExit(status, "", false)
+	s.ic.s.metrics.sessionEnded(s, false)
 	ev := s.counters(s.log.Info()).Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
 		Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start))
 	if status != 0 {
@@ -504,6 +507,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	ch.CloseWrite()
 	ch.Close()
 	fromClient.Wait()
+	ic.s.metrics.task("fallback", false, time.Since(start), in, out+errOut)
 	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", cmd).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
 }

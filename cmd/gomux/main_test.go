@@ -40,8 +40,15 @@ func TestCAPrintsKnownHostsLine(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
 	state := t.TempDir()
 	var out, errb bytes.Buffer
-	if code := run([]string{"ca", "-state", state}, &out, &errb); code != 0 {
-		t.Fatalf("ca: %d %s", code, errb.String())
+	// An empty state dir: no new CA minted without -init.
+	if code := run([]string{"ca", "-state", state}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "-init") {
+		t.Fatalf("ca on an empty state dir: %d %q", code, errb.String())
+	}
+	if ents, _ := os.ReadDir(state); len(ents) != 0 {
+		t.Fatalf("ca without -init wrote %v", ents)
+	}
+	if code := run([]string{"ca", "-init", "-state", state}, &out, &errb); code != 0 {
+		t.Fatalf("ca -init: %d %s", code, errb.String())
 	}
 	first := out.String()
 	if !strings.HasPrefix(first, "@cert-authority * ssh-ed25519 ") {
