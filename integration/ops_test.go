@@ -538,7 +538,7 @@ func sshdPID(t *testing.T, tgt *harness.Target) int {
 	for _, f := range strings.Fields(string(out)) {
 		pid, _ := strconv.Atoi(f)
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(cmdline), "sshd\x00-D") {
+		if c := string(cmdline); strings.Contains(c, "sshd") && strings.Contains(c, "-D") {
 			return pid
 		}
 	}

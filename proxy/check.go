@@ -135,7 +135,7 @@ func Check(ctx context.Context, cfg *Config, agents map[string]dist.Binary, pers
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
 			if opts := remote(actx, lease, `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`); hasMountOpt(opts, "noexec") {
-				reason = "the home directory is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
+				reason = "the agent cache ~/.cache/gomux is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
 				fix = "mount the home directory (or ~/.cache) without noexec, or accept fallback: gomux then serves this target through its sshd, channel by channel, without acceleration"
 			}
 		}
@@ -157,7 +157,7 @@ func Check(ctx context.Context, cfg *Config, agents map[string]dist.Binary, pers
 	if out, err := remoteErr(actx, lease, `sudo -n true`); err == nil {
 		add("sudo", "ok", "sudo -n true works: become without a password", "")
 	} else {
-		add("sudo", "warn", "sudo -n true failed: "+strings.TrimSpace(out+" "+err.Error()),
+		add("sudo", "warn", "sudo -n true failed: "+strings.Join(strings.Fields(out+" ("+err.Error()+")"), " "),
 			"only needed for become: give "+user+" NOPASSWD in sudoers, or run ansible-playbook with --ask-become-pass")
 	}
 	return steps

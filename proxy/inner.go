@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,6 +28,7 @@ type innerConn struct {
 
 	remoteUser string
 	tasks      tracker
+	sessions   atomic.Int32 // session channels opened, for settle
 
 	mu    sync.Mutex
 	lease *Lease

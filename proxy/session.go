@@ -61,7 +61,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	if err != nil {
 		return
 	}
-	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log}
+	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log, first: ic.sessions.Add(1) == 1}
 	s.serve(ctx, reqs)
 }
 
@@ -82,6 +82,9 @@ type session struct {
 	warm bool   // the module runs in a warm fork server (shim.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
+
+	// first is the inner connection's first session (settle).
+	first bool
 
 	mu   sync.Mutex
 	proc *agent.Process
@@ -251,6 +254,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 // as the target's shell would have, then sends what the target is owed
 // (the removal of a finished temp dir) without making the client wait.
 func (s *session) replyLocally(plan shim.Plan) {
+	s.settle()
 	if plan.Stdout != "" {
 		io.WriteString(s.ch, plan.Stdout)
 	}
@@ -391,6 +395,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.cfg.Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)
 	err := srv.Serve()
 	srv.Close()
+	s.settle()
 	status := 0
 	if err != nil && err != io.EOF {
 		status = 1
