@@ -197,6 +197,9 @@ type proxyListener struct {
 	wg     sync.WaitGroup
 	out    chan acceptResult
 	once   sync.Once
+
+	mu      sync.Mutex
+	pending map[net.Conn]struct{} // headers being read, closed by Close
 }
 
 type acceptResult struct {
@@ -211,7 +214,8 @@ func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
 		return ln
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult)}
+	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult),
+		pending: map[net.Conn]struct{}{}}
 	pl.wg.Add(1)
 	go func() {
 		defer pl.wg.Done()
@@ -264,10 +268,25 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 		return &sniffConn{Conn: c, br: bufio.NewReader(c), pl: pl}
 	}
 	grace := pl.s.live().cfg.Limits.LoginGraceTime.D()
+	pl.mu.Lock()
+	if pl.ctx.Err() != nil {
+		pl.mu.Unlock()
+		c.Close()
+		return nil
+	}
+	pl.pending[c] = struct{}{}
+	pl.mu.Unlock()
 	c.SetReadDeadline(time.Now().Add(grace))
 	br := bufio.NewReader(c)
 	h, err := parseProxyHeader(br)
 	c.SetReadDeadline(time.Time{})
+	pl.mu.Lock()
+	delete(pl.pending, c)
+	pl.mu.Unlock()
+	if pl.ctx.Err() != nil {
+		c.Close()
+		return nil
+	}
 	if err != nil {
 		result := "invalid"
 		if errors.Is(err, errNotProxy) {
@@ -306,7 +325,12 @@ func (pl *proxyListener) Accept() (net.Conn, error) {
 func (pl *proxyListener) Close() error {
 	var err error
 	pl.once.Do(func() {
+		pl.mu.Lock()
 		pl.cancel()
+		for c := range pl.pending {
+			c.Close()
+		}
+		pl.mu.Unlock()
 		err = pl.Listener.Close()
 		pl.wg.Wait()
 	})

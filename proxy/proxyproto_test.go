@@ -211,3 +211,52 @@ func TestProxyListener(t *testing.T) {
 		t.Fatalf("Accept after Close: %v", err)
 	}
 }
+
+// TestProxyListenerCloseDoesNotWaitForSilentBalancers: a balancer
+// connection that never sends its header does not hold up Close (and so
+// a drain) for the login grace time.
+func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	cfg, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.0/8"}
+	cfg.Limits.LoginGraceTime = Duration(time.Hour)
+	s := &Server{cfg: cfg, log: zerolog.Nop(), metrics: newMetrics()}
+	s.rt.Store(&liveConfig{cfg: cfg})
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := s.withProxyProtocol(inner)
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Wait until the header reader holds the connection.
+	pl := ln.(*proxyListener)
+	for i := 0; ; i++ {
+		pl.mu.Lock()
+		n := len(pl.pending)
+		pl.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("connection never pending")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	closed := make(chan struct{})
+	go func() {
+		ln.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close waited for a silent balancer connection")
+	}
+}
