@@ -52,7 +52,7 @@ func newMetrics() *metrics {
 		}, []string{"method", "result"}),
 		channels: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gomux_channels_total",
-			Help: "Channels opened by clients, by where (front, inner) and kind (direct-tcpip, session, refused).",
+			Help: "Channels opened by clients, by where (front, inner) and kind (direct-tcpip, session; a session on the front is refused).",
 		}, []string{"via", "kind"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gomux_policy_decisions_total",

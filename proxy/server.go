@@ -123,7 +123,7 @@ func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
 func (s *Server) refuseSession(_ *glider.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
 	s.log.Info().Str("event", "channel").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
 		Str("result", "refused").Msg("shell on the front refused")
-	s.metrics.channel("front", "refused")
+	s.metrics.channel("front", "session")
 	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
 }
 
