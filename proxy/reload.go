@@ -39,7 +39,8 @@ func newLiveConfig(cfg *Config) (*liveConfig, error) {
 // Fields that only a restart can change (listen, state_dir,
 // metrics_listen, proxy_protocol, upstream, host_cert_validity,
 // stats_interval and the memory and state limits) keep their running
-// values; they are returned as notes for the log.
+// values; they are returned as notes for the log. Calls must not
+// overlap; gomux serve makes them from its one signal loop.
 func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 	old := s.live().cfg
 	restartNeeded = restartOnly(old, cfg)
