@@ -188,6 +188,14 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 		}
 		uploaded = true
 		a, err = u.launch(ctx)
+		// A home shared by several targets (NFS, or the test lab) can
+		// see another target's upload of the same file renamed over the
+		// one just written, between the launcher's open and its check
+		// that the path still names the file it hashed; the file is
+		// whole either way, so launching again settles it.
+		for i := 0; i < 3 && errors.As(err, &need) && need.unsafe == ""; i++ {
+			a, err = u.launch(ctx)
+		}
 	}
 	u.pool.m.agentStart(err)
 	if err != nil {
