@@ -54,6 +54,7 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenSniffer$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzSFTPWrite$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzReadLauncherStatus$$' -fuzztime 30s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzParseProxyHeader$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKRL$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzRedactCommand$$' -fuzztime 30s ./proxy

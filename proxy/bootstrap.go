@@ -149,6 +149,7 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 			}
 			u.fallback = reason
 			u.amu.Unlock()
+			u.pool.m.agentFallback()
 			u.logger().Warn().Str("event", "agent_fallback").Str("reason", reason).Msg("serving target without agent")
 			return nil, nil
 		}
@@ -166,6 +167,7 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 		case errors.As(err, &fb):
 			u.fallback = fb.reason
 			u.amu.Unlock()
+			u.pool.m.agentFallback()
 			u.logger().Warn().Str("event", "agent_fallback").Str("reason", fb.reason).Msg("serving target without agent")
 			return nil, nil
 		case err != nil:
@@ -193,8 +195,12 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 			return nil, err
 		}
 		uploaded = true
+		// A home shared with other targets (NFS) may see their uploads
+		// renamed over this one meanwhile: the launcher itself looks
+		// again when that happens (launcherScript).
 		a, err = u.launch(ctx)
 	}
+	u.pool.m.agentStart(err)
 	if err != nil {
 		log.Warn().Str("event", "agent_start").Err(err).Dur("duration", time.Since(start)).Msg("agent start failed")
 		return nil, err
@@ -344,6 +350,7 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 	if err != nil || !strings.Contains(out.String(), uploadedLine) {
 		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/.cache/gomux: %v stderr: %q", err, stderr.String())}
 	}
+	u.pool.m.agentUpload(len(bin.Data))
 	u.logger().Info().Str("event", "agent_upload").Str("arch", arch).Str("sha256", bin.SHA256).
 		Int("bytes", len(bin.Data)).Dur("duration", time.Since(start)).Msg("agent uploaded")
 	return nil

@@ -36,6 +36,12 @@ type Config struct {
 	// and open files (event "stats"), so a leak shows in the log before
 	// it shows as an outage. Default 1m.
 	StatsInterval Duration `yaml:"stats_interval"`
+	// MetricsListen is the address of the Prometheus /metrics, /healthz
+	// and /readyz endpoint, e.g. 127.0.0.1:9222. Default "": off.
+	MetricsListen string `yaml:"metrics_listen"`
+	// ProxyProtocol reads the real client address from a load balancer's
+	// PROXY protocol header. Default off.
+	ProxyProtocol ProxyProtocolConfig `yaml:"proxy_protocol"`
 
 	Auth     AuthConfig     `yaml:"auth"`
 	Audit    AuditConfig    `yaml:"audit"`
@@ -477,6 +483,9 @@ func (c *Config) validate() error {
 		if _, err := expandUserPath(p, "x"); err != nil {
 			return &FieldError{"auth.authorized_keys", err}
 		}
+	}
+	if err := c.validateOps(); err != nil {
+		return err
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}

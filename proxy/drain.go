@@ -112,3 +112,10 @@ func (a *activity) drain() {
 		a.close()
 	}
 }
+
+// len is the number of connections tracked (front and inner), for metrics.
+func (d *drainer) len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.conns)
+}

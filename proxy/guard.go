@@ -111,6 +111,8 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	src := conn.RemoteAddr().String()
 	done, closed, err := s.limits.startup(sourceOf(conn.RemoteAddr()))
 	if err != nil {
+		s.metrics.frontConn("dropped")
+		s.metrics.limit("startup")
 		s.log.Warn().Str("event", "limit").Str("source", src).Err(err).Msg("connection dropped before login")
 		// RFC 4253 4.2 lets a server send lines before its version; the
 		// client shows this one in its debug output.
@@ -118,9 +120,10 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 		io.WriteString(conn, err.Error()+"\r\n")
 		return nil
 	}
+	s.metrics.frontConn("accepted")
 	s.log.Debug().Str("event", "tcp_accept").Str("source", src).Msg("connection accepted")
 	fs := &frontState{startupDone: done, closedFn: closed}
-	grace := s.cfg.Limits.LoginGraceTime.D()
+	grace := s.live().cfg.Limits.LoginGraceTime.D()
 	fs.grace = time.AfterFunc(grace, func() {
 		if fs.expire() {
 			s.log.Warn().Str("event", "login_grace").Str("source", src).Dur("login_grace_time", grace).

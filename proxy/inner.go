@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -28,6 +29,7 @@ type innerConn struct {
 
 	remoteUser string
 	tasks      tracker
+	sessions   atomic.Int32 // session channels opened, for settle
 
 	mu    sync.Mutex
 	lease *Lease
@@ -89,7 +91,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	cfg.AddHostKey(signer)
 	// The inner login has the front's grace time too, so a forward that
 	// never logs in does not hold its channel for ever.
-	grace := time.AfterFunc(ic.s.cfg.Limits.LoginGraceTime.D(), func() {
+	grace := time.AfterFunc(ic.s.live().cfg.Limits.LoginGraceTime.D(), func() {
 		ic.log.Warn().Str("event", "login_grace").Msg("inner session not authenticated within the login grace time; closing")
 		conn.Close()
 	})
@@ -125,7 +127,9 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 			continue
 		}
 		release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), &open)
+		ic.s.metrics.channel("inner", nc.ChannelType())
 		if err != nil {
+			ic.s.metrics.limit("channel")
 			ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
 			nc.Reject(gossh.ResourceShortage, err.Error())
 			continue
@@ -199,7 +203,7 @@ func (ic *innerConn) checkInnerKey(key gossh.PublicKey) error {
 	if !ic.id.SameKey(key) {
 		return errInnerKeyMismatch
 	}
-	return ic.s.auth.Recheck(ic.id)
+	return ic.s.live().auth.Recheck(ic.id)
 }
 
 // upstreamLease returns a live lease for this connection's target,
@@ -256,6 +260,7 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 	d := ic.s.decide(ctx, ic.frontUser, p.Host, int(p.Port))
 	log := ic.log.With().Str("event", "forward").Str("dest", d.HostPort()).Logger()
 	logDecision(ic.log, "inner", p.Host, d)
+	ic.s.metrics.decision("inner", d)
 	if d.Mode == ModeDeny {
 		log.Warn().Str("result", "denied").Str("reason", d.Reason).Msg("forward not allowed by policy")
 		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", ic.frontUser, joinHostPort(p.Host, int(p.Port)), d.Reason))

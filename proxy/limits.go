@@ -165,6 +165,17 @@ func newLimiter(cfg LimitsConfig) *limiter {
 	return &limiter{cfg: cfg, su: su, unauthBy: map[string]int{}, conns: map[string]int{}, chans: map[string]int{}, rand: rand.IntN}
 }
 
+// reconfigure applies new limits to what is admitted from now on; what
+// clients hold is still counted, so a lowered cap refuses new
+// connections and channels until enough old ones have ended, and closes
+// none.
+func (l *limiter) reconfigure(cfg LimitsConfig) {
+	su, _ := parseStartups(cfg.MaxStartups) // validated with the config
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cfg, l.su = cfg, su
+}
+
 // sourceOf is the address part of a peer, the unit of per-source limits.
 func sourceOf(a net.Addr) string {
 	if ta, ok := a.(*net.TCPAddr); ok {
@@ -254,12 +265,12 @@ type chanCount struct {
 func (l *limiter) channel(user, source string, cc *chanCount) (release func(), err error) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.n >= l.cfg.MaxChannelsPerConnection {
-		return nil, &errLimit{fmt.Sprintf("gomux: too many channels on this connection (max_channels_per_connection %d)", l.cfg.MaxChannelsPerConnection)}
-	}
 	uk, sk := "user:"+user, "source:"+source
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if cc.n >= l.cfg.MaxChannelsPerConnection {
+		return nil, &errLimit{fmt.Sprintf("gomux: too many channels on this connection (max_channels_per_connection %d)", l.cfg.MaxChannelsPerConnection)}
+	}
 	if l.chans[uk] >= l.cfg.MaxChannelsPerUser {
 		return nil, &errLimit{fmt.Sprintf("gomux: %s has too many channels open (max_channels_per_user %d)", user, l.cfg.MaxChannelsPerUser)}
 	}

@@ -32,6 +32,8 @@ type PoolConfig struct {
 	Limits LimitsConfig
 	// Budget is the staging memory shared by every target.
 	Budget *shim.Budget
+	// metrics records dials and agent starts; nil records nothing.
+	metrics *metrics
 }
 
 // Pool keeps one SSH connection per (target, remote user, credential) and
@@ -45,6 +47,7 @@ type Pool struct {
 	keys   *hostKeys
 	creds  map[string]*credential
 	log    zerolog.Logger
+	m      *metrics
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -53,6 +56,8 @@ type Pool struct {
 	mu    sync.Mutex
 	conns map[poolKey]*upstream
 	hosts map[poolKey]*shim.Host // outlive connections: virtual state is the target's
+	// retired sums the counters of dropped hosts, so totals only grow.
+	retired shim.Counters
 }
 
 // poolKey names one pooled connection. host is the name known_hosts is
@@ -148,6 +153,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		},
 		creds:  creds,
 		log:    log,
+		m:      cfg.metrics,
 		ctx:    ctx,
 		cancel: cancel,
 		conns:  map[poolKey]*upstream{},
@@ -379,6 +385,7 @@ func (u *upstream) connect() {
 	log := u.logger()
 	start := time.Now()
 	c, err := u.pool.dial(u.pool.ctx, u.key)
+	u.pool.m.upstreamDial(err)
 	if err != nil {
 		log.Warn().Str("event", "upstream_connect").Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
 		u.err = err

@@ -70,6 +70,9 @@ func (p *Pool) evictLocked(n int) {
 
 func (p *Pool) dropHostLocked(k poolKey, h *shim.Host, why string) {
 	delete(p.hosts, k)
+	c := h.Counters()
+	p.retired.RoundTrips += c.RoundTrips
+	p.retired.Local += c.Local
 	h.Drop()
 	p.log.Info().Str("event", "shim_state_dropped").Str("target", k.host).Str("addr", k.dial).Str("remote_user", k.user).Str("reason", why).
 		Msg("Ansible state of an unused target dropped")
@@ -81,4 +84,22 @@ func (p *Pool) ShimStates() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.hosts)
+}
+
+// ShimTotals sums what the shim did on every target since the pool
+// started, dropped states included, for metrics.
+func (p *Pool) ShimTotals() shim.Counters {
+	p.mu.Lock()
+	hosts := make([]*shim.Host, 0, len(p.hosts))
+	for _, h := range p.hosts {
+		hosts = append(hosts, h)
+	}
+	t := p.retired
+	p.mu.Unlock()
+	for _, h := range hosts {
+		c := h.Counters()
+		t.RoundTrips += c.RoundTrips
+		t.Local += c.Local
+	}
+	return t
 }

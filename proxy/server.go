@@ -11,6 +11,7 @@ import (
 	"net"
 	"os/user"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	glider "github.com/gliderlabs/ssh"
@@ -23,18 +24,23 @@ import (
 
 // Server is a running gomux front with its upstream pool.
 type Server struct {
-	cfg    *Config
-	log    zerolog.Logger
-	ca     *HostCA
-	auth   *Authenticator
-	policy *Policy
-	pool   *Pool
-	front  *glider.Server
-	tasks  tracker
+	cfg *Config // as started; s.live() is what is in force now
+	// rt is the reloadable part of the config (Reload).
+	rt      atomic.Pointer[liveConfig]
+	metrics *metrics
+	ready   atomic.Bool // accepting, not draining (/readyz)
+	log     zerolog.Logger
+	ca      *HostCA
+	pool    *Pool
+	front   *glider.Server
+	tasks   tracker
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
 	limits *limiter
 	budget *shim.Budget
+	// runAs is the account gomux runs as: the one name a key file
+	// without %u vouches for.
+	runAs string
 }
 
 // activityKey is where a front connection's activity is kept in its
@@ -56,22 +62,20 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	} else {
 		log.Warn().Str("event", "config").Err(err).Msg("cannot name the account gomux runs as: authorized_keys files without %u admit no one")
 	}
-	auth, err := NewAuthenticator(AuthOptions{KeyFiles: cfg.Auth.AuthorizedKeys, CAFiles: cfg.Auth.UserCAKeys,
-		RevokedFiles: cfg.Auth.RevokedKeys, RunAs: runAs})
+	lc, err := newLiveConfig(cfg, runAs)
 	if err != nil {
-		return nil, fmt.Errorf("auth: %w", err)
+		return nil, err
 	}
+	m := newMetrics()
 	budget := shim.NewBudget(int64(cfg.Limits.MaxStagedMiB) << 20)
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget}, log)
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget, metrics: m}, log)
 	if err != nil {
 		return nil, err
 	}
-	policy, err := NewPolicy(cfg.Targets, net.DefaultResolver, cfg.Upstream.AgentDial)
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{cfg: cfg, log: log, ca: ca, auth: auth, policy: policy, pool: pool,
+	s := &Server{cfg: cfg, log: log, ca: ca, pool: pool, metrics: m, runAs: runAs,
 		limits: newLimiter(cfg.Limits), budget: budget}
+	s.rt.Store(lc)
+	m.gauges(s)
 	frontSigners := []glider.Signer{ca.HostSigner()}
 	if cs, err := ca.SignerFor(frontName()); err == nil {
 		frontSigners = append(frontSigners, cs)
@@ -125,7 +129,8 @@ func (s *Server) Pool() *Pool { return s.pool }
 // ctx.User() keeps the first name the client tried; the binding check is
 // redone in verified with the name of the signed request.
 func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
-	_, err := s.auth.Check(ctx.User(), ctx.RemoteAddr(), key)
+	_, err := s.live().auth.Check(ctx.User(), ctx.RemoteAddr(), key)
+	s.metrics.auth(authMethod(key), err == nil)
 	if err != nil {
 		s.log.Info().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", ctx.User()).
 			Str("source", ctx.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).
@@ -155,7 +160,7 @@ func identityFrom(ctx glider.Context) *Identity {
 // here, for the name in the signed request, logged as exactly one audit
 // event, and watched for as long as the connection lives.
 func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
-	id, err := s.auth.Check(conn.User(), conn.RemoteAddr(), key)
+	id, err := s.live().auth.Check(conn.User(), conn.RemoteAddr(), key)
 	if err != nil {
 		s.log.Warn().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", conn.User()).
 			Str("source", conn.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).Err(err).
@@ -167,6 +172,7 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 		return nil, errors.New("gomux: connection state missing")
 	}
 	if err := fs.login(s.limits, conn.User()); err != nil {
+		s.metrics.limit("login")
 		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Err(err).Msg("login refused")
 		return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}
@@ -207,7 +213,7 @@ func (s *Server) watch(ctx glider.Context, id *Identity) {
 			return
 		case <-t.C:
 		}
-		err := s.auth.Recheck(id)
+		err := s.live().auth.Recheck(id)
 		if err == nil {
 			continue
 		}
@@ -223,6 +229,7 @@ func (s *Server) watch(ctx glider.Context, id *Identity) {
 func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ glider.Context) {
 	s.log.Info().Str("event", "channel").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("result", "refused").Msg("shell on the front refused")
+	s.metrics.channel("front", "session")
 	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
 }
 
@@ -242,6 +249,7 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
 	if err != nil {
 		act.end()
+		s.metrics.limit("channel")
 		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Str("channel", "direct-tcpip").Err(err).Msg("channel refused")
 		nc.Reject(gossh.ResourceShortage, err.Error())
@@ -275,6 +283,8 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 	log := s.log.With().Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("target", d.HostPort()).Logger()
 	logDecision(log, "front", p.Host, d)
+	s.metrics.channel("front", "direct-tcpip")
+	s.metrics.decision("front", d)
 	addr := d.DialAddr()
 	start := time.Now()
 	switch d.Mode {
@@ -319,7 +329,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 func (s *Server) decide(ctx context.Context, person, host string, port int) Decision {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
 	defer cancel()
-	return s.policy.Decide(ctx, person, host, port)
+	return s.live().policy.Decide(ctx, person, host, port)
 }
 
 // logDecision records one policy decision: who, what was asked, what it
@@ -341,6 +351,8 @@ func logDecision(log zerolog.Logger, via, requested string, d Decision) {
 // Serve accepts clients on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info().Str("event", "listen").Str("addr", ln.Addr().String()).Msg("gomux listening")
+	ln = s.withProxyProtocol(ln)
+	s.ready.Store(true)
 	err := s.front.Serve(ln)
 	if errors.Is(err, glider.ErrServerClosed) {
 		return nil
@@ -354,6 +366,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Idle connections end now, busy ones after their last channel: a
 	// client's next command connects afresh instead of being cut mid-task
 	// at the drain timeout.
+	s.ready.Store(false)
 	var drained sync.WaitGroup
 	drained.Add(1)
 	go func() {

@@ -61,7 +61,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	if err != nil {
 		return
 	}
-	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log}
+	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log, first: ic.sessions.Add(1) == 1}
 	s.serve(ctx, reqs)
 }
 
@@ -82,6 +82,9 @@ type session struct {
 	warm bool   // the module runs in a warm fork server (shim.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
+
+	// first is the inner connection's first session (settle).
+	first bool
 
 	mu   sync.Mutex
 	proc *agent.Process
@@ -275,6 +278,7 @@ func (s *session) startRecording() {
 // as the target's shell would have, then sends what the target is owed
 // (the removal of a finished temp dir) without making the client wait.
 func (s *session) replyLocally(plan shim.Plan) {
+	s.settle()
 	if plan.Stdout != "" {
 		io.WriteString(s.ch, plan.Stdout)
 	}
@@ -282,6 +286,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 		io.WriteString(s.ch.Stderr(), plan.Stderr)
 	}
 	s.reportExit(plan.Exit, "", false)
+	s.ic.s.metrics.sessionEnded(s, true)
 	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.step).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
@@ -389,6 +394,7 @@ func (s *session) pump(p *agent.Process) {
 	}()
 	out.Wait()
 	st, err := p.Wait()
+	defer s.ic.s.metrics.sessionEnded(s, false)
 	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
 	if s.rec != nil {
 		log = log.Str("recording", s.rec.path)
@@ -423,11 +429,13 @@ func (s *session) serveSFTP(ctx context.Context) {
 	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.cfg.Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)
 	err := srv.Serve()
 	srv.Close()
+	s.settle()
 	status := 0
 	if err != nil && err != io.EOF {
 		status = 1
 	}
 	s.reportExit(status, "", false)
+	s.ic.s.metrics.sessionEnded(s, false)
 	ev := s.counters(s.log.Info()).Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
 		Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start))
 	if status != 0 {
@@ -538,6 +546,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	ch.CloseWrite()
 	ch.Close()
 	fromClient.Wait()
+	ic.s.metrics.task("fallback", false, time.Since(start), in, out+errOut)
 	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestRunUsageAndConfigErrors(t *testing.T) {
@@ -40,8 +42,15 @@ func TestCAPrintsKnownHostsLine(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
 	state := t.TempDir()
 	var out, errb bytes.Buffer
-	if code := run([]string{"ca", "-state", state}, &out, &errb); code != 0 {
-		t.Fatalf("ca: %d %s", code, errb.String())
+	// An empty state dir: no new CA minted without -init.
+	if code := run([]string{"ca", "-state", state}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "-init") {
+		t.Fatalf("ca on an empty state dir: %d %q", code, errb.String())
+	}
+	if ents, _ := os.ReadDir(state); len(ents) != 0 {
+		t.Fatalf("ca without -init wrote %v", ents)
+	}
+	if code := run([]string{"ca", "-init", "-state", state}, &out, &errb); code != 0 {
+		t.Fatalf("ca -init: %d %s", code, errb.String())
 	}
 	first := out.String()
 	if !strings.HasPrefix(first, "@cert-authority * ssh-ed25519 ") {
@@ -51,5 +60,47 @@ func TestCAPrintsKnownHostsLine(t *testing.T) {
 	run([]string{"ca", "-state", state}, &out, &errb)
 	if out.String() != first {
 		t.Errorf("CA changed between runs")
+	}
+}
+
+func TestLevelFilterFollowsReload(t *testing.T) {
+	var buf bytes.Buffer
+	log, lf := newLogger(&buf, "info")
+	log.Debug().Msg("hidden")
+	log.Info().Msg("shown")
+	lf.set("debug")
+	log.Debug().Msg("now-shown")
+	lf.set("error")
+	log.Warn().Msg("hidden-again")
+	out := buf.String()
+	if strings.Contains(out, `"hidden"`) || !strings.Contains(out, "shown") || !strings.Contains(out, "now-shown") || strings.Contains(out, "hidden-again") {
+		t.Fatalf("log output %q", out)
+	}
+}
+
+func TestWatchFileSignalsAChange(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "gomux.yaml")
+	os.WriteFile(p, []byte("a"), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	changed := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchFile(ctx, p, 10*time.Millisecond, changed)
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(30 * time.Millisecond)
+	select {
+	case <-changed:
+		t.Fatal("change signalled for an untouched file")
+	default:
+	}
+	// A ConfigMap update: a new file renamed over the old one.
+	os.WriteFile(p+".new", []byte("bb"), 0o600)
+	os.Rename(p+".new", p)
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change signalled")
 	}
 }

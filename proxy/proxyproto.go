@@ -1,0 +1,373 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ProxyProtocolConfig lets gomux sit behind a TCP load balancer (HAProxy,
+// an AWS NLB, a Kubernetes Service with a proxy-protocol annotation) and
+// still see each client's own address: in its logs, its per-source
+// limits and a certificate's source-address option.
+type ProxyProtocolConfig struct {
+	// TrustedNetworks are the load balancers' addresses. A connection from
+	// one must start with a PROXY protocol v1 or v2 header (as HAProxy and
+	// nginx require once it is on), or it is closed. A connection from any
+	// other address is served as it is, with its own address, and is
+	// closed if it sends a PROXY header: nobody else may claim a source.
+	// Default none: PROXY protocol off.
+	TrustedNetworks []string `yaml:"trusted_networks"`
+}
+
+// validateOps checks the fields of running gomux for a team: metrics and
+// the PROXY protocol.
+func (c *Config) validateOps() error {
+	if c.MetricsListen != "" {
+		if _, _, err := splitHostPort(c.MetricsListen); err != nil {
+			return &FieldError{"metrics_listen", err}
+		}
+	}
+	if _, err := c.ProxyProtocol.networks(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (p ProxyProtocolConfig) networks() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, n := range p.TrustedNetworks {
+		pr, err := parseCIDR(n)
+		if err != nil {
+			return nil, &FieldError{fmt.Sprintf("proxy_protocol.trusted_networks[%d]", i), err}
+		}
+		out = append(out, pr)
+	}
+	return out, nil
+}
+
+// proxyHeader is what a PROXY protocol header said.
+type proxyHeader struct {
+	// Local is a connection the balancer made itself (a health check: v2
+	// LOCAL, v1 UNKNOWN); it keeps the balancer's own address.
+	Local    bool
+	Src, Dst netip.AddrPort
+}
+
+// The PROXY protocol's two signatures.
+var (
+	proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
+	proxyV1Sig = []byte("PROXY ")
+)
+
+// maxProxyV2Len bounds a v2 header's address and TLV block; a balancer
+// sends tens of bytes, a few hundred with TLS TLVs.
+const maxProxyV2Len = 4096
+
+// errNotProxy is a connection that did not start with a PROXY header.
+var errNotProxy = errors.New("no PROXY protocol header")
+
+// parseProxyHeader reads one PROXY protocol v1 or v2 header from r and
+// nothing after it, so r then yields the SSH stream.
+func parseProxyHeader(r *bufio.Reader) (proxyHeader, error) {
+	first, err := r.Peek(1)
+	if err != nil {
+		return proxyHeader{}, fmt.Errorf("read PROXY header: %w", err)
+	}
+	switch first[0] {
+	case proxyV2Sig[0]:
+		return parseProxyV2(r)
+	case proxyV1Sig[0]:
+		return parseProxyV1(r)
+	}
+	return proxyHeader{}, errNotProxy
+}
+
+func parseProxyV1(r *bufio.Reader) (proxyHeader, error) {
+	// At most 107 bytes, CRLF included (the spec's bound).
+	var line []byte
+	for len(line) < 107 {
+		b, err := r.ReadByte()
+		if err != nil {
+			return proxyHeader{}, fmt.Errorf("read PROXY v1 header: %w", err)
+		}
+		line = append(line, b)
+		if b == '\n' {
+			break
+		}
+	}
+	if !bytes.HasPrefix(line, proxyV1Sig) {
+		return proxyHeader{}, errNotProxy
+	}
+	if !bytes.HasSuffix(line, []byte("\r\n")) {
+		return proxyHeader{}, errors.New("PROXY v1 header longer than 107 bytes or not ended by CRLF")
+	}
+	f := strings.Split(string(line[len(proxyV1Sig):len(line)-2]), " ")
+	if f[0] == "UNKNOWN" {
+		return proxyHeader{Local: true}, nil
+	}
+	if len(f) != 5 || (f[0] != "TCP4" && f[0] != "TCP6") {
+		return proxyHeader{}, fmt.Errorf("PROXY v1 header %q: want TCP4|TCP6 src dst sport dport", line[:len(line)-2])
+	}
+	var h proxyHeader
+	for i, dst := range []*netip.AddrPort{&h.Src, &h.Dst} {
+		a, err := netip.ParseAddr(f[1+i])
+		if err != nil || a.Zone() != "" || a.Is4() != (f[0] == "TCP4") {
+			return proxyHeader{}, fmt.Errorf("PROXY v1 header: bad %s address %q", f[0], f[1+i])
+		}
+		p, err := strconv.ParseUint(f[3+i], 10, 16)
+		if err != nil || (len(f[3+i]) > 1 && f[3+i][0] == '0') {
+			return proxyHeader{}, fmt.Errorf("PROXY v1 header: bad port %q", f[3+i])
+		}
+		*dst = netip.AddrPortFrom(a, uint16(p))
+	}
+	return h, nil
+}
+
+func parseProxyV2(r *bufio.Reader) (proxyHeader, error) {
+	var fixed [16]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return proxyHeader{}, fmt.Errorf("read PROXY v2 header: %w", err)
+	}
+	if !bytes.Equal(fixed[:12], proxyV2Sig) {
+		return proxyHeader{}, errNotProxy
+	}
+	if fixed[12]>>4 != 2 {
+		return proxyHeader{}, fmt.Errorf("PROXY v2 header: version %d", fixed[12]>>4)
+	}
+	cmd, fam := fixed[12]&0xf, fixed[13]
+	n := int(binary.BigEndian.Uint16(fixed[14:]))
+	if n > maxProxyV2Len {
+		return proxyHeader{}, fmt.Errorf("PROXY v2 header: %d bytes of addresses (max %d)", n, maxProxyV2Len)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return proxyHeader{}, fmt.Errorf("read PROXY v2 addresses: %w", err)
+	}
+	switch cmd {
+	case 0: // LOCAL: the balancer's own connection
+		return proxyHeader{Local: true}, nil
+	case 1: // PROXY
+	default:
+		return proxyHeader{}, fmt.Errorf("PROXY v2 header: command %d", cmd)
+	}
+	var alen int
+	switch fam {
+	case 0x11: // TCP over IPv4
+		alen = 4
+	case 0x21: // TCP over IPv6
+		alen = 16
+	case 0x00: // UNSPEC: addresses unknown, the balancer's own kept
+		return proxyHeader{Local: true}, nil
+	default:
+		return proxyHeader{}, fmt.Errorf("PROXY v2 header: address family 0x%02x is not TCP", fam)
+	}
+	if len(body) < 2*alen+4 {
+		return proxyHeader{}, fmt.Errorf("PROXY v2 header: %d bytes, too short for its addresses", len(body))
+	}
+	src, _ := netip.AddrFromSlice(body[:alen])
+	dst, _ := netip.AddrFromSlice(body[alen : 2*alen])
+	sp := binary.BigEndian.Uint16(body[2*alen:])
+	dp := binary.BigEndian.Uint16(body[2*alen+2:])
+	return proxyHeader{Src: netip.AddrPortFrom(src.Unmap(), sp), Dst: netip.AddrPortFrom(dst.Unmap(), dp)}, nil
+}
+
+// proxyListener reads the PROXY header of each connection from a trusted
+// balancer before handing it to the front, in a goroutine per
+// connection with the login grace time as its deadline, so a slow or
+// silent balancer connection never holds up the others. It runs before
+// the front's admission, so the per-source limits count real clients.
+type proxyListener struct {
+	net.Listener
+	s       *Server
+	trusted []netip.Prefix
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	out    chan acceptResult
+	once   sync.Once
+
+	mu      sync.Mutex
+	pending map[net.Conn]struct{} // headers being read, closed by Close
+}
+
+type acceptResult struct {
+	conn net.Conn
+	err  error
+}
+
+// withProxyProtocol wraps ln when proxy_protocol lists trusted networks.
+func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
+	nets, _ := s.cfg.ProxyProtocol.networks() // validated with the config
+	if len(nets) == 0 {
+		return ln
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult),
+		pending: map[net.Conn]struct{}{}}
+	pl.wg.Add(1)
+	go func() {
+		defer pl.wg.Done()
+		pl.acceptLoop()
+	}()
+	return pl
+}
+
+func (pl *proxyListener) acceptLoop() {
+	for {
+		c, err := pl.Listener.Accept()
+		if err != nil {
+			select {
+			case pl.out <- acceptResult{err: err}:
+			case <-pl.ctx.Done():
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		pl.wg.Add(1)
+		go func() {
+			defer pl.wg.Done()
+			c := pl.handshake(c)
+			if c == nil {
+				return
+			}
+			select {
+			case pl.out <- acceptResult{conn: c}:
+			case <-pl.ctx.Done():
+				c.Close()
+			}
+		}()
+	}
+}
+
+// handshake returns the connection to serve, with the client's address,
+// or nil when it was refused (and closed).
+func (pl *proxyListener) handshake(c net.Conn) net.Conn {
+	peer := c.RemoteAddr()
+	ap, err := netip.ParseAddrPort(peer.String())
+	trusted := err == nil && containsAddr(pl.trusted, ap.Addr().Unmap())
+	if !trusted {
+		return &sniffConn{Conn: c, br: bufio.NewReader(c), pl: pl}
+	}
+	grace := pl.s.live().cfg.Limits.LoginGraceTime.D()
+	pl.mu.Lock()
+	if pl.ctx.Err() != nil {
+		pl.mu.Unlock()
+		c.Close()
+		return nil
+	}
+	pl.pending[c] = struct{}{}
+	pl.mu.Unlock()
+	c.SetReadDeadline(time.Now().Add(grace))
+	br := bufio.NewReader(c)
+	h, err := parseProxyHeader(br)
+	c.SetReadDeadline(time.Time{})
+	pl.mu.Lock()
+	delete(pl.pending, c)
+	pl.mu.Unlock()
+	if pl.ctx.Err() != nil {
+		c.Close()
+		return nil
+	}
+	if err != nil {
+		result := "invalid"
+		if errors.Is(err, errNotProxy) {
+			result = "missing"
+		}
+		pl.s.metrics.proxyHeader(result)
+		pl.s.log.Warn().Str("event", "proxy_protocol").Str("balancer", peer.String()).Str("result", result).Err(err).
+			Msg("connection from a trusted balancer without a valid PROXY header; closing")
+		c.Close()
+		return nil
+	}
+	pc := &proxiedConn{Conn: c, br: br, remote: peer}
+	if h.Local {
+		pl.s.metrics.proxyHeader("local")
+	} else {
+		pl.s.metrics.proxyHeader("ok")
+		pc.remote = net.TCPAddrFromAddrPort(h.Src)
+	}
+	pl.s.log.Debug().Str("event", "proxy_protocol").Str("balancer", peer.String()).Str("source", pc.remote.String()).
+		Bool("local", h.Local).Msg("PROXY header read")
+	return pc
+}
+
+// Accept returns the next connection whose header, if it needed one, has
+// been read.
+func (pl *proxyListener) Accept() (net.Conn, error) {
+	select {
+	case r := <-pl.out:
+		return r.conn, r.err
+	case <-pl.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting and waits for the header readers.
+func (pl *proxyListener) Close() error {
+	var err error
+	pl.once.Do(func() {
+		pl.mu.Lock()
+		pl.cancel()
+		for c := range pl.pending {
+			c.Close()
+		}
+		pl.mu.Unlock()
+		err = pl.Listener.Close()
+		pl.wg.Wait()
+	})
+	return err
+}
+
+// proxiedConn is a balancer's connection seen as the client's.
+type proxiedConn struct {
+	net.Conn
+	br     *bufio.Reader
+	remote net.Addr
+}
+
+func (c *proxiedConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+func (c *proxiedConn) RemoteAddr() net.Addr       { return c.remote }
+
+// sniffConn is a connection from an untrusted address: served as it is,
+// unless it starts with a PROXY header, which only a trusted balancer may
+// send. The check is on the first read, after gomux has sent its SSH
+// version, so no client waits for it.
+type sniffConn struct {
+	net.Conn
+	br      *bufio.Reader
+	pl      *proxyListener
+	checked bool
+}
+
+func (c *sniffConn) Read(p []byte) (int, error) {
+	if !c.checked {
+		c.checked = true
+		if b, _ := c.br.Peek(5); bytes.Equal(b, proxyV1Sig[:5]) || bytes.Equal(b, proxyV2Sig[:5]) {
+			c.pl.s.metrics.proxyHeader("untrusted")
+			c.pl.s.log.Warn().Str("event", "proxy_protocol").Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
+				Msg("PROXY header from an address not in proxy_protocol.trusted_networks; closing")
+			c.Conn.Close()
+			return 0, errors.New("gomux: PROXY header from an untrusted address")
+		}
+	}
+	return c.br.Read(p)
+}

@@ -1,0 +1,262 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+func proxyV2(cmd, fam byte, addrs []byte, tlv []byte) []byte {
+	b := append([]byte{}, proxyV2Sig...)
+	b = append(b, 0x20|cmd, fam)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(addrs)+len(tlv)))
+	b = append(b, addrs...)
+	return append(b, tlv...)
+}
+
+func v4Addrs(src, dst string, sp, dp uint16) []byte {
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	b := append(s[:], d[:]...)
+	b = binary.BigEndian.AppendUint16(b, sp)
+	return binary.BigEndian.AppendUint16(b, dp)
+}
+
+func TestParseProxyHeader(t *testing.T) {
+	v6 := func() []byte {
+		s, d := netip.MustParseAddr("2001:db8::1").As16(), netip.MustParseAddr("2001:db8::2").As16()
+		b := append(s[:], d[:]...)
+		return append(b, 0x1f, 0x90, 0, 22)
+	}()
+	for _, tc := range []struct {
+		name  string
+		in    []byte
+		src   string
+		local bool
+		err   string
+	}{
+		{"v1 tcp4", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 51234 2222\r\nSSH-2.0-x\r\n"), "192.0.2.7:51234", false, ""},
+		{"v1 tcp6", []byte("PROXY TCP6 2001:db8::1 2001:db8::2 8080 22\r\nSSH"), "[2001:db8::1]:8080", false, ""},
+		{"v1 unknown", []byte("PROXY UNKNOWN\r\nSSH"), "", true, ""},
+		{"v1 family mismatch", []byte("PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n"), "", false, "bad TCP4 address"},
+		{"v1 bad port", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 70000 22\r\n"), "", false, "bad port"},
+		{"v1 leading zero port", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 022 22\r\n"), "", false, "bad port"},
+		{"v1 too long", []byte("PROXY TCP4 " + strings.Repeat("1", 120) + "\r\n"), "", false, "longer than 107"},
+		{"v1 no crlf", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 1 22\n"), "", false, "CRLF"},
+		{"v1 fields", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 1\r\n"), "", false, "want TCP4"},
+		{"v2 tcp4", append(proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 40000, 2222), []byte{0x04, 0, 1, 0}), "SSH"...), "198.51.100.9:40000", false, ""},
+		{"v2 tcp6", proxyV2(1, 0x21, v6, nil), "[2001:db8::1]:8080", false, ""},
+		{"v2 local", proxyV2(0, 0, nil, nil), "", true, ""},
+		{"v2 unspec", proxyV2(1, 0, nil, nil), "", true, ""},
+		{"v2 udp", proxyV2(1, 0x12, v4Addrs("198.51.100.9", "10.0.0.1", 1, 2), nil), "", false, "not TCP"},
+		{"v2 short", proxyV2(1, 0x11, []byte{1, 2, 3}, nil), "", false, "too short"},
+		{"v2 truncated", proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 1, 2), nil)[:20], "", false, "EOF"},
+		{"v2 version 1", append(append([]byte{}, proxyV2Sig...), 0x11, 0x11, 0, 0), "", false, "version 1"},
+		{"v2 huge", append(append([]byte{}, proxyV2Sig...), 0x21, 0x11, 0xff, 0xff), "", false, "max"},
+		{"ssh", []byte("SSH-2.0-OpenSSH_9.2\r\n"), "", false, "no PROXY protocol header"},
+		{"empty", nil, "", false, "EOF"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			br := bufio.NewReader(bytes.NewReader(tc.in))
+			h, err := parseProxyHeader(br)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.Local != tc.local || (!tc.local && h.Src.String() != tc.src) {
+				t.Fatalf("got %+v, want src %s local %v", h, tc.src, tc.local)
+			}
+			// Nothing after the header is consumed.
+			rest, _ := io.ReadAll(br)
+			if len(tc.in) > 0 && !bytes.HasSuffix(tc.in, rest) {
+				t.Fatalf("rest %q", rest)
+			}
+			if strings.HasPrefix(tc.name, "v1 tcp4") && string(rest) != "SSH-2.0-x\r\n" {
+				t.Fatalf("rest %q", rest)
+			}
+		})
+	}
+}
+
+// FuzzParseProxyHeader: any bytes give a header or an error, never a
+// panic, and never consume more than the header's own length.
+func FuzzParseProxyHeader(f *testing.F) {
+	f.Add([]byte("PROXY TCP4 192.0.2.7 10.0.0.1 51234 2222\r\nSSH-2.0-x\r\n"))
+	f.Add([]byte("PROXY UNKNOWN\r\n"))
+	f.Add(proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 40000, 2222), nil))
+	f.Add(proxyV2(0, 0, nil, nil))
+	f.Add([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bytes.NewReader(b)
+		br := bufio.NewReader(r)
+		h, err := parseProxyHeader(br)
+		consumed := len(b) - r.Len() - br.Buffered()
+		if err == nil {
+			if consumed > 107 && consumed > 16+maxProxyV2Len {
+				t.Fatalf("consumed %d bytes", consumed)
+			}
+			if !h.Local && !h.Src.IsValid() {
+				t.Fatalf("no source in %+v", h)
+			}
+		}
+		if consumed > 16+maxProxyV2Len {
+			t.Fatalf("read %d bytes of header", consumed)
+		}
+	})
+}
+
+// TestProxyListener: a trusted balancer's header sets RemoteAddr; a
+// trusted connection without one is closed; an untrusted connection is
+// served as it is, and closed if it sends a header.
+func TestProxyListener(t *testing.T) {
+	var logBuf lockedBuffer
+	t.Setenv("HOME", t.TempDir())
+	cfg, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
+	cfg.Limits.LoginGraceTime = Duration(2 * time.Second)
+	s := &Server{cfg: cfg, log: zerolog.New(&logBuf), metrics: newMetrics()}
+	s.rt.Store(&liveConfig{cfg: cfg})
+	listen := func(s *Server) (net.Listener, func(string) net.Conn) {
+		inner, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := s.withProxyProtocol(inner)
+		t.Cleanup(func() { ln.Close() })
+		return ln, func(send string) net.Conn {
+			c, err := net.Dial("tcp", inner.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if send != "" {
+				c.Write([]byte(send))
+			}
+			return c
+		}
+	}
+	ln, dial := listen(s)
+	dial("PROXY TCP4 203.0.113.5 10.0.0.1 40001 2222\r\nSSH-2.0-x\r\n")
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sc.RemoteAddr().String(); got != "203.0.113.5:40001" {
+		t.Fatalf("RemoteAddr %s", got)
+	}
+	if _, ok := sc.RemoteAddr().(*net.TCPAddr); !ok {
+		t.Fatalf("RemoteAddr is %T, want *net.TCPAddr for source-address checks", sc.RemoteAddr())
+	}
+	line, _ := bufio.NewReader(sc).ReadString('\n')
+	if line != "SSH-2.0-x\r\n" {
+		t.Fatalf("stream after header %q", line)
+	}
+	sc.Close()
+
+	// Trusted, no header: closed, never accepted.
+	c2 := dial("SSH-2.0-x\r\n")
+	c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c2.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("trusted connection without a header was served")
+	}
+	if !strings.Contains(logBuf.String(), `"result":"missing"`) {
+		t.Fatalf("no log line for the missing header: %s", logBuf.String())
+	}
+
+	// Untrusted: served with its own address; a header there is refused.
+	cfg2 := *cfg
+	cfg2.ProxyProtocol.TrustedNetworks = []string{"10.0.0.0/8"}
+	s2 := &Server{cfg: &cfg2, log: zerolog.New(&logBuf), metrics: newMetrics()}
+	s2.rt.Store(&liveConfig{cfg: &cfg2})
+	ln, dial = listen(s2)
+	dial("PROXY TCP4 203.0.113.5 10.0.0.1 40001 2222\r\n")
+	sc3, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(sc3.RemoteAddr().String(), "203.0.113.5") {
+		t.Fatalf("untrusted header believed")
+	}
+	if _, err := sc3.Read(make([]byte, 10)); err == nil || !strings.Contains(err.Error(), "untrusted") {
+		t.Fatalf("untrusted header read: %v", err)
+	}
+	dial("SSH-2.0-y\r\n")
+	sc4, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ = bufio.NewReader(sc4).ReadString('\n')
+	if line != "SSH-2.0-y\r\n" || !strings.HasPrefix(sc4.RemoteAddr().String(), "127.0.0.1:") {
+		t.Fatalf("untrusted plain connection: %q from %s", line, sc4.RemoteAddr())
+	}
+	sc4.Close()
+	ln.Close()
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v", err)
+	}
+}
+
+// TestProxyListenerCloseDoesNotWaitForSilentBalancers: a balancer
+// connection that never sends its header does not hold up Close (and so
+// a drain) for the login grace time.
+func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	cfg, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.0/8"}
+	cfg.Limits.LoginGraceTime = Duration(time.Hour)
+	s := &Server{cfg: cfg, log: zerolog.Nop(), metrics: newMetrics()}
+	s.rt.Store(&liveConfig{cfg: cfg})
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := s.withProxyProtocol(inner)
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Wait until the header reader holds the connection.
+	pl := ln.(*proxyListener)
+	for i := 0; ; i++ {
+		pl.mu.Lock()
+		n := len(pl.pending)
+		pl.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("connection never pending")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	closed := make(chan struct{})
+	go func() {
+		ln.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close waited for a silent balancer connection")
+	}
+}

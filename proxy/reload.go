@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"reflect"
+)
+
+// liveConfig is the part of the config a reload replaces: who may log in,
+// who may reach what, the limits and the log level. A connection reads it
+// when it needs it, so one that started before a reload keeps the
+// decisions it made (its forwards, its inner login), and everything new
+// (a connection, a forward, an inner login) sees the new one.
+type liveConfig struct {
+	cfg    *Config
+	policy *Policy
+	auth   *Authenticator
+}
+
+// live is the config in force now.
+func (s *Server) live() *liveConfig { return s.rt.Load() }
+
+func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
+	auth, err := NewAuthenticator(AuthOptions{KeyFiles: cfg.Auth.AuthorizedKeys, CAFiles: cfg.Auth.UserCAKeys,
+		RevokedFiles: cfg.Auth.RevokedKeys, RunAs: runAs})
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	policy, err := NewPolicy(cfg.Targets, net.DefaultResolver, cfg.Upstream.AgentDial)
+	if err != nil {
+		return nil, err
+	}
+	return &liveConfig{cfg: cfg, policy: policy, auth: auth}, nil
+}
+
+// Reload puts cfg in force for new connections, forwards and logins:
+// targets, auth and the connection and channel limits. Open connections
+// are not touched. A config that cannot be used (a key file that does not
+// parse, a bad rule) returns an error and the running config stays.
+// Fields that only a restart can change (listen, state_dir,
+// metrics_listen, proxy_protocol, upstream, host_cert_validity,
+// stats_interval and the memory and state limits) keep their running
+// values; they are returned as notes for the log. Calls must not
+// overlap; gomux serve makes them from its one signal loop.
+func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
+	old := s.live().cfg
+	restartNeeded = restartOnly(old, cfg)
+	// Keep the running values of what needs a restart, so the live
+	// config never disagrees with what actually runs.
+	merged := *cfg
+	merged.Listen, merged.StateDir, merged.MetricsListen = old.Listen, old.StateDir, old.MetricsListen
+	merged.ProxyProtocol, merged.Upstream = old.ProxyProtocol, old.Upstream
+	merged.HostCertValidity, merged.StatsInterval = old.HostCertValidity, old.StatsInterval
+	ml, ol := &merged.Limits, old.Limits
+	ml.MaxStagedMiB, ml.MaxSFTPHandles, ml.TempDirIdle = ol.MaxStagedMiB, ol.MaxSFTPHandles, ol.TempDirIdle
+	ml.ShimStateIdle, ml.MaxShimStates, ml.AgentReplyTimeout = ol.ShimStateIdle, ol.MaxShimStates, ol.AgentReplyTimeout
+	// Rules are checked against the running upstream credentials.
+	if err := merged.validate(); err != nil {
+		s.metrics.reload(false)
+		return nil, err
+	}
+	lc, err := newLiveConfig(&merged, s.runAs)
+	if err != nil {
+		s.metrics.reload(false)
+		return nil, err
+	}
+	s.limits.reconfigure(merged.Limits)
+	s.rt.Store(lc)
+	s.metrics.reload(true)
+	return restartNeeded, nil
+}
+
+// restartOnly names the fields that differ between old and cfg and that
+// a reload cannot apply.
+func restartOnly(old, cfg *Config) []string {
+	var out []string
+	add := func(differs bool, name string) {
+		if differs {
+			out = append(out, name)
+		}
+	}
+	add(old.Listen != cfg.Listen, "listen")
+	add(old.StateDir != cfg.StateDir, "state_dir")
+	add(old.MetricsListen != cfg.MetricsListen, "metrics_listen")
+	add(!reflect.DeepEqual(old.ProxyProtocol, cfg.ProxyProtocol), "proxy_protocol")
+	add(!reflect.DeepEqual(old.Upstream, cfg.Upstream), "upstream")
+	add(old.HostCertValidity != cfg.HostCertValidity, "host_cert_validity")
+	add(old.StatsInterval != cfg.StatsInterval, "stats_interval")
+	ol, nl := old.Limits, cfg.Limits
+	add(ol.MaxStagedMiB != nl.MaxStagedMiB, "limits.max_staged_mib")
+	add(ol.MaxSFTPHandles != nl.MaxSFTPHandles, "limits.max_sftp_handles")
+	add(ol.TempDirIdle != nl.TempDirIdle, "limits.temp_dir_idle")
+	add(ol.ShimStateIdle != nl.ShimStateIdle, "limits.shim_state_idle")
+	add(ol.MaxShimStates != nl.MaxShimStates, "limits.max_shim_states")
+	add(ol.AgentReplyTimeout != nl.AgentReplyTimeout, "limits.agent_reply_timeout")
+	return out
+}
+
+// ReloadFile reads the config file again (path "" means no file, as at
+// start), applies override (the command-line flags) and Reloads it,
+// logging the outcome: why a file was refused, or which fields wait for a
+// restart. On error the running config stays and nothing changes.
+func (s *Server) ReloadFile(path string, override func(*Config), why string) (*Config, error) {
+	cfg, err := LoadConfig(path)
+	if err == nil {
+		if override != nil {
+			override(cfg)
+		}
+		var restart []string
+		restart, err = s.Reload(cfg)
+		if err == nil {
+			if len(restart) > 0 {
+				s.log.Warn().Str("event", "reload").Strs("restart_needed", restart).
+					Msg("config reloaded; these fields changed but keep their running values until gomux restarts")
+			}
+			s.log.Info().Str("event", "reload").Str("trigger", why).Str("result", "ok").Int("targets", len(cfg.Targets)).
+				Str("log_level", cfg.LogLevel).Msg("config reloaded: new connections, forwards and logins use it; open ones keep theirs")
+			return cfg, nil
+		}
+	} else {
+		s.metrics.reload(false)
+	}
+	s.log.Error().Str("event", "reload").Str("trigger", why).Str("result", "failed").Err(err).
+		Msg("config not reloaded; the running config stays")
+	return nil, err
+}
