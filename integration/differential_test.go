@@ -34,7 +34,8 @@ import (
 func TestDifferential(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1, PasswordSudoUser: true})
 	g := startGomux(t, lab, gomuxOptions{})
-	ctx := ctxT(t, 20*time.Minute)
+	// About 2 minutes per pair on 2 cores; generous, for a soak's many.
+	ctx := ctxT(t, time.Duration(repeatRuns(1))*20*time.Minute)
 
 	// Everything the runs write on the target lives under base, one
 	// directory per run; the lab's users all reach it.
