@@ -82,6 +82,15 @@ type session struct {
 	warm bool   // the module runs in a warm fork server (shim.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
+	// become is the wrapper of a become run whose stdout is watched for
+	// its marker (becomeStdout); speculated says gomux already wrote the
+	// marker to the client itself, and becomeSeen what the target sent.
+	become     *shim.Become
+	speculated bool
+	becomeSeen atomic.Bool
+	// prepOps is how many deferred steps went with the command, for
+	// how a failed start is reported.
+	prepOps int
 
 	mu   sync.Mutex
 	proc *agent.Process
@@ -194,6 +203,7 @@ func (s *session) process() *agent.Process {
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
 	var prep []agent.PrepOp
+	pipelined := false
 	if kind == "exec" && *s.ic.s.cfg.Upstream.Ansible {
 		host := s.lease.Shim(s.a)
 		plan := host.Plan(cmd)
@@ -210,19 +220,19 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			cmd, s.warm = shim.Warm(cmd, plan.Step, shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(),
 				Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()})
 		}
-	}
-	p, err := s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
-	if errors.Is(err, agent.ErrNotSent) {
-		// The agent's session ended while idle and gomux had not yet
-		// seen it: nothing reached the target, so one more try on a new
-		// agent is safe. The module runs cold there (s.cmd is as sent),
-		// which is the same run, only slower.
-		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
-			s.log.Info().Str("event", "channel").Err(err).Msg("agent session had ended; sending the command again on a new one")
-			s.lease, s.a, s.warm, cmd = l, a, false, s.cmd
-			p, err = s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
+		if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
+			// A pipelined run: its module follows on stdin. Starting
+			// without waiting for the agent's answer lets that stdin go
+			// right behind the command, in the same round trip.
+			pipelined = true
+			if run.Become.WatchBecome() && s.pty == nil {
+				s.become = run.Become
+				s.speculated = host.SpeculateBecome(run.Become)
+			}
 		}
 	}
+	s.prepOps = len(prep)
+	p, err := s.begin(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty}, pipelined)
 	if err != nil {
 		var re *agent.RemoteError
 		if errors.As(err, &re) && len(prep) > 0 {
@@ -243,8 +253,56 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	s.proc = p
 	s.mu.Unlock()
 	answer(req, true)
-	s.spawn(func() { s.pump(p) })
+	if s.speculated {
+		// sudo -n with this wrapper worked here before: tell Ansible
+		// now, so its module comes at once; the target's own marker is
+		// taken out of the output (becomeStdout).
+		io.WriteString(s.ch, s.become.Marker())
+	}
+	s.spawn(func() { s.pump(p, s.ch) })
 	return true
+}
+
+// begin starts exec with prep on the agent: without waiting for its
+// answer when early (agent.Client.Start), so stdin follows at once. When
+// the agent's session had ended while idle and gomux had not yet seen it,
+// nothing reached the target, so one more try on a new agent is safe; the
+// module runs cold there (s.cmd is as sent), which is the same run, only
+// slower.
+func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.ExecRequest, early bool) (*agent.Process, error) {
+	start := s.a.Batch
+	if early {
+		start = s.a.Start
+	}
+	p, err := start(ctx, prep, exec)
+	if errors.Is(err, agent.ErrNotSent) {
+		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
+			s.log.Info().Str("event", "channel").Err(err).Msg("agent session had ended; sending the command again on a new one")
+			s.lease, s.a, s.warm = l, a, false
+			retry := *exec
+			retry.Command = s.cmd
+			p, err = s.a.Batch(ctx, prep, &retry)
+		}
+	}
+	return p, err
+}
+
+// becomeStdout is the process's stdout, watched for the become marker
+// when the run has a wrapper worth learning about: the shim learns
+// whether it worked, and a marker gomux already sent is removed.
+func (s *session) becomeStdout(p *agent.Process) io.Reader {
+	if s.become == nil {
+		return p.Stdout()
+	}
+	host, b := s.lease.Shim(s.a), s.become
+	return &shim.MarkerReader{R: p.Stdout(), Marker: b.Marker(), Strip: s.speculated, Seen: func(seen bool) {
+		s.becomeSeen.Store(seen)
+		host.ObserveBecome(b, seen)
+		if !seen && s.speculated {
+			s.log.Warn().Str("event", "become_speculation").Str("command", s.cmd).
+				Msg("BECOME-SUCCESS was sent ahead but the target's output did not begin with it; its output is passed on unchanged")
+		}
+	}}
 }
 
 // replyLocally answers a step the shim served without the target, exactly
@@ -332,12 +390,12 @@ func (s *session) spawn(fn func()) {
 
 // pump moves stdio between the channel and the process, then reports the
 // exit the way sshd does: EOF, exit-status or exit-signal, close.
-func (s *session) pump(p *agent.Process) {
+func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	var out sync.WaitGroup
 	out.Add(2)
 	go func() {
 		defer out.Done()
-		n, err := io.Copy(s.ch, p.Stdout())
+		n, err := io.Copy(s.ch, s.becomeStdout(p))
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
@@ -355,13 +413,26 @@ func (s *session) pump(p *agent.Process) {
 	in.Add(1)
 	go func() {
 		defer in.Done()
-		n, _ := io.Copy(p.Stdin(), s.ch)
+		n, _ := io.Copy(p.Stdin(), stdin)
 		s.bytesIn.Add(n)
 		p.Stdin().Close()
 	}()
 	out.Wait()
 	st, err := p.Wait()
 	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
+	if s.become != nil {
+		log = log.Bool("become_speculated", s.speculated).Bool("become_marker_seen", s.becomeSeen.Load())
+	}
+	var re *agent.RemoteError
+	if errors.Is(err, agent.ErrNotStarted) && errors.As(err, &re) && s.prepOps > 0 {
+		// As with Batch in startProcess: a deferred step failed on the
+		// target and Ansible sees a failed command.
+		io.WriteString(s.ch.Stderr(), "gomux: "+re.Error()+"\n")
+		s.reportExit(1, "", false)
+		in.Wait()
+		log.Err(err).Int("exit_status", 1).Dur("duration", time.Since(s.start)).Msg("deferred step failed")
+		return
+	}
 	if err != nil {
 		s.ch.Close()
 		in.Wait()
