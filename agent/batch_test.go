@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -219,5 +220,51 @@ func TestStartFailureIsNotStarted(t *testing.T) {
 	}
 	if _, err := h.c.Start(ctxT(t), nil, nil); err == nil {
 		t.Fatal("Start without a command accepted")
+	}
+}
+
+// TestStartWholeStdin: a stdin given whole, in parts, reaches the
+// command and is closed; the second time its parts go by reference, and a
+// cache emptied meanwhile is answered by sending them again.
+func TestStartWholeStdin(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	h := startAgent(t, "")
+	archive := []byte(strings.Repeat("Z", 200<<10) + "\n")
+	run := func(params string) string {
+		t.Helper()
+		parts := []PrepPart{{Data: []byte("head\n")}, {Data: archive}, {Data: []byte(params + "\n")}}
+		p, err := h.c.Start(ctxT(t), nil, &ExecRequest{Command: "wc -c; echo done", Stdin: parts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		errc := make(chan []byte)
+		go func() { b, _ := io.ReadAll(p.Stderr()); errc <- b }()
+		out, _ := io.ReadAll(p.Stdout())
+		<-errc
+		if st, err := p.Wait(); err != nil || st.Code != 0 {
+			t.Fatalf("exit %+v %v", st, err)
+		}
+		return string(out)
+	}
+	want := func(params string) string { return fmt.Sprintf("%d\ndone\n", 5+len(archive)+len(params)+1) }
+	if got := run("p1"); got != want("p1") {
+		t.Fatalf("first: %q", got)
+	}
+	sent1, _ := h.c.BlobBytes()
+	if got := run("p2"); got != want("p2") {
+		t.Fatalf("second: %q", got)
+	}
+	sent2, saved2 := h.c.BlobBytes()
+	if saved2 < int64(len(archive)) || sent2-sent1 > 16 {
+		t.Fatalf("second run sent %d bytes, saved %d: the archive was not sent by reference", sent2-sent1, saved2)
+	}
+	os.RemoveAll(blobDir(home))
+	if got := run("p3"); got != want("p3") {
+		t.Fatalf("after the cache was emptied: %q", got)
+	}
+	// Start refuses a whole stdin for a terminal, where EOF cannot be sent.
+	if _, err := h.c.Start(ctxT(t), nil, &ExecRequest{Command: "cat", Pty: &Pty{Term: "xterm"}, Stdin: []PrepPart{{Data: []byte("x")}}}); err == nil {
+		t.Fatal("whole stdin with a pty accepted")
 	}
 }

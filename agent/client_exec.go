@@ -19,7 +19,8 @@ import (
 // command's stdio, window changes, signals and finally its exit status.
 type Process struct {
 	stmu   sync.Mutex
-	st     *yamux.Stream
+	st     *yamux.Stream // replaced once when a Start is resent
+	closed bool
 	wmu    sync.Mutex
 	stdout *io.PipeReader
 	stderr *io.PipeReader
@@ -41,6 +42,9 @@ type Process struct {
 type pendingStart struct {
 	timeout time.Duration
 	onOK    func()
+	// retry, when set, sends the batch again without references after
+	// the agent missed a cached content.
+	retry func() (*yamux.Stream, func(), error)
 }
 
 // ErrNotStarted is wrapped by Wait's error when a Process from Start never
@@ -103,6 +107,20 @@ func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 		st.SetReadDeadline(time.Now().Add(ps.timeout))
 		err := result(st, nil)
 		st.SetReadDeadline(time.Time{})
+		if isBlobMiss(err) && ps.retry != nil {
+			st.Close()
+			var onOK func()
+			st, onOK, err = ps.retry()
+			if err == nil && !p.swap(st) {
+				err = errors.New("agent: process closed")
+			}
+			if err == nil {
+				ps.onOK = onOK
+				st.SetReadDeadline(time.Now().Add(ps.timeout))
+				err = result(st, nil)
+				st.SetReadDeadline(time.Time{})
+			}
+		}
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -169,6 +187,19 @@ func (p *Process) stream() *yamux.Stream {
 	return p.st
 }
 
+// swap makes st the process's stream, unless Close came first: then st
+// is closed and swap returns false.
+func (p *Process) swap(st *yamux.Stream) bool {
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	if p.closed {
+		st.Close()
+		return false
+	}
+	p.st = st
+	return true
+}
+
 // Stdin streams to the process; Close sends EOF.
 func (p *Process) Stdin() io.WriteCloser { return p.stdin }
 
@@ -202,7 +233,10 @@ func (p *Process) Wait() (ExitStatus, error) {
 func (p *Process) Close() error {
 	p.stdout.Close()
 	p.stderr.Close()
-	return p.stream().Close()
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	p.closed = true
+	return p.st.Close()
 }
 
 // processStdin is the Process's stdin writer.
@@ -266,9 +300,17 @@ func (c *Client) Batch(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*
 // ErrNotSent that nothing left gomux. A batch that names a content the
 // agent may no longer have cached is sent by Batch instead: were the
 // cache to miss, stdin already sent on the stream could not be resent.
+// With exec.Stdin (the whole input, by reference where cached) that
+// cannot happen, and a cache miss is resent as data, as Batch does.
 func (c *Client) Start(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*Process, error) {
 	if exec == nil {
 		return nil, errors.New("agent: Start needs a command")
+	}
+	if len(exec.Stdin) > 0 {
+		if exec.Pty != nil {
+			return nil, errors.New("agent: a whole stdin is for commands without a terminal")
+		}
+		return c.batchOnce(ctx, prep, exec, false, true)
 	}
 	for _, op := range prep {
 		if op.Op != "write" {
@@ -303,7 +345,16 @@ func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest
 	}
 	if early {
 		p := c.newProcess(st, exec)
-		p.started = &pendingStart{timeout: c.timeout(), onOK: record}
+		ps := &pendingStart{timeout: c.timeout(), onOK: record}
+		if len(exec.Stdin) > 0 && !noCache {
+			// No stdin frames follow a whole stdin, so a cache miss can
+			// be answered as Batch does: everything once more, as data.
+			ps.retry = func() (*yamux.Stream, func(), error) {
+				c.forgetBlobs()
+				return c.sendBatch(ctx, prep, exec, true)
+			}
+		}
+		p.started = ps
 		go p.readLoop(p.outW, p.errW)
 		return p, nil
 	}
@@ -331,10 +382,15 @@ func isBlobMiss(err error) bool {
 }
 
 // sendBatch opens a batch's stream and sends the request and every
-// content not sent by reference. record, called once the agent said OK, notes what it caches.
+// content not sent by reference: the prep writes' parts, then the
+// stdin's. record, called once the agent said OK, notes what it caches.
 func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache bool) (*yamux.Stream, func(), error) {
-	ops := make([]PrepOp, len(prep))
+	ops := make([]PrepOp, len(prep), len(prep)+1)
 	copy(ops, prep)
+	withStdin := exec != nil && len(exec.Stdin) > 0
+	if withStdin {
+		ops = append(ops, PrepOp{Op: "write", Parts: exec.Stdin})
+	}
 	var sent, saved int64
 	for i := range ops {
 		if ops[i].Op != "write" {
@@ -360,7 +416,13 @@ func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			}
 		}
 	}
-	st, err := c.open(ctx, &request{Op: "batch", Prep: ops, Exec: exec})
+	req := &request{Op: "batch", Prep: ops, Exec: exec}
+	if withStdin {
+		e := *exec
+		e.Stdin = ops[len(ops)-1].Parts
+		req.Prep, req.Exec = ops[:len(ops)-1], &e
+	}
+	st, err := c.open(ctx, req)
 	if err != nil {
 		return nil, nil, err
 	}

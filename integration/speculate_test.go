@@ -21,7 +21,8 @@ import (
 // it works (the marker was sent ahead, sudo then fails: Ansible must see
 // the same failure as directly, with sudo's own message), and a user
 // that never existed (never sent ahead). gomux's log must show the
-// marker sent ahead for the repeated tasks and that it was wrong once.
+// marker sent ahead for the repeated tasks and that it was wrong once,
+// and that the modules went with their commands, archive by reference.
 func TestBecomeSpeculative(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1})
 	g := startGomux(t, lab, gomuxOptions{})
@@ -97,6 +98,20 @@ func TestBecomeSpeculative(t *testing.T) {
 	if aheadOK < 4 || aheadWrong != 1 || watched < 8 {
 		t.Fatalf("BECOME-SUCCESS sent ahead %d times (%d right, %d wrong) of %d become runs; want at least 4 right and exactly 1 wrong\n%s",
 			ahead, aheadOK, aheadWrong, watched, g.Log())
+	}
+	// Pipelined modules went with their command, by parts, and their
+	// archives by reference after the first task of each module.
+	byParts, saved := 0, 0.0
+	for _, e := range g.Events("channel") {
+		if v, _ := e["module_by_parts"].(bool); v {
+			byParts++
+		}
+		if v, ok := e["blob_bytes_saved"].(float64); ok {
+			saved = max(saved, v)
+		}
+	}
+	if byParts < 5 || saved < 50_000 {
+		t.Fatalf("%d module runs sent by parts, %v bytes saved by reference; want at least 5 (the runs sent ahead) and 50 KB", byParts, saved)
 	}
 	if len(g.Events("become_speculation")) != 1 {
 		t.Fatalf("want one become_speculation warning, have %d", len(g.Events("become_speculation")))

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -91,6 +92,8 @@ type session struct {
 	// prepOps is how many deferred steps went with the command, for
 	// how a failed start is reported.
 	prepOps int
+	// wholeStdin: the module went with the command (runWholeStdin).
+	wholeStdin bool
 
 	mu   sync.Mutex
 	proc *agent.Process
@@ -203,7 +206,7 @@ func (s *session) process() *agent.Process {
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
 	var prep []agent.PrepOp
-	pipelined := false
+	pipelined, becomeRun := false, false
 	if kind == "exec" && *s.ic.s.cfg.Upstream.Ansible {
 		host := s.lease.Shim(s.a)
 		plan := host.Plan(cmd)
@@ -224,7 +227,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			// A pipelined run: its module follows on stdin. Starting
 			// without waiting for the agent's answer lets that stdin go
 			// right behind the command, in the same round trip.
-			pipelined = true
+			pipelined, becomeRun = true, run.Become != nil
 			if run.Become.WatchBecome() && s.pty == nil {
 				s.become = run.Become
 				s.speculated = host.SpeculateBecome(run.Become)
@@ -232,6 +235,20 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 		}
 	}
 	s.prepOps = len(prep)
+	if pipelined && s.pty == nil && (!becomeRun || s.speculated) {
+		// Ansible sends the module now, and closes stdin after it: gomux
+		// takes it whole and sends it with the command, its archive by
+		// reference once the agent has it (runWholeStdin). Never under
+		// a become gomux did not answer ahead: there Ansible waits for
+		// the target (a marker, a password prompt) before it sends
+		// anything.
+		answer(req, true)
+		if s.speculated {
+			io.WriteString(s.ch, s.become.Marker())
+		}
+		s.spawn(func() { s.runWholeStdin(ctx, prep, cmd) })
+		return true
+	}
 	p, err := s.begin(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty}, pipelined)
 	if err != nil {
 		var re *agent.RemoteError
@@ -253,12 +270,6 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	s.proc = p
 	s.mu.Unlock()
 	answer(req, true)
-	if s.speculated {
-		// sudo -n with this wrapper worked here before: tell Ansible
-		// now, so its module comes at once; the target's own marker is
-		// taken out of the output (becomeStdout).
-		io.WriteString(s.ch, s.become.Marker())
-	}
 	s.spawn(func() { s.pump(p, s.ch) })
 	return true
 }
@@ -285,6 +296,68 @@ func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.Ex
 		}
 	}
 	return p, err
+}
+
+// maxWholeStdin bounds the pipelined module gomux takes whole before it
+// starts the run; a larger input is streamed as it comes.
+const maxWholeStdin = 16 << 20
+
+// runWholeStdin serves a pipelined module run whose stdin Ansible sends
+// at once: it reads stdin to its end (at most maxWholeStdin, within the
+// staging budget), and when that is an AnsiballZ module, sends it with
+// the command as parts the agent caches, so a module's archive crosses
+// the network once per run, not once per task. Anything else, or more,
+// is streamed as before. The exec request was already answered.
+func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd string) {
+	var buf bytes.Buffer
+	var held int64
+	defer func() { s.ic.s.budget.Release(held) }()
+	whole := false
+	chunk := make([]byte, 32<<10)
+	for {
+		n, err := s.ch.Read(chunk)
+		if n > 0 {
+			if int64(buf.Len()+n) > maxWholeStdin || !s.ic.s.budget.Reserve(int64(n)) {
+				buf.Write(chunk[:n])
+				break
+			}
+			held += int64(n)
+			buf.Write(chunk[:n])
+		}
+		if err != nil {
+			whole = err == io.EOF
+			break
+		}
+	}
+	if ctx.Err() != nil {
+		// The client closed the channel while sending: nothing was
+		// started, and no one is left to tell.
+		return
+	}
+	exec := &agent.ExecRequest{Command: cmd, Env: s.env}
+	var in io.Reader
+	if parts := shim.ModuleParts(buf.Bytes()); whole && parts != nil {
+		exec.Stdin = parts
+		s.bytesIn.Add(int64(buf.Len()))
+		s.wholeStdin = true
+	} else {
+		in = io.MultiReader(bytes.NewReader(buf.Bytes()), s.ch)
+	}
+	p, err := s.begin(ctx, prep, exec, true)
+	if err != nil {
+		var re *agent.RemoteError
+		if errors.As(err, &re) && len(prep) > 0 {
+			s.replyLocally(shim.Plan{Exit: 1, Stderr: "gomux: " + re.Error() + "\n"})
+			return
+		}
+		s.log.Warn().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Err(err).Msg("exec failed")
+		s.ch.Close()
+		return
+	}
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
+	s.pump(p, in)
 }
 
 // becomeStdout is the process's stdout, watched for the become marker
@@ -413,13 +486,19 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	in.Add(1)
 	go func() {
 		defer in.Done()
+		if stdin == nil {
+			// The whole stdin went with the command; the client's
+			// has ended.
+			return
+		}
 		n, _ := io.Copy(p.Stdin(), stdin)
 		s.bytesIn.Add(n)
 		p.Stdin().Close()
 	}()
 	out.Wait()
 	st, err := p.Wait()
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", s.cmd).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm).
+		Bool("module_by_parts", s.wholeStdin)
 	if s.become != nil {
 		log = log.Bool("become_speculated", s.speculated).Bool("become_marker_seen", s.becomeSeen.Load())
 	}
