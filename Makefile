@@ -64,8 +64,9 @@ demo: deps build
 	GOMUX_DEMO=1 $(GO) test -count=1 -timeout 10m -run '^TestDemo$$' -v ./integration
 
 # bench: microbenchmarks, then every Ansible workload in every mode (stock,
-# pipelining, Mitogen linear and free, gomux) in one run. Tables are printed
-# and written to bench-results/. GOMUX_BENCH_REPS (default 3) and
+# pipelining, Mitogen linear and free, gomux) in one run, and round trips
+# per task measured from outside (BenchmarkRoundTrips: RTT 0 against
+# 100 ms). Tables are printed and written to bench-results/. GOMUX_BENCH_REPS (default 3) and
 # GOMUX_BENCH_MODES narrow it; -bench 'BenchmarkAnsible/latency' picks one.
 bench: deps build
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./agent

@@ -77,7 +77,13 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 	// can write, so a file there is only a hint until its hash matches.
 	cached := map[string][]byte{}
 	var cachedBytes int64
-	for i, op := range req.Prep {
+	ops := req.Prep
+	if req.Exec != nil && len(req.Exec.Stdin) > 0 {
+		// The stdin's parts are checked with the writes', before
+		// anything changes; stdinOp only names them in errors.
+		ops = append(ops[:len(ops):len(ops)], PrepOp{Op: "write", Path: "stdin", Parts: req.Exec.Stdin})
+	}
+	for i, op := range ops {
 		if op.Op != "write" {
 			continue
 		}
@@ -130,7 +136,24 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 		writeJSON(st, frameOK, struct{}{})
 		return
 	}
-	s.exec(ctx, st, req.Exec, info)
+	var stdin []byte
+	if len(req.Exec.Stdin) > 0 {
+		var buf bytes.Buffer
+		op := PrepOp{Op: "write", Path: "stdin"}
+		for i, part := range req.Exec.Stdin {
+			if err := writePart(st, &buf, info.Home, part, cached); err != nil {
+				for _, rest := range req.Exec.Stdin[i+1:] {
+					if !rest.Cached {
+						drainBlob(st)
+					}
+				}
+				fail(len(req.Prep), op, err)
+				return
+			}
+		}
+		stdin = buf.Bytes()
+	}
+	s.execInput(ctx, st, req.Exec, info, stdin)
 }
 
 // parts is the write's content as pieces: Parts, or the whole content.
@@ -212,7 +235,7 @@ func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp, cached ma
 }
 
 // writePart appends one part to f.
-func writePart(st io.Reader, f *os.File, home string, part PrepPart, cached map[string][]byte) error {
+func writePart(st io.Reader, f io.Writer, home string, part PrepPart, cached map[string][]byte) error {
 	cache := filepath.Join(blobDir(home), part.SHA256)
 	if part.Cached {
 		data, ok := cached[part.SHA256]

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/yamux"
 )
@@ -16,16 +18,40 @@ import (
 // Process is a running command on the target; its stream carries the
 // command's stdio, window changes, signals and finally its exit status.
 type Process struct {
-	st     *yamux.Stream
+	stmu   sync.Mutex
+	st     *yamux.Stream // replaced once when a Start is resent
+	closed bool
 	wmu    sync.Mutex
 	stdout *io.PipeReader
 	stderr *io.PipeReader
 	stdin  *processStdin
+	// outW and errW feed stdout and stderr; only readLoop writes them.
+	outW, errW *io.PipeWriter
 
 	done   chan struct{}
 	status ExitStatus
 	err    error
+
+	// started, when set, is the start the agent has not yet answered
+	// (Start): readLoop reads that answer before any output.
+	started *pendingStart
 }
+
+// pendingStart is what a Process started by Start still needs from the
+// agent's answer: the deadline for it, and what to record once it is OK.
+type pendingStart struct {
+	timeout time.Duration
+	onOK    func()
+	// retry, when set, sends the batch again without references after
+	// the agent missed a cached content.
+	retry func() (*yamux.Stream, func(), error)
+}
+
+// ErrNotStarted is wrapped by Wait's error when a Process from Start never
+// ran: the agent refused the batch (a *RemoteError is wrapped too) or did
+// not answer in time. Nothing of the command ran; prep ops before the
+// failed one did.
+var ErrNotStarted = errors.New("agent: process not started")
 
 // ErrSessionLost is wrapped by Wait's error when the process's fate is unknown:
 // the stream or the agent went away before an exit was reported.
@@ -49,14 +75,20 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 
 // startProcess wires a started exec stream to pipes.
 func (c *Client) startProcess(st *yamux.Stream, req *ExecRequest) *Process {
+	p := c.newProcess(st, req)
+	go p.readLoop(p.outW, p.errW)
+	return p
+}
+
+// newProcess wires an exec stream to pipes; the caller starts readLoop.
+func (c *Client) newProcess(st *yamux.Stream, req *ExecRequest) *Process {
 	outR, outW := io.Pipe()
 	errR, errW := io.Pipe()
 	if req.Pty != nil {
 		errW.Close() // a terminal merges stderr into stdout, as sshd does
 	}
-	p := &Process{st: st, stdout: outR, stderr: errR, done: make(chan struct{})}
+	p := &Process{st: st, stdout: outR, stderr: errR, outW: outW, errW: errW, done: make(chan struct{})}
 	p.stdin = &processStdin{p: p}
-	go p.readLoop(outW, errW)
 	return p
 }
 
@@ -68,10 +100,45 @@ func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 		p.err = fmt.Errorf("%w: %w", ErrSessionLost, err)
 		outW.CloseWithError(p.err)
 		errW.CloseWithError(p.err)
-		p.st.Close()
+		p.stream().Close()
 	}
+	if ps := p.started; ps != nil {
+		st := p.stream()
+		st.SetReadDeadline(time.Now().Add(ps.timeout))
+		err := result(st, nil)
+		st.SetReadDeadline(time.Time{})
+		if isBlobMiss(err) && ps.retry != nil {
+			st.Close()
+			var onOK func()
+			st, onOK, err = ps.retry()
+			if err == nil && !p.swap(st) {
+				err = errors.New("agent: process closed")
+			}
+			if err == nil {
+				ps.onOK = onOK
+				st.SetReadDeadline(time.Now().Add(ps.timeout))
+				err = result(st, nil)
+				st.SetReadDeadline(time.Time{})
+			}
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				err = fmt.Errorf("%w (%v)", ErrReplyTimeout, ps.timeout)
+			}
+			// Output ends empty and Wait says why: the caller tells
+			// its client as it would have had Batch failed.
+			p.err = fmt.Errorf("%w: %w", ErrNotStarted, err)
+			outW.Close()
+			errW.Close()
+			p.stream().Close()
+			return
+		}
+		ps.onOK()
+	}
+	st := p.stream()
 	for {
-		typ, b, err := readFrame(p.st)
+		typ, b, err := readFrame(st)
 		if err != nil {
 			fail(err)
 			return
@@ -98,7 +165,7 @@ func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 				fail(fmt.Errorf("bad exit frame: %w", err))
 				return
 			}
-			p.st.Close()
+			st.Close()
 			return
 		default:
 			fail(fmt.Errorf("unexpected frame %d", typ))
@@ -110,7 +177,27 @@ func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 func (p *Process) send(typ byte, b []byte) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	return writeFrame(p.st, typ, b)
+	return writeFrame(p.stream(), typ, b)
+}
+
+// stream is the process's current stream.
+func (p *Process) stream() *yamux.Stream {
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	return p.st
+}
+
+// swap makes st the process's stream, unless Close came first: then st
+// is closed and swap returns false.
+func (p *Process) swap(st *yamux.Stream) bool {
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	if p.closed {
+		st.Close()
+		return false
+	}
+	p.st = st
+	return true
 }
 
 // Stdin streams to the process; Close sends EOF.
@@ -146,6 +233,9 @@ func (p *Process) Wait() (ExitStatus, error) {
 func (p *Process) Close() error {
 	p.stdout.Close()
 	p.stderr.Close()
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	p.closed = true
 	return p.st.Close()
 }
 
@@ -191,18 +281,116 @@ var ErrNoBlob = errors.New("agent: blob not cached")
 // cached by the agent for later batches. With a nil exec the returned
 // Process is nil.
 func (c *Client) Batch(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*Process, error) {
-	p, err := c.batchOnce(ctx, prep, exec, false)
+	p, err := c.batchOnce(ctx, prep, exec, false, false)
 	if errors.Is(err, ErrNoBlob) {
 		// The cache was pruned or belongs to another agent build: resend
 		// every content. The agent checked before changing anything.
-		p, err = c.batchOnce(ctx, prep, exec, true)
+		p, err = c.batchOnce(ctx, prep, exec, true, false)
 	}
 	return p, err
 }
 
-func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache bool) (*Process, error) {
-	ops := make([]PrepOp, len(prep))
+// Start is Batch without waiting for the agent's answer: the request (and
+// its contents) go out and the Process comes back at once, so the caller
+// can send stdin right behind them on the same stream and the target gets
+// command and input in one round trip. The agent reads stdin only once
+// the command runs, so nothing is lost. A start that fails shows as
+// output that ends empty and a Wait error wrapping ErrNotStarted (and the
+// *RemoteError); an error returned here means nothing was started, and
+// ErrNotSent that nothing left gomux. A batch that names a content the
+// agent may no longer have cached is sent by Batch instead: were the
+// cache to miss, stdin already sent on the stream could not be resent.
+// With exec.Stdin (the whole input, by reference where cached) that
+// cannot happen, and a cache miss is resent as data, as Batch does.
+func (c *Client) Start(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*Process, error) {
+	if exec == nil {
+		return nil, errors.New("agent: Start needs a command")
+	}
+	if len(exec.Stdin) > 0 {
+		if exec.Pty != nil {
+			return nil, errors.New("agent: a whole stdin is for commands without a terminal")
+		}
+		return c.batchOnce(ctx, prep, exec, false, true)
+	}
+	for _, op := range prep {
+		if op.Op != "write" {
+			continue
+		}
+		if len(op.Parts) == 0 && (op.SHA256 != "" || len(op.Data) > 0) && c.hasBlob(blobSum(op.SHA256, op.Data)) {
+			return c.Batch(ctx, prep, exec)
+		}
+		for _, part := range op.Parts {
+			if c.hasBlob(blobSum(part.SHA256, part.Data)) {
+				return c.Batch(ctx, prep, exec)
+			}
+		}
+	}
+	// Never by reference: another batch may cache a content meanwhile.
+	return c.batchOnce(ctx, prep, exec, true, true)
+}
+
+// blobSum is a content's SHA-256 as the agent names it.
+func blobSum(sum string, data []byte) string {
+	if sum != "" {
+		return sum
+	}
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:])
+}
+
+func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache, early bool) (*Process, error) {
+	st, record, err := c.sendBatch(ctx, prep, exec, noCache)
+	if err != nil {
+		return nil, err
+	}
+	if early {
+		p := c.newProcess(st, exec)
+		ps := &pendingStart{timeout: c.timeout(), onOK: record}
+		if len(exec.Stdin) > 0 && !noCache {
+			// No stdin frames follow a whole stdin, so a cache miss can
+			// be answered as Batch does: everything once more, as data.
+			ps.retry = func() (*yamux.Stream, func(), error) {
+				c.forgetBlobs()
+				return c.sendBatch(ctx, prep, exec, true)
+			}
+		}
+		p.started = ps
+		go p.readLoop(p.outW, p.errW)
+		return p, nil
+	}
+	if err := c.awaitResult(ctx, st, nil); err != nil {
+		st.Close()
+		if isBlobMiss(err) {
+			c.forgetBlobs()
+			return nil, fmt.Errorf("%w: %v", ErrNoBlob, err)
+		}
+		return nil, err
+	}
+	record()
+	if exec == nil {
+		st.Close()
+		return nil, nil
+	}
+	return c.startProcess(st, exec), nil
+}
+
+// isBlobMiss is the agent's answer to a batch naming a content it does
+// not have (any more).
+func isBlobMiss(err error) bool {
+	var re *RemoteError
+	return errors.As(err, &re) && re.Op == "blob"
+}
+
+// sendBatch opens a batch's stream and sends the request and every
+// content not sent by reference: the prep writes' parts, then the
+// stdin's. record, called once the agent said OK, notes what it caches.
+func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache bool) (*yamux.Stream, func(), error) {
+	ops := make([]PrepOp, len(prep), len(prep)+1)
 	copy(ops, prep)
+	withStdin := exec != nil && len(exec.Stdin) > 0
+	if withStdin {
+		ops = append(ops, PrepOp{Op: "write", Parts: exec.Stdin})
+	}
 	var sent, saved int64
 	for i := range ops {
 		if ops[i].Op != "write" {
@@ -228,9 +416,15 @@ func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			}
 		}
 	}
-	st, err := c.open(ctx, &request{Op: "batch", Prep: ops, Exec: exec})
+	req := &request{Op: "batch", Prep: ops, Exec: exec}
+	if withStdin {
+		e := *exec
+		e.Stdin = ops[len(ops)-1].Parts
+		req.Prep, req.Exec = ops[:len(ops)-1], &e
+	}
+	st, err := c.open(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, op := range ops {
 		for _, part := range op.Parts {
@@ -240,34 +434,23 @@ func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			for off := 0; off < len(part.Data); off += maxChunk {
 				if err := writeFrame(st, frameBlob, part.Data[off:min(off+maxChunk, len(part.Data))]); err != nil {
 					st.Close()
-					return nil, fmt.Errorf("agent: send blob: %w", err)
+					return nil, nil, fmt.Errorf("agent: send blob: %w", err)
 				}
 			}
 			if err := writeFrame(st, frameBlob, nil); err != nil {
 				st.Close()
-				return nil, fmt.Errorf("agent: send blob: %w", err)
+				return nil, nil, fmt.Errorf("agent: send blob: %w", err)
 			}
 		}
 	}
-	if err := c.awaitResult(ctx, st, nil); err != nil {
-		st.Close()
-		var re *RemoteError
-		if errors.As(err, &re) && re.Op == "blob" {
-			c.forgetBlobs()
-			return nil, fmt.Errorf("%w: %v", ErrNoBlob, err)
+	record := func() {
+		for _, op := range ops {
+			for _, part := range op.Parts {
+				c.addBlob(part.SHA256)
+			}
 		}
-		return nil, err
+		c.blobSent.Add(sent)
+		c.blobSaved.Add(saved)
 	}
-	for _, op := range ops {
-		for _, part := range op.Parts {
-			c.addBlob(part.SHA256)
-		}
-	}
-	c.blobSent.Add(sent)
-	c.blobSaved.Add(saved)
-	if exec == nil {
-		st.Close()
-		return nil, nil
-	}
-	return c.startProcess(st, exec), nil
+	return st, record, nil
 }

@@ -91,6 +91,16 @@ func command(req *ExecRequest, info Info) *exec.Cmd {
 
 // exec runs one process for a stream and reports its exit on it.
 func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info Info) {
+	if len(req.Stdin) > 0 {
+		writeJSON(st, frameError, toRemoteError("exec", "", errors.New("stdin parts need a batch")))
+		return
+	}
+	s.execInput(ctx, st, req, info, nil)
+}
+
+// execInput is exec with, when input is not nil, the process's whole
+// stdin: written once the process runs, then closed.
+func (s *Server) execInput(ctx context.Context, st net.Conn, req *ExecRequest, info Info, input []byte) {
 	cmd := command(req, info)
 	var wmu sync.Mutex
 	send := func(typ byte, p []byte) error {
@@ -167,6 +177,19 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 	// when a session's connection drops.
 	exited := make(chan struct{})
 	var inWG sync.WaitGroup
+	if input != nil {
+		// The whole input came with the request: write it, then EOF
+		// (a terminal has no EOF to send; its input is only written).
+		// A process that exits unread fails the write, which ends it.
+		inWG.Add(1)
+		go func() {
+			defer inWG.Done()
+			stdin.Write(input)
+			if master == nil {
+				stdin.Close()
+			}
+		}()
+	}
 	inWG.Add(1)
 	go func() {
 		defer inWG.Done()

@@ -215,6 +215,12 @@ type ExecRequest struct {
 	Env     []string
 	Pty     *Pty
 	Dir     string
+	// Stdin, in a batch only, is the process's whole input, given as
+	// parts like a write's (cached ones by reference, the rest as blob
+	// frames after the prep ops' own): the agent writes it and then
+	// closes stdin, and no stdin frames follow. A pipelined AnsiballZ
+	// module goes this way, so its archive crosses the network once.
+	Stdin []PrepPart `json:",omitempty"`
 }
 
 // ExitStatus is how a process ended: a code, or the signal that killed it.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -82,6 +83,17 @@ type session struct {
 	warm bool   // the module runs in a warm fork server (shim.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
+	// become is the wrapper of a become run whose stdout is watched for
+	// its marker (becomeStdout); speculated says gomux already wrote the
+	// marker to the client itself, and becomeSeen what the target sent.
+	become     *shim.Become
+	speculated bool
+	becomeSeen atomic.Bool
+	// prepOps is how many deferred steps went with the command, for
+	// how a failed start is reported.
+	prepOps int
+	// wholeStdin: the module went with the command (runWholeStdin).
+	wholeStdin bool
 
 	// first is the inner connection's first session (settle).
 	first bool
@@ -202,6 +214,7 @@ func (s *session) process() *agent.Process {
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
 	var prep []agent.PrepOp
+	pipelined, becomeRun := false, false
 	if kind == "exec" && *s.ic.s.cfg.Upstream.Ansible {
 		host := s.lease.Shim(s.a)
 		plan := host.Plan(cmd)
@@ -218,19 +231,33 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			cmd, s.warm = shim.Warm(cmd, plan.Step, shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(),
 				Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()})
 		}
-	}
-	p, err := s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
-	if errors.Is(err, agent.ErrNotSent) {
-		// The agent's session ended while idle and gomux had not yet
-		// seen it: nothing reached the target, so one more try on a new
-		// agent is safe. The module runs cold there (s.cmd is as sent),
-		// which is the same run, only slower.
-		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
-			s.log.Info().Str("event", "channel").Err(err).Msg("agent session had ended; sending the command again on a new one")
-			s.lease, s.a, s.warm, cmd = l, a, false, s.cmd
-			p, err = s.a.Batch(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty})
+		if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
+			// A pipelined run: its module follows on stdin. Starting
+			// without waiting for the agent's answer lets that stdin go
+			// right behind the command, in the same round trip.
+			pipelined, becomeRun = true, run.Become != nil
+			if run.Become.WatchBecome() && s.pty == nil {
+				s.become = run.Become
+				s.speculated = host.SpeculateBecome(run.Become)
+			}
 		}
 	}
+	s.prepOps = len(prep)
+	if pipelined && s.pty == nil && (!becomeRun || s.speculated) {
+		// Ansible sends the module now, and closes stdin after it: gomux
+		// takes it whole and sends it with the command, its archive by
+		// reference once the agent has it (runWholeStdin). Never under
+		// a become gomux did not answer ahead: there Ansible waits for
+		// the target (a marker, a password prompt) before it sends
+		// anything.
+		answer(req, true)
+		if s.speculated {
+			io.WriteString(s.ch, s.become.Marker())
+		}
+		s.spawn(func() { s.runWholeStdin(ctx, prep, cmd) })
+		return true
+	}
+	p, err := s.begin(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty}, pipelined)
 	if err != nil {
 		var re *agent.RemoteError
 		if errors.As(err, &re) && len(prep) > 0 {
@@ -252,7 +279,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	s.proc = p
 	s.mu.Unlock()
 	answer(req, true)
-	s.spawn(func() { s.pump(p) })
+	s.spawn(func() { s.pump(p, s.ch) })
 	return true
 }
 
@@ -272,6 +299,110 @@ func (s *session) startRecording() {
 		return
 	}
 	s.rec = rec
+}
+
+// begin starts exec with prep on the agent: without waiting for its
+// answer when early (agent.Client.Start), so stdin follows at once. When
+// the agent's session had ended while idle and gomux had not yet seen it,
+// nothing reached the target, so one more try on a new agent is safe; the
+// module runs cold there (s.cmd is as sent), which is the same run, only
+// slower.
+func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.ExecRequest, early bool) (*agent.Process, error) {
+	start := s.a.Batch
+	if early {
+		start = s.a.Start
+	}
+	p, err := start(ctx, prep, exec)
+	if errors.Is(err, agent.ErrNotSent) {
+		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
+			s.log.Info().Str("event", "channel").Err(err).Msg("agent session had ended; sending the command again on a new one")
+			s.lease, s.a, s.warm = l, a, false
+			retry := *exec
+			retry.Command = s.cmd
+			p, err = s.a.Batch(ctx, prep, &retry)
+		}
+	}
+	return p, err
+}
+
+// maxWholeStdin bounds the pipelined module gomux takes whole before it
+// starts the run; a larger input is streamed as it comes.
+const maxWholeStdin = 16 << 20
+
+// runWholeStdin serves a pipelined module run whose stdin Ansible sends
+// at once: it reads stdin to its end (at most maxWholeStdin, within the
+// staging budget), and when that is an AnsiballZ module, sends it with
+// the command as parts the agent caches, so a module's archive crosses
+// the network once per run, not once per task. Anything else, or more,
+// is streamed as before. The exec request was already answered.
+func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd string) {
+	var buf bytes.Buffer
+	var held int64
+	defer func() { s.ic.s.budget.Release(held) }()
+	whole := false
+	chunk := make([]byte, 32<<10)
+	for {
+		n, err := s.ch.Read(chunk)
+		if n > 0 {
+			if int64(buf.Len()+n) > maxWholeStdin || !s.ic.s.budget.Reserve(int64(n)) {
+				buf.Write(chunk[:n])
+				break
+			}
+			held += int64(n)
+			buf.Write(chunk[:n])
+		}
+		if err != nil {
+			whole = err == io.EOF
+			break
+		}
+	}
+	if ctx.Err() != nil {
+		// The client closed the channel while sending: nothing was
+		// started, and no one is left to tell.
+		return
+	}
+	exec := &agent.ExecRequest{Command: cmd, Env: s.env}
+	var in io.Reader
+	if parts := shim.ModuleParts(buf.Bytes()); whole && parts != nil {
+		exec.Stdin = parts
+		s.bytesIn.Add(int64(buf.Len()))
+		s.wholeStdin = true
+	} else {
+		in = io.MultiReader(bytes.NewReader(buf.Bytes()), s.ch)
+	}
+	p, err := s.begin(ctx, prep, exec, true)
+	if err != nil {
+		var re *agent.RemoteError
+		if errors.As(err, &re) && len(prep) > 0 {
+			s.replyLocally(shim.Plan{Exit: 1, Stderr: "gomux: " + re.Error() + "\n"})
+			return
+		}
+		s.log.Warn().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Err(err).Msg("exec failed")
+		s.ch.Close()
+		return
+	}
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
+	s.pump(p, in)
+}
+
+// becomeStdout is the process's stdout, watched for the become marker
+// when the run has a wrapper worth learning about: the shim learns
+// whether it worked, and a marker gomux already sent is removed.
+func (s *session) becomeStdout(p *agent.Process) io.Reader {
+	if s.become == nil {
+		return p.Stdout()
+	}
+	host, b := s.lease.Shim(s.a), s.become
+	return &shim.MarkerReader{R: p.Stdout(), Marker: b.Marker(), Strip: s.speculated, Seen: func(seen bool) {
+		s.becomeSeen.Store(seen)
+		host.ObserveBecome(b, seen)
+		if !seen && s.speculated {
+			s.log.Warn().Str("event", "become_speculation").Str("command", RedactCommand(s.cmd)).
+				Msg("BECOME-SUCCESS was sent ahead but the target's output did not begin with it; its output is passed on unchanged")
+		}
+	}}
 }
 
 // replyLocally answers a step the shim served without the target, exactly
@@ -361,7 +492,7 @@ func (s *session) spawn(fn func()) {
 
 // pump moves stdio between the channel and the process, then reports the
 // exit the way sshd does: EOF, exit-status or exit-signal, close.
-func (s *session) pump(p *agent.Process) {
+func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	var out sync.WaitGroup
 	out.Add(2)
 	stdout, stderr := io.Writer(s.ch), io.Writer(s.ch.Stderr())
@@ -370,7 +501,7 @@ func (s *session) pump(p *agent.Process) {
 	}
 	go func() {
 		defer out.Done()
-		n, err := io.Copy(stdout, p.Stdout())
+		n, err := io.Copy(stdout, s.becomeStdout(p))
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
@@ -388,19 +519,38 @@ func (s *session) pump(p *agent.Process) {
 	in.Add(1)
 	go func() {
 		defer in.Done()
-		n, _ := io.Copy(p.Stdin(), s.ch)
+		if stdin == nil {
+			// The whole stdin went with the command; the client's
+			// has ended.
+			return
+		}
+		n, _ := io.Copy(p.Stdin(), stdin)
 		s.bytesIn.Add(n)
 		p.Stdin().Close()
 	}()
 	out.Wait()
 	st, err := p.Wait()
 	defer s.ic.s.metrics.sessionEnded(s, false)
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm)
+	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm).
+		Bool("module_by_parts", s.wholeStdin)
+	if s.become != nil {
+		log = log.Bool("become_speculated", s.speculated).Bool("become_marker_seen", s.becomeSeen.Load())
+	}
 	if s.rec != nil {
 		log = log.Str("recording", s.rec.path)
 		if rerr := s.rec.Close(); rerr != nil {
 			s.log.Error().Str("event", "recording").Str("recording", s.rec.path).Err(rerr).Msg("recording incomplete")
 		}
+	}
+	var re *agent.RemoteError
+	if errors.Is(err, agent.ErrNotStarted) && errors.As(err, &re) && s.prepOps > 0 {
+		// As with Batch in startProcess: a deferred step failed on the
+		// target and Ansible sees a failed command.
+		io.WriteString(s.ch.Stderr(), "gomux: "+re.Error()+"\n")
+		s.reportExit(1, "", false)
+		in.Wait()
+		log.Err(err).Int("exit_status", 1).Dur("duration", time.Since(s.start)).Msg("deferred step failed")
+		return
 	}
 	if err != nil {
 		s.ch.Close()

@@ -62,6 +62,8 @@ type Host struct {
 	// on setfacl is recorded and sent with the run. Until then it runs
 	// as sent, so a failure reaches Ansible, which has fallbacks for it.
 	aclWorks bool
+	// becomeSeen are the become wrappers seen to work (ObserveBecome).
+	becomeSeen map[string]bool
 }
 
 type tempDir struct {

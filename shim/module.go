@@ -40,3 +40,16 @@ func splitModule(data []byte) []agent.PrepPart {
 	}
 	return parts
 }
+
+// ModuleParts cuts a pipelined AnsiballZ module (what Ansible writes to
+// the interpreter's stdin) into the pieces the agent caches one by one,
+// as for an uploaded module file; nil when data is not such a module.
+func ModuleParts(data []byte) []agent.PrepPart {
+	parts := splitModule(data)
+	for _, p := range parts {
+		if bytes.HasPrefix(bytes.TrimLeft(p.Data, " \t"), []byte(`ZIPDATA = """`)) {
+			return parts
+		}
+	}
+	return nil
+}

@@ -25,3 +25,21 @@ func TestSplitModule(t *testing.T) {
 		t.Error("plain file split")
 	}
 }
+
+// TestModuleParts: a pipelined module is cut like an uploaded one; a
+// script without an archive (interpreter discovery's) is not.
+func TestModuleParts(t *testing.T) {
+	wrapper := []byte("#!/usr/bin/python\ndef _ansiballz_main():\n    ZIPDATA = \"\"\"UEsDBBQ...\"\"\"\n    ANSIBALLZ_PARAMS = '{\"a\": 1}'\n    run()\n")
+	parts := ModuleParts(wrapper)
+	var joined []byte
+	for _, p := range parts {
+		joined = append(joined, p.Data...)
+	}
+	if len(parts) < 3 || !bytes.Equal(joined, wrapper) {
+		t.Fatalf("%d parts, joined equal: %v", len(parts), bytes.Equal(joined, wrapper))
+	}
+	noArchive := []byte("import sys\nANSIBALLZ_PARAMS = 1\nx = 2\nprint(x)\n")
+	if ModuleParts(noArchive) != nil || ModuleParts(nil) != nil {
+		t.Fatal("a script without ZIPDATA was cut")
+	}
+}

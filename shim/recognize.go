@@ -80,7 +80,17 @@ type Become struct {
 	Key string
 	// Prompt is true when the wrapper reads a password from stdin first.
 	Prompt bool
+	// Wrapper is the wrapper's argv before the shell (`sudo -H -S -n
+	// -u root`): with the method's flags and the become user, and without
+	// the random key, it is what one become's success says about the next.
+	Wrapper []string
+	// NonInteractive is set when the wrapper carries sudo's -n: it fails
+	// rather than prompt, so it never reads stdin.
+	NonInteractive bool
 }
+
+// Marker is the line the wrapper's shell echoes first once become worked.
+func (b *Become) Marker() string { return "BECOME-SUCCESS-" + b.Key + "\n" }
 
 // Run is an interpreter run: a module file, or a pipelined script on stdin.
 type Run struct {
@@ -501,12 +511,14 @@ func parseBecome(call *syntax.CallExpr) (Step, bool) {
 	if !ok {
 		return nil, false
 	}
-	b := &Become{Method: path.Base(wrapper[0]), Key: strings.TrimPrefix(ea[1], "BECOME-SUCCESS-")}
+	b := &Become{Method: path.Base(wrapper[0]), Key: strings.TrimPrefix(ea[1], "BECOME-SUCCESS-"),
+		Wrapper: append([]string(nil), wrapper...)}
 	for i, a := range wrapper {
 		if a == "-p" || (strings.HasPrefix(a, "-p") && i > 0 && b.Method == "sudo") {
 			b.Prompt = true
 		}
 	}
+	b.NonInteractive = b.Method == "sudo" && sudoNonInteractive(wrapper[1:])
 	if b.Method != "sudo" {
 		// Other methods (su, doas, ...) may prompt without saying so in
 		// their arguments; treat stdin as carrying a password.
@@ -515,6 +527,50 @@ func parseBecome(call *syntax.CallExpr) (Step, bool) {
 	run := r.(Run)
 	run.Become = b
 	return run, true
+}
+
+// sudoNonInteractive reports whether sudo's options carry -n (alone or
+// in a group such as -Sn), reading them as sudo does: an option that takes
+// a value takes the next word (or the rest of its group), and the first
+// word that is not an option ends them.
+func sudoNonInteractive(args []string) bool {
+	const withValue = "CDghpRrTtUuc"
+	n := false
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return n
+		case a == "--non-interactive":
+			n = true
+		case strings.HasPrefix(a, "--"):
+			if !strings.Contains(a, "=") && longWithValue[a] {
+				i++
+			}
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			for j := 1; j < len(a); j++ {
+				if a[j] == 'n' {
+					n = true
+				}
+				if strings.IndexByte(withValue, a[j]) >= 0 {
+					if j == len(a)-1 {
+						i++
+					}
+					break
+				}
+			}
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+// longWithValue are sudo's long options that take the next word.
+var longWithValue = map[string]bool{
+	"--close-from": true, "--chdir": true, "--group": true, "--host": true, "--prompt": true,
+	"--chroot": true, "--role": true, "--command-timeout": true, "--type": true, "--other-user": true,
+	"--user": true, "--login-class": true,
 }
 
 // parseRun recognizes `[NAME=value...] /abs/interpreter [script [args...]]`.
