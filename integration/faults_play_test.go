@@ -180,47 +180,35 @@ func TestFaultsMidPlay(t *testing.T) {
 	for _, pipelining := range []string{"False", "True"} {
 		env := "ANSIBLE_PIPELINING=" + pipelining
 		t.Run("pipelining="+pipelining, func(t *testing.T) {
-			t.Run("sshd restarted", func(t *testing.T) {
-				g := startGomux(t, lab, gomuxOptions{})
-				fp := startFaultPlay(ctxT(t, 5*time.Minute), t, lab, g, 30, env)
-				fp.waitVictim()
-				start := time.Now()
-				tgt.RestartSSHD(labT)
-				fp.victim(start, "unreachable")
-				fp.finish()
-
-			})
-			t.Run("upstream TCP reset", func(t *testing.T) {
-				g := startGomux(t, lab, gomuxOptions{})
-				fp := startFaultPlay(ctxT(t, 5*time.Minute), t, lab, g, 30, env)
-				fp.waitVictim()
-				start := time.Now()
-				tgt.Relay.CloseAll()
-				fp.victim(start, "unreachable")
-				fp.finish()
-			})
-			t.Run("network black hole", func(t *testing.T) {
-				g := startGomux(t, lab, gomuxOptions{})
-				fp := startFaultPlay(ctxT(t, 5*time.Minute), t, lab, g, 30, env)
-				fp.waitVictim()
-				start := time.Now()
-				tgt.Relay.SetBlackHole(true)
-				fp.victim(start, "unreachable")
-				tgt.Relay.SetBlackHole(false)
-				fp.finish()
-				if len(g.Events("upstream_keepalive_timeout")) == 0 {
-					t.Errorf("the dead path was not noticed by keepalive")
-				}
-			})
-			t.Run("login user's processes killed", func(t *testing.T) {
-				g := startGomux(t, lab, gomuxOptions{})
-				fp := startFaultPlay(ctxT(t, 5*time.Minute), t, lab, g, 30, env)
-				fp.waitVictim()
-				start := time.Now()
-				harness.KillUserProcesses(lab.User)
-				fp.victim(start, "unreachable")
-				fp.finish()
-			})
+			// Faults under the target: the victim fails as a connection
+			// failure, and lift (if any) ends the fault before the next task.
+			for _, f := range []struct {
+				name         string
+				inject, lift func()
+				// byKeepalive: only gomux's keepalive can notice it.
+				byKeepalive bool
+			}{
+				{name: "sshd restarted", inject: func() { tgt.RestartSSHD(labT) }},
+				{name: "upstream TCP reset", inject: tgt.Relay.CloseAll},
+				{name: "network black hole", inject: func() { tgt.Relay.SetBlackHole(true) }, lift: func() { tgt.Relay.SetBlackHole(false) }, byKeepalive: true},
+				{name: "login user's processes killed", inject: func() { harness.KillUserProcesses(lab.User) }},
+			} {
+				t.Run(f.name, func(t *testing.T) {
+					g := startGomux(t, lab, gomuxOptions{})
+					fp := startFaultPlay(ctxT(t, 5*time.Minute), t, lab, g, 30, env)
+					fp.waitVictim()
+					start := time.Now()
+					f.inject()
+					fp.victim(start, "unreachable")
+					if f.lift != nil {
+						f.lift()
+					}
+					fp.finish()
+					if f.byKeepalive && len(g.Events("upstream_keepalive_timeout")) == 0 {
+						t.Errorf("the dead path was not noticed by keepalive")
+					}
+				})
+			}
 			t.Run("gomux SIGKILL and restart", func(t *testing.T) {
 				state := t.TempDir()
 				g := startGomux(t, lab, gomuxOptions{StateDir: state})
