@@ -82,21 +82,7 @@ func TestStdioIsDevNull(t *testing.T) {
 	// Once the banner is out, the agent's fds 0 and 1 must point at
 	// /dev/null, so nothing but the protocol reaches the stream.
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Wait()
-	defer stdin.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := agent.NewClient(ctx, stdout, stdin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	serveAgent(t, cmd)
 	for _, fd := range []string{"0", "1"} {
 		link, err := os.Readlink("/proc/" + itoa(cmd.Process.Pid) + "/fd/" + fd)
 		if err != nil || link != "/dev/null" {
@@ -106,6 +92,28 @@ func TestStdioIsDevNull(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// serveAgent starts cmd as a serving agent (this test binary in its
+// serve mode) and connects a client to it; cleanup closes both and waits.
+func serveAgent(t *testing.T, cmd *exec.Cmd) *agent.Client {
+	t.Helper()
+	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Wait() })
+	t.Cleanup(func() { stdin.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := agent.NewClient(ctx, stdout, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
 
 // TestLauncherDescriptorNotInherited: the launcher leaves the descriptor
 // it hashed the agent through open (fd 3); the agent closes it, so
@@ -119,21 +127,9 @@ func TestLauncherDescriptorNotInherited(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("/bin/sh", "-c", `exec 3<"$1"; exec "$1"`, "sh", self)
-	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_SERVE=1")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Wait()
-	defer stdin.Close()
+	c := serveAgent(t, cmd)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := agent.NewClient(ctx, stdout, stdin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	if link, err := os.Readlink("/proc/" + itoa(cmd.Process.Pid) + "/fd/3"); err == nil && link == self {
 		t.Errorf("agent still holds fd 3 -> %s", link)
 	}
