@@ -158,6 +158,7 @@ type pyLab struct {
 }
 
 func newPyLab(t *testing.T) *pyLab {
+	t.Helper()
 	python := "/usr/bin/python3"
 	if _, err := os.Stat(python); err != nil {
 		t.Skip("no /usr/bin/python3: the fork server tests need a CPython 3")

@@ -349,6 +349,7 @@ func waitFor(t *testing.T, d time.Duration, ok func() bool) {
 
 // agentPIDs finds gomux-agent processes of user in the target's namespace.
 func agentPIDs(t *testing.T, tgt *harness.Target, user string) []int {
+	t.Helper()
 	out, _ := exec.Command("pgrep", "-u", user, "-f", "gomux/agent-[0-9a-f]+ serve").Output()
 	var pids []int
 	for _, f := range strings.Fields(string(out)) {
@@ -366,12 +367,14 @@ func agentPIDs(t *testing.T, tgt *harness.Target, user string) []int {
 }
 
 func readFile(t *testing.T, p string) string {
+	t.Helper()
 	b, err := os.ReadFile(p)
 	must(t, err)
 	return string(b)
 }
 
 func newClientKey(t *testing.T) string {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	must(t, err)
 	blk, err := gossh.MarshalPrivateKey(priv, "stranger")
@@ -396,6 +399,7 @@ func newPRNG(seed uint64) io.Reader {
 func (p *prng) Read(b []byte) (int, error) { return p.r.Read(b) }
 
 func writeRandomFile(t *testing.T, dir, name string, size int64) string {
+	t.Helper()
 	p := filepath.Join(dir, name)
 	f, err := os.Create(p)
 	must(t, err)
@@ -406,6 +410,7 @@ func writeRandomFile(t *testing.T, dir, name string, size int64) string {
 }
 
 func fileSum(t *testing.T, p string) string {
+	t.Helper()
 	f, err := os.Open(p)
 	must(t, err)
 	defer f.Close()
@@ -417,6 +422,7 @@ func fileSum(t *testing.T, p string) string {
 
 // netnsID is the /proc/PID/ns/net link text of the target's namespace.
 func netnsID(t *testing.T, tgt *harness.Target) string {
+	t.Helper()
 	fi, err := os.Stat("/var/run/netns/" + tgt.Name)
 	must(t, err)
 	return fmt.Sprintf("net:[%d]", fi.Sys().(*syscall.Stat_t).Ino)

@@ -257,6 +257,7 @@ func TestHostileSFTPOffsets(t *testing.T) {
 
 // gomuxRSS is gomux's resident memory in kB, from /proc.
 func gomuxRSS(t *testing.T, g *Gomux) int {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.cmd.Process.Pid))
 	must(t, err)
 	for _, l := range strings.Split(string(b), "\n") {

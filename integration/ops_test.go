@@ -275,6 +275,7 @@ type balancer struct {
 }
 
 func startBalancer(t *testing.T, from string, client func(net.Conn) netip.AddrPort, backends ...string) *balancer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	b := &balancer{ln: ln, backends: backends, from: from, client: client, conns: map[net.Conn]bool{}}
@@ -346,6 +347,7 @@ func (b *balancer) serve(c net.Conn) {
 }
 
 func (b *balancer) sshConfig(t *testing.T, lab *harness.Lab, knownHosts string) string {
+	t.Helper()
 	port := b.ln.Addr().(*net.TCPAddr).Port
 	return writeSSHConfig(t, t.TempDir(), lab, knownHosts, fmt.Sprintf("Host gomux\n  HostName 127.0.0.1\n  Port %d\n  HostKeyAlias gomux\n", port))
 }
@@ -535,6 +537,7 @@ func TestOpsCheckNoexec(t *testing.T) {
 // sshdPID is the target's sshd listener, found among its namespace's
 // processes.
 func sshdPID(t *testing.T, tgt *harness.Target) int {
+	t.Helper()
 	out, err := exec.Command("ip", "netns", "pids", tgt.Name).Output()
 	must(t, err)
 	for _, f := range strings.Fields(string(out)) {

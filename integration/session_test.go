@@ -189,6 +189,7 @@ func testConcurrent(t *testing.T, g *Gomux, tgt *harness.Target) {
 }
 
 func establishedSSH(t *testing.T, tgt *harness.Target) int {
+	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", tgt.Name, "ss", "-Htn", "state", "established", "( sport = :22 )").Output()
 	if err != nil {
 		t.Fatalf("ss: %v", err)
