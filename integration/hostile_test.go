@@ -21,6 +21,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/internal/sftptest"
 )
 
 // rawFront logs in to gomux's front with golang.org/x/crypto/ssh as
@@ -102,25 +103,7 @@ func newRawSFTP(t *testing.T, c *gossh.Client) *rawSFTP {
 }
 
 func (r *rawSFTP) send(typ byte, fields ...any) {
-	r.in.Write(sftpPacket(typ, fields...))
-}
-
-func sftpPacket(typ byte, fields ...any) []byte {
-	var body bytes.Buffer
-	body.WriteByte(typ)
-	for _, f := range fields {
-		switch f := f.(type) {
-		case uint32:
-			binary.Write(&body, binary.BigEndian, f)
-		case uint64:
-			binary.Write(&body, binary.BigEndian, f)
-		case string:
-			binary.Write(&body, binary.BigEndian, uint32(len(f)))
-			body.WriteString(f)
-		}
-	}
-	out := binary.BigEndian.AppendUint32(nil, uint32(body.Len()))
-	return append(out, body.Bytes()...)
+	r.in.Write(sftptest.Packet(typ, fields...))
 }
 
 func (r *rawSFTP) recv(t *testing.T) (byte, []byte) {
