@@ -196,7 +196,9 @@ func TestCore(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); longRes = runCmd(long, nil) }()
-		time.Sleep(500 * time.Millisecond)
+		// The other session is running on the target before the stranger
+		// knocks.
+		waitFor(t, 30*time.Second, func() bool { return len(targetProcs(t, tgt, "sleep 3; echo still-alive")) > 0 })
 		key := newClientKey(t)
 		// A config that offers only the stranger's key.
 		cfg := strings.ReplaceAll(readFile(t, g.SSHConfig), lab.ClientKey, key)
@@ -336,6 +338,8 @@ func hasEvent(g *Gomux, event, field string, value any) bool {
 	return false
 }
 
+// waitFor polls ok until it holds, failing the test after d: what a test
+// waits for is a condition, never a guessed time.
 func waitFor(t *testing.T, d time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -347,17 +351,33 @@ func waitFor(t *testing.T, d time.Duration, ok func() bool) {
 	}
 }
 
+// targetProcs are the processes in the target's network namespace whose
+// command line matches pattern (a pgrep -f regular expression), so a test
+// can wait for a remote command to be running instead of sleeping.
+func targetProcs(t *testing.T, tgt *harness.Target, pattern string) []int {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", pattern).Output()
+	return inTargetNetns(t, tgt, out)
+}
+
 // agentPIDs finds gomux-agent processes of user in the target's namespace.
 func agentPIDs(t *testing.T, tgt *harness.Target, user string) []int {
 	t.Helper()
 	out, _ := exec.Command("pgrep", "-u", user, "-f", "gomux/agent-[0-9a-f]+ serve").Output()
+	return inTargetNetns(t, tgt, out)
+}
+
+// inTargetNetns keeps the pids of pgrep's output whose network namespace
+// is the target's.
+func inTargetNetns(t *testing.T, tgt *harness.Target, pgrep []byte) []int {
+	t.Helper()
 	var pids []int
-	for _, f := range strings.Fields(string(out)) {
+	for _, f := range strings.Fields(string(pgrep)) {
 		p, err := strconv.Atoi(f)
 		if err != nil {
 			continue
 		}
-		// Only the agent serving this target: its netns is the target's.
+		// Only the processes of this target: their netns is the target's.
 		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", p))
 		if ns == netnsID(t, tgt) {
 			pids = append(pids, p)

@@ -248,9 +248,16 @@ func TestOpsReload(t *testing.T) {
 		return n
 	}
 	// Let the watcher see the invalid file first, so the next change is
-	// the one that puts orig back.
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "trigger", "config file changed") })
-	time.Sleep(3 * time.Second)
+	// the one that puts orig back: its failed reload is logged after any
+	// earlier one of the watcher's (reloads run one at a time).
+	waitFor(t, 20*time.Second, func() bool {
+		for _, e := range g.Events("reload") {
+			if e["result"] == "failed" && e["trigger"] == "config file changed" {
+				return true
+			}
+		}
+		return false
+	})
 	before := oks()
 	must(t, os.WriteFile(cfgPath, []byte(orig), 0o600))
 	waitFor(t, 20*time.Second, func() bool { return oks() > before })
