@@ -16,9 +16,9 @@ import (
 )
 
 // Config is everything an operator can set. The zero value is not usable;
-// Defaults and LoadConfig return a Config whose every field holds either the
-// operator's value or its documented default, so the rest of the proxy never
-// has to know which.
+// LoadConfig returns a Config whose every field holds either the operator's
+// value or its documented default, resolved once into plain values, so the
+// rest of the proxy never has to know which.
 type Config struct {
 	// Listen is the front address. Default 127.0.0.1:2222, so a laptop or CI
 	// runner can start gomux without exposing it.
