@@ -157,8 +157,8 @@ targets:
 	}
 }
 
-// Each switch whose default is true is resolved once at load: absent
-// means the default, and an explicit false or true is kept as written.
+// Each switch whose default is true is resolved once at load: absent (or
+// null) means the default, and an explicit false or true is kept as written.
 func TestConfigSwitchesUnsetFalseTrue(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
 	for _, f := range []struct {
@@ -177,6 +177,7 @@ func TestConfigSwitchesUnsetFalseTrue(t *testing.T) {
 			want     bool
 		}{
 			{"upstream: {}\n", f.def},
+			{"upstream:\n  " + f.key + ": null\n", f.def},
 			{"upstream:\n  " + f.key + ": false\n", false},
 			{"upstream:\n  " + f.key + ": true\n", true},
 		} {
