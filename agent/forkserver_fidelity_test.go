@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,39 +19,6 @@ print("file=%s" % __file__)
 sys.stdout.flush()
 raise RuntimeError("boom")
 `
-
-// realAnsiballZ writes a wrapper that unpacks its archive the way
-// ansible-core's AnsiballZ does: into
-// <tmp>/ansible_<module>_payload_<random>/ansible_<module>_payload.zip.
-func realAnsiballZ(t *testing.T, dir string) string {
-	t.Helper()
-	zipdata := moduleArchive(t, map[string]string{
-		"ansible/module_utils/basic.py": "",
-		"ansible/modules/fidelity.py":   fidelityModule,
-	})
-	script := fmt.Sprintf(`#!/usr/bin/python3
-_ANSIBALLZ_WRAPPER = True
-def _ansiballz_main():
-    import os, sys, base64, tempfile, runpy, shutil
-    ZIPDATA = """%s"""
-    temp_path = tempfile.mkdtemp(prefix='ansible_' + 'fidelity' + '_payload_')
-    try:
-        zipped_mod = os.path.join(temp_path, 'ansible_' + 'fidelity' + '_payload.zip')
-        with open(zipped_mod, "wb") as f:
-            f.write(base64.b64decode(ZIPDATA))
-        sys.path.insert(0, zipped_mod)
-        runpy.run_module(mod_name='ansible.modules.fidelity', run_name='__main__', alter_sys=True)
-    finally:
-        shutil.rmtree(temp_path, True)
-if __name__ == "__main__":
-    _ansiballz_main()
-`, zipdata)
-	p := filepath.Join(dir, "AnsiballZ_fidelity.py")
-	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // TestPyRunLikeAnsiballZ: a warm run shows a module what a cold one
 // does where Ansible can see it: the C locale coerced to UTF-8 in
@@ -75,7 +41,7 @@ func TestPyRunLikeAnsiballZ(t *testing.T) {
 			os.RemoveAll(d)
 		}
 	})
-	script := realAnsiballZ(t, l.work)
+	script := ansiballZ(t, l.work, "fidelity", "", fidelityModule, "{}")
 	random := regexp.MustCompile(`ansible_fidelity_payload_[a-z0-9_]+/`)
 	norm := func(r pyResult) pyResult {
 		r.stdout = random.ReplaceAllString(r.stdout, "ansible_fidelity_payload_X/")

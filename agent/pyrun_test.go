@@ -111,40 +111,49 @@ func moduleArchive(t *testing.T, files map[string]string) string {
 	return base64.StdEncoding.EncodeToString(zb.Bytes())
 }
 
-// fakeAnsiballZ writes a script shaped like Ansible's wrapper: a marker,
-// the module archive as ZIPDATA, and a main that unpacks it, imports
-// basic from it and runs the module as __main__.
-func fakeAnsiballZ(t *testing.T, dir string, params string) string {
+// ansiballZ writes a wrapper shaped like ansible-core's AnsiballZ: the
+// marker, the module archive (basic.py and the module's source) as
+// ZIPDATA, and a main that unpacks it the way ansible-core does, into
+// <tmp>/ansible_<module>_payload_<random>/ansible_<module>_payload.zip,
+// hands the module params through basic._ANSIBLE_ARGS and runs it as
+// __main__. It is the one fake wrapper of the agent's tests.
+func ansiballZ(t *testing.T, dir, module, basic, source, params string) string {
 	t.Helper()
 	zipdata := moduleArchive(t, map[string]string{
-		"ansible/module_utils/basic.py": "_ANSIBLE_ARGS = None\nCOUNTER = []\n",
-		"ansible/modules/probe.py":      probeModule,
+		"ansible/module_utils/basic.py":     basic,
+		"ansible/modules/" + module + ".py": source,
 	})
 	script := fmt.Sprintf(`#!/usr/bin/python3
 _ANSIBALLZ_WRAPPER = True
 def _ansiballz_main():
     import os, sys, base64, tempfile, runpy, shutil
-    ZIPDATA = """%s"""
-    ANSIBALLZ_PARAMS = %q
-    temp_path = tempfile.mkdtemp(prefix="ansible_probe_payload_")
+    ZIPDATA = """%[1]s"""
+    ANSIBALLZ_PARAMS = %[3]q
+    temp_path = tempfile.mkdtemp(prefix='ansible_' + '%[2]s' + '_payload_')
     try:
-        zipped = os.path.join(temp_path, "probe.zip")
-        with open(zipped, "wb") as f:
+        zipped_mod = os.path.join(temp_path, 'ansible_' + '%[2]s' + '_payload.zip')
+        with open(zipped_mod, "wb") as f:
             f.write(base64.b64decode(ZIPDATA))
-        sys.path.insert(0, zipped)
+        sys.path.insert(0, zipped_mod)
         from ansible.module_utils import basic
         basic._ANSIBLE_ARGS = ANSIBALLZ_PARAMS
-        runpy.run_module(mod_name="ansible.modules.probe", run_name="__main__", alter_sys=True)
+        runpy.run_module(mod_name='ansible.modules.%[2]s', run_name='__main__', alter_sys=True)
     finally:
         shutil.rmtree(temp_path, True)
 if __name__ == "__main__":
     _ansiballz_main()
-`, zipdata, params)
-	p := filepath.Join(dir, "AnsiballZ_probe.py")
+`, zipdata, module, params)
+	p := filepath.Join(dir, "AnsiballZ_"+module+".py")
 	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// fakeAnsiballZ is the wrapper of probeModule, run with params.
+func fakeAnsiballZ(t *testing.T, dir string, params string) string {
+	t.Helper()
+	return ansiballZ(t, dir, "probe", "_ANSIBLE_ARGS = None\nCOUNTER = []\n", probeModule, params)
 }
 
 // pyLab is one test's interpreter, socket directory and helper.
@@ -158,6 +167,7 @@ type pyLab struct {
 }
 
 func newPyLab(t *testing.T) *pyLab {
+	t.Helper()
 	python := "/usr/bin/python3"
 	if _, err := os.Stat(python); err != nil {
 		t.Skip("no /usr/bin/python3: the fork server tests need a CPython 3")

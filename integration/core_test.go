@@ -196,7 +196,9 @@ func TestCore(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); longRes = runCmd(long, nil) }()
-		time.Sleep(500 * time.Millisecond)
+		// The other session is running on the target before the stranger
+		// knocks.
+		waitFor(t, 30*time.Second, func() bool { return len(targetProcs(t, tgt, "sleep 3; echo still-alive")) > 0 })
 		key := newClientKey(t)
 		// A config that offers only the stranger's key.
 		cfg := strings.ReplaceAll(readFile(t, g.SSHConfig), lab.ClientKey, key)
@@ -336,6 +338,8 @@ func hasEvent(g *Gomux, event, field string, value any) bool {
 	return false
 }
 
+// waitFor polls ok until it holds, failing the test after d: what a test
+// waits for is a condition, never a guessed time.
 func waitFor(t *testing.T, d time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -347,16 +351,33 @@ func waitFor(t *testing.T, d time.Duration, ok func() bool) {
 	}
 }
 
+// targetProcs are the processes in the target's network namespace whose
+// command line matches pattern (a pgrep -f regular expression), so a test
+// can wait for a remote command to be running instead of sleeping.
+func targetProcs(t *testing.T, tgt *harness.Target, pattern string) []int {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", pattern).Output()
+	return inTargetNetns(t, tgt, out)
+}
+
 // agentPIDs finds gomux-agent processes of user in the target's namespace.
 func agentPIDs(t *testing.T, tgt *harness.Target, user string) []int {
+	t.Helper()
 	out, _ := exec.Command("pgrep", "-u", user, "-f", "gomux/agent-[0-9a-f]+ serve").Output()
+	return inTargetNetns(t, tgt, out)
+}
+
+// inTargetNetns keeps the pids of pgrep's output whose network namespace
+// is the target's.
+func inTargetNetns(t *testing.T, tgt *harness.Target, pgrep []byte) []int {
+	t.Helper()
 	var pids []int
-	for _, f := range strings.Fields(string(out)) {
+	for _, f := range strings.Fields(string(pgrep)) {
 		p, err := strconv.Atoi(f)
 		if err != nil {
 			continue
 		}
-		// Only the agent serving this target: its netns is the target's.
+		// Only the processes of this target: their netns is the target's.
 		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", p))
 		if ns == netnsID(t, tgt) {
 			pids = append(pids, p)
@@ -366,12 +387,14 @@ func agentPIDs(t *testing.T, tgt *harness.Target, user string) []int {
 }
 
 func readFile(t *testing.T, p string) string {
+	t.Helper()
 	b, err := os.ReadFile(p)
 	must(t, err)
 	return string(b)
 }
 
 func newClientKey(t *testing.T) string {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	must(t, err)
 	blk, err := gossh.MarshalPrivateKey(priv, "stranger")
@@ -396,6 +419,7 @@ func newPRNG(seed uint64) io.Reader {
 func (p *prng) Read(b []byte) (int, error) { return p.r.Read(b) }
 
 func writeRandomFile(t *testing.T, dir, name string, size int64) string {
+	t.Helper()
 	p := filepath.Join(dir, name)
 	f, err := os.Create(p)
 	must(t, err)
@@ -406,6 +430,7 @@ func writeRandomFile(t *testing.T, dir, name string, size int64) string {
 }
 
 func fileSum(t *testing.T, p string) string {
+	t.Helper()
 	f, err := os.Open(p)
 	must(t, err)
 	defer f.Close()
@@ -417,6 +442,7 @@ func fileSum(t *testing.T, p string) string {
 
 // netnsID is the /proc/PID/ns/net link text of the target's namespace.
 func netnsID(t *testing.T, tgt *harness.Target) string {
+	t.Helper()
 	fi, err := os.Stat("/var/run/netns/" + tgt.Name)
 	must(t, err)
 	return fmt.Sprintf("net:[%d]", fi.Sys().(*syscall.Stat_t).Ino)

@@ -72,7 +72,10 @@ func TestDrain(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() { done <- runCmd(g.SSH(ctx, host, "sleep 2; echo finished; exit 7"), nil) }()
-	time.Sleep(1 * time.Second)
+	// SIGTERM while the session runs on the target.
+	waitFor(t, 30*time.Second, func() bool {
+		return len(targetProcs(t, lab.Targets[0], "sleep 2; echo finished; exit 7")) > 0
+	})
 	must(t, g.cmd.Process.Signal(syscall.SIGTERM))
 	r := <-done
 	if r.Stdout != "finished\n" || r.Code != 7 {

@@ -34,6 +34,7 @@ func repoRoot() string {
 }
 
 func gomuxBinary(t testing.TB) string {
+	t.Helper()
 	build.once.Do(func() {
 		root := repoRoot()
 		if _, err := os.Stat(filepath.Join(root, "agent/dist/bin/gomux-agent-linux-amd64")); err != nil {
@@ -110,6 +111,7 @@ type gomuxOptions struct {
 }
 
 func freePort(t testing.TB) int {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -243,6 +245,7 @@ targets:
 // keys checked strictly against knownHosts; head holds Host blocks that
 // come first.
 func writeSSHConfig(t testing.TB, dir string, lab *harness.Lab, knownHosts, head string) string {
+	t.Helper()
 	p := filepath.Join(dir, "ssh_config")
 	must(t, os.WriteFile(p, []byte(head+fmt.Sprintf(`Host *
   User %s

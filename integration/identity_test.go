@@ -33,6 +33,7 @@ type identityLab struct {
 }
 
 func startIdentityLab(t *testing.T) *identityLab {
+	t.Helper()
 	if _, err := exec.LookPath("ssh-keygen"); err != nil {
 		t.Skip("ssh-keygen not installed")
 	}
@@ -57,6 +58,7 @@ func startIdentityLab(t *testing.T) *identityLab {
 
 // keygen makes an ed25519 key pair named name and returns the private key path.
 func (x *identityLab) keygen(name string) string {
+	x.t.Helper()
 	p := filepath.Join(x.dir, name)
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p).CombinedOutput(); err != nil {
 		x.t.Fatalf("ssh-keygen: %v\n%s", err, out)
@@ -72,6 +74,7 @@ func (x *identityLab) authorize(name, key string) {
 // sign issues a user certificate for key (written beside it, where ssh
 // finds it) with the extra ssh-keygen options.
 func (x *identityLab) sign(key string, opts ...string) {
+	x.t.Helper()
 	args := append([]string{"-q", "-s", x.caKey, "-I", filepath.Base(key) + "@test", "-V", "-5m:+1h"}, opts...)
 	if out, err := exec.Command("ssh-keygen", append(args, key+".pub")...).CombinedOutput(); err != nil {
 		x.t.Fatalf("ssh-keygen -s: %v\n%s", err, out)
@@ -121,12 +124,14 @@ func (x *identityLab) logins(user string) []map[string]any {
 }
 
 func fingerprint(t *testing.T, pub string) string {
+	t.Helper()
 	out, err := exec.Command("ssh-keygen", "-l", "-E", "sha256", "-f", pub).Output()
 	must(t, err)
 	return strings.Fields(string(out))[1]
 }
 
 func appendFile(t *testing.T, p, s string) {
+	t.Helper()
 	f, err := os.OpenFile(p, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 	must(t, err)
 	_, err = f.WriteString(s)

@@ -248,9 +248,16 @@ func TestOpsReload(t *testing.T) {
 		return n
 	}
 	// Let the watcher see the invalid file first, so the next change is
-	// the one that puts orig back.
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "trigger", "config file changed") })
-	time.Sleep(3 * time.Second)
+	// the one that puts orig back: its failed reload is logged after any
+	// earlier one of the watcher's (reloads run one at a time).
+	waitFor(t, 20*time.Second, func() bool {
+		for _, e := range g.Events("reload") {
+			if e["result"] == "failed" && e["trigger"] == "config file changed" {
+				return true
+			}
+		}
+		return false
+	})
 	before := oks()
 	must(t, os.WriteFile(cfgPath, []byte(orig), 0o600))
 	waitFor(t, 20*time.Second, func() bool { return oks() > before })
@@ -275,6 +282,7 @@ type balancer struct {
 }
 
 func startBalancer(t *testing.T, from string, client func(net.Conn) netip.AddrPort, backends ...string) *balancer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	b := &balancer{ln: ln, backends: backends, from: from, client: client, conns: map[net.Conn]bool{}}
@@ -346,6 +354,7 @@ func (b *balancer) serve(c net.Conn) {
 }
 
 func (b *balancer) sshConfig(t *testing.T, lab *harness.Lab, knownHosts string) string {
+	t.Helper()
 	port := b.ln.Addr().(*net.TCPAddr).Port
 	return writeSSHConfig(t, t.TempDir(), lab, knownHosts, fmt.Sprintf("Host gomux\n  HostName 127.0.0.1\n  Port %d\n  HostKeyAlias gomux\n", port))
 }
@@ -535,6 +544,7 @@ func TestOpsCheckNoexec(t *testing.T) {
 // sshdPID is the target's sshd listener, found among its namespace's
 // processes.
 func sshdPID(t *testing.T, tgt *harness.Target) int {
+	t.Helper()
 	out, err := exec.Command("ip", "netns", "pids", tgt.Name).Output()
 	must(t, err)
 	for _, f := range strings.Fields(string(out)) {

@@ -326,6 +326,7 @@ func TestPolicyAttacks(t *testing.T) {
 }
 
 func runOut(t *testing.T, name string, args ...string) string {
+	t.Helper()
 	out, err := exec.Command(name, args...).Output()
 	must(t, err)
 	return string(out)

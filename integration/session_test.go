@@ -50,12 +50,23 @@ func testInteractive(t *testing.T, g *Gomux, host string) {
 	tmux("send-keys", "-t", "gmx", "stty size", "Enter")
 	waitScreen("24 80")
 	tmux("resize-window", "-t", "gmx", "-x", "100", "-y", "30")
-	time.Sleep(300 * time.Millisecond)
-	tmux("send-keys", "-t", "gmx", "clear; stty size", "Enter")
-	waitScreen("30 100")
-	// Ctrl-C reaches the remote foreground job through the pty.
-	tmux("send-keys", "-t", "gmx", "sleep 100", "Enter")
-	time.Sleep(300 * time.Millisecond)
+	// The window change travels on its own channel request: ask the
+	// remote tty again until it reports the new size.
+	waitFor(t, 20*time.Second, func() bool {
+		if strings.Contains(screen(), "30 100") {
+			return true
+		}
+		tmux("send-keys", "-t", "gmx", "clear; stty size", "Enter")
+		return false
+	})
+	// Ctrl-C reaches the remote foreground job through the pty, once that
+	// job runs there (a name unique to this run, to find it).
+	job := fmt.Sprintf("sleep 100.%d", os.Getpid())
+	tmux("send-keys", "-t", "gmx", job, "Enter")
+	waitFor(t, 20*time.Second, func() bool {
+		out, _ := exec.Command("pgrep", "-x", "-f", job).Output()
+		return len(out) > 0
+	})
 	tmux("send-keys", "-t", "gmx", "C-c", "")
 	tmux("send-keys", "-t", "gmx", "echo after-$((1+1))", "Enter")
 	waitScreen("after-2")
@@ -167,14 +178,22 @@ func testConcurrent(t *testing.T, g *Gomux, tgt *harness.Target) {
 			results[i] = runCmd(g.SSH(ctx, tgt.Addr, fmt.Sprintf("sleep 3; echo session-%d", i)), nil)
 		}()
 	}
-	// While they run, count established connections to the target's ssh
-	// port, inside its namespace.
-	time.Sleep(1500 * time.Millisecond)
+	// Once every one of them has started on the target (each runs 3 s,
+	// far longer than a poll), count established connections to its ssh
+	// port, inside its namespace, while the last ones still run.
+	started := map[int]bool{}
+	waitFor(t, 2*time.Minute, func() bool {
+		for _, p := range targetProcs(t, tgt, "sleep 3; echo session-") {
+			started[p] = true
+		}
+		return len(started) >= n
+	})
 	maxConns := 0
 	for range 5 {
 		if c := establishedSSH(t, tgt); c > maxConns {
 			maxConns = c
 		}
+		// Samples spread over the sessions' run: the wait is the sampling.
 		time.Sleep(200 * time.Millisecond)
 	}
 	wg.Wait()
@@ -189,6 +208,7 @@ func testConcurrent(t *testing.T, g *Gomux, tgt *harness.Target) {
 }
 
 func establishedSSH(t *testing.T, tgt *harness.Target) int {
+	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", tgt.Name, "ss", "-Htn", "state", "established", "( sport = :22 )").Output()
 	if err != nil {
 		t.Fatalf("ss: %v", err)

@@ -106,7 +106,8 @@ func TestSoak(t *testing.T) {
 			nextSample = time.Now().Add(time.Minute)
 		}
 	}
-	// Let idle timers run out: fork servers (20s) and stats (10s).
+	// Let idle timers run out: fork servers (20s) and stats (10s). Time
+	// passing is the point here: what is left after it is the leak.
 	time.Sleep(40 * time.Second)
 	end := sampleGomux(g, start)
 	first := samples[0]
@@ -171,6 +172,8 @@ func TestLoadManyTargets(t *testing.T) {
 	if r.Err != nil || len(r.Recap) != len(lab.Targets) {
 		t.Errorf("playbook: %v, %d hosts in the recap\n%s", r.Err, len(r.Recap), r.Output)
 	}
+	// A pause for the logged figure only (nothing is asserted on it): the
+	// after sample shows gomux once the playbook's sessions wound down.
 	time.Sleep(6 * time.Second)
 	t.Logf("200 targets, forks 50: %v, %d hosts failed; gomux before %s, after %s",
 		r.Wall.Round(time.Second), bad, before, sampleGomux(g, time.Now()))

@@ -22,6 +22,7 @@ var execLine = regexp.MustCompile(`(?m)SSH: EXEC (ssh .*)$`)
 // remoteCommands extracts the command each ssh exec ran on the target: the
 // last argument of the logged ssh command line.
 func remoteCommands(t *testing.T, out string) []string {
+	t.Helper()
 	var cmds []string
 	for _, m := range execLine.FindAllStringSubmatch(out, -1) {
 		f, err := syntax.NewParser().Parse(strings.NewReader(m[1]), "")

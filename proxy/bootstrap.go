@@ -142,9 +142,9 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 				return nil, ctx.Err()
 			}
 		}
-		if !*u.pool.cfg.Agent || len(u.pool.agents) == 0 {
+		if !u.pool.cfg.Agent || len(u.pool.agents) == 0 {
 			reason := "agent disabled in config"
-			if *u.pool.cfg.Agent {
+			if u.pool.cfg.Agent {
 				reason = "this gomux build embeds no agent binaries (build with make)"
 			}
 			u.fallback = reason

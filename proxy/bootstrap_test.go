@@ -19,6 +19,7 @@ import (
 // fakeAgent is a shell script standing in for the agent binary: the
 // launcher and upload scripts only care that it verifies and runs.
 func fakeAgent(t *testing.T) dist.Binary {
+	t.Helper()
 	data := []byte("#!/bin/sh\necho \"" + agent.Banner + " 1 $1\"\n")
 	sum := sha256.Sum256(data)
 	arch := map[string]string{"x86_64": "amd64", "aarch64": "arm64"}[machine(t)]
@@ -26,6 +27,7 @@ func fakeAgent(t *testing.T) dist.Binary {
 }
 
 func machine(t *testing.T) string {
+	t.Helper()
 	out, err := exec.Command("uname", "-m").Output()
 	if err != nil {
 		t.Fatal(err)

@@ -16,9 +16,9 @@ import (
 )
 
 // Config is everything an operator can set. The zero value is not usable;
-// Defaults and LoadConfig return a Config whose every field holds either the
-// operator's value or its documented default, so the rest of the proxy never
-// has to know which.
+// LoadConfig returns a Config whose every field holds either the operator's
+// value or its documented default, resolved once into plain values, so the
+// rest of the proxy never has to know which.
 type Config struct {
 	// Listen is the front address. Default 127.0.0.1:2222, so a laptop or CI
 	// runner can start gomux without exposing it.
@@ -92,7 +92,7 @@ type UpstreamConfig struct {
 	IdentityFiles []string `yaml:"identity_files"`
 	// UseSSHAgent offers the keys of the ssh-agent at gomux's SSH_AUTH_SOCK.
 	// Default true (ignored when SSH_AUTH_SOCK is unset).
-	UseSSHAgent *bool `yaml:"use_ssh_agent"`
+	UseSSHAgent bool `yaml:"use_ssh_agent"`
 	// KnownHosts files verify target host keys (@cert-authority honoured).
 	// Default ~/.ssh/known_hosts.
 	KnownHosts []string `yaml:"known_hosts"`
@@ -112,17 +112,17 @@ type UpstreamConfig struct {
 	IdleTimeout Duration `yaml:"idle_timeout"`
 	// Agent runs gomux-agent on targets. Default true; false serves every
 	// target by forwarding channels, as in fallback.
-	Agent *bool `yaml:"agent"`
+	Agent bool `yaml:"agent"`
 	// Ansible turns on the shim: gomux answers Ansible's temp-dir steps
 	// itself and sends each task to the agent as one batch. Default true;
 	// false passes every command through unchanged.
-	Ansible *bool `yaml:"ansible"`
+	Ansible bool `yaml:"ansible"`
 	// WarmPython runs Ansible modules in a warm Python fork server on the
 	// target (one per interpreter and user, started by the first task that
 	// needs it, become tasks included) instead of a new interpreter per
 	// task. Default true; needs ansible: true. false runs every module
 	// with the interpreter Ansible named, as sent.
-	WarmPython *bool `yaml:"warm_python"`
+	WarmPython bool `yaml:"warm_python"`
 	// WarmPythonIdle is how long a fork server waits for a task before it
 	// exits. Default 5m.
 	WarmPythonIdle Duration `yaml:"warm_python_idle"`
@@ -195,8 +195,9 @@ type TargetRule struct {
 	// to log in to these targets. Default "default".
 	Credential string `yaml:"credential"`
 	// AgentDial overrides upstream.agent_dial for forwards inside
-	// accelerated sessions to these destinations.
-	AgentDial *bool `yaml:"agent_dial"`
+	// accelerated sessions to these destinations. Once loaded it holds
+	// the rule's own value, or upstream.agent_dial when the rule sets none.
+	AgentDial bool `yaml:"agent_dial"`
 }
 
 // Mode is what the front does with a forwarding request.
@@ -250,6 +251,7 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // becomes a default.
 func LoadConfig(path string) (*Config, error) {
 	var c Config
+	var set explicitBools
 	personal := path == ""
 	if path != "" {
 		b, err := os.ReadFile(path)
@@ -261,12 +263,17 @@ func LoadConfig(path string) (*Config, error) {
 		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("config %s: %w", path, nameFields(b, err))
 		}
+		// The strict decode above accepted these same keys with the same
+		// types, so this one fails only if the file changed in between.
+		if err := yaml.Unmarshal(b, &set); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 	}
 	// A file without targets (or with every rule commented out) is an
 	// error, reported after any other: the personal default is only for
 	// running with no file at all.
 	noTargets := c.Targets == nil && !personal
-	if err := c.applyDefaults(); err != nil {
+	if err := c.applyDefaults(&set); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	if err := c.validate(); err != nil {
@@ -279,6 +286,32 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, &FieldError{"targets", errNoTargets})
 	}
 	return &c, nil
+}
+
+// explicitBools is the part of a config file where an absent key means
+// something other than false: the switches that default to true, and a
+// rule's agent_dial, which inherits upstream.agent_dial. It is read from
+// the file beside Config and used only by applyDefaults, so Config holds
+// plain resolved values and nothing else in the proxy needs to tell
+// "unset" from "false".
+type explicitBools struct {
+	Upstream struct {
+		UseSSHAgent *bool `yaml:"use_ssh_agent"`
+		Agent       *bool `yaml:"agent"`
+		Ansible     *bool `yaml:"ansible"`
+		WarmPython  *bool `yaml:"warm_python"`
+	} `yaml:"upstream"`
+	Targets []struct {
+		AgentDial *bool `yaml:"agent_dial"`
+	} `yaml:"targets"`
+}
+
+// orDefault is *b when the file set it, else def.
+func orDefault(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
 }
 
 // errNoTargets is why a config file must list its rules: on a shared
@@ -345,8 +378,24 @@ func fieldAtLine(n *yaml.Node, line int, prefix string) string {
 	return ""
 }
 
-func (c *Config) applyDefaults() error {
+// applyDefaults fills every field the operator left unset with its
+// documented default, section by section, then expands ~ in paths. set
+// says which of the bools the file named.
+func (c *Config) applyDefaults(set *explicitBools) error {
 	home, _ := os.UserHomeDir()
+	if err := c.defaultTop(home); err != nil {
+		return err
+	}
+	c.Auth.applyDefaults(home)
+	c.Upstream.applyDefaults(home, set)
+	c.Limits.applyDefaults()
+	c.defaultTargets(set)
+	c.expandPaths(home)
+	return nil
+}
+
+// defaultTop fills the top-level fields.
+func (c *Config) defaultTop(home string) error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:2222"
 	}
@@ -371,13 +420,22 @@ func (c *Config) applyDefaults() error {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
-	if c.Auth.AuthorizedKeys == nil && home != "" {
-		c.Auth.AuthorizedKeys = []string{filepath.Join(home, ".ssh", "authorized_keys")}
+	return nil
+}
+
+// applyDefaults fills the auth section.
+func (a *AuthConfig) applyDefaults(home string) {
+	if a.AuthorizedKeys == nil && home != "" {
+		a.AuthorizedKeys = []string{filepath.Join(home, ".ssh", "authorized_keys")}
 	}
-	if c.Auth.RecheckInterval == 0 {
-		c.Auth.RecheckInterval = Duration(15 * time.Second)
+	if a.RecheckInterval == 0 {
+		a.RecheckInterval = Duration(15 * time.Second)
 	}
-	u := &c.Upstream
+}
+
+// applyDefaults fills the upstream section; set says which bools the
+// file named, since their default is true.
+func (u *UpstreamConfig) applyDefaults(home string, set *explicitBools) {
 	if u.IdentityFiles == nil && home != "" {
 		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
 			p := filepath.Join(home, ".ssh", n)
@@ -386,10 +444,10 @@ func (c *Config) applyDefaults() error {
 			}
 		}
 	}
-	if u.UseSSHAgent == nil {
-		t := true
-		u.UseSSHAgent = &t
-	}
+	u.UseSSHAgent = orDefault(set.Upstream.UseSSHAgent, true)
+	u.Agent = orDefault(set.Upstream.Agent, true)
+	u.Ansible = orDefault(set.Upstream.Ansible, true)
+	u.WarmPython = orDefault(set.Upstream.WarmPython, true)
 	if u.KnownHosts == nil && home != "" {
 		u.KnownHosts = []string{filepath.Join(home, ".ssh", "known_hosts")}
 	}
@@ -405,18 +463,6 @@ func (c *Config) applyDefaults() error {
 	if u.IdleTimeout == 0 {
 		u.IdleTimeout = Duration(10 * time.Minute)
 	}
-	if u.Agent == nil {
-		t := true
-		u.Agent = &t
-	}
-	if u.Ansible == nil {
-		t := true
-		u.Ansible = &t
-	}
-	if u.WarmPython == nil {
-		t := true
-		u.WarmPython = &t
-	}
 	if u.WarmPythonIdle == 0 {
 		u.WarmPythonIdle = Duration(5 * time.Minute)
 	}
@@ -426,20 +472,35 @@ func (c *Config) applyDefaults() error {
 	if u.UserCertValidity == 0 {
 		u.UserCertValidity = Duration(5 * time.Minute)
 	}
-	c.Limits.applyDefaults()
+}
+
+// defaultTargets adds the personal-use rule when there is no file and
+// resolves each rule's mode and agent_dial.
+func (c *Config) defaultTargets(set *explicitBools) {
 	if c.Targets == nil {
 		// The personal default; LoadConfig refuses a file without targets.
 		c.Targets = []TargetRule{{Hosts: []string{"*"}}}
 	}
 	for i := range c.Targets {
-		if c.Targets[i].Mode == "" {
-			c.Targets[i].Mode = ModeAccelerate
+		r := &c.Targets[i]
+		if r.Mode == "" {
+			r.Mode = ModeAccelerate
 		}
+		var own *bool
+		if i < len(set.Targets) {
+			own = set.Targets[i].AgentDial
+		}
+		r.AgentDial = orDefault(own, c.Upstream.AgentDial)
 	}
+}
+
+// expandPaths turns a leading ~ into the home directory in every path.
+func (c *Config) expandPaths(home string) {
 	c.StateDir = expandHome(c.StateDir, home)
 	if c.Audit.RecordDir != "" {
 		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
 	}
+	u := &c.Upstream
 	expandAll(c.Auth.AuthorizedKeys, home)
 	expandAll(c.Auth.UserCAKeys, home)
 	expandAll(c.Auth.RevokedKeys, home)
@@ -451,7 +512,6 @@ func (c *Config) applyDefaults() error {
 		cr.UserCA = expandHome(cr.UserCA, home)
 		u.Credentials[n] = cr
 	}
-	return nil
 }
 
 func expandAll(ps []string, home string) {

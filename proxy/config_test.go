@@ -156,3 +156,88 @@ targets:
 		t.Errorf("unknown token: %v", err)
 	}
 }
+
+// Each switch whose default is true is resolved once at load: absent (or
+// null) means the default, and an explicit false or true is kept as written.
+func TestConfigSwitchesUnsetFalseTrue(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	for _, f := range []struct {
+		key string
+		def bool
+		get func(*Config) bool
+	}{
+		{"use_ssh_agent", true, func(c *Config) bool { return c.Upstream.UseSSHAgent }},
+		{"agent", true, func(c *Config) bool { return c.Upstream.Agent }},
+		{"ansible", true, func(c *Config) bool { return c.Upstream.Ansible }},
+		{"warm_python", true, func(c *Config) bool { return c.Upstream.WarmPython }},
+		{"agent_dial", false, func(c *Config) bool { return c.Upstream.AgentDial }},
+	} {
+		for _, tc := range []struct {
+			upstream string
+			want     bool
+		}{
+			{"upstream: {}\n", f.def},
+			{"upstream:\n  " + f.key + ": null\n", f.def},
+			{"upstream:\n  " + f.key + ": false\n", false},
+			{"upstream:\n  " + f.key + ": true\n", true},
+		} {
+			c, err := LoadConfig(writeConfig(t, tc.upstream+"targets: [{hosts: [a]}]\n"))
+			if err != nil {
+				t.Fatalf("%q: %v", tc.upstream, err)
+			}
+			if got := f.get(c); got != tc.want {
+				t.Errorf("%q: upstream.%s = %v, want %v", tc.upstream, f.key, got, tc.want)
+			}
+		}
+		// No file at all is the same as the key left out.
+		c, err := LoadConfig("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.get(c); got != f.def {
+			t.Errorf("no file: upstream.%s = %v, want %v", f.key, got, f.def)
+		}
+	}
+}
+
+// A rule's agent_dial, when left out, takes upstream.agent_dial; when
+// written, false or true, it wins over it.
+func TestConfigRuleAgentDialInherits(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	for _, tc := range []struct {
+		upstream, rule string
+		want           bool
+	}{
+		{"", "", false},
+		{"", "false", false},
+		{"", "true", true},
+		{"false", "", false},
+		{"false", "false", false},
+		{"false", "true", true},
+		{"true", "", true},
+		{"true", "false", false},
+		{"true", "true", true},
+	} {
+		body := "targets:\n  - hosts: [a]\n  - hosts: [b]\n"
+		if tc.rule != "" {
+			body += "    agent_dial: " + tc.rule + "\n"
+		}
+		if tc.upstream != "" {
+			// After the rules, so the order in the file does not matter.
+			body += "upstream:\n  agent_dial: " + tc.upstream + "\n"
+		}
+		c, err := LoadConfig(writeConfig(t, body))
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		wantFirst := tc.upstream == "true"
+		if c.Targets[0].AgentDial != wantFirst || c.Targets[1].AgentDial != tc.want {
+			t.Errorf("upstream %q rule %q: agent_dial %v %v, want %v %v", tc.upstream, tc.rule,
+				c.Targets[0].AgentDial, c.Targets[1].AgentDial, wantFirst, tc.want)
+		}
+	}
+	c, err := LoadConfig("")
+	if err != nil || c.Targets[0].AgentDial {
+		t.Errorf("personal rule agent_dial: %v %+v", err, c)
+	}
+}

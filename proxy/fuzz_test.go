@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/internal/sftptest"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -19,9 +20,9 @@ import (
 // OPEN and MKDIR packets on their way to pkg/sftp: every byte must pass
 // unchanged, and what it keeps must stay bounded.
 func FuzzOpenSniffer(f *testing.F) {
-	f.Add(sftpPacket(sshFxpOpen, uint32(1), "/t/f", uint32(0x1a), uint32(sshFileXferAttrPem), uint32(0o600)))
-	f.Add(sftpPacket(sshFxpMkdir, uint32(5), "d", uint32(sshFileXferAttrPem), uint32(0o700)))
-	f.Add(sftpPacket(6, uint32(2), "h", uint64(math.MaxUint64), "data"))
+	f.Add(sftptest.Packet(sshFxpOpen, uint32(1), "/t/f", uint32(0x1a), uint32(sshFileXferAttrPem), uint32(0o600)))
+	f.Add(sftptest.Packet(sshFxpMkdir, uint32(5), "d", uint32(sshFileXferAttrPem), uint32(0o700)))
+	f.Add(sftptest.Packet(6, uint32(2), "h", uint64(math.MaxUint64), "data"))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, sshFxpOpen})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		modes := newOpenModes("/home/u")

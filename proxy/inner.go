@@ -175,7 +175,7 @@ func (ic *innerConn) materialize(ctx context.Context) {
 	ic.mu.Lock()
 	l := ic.lease
 	ic.mu.Unlock()
-	if l == nil || !*ic.s.cfg.Upstream.Ansible {
+	if l == nil || !ic.s.cfg.Upstream.Ansible {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, ic.s.cfg.Upstream.ConnectTimeout.D()+30*time.Second)

@@ -55,9 +55,8 @@ type Resolver interface {
 // Policy decides who may reach what. It is immutable once built, so one
 // value is shared by every connection without locking.
 type Policy struct {
-	rules     []compiledRule
-	resolver  Resolver
-	agentDial bool
+	rules    []compiledRule
+	resolver Resolver
 }
 
 type compiledRule struct {
@@ -81,10 +80,11 @@ var specialBlocks = []netip.Prefix{
 	netip.MustParsePrefix("ff00::/8"),
 }
 
-// NewPolicy builds a policy from validated rules. agentDial is the
-// upstream.agent_dial default for rules that do not set their own.
-func NewPolicy(rules []TargetRule, resolver Resolver, agentDial bool) (*Policy, error) {
-	p := &Policy{resolver: resolver, agentDial: agentDial}
+// NewPolicy builds a policy from validated rules, as LoadConfig resolved
+// them (each rule's AgentDial already holds upstream.agent_dial when the
+// rule sets none).
+func NewPolicy(rules []TargetRule, resolver Resolver) (*Policy, error) {
+	p := &Policy{resolver: resolver}
 	for i, r := range rules {
 		cr := compiledRule{TargetRule: r, ports: r.Ports}
 		cr.Hosts = nil
@@ -216,12 +216,9 @@ func (p *Policy) Decide(ctx context.Context, person, host string, port int) Deci
 			continue
 		}
 		d := Decision{Mode: r.Mode, Rule: i, Host: name, Addr: addr, Port: port,
-			RemoteUsers: r.RemoteUsers, Credential: r.Credential, AgentDial: p.agentDial}
+			RemoteUsers: r.RemoteUsers, Credential: r.Credential, AgentDial: r.AgentDial}
 		if d.Credential == "" {
 			d.Credential = DefaultCredential
-		}
-		if r.AgentDial != nil {
-			d.AgentDial = *r.AgentDial
 		}
 		if d.Mode == ModeDeny {
 			d.Reason = fmt.Sprintf("denied by targets[%d]", i)

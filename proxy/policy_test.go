@@ -38,14 +38,14 @@ var lab = fakeResolver{
 	"bastion.example.com": {"10.9.0.1"},
 }
 
-func mustPolicy(t *testing.T, rules []TargetRule, agentDial bool) *Policy {
+func mustPolicy(t *testing.T, rules []TargetRule) *Policy {
 	t.Helper()
 	for i := range rules {
 		if rules[i].Mode == "" {
 			rules[i].Mode = ModeAccelerate
 		}
 	}
-	p, err := NewPolicy(rules, lab, agentDial)
+	p, err := NewPolicy(rules, lab)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,16 +53,15 @@ func mustPolicy(t *testing.T, rules []TargetRule, agentDial bool) *Policy {
 }
 
 func TestPolicyTable(t *testing.T) {
-	yes := true
 	p := mustPolicy(t, []TargetRule{
 		/*0*/ {Hosts: []string{"DB*.Example.com."}, Mode: ModeDeny},
 		/*1*/ {CIDRs: []string{"10.1.0.0/16"}, Mode: ModeDeny},
 		/*2*/ {Hosts: []string{"*.example.com"}, Users: []string{"alice"}, RemoteUsers: []string{"deploy"}},
 		/*3*/ {Hosts: []string{"10.3.0.*"}, Mode: ModeSplice},
-		/*4*/ {Hosts: []string{"web.example.com"}, CIDRs: []string{"10.2.0.0/24"}, Ports: []int{22, 8080}, Credential: "ops", AgentDial: &yes},
+		/*4*/ {Hosts: []string{"web.example.com"}, CIDRs: []string{"10.2.0.0/24"}, Ports: []int{22, 8080}, Credential: "ops", AgentDial: true},
 		/*5*/ {CIDRs: []string{"127.0.0.1"}, Ports: []int{18080}},
 		/*6*/ {Hosts: []string{"*"}, Ports: []int{22, 80, 2222}},
-	}, false)
+	})
 	ctx := context.Background()
 	for _, tc := range []struct {
 		user, host string
@@ -140,7 +139,7 @@ func TestPolicyTable(t *testing.T) {
 func TestPolicyResolvesOnceAndDialsThatAddress(t *testing.T) {
 	calls := 0
 	r := countingResolver{fakeResolver{"flip.example.com": {"10.2.0.1"}}, &calls}
-	p, err := NewPolicy([]TargetRule{{CIDRs: []string{"10.2.0.0/24"}, Mode: ModeSplice}}, r, false)
+	p, err := NewPolicy([]TargetRule{{CIDRs: []string{"10.2.0.0/24"}, Mode: ModeSplice}}, r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +163,7 @@ func TestPolicyLoopbackNeedsANarrowCIDR(t *testing.T) {
 	p := mustPolicy(t, []TargetRule{
 		{CIDRs: []string{"0.0.0.0/0", "::/0"}},
 		{CIDRs: []string{"169.254.169.254/32"}, Ports: []int{80}},
-	}, false)
+	})
 	ctx := context.Background()
 	if d := p.Decide(ctx, "bob", "127.0.0.1", 22); d.Mode != ModeDeny {
 		t.Errorf("0.0.0.0/0 reached loopback: %+v", d)
@@ -181,7 +180,7 @@ func TestPolicyLoopbackNeedsANarrowCIDR(t *testing.T) {
 }
 
 func TestPolicyNoRulesDeniesAll(t *testing.T) {
-	p := mustPolicy(t, nil, false)
+	p := mustPolicy(t, nil)
 	if d := p.Decide(context.Background(), "bob", "web.example.com", 22); d.Mode != ModeDeny {
 		t.Errorf("empty policy allowed: %+v", d)
 	}
@@ -209,7 +208,7 @@ func TestPolicyRootOnlyWhenNamed(t *testing.T) {
 }
 
 func TestNewPolicyRejectsBadCIDR(t *testing.T) {
-	if _, err := NewPolicy([]TargetRule{{CIDRs: []string{"10.0.0.0/40"}}}, lab, false); err == nil {
+	if _, err := NewPolicy([]TargetRule{{CIDRs: []string{"10.0.0.0/40"}}}, lab); err == nil {
 		t.Error("bad cidr accepted")
 	}
 }

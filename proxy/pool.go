@@ -126,7 +126,7 @@ func readSigner(f string) (gossh.Signer, error) {
 // NewPool loads the upstream credentials.
 func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 	u := cfg.Upstream
-	useAgent := u.UseSSHAgent != nil && *u.UseSSHAgent
+	useAgent := u.UseSSHAgent
 	def, err := loadCredential("upstream", DefaultCredential, u.IdentityFiles, useAgent, u.UserCA)
 	if err != nil {
 		return nil, err

@@ -115,18 +115,17 @@ func benchPoolConfig(b testing.TB, dir, addr string, hostKey gossh.PublicKey) Po
 	if err := os.WriteFile(kh, []byte(line), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	no, yes := false, true
 	return PoolConfig{
 		Upstream: UpstreamConfig{
 			IdentityFiles:     []string{id},
-			UseSSHAgent:       &no,
+			UseSSHAgent:       false,
 			KnownHosts:        []string{kh},
 			ConnectTimeout:    Duration(30 * time.Second),
 			KeepaliveInterval: Duration(15 * time.Second),
 			KeepaliveCountMax: 3,
 			IdleTimeout:       Duration(time.Hour),
-			Agent:             &yes,
-			Ansible:           &yes,
+			Agent:             true,
+			Ansible:           true,
 		},
 		StateDir: filepath.Join(dir, "state"),
 		// Only the launcher's hash check reads this; the helper never

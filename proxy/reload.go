@@ -26,7 +26,7 @@ func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
-	policy, err := NewPolicy(cfg.Targets, net.DefaultResolver, cfg.Upstream.AgentDial)
+	policy, err := NewPolicy(cfg.Targets, net.DefaultResolver)
 	if err != nil {
 		return nil, err
 	}

@@ -20,7 +20,7 @@ import (
 // always Ansible's `echo ~`, which owes nothing, so this costs it no round
 // trip; the steps multiplexed after it stay deferred.
 func (s *session) settle() {
-	if !s.first || !*s.ic.s.cfg.Upstream.Ansible || s.a == nil {
+	if !s.first || !s.ic.s.cfg.Upstream.Ansible || s.a == nil {
 		return
 	}
 	ops := s.lease.Shim(s.a).Flush()

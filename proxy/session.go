@@ -215,7 +215,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	s.kind, s.cmd = kind, cmd
 	var prep []agent.PrepOp
 	pipelined, becomeRun := false, false
-	if kind == "exec" && *s.ic.s.cfg.Upstream.Ansible {
+	if kind == "exec" && s.ic.s.cfg.Upstream.Ansible {
 		host := s.lease.Shim(s.a)
 		plan := host.Plan(cmd)
 		s.observe = func(code int) { host.Observe(plan.Step, code) }
@@ -226,7 +226,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			return true
 		}
 		prep = plan.Prep
-		if *s.ic.s.cfg.Upstream.WarmPython {
+		if s.ic.s.cfg.Upstream.WarmPython {
 			info := s.a.Info()
 			cmd, s.warm = shim.Warm(cmd, plan.Step, shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(),
 				Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()})
@@ -436,7 +436,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 // counters adds what the shim and the blob cache saved so far on this
 // target, cumulative, so a log reader sees round trips per task.
 func (s *session) counters(ev *zerolog.Event) *zerolog.Event {
-	if !*s.ic.s.cfg.Upstream.Ansible {
+	if !s.ic.s.cfg.Upstream.Ansible {
 		return ev
 	}
 	c := s.lease.Shim(s.a).Counters()
@@ -573,7 +573,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	// open for the exit status, which scp checks.
 	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
 	var host *shim.Host
-	if *s.ic.s.cfg.Upstream.Ansible {
+	if s.ic.s.cfg.Upstream.Ansible {
 		host = s.lease.Shim(s.a)
 	}
 	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.cfg.Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)

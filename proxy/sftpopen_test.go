@@ -2,34 +2,12 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/binary"
 	"io"
 	"io/fs"
 	"testing"
-)
 
-// sftpPacket builds one SFTP packet: length, type, then the fields.
-func sftpPacket(t byte, fields ...any) []byte {
-	var body bytes.Buffer
-	body.WriteByte(t)
-	for _, f := range fields {
-		switch f := f.(type) {
-		case uint32:
-			binary.Write(&body, binary.BigEndian, f)
-		case uint64:
-			binary.Write(&body, binary.BigEndian, f)
-		case string:
-			binary.Write(&body, binary.BigEndian, uint32(len(f)))
-			body.WriteString(f)
-		case []byte:
-			body.Write(f)
-		}
-	}
-	var out bytes.Buffer
-	binary.Write(&out, binary.BigEndian, uint32(body.Len()))
-	out.Write(body.Bytes())
-	return out.Bytes()
-}
+	"github.com/gomux/gomux/internal/sftptest"
+)
 
 type nopRWC struct{ io.Reader }
 
@@ -50,17 +28,17 @@ func TestOpenSnifferModes(t *testing.T) {
 		write, creat, trunc = 0x02, 0x08, 0x10
 	)
 	var in bytes.Buffer
-	in.Write(sftpPacket(1, uint32(3))) // INIT, version 3
+	in.Write(sftptest.Packet(1, uint32(3))) // INIT, version 3
 	// put: permissions only.
-	in.Write(sftpPacket(sshFxpOpen, uint32(1), "/t/ansible-tmp-1-2-3/AnsiballZ_ping.py", uint32(write|creat|trunc), uint32(sshFileXferAttrPem), uint32(0o100600)))
+	in.Write(sftptest.Packet(sshFxpOpen, uint32(1), "/t/ansible-tmp-1-2-3/AnsiballZ_ping.py", uint32(write|creat|trunc), uint32(sshFileXferAttrPem), uint32(0o100600)))
 	// A large WRITE that must be skipped, not buffered or parsed.
-	in.Write(sftpPacket(6, uint32(2), "handle", uint64(0), string(bytes.Repeat([]byte{sshFxpOpen}, 200_000))))
+	in.Write(sftptest.Packet(6, uint32(2), "handle", uint64(0), string(bytes.Repeat([]byte{sshFxpOpen}, 200_000))))
 	// put -p style: size, uid/gid, permissions and times, relative path.
-	in.Write(sftpPacket(sshFxpOpen, uint32(3), "rel/file", uint32(write|creat), uint32(sshFileXferAttrSz|sshFileXferAttrUID|sshFileXferAttrPem|0x8),
+	in.Write(sftptest.Packet(sshFxpOpen, uint32(3), "rel/file", uint32(write|creat), uint32(sshFileXferAttrSz|sshFileXferAttrUID|sshFileXferAttrPem|0x8),
 		uint64(12), uint32(1000), uint32(1000), uint32(0o104750), uint32(1), uint32(2)))
 	// An OPEN with no attributes.
-	in.Write(sftpPacket(sshFxpOpen, uint32(4), "/plain", uint32(write|creat), uint32(0)))
-	in.Write(sftpPacket(sshFxpMkdir, uint32(5), "/t/dir", uint32(sshFileXferAttrPem), uint32(0o700)))
+	in.Write(sftptest.Packet(sshFxpOpen, uint32(4), "/plain", uint32(write|creat), uint32(0)))
+	in.Write(sftptest.Packet(sshFxpMkdir, uint32(5), "/t/dir", uint32(sshFileXferAttrPem), uint32(0o700)))
 	want := append([]byte(nil), in.Bytes()...)
 
 	modes := newOpenModes("/home/u")
@@ -94,8 +72,8 @@ func TestOpenSnifferModes(t *testing.T) {
 // one with them must not inherit the older request's mode.
 func TestOpenSnifferNewerOpenWithoutMode(t *testing.T) {
 	var in bytes.Buffer
-	in.Write(sftpPacket(sshFxpOpen, uint32(1), "/f", uint32(0x1a), uint32(sshFileXferAttrPem), uint32(0o600)))
-	in.Write(sftpPacket(sshFxpOpen, uint32(2), "/f", uint32(0x1a), uint32(0)))
+	in.Write(sftptest.Packet(sshFxpOpen, uint32(1), "/f", uint32(0x1a), uint32(sshFileXferAttrPem), uint32(0o600)))
+	in.Write(sftptest.Packet(sshFxpOpen, uint32(2), "/f", uint32(0x1a), uint32(0)))
 	modes := newOpenModes("/")
 	io.ReadAll(&openSniffer{ReadWriteCloser: nopRWC{&in}, modes: modes})
 	if m, ok := modes.take("/f"); ok {

@@ -157,6 +157,7 @@ type becomeLab struct {
 const fakeAgent = "#!/bin/sh\necho AGENT \"$@\"\n"
 
 func newBecomeLab(t *testing.T) *becomeLab {
+	t.Helper()
 	login, home := t.TempDir(), t.TempDir()
 	sum := sha256.Sum256([]byte(fakeAgent))
 	l := &becomeLab{t: t, loginAgent: filepath.Join(login, ".cache", "gomux", "agent-"+hex.EncodeToString(sum[:])), home: home,

@@ -152,6 +152,7 @@ func Start(tb testing.TB, opt Options) *Lab {
 // agents and modules they start are counted with them. Without writable
 // cgroups the lab runs without it and says so.
 func (l *Lab) startCPUAccounting(tb testing.TB) {
+	tb.Helper()
 	g, err := NewCPUGroup("gmx-" + l.token + "-targets")
 	if err != nil {
 		tb.Logf("harness: target CPU not measured: %v", err)
@@ -177,6 +178,7 @@ func run(tb testing.TB, name string, args ...string) string {
 
 // pickSubnet returns a 10.x.y /24 prefix that no address or route here uses.
 func pickSubnet(tb testing.TB) string {
+	tb.Helper()
 	routes, _ := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
 	addrs, _ := exec.Command("ip", "-4", "addr").Output()
 	used := string(routes) + string(addrs)
@@ -206,6 +208,7 @@ func pickSubnet(tb testing.TB) string {
 }
 
 func (l *Lab) createUsers(tb testing.TB, passwordUser bool) {
+	tb.Helper()
 	l.User = "gmx" + l.token
 	l.OtherUser = "gmo" + l.token
 	users := []string{l.User, l.OtherUser}
@@ -274,6 +277,7 @@ func killUserProcesses(user string) {
 }
 
 func writeKey(tb testing.TB, path, comment string) gossh.PublicKey {
+	tb.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
@@ -296,6 +300,7 @@ func writeKey(tb testing.TB, path, comment string) gossh.PublicKey {
 }
 
 func (l *Lab) createKey(tb testing.TB) {
+	tb.Helper()
 	l.ClientKey = filepath.Join(l.Dir, "client_ed25519")
 	l.ClientPub = writeKey(tb, l.ClientKey, "gomux-test-client")
 	ak := filepath.Join(l.Dir, "authorized_keys")
@@ -313,6 +318,7 @@ func (l *Lab) createKey(tb testing.TB) {
 }
 
 func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration, extra string) *Target {
+	tb.Helper()
 	t := &Target{Name: fmt.Sprintf("gmx-%s-%d", l.token, i), Addr: addr, Port: 22, SSHDPort: 2222}
 	run(tb, "ip", "netns", "add", t.Name)
 	tb.Cleanup(func() { exec.Command("ip", "netns", "del", t.Name).Run() })
@@ -340,6 +346,7 @@ func (l *Lab) startTarget(tb testing.TB, i int, addr string, rtt time.Duration, 
 // sshd starts an sshd listening on listen, wrapped by prefix (e.g. ip
 // netns exec), and waits until it accepts connections.
 func (l *Lab) sshd(tb testing.TB, name, listen string, prefix []string, extra string) (gossh.PublicKey, *exec.Cmd, string) {
+	tb.Helper()
 	tdir := filepath.Join(l.Dir, name)
 	if err := os.MkdirAll(tdir, 0o755); err != nil {
 		tb.Fatal(err)
@@ -414,6 +421,7 @@ type JumpHost struct {
 // StartJumpHost starts a plain sshd on 127.0.0.1 that the lab's users and
 // key can log in to.
 func (l *Lab) StartJumpHost(tb testing.TB) *JumpHost {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)

@@ -72,15 +72,21 @@ func TestRelayLatencyAndDrop(t *testing.T) {
 	if d < 40*time.Millisecond {
 		t.Errorf("relay added no delay: %v", d)
 	}
+	// The drop comes once the session runs (sshd logs its start at
+	// LogLevel VERBOSE), not during the handshake.
+	sessions := func() int { return strings.Count(tg.SSHDLog(), "Starting session: command") }
+	before := sessions()
 	cmd := lab.SSHCommand(ctx, tg.Addr, "sleep 30")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for tg.Relay.Conns() == 0 && time.Now().Before(deadline) {
+	for tg.Relay.Conns() == 0 || sessions() == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the session did not start through the relay (%d conns):\n%s", tg.Relay.Conns(), tg.SSHDLog())
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond)
 	tg.Relay.CloseAll()
 	err := cmd.Wait()
 	var ee *exec.ExitError
