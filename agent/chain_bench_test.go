@@ -31,7 +31,9 @@ import (
 // the CPU of the processes it started (getrusage RUSAGE_CHILDREN) plus,
 // for warm runs, what the fork server and its templates spent meanwhile
 // (their utime+stime+cutime+cstime in /proc, which includes the forked
-// runs they reaped). A stage's own cost is the difference between two
+// runs they reaped); warm runs also report that total split into
+// client-ms (shells, sudo, pyrun), forkserver-ms (server and templates
+// themselves) and runs-ms (the forked runs and their children). A stage's own cost is the difference between two
 // lines: sh-c minus exec-true is /bin/sh's start, and so on.
 //
 // It needs /usr/bin/python3, the agent binary of `make agents`, and for
@@ -64,10 +66,19 @@ func BenchmarkChainStages(b *testing.B) {
 	// Under become the shim runs only an agent named by its SHA-256,
 	// which the become user copies into its own $HOME/.cache/gomux.
 	agentBin = namedAgent(b, agentBin, xdg)
+	// sudo -H runs the become user's copy from root's own home.
 	b.Cleanup(func() { os.Remove(filepath.Join(os.Getenv("HOME"), ".cache", "gomux", filepath.Base(agentBin))) })
 	trivial := trivialAnsiballZ(b, work)
 	command := commandAnsiballZ(b, work)
-	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "LANG=C.UTF-8",
+	// The login user's home is a new account's: /etc/skel's files, as
+	// the integration lab's users have.
+	home := b.TempDir()
+	for _, f := range []string{".bashrc", ".profile"} {
+		if data, err := os.ReadFile(filepath.Join("/etc/skel", f)); err == nil {
+			os.WriteFile(filepath.Join(home, f), data, 0o644)
+		}
+	}
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + home, "LANG=C.UTF-8",
 		"XDG_RUNTIME_DIR=" + xdg, "USER=root", "LOGNAME=root", "SHELL=" + login}
 	// The fork servers of this benchmark, under sudo too, are the ones
 	// whose command line names this process as their agent.
@@ -94,10 +105,16 @@ func BenchmarkChainStages(b *testing.B) {
 		argv func() []string
 		warm bool
 		sudo bool
+		ssh  bool
 	}{
 		{name: "exec-true", argv: func() []string { return []string{"/bin/true"} }},
 		{name: "login-shell-c", argv: func() []string { return []string{login, "-c", ":"} }},
+		// As sshd (and the agent) run it: Debian's bash then reads
+		// ~/.bashrc even for -c (SSH_SOURCE_BASHRC).
+		{name: "login-shell-c-ssh", ssh: true, argv: func() []string { return []string{login, "-c", ":"} }},
 		{name: "sh-c", argv: func() []string { return []string{"/bin/sh", "-c", ":"} }},
+		// Ansible's `&& sleep 0` after every run.
+		{name: "sh-c-true-sleep0", argv: func() []string { return []string{"/bin/sh", "-c", "/bin/true && sleep 0"} }},
 		{name: "sudo-n-true", sudo: true, argv: func() []string { return []string{"sudo", "-H", "-S", "-n", "-u", "root", "/bin/true"} }},
 		{name: "agent-binary-start", argv: func() []string { return []string{agentBin, "version"} }},
 		{name: "cold-trivial", argv: func() []string { return []string{python, trivial} }},
@@ -121,6 +138,9 @@ func BenchmarkChainStages(b *testing.B) {
 			run := func() {
 				cmd := exec.Command(argv[0], argv[1:]...)
 				cmd.Env, cmd.Dir = env, work
+				if c.ssh {
+					cmd.Env = append(env[:len(env):len(env)], "SSH_CLIENT=192.0.2.1 50000 22", "SSH_CONNECTION=192.0.2.1 50000 192.0.2.2 22")
+				}
 				var out bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &out, &out
 				if err := cmd.Run(); err != nil {
@@ -133,7 +153,7 @@ func BenchmarkChainStages(b *testing.B) {
 			if c.warm {
 				run() // starts the fork server and the template
 			}
-			server0 := forkServerCPU(self)
+			self0, runs0 := forkServerCPU(self)
 			child0 := childrenCPU()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -143,11 +163,17 @@ func BenchmarkChainStages(b *testing.B) {
 			// A template reaps its run just after it reports the exit.
 			time.Sleep(50 * time.Millisecond)
 			child := childrenCPU() - child0
-			server := forkServerCPU(self) - server0
-			n := float64(b.N)
-			b.ReportMetric(float64(child+server)/float64(time.Millisecond)/n, "cpu-ms/op")
+			self1, runs1 := forkServerCPU(self)
+			server, runs := self1-self0, runs1-runs0
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / float64(b.N) }
+			b.ReportMetric(ms(child+server+runs), "cpu-ms/op")
 			if c.warm {
-				b.ReportMetric(float64(server)/float64(time.Millisecond)/n, "forkserver-cpu-ms/op")
+				// The client side (shells, sudo, pyrun), the fork
+				// server and templates themselves, and the forked runs
+				// with what they started.
+				b.ReportMetric(ms(child), "client-ms/op")
+				b.ReportMetric(ms(server), "forkserver-ms/op")
+				b.ReportMetric(ms(runs), "runs-ms/op")
 			}
 		})
 	}
@@ -184,10 +210,11 @@ func forkServerPIDs(agent string) []int {
 	return pids
 }
 
-// forkServerCPU is the CPU the fork servers of agent and the children
-// they reaped have used (clock ticks of /proc/PID/stat).
-func forkServerCPU(agent string) time.Duration {
-	var ticks int64
+// forkServerCPU is the CPU the fork servers of agent have used
+// themselves (self) and the runs they reaped (runs), from the clock
+// ticks of /proc/PID/stat.
+func forkServerCPU(agent string) (self, runs time.Duration) {
+	var ticks [4]int64
 	for _, pid := range forkServerPIDs(agent) {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
@@ -201,12 +228,13 @@ func forkServerCPU(agent string) time.Duration {
 		if len(f) < 15 {
 			continue
 		}
-		for _, k := range f[11:15] { // utime stime cutime cstime
+		for i, k := range f[11:15] { // utime stime cutime cstime
 			v, _ := strconv.ParseInt(k, 10, 64)
-			ticks += v
+			ticks[i] += v
 		}
 	}
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+	const tick = time.Second / 100 // USER_HZ
+	return time.Duration(ticks[0]+ticks[1]) * tick, time.Duration(ticks[2]+ticks[3]) * tick
 }
 
 // trivialAnsiballZ is an AnsiballZ-shaped wrapper whose module imports
