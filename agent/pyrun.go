@@ -436,6 +436,13 @@ func buildPyRequest(argv []string) (*pyRequest, error) {
 		if err := unix.Getrlimit(res, &rl); err != nil {
 			continue
 		}
+		if res == unix.RLIMIT_NOFILE {
+			cur, err := startNofile(rl, unix.Getppid, os.ReadFile)
+			if err != nil {
+				return nil, err
+			}
+			rl.Cur = cur
+		}
 		r.Rlimits = append(r.Rlimits, [3]int64{int64(res), rlim(rl.Cur), rlim(rl.Max)})
 	}
 	for _, s := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
@@ -444,6 +451,69 @@ func buildPyRequest(argv []string) (*pyRequest, error) {
 		}
 	}
 	return r, nil
+}
+
+// startNofile is the soft RLIMIT_NOFILE this process was started with,
+// given its current limits. Go's runtime raises the soft limit of every
+// Go program to hard-1 before main (package syscall) and gives the
+// original back only to processes it starts or execs itself; the run is
+// forked by the fork server instead, and would have the raised limit
+// (a module would see `ulimit -n` at 524287 instead of 1024). When the
+// current soft limit is hard-1, the original is the one of the parent,
+// the shell that started this process and waits for it (it cannot
+// change its own limits meanwhile), read from /proc/PPID/limits and
+// trusted only if the parent is still the same process afterwards and
+// has the same hard limit. Anything else is an error: the run goes cold.
+func startNofile(cur unix.Rlimit, getppid func() int, readFile func(string) ([]byte, error)) (uint64, error) {
+	if cur.Max == unix.RLIM_INFINITY || cur.Max == 0 || cur.Cur != cur.Max-1 {
+		// Go raised nothing: it only ever sets hard-1.
+		return cur.Cur, nil
+	}
+	ppid := getppid()
+	if ppid <= 1 {
+		return 0, errors.New("open files limit: no parent to take it from")
+	}
+	b, err := readFile(fmt.Sprintf("/proc/%d/limits", ppid))
+	if err != nil {
+		return 0, fmt.Errorf("open files limit: %w", err)
+	}
+	if getppid() != ppid {
+		return 0, errors.New("open files limit: the parent went away")
+	}
+	soft, hard, err := parseNofile(b)
+	if err != nil {
+		return 0, err
+	}
+	if hard != cur.Max || soft > cur.Cur {
+		return 0, fmt.Errorf("open files limit: the parent's %d/%d does not fit this process's %d/%d", soft, hard, cur.Cur, cur.Max)
+	}
+	return soft, nil
+}
+
+// parseNofile reads the "Max open files" line of /proc/PID/limits.
+func parseNofile(b []byte) (soft, hard uint64, err error) {
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "Max open files")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) < 2 {
+			break
+		}
+		v := [2]uint64{}
+		for i := range v {
+			if f[i] == "unlimited" {
+				v[i] = unix.RLIM_INFINITY
+				continue
+			}
+			if v[i], err = strconv.ParseUint(f[i], 10, 64); err != nil {
+				return 0, 0, fmt.Errorf("open files limit: %w", err)
+			}
+		}
+		return v[0], v[1], nil
+	}
+	return 0, 0, errors.New("open files limit: no Max open files line")
 }
 
 // rlim writes RLIM_INFINITY as Python's resource module does: -1.

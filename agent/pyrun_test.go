@@ -283,7 +283,12 @@ func shellQuoteTest(s string) string { return "'" + strings.ReplaceAll(s, "'", `
 
 func (l *pyLab) run(warm bool, stdin string, argv ...string) pyResult {
 	l.t.Helper()
-	c := l.cmd(warm, argv...)
+	return l.runCmd(l.cmd(warm, argv...), warm, stdin)
+}
+
+// runCmd runs c, built by cmd, with stdin.
+func (l *pyLab) runCmd(c *exec.Cmd, warm bool, stdin string) pyResult {
+	l.t.Helper()
 	c.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
@@ -580,4 +585,87 @@ func FuzzDecodePyReply(f *testing.F) {
 			t.Fatalf("out of range signal accepted: %+v", r.Status)
 		}
 	})
+}
+
+// TestPyRunOpenFilesLimitAsStarted: a warm run has the soft open files
+// limit its shell gave the interpreter, not the one Go's runtime raised
+// pyrun's own to (hard-1). The shell does not exec pyrun, as in the
+// shim's command, so it stays pyrun's parent.
+func TestPyRunOpenFilesLimitAsStarted(t *testing.T) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	const soft = 256
+	if lim.Max != unix.RLIM_INFINITY && lim.Max < soft+2 {
+		t.Skipf("hard open files limit %d too low", lim.Max)
+	}
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "report"}`)
+	run := func(warm bool) pyResult {
+		c := l.cmd(warm, l.python, script)
+		c.Args[2] = strings.Replace(c.Args[2], "exec ", fmt.Sprintf("ulimit -Sn %d; ", soft), 1)
+		r := l.runCmd(c, warm, "")
+		r.stdout = zipPaths.ReplaceAllString(r.stdout, "/Z/")
+		return r
+	}
+	cold := run(false)
+	if !strings.Contains(cold.stdout, fmt.Sprintf(`"nofile": [%d, `, soft)) {
+		t.Fatalf("cold run did not get the limit: %s", cold.stdout)
+	}
+	for i := 0; i < 2; i++ {
+		if warm := run(true); warm != cold {
+			t.Errorf("run %d:\nwarm %+v\ncold %+v", i, warm, cold)
+		}
+	}
+}
+
+func TestStartNofile(t *testing.T) {
+	limits := func(soft, hard string) []byte {
+		return []byte("Limit                     Soft Limit           Hard Limit           Units     \n" +
+			"Max cpu time              unlimited            unlimited            seconds   \n" +
+			"Max open files            " + soft + "                 " + hard + "                 files     \n")
+	}
+	inf := uint64(unix.RLIM_INFINITY)
+	for _, c := range []struct {
+		name      string
+		cur, max  uint64
+		ppids     []int
+		file      []byte
+		fileErr   error
+		want      uint64
+		wantError bool
+	}{
+		{name: "not raised", cur: 1024, max: 4096, want: 1024},
+		{name: "soft is hard", cur: 4096, max: 4096, want: 4096},
+		{name: "no hard limit", cur: inf - 1, max: inf, want: inf - 1},
+		{name: "raised", cur: 4095, max: 4096, ppids: []int{7, 7}, file: limits("1024", "4096"), want: 1024},
+		{name: "was hard-1", cur: 4095, max: 4096, ppids: []int{7, 7}, file: limits("4095", "4096"), want: 4095},
+		{name: "orphan", cur: 4095, max: 4096, ppids: []int{1}, wantError: true},
+		{name: "parent gone meanwhile", cur: 4095, max: 4096, ppids: []int{7, 1}, file: limits("1024", "4096"), wantError: true},
+		{name: "parent's hard differs", cur: 4095, max: 4096, ppids: []int{7, 7}, file: limits("1024", "8192"), wantError: true},
+		{name: "parent's soft above", cur: 4095, max: 4096, ppids: []int{7, 7}, file: limits("4096", "4096"), wantError: true},
+		{name: "unreadable", cur: 4095, max: 4096, ppids: []int{7, 7}, fileErr: os.ErrPermission, wantError: true},
+		{name: "garbage", cur: 4095, max: 4096, ppids: []int{7, 7}, file: limits("lots", "4096"), wantError: true},
+		{name: "no line", cur: 4095, max: 4096, ppids: []int{7, 7}, file: []byte("Max cpu time 1 2 s\n"), wantError: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			calls := 0
+			getppid := func() int {
+				p := c.ppids[min(calls, len(c.ppids)-1)]
+				calls++
+				return p
+			}
+			read := func(name string) ([]byte, error) {
+				if name != "/proc/7/limits" {
+					t.Errorf("read %s", name)
+				}
+				return c.file, c.fileErr
+			}
+			got, err := startNofile(unix.Rlimit{Cur: c.cur, Max: c.max}, getppid, read)
+			if (err != nil) != c.wantError || (err == nil && got != c.want) {
+				t.Errorf("startNofile = %d, %v; want %d, error %v", got, err, c.want, c.wantError)
+			}
+		})
+	}
 }
