@@ -82,8 +82,15 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 	if err != nil {
 		return nil, err
 	}
-	// br keeps any bytes read past the banner: they are yamux's.
-	conn := rwc{Reader: br, Writer: w, close: w.Close}
+	// The bytes read past the banner are yamux's; after them it reads r
+	// itself. br is dropped: yamux buffers its reads, and an idle session
+	// should not hold a second buffer.
+	if n := br.Buffered(); n > 0 {
+		rest := make([]byte, n)
+		io.ReadFull(br, rest)
+		r = io.MultiReader(bytes.NewReader(rest), r)
+	}
+	conn := rwc{Reader: r, Writer: w, close: w.Close}
 	sess, err := yamux.Client(conn, YamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("agent: start yamux: %w", err)

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,6 +177,7 @@ func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleM
 		b.Fatalf("pool holds %d connections, want %d", got, n)
 	}
 	after, gAfter := settledMemory(b)
+	writeIdleProfiles(b, n)
 	return idleMeasure{
 		heapStack:  float64(after.heapStack) - float64(before.heapStack),
 		sys:        float64(after.sys) - float64(before.sys),
@@ -200,6 +202,33 @@ func openIdle(ctx context.Context, pool *Pool, addr, user string) error {
 		return fmt.Errorf("agent for %s: pool fell back to plain channels", user)
 	}
 	return nil
+}
+
+// writeIdleProfiles writes the goroutine and heap profiles of the idle
+// sessions into $GOMUX_POOL_BENCH_PROFILES, when set, as
+// goroutine-<n>.txt and heap-<n>.pb.gz (read with go tool pprof
+// -sample_index=inuse_space): what each idle upstream holds, by function
+// and by allocation site.
+func writeIdleProfiles(b *testing.B, n int) {
+	dir := os.Getenv("GOMUX_POOL_BENCH_PROFILES")
+	if dir == "" {
+		return
+	}
+	for _, p := range []struct {
+		name, file string
+		debug      int
+	}{{"goroutine", fmt.Sprintf("goroutine-%d.txt", n), 1}, {"heap", fmt.Sprintf("heap-%d.pb.gz", n), 0}} {
+		f, err := os.Create(filepath.Join(dir, p.file))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup(p.name).WriteTo(f, p.debug); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 type memSample struct{ heapStack, sys, rss uint64 }
@@ -364,13 +393,20 @@ func serveHelperConn(c net.Conn, cfg *gossh.ServerConfig) {
 	}
 }
 
+// isLauncher is whether an exec command is the pool's agent launcher
+// (launcherScript): it runs the cached agent from ~/.cache/gomux with
+// "serve".
+func isLauncher(cmd string) bool {
+	return strings.Contains(cmd, `d="$HOME/.cache/gomux"`) && strings.Contains(cmd, `exec "$f" serve`)
+}
+
 // serveHelperSession runs the agent for the launcher's exec and refuses
 // anything else, so a change in how the pool starts its agent shows up as
 // a failed benchmark rather than a wrong figure.
 func serveHelperSession(ch gossh.Channel, reqs <-chan *gossh.Request) {
 	for req := range reqs {
 		var p struct{ Command string }
-		if req.Type != "exec" || gossh.Unmarshal(req.Payload, &p) != nil || !strings.Contains(p.Command, "/.cache/gomux/agent-") {
+		if req.Type != "exec" || gossh.Unmarshal(req.Payload, &p) != nil || !isLauncher(p.Command) {
 			req.Reply(false, nil)
 			continue
 		}
