@@ -291,7 +291,9 @@ func (l *Lease) Release() {
 	l.once.Do(func() { l.u.pool.release(l.u) })
 }
 
-// Client is the SSH connection, for fallback channels.
+// Client is the SSH connection, for fallback channels and dials. The
+// pool refuses every channel the target opens (see incoming.serve), so
+// the client's Listen and HandleChannelOpen are not for use.
 func (l *Lease) Client() *gossh.Client { return l.u.client }
 
 // Dead is closed when the SSH connection has ended.
@@ -396,7 +398,7 @@ func (u *upstream) logger() *zerolog.Logger {
 func (u *upstream) connect() {
 	log := u.logger()
 	start := time.Now()
-	c, reqs, err := u.pool.dial(u.pool.ctx, u.key)
+	c, in, err := u.pool.dial(u.pool.ctx, u.key)
 	u.pool.m.upstreamDial(err)
 	if err != nil {
 		log.Warn().Str("event", "upstream_connect").Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
@@ -420,13 +422,7 @@ func (u *upstream) connect() {
 	close(u.ready)
 
 	u.startKeepalive()
-	// This goroutine answers the target's global requests, as
-	// gossh.Client would in one of its own (dial hands it none): a
-	// refusal, as OpenSSH gives. The requests end with the connection,
-	// so the same goroutine then sees the connection out.
-	for r := range reqs {
-		r.Reply(false, nil)
-	}
+	in.serve()
 	err = c.Wait()
 	u.stopKeepalive()
 	u.pool.forget(u)
@@ -530,10 +526,43 @@ func (p *Pool) forget(u *upstream) {
 	u.stopIdleLocked()
 }
 
-// dial connects and logs in. The connection's global requests are
-// returned for the caller to answer, rather than given to gossh.Client,
-// which would spend a goroutine of its own on them.
-func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, <-chan *gossh.Request, error) {
+// incoming is what a target may send unasked on an upstream connection:
+// global requests and channel opens.
+type incoming struct {
+	reqs  <-chan *gossh.Request
+	chans <-chan gossh.NewChannel
+}
+
+// serve refuses what the target sends unasked until the connection ends,
+// as gossh.Client would (and OpenSSH does) but in the calling goroutine
+// rather than two of its own: gomux asks targets for no forwarding, so
+// every channel open is refused and every global request (keepalives,
+// hostkeys-00@openssh.com) answered "no".
+func (in incoming) serve() {
+	reqs, chans := in.reqs, in.chans
+	for reqs != nil || chans != nil {
+		select {
+		case r, ok := <-reqs:
+			if !ok {
+				reqs = nil
+				continue
+			}
+			r.Reply(false, nil)
+		case nc, ok := <-chans:
+			if !ok {
+				chans = nil
+				continue
+			}
+			nc.Reject(gossh.UnknownChannelType, "unknown channel type: "+nc.ChannelType())
+		}
+	}
+}
+
+// dial connects and logs in. The connection's global requests and
+// channel opens are returned for the caller to serve (incoming.serve),
+// rather than given to gossh.Client, which would spend a goroutine on
+// each: so the client's HandleChannelOpen and Listen receive nothing.
+func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, error) {
 	timeout := p.cfg.ConnectTimeout.D()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -542,17 +571,17 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, <-chan *go
 	// second lookup.
 	cb, algos, err := p.keys.clientSettings(key.host)
 	if err != nil {
-		return nil, nil, err
+		return nil, incoming{}, err
 	}
 	auth, closeAgent, err := p.authMethods(key)
 	if err != nil {
-		return nil, nil, err
+		return nil, incoming{}, err
 	}
 	defer closeAgent()
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", key.dial)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
+		return nil, incoming{}, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
 	}
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
@@ -570,12 +599,13 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, <-chan *go
 	conn, chans, reqs, err := gossh.NewClientConn(nc, key.host, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
+		return nil, incoming{}, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
 	}
 	nc.SetDeadline(time.Time{})
-	none := make(chan *gossh.Request)
-	close(none)
-	return gossh.NewClient(conn, chans, none), reqs, nil
+	noReqs, noChans := make(chan *gossh.Request), make(chan gossh.NewChannel)
+	close(noReqs)
+	close(noChans)
+	return gossh.NewClient(conn, noChans, noReqs), incoming{reqs, chans}, nil
 }
 
 // authMethods offers, for key's credential: a fresh user certificate when

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -10,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // TestPoolKeepaliveClosesSilentUpstream: an upstream that answers its
@@ -124,5 +128,96 @@ func (r *blackHoleRelay) pipe(dst io.Writer, src io.Reader) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// TestPoolRefusesWhatTargetsSendUnasked: a target that opens a channel
+// to gomux (a forwarding gomux never asked for) is refused with "unknown
+// channel type", and its global requests are answered "no", as OpenSSH's
+// client does; the connection stays usable.
+func TestPoolRefusesWhatTargetsSendUnasked(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := &gossh.ServerConfig{
+		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
+	}
+	scfg.AddHostKey(signer)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type outcome struct {
+		openErr error
+		reqOK   bool
+		reqErr  error
+	}
+	got := make(chan outcome, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- outcome{openErr: err}
+			return
+		}
+		defer c.Close()
+		sc, chans, reqs, err := gossh.NewServerConn(c, scfg)
+		if err != nil {
+			got <- outcome{openErr: err}
+			return
+		}
+		defer sc.Close()
+		go gossh.DiscardRequests(reqs)
+		var o outcome
+		_, _, o.openErr = sc.OpenChannel("forwarded-tcpip", nil)
+		o.reqOK, _, o.reqErr = sc.SendRequest("unasked@example.com", true, nil)
+		got <- o
+		for nc := range chans {
+			nc.Reject(gossh.Prohibited, "test server")
+		}
+	})
+	addr := ln.Addr().String()
+	cfg := benchPoolConfig(t, t.TempDir(), addr, signer.PublicKey())
+	pool, err := NewPool(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "unasked"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	var o outcome
+	select {
+	case o = <-got:
+	case <-ctx.Done():
+		t.Fatal("the target's channel open or request was never answered")
+	}
+	var oce *gossh.OpenChannelError
+	if !errors.As(o.openErr, &oce) || oce.Reason != gossh.UnknownChannelType {
+		t.Errorf("channel open from the target: %v, want refused as unknown channel type", o.openErr)
+	}
+	if o.reqErr != nil || o.reqOK {
+		t.Errorf("global request from the target: ok=%v err=%v, want a refusal", o.reqOK, o.reqErr)
+	}
+	// Still usable: a channel gomux opens gets the server's own answer.
+	_, _, err = l.Client().OpenChannel("session", nil)
+	if !errors.As(err, &oce) || oce.Reason != gossh.Prohibited {
+		t.Errorf("channel open after the refusals: %v, want the test server's refusal", err)
+	}
+	select {
+	case <-l.Dead():
+		t.Error("the connection ended")
+	default:
 	}
 }
