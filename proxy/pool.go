@@ -490,7 +490,7 @@ func (u *upstream) keepaliveTick() {
 		return
 	}
 	send := !u.kaInflight
-	u.kaInflight = send
+	u.kaInflight = true
 	u.kaTimer.Reset(u.pool.cfg.KeepaliveInterval.D())
 	u.kmu.Unlock()
 	if !send {
