@@ -431,8 +431,8 @@ func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			if part.Cached {
 				continue
 			}
-			for off := 0; off < len(part.Data); off += maxChunk {
-				if err := writeFrame(st, frameBlob, part.Data[off:min(off+maxChunk, len(part.Data))]); err != nil {
+			for off := 0; off < len(part.Data); off += frameChunk {
+				if err := writeFrame(st, frameBlob, part.Data[off:min(off+frameChunk, len(part.Data))]); err != nil {
 					st.Close()
 					return nil, nil, fmt.Errorf("agent: send blob: %w", err)
 				}

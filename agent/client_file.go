@@ -323,7 +323,7 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 		if err != nil {
 			return written, err
 		}
-		n := min(len(p)-written, maxChunk)
+		n := min(len(p)-written, frameChunk)
 		buf := make([]byte, 12+n)
 		binary.BigEndian.PutUint32(buf, id)
 		binary.BigEndian.PutUint64(buf[4:12], uint64(off)+uint64(written))

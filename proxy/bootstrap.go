@@ -211,8 +211,20 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 	return a, nil
 }
 
+// launchStderrBuf is the read buffer of an agent channel's stderr
+// reader, held for as long as the agent runs: the agent writes little
+// there, so a small one keeps an idle upstream small (io.Copy's would be
+// 32 KiB).
+const launchStderrBuf = 512
+
 // launch runs the launcher on a new exec channel and, when the agent starts,
 // returns a client speaking yamux over that channel's stdio.
+//
+// One goroutine per channel reads its stderr (keeping the first 64 KiB
+// for the log) and sees the channel out: stderr ends when the channel
+// does (SSH has one EOF for all its streams), whoever ended it. The agent
+// client owns the channel: when its session ends, it closes stdin and the
+// channel, which makes the agent exit.
 func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
 	sess, err := u.client.NewSession()
 	if err != nil {
@@ -228,17 +240,44 @@ func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
 		sess.Close()
 		return nil, err
 	}
-	stderr := &boundedBuffer{max: 64 << 10}
-	sess.Stderr = stderr
+	stderrPipe, err := sess.StderrPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
 	if err := sess.Start(launcherScript(u.pool.agents)); err != nil {
 		sess.Close()
 		return nil, fmt.Errorf("start agent launcher: %w", err)
 	}
-	br := bufio.NewReaderSize(stdout, 64<<10)
+	stderr := &boundedBuffer{max: 64 << 10}
+	copied := make(chan struct{})  // stderr has ended
+	decided := make(chan struct{}) // launch has returned; up is set
+	up := false
+	defer close(decided)
+	u.pool.wg.Add(1)
+	go func() {
+		defer u.pool.wg.Done()
+		io.CopyBuffer(stderr, stderrPipe, make([]byte, launchStderrBuf))
+		close(copied)
+		sess.Close()
+		<-decided
+		if !up {
+			return
+		}
+		if s := stderr.String(); s != "" {
+			u.logger().Info().Str("event", "agent_exit").Str("agent_stderr", s).Msg("agent session ended")
+		} else {
+			u.logger().Info().Str("event", "agent_exit").Msg("agent session ended")
+		}
+	}()
+	// Only for the launcher's status line: once it is read, what is left
+	// in the buffer is handed on and the buffer dropped.
+	br := bufio.NewReader(stdout)
 	status, err := readLauncherStatus(br)
 	if err != nil {
 		sess.Close()
 		waitErr := sess.Wait()
+		<-copied
 		return nil, fallbackError{reason: fmt.Sprintf("agent did not start: %v (%v) stderr: %q", err, waitErr, stderr.String())}
 	}
 	switch {
@@ -257,32 +296,33 @@ func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
 		sess.Close()
 		return nil, fallbackError{reason: strings.TrimSpace(strings.TrimPrefix(status, noAgentLine))}
 	}
-	// status is the banner line; hand it back to the client with the rest.
-	r := io.MultiReader(strings.NewReader(status+"\n"), br)
-	a, err := agent.NewClient(ctx, r, stdin)
+	// status is the banner line; hand it back to the client with the
+	// bytes read past it, then the channel itself.
+	rest := make([]byte, br.Buffered())
+	io.ReadFull(br, rest)
+	r := io.MultiReader(strings.NewReader(status+"\n"+string(rest)), stdout)
+	a, err := agent.NewClient(ctx, r, closeBoth{stdin, sess})
 	if err != nil {
 		sess.Close()
 		return nil, fmt.Errorf("agent handshake: %w", err)
 	}
 	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout.D())
-	// The session's owner is the agent client: when it ends, the channel is
-	// closed, which closes the agent's stdin and makes it exit.
-	u.pool.wg.Add(1)
-	go func() {
-		defer u.pool.wg.Done()
-		select {
-		case <-a.Done():
-		case <-u.dead:
-			a.Close()
-		}
-		sess.Close()
-		if s := stderr.String(); s != "" {
-			u.logger().Info().Str("event", "agent_exit").Str("agent_stderr", s).Msg("agent session ended")
-		} else {
-			u.logger().Info().Str("event", "agent_exit").Msg("agent session ended")
-		}
-	}()
+	up = true
 	return a, nil
+}
+
+// closeBoth is the agent channel's stdin as the agent client sees it:
+// closing it sends EOF and then closes the channel, as the client's
+// owner of the channel must when its session ends.
+type closeBoth struct {
+	io.WriteCloser
+	sess *gossh.Session
+}
+
+func (c closeBoth) Close() error {
+	err := c.WriteCloser.Close()
+	c.sess.Close()
+	return err
 }
 
 func archOf(machine string) string {

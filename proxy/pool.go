@@ -53,9 +53,12 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	conns map[poolKey]*upstream
-	hosts map[poolKey]*shim.Host // outlive connections: virtual state is the target's
+	mu sync.Mutex
+	// closed is set by Close before it waits on wg, so goroutines started
+	// from timers (keepalives) are not added to a wg being waited on.
+	closed bool
+	conns  map[poolKey]*upstream
+	hosts  map[poolKey]*shim.Host // outlive connections: virtual state is the target's
 	// retired sums the counters of dropped hosts, so totals only grow.
 	retired shim.Counters
 }
@@ -171,6 +174,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 func (p *Pool) Close() error {
 	p.cancel()
 	p.mu.Lock()
+	p.closed = true
 	for _, u := range p.conns {
 		u.closeConn()
 	}
@@ -287,7 +291,9 @@ func (l *Lease) Release() {
 	l.once.Do(func() { l.u.pool.release(l.u) })
 }
 
-// Client is the SSH connection, for fallback channels.
+// Client is the SSH connection, for fallback channels and dials. The
+// pool refuses every channel the target opens (see incoming.serve), so
+// the client's Listen and HandleChannelOpen are not for use.
 func (l *Lease) Client() *gossh.Client { return l.u.client }
 
 // Dead is closed when the SSH connection has ended.
@@ -363,6 +369,14 @@ type upstream struct {
 	agent    *agent.Client
 	fallback string
 	starting chan struct{}
+
+	// Keepalive state, guarded by kmu: a timer, not a goroutine, waits
+	// between keepalives (see keepaliveTick).
+	kmu        sync.Mutex
+	kaTimer    *time.Timer
+	kaMissed   int  // ticks since the last reply
+	kaInflight bool // a keepalive awaits its reply
+	kaStopped  bool
 }
 
 func (u *upstream) stopIdleLocked() {
@@ -384,7 +398,7 @@ func (u *upstream) logger() *zerolog.Logger {
 func (u *upstream) connect() {
 	log := u.logger()
 	start := time.Now()
-	c, err := u.pool.dial(u.pool.ctx, u.key)
+	c, in, err := u.pool.dial(u.pool.ctx, u.key)
 	u.pool.m.upstreamDial(err)
 	if err != nil {
 		log.Warn().Str("event", "upstream_connect").Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
@@ -407,13 +421,10 @@ func (u *upstream) connect() {
 	log.Info().Str("event", "upstream_connect").Str("server_version", string(c.ServerVersion())).Dur("duration", time.Since(start)).Msg("upstream connected")
 	close(u.ready)
 
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		u.keepalive()
-	}()
+	u.startKeepalive()
+	in.serve()
 	err = c.Wait()
+	u.stopKeepalive()
 	u.pool.forget(u)
 	close(u.dead)
 	u.amu.Lock()
@@ -422,7 +433,6 @@ func (u *upstream) connect() {
 	if ac != nil {
 		ac.Close()
 	}
-	wg.Wait()
 	log.Info().Str("event", "upstream_closed").AnErr("reason", err).Dur("duration", time.Since(start)).Msg("upstream connection ended")
 }
 
@@ -438,52 +448,73 @@ func (u *upstream) closeConn() {
 	}
 }
 
-// keepalive sends OpenSSH keepalives and closes a connection that stopped
-// answering, so channels on a dead path end instead of hanging.
-func (u *upstream) keepalive() {
-	interval := u.pool.cfg.KeepaliveInterval.D()
-	maxMissed := u.pool.cfg.KeepaliveCountMax
-	replies := make(chan struct{}, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-u.dead:
-				return
-			case <-t.C:
-			}
-			if _, _, err := u.client.SendRequest("keepalive@openssh.com", true, nil); err != nil {
-				return
-			}
-			select {
-			case replies <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	defer wg.Wait()
-	missed := 0
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-u.dead:
-			return
-		case <-replies:
-			missed = 0
-		case <-t.C:
-			missed++
-			if missed > maxMissed {
-				u.logger().Warn().Str("event", "upstream_keepalive_timeout").Int("missed", missed).Msg("upstream stopped answering keepalives, closing")
-				u.client.Close()
-				return
-			}
-		}
+// Keepalives are OpenSSH's (keepalive@openssh.com every
+// KeepaliveInterval; KeepaliveCountMax intervals without a reply close
+// the connection), so channels on a dead path end instead of hanging. An
+// idle upstream holds no goroutine for them: a timer fires each interval
+// and a goroutine lives only while one keepalive awaits its reply.
+func (u *upstream) startKeepalive() {
+	u.kmu.Lock()
+	defer u.kmu.Unlock()
+	if !u.kaStopped {
+		u.kaTimer = time.AfterFunc(u.pool.cfg.KeepaliveInterval.D(), u.keepaliveTick)
 	}
+}
+
+// stopKeepalive ends the keepalives of a connection that has ended.
+func (u *upstream) stopKeepalive() {
+	u.kmu.Lock()
+	defer u.kmu.Unlock()
+	u.kaStopped = true
+	if u.kaTimer != nil {
+		u.kaTimer.Stop()
+	}
+}
+
+// keepaliveTick is one keepalive interval: it counts the interval as
+// missed until a reply resets the count, closes a connection that missed
+// more than KeepaliveCountMax, and sends a keepalive unless one is still
+// awaiting its reply.
+func (u *upstream) keepaliveTick() {
+	u.kmu.Lock()
+	if u.kaStopped {
+		u.kmu.Unlock()
+		return
+	}
+	u.kaMissed++
+	if missed := u.kaMissed; missed > u.pool.cfg.KeepaliveCountMax {
+		u.kaStopped = true
+		u.kmu.Unlock()
+		u.logger().Warn().Str("event", "upstream_keepalive_timeout").Int("missed", missed).Msg("upstream stopped answering keepalives, closing")
+		u.client.Close()
+		return
+	}
+	send := !u.kaInflight
+	u.kaInflight = true
+	u.kaTimer.Reset(u.pool.cfg.KeepaliveInterval.D())
+	u.kmu.Unlock()
+	if !send {
+		return
+	}
+	p := u.pool
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		// Blocks until the reply, or until the connection ends.
+		_, _, err := u.client.SendRequest("keepalive@openssh.com", true, nil)
+		u.kmu.Lock()
+		u.kaInflight = false
+		if err == nil {
+			u.kaMissed = 0
+		}
+		u.kmu.Unlock()
+	}()
 }
 
 func (p *Pool) forget(u *upstream) {
@@ -495,7 +526,43 @@ func (p *Pool) forget(u *upstream) {
 	u.stopIdleLocked()
 }
 
-func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, error) {
+// incoming is what a target may send unasked on an upstream connection:
+// global requests and channel opens.
+type incoming struct {
+	reqs  <-chan *gossh.Request
+	chans <-chan gossh.NewChannel
+}
+
+// serve refuses what the target sends unasked until the connection ends,
+// as gossh.Client would (and OpenSSH does) but in the calling goroutine
+// rather than two of its own: gomux asks targets for no forwarding, so
+// every channel open is refused and every global request (keepalives,
+// hostkeys-00@openssh.com) answered "no".
+func (in incoming) serve() {
+	reqs, chans := in.reqs, in.chans
+	for reqs != nil || chans != nil {
+		select {
+		case r, ok := <-reqs:
+			if !ok {
+				reqs = nil
+				continue
+			}
+			r.Reply(false, nil)
+		case nc, ok := <-chans:
+			if !ok {
+				chans = nil
+				continue
+			}
+			nc.Reject(gossh.UnknownChannelType, "unknown channel type: "+nc.ChannelType())
+		}
+	}
+}
+
+// dial connects and logs in. The connection's global requests and
+// channel opens are returned for the caller to serve (incoming.serve),
+// rather than given to gossh.Client, which would spend a goroutine on
+// each: so the client's HandleChannelOpen and Listen receive nothing.
+func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, error) {
 	timeout := p.cfg.ConnectTimeout.D()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -504,17 +571,17 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, error) {
 	// second lookup.
 	cb, algos, err := p.keys.clientSettings(key.host)
 	if err != nil {
-		return nil, err
+		return nil, incoming{}, err
 	}
 	auth, closeAgent, err := p.authMethods(key)
 	if err != nil {
-		return nil, err
+		return nil, incoming{}, err
 	}
 	defer closeAgent()
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", key.dial)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
+		return nil, incoming{}, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
 	}
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
@@ -532,10 +599,13 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, error) {
 	conn, chans, reqs, err := gossh.NewClientConn(nc, key.host, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
+		return nil, incoming{}, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
 	}
 	nc.SetDeadline(time.Time{})
-	return gossh.NewClient(conn, chans, reqs), nil
+	noReqs, noChans := make(chan *gossh.Request), make(chan gossh.NewChannel)
+	close(noReqs)
+	close(noChans)
+	return gossh.NewClient(conn, noChans, noReqs), incoming{reqs, chans}, nil
 }
 
 // authMethods offers, for key's credential: a fresh user certificate when

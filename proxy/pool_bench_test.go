@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,54 +45,64 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// BenchmarkPoolIdleMemory is what one idle pooled upstream session costs
-// the proxy: an SSH client connection with its keepalive, the agent's exec
+// BenchmarkPoolIdleMemory is what idle pooled upstream sessions cost the
+// proxy: an SSH client connection with its keepalive, the agent's exec
 // channel and the yamux session over it, as the pool holds them between
 // tasks. It opens 100 and then 1,000 of them (distinct remote users, so
-// distinct pool keys) against an SSH server in a helper process and
-// reports, per session, the growth of the proxy process's heap and stacks
-// (HeapInuse+StackInuse, after GC), of Sys and of RSS, and the goroutines.
-// ns/op is the time to open all of them. Run with -benchtime 1x.
+// distinct pool keys) against an SSH server in a helper process, which
+// serves the real agent protocol (an agent.Server on the exec channel).
+// The "used" runs first move 256 KiB each way through every session (as a
+// module upload and a fetch would) before it goes idle, so buffers that
+// grow with traffic are counted too.
+//
+// It reports, after GC and against a baseline taken just before the
+// sessions were opened: the process's RSS in total (rss-MiB, from VmRSS)
+// and per session, heap and stack per session (HeapInuse and
+// StackInuse), Sys per session and goroutines per session. ns/op is the
+// time to open all of them. Run with -benchtime 1x.
 func BenchmarkPoolIdleMemory(b *testing.B) {
-	type result struct {
-		n                int
-		heapStack, gorPS float64
-	}
-	var results []result
-	for _, n := range []int{100, 1000} {
-		b.Run("sessions="+strconv.Itoa(n), func(b *testing.B) {
-			// Sockets, the known_hosts read per dial, a few spare.
-			if err := raiseNOFILE(uint64(n) + 256); err != nil {
-				b.Skipf("cannot open %d connections: %v", n, err)
+	var lines []string
+	for _, used := range []bool{false, true} {
+		for _, n := range []int{100, 1000} {
+			name := "sessions=" + strconv.Itoa(n)
+			if used {
+				name += "/used"
 			}
-			addr, hostKey := startUpstreamHelper(b)
-			dir := b.TempDir()
-			cfg := benchPoolConfig(b, dir, addr, hostKey)
-			var m idleMeasure
-			for range b.N {
-				m = measureIdleSessions(b, cfg, addr, n)
-			}
-			b.ReportMetric(m.heapStack/float64(n), "B/session")
-			b.ReportMetric(m.sys/float64(n), "sys-B/session")
-			b.ReportMetric(m.rss/float64(n), "rss-B/session")
-			b.ReportMetric(float64(m.goroutines)/float64(n), "goroutines/session")
-			results = append(results, result{n, m.heapStack / float64(n), float64(m.goroutines) / float64(n)})
-		})
-	}
-	if len(results) > 0 {
-		var parts []string
-		for _, r := range results {
-			parts = append(parts, fmt.Sprintf("%d sessions %.1f KiB/session (heap+stack), %.1f goroutines/session", r.n, r.heapStack/1024, r.gorPS))
+			b.Run(name, func(b *testing.B) {
+				// Sockets, the known_hosts read per dial, a few spare.
+				if err := raiseNOFILE(uint64(n) + 256); err != nil {
+					b.Skipf("cannot open %d connections: %v", n, err)
+				}
+				addr, hostKey := startUpstreamHelper(b)
+				dir := b.TempDir()
+				cfg := benchPoolConfig(b, dir, addr, hostKey)
+				var m idleMeasure
+				for range b.N {
+					m = measureIdleSessions(b, cfg, addr, n, used)
+				}
+				per := func(v float64) float64 { return v / float64(n) }
+				b.ReportMetric(m.rss/(1<<20), "rss-MiB")
+				b.ReportMetric(per(m.rss), "rss-B/session")
+				b.ReportMetric(per(m.heap+m.stack), "B/session")
+				b.ReportMetric(per(m.heap), "heap-B/session")
+				b.ReportMetric(per(m.stack), "stack-B/session")
+				b.ReportMetric(per(m.sys), "sys-B/session")
+				b.ReportMetric(per(float64(m.goroutines)), "goroutines/session")
+				lines = append(lines, fmt.Sprintf("%-5d %-5v %8.1f MiB RSS  %6.1f KiB RSS/session  %6.1f KiB heap+stack/session (%.1f heap, %.1f stack)  %4.1f goroutines/session",
+					n, used, m.rss/(1<<20), per(m.rss)/1024, per(m.heap+m.stack)/1024, per(m.heap)/1024, per(m.stack)/1024, per(float64(m.goroutines))))
+			})
 		}
-		fmt.Printf("proxy memory per idle upstream session (agent over yamux): %s\n", strings.Join(parts, "; "))
+	}
+	if len(lines) > 0 {
+		fmt.Printf("proxy memory for idle upstream sessions (agent over yamux), growth after GC:\nsessions used\n%s\n", strings.Join(lines, "\n"))
 	}
 }
 
 // idleMeasure is the growth of the proxy process across opening the
 // sessions, in bytes (goroutines in number).
 type idleMeasure struct {
-	heapStack, sys, rss float64
-	goroutines          int
+	heap, stack, sys, rss float64
+	goroutines            int
 }
 
 // benchPoolConfig is a pool that logs in with a fresh key, verifies the
@@ -137,7 +148,7 @@ func benchPoolConfig(b testing.TB, dir, addr string, hostKey gossh.PublicKey) Po
 // measureIdleSessions opens n pooled sessions with their agents on a fresh
 // pool, releases every lease (the sessions stay, idle), and returns how
 // much the process grew. The pool is closed before it returns.
-func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleMeasure {
+func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int, used bool) idleMeasure {
 	b.StopTimer()
 	pool, err := NewPool(cfg, zerolog.Nop())
 	if err != nil {
@@ -155,7 +166,7 @@ func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleM
 	for range 16 {
 		wg.Go(func() {
 			for u := range users {
-				errs <- openIdle(ctx, pool, addr, u)
+				errs <- openIdle(ctx, pool, addr, u, used)
 			}
 		})
 	}
@@ -175,8 +186,10 @@ func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleM
 		b.Fatalf("pool holds %d connections, want %d", got, n)
 	}
 	after, gAfter := settledMemory(b)
+	writeIdleProfiles(b, n, used)
 	return idleMeasure{
-		heapStack:  float64(after.heapStack) - float64(before.heapStack),
+		heap:       float64(after.heap) - float64(before.heap),
+		stack:      float64(after.stack) - float64(before.stack),
 		sys:        float64(after.sys) - float64(before.sys),
 		rss:        float64(after.rss) - float64(before.rss),
 		goroutines: gAfter - gBefore,
@@ -185,7 +198,8 @@ func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int) idleM
 
 // openIdle acquires the session for user, starts its agent and releases
 // the lease, leaving the session as the pool keeps it between tasks.
-func openIdle(ctx context.Context, pool *Pool, addr, user string) error {
+// With used, the session first carries usedBytes each way.
+func openIdle(ctx context.Context, pool *Pool, addr, user string, used bool) error {
 	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: user})
 	if err != nil {
 		return fmt.Errorf("acquire %s: %w", user, err)
@@ -198,16 +212,91 @@ func openIdle(ctx context.Context, pool *Pool, addr, user string) error {
 	if a == nil {
 		return fmt.Errorf("agent for %s: pool fell back to plain channels", user)
 	}
+	if used {
+		if err := useSession(ctx, a); err != nil {
+			return fmt.Errorf("use session %s: %w", user, err)
+		}
+	}
 	return nil
 }
 
-type memSample struct{ heapStack, sys, rss uint64 }
+// usedBytes is what a "used" session carries each way: about a large
+// module's upload and a fetch.
+const usedBytes = 256 << 10
+
+// useSession writes usedBytes to /dev/null on the target and reads
+// usedBytes of the test binary back (the helper runs the same binary), in
+// 32 KiB requests as sftp would, through the agent's file operations.
+func useSession(ctx context.Context, a *agent.Client) error {
+	w, err := a.Open(ctx, os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 32<<10)
+	for off := 0; off < usedBytes; off += len(buf) {
+		if _, err := w.WriteAt(buf, int64(off)); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	r, err := a.Open(ctx, os.Args[0], os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	for off := 0; off < usedBytes; off += len(buf) {
+		if _, err := r.ReadAt(buf, int64(off)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeIdleProfiles writes the goroutine and heap profiles of the idle
+// sessions into $GOMUX_POOL_BENCH_PROFILES, when set, as
+// goroutine-<n>.txt and heap-<n>.pb.gz (read with go tool pprof
+// -sample_index=inuse_space): what each idle upstream holds, by function
+// and by allocation site.
+func writeIdleProfiles(b *testing.B, n int, used bool) {
+	dir := os.Getenv("GOMUX_POOL_BENCH_PROFILES")
+	if dir == "" {
+		return
+	}
+	for _, p := range []struct {
+		name, file string
+		debug      int
+	}{{"goroutine", fmt.Sprintf("goroutine-%d-%v.txt", n, used), 1}, {"heap", fmt.Sprintf("heap-%d-%v.pb.gz", n, used), 0}} {
+		f, err := os.Create(filepath.Join(dir, p.file))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup(p.name).WriteTo(f, p.debug); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// settleGCs is how many collections settledMemory runs.
+const settleGCs = 5
+
+type memSample struct{ heap, stack, sys, rss uint64 }
 
 // settledMemory lets just-finished goroutines exit, collects garbage and
-// returns the process's memory and goroutine count.
+// returns the process's memory and goroutine count. A GC halves at most
+// the stacks of goroutines using under a quarter of theirs (those grown
+// by the key exchange, say); a gomux left idle gets a GC at least every
+// two minutes, so its stacks end up as small as a few GCs here make them.
 func settledMemory(b *testing.B) (memSample, int) {
 	time.Sleep(200 * time.Millisecond)
-	runtime.GC()
+	for range settleGCs {
+		runtime.GC()
+	}
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -215,7 +304,7 @@ func settledMemory(b *testing.B) (memSample, int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return memSample{heapStack: ms.HeapInuse + ms.StackInuse, sys: ms.Sys, rss: rss}, runtime.NumGoroutine()
+	return memSample{heap: ms.HeapInuse, stack: ms.StackInuse, sys: ms.Sys, rss: rss}, runtime.NumGoroutine()
 }
 
 // processRSS reads this process's resident set size from /proc.
@@ -363,13 +452,20 @@ func serveHelperConn(c net.Conn, cfg *gossh.ServerConfig) {
 	}
 }
 
+// isLauncher is whether an exec command is the pool's agent launcher
+// (launcherScript): it runs the cached agent from ~/.cache/gomux with
+// "serve".
+func isLauncher(cmd string) bool {
+	return strings.Contains(cmd, `d="$HOME/.cache/gomux"`) && strings.Contains(cmd, `exec "$f" serve`)
+}
+
 // serveHelperSession runs the agent for the launcher's exec and refuses
 // anything else, so a change in how the pool starts its agent shows up as
 // a failed benchmark rather than a wrong figure.
 func serveHelperSession(ch gossh.Channel, reqs <-chan *gossh.Request) {
 	for req := range reqs {
 		var p struct{ Command string }
-		if req.Type != "exec" || gossh.Unmarshal(req.Payload, &p) != nil || !strings.Contains(p.Command, "/.cache/gomux/agent-") {
+		if req.Type != "exec" || gossh.Unmarshal(req.Payload, &p) != nil || !isLauncher(p.Command) {
 			req.Reply(false, nil)
 			continue
 		}
