@@ -274,7 +274,7 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 		must(b, os.WriteFile(wrapper, []byte("#!/bin/sh\necho $$ > "+sshCPU.ProcsFile()+"\nexec ssh \"$@\"\n"), 0o755))
 		env = append(env, "ANSIBLE_SSH_EXECUTABLE="+wrapper)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Minute)
 	defer cancel()
 
 	samples := map[string][]benchSample{}
