@@ -161,15 +161,56 @@ type benchSample struct {
 // ControlMaster, GOMUX_BENCH_REPS times (default 3), and prints a markdown
 // table of medians, also written to bench-results/<workload>.md. A mode
 // with a failed or unreachable host is reported as failed, not timed.
-// GOMUX_BENCH_MODES (comma separated) limits the modes.
+// GOMUX_BENCH_MODES (comma separated mode names) limits the modes, and
+// GOMUX_BENCH_WORKLOADS (comma separated workload names, as in
+// benchWorkloads) the workloads; -bench 'BenchmarkAnsible/^name$' does too.
 //
 // CPU is measured by cgroup: the controller (ansible-playbook and every
 // process it starts), within it the ssh processes (ControlMasters
 // included), gomux's own process, and everything on the targets.
 func BenchmarkAnsible(b *testing.B) {
+	want := commaSet(os.Getenv("GOMUX_BENCH_WORKLOADS"))
+	ran := false
 	for _, w := range benchWorkloads() {
+		if want != nil && !want[w.name] {
+			continue
+		}
+		ran = true
 		b.Run(w.name, func(b *testing.B) { benchAnsible(b, w) })
 	}
+	if !ran {
+		b.Fatalf("GOMUX_BENCH_WORKLOADS=%q names no workload", os.Getenv("GOMUX_BENCH_WORKLOADS"))
+	}
+}
+
+// commaSet is the set of a comma-separated list's names, nil for "".
+func commaSet(v string) map[string]bool {
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	set := map[string]bool{}
+	for _, n := range strings.Split(v, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			set[n] = true
+		}
+	}
+	return set
+}
+
+// selectModes keeps the modes a comma-separated list names, in the
+// benchmark's order; "" keeps them all.
+func selectModes(modes []benchMode, list string) []benchMode {
+	want := commaSet(list)
+	if want == nil {
+		return modes
+	}
+	var keep []benchMode
+	for _, m := range modes {
+		if want[m.name] {
+			keep = append(keep, m)
+		}
+	}
+	return keep
 }
 
 func benchAnsible(b *testing.B, w benchWorkload) {
@@ -177,26 +218,22 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 	if v := os.Getenv("GOMUX_BENCH_REPS"); v != "" {
 		fmt.Sscan(v, &reps)
 	}
-	modes := benchModes()
-	if v := os.Getenv("GOMUX_BENCH_MODES"); v != "" {
-		want := map[string]bool{}
-		for _, m := range strings.Split(v, ",") {
-			want[strings.TrimSpace(m)] = true
-		}
-		var keep []benchMode
-		for _, m := range modes {
-			if want[m.name] {
-				keep = append(keep, m)
-			}
-		}
-		modes = keep
+	modes := selectModes(benchModes(), os.Getenv("GOMUX_BENCH_MODES"))
+	if len(modes) == 0 {
+		b.Fatalf("GOMUX_BENCH_MODES=%q names no mode", os.Getenv("GOMUX_BENCH_MODES"))
 	}
 	lab := harness.Start(b, harness.Options{Targets: w.targets, RTT: w.rtt, CPUAccounting: true})
 	// gomux_cold is the same with the fork server off: a fresh Python
 	// per task, as before warm Python.
-	gomuxes := map[string]*Gomux{
-		"gomux":      startGomux(b, lab, gomuxOptions{}),
-		"gomux_cold": startGomux(b, lab, gomuxOptions{Upstream: "  warm_python: false\n"}),
+	gomuxes := map[string]*Gomux{}
+	for _, m := range modes {
+		switch {
+		case m.via == "" || gomuxes[m.via] != nil:
+		case m.via == "gomux_cold":
+			gomuxes[m.via] = startGomux(b, lab, gomuxOptions{Upstream: "  warm_python: false\n"})
+		default:
+			gomuxes[m.via] = startGomux(b, lab, gomuxOptions{})
+		}
 	}
 	// In the bastion placement the controller reaches gomux through a
 	// relay with the RTT, and gomux reaches the targets at once.
@@ -237,7 +274,7 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 		must(b, os.WriteFile(wrapper, []byte("#!/bin/sh\necho $$ > "+sshCPU.ProcsFile()+"\nexec ssh \"$@\"\n"), 0o755))
 		env = append(env, "ANSIBLE_SSH_EXECUTABLE="+wrapper)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Minute)
 	defer cancel()
 
 	samples := map[string][]benchSample{}
@@ -366,8 +403,8 @@ func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string
 	}
 	fmt.Fprintf(&t, "\n%s: %s, %d targets, RTT %v, %s; %d cores, median of %d\n\n",
 		w.name, w.playbook, w.targets, w.rtt, place, runtime.NumCPU(), reps)
-	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU (s) | of it ssh (s) | gomux CPU (s) | target CPU (s) | target CPU / task (ms) | round trips / task | KB to targets / task |\n")
-	t.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU (s) | of it ssh (s) | gomux CPU (s) | gomux CPU / task (ms) | target CPU (s) | target CPU / task (ms) | round trips / task | KB to targets / task |\n")
+	t.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ref := map[string]benchSample{}
 	for _, name := range []string{"stock", "mitogen_linear"} {
 		if s, ok := medianSample(samples[name]); ok {
@@ -377,7 +414,7 @@ func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string
 	for _, m := range modes {
 		s, ok := medianSample(samples[m.name])
 		if !ok {
-			fmt.Fprintf(&t, "| %s | failed | | | | | | | | | |\n", m.name)
+			fmt.Fprintf(&t, "| %s | failed | | | | | | | | | | |\n", m.name)
 			continue
 		}
 		ratio := func(name string) string {
@@ -387,14 +424,15 @@ func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string
 			return "n/a"
 		}
 		tasks := float64(max(s.tasks, 1))
-		proxy, rts := "", ""
+		proxy, proxyPerTask, rts := "", "", ""
 		if m.via != "" {
 			proxy = fmt.Sprintf("%.2f", s.proxy.Seconds())
+			proxyPerTask = fmt.Sprintf("%.1f", float64(s.proxy.Microseconds())/1000/tasks)
 			rts = fmt.Sprintf("%.2f", float64(s.roundTrips)/tasks)
 		}
-		fmt.Fprintf(&t, "| %s | %.2f | %s | %s | %.2f | %.2f | %s | %.2f | %.0f | %s | %.1f |\n",
+		fmt.Fprintf(&t, "| %s | %.2f | %s | %s | %.2f | %.2f | %s | %s | %.2f | %.0f | %s | %.1f |\n",
 			m.name, s.wall.Seconds(), ratio("stock"), ratio("mitogen_linear"),
-			s.controller.Seconds(), s.ssh.Seconds(), proxy, s.target.Seconds(),
+			s.controller.Seconds(), s.ssh.Seconds(), proxy, proxyPerTask, s.target.Seconds(),
 			float64(s.target.Milliseconds())/tasks, rts, float64(s.bytesToTargets)/1024/tasks)
 	}
 	var names []string
