@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gomux/gomux/integration/harness"
+)
+
+// BenchmarkGomuxCPU runs the 40-task latency playbook on two targets
+// through gomux, with pipelining off and on, each through its own gomux
+// process, and reports gomux's own CPU per task. gomux runs with a pprof
+// CPU profile (GOMUX_CPUPROFILE), written at its clean shutdown to
+// bench-results/gomux-cpu-<mode>.pprof for `go tool pprof -top`.
+// GOMUX_BENCH_RTT sets the lab RTT (default 0: CPU, not wall time, is
+// what is measured), GOMUX_BENCH_REPS the runs per mode after one warm-up
+// run (default 3), GOMUX_BENCH_LOG_LEVEL gomux's log level (default
+// info, a deployment's default; the tests' debug costs more).
+func BenchmarkGomuxCPU(b *testing.B) {
+	rtt := time.Duration(0)
+	if v := os.Getenv("GOMUX_BENCH_RTT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("GOMUX_BENCH_RTT: %v", err)
+		}
+		rtt = d
+	}
+	reps := 3
+	if v := os.Getenv("GOMUX_BENCH_REPS"); v != "" {
+		fmt.Sscan(v, &reps)
+	}
+	level := os.Getenv("GOMUX_BENCH_LOG_LEVEL")
+	if level == "" {
+		level = "info"
+	}
+	dir := filepath.Join(repoRoot(), "bench-results")
+	must(b, os.MkdirAll(dir, 0o755))
+	lab := harness.Start(b, harness.Options{Targets: 2, RTT: rtt})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	for _, m := range []struct{ name, pipelining string }{{"gomux", "False"}, {"gomux_pipe", "True"}} {
+		b.Run(m.name, func(b *testing.B) {
+			prof := filepath.Join(dir, "gomux-cpu-"+m.name+".pprof")
+			g := startGomux(b, lab, gomuxOptions{Env: []string{"GOMUX_CPUPROFILE=" + prof}, LogLevel: level})
+			run := func(rep string) int {
+				r := runPlaybookOpts(ctx, b, lab, g, playbookPath("latency.yml"), playOpts{
+					env:  []string{"ANSIBLE_PIPELINING=" + m.pipelining},
+					args: []string{"-e", "gmx_run=" + m.name + "-" + rep},
+				})
+				rc := parseRecap(r.Output)
+				if r.Err != nil || len(rc) != len(lab.Targets) || rc.sum("failed") > 0 || rc.sum("unreachable") > 0 {
+					b.Fatalf("playbook: %v\n%s\ngomux:\n%s", r.Err, failureLines(r.Output), g.Problems())
+				}
+				return rc.sum("ok")
+			}
+			// The first run uploads the agent and starts the fork
+			// servers: a deployment's one-time cost, not counted.
+			run("warm")
+			for range b.N {
+				before, tasks := g.CPU(), 0
+				for rep := range reps {
+					tasks += run(fmt.Sprint(rep))
+				}
+				cpu := g.CPU() - before
+				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(tasks), "gomux-ms/task")
+				b.Logf("%s: gomux CPU %v for %d tasks (%.2f ms per task)", m.name, cpu, tasks, float64(cpu.Microseconds())/1000/float64(tasks))
+			}
+			g.Stop()
+			b.Logf("profile: go tool pprof -top %s", prof)
+		})
+	}
+}
