@@ -83,7 +83,7 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 		return nil, err
 	}
 	// br keeps any bytes read past the banner: they are yamux's.
-	conn := rwc{Reader: br, Writer: w, close: w.Close}
+	conn := rwc{Reader: br, Writer: newFrameWriter(w), close: w.Close}
 	sess, err := yamux.Client(conn, YamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("agent: start yamux: %w", err)

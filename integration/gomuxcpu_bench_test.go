@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,6 +21,8 @@ import (
 // what is measured), GOMUX_BENCH_REPS the runs per mode after one warm-up
 // run (default 3), GOMUX_BENCH_LOG_LEVEL gomux's log level (default
 // info, a deployment's default; the tests' debug costs more).
+// GOMUX_BENCH_STRACE=1 also counts gomux's system calls with strace -c;
+// GOMUX_BENCH_STRACE=writes logs every write with its fd.
 func BenchmarkGomuxCPU(b *testing.B) {
 	rtt := time.Duration(0)
 	if v := os.Getenv("GOMUX_BENCH_RTT"); v != "" {
@@ -61,11 +64,35 @@ func BenchmarkGomuxCPU(b *testing.B) {
 			// servers: a deployment's one-time cost, not counted.
 			run("warm")
 			for range b.N {
+				// GOMUX_BENCH_STRACE counts gomux's system calls over the
+				// measured runs, into bench-results/gomux-syscalls-<mode>.txt.
+				var st *exec.Cmd
+				if v := os.Getenv("GOMUX_BENCH_STRACE"); v != "" {
+					args := []string{"-c"}
+					if v == "writes" {
+						// Every write, with its fd and size.
+						args = []string{"-e", "trace=write", "-e", "abbrev=all", "-s", "0"}
+					}
+					st = exec.Command("strace", append(args, "-f", "-o", filepath.Join(dir, "gomux-syscalls-"+m.name+".txt"),
+						"-p", fmt.Sprint(g.cmd.Process.Pid))...)
+					must(b, st.Start())
+					time.Sleep(time.Second)
+				}
 				before, tasks := g.CPU(), 0
 				for rep := range reps {
 					tasks += run(fmt.Sprint(rep))
 				}
 				cpu := g.CPU() - before
+				if st != nil {
+					if os.Getenv("GOMUX_BENCH_STRACE") == "writes" {
+						fds, _ := exec.Command("ls", "-l", fmt.Sprintf("/proc/%d/fd", g.cmd.Process.Pid)).Output()
+						os.WriteFile(filepath.Join(dir, "gomux-fds-"+m.name+".txt"), fds, 0o644)
+						ss, _ := exec.Command("ss", "-tanpe").Output()
+						os.WriteFile(filepath.Join(dir, "gomux-ss-"+m.name+".txt"), ss, 0o644)
+					}
+					st.Process.Signal(os.Interrupt)
+					st.Wait()
+				}
 				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(tasks), "gomux-ms/task")
 				b.Logf("%s: gomux CPU %v for %d tasks (%.2f ms per task)", m.name, cpu, tasks, float64(cpu.Microseconds())/1000/float64(tasks))
 			}
