@@ -2,10 +2,12 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +18,8 @@ import (
 // through gomux, with pipelining off and on, each through its own gomux
 // process, and reports gomux's own CPU per task. gomux runs with a pprof
 // CPU profile (GOMUX_CPUPROFILE), written at its clean shutdown to
-// bench-results/gomux-cpu-<mode>.pprof for `go tool pprof -top`.
+// bench-results/gomux-cpu-<mode>.pprof for `go tool pprof -top`, and
+// what it allocated to gomux-allocs-<mode>.pprof (GOMUX_MEMPROFILE).
 // GOMUX_BENCH_RTT sets the lab RTT (default 0: CPU, not wall time, is
 // what is measured), GOMUX_BENCH_REPS the runs per mode after one warm-up
 // run (default 3), GOMUX_BENCH_LOG_LEVEL gomux's log level (default
@@ -48,7 +51,8 @@ func BenchmarkGomuxCPU(b *testing.B) {
 	for _, m := range []struct{ name, pipelining string }{{"gomux", "False"}, {"gomux_pipe", "True"}} {
 		b.Run(m.name, func(b *testing.B) {
 			prof := filepath.Join(dir, "gomux-cpu-"+m.name+".pprof")
-			g := startGomux(b, lab, gomuxOptions{Env: []string{"GOMUX_CPUPROFILE=" + prof}, LogLevel: level})
+			g := startGomux(b, lab, gomuxOptions{Env: []string{"GOMUX_CPUPROFILE=" + prof,
+				"GOMUX_MEMPROFILE=" + filepath.Join(dir, "gomux-allocs-"+m.name+".pprof")}, LogLevel: level})
 			run := func(rep string) int {
 				r := runPlaybookOpts(ctx, b, lab, g, playbookPath("latency.yml"), playOpts{
 					env:  []string{"ANSIBLE_PIPELINING=" + m.pipelining},
@@ -79,10 +83,13 @@ func BenchmarkGomuxCPU(b *testing.B) {
 					time.Sleep(time.Second)
 				}
 				before, tasks := g.CPU(), 0
+				userBefore, sysBefore := g.cpuSplit()
 				for rep := range reps {
 					tasks += run(fmt.Sprint(rep))
 				}
 				cpu := g.CPU() - before
+				user, sys := g.cpuSplit()
+				b.Logf("%s: user %v, system %v", m.name, user-userBefore, sys-sysBefore)
 				if st != nil {
 					if os.Getenv("GOMUX_BENCH_STRACE") == "writes" {
 						fds, _ := exec.Command("ls", "-l", fmt.Sprintf("/proc/%d/fd", g.cmd.Process.Pid)).Output()
@@ -96,8 +103,38 @@ func BenchmarkGomuxCPU(b *testing.B) {
 				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(tasks), "gomux-ms/task")
 				b.Logf("%s: gomux CPU %v for %d tasks (%.2f ms per task)", m.name, cpu, tasks, float64(cpu.Microseconds())/1000/float64(tasks))
 			}
+			if os.Getenv("GOMUX_BENCH_EVENTS") != "" {
+				// What gomux logged, by event and message: the per-task work.
+				n := map[string]int{}
+				for _, line := range strings.Split(g.Log(), "\n") {
+					var e map[string]any
+					if json.Unmarshal([]byte(line), &e) == nil {
+						n[fmt.Sprintf("%v %v %v %v", e["level"], e["event"], e["step"], e["message"])]++
+					}
+				}
+				for k, v := range n {
+					b.Logf("%5d %s", v, k)
+				}
+			}
 			g.Stop()
 			b.Logf("profile: go tool pprof -top %s", prof)
 		})
 	}
+}
+
+// cpuSplit is gomux's user and system CPU so far.
+func (g *Gomux) cpuSplit() (user, sys time.Duration) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond
 }

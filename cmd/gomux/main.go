@@ -128,7 +128,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		defer stopProfile()
 	}
+	if path := os.Getenv("GOMUX_MEMPROFILE"); path != "" {
+		// Written at a clean shutdown: what gomux allocated, in all.
+		defer writeHeapProfile(path, stderr)
+	}
 	return serve(cfg, *configPath, override, stderr)
+}
+
+// writeHeapProfile writes a pprof heap profile (its alloc_space is every
+// allocation since start) to path; set by GOMUX_MEMPROFILE, for benchmarks.
+func writeHeapProfile(path string, stderr io.Writer) {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "gomux: GOMUX_MEMPROFILE:", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		fmt.Fprintln(stderr, "gomux: GOMUX_MEMPROFILE:", err)
+	}
 }
 
 // startCPUProfile writes a pprof CPU profile of gomux serve to path until
