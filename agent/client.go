@@ -90,7 +90,9 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 		io.ReadFull(br, rest)
 		r = io.MultiReader(bytes.NewReader(rest), r)
 	}
-	conn := rwc{Reader: r, Writer: chunkWriter{w}, close: w.Close}
+	// A yamux data frame and its header go out in one write of at most
+	// maxWriteChunk bytes, which is one SSH packet.
+	conn := rwc{Reader: r, Writer: newFrameWriter(chunkWriter{w}), close: w.Close}
 	sess, err := yamux.Client(conn, YamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("agent: start yamux: %w", err)
@@ -124,8 +126,9 @@ const maxWriteChunk = 8 << 10
 // v0.1.2 sendLoop): with maxChunk (256 KiB) frames, one large upload left
 // the idle upstream holding 256 KiB. The agent joins a blob's frames and
 // writes each write frame at its offset, so their size is the sender's
-// choice.
-const frameChunk = 16 << 10
+// choice: a frame with its 5-byte header fills one yamux data frame that,
+// with yamux's 12-byte header, is one maxWriteChunk write.
+const frameChunk = maxWriteChunk - frameHeaderSize - 5
 
 // chunkWriter writes to w in pieces of at most maxWriteChunk bytes.
 type chunkWriter struct{ w io.Writer }

@@ -71,7 +71,7 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	if _, err := fmt.Fprintf(w, "%s %d\n", Banner, ProtocolVersion); err != nil {
 		return fmt.Errorf("agent: write banner: %w", err)
 	}
-	conn := rwc{Reader: r, Writer: w, close: func() error {
+	conn := rwc{Reader: r, Writer: newFrameWriter(w), close: func() error {
 		if c, ok := r.(io.Closer); ok {
 			c.Close()
 		}

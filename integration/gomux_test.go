@@ -108,6 +108,10 @@ type gomuxOptions struct {
 	// Persons are more login names the lab's key may log in to gomux as
 	// (with the default auth), for tests of one person against another.
 	Persons []string
+	// Env is added to gomux's environment (GOMUX_CPUPROFILE).
+	Env []string
+	// LogLevel replaces the tests' log_level (debug).
+	LogLevel string
 }
 
 func freePort(t testing.TB) int {
@@ -166,9 +170,13 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 	if o.IdentityFiles != "" {
 		identity = o.IdentityFiles
 	}
+	logLevel := o.LogLevel
+	if logLevel == "" {
+		logLevel = "debug"
+	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 state_dir: %s
-log_level: debug
+log_level: %s
 drain_timeout: 5s
 auth:
 %s
@@ -183,7 +191,7 @@ limits:
 %s
 %s
 targets:
-%s`, port, state, strings.TrimRight(auth, "\n"), identity, o.AgentSock != "", kh, o.Upstream, o.Limits, o.Extra, targets)
+%s`, port, state, logLevel, strings.TrimRight(auth, "\n"), identity, o.AgentSock != "", kh, o.Upstream, o.Limits, o.Extra, targets)
 	cfgPath := filepath.Join(dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o600))
 
@@ -194,7 +202,7 @@ targets:
 		g.cmd = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 			`mount --bind "$0" /etc/hosts && exec "$@"`, o.HostsFile, bin, "serve", "-config", cfgPath)
 	}
-	g.cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK="+o.AgentSock)
+	g.cmd.Env = append(append(os.Environ(), "SSH_AUTH_SOCK="+o.AgentSock), o.Env...)
 	stderr, err := g.cmd.StderrPipe()
 	must(t, err)
 	must(t, g.cmd.Start())

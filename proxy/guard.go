@@ -139,11 +139,13 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 // decided once the client has signed (verified), where a person over the
 // connection limit is refused with a banner saying why.
 func (s *Server) frontConfig(ctx glider.Context) *gossh.ServerConfig {
-	return &gossh.ServerConfig{
+	cfg := &gossh.ServerConfig{
 		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 			return s.verified(ctx, meta, key)
 		},
 	}
+	cfg.Ciphers = serverCiphers()
+	return cfg
 }
 
 // contain is deferred by the goroutines gomux owns per connection or

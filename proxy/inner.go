@@ -88,6 +88,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 			return &gossh.Permissions{}, nil
 		},
 	}
+	cfg.Ciphers = serverCiphers()
 	cfg.AddHostKey(signer)
 	// The inner login has the front's grace time too, so a forward that
 	// never logs in does not hold its channel for ever.

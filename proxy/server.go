@@ -111,6 +111,19 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	return s, nil
 }
 
+// serverCiphers are the ciphers the front and the inner sessions offer.
+// Every byte an accelerated session carries is deciphered twice in gomux
+// (the front's jump leg, then the inner session), and an SSH client picks
+// the first of its own ciphers the server offers: OpenSSH's first is
+// chacha20-poly1305, which x/crypto computes in plain Go (about 0.3 GB/s
+// on amd64) where AES-GCM runs on AES-NI (about 5 GB/s), so it is not
+// offered. Every OpenSSH since 6.2 has AES-GCM; the CTR modes (with
+// x/crypto's default MACs) are for older clients.
+func serverCiphers() []string {
+	return []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM,
+		gossh.CipherAES128CTR, gossh.CipherAES192CTR, gossh.CipherAES256CTR}
+}
+
 // frontName is the principal of the front's own certificate, so the one
 // @cert-authority line can verify gomux itself when clients use
 // HostKeyAlias gomux.

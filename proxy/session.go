@@ -490,6 +490,45 @@ func (s *session) spawn(fn func()) {
 	}()
 }
 
+// Buffer sizes of copyGrowing: a read that fills the buffer doubles it, up
+// to the largest SSH channel packet.
+const (
+	copyBufMin = 2 << 10
+	copyBufMax = 32 << 10
+)
+
+// copyGrowing is io.Copy with a buffer that starts small and doubles while
+// reads fill it. A task's stdio is mostly a few hundred bytes or nothing,
+// and io.Copy's 32 KiB buffer for each of stdin, stdout and stderr was most
+// of what gomux allocated per command; bulk output still moves in 32 KiB
+// reads after a few.
+func copyGrowing(dst io.Writer, src io.Reader) (int64, error) {
+	var written int64
+	buf := make([]byte, copyBufMin)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			written += int64(w)
+			if werr != nil {
+				return written, werr
+			}
+			if w != n {
+				return written, io.ErrShortWrite
+			}
+			if n == len(buf) && len(buf) < copyBufMax {
+				buf = make([]byte, 2*len(buf))
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
 // pump moves stdio between the channel and the process, then reports the
 // exit the way sshd does: EOF, exit-status or exit-signal, close.
 func (s *session) pump(p *agent.Process, stdin io.Reader) {
@@ -501,7 +540,7 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	}
 	go func() {
 		defer out.Done()
-		n, err := io.Copy(stdout, s.becomeStdout(p))
+		n, err := copyGrowing(stdout, s.becomeStdout(p))
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
@@ -509,7 +548,7 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	}()
 	go func() {
 		defer out.Done()
-		n, err := io.Copy(stderr, p.Stderr())
+		n, err := copyGrowing(stderr, p.Stderr())
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
@@ -524,7 +563,7 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 			// has ended.
 			return
 		}
-		n, _ := io.Copy(p.Stdin(), stdin)
+		n, _ := copyGrowing(p.Stdin(), stdin)
 		s.bytesIn.Add(n)
 		p.Stdin().Close()
 	}()

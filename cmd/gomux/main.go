@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -119,7 +120,53 @@ func run(args []string, stdout, stderr io.Writer) int {
 			c.Listen = *listen
 		}
 	}
+	if path := os.Getenv("GOMUX_CPUPROFILE"); path != "" {
+		stopProfile, err := startCPUProfile(path)
+		if err != nil {
+			fmt.Fprintln(stderr, "gomux:", err)
+			return 1
+		}
+		defer stopProfile()
+	}
+	if path := os.Getenv("GOMUX_MEMPROFILE"); path != "" {
+		// Written at a clean shutdown: what gomux allocated, in all.
+		defer writeHeapProfile(path, stderr)
+	}
 	return serve(cfg, *configPath, override, stderr)
+}
+
+// writeHeapProfile writes a pprof heap profile (its alloc_space is every
+// allocation since start) to path; set by GOMUX_MEMPROFILE, for benchmarks.
+func writeHeapProfile(path string, stderr io.Writer) {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "gomux: GOMUX_MEMPROFILE:", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		fmt.Fprintln(stderr, "gomux: GOMUX_MEMPROFILE:", err)
+	}
+}
+
+// startCPUProfile writes a pprof CPU profile of gomux serve to path until
+// the returned function is called (at a clean shutdown). It is set by the
+// GOMUX_CPUPROFILE environment variable, for the benchmarks that measure
+// what gomux's own CPU goes to; it is not a config field, as no deployment
+// needs it.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("GOMUX_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("GOMUX_CPUPROFILE: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // newLogger returns the one logger gomux passes down, and the level
