@@ -30,10 +30,20 @@ import (
 // check and diff mode, loops, stderr, timeouts) runs directly and through
 // gomux, with pipelining off and on, and every task's normalized result,
 // every file it leaves on the target and every byte it fetches must be
-// the same.
+// the same. gomux runs with warm Python on unless GOMUX_DIFF_WARM=false.
 func TestDifferential(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1, PasswordSudoUser: true})
-	g := startGomux(t, lab, gomuxOptions{})
+	// GOMUX_DIFF_WARM=false runs gomux with warm Python off, the other
+	// half of the four gomux modes (warm or cold, pipelining on or off).
+	var opts gomuxOptions
+	switch w := os.Getenv("GOMUX_DIFF_WARM"); w {
+	case "", "true":
+	case "false":
+		opts.Upstream = "  warm_python: false\n"
+	default:
+		t.Fatalf("GOMUX_DIFF_WARM=%q: want true or false", w)
+	}
+	g := startGomux(t, lab, opts)
 	// About 2 minutes per pair on 2 cores; generous, for a soak's many.
 	ctx := ctxT(t, time.Duration(repeatRuns(1))*20*time.Minute)
 
