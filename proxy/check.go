@@ -143,7 +143,7 @@ func Check(ctx context.Context, cfg *Config, agents map[string]dist.Binary, pers
 	default:
 		info := a.Info()
 		how := "cached copy verified and started"
-		if strings.Contains(logBuf.String(), `"event":"agent_upload"`) {
+		if strings.Contains(logBuf.String(), `"event":"`+EventAgentUpload+`"`) {
 			how = "uploaded to ~/.cache/gomux, verified and started"
 		}
 		add("agent", "ok", fmt.Sprintf("%s (agent %s, %s, home %s)", how, info.AgentVersion, info.Arch, info.Home), "")

@@ -255,7 +255,7 @@ func (s *Server) MetricsHandler() http.Handler {
 type promLogger struct{ s *Server }
 
 func (l promLogger) Println(v ...any) {
-	l.s.log.Warn().Str("event", "metrics").Interface("error", v).Msg("metrics scrape error")
+	l.s.log.Warn().Str("event", EventMetrics).Interface("error", v).Msg("metrics scrape error")
 }
 
 // sessionEnded records a finished agent session channel: its duration and

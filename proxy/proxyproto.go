@@ -293,7 +293,7 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 			result = "missing"
 		}
 		pl.s.metrics.proxyHeader(result)
-		pl.s.log.Warn().Str("event", "proxy_protocol").Str("balancer", peer.String()).Str("result", result).Err(err).
+		pl.s.log.Warn().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("result", result).Err(err).
 			Msg("connection from a trusted balancer without a valid PROXY header; closing")
 		c.Close()
 		return nil
@@ -305,7 +305,7 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 		pl.s.metrics.proxyHeader("ok")
 		pc.remote = net.TCPAddrFromAddrPort(h.Src)
 	}
-	pl.s.log.Debug().Str("event", "proxy_protocol").Str("balancer", peer.String()).Str("source", pc.remote.String()).
+	pl.s.log.Debug().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("source", pc.remote.String()).
 		Bool("local", h.Local).Msg("PROXY header read")
 	return pc
 }
@@ -363,7 +363,7 @@ func (c *sniffConn) Read(p []byte) (int, error) {
 		c.checked = true
 		if b, _ := c.br.Peek(5); bytes.Equal(b, proxyV1Sig[:5]) || bytes.Equal(b, proxyV2Sig[:5]) {
 			c.pl.s.metrics.proxyHeader("untrusted")
-			c.pl.s.log.Warn().Str("event", "proxy_protocol").Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
+			c.pl.s.log.Warn().Str("event", EventProxyProtocol).Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
 				Msg("PROXY header from an address not in proxy_protocol.trusted_networks; closing")
 			c.Conn.Close()
 			return 0, errors.New("gomux: PROXY header from an untrusted address")

@@ -191,12 +191,12 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 			return 1
 		}
 		metricsSrv = &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		log.Info().Str("event", "listen").Str("metrics_addr", mln.Addr().String()).Msg("metrics, /healthz and /readyz listening")
+		log.Info().Str("event", proxy.EventListen).Str("metrics_addr", mln.Addr().String()).Msg("metrics, /healthz and /readyz listening")
 		bg.Add(1)
 		go func() {
 			defer bg.Done()
 			if err := metricsSrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error().Str("event", "metrics").Err(err).Msg("metrics endpoint stopped")
+				log.Error().Str("event", proxy.EventMetrics).Err(err).Msg("metrics endpoint stopped")
 			}
 		}()
 		defer metricsSrv.Close()
@@ -251,7 +251,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 		}
 		break
 	}
-	log.Info().Str("event", "shutdown").Dur("drain_timeout", drainTimeout).Msg("draining")
+	log.Info().Str("event", proxy.EventShutdown).Dur("drain_timeout", drainTimeout).Msg("draining")
 	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
 	srv.Shutdown(dctx)
