@@ -194,7 +194,7 @@ type proxyListener struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	tasks  goGroup // the accept loop and the header readers
 	out    chan acceptResult
 	once   sync.Once
 
@@ -216,11 +216,7 @@ func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult),
 		pending: map[net.Conn]struct{}{}}
-	pl.wg.Add(1)
-	go func() {
-		defer pl.wg.Done()
-		pl.acceptLoop()
-	}()
+	pl.tasks.Go(pl.acceptLoop)
 	return pl
 }
 
@@ -242,19 +238,23 @@ func (pl *proxyListener) acceptLoop() {
 			}
 			continue
 		}
-		pl.wg.Add(1)
-		go func() {
-			defer pl.wg.Done()
-			c := pl.handshake(c)
-			if c == nil {
-				return
-			}
-			select {
-			case pl.out <- acceptResult{conn: c}:
-			case <-pl.ctx.Done():
-				c.Close()
-			}
-		}()
+		if !pl.tasks.Go(func() { pl.readHeader(c) }) {
+			c.Close() // the listener is closing
+		}
+	}
+}
+
+// readHeader reads a new connection's PROXY header and hands the
+// connection to Accept, or closes it when the listener closes first.
+func (pl *proxyListener) readHeader(c net.Conn) {
+	c = pl.handshake(c)
+	if c == nil {
+		return
+	}
+	select {
+	case pl.out <- acceptResult{conn: c}:
+	case <-pl.ctx.Done():
+		c.Close()
 	}
 }
 
@@ -332,7 +332,7 @@ func (pl *proxyListener) Close() error {
 		}
 		pl.mu.Unlock()
 		err = pl.Listener.Close()
-		pl.wg.Wait()
+		pl.tasks.CloseWait()
 	})
 	return err
 }
