@@ -236,11 +236,17 @@ func connectFailure(err error, d Decision, user string, pool *Pool) []CheckStep 
 			{Name: "host_key", Status: "ok", Detail: "verified against known_hosts"},
 			{Name: "login", Status: "fail", Detail: msg,
 				Fix: fmt.Sprintf("put one of credential %s's keys (%s) in ~%s/.ssh/authorized_keys on the target, or trust its user_ca there (TrustedUserCAKeys)", d.Credential, fps, user)}}
-	case strings.HasPrefix(msg, "connect to "):
+	case isDialError(err):
 		return []CheckStep{{Name: "connect", Status: "fail", Detail: msg,
 			Fix: "check that sshd listens on " + d.DialAddr() + ", and that no firewall drops connections from gomux"}}
 	}
 	return []CheckStep{{Name: "connect", Status: "fail", Detail: msg, Fix: "see the message; gomux serve would fail the same way"}}
+}
+
+// isDialError says whether err is the TCP connect's, before any SSH.
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 // publicKeys lists the fingerprints of a credential's key files, for a

@@ -108,7 +108,7 @@ func readRevocations(files []string) (*revocations, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", f, err)
+			return nil, err // names the file: "open F: permission denied"
 		}
 		if bytes.HasPrefix(b, []byte(krlMagic)) {
 			if err := r.parseKRL(b); err != nil {

@@ -444,7 +444,7 @@ func (u *upstream) closeConn() {
 	}
 }
 
-// Keepalives are OpenSSH's (keepalive@openssh.com every
+// startKeepalive starts OpenSSH's keepalives (keepalive@openssh.com every
 // KeepaliveInterval; KeepaliveCountMax intervals without a reply close
 // the connection), so channels on a dead path end instead of hanging. An
 // idle upstream holds no goroutine for them: a timer fires each interval
@@ -567,9 +567,12 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, 
 	}
 	defer closeAgent()
 	var d net.Dialer
+	// Errors name no target: the caller does ("cannot reach H as U"),
+	// and the net and ssh packages name the step ("dial tcp A: ...",
+	// "ssh: handshake failed: ...").
 	nc, err := d.DialContext(ctx, "tcp", key.dial)
 	if err != nil {
-		return nil, incoming{}, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
+		return nil, incoming{}, err
 	}
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
@@ -587,7 +590,7 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, 
 	conn, chans, reqs, err := gossh.NewClientConn(nc, key.host, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, incoming{}, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
+		return nil, incoming{}, err
 	}
 	nc.SetDeadline(time.Time{})
 	noReqs, noChans := make(chan *gossh.Request), make(chan gossh.NewChannel)
@@ -670,7 +673,7 @@ func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) 
 	return cs, nil
 }
 
-// portString keeps address formatting in one place.
+// joinHostPort keeps address formatting in one place.
 func joinHostPort(host string, port int) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
