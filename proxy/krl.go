@@ -179,37 +179,54 @@ func (r *revocations) parseKRL(b []byte) error {
 				return err
 			}
 		case krlSectionExplicitKey:
-			for !data.Empty() {
-				var blob cryptobyte.String
-				if !readString(&data, &blob) {
-					return errKRLTruncated
-				}
-				k, err := gossh.ParsePublicKey(blob)
-				if err != nil {
-					return fmt.Errorf("KRL: explicit key: %w", err)
-				}
-				r.keys[string(k.Marshal())] = true
+			if err := r.parseKRLKeys(data); err != nil {
+				return err
 			}
 		case krlSectionFingerprint1, krlSectionFingerprint2:
-			for !data.Empty() {
-				var h cryptobyte.String
-				if !readString(&data, &h) {
-					return errKRLTruncated
-				}
-				switch {
-				case typ == krlSectionFingerprint1 && len(h) == sha1.Size:
-					r.sha1[[20]byte(h)] = true
-				case typ == krlSectionFingerprint2 && len(h) == sha256.Size:
-					r.sha256[[32]byte(h)] = true
-				default:
-					return fmt.Errorf("KRL: fingerprint of %d bytes in section %d", len(h), typ)
-				}
+			if err := r.parseKRLFingerprints(typ, data); err != nil {
+				return err
 			}
 		case krlSectionSignature:
 			// Signatures come last; what follows is signatures only.
 			return nil
 		default:
 			return fmt.Errorf("KRL: unknown section type %d", typ)
+		}
+	}
+	return nil
+}
+
+// parseKRLKeys reads a KRL section of revoked keys, each whole.
+func (r *revocations) parseKRLKeys(data cryptobyte.String) error {
+	for !data.Empty() {
+		var blob cryptobyte.String
+		if !readString(&data, &blob) {
+			return errKRLTruncated
+		}
+		k, err := gossh.ParsePublicKey(blob)
+		if err != nil {
+			return fmt.Errorf("KRL: explicit key: %w", err)
+		}
+		r.keys[string(k.Marshal())] = true
+	}
+	return nil
+}
+
+// parseKRLFingerprints reads a KRL section of revoked key hashes: SHA-1
+// or SHA-256 by the section's type.
+func (r *revocations) parseKRLFingerprints(typ uint8, data cryptobyte.String) error {
+	for !data.Empty() {
+		var h cryptobyte.String
+		if !readString(&data, &h) {
+			return errKRLTruncated
+		}
+		switch {
+		case typ == krlSectionFingerprint1 && len(h) == sha1.Size:
+			r.sha1[[20]byte(h)] = true
+		case typ == krlSectionFingerprint2 && len(h) == sha256.Size:
+			r.sha256[[32]byte(h)] = true
+		default:
+			return fmt.Errorf("KRL: fingerprint of %d bytes in section %d", len(h), typ)
 		}
 	}
 	return nil

@@ -407,7 +407,7 @@ func (u *upstream) connect() {
 	if u.pool.ctx.Err() != nil {
 		// The pool closed while we dialled.
 		c.Close()
-		u.err = u.pool.ctx.Err()
+		u.err = errPoolClosed
 		u.pool.forget(u)
 		close(u.dead)
 		close(u.ready)
@@ -416,6 +416,12 @@ func (u *upstream) connect() {
 	u.client = c
 	log.Info().Str("event", EventUpstreamConnect).Str("server_version", string(c.ServerVersion())).Dur("duration", time.Since(start)).Msg("upstream connected")
 	close(u.ready)
+	if u.pool.ctx.Err() != nil {
+		// Close cancelled the context after the check above, and may
+		// have looked at this connection before it was ready: whichever
+		// of the two saw the other last closes it.
+		c.Close()
+	}
 
 	u.startKeepalive()
 	in.serve()
