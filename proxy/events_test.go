@@ -76,3 +76,25 @@ func TestEventsDeclared(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMEEventsDeclared: every event the README names is one gomux
+// logs, so a renamed event cannot leave the README pointing at nothing.
+func TestREADMEEventsDeclared(t *testing.T) {
+	declared := declaredEvents(t)
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := regexp.MustCompile("\"event\":\"([a-z_]+)\"|`([a-z_]+)` events?\\b|\\bevents? `([a-z_]+)`")
+	found := 0
+	for _, m := range named.FindAllStringSubmatch(string(b), -1) {
+		name := m[1] + m[2] + m[3]
+		found++
+		if _, ok := declared[name]; !ok {
+			t.Errorf("README names event %q, which events.go does not declare", name)
+		}
+	}
+	if found == 0 {
+		t.Fatal("README names no event: the pattern above no longer matches how it writes them")
+	}
+}
