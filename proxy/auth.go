@@ -359,7 +359,7 @@ func readAuthorizedKeys(files []string) (map[string]bool, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", f, err)
+			return nil, err // names the file: "open F: permission denied"
 		}
 		keys, err := parseKeyLines(f, b, false)
 		if err != nil {

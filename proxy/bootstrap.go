@@ -122,18 +122,11 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 			u.amu.Unlock()
 			return nil, nil
 		}
-		if u.agent != nil {
-			select {
-			case <-u.agent.Done():
-				u.agent = nil
-			default:
-				a := u.agent
-				u.amu.Unlock()
-				return a, nil
-			}
+		if a := u.liveAgentLocked(); a != nil {
+			u.amu.Unlock()
+			return a, nil
 		}
-		if u.starting != nil {
-			ch := u.starting
+		if ch := u.starting; ch != nil {
 			u.amu.Unlock()
 			select {
 			case <-ch:
@@ -142,42 +135,74 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 				return nil, ctx.Err()
 			}
 		}
-		if !u.pool.cfg.Agent || len(u.pool.agents) == 0 {
-			reason := "agent disabled in config"
-			if u.pool.cfg.Agent {
-				reason = "this gomux build embeds no agent binaries (build with make)"
-			}
+		if reason := u.noAgentReason(); reason != "" {
 			u.fallback = reason
 			u.amu.Unlock()
-			u.pool.m.agentFallback()
-			u.logger().Warn().Str("event", "agent_fallback").Str("reason", reason).Msg("serving target without agent")
+			u.logFallback(reason)
 			return nil, nil
 		}
 		ch := make(chan struct{})
 		u.starting = ch
 		u.amu.Unlock()
-
 		a, err := u.startAgent(ctx)
-
-		u.amu.Lock()
-		u.starting = nil
-		close(ch)
-		var fb fallbackError
-		switch {
-		case errors.As(err, &fb):
-			u.fallback = fb.reason
-			u.amu.Unlock()
-			u.pool.m.agentFallback()
-			u.logger().Warn().Str("event", "agent_fallback").Str("reason", fb.reason).Msg("serving target without agent")
-			return nil, nil
-		case err != nil:
-			u.amu.Unlock()
-			return nil, err
-		}
-		u.agent = a
-		u.amu.Unlock()
-		return a, nil
+		return u.settleStart(ch, a, err)
 	}
+}
+
+// liveAgentLocked returns the agent client unless there is none or its
+// session has ended (then it is dropped). u.amu is held.
+func (u *upstream) liveAgentLocked() *agent.Client {
+	if u.agent == nil {
+		return nil
+	}
+	select {
+	case <-u.agent.Done():
+		u.agent = nil
+		return nil
+	default:
+		return u.agent
+	}
+}
+
+// noAgentReason says why no target of this pool can run the agent, or ""
+// when the agent may be started.
+func (u *upstream) noAgentReason() string {
+	switch {
+	case !u.pool.cfg.Agent:
+		return "agent disabled in config"
+	case len(u.pool.agents) == 0:
+		return "this gomux build embeds no agent binaries (build with make)"
+	}
+	return ""
+}
+
+// settleStart records how the start announced on ch ended and wakes the
+// callers waiting on it: a running agent, fallback mode (nil, nil), or an
+// error for this attempt only.
+func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*agent.Client, error) {
+	u.amu.Lock()
+	u.starting = nil
+	close(ch)
+	var fb fallbackError
+	switch {
+	case errors.As(err, &fb):
+		u.fallback = fb.reason
+		u.amu.Unlock()
+		u.logFallback(fb.reason)
+		return nil, nil
+	case err != nil:
+		u.amu.Unlock()
+		return nil, err
+	}
+	u.agent = a
+	u.amu.Unlock()
+	return a, nil
+}
+
+// logFallback records that the target is served without the agent.
+func (u *upstream) logFallback(reason string) {
+	u.pool.m.agentFallback()
+	u.logger().Warn().Str("event", EventAgentFallback).Str("reason", reason).Msg("serving target without agent")
 }
 
 func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
@@ -188,7 +213,7 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 	uploaded := false
 	if errors.As(err, &need) {
 		if need.unsafe != "" {
-			log.Warn().Str("event", "agent_cache_unsafe").Str("reason", need.unsafe).
+			log.Warn().Str("event", EventAgentCacheUnsafe).Str("reason", need.unsafe).
 				Msg("agent cache on target is open to others; replacing it")
 		}
 		if err := u.upload(ctx, need.arch); err != nil {
@@ -202,11 +227,11 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 	}
 	u.pool.m.agentStart(err)
 	if err != nil {
-		log.Warn().Str("event", "agent_start").Err(err).Dur("duration", time.Since(start)).Msg("agent start failed")
+		log.Warn().Str("event", EventAgentStart).Err(err).Dur("duration", time.Since(start)).Msg("agent start failed")
 		return nil, err
 	}
 	info := a.Info()
-	log.Info().Str("event", "agent_start").Bool("uploaded", uploaded).Str("agent_version", info.AgentVersion).
+	log.Info().Str("event", EventAgentStart).Bool("uploaded", uploaded).Str("agent_version", info.AgentVersion).
 		Str("arch", info.Arch).Dur("duration", time.Since(start)).Msg("agent started")
 	return a, nil
 }
@@ -225,90 +250,128 @@ const launchStderrBuf = 512
 // does (SSH has one EOF for all its streams), whoever ended it. The agent
 // client owns the channel: when its session ends, it closes stdin and the
 // channel, which makes the agent exit.
-func (u *upstream) launch(ctx context.Context) (*agent.Client, error) {
-	sess, err := u.client.NewSession()
+func (u *upstream) launch(ctx context.Context) (a *agent.Client, err error) {
+	ch, err := u.openAgentChannel()
 	if err != nil {
-		return nil, fmt.Errorf("open agent channel: %w", err)
-	}
-	stdin, err := sess.StdinPipe()
-	if err != nil {
-		sess.Close()
 		return nil, err
 	}
-	stdout, err := sess.StdoutPipe()
-	if err != nil {
-		sess.Close()
-		return nil, err
+	w := &stderrWatch{buf: &boundedBuffer{max: 64 << 10}, copied: make(chan struct{}), decided: make(chan struct{})}
+	if !u.pool.tasks.Go(func() { u.watchStderr(ch, w) }) {
+		ch.sess.Close()
+		return nil, errPoolClosed
 	}
-	stderrPipe, err := sess.StderrPipe()
-	if err != nil {
-		sess.Close()
-		return nil, err
-	}
-	if err := sess.Start(launcherScript(u.pool.agents)); err != nil {
-		sess.Close()
-		return nil, fmt.Errorf("start agent launcher: %w", err)
-	}
-	stderr := &boundedBuffer{max: 64 << 10}
-	copied := make(chan struct{})  // stderr has ended
-	decided := make(chan struct{}) // launch has returned; up is set
-	up := false
-	defer close(decided)
-	u.pool.wg.Add(1)
-	go func() {
-		defer u.pool.wg.Done()
-		io.CopyBuffer(stderr, stderrPipe, make([]byte, launchStderrBuf))
-		close(copied)
-		sess.Close()
-		<-decided
-		if !up {
-			return
-		}
-		if s := stderr.String(); s != "" {
-			u.logger().Info().Str("event", "agent_exit").Str("agent_stderr", s).Msg("agent session ended")
-		} else {
-			u.logger().Info().Str("event", "agent_exit").Msg("agent session ended")
-		}
-	}()
+	defer func() { w.decide(err == nil) }()
 	// Only for the launcher's status line: once it is read, what is left
 	// in the buffer is handed on and the buffer dropped.
-	br := bufio.NewReader(stdout)
+	br := bufio.NewReader(ch.stdout)
 	status, err := readLauncherStatus(br)
 	if err != nil {
-		sess.Close()
-		waitErr := sess.Wait()
-		<-copied
-		return nil, fallbackError{reason: fmt.Sprintf("agent did not start: %v (%v) stderr: %q", err, waitErr, stderr.String())}
+		ch.sess.Close()
+		waitErr := ch.sess.Wait()
+		<-w.copied
+		return nil, fallbackError{reason: fmt.Sprintf("agent did not start: %v (%v) stderr: %q", err, waitErr, w.buf.String())}
 	}
-	switch {
-	case strings.HasPrefix(status, needAgentLine):
-		sess.Close()
-		f := strings.Fields(status)
-		if len(f) < 3 {
-			return nil, fallbackError{reason: "launcher said " + status}
-		}
-		unsafe := ""
-		if len(f) > 3 {
-			unsafe = strings.Join(f[3:], " ")
-		}
-		return nil, errNeedAgent{arch: archOf(f[2]), unsafe: unsafe}
-	case strings.HasPrefix(status, noAgentLine):
-		sess.Close()
-		return nil, fallbackError{reason: strings.TrimSpace(strings.TrimPrefix(status, noAgentLine))}
+	if err := launcherRefusal(status); err != nil {
+		ch.sess.Close()
+		return nil, err
 	}
 	// status is the banner line; hand it back to the client with the
 	// bytes read past it, then the channel itself.
 	rest := make([]byte, br.Buffered())
 	io.ReadFull(br, rest)
-	r := io.MultiReader(strings.NewReader(status+"\n"+string(rest)), stdout)
-	a, err := agent.NewClient(ctx, r, closeBoth{stdin, sess})
+	r := io.MultiReader(strings.NewReader(status+"\n"+string(rest)), ch.stdout)
+	a, err = agent.NewClient(ctx, r, closeBoth{ch.stdin, ch.sess})
 	if err != nil {
-		sess.Close()
-		return nil, fmt.Errorf("agent handshake: %w", err)
+		// The agent package names what failed ("agent: handshake: ...")
+		// and the caller names the target: nothing to add here.
+		ch.sess.Close()
+		return nil, err
 	}
 	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout.D())
-	up = true
 	return a, nil
+}
+
+// agentChannel is the exec channel the launcher runs on, and then the
+// agent it execs.
+type agentChannel struct {
+	sess   *gossh.Session
+	stdin  io.WriteCloser
+	stdout io.Reader
+	stderr io.Reader
+}
+
+// openAgentChannel opens an exec channel and starts the launcher on it.
+func (u *upstream) openAgentChannel() (agentChannel, error) {
+	sess, err := u.client.NewSession()
+	if err != nil {
+		return agentChannel{}, fmt.Errorf("open agent channel: %w", err)
+	}
+	stdin, err1 := sess.StdinPipe()
+	stdout, err2 := sess.StdoutPipe()
+	stderr, err3 := sess.StderrPipe()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		sess.Close()
+		return agentChannel{}, fmt.Errorf("agent channel pipes: %w", err)
+	}
+	if err := sess.Start(launcherScript(u.pool.agents)); err != nil {
+		sess.Close()
+		return agentChannel{}, fmt.Errorf("start agent launcher: %w", err)
+	}
+	return agentChannel{sess: sess, stdin: stdin, stdout: stdout, stderr: stderr}, nil
+}
+
+// stderrWatch is what launch shares with the goroutine reading the agent
+// channel's stderr.
+type stderrWatch struct {
+	buf     *boundedBuffer
+	copied  chan struct{} // stderr has ended
+	decided chan struct{} // launch has returned; up is set
+	up      bool
+}
+
+// decide tells the stderr reader whether the agent came up, and so
+// whether the channel's end is an agent_exit worth logging.
+func (w *stderrWatch) decide(up bool) {
+	w.up = up
+	close(w.decided)
+}
+
+// watchStderr reads the agent channel's stderr until the channel ends,
+// closes the channel, and logs the agent's exit if it had started.
+func (u *upstream) watchStderr(ch agentChannel, w *stderrWatch) {
+	io.CopyBuffer(w.buf, ch.stderr, make([]byte, launchStderrBuf))
+	close(w.copied)
+	ch.sess.Close()
+	<-w.decided
+	if !w.up {
+		return
+	}
+	ev := u.logger().Info().Str("event", EventAgentExit)
+	if s := w.buf.String(); s != "" {
+		ev = ev.Str("agent_stderr", s)
+	}
+	ev.Msg("agent session ended")
+}
+
+// launcherRefusal turns a launcher status that is not the agent's banner
+// into its error: errNeedAgent to upload, or a fallbackError; nil for the
+// banner.
+func launcherRefusal(status string) error {
+	switch {
+	case strings.HasPrefix(status, needAgentLine):
+		f := strings.Fields(status)
+		if len(f) < 3 {
+			return fallbackError{reason: "launcher said " + status}
+		}
+		unsafe := ""
+		if len(f) > 3 {
+			unsafe = strings.Join(f[3:], " ")
+		}
+		return errNeedAgent{arch: archOf(f[2]), unsafe: unsafe}
+	case strings.HasPrefix(status, noAgentLine):
+		return fallbackError{reason: strings.TrimSpace(strings.TrimPrefix(status, noAgentLine))}
+	}
+	return nil
 }
 
 // closeBoth is the agent channel's stdin as the agent client sees it:
@@ -370,13 +433,10 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 	sess.Stderr = stderr
 	sess.Stdin = bytes.NewReader(bin.Data)
 	done := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		done <- sess.Run(uploadScript(bin.SHA256))
-	}()
-	defer wg.Wait()
+	// Owned here: the upload returns only after sess.Run has.
+	var run goGroup
+	defer run.CloseWait()
+	run.Go(func() { done <- sess.Run(uploadScript(bin.SHA256)) })
 	select {
 	case err = <-done:
 	case <-ctx.Done():
@@ -391,7 +451,7 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/.cache/gomux: %v stderr: %q", err, stderr.String())}
 	}
 	u.pool.m.agentUpload(len(bin.Data))
-	u.logger().Info().Str("event", "agent_upload").Str("arch", arch).Str("sha256", bin.SHA256).
+	u.logger().Info().Str("event", EventAgentUpload).Str("arch", arch).Str("sha256", bin.SHA256).
 		Int("bytes", len(bin.Data)).Dur("duration", time.Since(start)).Msg("agent uploaded")
 	return nil
 }

@@ -50,31 +50,65 @@ type CheckStep struct {
 // Lease.Agent), so what it reports is what a client would meet. target is
 // [user@]host[:port]; the default user is person's name.
 func Check(ctx context.Context, cfg *Config, agents map[string]dist.Binary, person, target string) []CheckStep {
-	var steps []CheckStep
-	add := func(name, status, detail, fix string) {
-		steps = append(steps, CheckStep{Name: name, Status: status, Detail: detail, Fix: fix})
+	c := &checkRun{ctx: ctx, cfg: cfg, person: person}
+	host, port, ok := c.parseTarget(target)
+	if !ok {
+		return c.steps
 	}
-	user, hostport := person, target
+	d, ok := c.policy(host, port)
+	if !ok {
+		return c.steps
+	}
+	if d.Mode == ModeSplice {
+		c.splice(d)
+		return c.steps
+	}
+	c.accelerated(agents, d)
+	return c.steps
+}
+
+// checkRun is one Check: what it checks and the steps found so far.
+type checkRun struct {
+	ctx    context.Context
+	cfg    *Config
+	person string
+	user   string // the remote user, from the target or the person
+	steps  []CheckStep
+}
+
+func (c *checkRun) add(name, status, detail, fix string) {
+	c.steps = append(c.steps, CheckStep{Name: name, Status: status, Detail: detail, Fix: fix})
+}
+
+// parseTarget splits [user@]host[:port], setting c.user.
+func (c *checkRun) parseTarget(target string) (string, int, bool) {
+	user, hostport := c.person, target
 	if i := strings.LastIndex(target, "@"); i >= 0 {
 		user, hostport = target[:i], target[i+1:]
 	}
+	c.user = user
 	host, port := hostport, 22
 	if h, p, err := net.SplitHostPort(hostport); err == nil {
 		n, err := strconv.Atoi(p)
 		if err != nil {
-			add("policy", "fail", fmt.Sprintf("bad port in %q", target), "write the target as [user@]host[:port]")
-			return steps
+			c.add("policy", "fail", fmt.Sprintf("bad port in %q", target), "write the target as [user@]host[:port]")
+			return "", 0, false
 		}
 		host, port = h, n
 	}
+	return host, port, true
+}
 
-	lc, err := newLiveConfig(cfg, "")
+// policy decides as a connection would, and reports false when the
+// person may not go there as the user.
+func (c *checkRun) policy(host string, port int) (Decision, bool) {
+	lc, err := newLiveConfig(c.cfg, "")
 	if err != nil {
-		add("policy", "fail", err.Error(), "fix the config file (gomux serve would refuse it too)")
-		return steps
+		c.add("policy", "fail", err.Error(), "fix the config file (gomux serve would refuse it too)")
+		return Decision{}, false
 	}
-	dctx, cancel := context.WithTimeout(ctx, cfg.Upstream.ConnectTimeout.D())
-	d := lc.policy.Decide(dctx, person, host, port)
+	dctx, cancel := context.WithTimeout(c.ctx, c.cfg.Upstream.ConnectTimeout.D())
+	d := lc.policy.Decide(dctx, c.person, host, port)
 	cancel()
 	rule := "no rule"
 	if d.Rule >= 0 {
@@ -82,85 +116,105 @@ func Check(ctx context.Context, cfg *Config, agents map[string]dist.Binary, pers
 	}
 	switch {
 	case d.Mode == ModeDeny:
-		add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", person, joinHostPort(host, port), d.Reason, rule),
-			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, person, port))
-		return steps
-	case !d.AllowsRemoteUser(user):
-		add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %s", person, d.HostPort(), rule, user),
-			fmt.Sprintf("list %q in that rule's remote_users (root only literally)", user))
-		return steps
+		c.add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", c.person, joinHostPort(host, port), d.Reason, rule),
+			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, c.person, port))
+		return d, false
+	case !d.AllowsRemoteUser(c.user):
+		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %s", c.person, d.HostPort(), rule, c.user),
+			fmt.Sprintf("list %q in that rule's remote_users (root only literally)", c.user))
+		return d, false
 	}
-	add("policy", "ok", fmt.Sprintf("%s as %s to %s (%s): %s, credential %s", person, user, d.HostPort(), d.DialAddr(), rule+" "+string(d.Mode), d.Credential), "")
-	if d.Mode == ModeSplice {
-		var dl net.Dialer
-		cctx, cancel := context.WithTimeout(ctx, cfg.Upstream.ConnectTimeout.D())
-		c, err := dl.DialContext(cctx, "tcp", d.DialAddr())
-		cancel()
-		if err != nil {
-			add("connect", "fail", err.Error(), "check that the target listens on "+d.DialAddr()+" and that no firewall drops gomux's connections")
-			return steps
-		}
-		c.Close()
-		add("connect", "ok", "spliced: gomux only copies bytes; the client checks the host key and logs in itself", "")
-		return steps
-	}
+	c.add("policy", "ok", fmt.Sprintf("%s as %s to %s (%s): %s, credential %s", c.person, c.user, d.HostPort(), d.DialAddr(), rule+" "+string(d.Mode), d.Credential), "")
+	return d, true
+}
 
+// splice checks a spliced target: gomux only connects to it.
+func (c *checkRun) splice(d Decision) {
+	var dl net.Dialer
+	cctx, cancel := context.WithTimeout(c.ctx, c.cfg.Upstream.ConnectTimeout.D())
+	conn, err := dl.DialContext(cctx, "tcp", d.DialAddr())
+	cancel()
+	if err != nil {
+		c.add("connect", "fail", err.Error(), "check that the target listens on "+d.DialAddr()+" and that no firewall drops gomux's connections")
+		return
+	}
+	conn.Close()
+	c.add("connect", "ok", "spliced: gomux only copies bytes; the client checks the host key and logs in itself", "")
+}
+
+// accelerated checks an accelerated target: the upstream connection,
+// the agent, and what Ansible needs there.
+func (c *checkRun) accelerated(agents map[string]dist.Binary, d Decision) {
+	cfg := c.cfg
 	// The pool logs as a connection would; the log explains an agent
 	// that fell back, so keep it.
 	var logBuf lockedBuffer
 	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits}, zerolog.New(&logBuf))
 	if err != nil {
-		add("connect", "fail", err.Error(), "fix the upstream credentials in the config")
-		return steps
+		c.add("connect", "fail", err.Error(), "fix the upstream credentials in the config")
+		return
 	}
 	defer pool.Close()
-	actx, cancel := context.WithTimeout(ctx, 2*cfg.Upstream.ConnectTimeout.D()+time.Minute)
+	actx, cancel := context.WithTimeout(c.ctx, 2*cfg.Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
-	lease, err := pool.Acquire(actx, UpstreamTarget{Host: d.HostPort(), Dial: d.DialAddr(), User: user, Credential: d.Credential, Person: person})
+	lease, err := pool.Acquire(actx, UpstreamTarget{Host: d.HostPort(), Dial: d.DialAddr(), User: c.user, Credential: d.Credential, Person: c.person})
 	if err != nil {
-		steps = append(steps, connectFailure(err, d, user, pool)...)
-		return steps
+		c.steps = append(c.steps, connectFailure(err, d, c.user, pool)...)
+		return
 	}
 	defer lease.Release()
-	add("connect", "ok", "TCP to "+d.DialAddr(), "")
-	add("host_key", "ok", fmt.Sprintf("verified for %q against %s", d.HostPort(), strings.Join(cfg.Upstream.KnownHosts, ", ")), "")
-	add("login", "ok", fmt.Sprintf("as %s with credential %s (%s)", user, d.Credential, string(lease.Client().ServerVersion())), "")
+	c.add("connect", "ok", "TCP to "+d.DialAddr(), "")
+	c.add("host_key", "ok", fmt.Sprintf("verified for %q against %s", d.HostPort(), strings.Join(cfg.Upstream.KnownHosts, ", ")), "")
+	c.add("login", "ok", fmt.Sprintf("as %s with credential %s (%s)", c.user, d.Credential, string(lease.Client().ServerVersion())), "")
+	c.agent(actx, lease, &logBuf)
+	c.python(actx, lease)
+	c.sudo(actx, lease)
+}
 
-	a, err := lease.Agent(actx)
+// agent starts the agent as a connection would and says how it went;
+// logs holds what the pool logged meanwhile.
+func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) {
+	a, err := lease.Agent(ctx)
 	switch {
 	case err != nil:
-		add("agent", "fail", err.Error(), "gomux will retry per channel; see the agent_start log lines")
+		c.add("agent", "fail", err.Error(), "gomux will retry per channel; see the "+EventAgentStart+" log lines")
 	case a == nil:
 		reason := lease.fallbackReason()
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
-			if opts := remote(actx, lease, `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`); hasMountOpt(opts, "noexec") {
+			if opts := remote(ctx, lease, `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`); hasMountOpt(opts, "noexec") {
 				reason = "the agent cache ~/.cache/gomux is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
 				fix = "mount the home directory (or ~/.cache) without noexec, or accept fallback: gomux then serves this target through its sshd, channel by channel, without acceleration"
 			}
 		}
-		add("agent", "warn", "fell back to the target's sshd: "+reason, fix)
+		c.add("agent", "warn", "fell back to the target's sshd: "+reason, fix)
 	default:
 		info := a.Info()
 		how := "cached copy verified and started"
-		if strings.Contains(logBuf.String(), `"event":"agent_upload"`) {
+		if strings.Contains(logs.String(), `"event":"`+EventAgentUpload+`"`) {
 			how = "uploaded to ~/.cache/gomux, verified and started"
 		}
-		add("agent", "ok", fmt.Sprintf("%s (agent %s, %s, home %s)", how, info.AgentVersion, info.Arch, info.Home), "")
+		c.add("agent", "ok", fmt.Sprintf("%s (agent %s, %s, home %s)", how, info.AgentVersion, info.Arch, info.Home), "")
 	}
+}
 
-	if out := remote(actx, lease, `for p in python3 /usr/bin/python3 python /usr/libexec/platform-python; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; "$p" -c 'import sys; print(sys.version.split()[0])'; exit 0; }; done; exit 1`); out != "" {
-		add("python", "ok", strings.Join(strings.Fields(out), " "), "")
+// python looks for the interpreter Ansible would use.
+func (c *checkRun) python(ctx context.Context, lease *Lease) {
+	if out := remote(ctx, lease, `for p in python3 /usr/bin/python3 python /usr/libexec/platform-python; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; "$p" -c 'import sys; print(sys.version.split()[0])'; exit 0; }; done; exit 1`); out != "" {
+		c.add("python", "ok", strings.Join(strings.Fields(out), " "), "")
 	} else {
-		add("python", "fail", "no python3 in the login shell's PATH", "install python3 on the target, or set ansible_python_interpreter for it (only raw works without Python)")
+		c.add("python", "fail", "no python3 in the login shell's PATH", "install python3 on the target, or set ansible_python_interpreter for it (only raw works without Python)")
 	}
-	if out, err := remoteErr(actx, lease, `sudo -n true`); err == nil {
-		add("sudo", "ok", "sudo -n true works: become without a password", "")
+}
+
+// sudo checks become without a password.
+func (c *checkRun) sudo(ctx context.Context, lease *Lease) {
+	if out, err := remoteErr(ctx, lease, `sudo -n true`); err == nil {
+		c.add("sudo", "ok", "sudo -n true works: become without a password", "")
 	} else {
-		add("sudo", "warn", "sudo -n true failed: "+strings.Join(strings.Fields(out+" ("+err.Error()+")"), " "),
-			"only needed for become: give "+user+" NOPASSWD in sudoers, or run ansible-playbook with --ask-become-pass")
+		c.add("sudo", "warn", "sudo -n true failed: "+strings.Join(strings.Fields(out+" ("+err.Error()+")"), " "),
+			"only needed for become: give "+c.user+" NOPASSWD in sudoers, or run ansible-playbook with --ask-become-pass")
 	}
-	return steps
 }
 
 // connectFailure says which part of the upstream connection failed.
@@ -182,11 +236,17 @@ func connectFailure(err error, d Decision, user string, pool *Pool) []CheckStep 
 			{Name: "host_key", Status: "ok", Detail: "verified against known_hosts"},
 			{Name: "login", Status: "fail", Detail: msg,
 				Fix: fmt.Sprintf("put one of credential %s's keys (%s) in ~%s/.ssh/authorized_keys on the target, or trust its user_ca there (TrustedUserCAKeys)", d.Credential, fps, user)}}
-	case strings.HasPrefix(msg, "connect to "):
+	case isDialError(err):
 		return []CheckStep{{Name: "connect", Status: "fail", Detail: msg,
 			Fix: "check that sshd listens on " + d.DialAddr() + ", and that no firewall drops connections from gomux"}}
 	}
 	return []CheckStep{{Name: "connect", Status: "fail", Detail: msg, Fix: "see the message; gomux serve would fail the same way"}}
+}
+
+// isDialError says whether err is the TCP connect's, before any SSH.
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 // publicKeys lists the fingerprints of a credential's key files, for a
@@ -257,12 +317,13 @@ func remoteErr(ctx context.Context, l *Lease, cmd string) (string, error) {
 	var out, errb bytes.Buffer
 	sess.Stdout, sess.Stderr = &out, &errb
 	done := make(chan error, 1)
-	go func() { done <- sess.Run(cmd) }()
+	var run goGroup
+	defer run.CloseWait()
+	run.Go(func() { done <- sess.Run(cmd) })
 	select {
 	case err = <-done:
 	case <-ctx.Done():
 		sess.Close()
-		<-done
 		return "", ctx.Err()
 	}
 	if err != nil {

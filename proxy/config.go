@@ -550,6 +550,27 @@ func (c *Config) validate() error {
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}
 	}
+	if err := c.validateCredentials(); err != nil {
+		return err
+	}
+	if len(c.Targets) == 0 {
+		return &FieldError{"targets", errNoTargets}
+	}
+	for i, r := range c.Targets {
+		if err := c.validateTarget(fmt.Sprintf("targets[%d]", i), r); err != nil {
+			return err
+		}
+	}
+	for _, p := range c.Upstream.AcceptEnv {
+		if err := checkPattern(p); err != nil {
+			return &FieldError{"upstream.accept_env", err}
+		}
+	}
+	return nil
+}
+
+// validateCredentials checks the named upstream credentials.
+func (c *Config) validateCredentials() error {
 	for n, cr := range c.Upstream.Credentials {
 		f := "upstream.credentials." + n
 		if n == DefaultCredential || n == "" {
@@ -559,45 +580,39 @@ func (c *Config) validate() error {
 			return &FieldError{f, errors.New("names no identity_files, use_ssh_agent or user_ca")}
 		}
 	}
-	if len(c.Targets) == 0 {
-		return &FieldError{"targets", errNoTargets}
+	return nil
+}
+
+// validateTarget checks one targets rule; f is its field name.
+func (c *Config) validateTarget(f string, r TargetRule) error {
+	if len(r.Hosts) == 0 && len(r.CIDRs) == 0 {
+		return &FieldError{f + ".hosts", errors.New("at least one host pattern or cidrs network is required")}
 	}
-	for i, r := range c.Targets {
-		f := fmt.Sprintf("targets[%d]", i)
-		if len(r.Hosts) == 0 && len(r.CIDRs) == 0 {
-			return &FieldError{f + ".hosts", errors.New("at least one host pattern or cidrs network is required")}
-		}
-		for _, pats := range [][]string{r.Hosts, r.Users, r.RemoteUsers} {
-			for _, p := range pats {
-				if err := checkPattern(p); err != nil {
-					return &FieldError{f, err}
-				}
-			}
-		}
-		for _, n := range r.CIDRs {
-			if _, err := parseCIDR(n); err != nil {
-				return &FieldError{f + ".cidrs", err}
-			}
-		}
-		for _, p := range r.Ports {
-			if p < 1 || p > 65535 {
-				return &FieldError{f + ".ports", fmt.Errorf("%d is not a TCP port", p)}
-			}
-		}
-		switch r.Mode {
-		case ModeAccelerate, ModeSplice, ModeDeny:
-		default:
-			return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, deny", r.Mode)}
-		}
-		if r.Credential != "" && r.Credential != DefaultCredential {
-			if _, ok := c.Upstream.Credentials[r.Credential]; !ok {
-				return &FieldError{f + ".credential", fmt.Errorf("%q is not in upstream.credentials", r.Credential)}
+	for _, pats := range [][]string{r.Hosts, r.Users, r.RemoteUsers} {
+		for _, p := range pats {
+			if err := checkPattern(p); err != nil {
+				return &FieldError{f, err}
 			}
 		}
 	}
-	for _, p := range c.Upstream.AcceptEnv {
-		if err := checkPattern(p); err != nil {
-			return &FieldError{"upstream.accept_env", err}
+	for _, n := range r.CIDRs {
+		if _, err := parseCIDR(n); err != nil {
+			return &FieldError{f + ".cidrs", err}
+		}
+	}
+	for _, p := range r.Ports {
+		if p < 1 || p > 65535 {
+			return &FieldError{f + ".ports", fmt.Errorf("%d is not a TCP port", p)}
+		}
+	}
+	switch r.Mode {
+	case ModeAccelerate, ModeSplice, ModeDeny:
+	default:
+		return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, deny", r.Mode)}
+	}
+	if r.Credential != "" && r.Credential != DefaultCredential {
+		if _, ok := c.Upstream.Credentials[r.Credential]; !ok {
+			return &FieldError{f + ".credential", fmt.Errorf("%q is not in upstream.credentials", r.Credential)}
 		}
 	}
 	return nil

@@ -59,15 +59,11 @@ func (d *drainer) drain() {
 		conns = append(conns, a)
 	}
 	d.mu.Unlock()
-	var wg sync.WaitGroup
+	var g goGroup
 	for _, a := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.drain()
-		}()
+		g.Go(a.drain)
 	}
-	wg.Wait()
+	g.CloseWait()
 }
 
 // begin marks a channel as running. It reports false once the connection

@@ -51,12 +51,13 @@ func loadOrCreateKey(path, comment string) (gossh.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create key: %w", err)
 	}
+	// os errors name the file and the step ("write F: no space left").
 	if _, err := f.Write(pem.EncodeToMemory(blk)); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("write %s: %w", path, err)
+		return nil, err
 	}
 	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("write %s: %w", path, err)
+		return nil, err
 	}
 	return gossh.NewSignerFromKey(priv)
 }

@@ -108,7 +108,7 @@ func readRevocations(files []string) (*revocations, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", f, err)
+			return nil, err // names the file: "open F: permission denied"
 		}
 		if bytes.HasPrefix(b, []byte(krlMagic)) {
 			if err := r.parseKRL(b); err != nil {
@@ -179,31 +179,12 @@ func (r *revocations) parseKRL(b []byte) error {
 				return err
 			}
 		case krlSectionExplicitKey:
-			for !data.Empty() {
-				var blob cryptobyte.String
-				if !readString(&data, &blob) {
-					return errKRLTruncated
-				}
-				k, err := gossh.ParsePublicKey(blob)
-				if err != nil {
-					return fmt.Errorf("KRL: explicit key: %w", err)
-				}
-				r.keys[string(k.Marshal())] = true
+			if err := r.parseKRLKeys(data); err != nil {
+				return err
 			}
 		case krlSectionFingerprint1, krlSectionFingerprint2:
-			for !data.Empty() {
-				var h cryptobyte.String
-				if !readString(&data, &h) {
-					return errKRLTruncated
-				}
-				switch {
-				case typ == krlSectionFingerprint1 && len(h) == sha1.Size:
-					r.sha1[[20]byte(h)] = true
-				case typ == krlSectionFingerprint2 && len(h) == sha256.Size:
-					r.sha256[[32]byte(h)] = true
-				default:
-					return fmt.Errorf("KRL: fingerprint of %d bytes in section %d", len(h), typ)
-				}
+			if err := r.parseKRLFingerprints(typ, data); err != nil {
+				return err
 			}
 		case krlSectionSignature:
 			// Signatures come last; what follows is signatures only.
@@ -215,6 +196,44 @@ func (r *revocations) parseKRL(b []byte) error {
 	return nil
 }
 
+// parseKRLKeys reads a KRL section of revoked keys, each whole.
+func (r *revocations) parseKRLKeys(data cryptobyte.String) error {
+	for !data.Empty() {
+		var blob cryptobyte.String
+		if !readString(&data, &blob) {
+			return errKRLTruncated
+		}
+		k, err := gossh.ParsePublicKey(blob)
+		if err != nil {
+			return fmt.Errorf("KRL: explicit key: %w", err)
+		}
+		r.keys[string(k.Marshal())] = true
+	}
+	return nil
+}
+
+// parseKRLFingerprints reads a KRL section of revoked key hashes: SHA-1
+// or SHA-256 by the section's type.
+func (r *revocations) parseKRLFingerprints(typ uint8, data cryptobyte.String) error {
+	for !data.Empty() {
+		var h cryptobyte.String
+		if !readString(&data, &h) {
+			return errKRLTruncated
+		}
+		switch {
+		case typ == krlSectionFingerprint1 && len(h) == sha1.Size:
+			r.sha1[[20]byte(h)] = true
+		case typ == krlSectionFingerprint2 && len(h) == sha256.Size:
+			r.sha256[[32]byte(h)] = true
+		default:
+			return fmt.Errorf("KRL: fingerprint of %d bytes in section %d", len(h), typ)
+		}
+	}
+	return nil
+}
+
+// parseKRLCerts reads a KRL certificates section: the CA it is for, then
+// its subsections (serials, serial ranges and bitmaps, key IDs).
 func (r *revocations) parseKRLCerts(data cryptobyte.String) error {
 	var caBlob, reserved cryptobyte.String
 	if !readString(&data, &caBlob) || !readString(&data, &reserved) {
@@ -239,48 +258,56 @@ func (r *revocations) parseKRLCerts(data cryptobyte.String) error {
 		if !data.ReadUint8(&typ) || !readString(&data, &sub) {
 			return errKRLTruncated
 		}
-		switch typ {
-		case krlCertSerialList:
-			for !sub.Empty() {
-				var serial uint64
-				if !sub.ReadUint64(&serial) {
-					return errKRLTruncated
-				}
-				c.ranges = append(c.ranges, [2]uint64{serial, serial})
-			}
-		case krlCertSerialRange:
-			var lo, hi uint64
-			if !sub.ReadUint64(&lo) || !sub.ReadUint64(&hi) || !sub.Empty() {
-				return errors.New("KRL: malformed serial range")
-			}
-			if lo > hi {
-				return fmt.Errorf("KRL: serial range %d-%d is backwards", lo, hi)
-			}
-			c.ranges = append(c.ranges, [2]uint64{lo, hi})
-		case krlCertSerialBitmap:
-			var offset uint64
-			var mp cryptobyte.String
-			if !sub.ReadUint64(&offset) || !readString(&sub, &mp) || !sub.Empty() {
-				return errors.New("KRL: malformed serial bitmap")
-			}
-			if len(mp) > 0 && mp[0]&0x80 != 0 {
-				return errors.New("KRL: negative serial bitmap")
-			}
-			if len(mp)*8 > krlMaxBitmapBits {
-				return fmt.Errorf("KRL: serial bitmap of %d bytes is too large", len(mp))
-			}
-			c.bitmaps = append(c.bitmaps, serialBitmap{offset: offset, bits: new(big.Int).SetBytes(mp)})
-		case krlCertKeyID:
-			for !sub.Empty() {
-				var id cryptobyte.String
-				if !readString(&sub, &id) {
-					return errKRLTruncated
-				}
-				c.keyIDs[string(id)] = true
-			}
-		default:
-			return fmt.Errorf("KRL: unknown certificate section type %#x", typ)
+		if err := c.parseSection(typ, sub); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// parseSection reads one section of a KRL certificates section into c.
+func (c *certRevocations) parseSection(typ uint8, sub cryptobyte.String) error {
+	switch typ {
+	case krlCertSerialList:
+		for !sub.Empty() {
+			var serial uint64
+			if !sub.ReadUint64(&serial) {
+				return errKRLTruncated
+			}
+			c.ranges = append(c.ranges, [2]uint64{serial, serial})
+		}
+	case krlCertSerialRange:
+		var lo, hi uint64
+		if !sub.ReadUint64(&lo) || !sub.ReadUint64(&hi) || !sub.Empty() {
+			return errors.New("KRL: malformed serial range")
+		}
+		if lo > hi {
+			return fmt.Errorf("KRL: serial range %d-%d is backwards", lo, hi)
+		}
+		c.ranges = append(c.ranges, [2]uint64{lo, hi})
+	case krlCertSerialBitmap:
+		var offset uint64
+		var mp cryptobyte.String
+		if !sub.ReadUint64(&offset) || !readString(&sub, &mp) || !sub.Empty() {
+			return errors.New("KRL: malformed serial bitmap")
+		}
+		if len(mp) > 0 && mp[0]&0x80 != 0 {
+			return errors.New("KRL: negative serial bitmap")
+		}
+		if len(mp)*8 > krlMaxBitmapBits {
+			return fmt.Errorf("KRL: serial bitmap of %d bytes is too large", len(mp))
+		}
+		c.bitmaps = append(c.bitmaps, serialBitmap{offset: offset, bits: new(big.Int).SetBytes(mp)})
+	case krlCertKeyID:
+		for !sub.Empty() {
+			var id cryptobyte.String
+			if !readString(&sub, &id) {
+				return errKRLTruncated
+			}
+			c.keyIDs[string(id)] = true
+		}
+	default:
+		return fmt.Errorf("KRL: unknown certificate section type %#x", typ)
 	}
 	return nil
 }

@@ -38,50 +38,39 @@ type metrics struct {
 	proxyHeaders   *prometheus.CounterVec
 }
 
+// counterVec and counter make the counters newMetrics registers.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
 func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
 		reg: reg,
-		frontConns: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_front_connections_total",
-			Help: "TCP connections to the front, by result: accepted, or dropped by a limit before SSH.",
-		}, []string{"result"}),
-		frontAuth: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_front_auth_total",
-			Help: "Front authentication attempts by method (publickey, certificate) and result (accepted, rejected).",
-		}, []string{"method", "result"}),
-		channels: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_channels_total",
-			Help: "Channels opened by clients, by where (front, inner) and kind (direct-tcpip, session; a session on the front is refused).",
-		}, []string{"via", "kind"}),
-		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_policy_decisions_total",
-			Help: "Forwarding decisions by where they were asked (front, inner), mode and the index of the targets rule that decided (-1: none matched).",
-		}, []string{"via", "mode", "rule"}),
-		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_limit_refusals_total",
-			Help: "Clients refused by a limit, by stage (startup, login, channel).",
-		}, []string{"stage"}),
-		upstreamDials: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_upstream_dials_total",
-			Help: "Upstream SSH connections attempted (TCP, host key and login), by result (ok, failed).",
-		}, []string{"result"}),
-		agentStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_agent_starts_total",
-			Help: "Agent starts on targets, by result (ok, failed).",
-		}, []string{"result"}),
-		agentUploads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gomux_agent_uploads_total",
-			Help: "Agent binaries uploaded to a target's cache.",
-		}),
-		uploadBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gomux_agent_upload_bytes_total",
-			Help: "Bytes of agent binaries uploaded.",
-		}),
-		agentFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gomux_agent_fallbacks_total",
-			Help: "Upstreams served without an agent (the agent cannot run there; the reason is in the agent_fallback log line).",
-		}),
+		frontConns: counterVec("gomux_front_connections_total",
+			"TCP connections to the front, by result: accepted, or dropped by a limit before SSH.", "result"),
+		frontAuth: counterVec("gomux_front_auth_total",
+			"Front authentication attempts by method (publickey, certificate) and result (accepted, rejected).", "method", "result"),
+		channels: counterVec("gomux_channels_total",
+			"Channels opened by clients, by where (front, inner) and kind (direct-tcpip, session; a session on the front is refused).", "via", "kind"),
+		decisions: counterVec("gomux_policy_decisions_total",
+			"Forwarding decisions by where they were asked (front, inner), mode and the index of the targets rule that decided (-1: none matched).", "via", "mode", "rule"),
+		limitRefusals: counterVec("gomux_limit_refusals_total",
+			"Clients refused by a limit, by stage (startup, login, channel).", "stage"),
+		upstreamDials: counterVec("gomux_upstream_dials_total",
+			"Upstream SSH connections attempted (TCP, host key and login), by result (ok, failed).", "result"),
+		agentStarts: counterVec("gomux_agent_starts_total",
+			"Agent starts on targets, by result (ok, failed).", "result"),
+		agentUploads: counter("gomux_agent_uploads_total",
+			"Agent binaries uploaded to a target's cache."),
+		uploadBytes: counter("gomux_agent_upload_bytes_total",
+			"Bytes of agent binaries uploaded."),
+		agentFallbacks: counter("gomux_agent_fallbacks_total",
+			"Upstreams served without an agent (the agent cannot run there; the reason is in the "+EventAgentFallback+" log line)."),
 		taskSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gomux_task_duration_seconds",
 			Help:    "Duration of inner session channels, by kind (exec, shell, sftp, fallback) and whether gomux answered it locally.",
@@ -92,18 +81,12 @@ func newMetrics() *metrics {
 			Help:    "Bytes a session channel carried, by direction (in: from the client, out: to it).",
 			Buckets: prometheus.ExponentialBuckets(64, 4, 10),
 		}, []string{"direction"}),
-		warmPython: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_warm_python_total",
-			Help: "Ansible module runs sent to a warm Python fork server (hit) or to a fresh interpreter while warm_python is on (fallback).",
-		}, []string{"result"}),
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_config_reloads_total",
-			Help: "Config reloads (SIGHUP), by result (ok, failed: the running config was kept).",
-		}, []string{"result"}),
-		proxyHeaders: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gomux_proxy_protocol_total",
-			Help: "PROXY protocol headers, by result (ok, local, missing, invalid, untrusted).",
-		}, []string{"result"}),
+		warmPython: counterVec("gomux_warm_python_total",
+			"Ansible module runs sent to a warm Python fork server (hit) or to a fresh interpreter while warm_python is on (fallback).", "result"),
+		reloads: counterVec("gomux_config_reloads_total",
+			"Config reloads (SIGHUP), by result (ok, failed: the running config was kept).", "result"),
+		proxyHeaders: counterVec("gomux_proxy_protocol_total",
+			"PROXY protocol headers, by result (ok, local, missing, invalid, untrusted).", "result"),
 	}
 	reg.MustRegister(m.frontConns, m.frontAuth, m.channels, m.decisions, m.limitRefusals, m.upstreamDials,
 		m.agentStarts, m.agentUploads, m.uploadBytes, m.agentFallbacks, m.taskSeconds, m.taskBytes,
@@ -255,7 +238,7 @@ func (s *Server) MetricsHandler() http.Handler {
 type promLogger struct{ s *Server }
 
 func (l promLogger) Println(v ...any) {
-	l.s.log.Warn().Str("event", "metrics").Interface("error", v).Msg("metrics scrape error")
+	l.s.log.Warn().Str("event", EventMetrics).Interface("error", v).Msg("metrics scrape error")
 }
 
 // sessionEnded records a finished agent session channel: its duration and

@@ -172,47 +172,18 @@ func (p *Policy) Decide(ctx context.Context, person, host string, port int) Deci
 		deny.Reason = fmt.Sprintf("port %d is not a TCP port", port)
 		return deny
 	}
-	name, addr, err := NormalizeHost(host)
-	if err != nil {
-		deny.Reason = err.Error()
-		return deny
+	name, addr, reason := p.resolve(ctx, host)
+	if name != "" {
+		deny.Host = name
 	}
-	deny.Host = name
-	if !addr.IsValid() {
-		addrs, err := p.resolver.LookupNetIP(ctx, "ip", name)
-		if err != nil {
-			deny.Reason = fmt.Sprintf("cannot resolve %s: %v", name, err)
-			return deny
-		}
-		if len(addrs) == 0 {
-			deny.Reason = fmt.Sprintf("cannot resolve %s: no addresses", name)
-			return deny
-		}
-		// The first address is the one dialled; only it is checked.
-		addr = addrs[0].Unmap()
-		if addr.Zone() != "" {
-			deny.Reason = fmt.Sprintf("%s resolves to a zoned address %s", name, addr)
-			return deny
-		}
+	if reason != "" {
+		deny.Reason = reason
+		return deny
 	}
 	deny.Addr = addr
 	special := isSpecial(addr)
 	for i, r := range p.rules {
-		if len(r.Users) > 0 && !matchAny(r.Users, person) {
-			continue
-		}
-		if len(r.Hosts) > 0 && !matchAny(r.Hosts, name) {
-			continue
-		}
-		if len(r.nets) > 0 && !containsAddr(r.nets, addr) {
-			continue
-		}
-		if !containsInt(r.ports, port) {
-			continue
-		}
-		if r.Mode != ModeDeny && special && !namesSpecial(r.nets, addr) {
-			// Loopback, link-local and unspecified are reached only by a
-			// rule that names them in cidrs; a "*" does not.
+		if !r.matches(person, name, addr, port, special) {
 			continue
 		}
 		d := Decision{Mode: r.Mode, Rule: i, Host: name, Addr: addr, Port: port,
@@ -230,6 +201,46 @@ func (p *Policy) Decide(ctx context.Context, person, host string, port int) Deci
 		deny.Reason = "no rule names this loopback, link-local or unspecified address in cidrs"
 	}
 	return deny
+}
+
+// resolve normalizes host and finds the address to check and dial: host
+// itself when it is an address, else the first address it resolves to.
+// reason says why there is none; name is "" when host is not a name.
+func (p *Policy) resolve(ctx context.Context, host string) (name string, addr netip.Addr, reason string) {
+	name, addr, err := NormalizeHost(host)
+	if err != nil {
+		return "", addr, err.Error()
+	}
+	if addr.IsValid() {
+		return name, addr, ""
+	}
+	addrs, err := p.resolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return name, addr, fmt.Sprintf("cannot resolve %s: %v", name, err)
+	}
+	if len(addrs) == 0 {
+		return name, addr, fmt.Sprintf("cannot resolve %s: no addresses", name)
+	}
+	// The first address is the one dialled; only it is checked.
+	addr = addrs[0].Unmap()
+	if addr.Zone() != "" {
+		return name, addr, fmt.Sprintf("%s resolves to a zoned address %s", name, addr)
+	}
+	return name, addr, ""
+}
+
+// matches says whether the rule applies to person going to name (addr)
+// on port. Loopback, link-local and unspecified addresses (special) are
+// reached only by a rule that names them in cidrs; a "*" does not.
+func (r *compiledRule) matches(person, name string, addr netip.Addr, port int, special bool) bool {
+	switch {
+	case len(r.Users) > 0 && !matchAny(r.Users, person),
+		len(r.Hosts) > 0 && !matchAny(r.Hosts, name),
+		len(r.nets) > 0 && !containsAddr(r.nets, addr),
+		!containsInt(r.ports, port):
+		return false
+	}
+	return r.Mode == ModeDeny || !special || namesSpecial(r.nets, addr)
 }
 
 // isSpecial reports an address only an explicit cidrs entry may reach.

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -51,14 +52,14 @@ type Pool struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// tasks owns every goroutine of the pool (connections, prune loop,
+	// keepalives, agent stderr readers, Lease.Go work); Close refuses new
+	// ones and waits for these.
+	tasks goGroup
 
-	mu sync.Mutex
-	// closed is set by Close before it waits on wg, so goroutines started
-	// from timers (keepalives) are not added to a wg being waited on.
-	closed bool
-	conns  map[poolKey]*upstream
-	hosts  map[poolKey]*shim.Host // outlive connections: virtual state is the target's
+	mu    sync.Mutex
+	conns map[poolKey]*upstream
+	hosts map[poolKey]*shim.Host // outlive connections: virtual state is the target's
 	// retired sums the counters of dropped hosts, so totals only grow.
 	retired shim.Counters
 }
@@ -162,25 +163,25 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		conns:  map[poolKey]*upstream{},
 		hosts:  map[poolKey]*shim.Host{},
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.pruneLoop()
-	}()
+	p.tasks.Go(p.pruneLoop)
 	return p, nil
 }
 
-// Close ends every upstream connection and waits for their goroutines.
-func (p *Pool) Close() error {
+// errPoolClosed is what an Acquire gets once the pool has closed.
+var errPoolClosed = errors.New("gomux is shutting down")
+
+// Close ends every upstream connection and waits for the pool's
+// goroutines. Nothing in it can fail: connections are closed, not
+// flushed, so there is no error to report.
+func (p *Pool) Close() {
 	p.cancel()
+	p.tasks.Close()
 	p.mu.Lock()
-	p.closed = true
 	for _, u := range p.conns {
 		u.closeConn()
 	}
 	p.mu.Unlock()
-	p.wg.Wait()
-	return nil
+	p.tasks.Wait()
 }
 
 // Len is the number of pooled connections, for tests and metrics.
@@ -211,12 +212,11 @@ func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
 		u, ok := p.conns[key]
 		if !ok {
 			u = &upstream{pool: p, key: key, ready: make(chan struct{}), dead: make(chan struct{})}
+			if !p.tasks.Go(u.connect) {
+				p.mu.Unlock()
+				return nil, errPoolClosed
+			}
 			p.conns[key] = u
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				u.connect()
-			}()
 		}
 		u.refs++
 		u.stopIdleLocked()
@@ -273,7 +273,7 @@ func (p *Pool) release(u *upstream) {
 			delete(p.conns, u.key)
 		}
 		p.mu.Unlock()
-		u.logger().Info().Str("event", "upstream_idle_close").Msg("upstream idle, closing")
+		u.logger().Info().Str("event", EventUpstreamIdleClose).Msg("upstream idle, closing")
 		u.closeConn()
 	})
 	u.idle = timer
@@ -339,14 +339,10 @@ func (l *Lease) ShimCounters() (shim.Counters, bool) {
 }
 
 // Go runs fn as one of the pool's goroutines, which Close waits for: work
-// a client need not wait for, such as removing a finished temp dir.
-func (l *Lease) Go(fn func()) {
-	p := l.u.pool
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		fn()
-	}()
+// a client need not wait for, such as removing a finished temp dir. It
+// reports false, and fn does not run, once the pool is closing.
+func (l *Lease) Go(fn func()) bool {
+	return l.u.pool.tasks.Go(fn)
 }
 
 // Context is the pool's, cancelled when gomux shuts down.
@@ -401,7 +397,7 @@ func (u *upstream) connect() {
 	c, in, err := u.pool.dial(u.pool.ctx, u.key)
 	u.pool.m.upstreamDial(err)
 	if err != nil {
-		log.Warn().Str("event", "upstream_connect").Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
+		log.Warn().Str("event", EventUpstreamConnect).Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
 		u.err = err
 		u.pool.forget(u)
 		close(u.dead)
@@ -411,15 +407,21 @@ func (u *upstream) connect() {
 	if u.pool.ctx.Err() != nil {
 		// The pool closed while we dialled.
 		c.Close()
-		u.err = u.pool.ctx.Err()
+		u.err = errPoolClosed
 		u.pool.forget(u)
 		close(u.dead)
 		close(u.ready)
 		return
 	}
 	u.client = c
-	log.Info().Str("event", "upstream_connect").Str("server_version", string(c.ServerVersion())).Dur("duration", time.Since(start)).Msg("upstream connected")
+	log.Info().Str("event", EventUpstreamConnect).Str("server_version", string(c.ServerVersion())).Dur("duration", time.Since(start)).Msg("upstream connected")
 	close(u.ready)
+	if u.pool.ctx.Err() != nil {
+		// Close cancelled the context after the check above, and may
+		// have looked at this connection before it was ready: whichever
+		// of the two saw the other last closes it.
+		c.Close()
+	}
 
 	u.startKeepalive()
 	in.serve()
@@ -433,7 +435,7 @@ func (u *upstream) connect() {
 	if ac != nil {
 		ac.Close()
 	}
-	log.Info().Str("event", "upstream_closed").AnErr("reason", err).Dur("duration", time.Since(start)).Msg("upstream connection ended")
+	log.Info().Str("event", EventUpstreamClosed).AnErr("reason", err).Dur("duration", time.Since(start)).Msg("upstream connection ended")
 }
 
 // closeConn closes a connected upstream. One still dialling is ended by
@@ -448,7 +450,7 @@ func (u *upstream) closeConn() {
 	}
 }
 
-// Keepalives are OpenSSH's (keepalive@openssh.com every
+// startKeepalive starts OpenSSH's keepalives (keepalive@openssh.com every
 // KeepaliveInterval; KeepaliveCountMax intervals without a reply close
 // the connection), so channels on a dead path end instead of hanging. An
 // idle upstream holds no goroutine for them: a timer fires each interval
@@ -485,7 +487,7 @@ func (u *upstream) keepaliveTick() {
 	if missed := u.kaMissed; missed > u.pool.cfg.KeepaliveCountMax {
 		u.kaStopped = true
 		u.kmu.Unlock()
-		u.logger().Warn().Str("event", "upstream_keepalive_timeout").Int("missed", missed).Msg("upstream stopped answering keepalives, closing")
+		u.logger().Warn().Str("event", EventUpstreamKeepaliveTimeout).Int("missed", missed).Msg("upstream stopped answering keepalives, closing")
 		u.client.Close()
 		return
 	}
@@ -496,16 +498,8 @@ func (u *upstream) keepaliveTick() {
 	if !send {
 		return
 	}
-	p := u.pool
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	p.wg.Add(1)
-	p.mu.Unlock()
-	go func() {
-		defer p.wg.Done()
+	// Refused once the pool is closing, which closes the connection too.
+	u.pool.tasks.Go(func() {
 		// Blocks until the reply, or until the connection ends.
 		_, _, err := u.client.SendRequest("keepalive@openssh.com", true, nil)
 		u.kmu.Lock()
@@ -514,7 +508,7 @@ func (u *upstream) keepaliveTick() {
 			u.kaMissed = 0
 		}
 		u.kmu.Unlock()
-	}()
+	})
 }
 
 func (p *Pool) forget(u *upstream) {
@@ -579,9 +573,12 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, 
 	}
 	defer closeAgent()
 	var d net.Dialer
+	// Errors name no target: the caller does ("cannot reach H as U"),
+	// and the net and ssh packages name the step ("dial tcp A: ...",
+	// "ssh: handshake failed: ...").
 	nc, err := d.DialContext(ctx, "tcp", key.dial)
 	if err != nil {
-		return nil, incoming{}, fmt.Errorf("connect to %s (%s): %w", key.host, key.dial, err)
+		return nil, incoming{}, err
 	}
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
@@ -599,7 +596,7 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, 
 	conn, chans, reqs, err := gossh.NewClientConn(nc, key.host, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, incoming{}, fmt.Errorf("ssh to %s as %s: %w", key.host, key.user, err)
+		return nil, incoming{}, err
 	}
 	nc.SetDeadline(time.Time{})
 	noReqs, noChans := make(chan *gossh.Request), make(chan gossh.NewChannel)
@@ -682,7 +679,7 @@ func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) 
 	return cs, nil
 }
 
-// portString keeps address formatting in one place.
+// joinHostPort keeps address formatting in one place.
 func joinHostPort(host string, port int) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }

@@ -194,7 +194,7 @@ type proxyListener struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	tasks  goGroup // the accept loop and the header readers
 	out    chan acceptResult
 	once   sync.Once
 
@@ -216,11 +216,7 @@ func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult),
 		pending: map[net.Conn]struct{}{}}
-	pl.wg.Add(1)
-	go func() {
-		defer pl.wg.Done()
-		pl.acceptLoop()
-	}()
+	pl.tasks.Go(pl.acceptLoop)
 	return pl
 }
 
@@ -242,19 +238,23 @@ func (pl *proxyListener) acceptLoop() {
 			}
 			continue
 		}
-		pl.wg.Add(1)
-		go func() {
-			defer pl.wg.Done()
-			c := pl.handshake(c)
-			if c == nil {
-				return
-			}
-			select {
-			case pl.out <- acceptResult{conn: c}:
-			case <-pl.ctx.Done():
-				c.Close()
-			}
-		}()
+		if !pl.tasks.Go(func() { pl.readHeader(c) }) {
+			c.Close() // the listener is closing
+		}
+	}
+}
+
+// readHeader reads a new connection's PROXY header and hands the
+// connection to Accept, or closes it when the listener closes first.
+func (pl *proxyListener) readHeader(c net.Conn) {
+	c = pl.handshake(c)
+	if c == nil {
+		return
+	}
+	select {
+	case pl.out <- acceptResult{conn: c}:
+	case <-pl.ctx.Done():
+		c.Close()
 	}
 }
 
@@ -293,7 +293,7 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 			result = "missing"
 		}
 		pl.s.metrics.proxyHeader(result)
-		pl.s.log.Warn().Str("event", "proxy_protocol").Str("balancer", peer.String()).Str("result", result).Err(err).
+		pl.s.log.Warn().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("result", result).Err(err).
 			Msg("connection from a trusted balancer without a valid PROXY header; closing")
 		c.Close()
 		return nil
@@ -305,7 +305,7 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 		pl.s.metrics.proxyHeader("ok")
 		pc.remote = net.TCPAddrFromAddrPort(h.Src)
 	}
-	pl.s.log.Debug().Str("event", "proxy_protocol").Str("balancer", peer.String()).Str("source", pc.remote.String()).
+	pl.s.log.Debug().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("source", pc.remote.String()).
 		Bool("local", h.Local).Msg("PROXY header read")
 	return pc
 }
@@ -332,7 +332,7 @@ func (pl *proxyListener) Close() error {
 		}
 		pl.mu.Unlock()
 		err = pl.Listener.Close()
-		pl.wg.Wait()
+		pl.tasks.CloseWait()
 	})
 	return err
 }
@@ -363,7 +363,7 @@ func (c *sniffConn) Read(p []byte) (int, error) {
 		c.checked = true
 		if b, _ := c.br.Peek(5); bytes.Equal(b, proxyV1Sig[:5]) || bytes.Equal(b, proxyV2Sig[:5]) {
 			c.pl.s.metrics.proxyHeader("untrusted")
-			c.pl.s.log.Warn().Str("event", "proxy_protocol").Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
+			c.pl.s.log.Warn().Str("event", EventProxyProtocol).Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
 				Msg("PROXY header from an address not in proxy_protocol.trusted_networks; closing")
 			c.Conn.Close()
 			return 0, errors.New("gomux: PROXY header from an untrusted address")

@@ -74,7 +74,7 @@ func (p *Pool) dropHostLocked(k poolKey, h *shim.Host, why string) {
 	p.retired.RoundTrips += c.RoundTrips
 	p.retired.Local += c.Local
 	h.Drop()
-	p.log.Info().Str("event", "shim_state_dropped").Str("target", k.host).Str("addr", k.dial).Str("remote_user", k.user).Str("reason", why).
+	p.log.Info().Str("event", EventShimStateDropped).Str("target", k.host).Str("addr", k.dial).Str("remote_user", k.user).Str("reason", why).
 		Msg("Ansible state of an unused target dropped")
 }
 

@@ -74,7 +74,7 @@ func newRecorder(dir string, h castHeader) (*recorder, error) {
 	r.w.WriteByte('\n')
 	if err := r.w.Flush(); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("recording %s: %w", p, err)
+		return nil, fmt.Errorf("recording: %w", err) // err names the file
 	}
 	return r, nil
 }

@@ -27,6 +27,7 @@ func RedactCommand(cmd string) string {
 	return redactScript(cmd, 0)
 }
 
+// redactScript redacts one script, depth levels of sh -c deep.
 func redactScript(src string, depth int) string {
 	if depth > maxRedactDepth || !strings.Contains(src, "=") {
 		return src
@@ -35,55 +36,81 @@ func redactScript(src string, depth int) string {
 	if err != nil {
 		return redactByPattern(src)
 	}
-	type repl struct {
-		start, end uint
-		text       string
-	}
-	var rs []repl
-	add := func(n syntax.Node, text string) {
-		rs = append(rs, repl{n.Pos().Offset(), n.End().Offset(), text})
-	}
+	r := redactions{depth: depth}
 	syntax.Walk(f, func(n syntax.Node) bool {
 		switch n := n.(type) {
 		case *syntax.Assign:
-			if n.Value != nil {
-				add(n.Value, redacted)
-			}
-			if n.Array != nil {
-				add(n.Array, "("+redacted+")")
-			}
+			r.assign(n)
 		case *syntax.CallExpr:
-			if len(n.Args) == 0 {
-				break
-			}
-			if name, _ := wordLiteral(n.Args[0]); path.Base(name) == "dd" {
-				// dd's operands are of=path and the like, not variables.
-				break
-			}
-			prev := ""
-			for _, w := range n.Args[1:] {
-				v, ok := wordLiteral(w)
-				script := isScriptFlag(prev)
-				prev = v
-				if !ok {
-					continue
-				}
-				if !script && assignmentWord.MatchString(v) {
-					add(w, v[:strings.IndexByte(v, '=')+1]+redacted)
-					continue
-				}
-				if inner := redactScript(v, depth+1); inner != v {
-					add(w, shellQuote(inner))
-				}
-			}
+			r.call(n)
 		}
 		return true
 	})
+	return r.apply(src)
+}
+
+// redactions are the replacements redactScript makes in one script.
+type redactions struct {
+	depth int
+	rs    []replacement
+}
+
+// replacement replaces src[start:end] with text.
+type replacement struct {
+	start, end uint
+	text       string
+}
+
+func (r *redactions) add(n syntax.Node, text string) {
+	r.rs = append(r.rs, replacement{n.Pos().Offset(), n.End().Offset(), text})
+}
+
+// assign redacts the value of NAME=value, NAME=(...) and declarations.
+func (r *redactions) assign(n *syntax.Assign) {
+	if n.Value != nil {
+		r.add(n.Value, redacted)
+	}
+	if n.Array != nil {
+		r.add(n.Array, "("+redacted+")")
+	}
+}
+
+// call redacts a command's NAME=value arguments (env, sudo) and, inside
+// an argument that is itself a script (sh -c), whatever that script holds.
+func (r *redactions) call(n *syntax.CallExpr) {
+	if len(n.Args) == 0 {
+		return
+	}
+	if name, _ := wordLiteral(n.Args[0]); path.Base(name) == "dd" {
+		// dd's operands are of=path and the like, not variables.
+		return
+	}
+	prev := ""
+	for _, w := range n.Args[1:] {
+		v, ok := wordLiteral(w)
+		script := isScriptFlag(prev)
+		prev = v
+		if !ok {
+			continue
+		}
+		if !script && assignmentWord.MatchString(v) {
+			r.add(w, v[:strings.IndexByte(v, '=')+1]+redacted)
+			continue
+		}
+		if inner := redactScript(v, r.depth+1); inner != v {
+			r.add(w, shellQuote(inner))
+		}
+	}
+}
+
+// apply returns src with the replacements made. Of overlapping ones it
+// keeps the outermost: a rewritten word already covers the assignments
+// inside it.
+func (r *redactions) apply(src string) string {
+	rs := r.rs
 	if len(rs) == 0 {
 		return src
 	}
-	// Keep the outermost of overlapping replacements: a rewritten word
-	// already covers the assignments inside it.
 	sort.Slice(rs, func(i, j int) bool {
 		if rs[i].start != rs[j].start {
 			return rs[i].start < rs[j].start

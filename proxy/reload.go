@@ -110,17 +110,17 @@ func (s *Server) ReloadFile(path string, override func(*Config), why string) (*C
 		restart, err = s.Reload(cfg)
 		if err == nil {
 			if len(restart) > 0 {
-				s.log.Warn().Str("event", "reload").Strs("restart_needed", restart).
+				s.log.Warn().Str("event", EventReload).Strs("restart_needed", restart).
 					Msg("config reloaded; these fields changed but keep their running values until gomux restarts")
 			}
-			s.log.Info().Str("event", "reload").Str("trigger", why).Str("result", "ok").Int("targets", len(cfg.Targets)).
+			s.log.Info().Str("event", EventReload).Str("trigger", why).Str("result", "ok").Int("targets", len(cfg.Targets)).
 				Str("log_level", cfg.LogLevel).Msg("config reloaded: new connections, forwards and logins use it; open ones keep theirs")
 			return cfg, nil
 		}
 	} else {
 		s.metrics.reload(false)
 	}
-	s.log.Error().Str("event", "reload").Str("trigger", why).Str("result", "failed").Err(err).
+	s.log.Error().Str("event", EventReload).Str("trigger", why).Str("result", "failed").Err(err).
 		Msg("config not reloaded; the running config stays")
 	return nil, err
 }

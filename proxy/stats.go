@@ -24,7 +24,7 @@ func (s *Server) LogStats(ctx context.Context, interval time.Duration) {
 		}
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		ev := s.log.Info().Str("event", "stats").Int("goroutines", runtime.NumGoroutine()).
+		ev := s.log.Info().Str("event", EventStats).Int("goroutines", runtime.NumGoroutine()).
 			Uint64("heap_inuse", ms.HeapInuse).Int("upstreams", s.pool.Len())
 		if rss, ok := selfRSS(); ok {
 			ev = ev.Int64("rss", rss)

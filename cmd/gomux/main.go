@@ -43,83 +43,28 @@ const usage = `usage:
 // run returns the process exit status: 2 for usage and configuration
 // errors, 1 for runtime failures.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
+	inv, code, ok := parseArgs(args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	switch args[0] {
-	case "version":
-		fmt.Fprintln(stdout, "gomux", version)
-		return 0
-	case "serve", "ca", "check":
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "gomux: unknown command %q\n%s", args[0], usage)
-		return 2
-	}
-	fs := flag.NewFlagSet("gomux "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config file (default: none, every default applies)")
-	state := fs.String("state", "", "state directory (overrides state_dir)")
-	listen, initCA, person := new(string), new(bool), new(string)
-	switch args[0] {
-	case "serve":
-		listen = fs.String("listen", "", "listen address (overrides listen)")
-	case "ca":
-		initCA = fs.Bool("init", false, "create the host CA if the state directory has none")
-	case "check":
-		person = fs.String("as", "", "the front login name policy is checked for (default: the running user)")
-	}
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
-	}
-	if args[0] == "check" {
-		if fs.NArg() != 1 {
-			fmt.Fprintf(stderr, "gomux check: want one [user@]target[:port]\n%s", usage)
-			return 2
-		}
-	} else if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "gomux %s: unexpected argument %q\n", args[0], fs.Arg(0))
-		return 2
-	}
-	cfg, err := proxy.LoadConfig(*configPath)
+	cfg, err := proxy.LoadConfig(inv.configPath)
 	if err != nil {
 		fmt.Fprintln(stderr, "gomux:", err)
 		return 2
 	}
-	if *state != "" {
-		cfg.StateDir = *state
-	}
-	if *listen != "" {
-		cfg.Listen = *listen
-	}
-	switch args[0] {
+	inv.override(cfg)
+	switch inv.cmd {
 	case "check":
-		return check(cfg, *person, fs.Arg(0), stdout, stderr)
+		return check(cfg, inv.person, inv.target, stdout, stderr)
 	case "ca":
-		if !*initCA && !proxy.HostCAExists(cfg.StateDir) {
-			fmt.Fprintf(stderr, "gomux: no host CA in %s: a new one would not match the @cert-authority line clients have.\n"+
-				"  Point -state (or state_dir) at the directory gomux serve uses, or run `gomux ca -init` to create one.\n", cfg.StateDir)
-			return 1
-		}
-		ca, err := proxy.OpenHostCA(cfg.StateDir, cfg.HostCertValidity.D())
-		if err != nil {
-			fmt.Fprintln(stderr, "gomux:", err)
-			return 1
-		}
-		fmt.Fprint(stdout, ca.KnownHostsLine())
-		return 0
+		return printCA(cfg, inv.initCA, stdout, stderr)
 	}
-	override := func(c *proxy.Config) {
-		if *state != "" {
-			c.StateDir = *state
-		}
-		if *listen != "" {
-			c.Listen = *listen
-		}
-	}
+	return profiled(stderr, func() int { return serve(cfg, inv.configPath, inv.override, stderr) })
+}
+
+// profiled runs fn with the CPU profile (GOMUX_CPUPROFILE) and the
+// allocation profile (GOMUX_MEMPROFILE) the benchmarks ask for.
+func profiled(stderr io.Writer, fn func() int) int {
 	if path := os.Getenv("GOMUX_CPUPROFILE"); path != "" {
 		stopProfile, err := startCPUProfile(path)
 		if err != nil {
@@ -132,7 +77,103 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// Written at a clean shutdown: what gomux allocated, in all.
 		defer writeHeapProfile(path, stderr)
 	}
-	return serve(cfg, *configPath, override, stderr)
+	return fn()
+}
+
+// invocation is a command line that names a command needing the config.
+type invocation struct {
+	cmd        string // serve, ca or check
+	configPath string
+	state      string // -state, overriding state_dir
+	listen     string // -listen (serve), overriding listen
+	initCA     bool   // -init (ca)
+	person     string // -as (check)
+	target     string // check's argument
+}
+
+// override applies the flags that override config fields, to the config
+// loaded first and to every reload.
+func (inv invocation) override(c *proxy.Config) {
+	if inv.state != "" {
+		c.StateDir = inv.state
+	}
+	if inv.listen != "" {
+		c.Listen = inv.listen
+	}
+}
+
+// parseArgs parses the command line. When it returns false, the command
+// is done (version, help) or the line is wrong, and code is the exit
+// status.
+func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code int, ok bool) {
+	if code, ok := commandWord(args, stdout, stderr); !ok {
+		return inv, code, false
+	}
+	inv.cmd = args[0]
+	fs := flag.NewFlagSet("gomux "+inv.cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&inv.configPath, "config", "", "YAML config file (default: none, every default applies)")
+	fs.StringVar(&inv.state, "state", "", "state directory (overrides state_dir)")
+	switch inv.cmd {
+	case "serve":
+		fs.StringVar(&inv.listen, "listen", "", "listen address (overrides listen)")
+	case "ca":
+		fs.BoolVar(&inv.initCA, "init", false, "create the host CA if the state directory has none")
+	case "check":
+		fs.StringVar(&inv.person, "as", "", "the front login name policy is checked for (default: the running user)")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return inv, 2, false
+	}
+	if inv.cmd == "check" {
+		if fs.NArg() != 1 {
+			fmt.Fprintf(stderr, "gomux check: want one [user@]target[:port]\n%s", usage)
+			return inv, 2, false
+		}
+		inv.target = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "gomux %s: unexpected argument %q\n", inv.cmd, fs.Arg(0))
+		return inv, 2, false
+	}
+	return inv, 0, true
+}
+
+// commandWord handles the commands that need no config (version, help)
+// and unknown ones; it returns true for serve, ca and check.
+func commandWord(args []string, stdout, stderr io.Writer) (int, bool) {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2, false
+	}
+	switch args[0] {
+	case "version":
+		fmt.Fprintln(stdout, "gomux", version)
+		return 0, false
+	case "serve", "ca", "check":
+		return 0, true
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0, false
+	}
+	fmt.Fprintf(stderr, "gomux: unknown command %q\n%s", args[0], usage)
+	return 2, false
+}
+
+// printCA prints the @cert-authority line clients need, refusing to mint
+// a new host CA unless asked (-init).
+func printCA(cfg *proxy.Config, initCA bool, stdout, stderr io.Writer) int {
+	if !initCA && !proxy.HostCAExists(cfg.StateDir) {
+		fmt.Fprintf(stderr, "gomux: no host CA in %s: a new one would not match the @cert-authority line clients have.\n"+
+			"  Point -state (or state_dir) at the directory gomux serve uses, or run `gomux ca -init` to create one.\n", cfg.StateDir)
+		return 1
+	}
+	ca, err := proxy.OpenHostCA(cfg.StateDir, cfg.HostCertValidity.D())
+	if err != nil {
+		fmt.Fprintln(stderr, "gomux:", err)
+		return 1
+	}
+	fmt.Fprint(stdout, ca.KnownHostsLine())
+	return 0
 }
 
 // writeHeapProfile writes a pprof heap profile (its alloc_space is every
@@ -207,46 +248,26 @@ func (l *levelFilter) WriteLevel(level zerolog.Level, p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// serve runs `gomux serve` until a stop signal and a drain, or until the
+// server fails; it returns the exit status.
 func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), stderr io.Writer) int {
 	log, level := newLogger(stderr, cfg.LogLevel)
-	agents, err := dist.Load()
-	if err != nil {
-		log.Error().Err(err).Msg("embedded agent")
-		return 1
+	srv, ln, code := start(cfg, log, stderr)
+	if srv == nil {
+		return code
 	}
-	if len(agents) == 0 {
-		log.Warn().Msg("this build embeds no agent: every target is served in fallback mode (build with make)")
-	}
-	srv, err := proxy.NewServer(cfg, agents, log)
-	if err != nil {
-		fmt.Fprintln(stderr, "gomux:", err)
-		return 2
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		fmt.Fprintln(stderr, "gomux: listen:", err)
-		return 1
-	}
+	// bg owns the goroutines beside the server; its deferred Wait runs
+	// after every deferred stop below.
 	var bg sync.WaitGroup
 	defer bg.Wait()
-	var metricsSrv *http.Server
 	if cfg.MetricsListen != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		closeMetrics, err := serveMetrics(cfg.MetricsListen, srv, log, &bg)
 		if err != nil {
 			ln.Close()
 			fmt.Fprintln(stderr, "gomux: metrics_listen:", err)
 			return 1
 		}
-		metricsSrv = &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		log.Info().Str("event", "listen").Str("metrics_addr", mln.Addr().String()).Msg("metrics, /healthz and /readyz listening")
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			if err := metricsSrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error().Str("event", "metrics").Err(err).Msg("metrics endpoint stopped")
-			}
-		}()
-		defer metricsSrv.Close()
+		defer closeMetrics()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -254,7 +275,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(ln) }() // owned through errc, read before serve returns
 	bgCtx, stopBg := context.WithCancel(context.Background())
 	defer stopBg() // runs before bg.Wait
 	bg.Add(1)
@@ -272,38 +293,106 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 			watchFile(bgCtx, configPath, configPollInterval, changed)
 		}()
 	}
-	drainTimeout := cfg.DrainTimeout.D()
-	reload := func(why string) {
-		ncfg, err := srv.ReloadFile(configPath, override, why)
-		if err == nil {
-			level.set(ncfg.LogLevel)
-			drainTimeout = ncfg.DrainTimeout.D()
-		}
+	d := &daemon{srv: srv, log: log, level: level, configPath: configPath, override: override, drainTimeout: cfg.DrainTimeout.D()}
+	if code, stopped := d.wait(ctx, hup, changed, errc); stopped {
+		return code
 	}
+	return d.shutdown(errc)
+}
+
+// start makes the server and its listener; on failure srv is nil and
+// code the exit status.
+func start(cfg *proxy.Config, log zerolog.Logger, stderr io.Writer) (srv *proxy.Server, ln net.Listener, code int) {
+	agents, err := dist.Load()
+	if err != nil {
+		log.Error().Err(err).Msg("embedded agent")
+		return nil, nil, 1
+	}
+	if len(agents) == 0 {
+		log.Warn().Msg("this build embeds no agent: every target is served in fallback mode (build with make)")
+	}
+	srv, err = proxy.NewServer(cfg, agents, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "gomux:", err)
+		return nil, nil, 2
+	}
+	ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		fmt.Fprintln(stderr, "gomux: listen:", err)
+		return nil, nil, 1
+	}
+	return srv, ln, 0
+}
+
+// serveMetrics serves the metrics endpoint on addr in a goroutine owned
+// by bg, and returns what closes it.
+func serveMetrics(addr string, srv *proxy.Server, log zerolog.Logger, bg *sync.WaitGroup) (func() error, error) {
+	mln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	metricsSrv := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+	log.Info().Str("event", proxy.EventListen).Str("metrics_addr", mln.Addr().String()).Msg("metrics, /healthz and /readyz listening")
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		if err := metricsSrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Str("event", proxy.EventMetrics).Err(err).Msg("metrics endpoint stopped")
+		}
+	}()
+	return metricsSrv.Close, nil
+}
+
+// daemon is a running `gomux serve`: what reloads and the shutdown need.
+type daemon struct {
+	srv          *proxy.Server
+	log          zerolog.Logger
+	level        *levelFilter
+	configPath   string
+	override     func(*proxy.Config)
+	drainTimeout time.Duration // the one in force, changed by reloads
+}
+
+// wait reloads on SIGHUP or a config file change until ctx ends (a stop
+// signal: false) or the server stops by itself (true, with the exit
+// status).
+func (d *daemon) wait(ctx context.Context, hup <-chan os.Signal, changed <-chan struct{}, errc <-chan error) (int, bool) {
 	for {
 		select {
 		case err := <-errc:
 			if err != nil {
-				log.Error().Err(err).Msg("serve")
-				return 1
+				d.log.Error().Err(err).Msg("serve")
+				return 1, true
 			}
-			return 0
+			return 0, true
 		case <-hup:
-			reload("SIGHUP")
-			continue
+			d.reload("SIGHUP")
 		case <-changed:
-			reload("config file changed")
-			continue
+			d.reload("config file changed")
 		case <-ctx.Done():
+			return 0, false
 		}
-		break
 	}
-	log.Info().Str("event", "shutdown").Dur("drain_timeout", drainTimeout).Msg("draining")
-	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+}
+
+// reload applies the config file again; the server logs how it went.
+func (d *daemon) reload(why string) {
+	ncfg, err := d.srv.ReloadFile(d.configPath, d.override, why)
+	if err == nil {
+		d.level.set(ncfg.LogLevel)
+		d.drainTimeout = ncfg.DrainTimeout.D()
+	}
+}
+
+// shutdown drains the server within the drain timeout and waits for
+// Serve to return.
+func (d *daemon) shutdown(errc <-chan error) int {
+	d.log.Info().Str("event", proxy.EventShutdown).Dur("drain_timeout", d.drainTimeout).Msg("draining")
+	dctx, cancel := context.WithTimeout(context.Background(), d.drainTimeout)
 	defer cancel()
-	srv.Shutdown(dctx)
+	d.srv.Shutdown(dctx)
 	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
-		log.Warn().Err(err).Msg("serve after shutdown")
+		d.log.Warn().Err(err).Msg("serve after shutdown")
 	}
 	return 0
 }

@@ -1,0 +1,134 @@
+package proxy
+
+// Log event names: the value of the "event" field of every log line gomux
+// writes. Operators' alerts, the README and the integration tests search
+// logs for them, so each is declared once here and a change to one is a
+// change to this file. Log them as log.Info().Str("event", EventX).
+const (
+	// EventConfig marks a configuration problem found while starting,
+	// one that gomux works around rather than refuses.
+	EventConfig = "config"
+	// EventListen marks a listener up (SSH front or metrics endpoint),
+	// with its address: the line to wait for before connecting.
+	EventListen = "listen"
+	// EventReload marks a configuration reload (SIGHUP or file change),
+	// with its result, or fields that need a restart to take effect.
+	EventReload = "reload"
+	// EventShutdown marks the steps of a shutdown: draining, drain
+	// timeout, stopped.
+	EventShutdown = "shutdown"
+	// EventStats is the periodic line of process figures (goroutines,
+	// heap, RSS, open files, upstreams): what to graph when no metrics
+	// scraper runs.
+	EventStats = "stats"
+	// EventMetrics marks a failure of the metrics endpoint or of a scrape.
+	EventMetrics = "metrics"
+	// EventPanic marks a bug: a panic contained on one connection, with
+	// its stack, while gomux keeps serving the others.
+	EventPanic = "panic"
+	// EventLimit marks something refused because it went beyond a
+	// configured limit (connections, channels, env, sftp handles): the
+	// line to look for when a client reports a refusal.
+	EventLimit = "limit"
+
+	// EventTCPAccept marks a TCP connection accepted on the front,
+	// before any SSH (debug level).
+	EventTCPAccept = "tcp_accept"
+	// EventProxyProtocol marks a PROXY protocol header from a load
+	// balancer: read, refused, or sent by a peer not trusted to send one.
+	EventProxyProtocol = "proxy_protocol"
+	// EventLoginGrace marks a connection closed because it did not log in
+	// within the login grace time (front or inner session).
+	EventLoginGrace = "login_grace"
+	// EventConnection marks a front connection that failed its SSH
+	// handshake or authentication.
+	EventConnection = "connection"
+	// EventFrontAuth marks a front login decision, accepted or refused,
+	// naming the person: the audit line for who connected.
+	EventFrontAuth = "front_auth"
+	// EventFrontAuthOffer marks each key a client offers on the front
+	// (debug level): why a login picked, or missed, a key.
+	EventFrontAuthOffer = "front_auth_offer"
+	// EventFrontRevoked marks a connected person whose access was
+	// withdrawn (key or certificate revoked, key file changed), and whose
+	// connection is closed for it.
+	EventFrontRevoked = "front_revoked"
+	// EventPolicyDecision marks one decision of where a person may go:
+	// the destination asked for, the rule that matched, the result.
+	EventPolicyDecision = "policy_decision"
+	// EventForward marks a direct-tcpip request: denied, spliced or
+	// accelerated, or failed.
+	EventForward = "forward"
+	// EventForwardClosed marks the end of a forward, with its bytes and
+	// duration.
+	EventForwardClosed = "forward_closed"
+
+	// EventInnerHandshake marks an inner SSH handshake (accelerated
+	// forward) that failed.
+	EventInnerHandshake = "inner_handshake"
+	// EventInnerAuth marks an inner login decision: the remote user the
+	// front person asked for, accepted, refused or denied by policy.
+	EventInnerAuth = "inner_auth"
+	// EventInnerConnect marks an inner session established (debug level).
+	EventInnerConnect = "inner_connect"
+	// EventInnerDisconnect marks the end of an inner session, with what
+	// the shim saved on it.
+	EventInnerDisconnect = "inner_disconnect"
+	// EventInnerDrain marks an inner session closed by a drain, or staged
+	// state that could not be written to the target before it closed.
+	EventInnerDrain = "inner_drain"
+	// EventChannel marks one session channel: its command, exit status,
+	// bytes and duration, or why it was refused or failed. The line per
+	// Ansible step.
+	EventChannel = "channel"
+	// EventSFTP marks one sftp operation on the accelerated sftp front.
+	EventSFTP = "sftp"
+	// EventSFTPBadRequest marks an sftp read or write refused as malformed
+	// (offsets, lengths, handles).
+	EventSFTPBadRequest = "sftp_bad_request"
+	// EventRecording marks a pty session recording that could not be
+	// made or is incomplete.
+	EventRecording = "recording"
+	// EventBecomeSpeculation marks a become command whose BECOME-SUCCESS
+	// gomux sent ahead but whose output did not begin with it: the
+	// output is passed on unchanged.
+	EventBecomeSpeculation = "become_speculation"
+	// EventShimAfter marks a deferred temp dir removal that failed on the
+	// target after the client had its answer.
+	EventShimAfter = "shim_after"
+	// EventShimSettle marks staged temp dirs that could not be written
+	// to the target before replying, so a step served by another gomux
+	// replica may not find them.
+	EventShimSettle = "shim_settle"
+	// EventShimStateDropped marks the Ansible state kept for a target
+	// dropped (idle, or evicted at the max_shim_states limit).
+	EventShimStateDropped = "shim_state_dropped"
+
+	// EventUpstreamConnect marks an upstream SSH connection to a target
+	// made or failed, with its duration.
+	EventUpstreamConnect = "upstream_connect"
+	// EventUpstreamClosed marks the end of an upstream connection, with
+	// why.
+	EventUpstreamClosed = "upstream_closed"
+	// EventUpstreamIdleClose marks an upstream connection closed after
+	// its idle timeout.
+	EventUpstreamIdleClose = "upstream_idle_close"
+	// EventUpstreamKeepaliveTimeout marks an upstream connection closed
+	// because the target stopped answering keepalives.
+	EventUpstreamKeepaliveTimeout = "upstream_keepalive_timeout"
+	// EventAgentStart marks the agent started on a target (or not), with
+	// its version, architecture and whether it was uploaded.
+	EventAgentStart = "agent_start"
+	// EventAgentUpload marks the agent binary uploaded to a target's
+	// cache: once per target and agent version.
+	EventAgentUpload = "agent_upload"
+	// EventAgentCacheUnsafe marks an agent cache on a target that others
+	// could write, which gomux replaces.
+	EventAgentCacheUnsafe = "agent_cache_unsafe"
+	// EventAgentFallback marks a target served without the agent, channel
+	// by channel, and why.
+	EventAgentFallback = "agent_fallback"
+	// EventAgentExit marks the end of an agent session on a target, with
+	// what the agent wrote to stderr.
+	EventAgentExit = "agent_exit"
+)

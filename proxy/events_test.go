@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// declaredEvents reads the Event constants from events.go: name by value.
+func declaredEvents(t *testing.T) map[string]string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "events.go", nil, parser.ParseComments)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byValue := map[string]string{}
+	for _, d := range f.Decls {
+		gd, ok := d.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, sp := range gd.Specs {
+			vs := sp.(*ast.ValueSpec)
+			for i, n := range vs.Names {
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					t.Fatalf("%s is not a string literal", n.Name)
+				}
+				v, _ := strconv.Unquote(lit.Value)
+				if prev, dup := byValue[v]; dup {
+					t.Errorf("event %q declared twice: %s and %s", v, prev, n.Name)
+				}
+				byValue[v] = n.Name
+				if !strings.HasPrefix(n.Name, "Event") {
+					t.Errorf("%s: event constants are named Event...", n.Name)
+				}
+				if vs.Doc == nil || !strings.HasPrefix(vs.Doc.Text(), n.Name+" ") {
+					t.Errorf("%s has no doc comment starting with its name", n.Name)
+				}
+			}
+		}
+	}
+	return byValue
+}
+
+// TestEventsDeclared fails when a log line in proxy/ or cmd/gomux uses an
+// event name that events.go does not declare, so the list operators and
+// tests rely on stays complete.
+func TestEventsDeclared(t *testing.T) {
+	declared := declaredEvents(t)
+	if len(declared) == 0 {
+		t.Fatal("no events declared")
+	}
+	lit := regexp.MustCompile(`"event",\s*"([^"]*)"|"event":"([a-z_0-9]+)"`)
+	files, _ := filepath.Glob("*.go")
+	more, _ := filepath.Glob("../cmd/gomux/*.go")
+	for _, f := range append(files, more...) {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range lit.FindAllStringSubmatch(string(b), -1) {
+			name := m[1] + m[2]
+			if _, ok := declared[name]; !ok {
+				t.Errorf("%s logs event %q, which events.go does not declare", f, name)
+			}
+		}
+	}
+}
+
+// TestREADMEEventsDeclared: every event the README names is one gomux
+// logs, so a renamed event cannot leave the README pointing at nothing.
+func TestREADMEEventsDeclared(t *testing.T) {
+	declared := declaredEvents(t)
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := regexp.MustCompile("\"event\":\"([a-z_]+)\"|`([a-z_]+)` events?\\b|\\bevents? `([a-z_]+)`")
+	found := 0
+	for _, m := range named.FindAllStringSubmatch(string(b), -1) {
+		name := m[1] + m[2] + m[3]
+		found++
+		if _, ok := declared[name]; !ok {
+			t.Errorf("README names event %q, which events.go does not declare", name)
+		}
+	}
+	if found == 0 {
+		t.Fatal("README names no event: the pattern above no longer matches how it writes them")
+	}
+}

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gomux/gomux/agent"
+)
+
+// TestPoolAcquireAfterClose: a lease asked for once the pool has closed
+// is refused at once, with words a user understands, and leaves nothing
+// behind; the pool's goroutines are not started after Close waited.
+func TestPoolAcquireAfterClose(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := benchPoolConfig(t, t.TempDir(), "127.0.0.1:1", signer.PublicKey())
+	pool, err := NewPool(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.Close()
+	pool.Close() // twice is fine
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = pool.Acquire(ctx, UpstreamTarget{Host: "127.0.0.1:1", Dial: "127.0.0.1:1", User: "late"})
+	if !errors.Is(err, errPoolClosed) {
+		t.Fatalf("Acquire after Close: %v, want %v", err, errPoolClosed)
+	}
+	if n := pool.Len(); n != 0 {
+		t.Errorf("pool lists %d connections after a refused Acquire", n)
+	}
+}
+
+// TestAgentHandshakeErrorSaysItOnce: a target whose agent prints its
+// banner and then goes away fails the agent start with an error that
+// names the handshake once, not once per layer.
+func TestAgentHandshakeErrorSaysItOnce(t *testing.T) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := &gossh.ServerConfig{
+		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
+	}
+	scfg.AddHostKey(signer)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Go(func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		sc, chans, reqs, err := gossh.NewServerConn(c, scfg)
+		if err != nil {
+			return
+		}
+		defer sc.Close()
+		wg.Go(func() { gossh.DiscardRequests(reqs) })
+		for nc := range chans {
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				continue
+			}
+			for r := range creqs {
+				r.Reply(r.Type == "exec", nil)
+				if r.Type == "exec" {
+					// The agent's banner, then nothing: it died.
+					fmt.Fprintf(ch, "%s %d\n", agent.Banner, agent.ProtocolVersion)
+					ch.Close()
+				}
+			}
+		}
+	})
+	addr := ln.Addr().String()
+	pool, err := NewPool(benchPoolConfig(t, t.TempDir(), addr, signer.PublicKey()), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "dies"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	a, err := l.Agent(ctx)
+	if err == nil {
+		t.Fatalf("agent start succeeded (%v) against an agent that died", a)
+	}
+	if n := strings.Count(err.Error(), "handshake"); n != 1 {
+		t.Errorf("error %q names the handshake %d times, want once", err, n)
+	}
+}
