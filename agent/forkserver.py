@@ -7,60 +7,54 @@
 # Process tree: the server accepts requests; per AnsiballZ ZIPDATA it forks a
 # template that has imported ansible.module_utils.basic from that zip; per run
 # the template forks a child that becomes the payload's __main__ and never
-# comes back, so nothing one task does is seen by the next.
+# comes back, so nothing one task does is seen by the next. Every forked
+# process ends in os._exit (template_process, child_main's finish): none
+# returns into the frames of the process it was forked from.
 #
 # Nothing here may crash a task: any doubt before a run is committed answers
 # "cold", and the client then runs the interpreter itself.
+#
+# The file must parse on any Python 3, so that an older one still answers
+# "cold" (unsupported): no f-strings, no walrus, no dataclasses.
+#
+# Layout, as the Go side: constants and named types; the wire; requests;
+# reading a wrapper; peers; the server; templates; the child; main.
 
+import array
+import atexit
+import base64
+import builtins
+import collections
+import gc
+import hashlib
+import importlib
+import importlib.machinery
+import io
+import json
+import locale
 import os
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
 import sys
+import tempfile
+import time
+import types
+import zipfile
 
+# The request version this server speaks (the "v" field): pyrun.go's
+# PyRunProtocol. TestForkServerVersionAgrees holds the two equal.
 VERSION = 1
 MAX_SCRIPT = 64 << 20
 MAX_TEMPLATES = 16
 
-
-def _send_ready(fd, msg):
-    try:
-        os.write(fd, msg.encode() + b"\n")
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _supported():
-    if sys.implementation.name != "cpython":
-        return "not CPython"
-    if sys.version_info < (3, 9):
-        return "Python older than 3.9"
-    if not hasattr(os, "pidfd_open"):
-        return "no pidfd_open"
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError as e:
-        return "pidfd_open: %s" % e
-    return ""
-
-
-# What AnsiballZ's wrapper imports before basic: loaded once, here.
-import array  # noqa: E402
-import base64  # noqa: E402,F401
-import builtins  # noqa: E402
-import gc  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import resource  # noqa: E402
-import runpy  # noqa: E402,F401
-import select  # noqa: E402
-import shutil  # noqa: E402,F401
-import signal  # noqa: E402
-import socket  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-import zipfile  # noqa: E402,F401
+# What AnsiballZ's wrapper imports before basic that this server does not
+# use itself (it uses base64, shutil, tempfile, zipfile): imported once by
+# the server (preload), so no run pays for it.
+WRAPPER_IMPORTS = ("runpy",)
 
 ZIPDATA_RE = re.compile(rb'\n\s*ZIPDATA = """([A-Za-z0-9+/=\s]*)"""')
 MODULE_RE = re.compile(rb"runpy\.run_module\(mod_name='([A-Za-z0-9_.]+)'")
@@ -70,7 +64,28 @@ ZIPNAME_RE = re.compile(rb"os\.path\.join\(temp_path, '(ansible_[A-Za-z0-9_.]+_p
 # Top-level imports of module_utils in a module's source: the template
 # imports them too, as the module would before anything else.
 UTILS_RE = re.compile(r"^(?:from\s+(ansible(?:_collections)?\.[\w.]*module_utils[\w.]*)\s+import|import\s+(ansible\.module_utils[\w.]*)\s*$)", re.M)
+# A module's own file in an AnsiballZ archive.
+MODFILE_RE = re.compile(r"^(?:ansible/modules|ansible_collections/[^/]+/[^/]+/plugins/modules)/(?!__init__)([A-Za-z0-9_]+)\.py$")
 WRAPPER_MARK = b"_ANSIBALLZ_WRAPPER = True"
+
+# ZIPDATA_RE's pieces, for zipdata_span: matching the archive's characters
+# one by one in the regex engine cost half a millisecond per run.
+ZIPDATA_NAME = b'ZIPDATA = """'
+ZIPDATA_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\x0b\x0c"
+SPACE = b" \t\n\r\x0b\x0c"  # \s of a bytes pattern
+
+# A name in place of the archive while a wrapper is compiled.
+ZIPDATA_STANDIN = "gomuxZIPDATAstandin"
+NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+
+# SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, taken
+# by the kernel at connect(); the same number on amd64 and arm64.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+# What of a process its forked children inherit and a module could use:
+# ids, groups, capabilities, no_new_privs and seccomp (/proc/PID/status).
+CONFINEMENT_KEYS = (b"Uid", b"Gid", b"Groups", b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb",
+                    b"NoNewPrivs", b"Seccomp", b"Seccomp_filters")
+NAMESPACES = ("mnt", "pid_for_children", "user", "net", "ipc", "uts", "cgroup", "time_for_children")
 
 # sys.path as a fresh `python3 script` has it, without its first entry
 # (the script's directory, or '' for stdin).
@@ -82,12 +97,28 @@ BASE_PATH = list(sys.path[1:])
 # of theirs would have done the same.
 COERCED_LC_CTYPE = os.environ.get("LC_CTYPE")
 
+# A client's request, checked by parse_request: what the child must look
+# like. rlimits is a list of [resource, soft, hard]; sigign the signals
+# the client's interpreter would have inherited ignored.
+Request = collections.namedtuple(
+    "Request", "argv script env umask nice uid euid gid egid groups rlimits sigign")
+
+# What the server reads from an AnsiballZ wrapper. digest names the
+# template (archive and names); module is "" when the wrapper's
+# run_module line could not be read; prefix and zipname (the payload
+# directory's prefix and the archive's name) are both "" unless both
+# could be read.
+Wrapper = collections.namedtuple("Wrapper", "digest zipdata module prefix zipname")
+
+# The agent a server lives with: its PID and its start time in /proc.
+Agent = collections.namedtuple("Agent", "pid start")
+
 
 class Run(object):
     """One task: the client's request and the descriptors it passed."""
 
-    def __init__(self, hdr, conn, fds):
-        self.hdr = hdr
+    def __init__(self, req, conn, fds):
+        self.req = req
         self.conn = conn  # socket
         self.stdin, self.stdout, self.stderr, self.cwd, self.script = fds
         self.pid = 0
@@ -96,11 +127,31 @@ class Run(object):
 
     def close_fds(self):
         for fd in (self.stdin, self.stdout, self.stderr, self.cwd, self.script):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            close_quietly(fd)
         self.stdin = self.stdout = self.stderr = self.cwd = self.script = -1
+
+
+class TemplateHandle(object):
+    """The server's end of one template: its PID, the socket the server
+    forwards requests on, and when it last had one (for the idle timeout
+    and to make room for a new one)."""
+
+    __slots__ = ("pid", "ctl", "last_use")
+
+    def __init__(self, pid, ctl):
+        self.pid = pid
+        self.ctl = ctl
+        self.last_use = time.monotonic()
+
+
+# ---------------------------------------------------------------- wire
+
+
+def close_quietly(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def send(conn, obj):
@@ -109,6 +160,15 @@ def send(conn, obj):
         return True
     except OSError:
         return False
+
+
+def send_ready(fd, msg):
+    """Says msg on the start-up pipe pyrun waits on, and closes it."""
+    try:
+        os.write(fd, msg.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def recv_request(sock, nfds):
@@ -141,11 +201,71 @@ def read_all(fd):
     return b"".join(chunks)
 
 
-# ZIPDATA_RE's pieces, for zipdata_span: matching the archive's characters
-# one by one in the regex engine cost half a millisecond per run.
-ZIPDATA_NAME = b'ZIPDATA = """'
-ZIPDATA_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\x0b\x0c"
-SPACE = b" \t\n\r\x0b\x0c"  # \s of a bytes pattern
+# ---------------------------------------------------------------- requests
+
+
+def parse_request(msg):
+    """The request in msg: (Request, "") when this server can serve it,
+    else (None, why not)."""
+    try:
+        h = json.loads(msg)
+    except ValueError:
+        return None, "request is not JSON"
+    why = check_header(h)
+    if why:
+        return None, why
+    return Request(argv=h["argv"], script=h["script"], env=h["env"], umask=h["umask"], nice=h["nice"],
+                   uid=h["uid"], euid=h["euid"], gid=h["gid"], egid=h["egid"], groups=h["groups"],
+                   rlimits=h["rlimits"], sigign=h["sigign"]), ""
+
+
+def check_header(h):
+    if not isinstance(h, dict) or h.get("v") != VERSION:
+        return "unknown request version"
+    argv = h.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return "bad argv"
+    if argv[0] != sys.executable:
+        return "interpreter differs"
+    env = h.get("env")
+    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
+        return "bad env"
+    for k in ("umask", "nice", "uid", "euid", "gid", "egid"):
+        if not isinstance(h.get(k), int):
+            return "bad " + k
+    if (h["uid"], h["euid"]) != (os.getuid(), os.geteuid()) or (h["gid"], h["egid"]) != (os.getgid(), os.getegid()):
+        return "credentials differ"
+    groups = h.get("groups")
+    if not isinstance(groups, list) or sorted(set(groups)) != sorted(set(os.getgroups())):
+        return "groups differ"
+    rl = h.get("rlimits")
+    if not isinstance(rl, list) or not all(isinstance(r, list) and len(r) == 3 and all(isinstance(x, int) for x in r) for r in rl):
+        return "bad rlimits"
+    ign = h.get("sigign")
+    if not isinstance(ign, list) or not all(isinstance(s, int) for s in ign):
+        return "bad sigign"
+    if not isinstance(h.get("script"), bool):
+        return "bad script flag"
+    return ""
+
+
+def feasible(req):
+    """Says why this process cannot give a child the client's limits."""
+    if os.geteuid() == 0:
+        return ""
+    for res, cur, mx in req.rlimits:
+        try:
+            _, omx = resource.getrlimit(res)
+        except (ValueError, OSError):
+            return "rlimit %d" % res
+        if omx != resource.RLIM_INFINITY and (mx == resource.RLIM_INFINITY or mx > omx):
+            return "rlimit %d above this server's" % res
+    if req.nice < os.getpriority(os.PRIO_PROCESS, 0):
+        return "nice below this server's"
+    return ""
+
+
+# ---------------------------------------------------------------- wrapper
 
 
 def zipdata_span(script, check=True):
@@ -183,307 +303,29 @@ def _search_around(pattern, script, start, end):
     return pattern.search(script, 0, start) or pattern.search(script, end)
 
 
-def zip_hash(script):
-    """The archive's digest and data, and the module's name, of an
-    AnsiballZ wrapper; None for anything else."""
+def read_wrapper(script):
+    """The Wrapper of an AnsiballZ wrapper's source; None for anything else."""
     if WRAPPER_MARK not in script:
-        return None, None, None
+        return None
     span = zipdata_span(script)
     if span is None:
-        return None, None, None
+        return None
     start, end = span
     data = script[start:end]
     mod = _search_around(MODULE_RE, script, start, end)
-    name = mod.group(1).decode() if mod else ""
+    module = mod.group(1).decode() if mod else ""
     prefix, zipname = _search_around(PAYLOAD_RE, script, start, end), _search_around(ZIPNAME_RE, script, start, end)
+    name = module
     if prefix and zipname:
-        name += "\0" + prefix.group(1).decode() + "\0" + zipname.group(1).decode()
-    return hashlib.sha256(data + b"\0" + name.encode()).hexdigest(), data, name
+        prefix, zipname = prefix.group(1).decode(), zipname.group(1).decode()
+        name += "\0" + prefix + "\0" + zipname
+    else:
+        prefix = zipname = ""
+    digest = hashlib.sha256(data + b"\0" + name.encode()).hexdigest()
+    return Wrapper(digest=digest, zipdata=data, module=module, prefix=prefix, zipname=zipname)
 
 
-def preimport(zippath, module):
-    """Imports the module_utils the module imports at its top, from the
-    archive: what every run of it would import first anyway."""
-    if not module.startswith(("ansible.modules.", "ansible_collections.")):
-        return
-    try:
-        with zipfile.ZipFile(zippath) as z:
-            src = z.read(module.replace(".", "/") + ".py").decode("utf-8")
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
-        return
-    for m in UTILS_RE.finditer(src):
-        try:
-            __import__(m.group(1) or m.group(2))
-        except Exception:
-            pass
-
-
-def check_header(h):
-    if not isinstance(h, dict) or h.get("v") != VERSION:
-        return "unknown request version"
-    argv = h.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        return "bad argv"
-    if argv[0] != sys.executable:
-        return "interpreter differs"
-    env = h.get("env")
-    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
-        return "bad env"
-    for k in ("umask", "nice", "uid", "euid", "gid", "egid"):
-        if not isinstance(h.get(k), int):
-            return "bad " + k
-    if (h["uid"], h["euid"]) != (os.getuid(), os.geteuid()) or (h["gid"], h["egid"]) != (os.getgid(), os.getegid()):
-        return "credentials differ"
-    groups = h.get("groups")
-    if not isinstance(groups, list) or sorted(set(groups)) != sorted(set(os.getgroups())):
-        return "groups differ"
-    rl = h.get("rlimits")
-    if not isinstance(rl, list) or not all(isinstance(r, list) and len(r) == 3 and all(isinstance(x, int) for x in r) for r in rl):
-        return "bad rlimits"
-    ign = h.get("sigign")
-    if not isinstance(ign, list) or not all(isinstance(s, int) for s in ign):
-        return "bad sigign"
-    if not isinstance(h.get("script"), bool):
-        return "bad script flag"
-    return ""
-
-
-def feasible(h):
-    """Says why this process cannot give a child the client's limits."""
-    if os.geteuid() == 0:
-        return ""
-    for res, cur, mx in h["rlimits"]:
-        try:
-            _, omx = resource.getrlimit(res)
-        except (ValueError, OSError):
-            return "rlimit %d" % res
-        if omx != resource.RLIM_INFINITY and (mx == resource.RLIM_INFINITY or mx > omx):
-            return "rlimit %d above this server's" % res
-    if h["nice"] < os.getpriority(os.PRIO_PROCESS, 0):
-        return "nice below this server's"
-    return ""
-
-
-class Exit(Exception):
-    """Unwinds a forked child out of the loops to run its payload."""
-
-    def __init__(self, run):
-        Exception.__init__(self)
-        self.run = run
-
-
-class BecomeTemplate(Exception):
-    """Unwinds a forked server out of its loop to become a template, closing
-    on the way every descriptor the server held for the request at hand."""
-
-    def __init__(self, ctl, workdir, digest, data, module, closers):
-        Exception.__init__(self)
-        self.ctl, self.workdir, self.digest, self.data, self.module = ctl, workdir, digest, data, module
-        self.closers = closers
-
-
-# ---------------------------------------------------------------- template
-
-
-class Template(object):
-    """A process holding basic imported from one zip; forks the runs."""
-
-    def __init__(self, ctl, zippath, broken, alias=None):
-        self.ctl = ctl
-        self.zippath = zippath
-        self.alias = alias  # payload_alias's directory
-        self.broken = broken
-        self.runs = {}  # conn fd -> Run
-        self.bypid = {}  # pidfd -> Run
-        self.closing = False
-
-    def loop(self):
-        poll = select.poll()
-        poll.register(self.ctl.fileno(), select.POLLIN)
-        while not (self.closing and not self.runs):
-            for fd, ev in poll.poll():
-                if fd == self.ctl.fileno():
-                    self.from_server(poll, ev)
-                elif fd in self.bypid:
-                    self.reap(poll, self.bypid[fd])
-                elif fd in self.runs:
-                    self.from_client(poll, self.runs[fd])
-        try:
-            os.unlink(self.zippath)
-        except OSError:
-            pass
-        if self.alias:
-            shutil.rmtree(self.alias, True)
-
-    def from_server(self, poll, ev):
-        try:
-            msg, fds = recv_request(self.ctl, 6)
-        except (OSError, ValueError):
-            msg, fds = b"", []
-        if not msg:
-            self.closing = True
-            poll.unregister(self.ctl.fileno())
-            return
-        if len(fds) != 6:
-            for fd in fds:
-                os.close(fd)
-            return
-        conn = socket.socket(fileno=fds[0])
-        run = Run(json.loads(msg), conn, fds[1:])
-        why = self.broken or feasible(run.hdr)
-        if why:
-            send(conn, {"cold": why})
-            run.close_fds()
-            conn.close()
-            return
-        if not send(conn, {"ready": 1}):
-            run.close_fds()
-            conn.close()
-            return
-        self.runs[conn.fileno()] = run
-        poll.register(conn.fileno(), select.POLLIN)
-
-    def from_client(self, poll, run):
-        try:
-            msg = run.conn.recv(4096)
-            m = json.loads(msg) if msg else None
-        except (OSError, ValueError):
-            msg, m = b"", None
-        if run.state == "ready":
-            if isinstance(m, dict) and m.get("go"):
-                self.start(poll, run)
-                return
-            self.drop(poll, run)
-            return
-        if not msg:
-            # The client is gone: so is the task, as with a killed sshd.
-            try:
-                os.killpg(run.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            poll.unregister(run.conn.fileno())
-            return
-        if isinstance(m, dict) and isinstance(m.get("signal"), int):
-            try:
-                os.killpg(run.pid, m["signal"])
-            except (OSError, ValueError):
-                pass
-
-    def drop(self, poll, run):
-        poll.unregister(run.conn.fileno())
-        del self.runs[run.conn.fileno()]
-        run.close_fds()
-        run.conn.close()
-
-    def start(self, poll, run):
-        pid = os.fork()
-        if pid == 0:
-            # The child owns only its run's descriptors: drop the Python
-            # objects of the others without closing numbers the payload
-            # may reuse (child_prepare closes the descriptors themselves).
-            self.ctl.detach()
-            for r in self.runs.values():
-                if r is not run:
-                    r.conn.detach()
-            raise Exit(run)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
-        run.close_fds()
-        run.pid = pid
-        run.state = "running"
-        run.pidfd = os.pidfd_open(pid)
-        self.bypid[run.pidfd] = run
-        poll.register(run.pidfd, select.POLLIN)
-
-    def reap(self, poll, run):
-        try:
-            _, st = os.waitpid(run.pid, 0)
-        except ChildProcessError:
-            st = None
-        poll.unregister(run.pidfd)
-        del self.bypid[run.pidfd]
-        os.close(run.pidfd)
-        if st is not None:
-            if os.WIFSIGNALED(st):
-                send(run.conn, {"status": {"signal": os.WTERMSIG(st), "core": os.WCOREDUMP(st)}})
-            else:
-                send(run.conn, {"status": {"code": os.WEXITSTATUS(st)}})
-        try:
-            poll.unregister(run.conn.fileno())
-        except KeyError:
-            pass
-        del self.runs[run.conn.fileno()]
-        run.conn.close()
-
-
-# A module's own file in an AnsiballZ archive.
-MODFILE_RE = re.compile(r"^(?:ansible/modules|ansible_collections/[^/]+/[^/]+/plugins/modules)/(?!__init__)([A-Za-z0-9_]+)\.py$")
-
-
-def payload_alias(zippath, shape=""):
-    """Gives the archive the name AnsiballZ unpacks it under,
-    <tmp>/ansible_<module>_payload_<random>/ansible_<module>_payload.zip
-    (a symlink), so the file names modules see in tracebacks and __file__
-    read as without gomux. Returns the path to import from and the
-    directory to remove with the template (None: no alias). shape is
-    "prefix\\0zipname" as the wrapper spells them, when it could be read."""
-    if shape:
-        prefix, _, zipname = shape.partition("\0")
-        return _link_payload(zippath, prefix, zipname)
-    try:
-        with zipfile.ZipFile(zippath) as z:
-            mods = [m.group(1) for m in map(MODFILE_RE.match, z.namelist()) if m]
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return zippath, None
-    if len(mods) != 1:
-        return zippath, None
-    return _link_payload(zippath, "ansible_%s_payload_" % mods[0], "ansible_%s_payload.zip" % mods[0])
-
-
-def _link_payload(zippath, prefix, zipname):
-    """Link zippath as <new dir named prefix...>/zipname; (zippath, None)
-    when that cannot be made."""
-    d = tempfile.mkdtemp(prefix=prefix)
-    link = os.path.join(d, zipname)
-    try:
-        os.symlink(zippath, link)
-    except OSError:
-        os.rmdir(d)
-        return zippath, None
-    return link, d
-
-
-def template_main(ctl, workdir, digest, data, module):
-    module, _, shape = module.partition("\0")
-    zippath = os.path.join(workdir, "zip-%d-%s.zip" % (os.getpid(), digest[:16]))
-    broken = ""
-    alias = None
-    try:
-        fd = os.open(zippath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64decode(data))
-        importpath, alias = payload_alias(zippath, shape)
-        sys.path.insert(0, importpath)
-        gc.disable()
-        try:
-            __import__("ansible.module_utils.basic")
-            preimport(zippath, module)
-        finally:
-            sys.path.remove(importpath)
-    except BaseException as e:  # a broken zip makes its tasks run cold
-        broken = "template: %s" % e.__class__.__name__
-    # Everything imported so far lives as long as the template: out of
-    # the collector's sight, a child's collections do not touch (and so
-    # copy) the pages it shares with the template.
-    gc.collect()
-    gc.freeze()
-    gc.enable()
-    Template(ctl, zippath, broken, alias).loop()
-
-
-# ---------------------------------------------------------------- server
+# ---------------------------------------------------------------- peers
 
 
 def proc_starttime(pid):
@@ -493,18 +335,6 @@ def proc_starttime(pid):
     except OSError:
         return None
     return s[s.rindex(b")") + 2:].split()[19].decode()
-
-
-# ---------------------------------------------------------------- peers
-
-# SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, taken
-# by the kernel at connect(); the same number on amd64 and arm64.
-SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
-# What of a process its forked children inherit and a module could use:
-# ids, groups, capabilities, no_new_privs and seccomp (/proc/PID/status).
-CONFINEMENT_KEYS = (b"Uid", b"Gid", b"Groups", b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb",
-                    b"NoNewPrivs", b"Seccomp", b"Seccomp_filters")
-NAMESPACES = ("mnt", "pid_for_children", "user", "net", "ipc", "uts", "cgroup", "time_for_children")
 
 
 def confinement(pid):
@@ -588,22 +418,48 @@ def check_peer(conn, mine):
     return ""
 
 
+# ---------------------------------------------------------------- server
+
+
+def unsupported():
+    """Says why this interpreter cannot serve warm runs ("" if it can)."""
+    if sys.implementation.name != "cpython":
+        return "not CPython"
+    if sys.version_info < (3, 9):
+        return "Python older than 3.9"
+    if not hasattr(os, "pidfd_open"):
+        return "no pidfd_open"
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as e:
+        return "pidfd_open: %s" % e
+    return ""
+
+
+def preload():
+    """Imports WRAPPER_IMPORTS, so templates and runs inherit them."""
+    for name in WRAPPER_IMPORTS:
+        importlib.import_module(name)
+
+
 class Server(object):
+    """Accepts requests on the listening socket, checks them and the peer,
+    and forwards each to the template of its wrapper's archive."""
+
     def __init__(self, lsock, workdir, idle, agent, cold):
         self.lsock = lsock
         self.workdir = workdir
         self.idle = idle
-        self.agent = agent
+        self.agent = agent  # Agent, or None: rely on the idle timeout
         self.cold = cold
-        self.templates = {}  # digest -> [pid, ctl socket, last use]
+        self.templates = {}  # Wrapper.digest -> TemplateHandle
         self.last = time.monotonic()
         self.mine = confinement("self")
 
     def alive(self):
         if self.agent is None:
             return True
-        pid, start = self.agent
-        return proc_starttime(pid) == start
+        return proc_starttime(self.agent.pid) == self.agent.start
 
     def loop(self):
         poll = select.poll()
@@ -615,19 +471,22 @@ class Server(object):
             if now - self.last > self.idle or not self.alive():
                 return
             for digest, t in list(self.templates.items()):
-                if now - t[2] > self.idle:
+                if now - t.last_use > self.idle:
                     self.retire(digest)
             if ev:
-                try:
-                    conn, _ = self.lsock.accept()
-                except OSError:
-                    continue
-                self.last = now
-                try:
-                    self.handle(conn)
-                finally:
-                    if conn.fileno() >= 0:
-                        conn.close()
+                self.accept(now)
+
+    def accept(self, now):
+        try:
+            conn, _ = self.lsock.accept()
+        except OSError:
+            return
+        self.last = now
+        try:
+            self.handle(conn)
+        finally:
+            if conn.fileno() >= 0:
+                conn.close()
 
     def reap(self):
         while True:
@@ -638,13 +497,13 @@ class Server(object):
             if pid == 0:
                 return
             for digest, t in list(self.templates.items()):
-                if t[0] == pid:
-                    t[1].close()
+                if t.pid == pid:
+                    t.ctl.close()
                     del self.templates[digest]
 
     def retire(self, digest):
         t = self.templates.pop(digest)
-        t[1].close()  # the template finishes its runs, then exits
+        t.ctl.close()  # the template finishes its runs, then exits
 
     def handle(self, conn):
         conn.settimeout(5)
@@ -658,66 +517,63 @@ class Server(object):
             send(conn, {"cold": "request: %s" % e})
             return
         try:
-            self.dispatch(conn, msg, fds, peer)
+            why, wrapper = self.check(msg, fds, peer)
+            if why:
+                send(conn, {"cold": why})
+            else:
+                self.forward(conn, msg, fds, wrapper)
         finally:
             for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                close_quietly(fd)
 
-    def dispatch(self, conn, msg, fds, peer):
+    def check(self, msg, fds, peer):
+        """Says why this request is not served warm, or gives its Wrapper."""
         if self.cold:
-            send(conn, {"cold": self.cold})
-            return
+            return self.cold, None
         if peer:
-            send(conn, {"cold": peer})
-            return
+            return peer, None
         if len(fds) != 5:
-            send(conn, {"cold": "want 5 descriptors, got %d" % len(fds)})
-            return
-        try:
-            hdr = json.loads(msg)
-        except ValueError:
-            send(conn, {"cold": "request is not JSON"})
-            return
-        why = check_header(hdr)
+            return "want 5 descriptors, got %d" % len(fds), None
+        _, why = parse_request(msg)
         if why:
-            send(conn, {"cold": why})
-            return
+            return why, None
         try:
             script = read_all(fds[4])
         except (OSError, ValueError) as e:
-            send(conn, {"cold": "script: %s" % e})
-            return
-        digest, data, module = zip_hash(script)
-        if digest is None:
-            send(conn, {"cold": "not an AnsiballZ module"})
-            return
+            return "script: %s" % e, None
+        wrapper = read_wrapper(script)
+        if wrapper is None:
+            return "not an AnsiballZ module", None
+        return "", wrapper
+
+    def forward(self, conn, msg, fds, wrapper):
+        """Hands the request, its connection and descriptors to the
+        wrapper's template, starting one if there is none; a template
+        that cannot take it is retired and replaced once."""
         for attempt in (0, 1):
-            t = self.templates.get(digest)
+            t = self.templates.get(wrapper.digest)
             if t is None:
-                t = self.spawn(digest, data, module)
-            t[2] = time.monotonic()
+                t = self.spawn(wrapper, conn, fds)
+            t.last_use = time.monotonic()
             try:
-                t[1].sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()] + fds))])
+                t.ctl.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()] + fds))])
                 return
             except OSError:
-                self.retire(digest)
+                self.retire(wrapper.digest)
         send(conn, {"cold": "no template"})
 
-    def spawn(self, digest, data, module):
+    def spawn(self, wrapper, conn, fds):
         if len(self.templates) >= MAX_TEMPLATES:
-            oldest = min(self.templates, key=lambda d: self.templates[d][2])
+            oldest = min(self.templates, key=lambda d: self.templates[d].last_use)
             self.retire(oldest)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
-            closers = [ours, self.lsock] + [t[1] for t in self.templates.values()]
-            raise BecomeTemplate(theirs, self.workdir, digest, data, module, closers)
+            inherited = [ours, self.lsock, conn] + [t.ctl for t in self.templates.values()]
+            template_process(theirs, self.workdir, wrapper, inherited, fds)
         theirs.close()
-        t = [pid, ours, time.monotonic()]
-        self.templates[digest] = t
+        t = TemplateHandle(pid, ours)
+        self.templates[wrapper.digest] = t
         return t
 
 
@@ -742,17 +598,20 @@ def clean_stale(workdir):
                 pass
 
 
-def server_main(argv):
-    sockpath, idle, agent = argv[1], float(argv[2]), argv[3]
-    workdir = os.path.dirname(sockpath)
-    ready = 3
-    cold = _supported()
-    ag = None
-    if agent != "-":
-        pid, start = agent.split(":")
-        ag = (int(pid), start)
-        if proc_starttime(ag[0]) is None:
-            ag = None  # /proc hides it (hidepid): rely on the idle timeout
+def parse_agent(arg):
+    """The Agent named by "PID:STARTTIME", or None for "-" or an agent
+    /proc does not show (hidepid): then only the idle timeout ends the
+    server."""
+    if arg == "-":
+        return None
+    pid, start = arg.split(":")
+    agent = Agent(int(pid), start)
+    if proc_starttime(agent.pid) is None:
+        return None
+    return agent
+
+
+def listen(sockpath):
     try:
         os.unlink(sockpath)
     except OSError:
@@ -760,32 +619,399 @@ def server_main(argv):
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     lsock.bind(sockpath)
     lsock.listen(128)
+    return lsock
+
+
+def server_main(argv):
+    sockpath, idle, agent = argv[1], float(argv[2]), parse_agent(argv[3])
+    workdir = os.path.dirname(sockpath)
+    ready = 3
+    cold = unsupported()
+    preload()
+    lsock = listen(sockpath)
     clean_stale(workdir)
-    _send_ready(ready, "cold " + cold if cold else "ok")
+    send_ready(ready, "cold " + cold if cold else "ok")
     gc.collect()
     gc.freeze()
-    me = os.getpid()
     try:
-        Server(lsock, workdir, idle, ag, cold).loop()
+        Server(lsock, workdir, idle, agent, cold).loop()
     finally:
+        # Only the server gets here: every process forked from it ends
+        # in os._exit. Another server may have taken the path since.
         try:
-            if os.getpid() != me:
-                raise OSError("not the server")
             if os.stat(sockpath).st_ino == os.fstat(lsock.fileno()).st_ino:
                 os.unlink(sockpath)
         except OSError:
             pass
 
 
+# ---------------------------------------------------------------- template
+
+
+def template_process(ctl, workdir, wrapper, inherited, fds):
+    """Makes this process, just forked from the server, the template of
+    wrapper, and ends it when the template is done: never returns. It
+    first closes what it took from the server: the sockets in inherited
+    (the server's, the other templates', the client's) and the request's
+    descriptors (the server forwards them to this template itself)."""
+    status = 0
+    try:
+        for s in inherited:
+            s.close()
+        for fd in fds:
+            close_quietly(fd)
+        template_main(ctl, workdir, wrapper)
+    except BaseException:
+        # As an uncaught exception would end the interpreter.
+        status = 1
+        try:
+            sys.excepthook(*sys.exc_info())
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    os._exit(status)
+
+
+def template_main(ctl, workdir, wrapper):
+    zippath, alias, broken = load_archive(workdir, wrapper)
+    # Everything imported so far lives as long as the template: out of
+    # the collector's sight, a child's collections do not touch (and so
+    # copy) the pages it shares with the template.
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+    Template(ctl, zippath, broken, alias).loop()
+
+
+def load_archive(workdir, wrapper):
+    """Writes the wrapper's archive to a private file and imports basic
+    (and the module's top-level module_utils) from it. Returns the file's
+    path, the alias directory to remove with the template (or None), and
+    why runs of this template must go cold ("" if they need not)."""
+    zippath = os.path.join(workdir, "zip-%d-%s.zip" % (os.getpid(), wrapper.digest[:16]))
+    alias = None
+    try:
+        fd = os.open(zippath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(wrapper.zipdata))
+        importpath, alias = payload_alias(zippath, wrapper)
+        sys.path.insert(0, importpath)
+        gc.disable()
+        try:
+            __import__("ansible.module_utils.basic")
+            preimport(zippath, wrapper.module)
+        finally:
+            sys.path.remove(importpath)
+    except BaseException as e:  # a broken zip makes its tasks run cold
+        return zippath, alias, "template: %s" % e.__class__.__name__
+    return zippath, alias, ""
+
+
+def payload_alias(zippath, wrapper):
+    """Gives the archive the name AnsiballZ unpacks it under,
+    <tmp>/ansible_<module>_payload_<random>/ansible_<module>_payload.zip
+    (a symlink), so the file names modules see in tracebacks and __file__
+    read as without gomux: as the wrapper spells them when they could be
+    read, else from the archive's one module. Returns the path to import
+    from and the directory to remove with the template (None: no alias)."""
+    if wrapper.prefix and wrapper.zipname:
+        return _link_payload(zippath, wrapper.prefix, wrapper.zipname)
+    try:
+        with zipfile.ZipFile(zippath) as z:
+            mods = [m.group(1) for m in map(MODFILE_RE.match, z.namelist()) if m]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return zippath, None
+    if len(mods) != 1:
+        return zippath, None
+    return _link_payload(zippath, "ansible_%s_payload_" % mods[0], "ansible_%s_payload.zip" % mods[0])
+
+
+def _link_payload(zippath, prefix, zipname):
+    """Link zippath as <new dir named prefix...>/zipname; (zippath, None)
+    when that cannot be made."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    link = os.path.join(d, zipname)
+    try:
+        os.symlink(zippath, link)
+    except OSError:
+        os.rmdir(d)
+        return zippath, None
+    return link, d
+
+
+def preimport(zippath, module):
+    """Imports the module_utils the module imports at its top, from the
+    archive: what every run of it would import first anyway."""
+    if not module.startswith(("ansible.modules.", "ansible_collections.")):
+        return
+    try:
+        with zipfile.ZipFile(zippath) as z:
+            src = z.read(module.replace(".", "/") + ".py").decode("utf-8")
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return
+    for m in UTILS_RE.finditer(src):
+        try:
+            __import__(m.group(1) or m.group(2))
+        except Exception:
+            pass
+
+
+class Template(object):
+    """A process holding basic imported from one zip; forks the runs."""
+
+    def __init__(self, ctl, zippath, broken, alias=None):
+        self.ctl = ctl
+        self.zippath = zippath
+        self.alias = alias  # payload_alias's directory
+        self.broken = broken
+        self.runs = {}  # conn fd -> Run
+        self.bypid = {}  # pidfd -> Run
+        self.closing = False
+
+    def loop(self):
+        poll = select.poll()
+        poll.register(self.ctl.fileno(), select.POLLIN)
+        while not (self.closing and not self.runs):
+            for fd, ev in poll.poll():
+                if fd == self.ctl.fileno():
+                    self.from_server(poll, ev)
+                elif fd in self.bypid:
+                    self.reap(poll, self.bypid[fd])
+                elif fd in self.runs:
+                    self.from_client(poll, self.runs[fd])
+        try:
+            os.unlink(self.zippath)
+        except OSError:
+            pass
+        if self.alias:
+            shutil.rmtree(self.alias, True)
+
+    def from_server(self, poll, ev):
+        try:
+            msg, fds = recv_request(self.ctl, 6)
+        except (OSError, ValueError):
+            msg, fds = b"", []
+        if not msg:
+            self.closing = True
+            poll.unregister(self.ctl.fileno())
+            return
+        if len(fds) != 6:
+            for fd in fds:
+                os.close(fd)
+            return
+        conn = socket.socket(fileno=fds[0])
+        req, why = parse_request(msg)
+        run = Run(req, conn, fds[1:])
+        why = why or self.broken or feasible(req)
+        if why:
+            send(conn, {"cold": why})
+            run.close_fds()
+            conn.close()
+            return
+        if not send(conn, {"ready": 1}):
+            run.close_fds()
+            conn.close()
+            return
+        self.runs[conn.fileno()] = run
+        poll.register(conn.fileno(), select.POLLIN)
+
+    def from_client(self, poll, run):
+        try:
+            msg = run.conn.recv(4096)
+            m = json.loads(msg) if msg else None
+        except (OSError, ValueError):
+            msg, m = b"", None
+        if run.state == "ready":
+            if isinstance(m, dict) and m.get("go"):
+                self.start(poll, run)
+                return
+            self.drop(poll, run)
+            return
+        if not msg:
+            # The client is gone: so is the task, as with a killed sshd.
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            poll.unregister(run.conn.fileno())
+            return
+        if isinstance(m, dict) and isinstance(m.get("signal"), int):
+            try:
+                os.killpg(run.pid, m["signal"])
+            except (OSError, ValueError):
+                pass
+
+    def drop(self, poll, run):
+        poll.unregister(run.conn.fileno())
+        del self.runs[run.conn.fileno()]
+        run.close_fds()
+        run.conn.close()
+
+    def start(self, poll, run):
+        pid = os.fork()
+        if pid == 0:
+            # The child owns only its run's descriptors: drop the Python
+            # objects of the others without closing numbers the payload
+            # may reuse (take_descriptors closes the descriptors).
+            self.ctl.detach()
+            for r in self.runs.values():
+                if r is not run:
+                    r.conn.detach()
+            child_main(run)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        run.close_fds()
+        run.pid = pid
+        run.state = "running"
+        run.pidfd = os.pidfd_open(pid)
+        self.bypid[run.pidfd] = run
+        poll.register(run.pidfd, select.POLLIN)
+
+    def reap(self, poll, run):
+        try:
+            _, st = os.waitpid(run.pid, 0)
+        except ChildProcessError:
+            st = None
+        poll.unregister(run.pidfd)
+        del self.bypid[run.pidfd]
+        os.close(run.pidfd)
+        if st is not None:
+            if os.WIFSIGNALED(st):
+                send(run.conn, {"status": {"signal": os.WTERMSIG(st), "core": os.WCOREDUMP(st)}})
+            else:
+                send(run.conn, {"status": {"code": os.WEXITSTATUS(st)}})
+        try:
+            poll.unregister(run.conn.fileno())
+        except KeyError:
+            pass
+        del self.runs[run.conn.fileno()]
+        run.conn.close()
+
+
 # ---------------------------------------------------------------- child
 
 
-def _exit_code(code):
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    return 1
+def child_main(run):
+    """Runs the payload in this process, just forked from a template, and
+    ends the process the way the interpreter would have ended: never
+    returns. Every way out is finish (or, before the run's descriptors
+    are in place, os._exit after the traceback)."""
+    try:
+        conn, source, filename, main = child_prepare(run)
+    except BaseException:
+        # As an uncaught exception at the top would end the interpreter.
+        try:
+            sys.excepthook(*sys.exc_info())
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(1)
+    del run
+    try:
+        code = compile_script(source, filename)
+    except SyntaxError:
+        t, v, tb = sys.exc_info()
+        sys.excepthook(t, v, None)
+        finish(conn, 1)
+    del source
+    try:
+        exec(code, main.__dict__)
+    except SystemExit as e:
+        c = e.code
+        if c is not None and not isinstance(c, int):
+            try:
+                sys.stderr.write(str(c) + "\n")
+            except Exception:
+                pass
+        finish(conn, _exit_code(c))
+    except KeyboardInterrupt:
+        t, v, tb = sys.exc_info()
+        sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
+        finish(conn, 130, signal.SIGINT)
+    except BaseException:
+        t, v, tb = sys.exc_info()
+        sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
+        finish(conn, 1)
+    finish(conn, 0)
+
+
+def child_prepare(run):
+    """Makes this forked process look like `python3 script` just started.
+    Returns the report connection's descriptor, the script's source, its
+    file name and the fresh __main__ to run it in."""
+    req = run.req
+    set_process_state(req)
+    source = take_descriptors(run)
+    conn = keep_report_conn(run.conn)
+    set_environment(req.env)
+    set_stdio()
+    main, filename = fresh_main(req)
+    return conn, source, filename, main
+
+
+def set_process_state(req):
+    """Process group, signal dispositions, limits, priority and umask as
+    the client's interpreter would have had them."""
+    os.setpgid(0, 0)
+    ign = set(req.sigign)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if signal.SIGINT in ign else signal.default_int_handler)
+    for s in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN if s in ign else signal.SIG_DFL)
+    for res, cur, mx in req.rlimits:
+        try:
+            if resource.getrlimit(res) != (cur, mx):
+                resource.setrlimit(res, (cur, mx))
+        except (ValueError, OSError):
+            pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, req.nice)
+    except OSError:
+        pass
+    os.umask(req.umask)
+
+
+def take_descriptors(run):
+    """The client's stdin, stdout, stderr as 0, 1, 2 and its working
+    directory; returns the script's source."""
+    os.dup2(run.stdin, 0)
+    os.dup2(run.stdout, 1)
+    os.dup2(run.stderr, 2)
+    os.fchdir(run.cwd)
+    return read_all(run.script)
+
+
+def keep_report_conn(sock):
+    """Closes every descriptor above 2 but the connection (for the exit
+    report should the template die), which moves to the top of the
+    descriptor table, so the payload's own files get the numbers they
+    would have had; it is close-on-exec. Returns its number."""
+    conn = sock.detach()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    high = min(soft if soft != resource.RLIM_INFINITY else 1024, 1 << 20) - 1
+    if high > conn:
+        conn = os.dup2(conn, high, inheritable=False)
+    os.set_inheritable(conn, False)
+    os.closerange(3, conn)
+    os.closerange(conn + 1, 1 << 20)
+    return conn
+
+
+def set_environment(kvs):
+    """The client's environment, as the interpreter would have left it at
+    start: LC_CTYPE coerced as the server's was, and as the C locale
+    would coerce it; tempfile's cached directory forgotten."""
+    env = {}
+    for kv in kvs:
+        k, _, v = kv.partition("=")
+        env[k.encode("utf-8", "surrogateescape")] = v.encode("utf-8", "surrogateescape")
+    if COERCED_LC_CTYPE is not None:
+        env[b"LC_CTYPE"] = COERCED_LC_CTYPE.encode("utf-8", "surrogateescape")
+    os.environb.clear()
+    os.environb.update(env)
+    coerce_c_locale()
+    tempfile.tempdir = None
 
 
 def coerce_c_locale():
@@ -793,7 +1019,6 @@ def coerce_c_locale():
     leaves LC_CTYPE at the C locale: switches it to a UTF-8 one and says
     so in LC_CTYPE, which the module and its children then see. The
     server and templates made that choice for their own environment."""
-    import locale
     env = os.environ
     if env.get("PYTHONCOERCECLOCALE") == "0" or env.get("LC_ALL"):
         return
@@ -812,54 +1037,9 @@ def coerce_c_locale():
         return
 
 
-def child_prepare(run):
-    """Makes this forked process look like `python3 script` just started."""
-    h = run.hdr
-    os.setpgid(0, 0)
-    ign = set(h["sigign"])
-    signal.signal(signal.SIGINT, signal.SIG_IGN if signal.SIGINT in ign else signal.default_int_handler)
-    for s in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN if s in ign else signal.SIG_DFL)
-    for res, cur, mx in h["rlimits"]:
-        try:
-            if resource.getrlimit(res) != (cur, mx):
-                resource.setrlimit(res, (cur, mx))
-        except (ValueError, OSError):
-            pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, h["nice"])
-    except OSError:
-        pass
-    os.umask(h["umask"])
-    os.dup2(run.stdin, 0)
-    os.dup2(run.stdout, 1)
-    os.dup2(run.stderr, 2)
-    os.fchdir(run.cwd)
-    source = read_all(run.script)
-    # The connection (for the exit report should the template die) moves
-    # to the top of the descriptor table, so the payload's own files get
-    # the numbers they would have had; it is close-on-exec.
-    conn = run.conn.detach()
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    high = min(soft if soft != resource.RLIM_INFINITY else 1024, 1 << 20) - 1
-    if high > conn:
-        conn = os.dup2(conn, high, inheritable=False)
-    os.set_inheritable(conn, False)
-    os.closerange(3, conn)
-    os.closerange(conn + 1, 1 << 20)
-
-    env = {}
-    for kv in h["env"]:
-        k, _, v = kv.partition("=")
-        env[k.encode("utf-8", "surrogateescape")] = v.encode("utf-8", "surrogateescape")
-    if COERCED_LC_CTYPE is not None:
-        env[b"LC_CTYPE"] = COERCED_LC_CTYPE.encode("utf-8", "surrogateescape")
-    os.environb.clear()
-    os.environb.update(env)
-    coerce_c_locale()
-    tempfile.tempdir = None
-
-    argv = h["argv"]
+def set_stdio():
+    """sys.stdin, stdout and stderr on the new 0, 1 and 2, buffered as a
+    fresh interpreter buffers them (line by line on a terminal)."""
     tty = [os.isatty(fd) for fd in (0, 1)]
     old = (sys.stdin, sys.stdout, sys.stderr)
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(
@@ -871,16 +1051,21 @@ def child_prepare(run):
     for s, name in zip((sys.stdin, sys.stdout, sys.stderr), ("<stdin>", "<stdout>", "<stderr>")):
         s.mode = "r" if name == "<stdin>" else "w"
 
+
+def fresh_main(req):
+    """A new __main__ for the script (or for stdin), with sys.argv and
+    sys.path as the interpreter sets them. Returns it and the file name
+    to compile the script under."""
+    argv = req.argv
     main = types.ModuleType("__main__")
     main.__annotations__ = {}
     main.__builtins__ = builtins
-    if h["script"]:
+    if req.script:
         path = os.path.abspath(argv[1])
         sys.argv = list(argv[1:])
         sys.path[:] = [os.path.dirname(os.path.realpath(argv[1]))] + BASE_PATH
         main.__file__ = path
         main.__cached__ = None
-        import importlib.machinery
         main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
         filename = path
     else:
@@ -888,67 +1073,11 @@ def child_prepare(run):
         sys.path[:] = [""] + BASE_PATH
         main.__file__ = "<stdin>"
         main.__cached__ = None
-        import importlib.machinery
         main.__loader__ = importlib.machinery.BuiltinImporter
         filename = "<stdin>"
     sys.orig_argv = list(argv)
     sys.modules["__main__"] = main
-    return conn, source, filename, main
-
-
-def _flush_files():
-    """Flushes the file objects the payload left open, as their
-    destructors would at interpreter exit."""
-    gc.collect()
-    for kind in (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom):
-        for o in gc.get_objects():
-            if isinstance(o, kind) and o not in (sys.stdout, sys.stderr):
-                try:
-                    if not o.closed:
-                        o.flush()
-                except Exception:
-                    pass
-
-
-def finish(conn, status, sig=0):
-    """Ends the child the way Py_FinalizeEx ends an interpreter, minus
-    tearing down every module: that would write to (and so copy) every
-    page shared with the template, the most expensive part of a run."""
-    try:
-        if "threading" in sys.modules:
-            sys.modules["threading"]._shutdown()
-    except BaseException:
-        pass
-    try:
-        import atexit
-        atexit._run_exitfuncs()
-    except BaseException:
-        pass
-    _flush_files()
-    for s in (sys.stdout, sys.stderr):
-        try:
-            s.flush()
-        except Exception as e:
-            if s is sys.stdout:
-                try:
-                    sys.stderr.write("Exception ignored in: %r\n%s: %s\n" % (s, e.__class__.__name__, e))
-                    sys.stderr.flush()
-                except Exception:
-                    pass
-            status = 120
-    if sig:
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    try:
-        os.write(conn, json.dumps({"exit": status & 0xFF}).encode())
-    except OSError:
-        pass
-    os._exit(status & 0xFF)
-
-
-# A name in place of the archive while a wrapper is compiled.
-ZIPDATA_STANDIN = "gomuxZIPDATAstandin"
-NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+    return main, filename
 
 
 def compile_script(source, filename):
@@ -998,59 +1127,77 @@ def _put_back(code, value):
     return code.replace(co_consts=tuple(consts)), n
 
 
-def child_main(run):
-    """Runs the payload and ends the process; never returns."""
-    conn, source, filename, main = child_prepare(run)
-    del run
+def _exit_code(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    return 1
+
+
+def _flush_files():
+    """Flushes the file objects the payload left open, as their
+    destructors would at interpreter exit."""
+    gc.collect()
+    for kind in (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom):
+        for o in gc.get_objects():
+            if isinstance(o, kind) and o not in (sys.stdout, sys.stderr):
+                try:
+                    if not o.closed:
+                        o.flush()
+                except Exception:
+                    pass
+
+
+def finish(conn, status, sig=0):
+    """Ends the child the way Py_FinalizeEx ends an interpreter, minus
+    tearing down every module: that would write to (and so copy) every
+    page shared with the template, the most expensive part of a run.
+    The one way a run's process ends once its descriptors are in place."""
     try:
-        code = compile_script(source, filename)
-    except SyntaxError:
-        t, v, tb = sys.exc_info()
-        sys.excepthook(t, v, None)
-        finish(conn, 1)
-    del source
-    try:
-        exec(code, main.__dict__)
-    except SystemExit as e:
-        c = e.code
-        if c is not None and not isinstance(c, int):
-            try:
-                sys.stderr.write(str(c) + "\n")
-            except Exception:
-                pass
-        finish(conn, _exit_code(c))
-    except KeyboardInterrupt:
-        t, v, tb = sys.exc_info()
-        sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
-        finish(conn, 130, signal.SIGINT)
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
     except BaseException:
-        t, v, tb = sys.exc_info()
-        sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
-        finish(conn, 1)
-    finish(conn, 0)
+        pass
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    _flush_files()
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception as e:
+            if s is sys.stdout:
+                try:
+                    sys.stderr.write("Exception ignored in: %r\n%s: %s\n" % (s, e.__class__.__name__, e))
+                    sys.stderr.flush()
+                except Exception:
+                    pass
+            status = 120
+    if sig:
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    try:
+        os.write(conn, json.dumps({"exit": status & 0xFF}).encode())
+    except OSError:
+        pass
+    os._exit(status & 0xFF)
+
+
+# ---------------------------------------------------------------- main
 
 
 def main(argv):
+    """The server's process; the templates and runs forked from it end
+    in os._exit and never return here."""
     if len(argv) != 4:
         sys.stderr.write("usage: forkserver.py SOCKET IDLE AGENT\n")
-        return None
-    try:
-        server_main(argv)
-        return None
-    except BecomeTemplate as b:
-        tmpl = b
-    for s in tmpl.closers:
-        s.close()
-    try:
-        template_main(tmpl.ctl, tmpl.workdir, tmpl.digest, tmpl.data, tmpl.module)
-    except Exit as e:
-        return e.run
-    return None
+        return
+    server_main(argv)
 
 
 if __name__ == "__main__":
-    _run = main(sys.argv)
-    if _run is None:
-        os._exit(0)
-    del main
-    child_main(_run)
+    main(sys.argv)
+    # Skip the interpreter's teardown: nothing is left to flush.
+    os._exit(0)

@@ -69,8 +69,8 @@ import importlib.util, sys
 spec = importlib.util.spec_from_file_location("fs", sys.argv[1])
 fs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fs)
-_, _, name = fs.zip_hash(open(sys.argv[2], "rb").read())
-sys.stdout.write(name)
+w = fs.read_wrapper(open(sys.argv[2], "rb").read())
+sys.stdout.write("\0".join((w.module, w.prefix, w.zipname)) if w.prefix else w.module)
 `
 
 // forkServerReads is what forkServerReadsCheck prints for script.
