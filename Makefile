@@ -12,7 +12,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # compile is py_compile's check without its write of a .pyc.
 PYTHON   ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 PYFLAKES ?= pyflakes3
-PY_SRC   := agent/forkserver.py
+PY_SRC   := agent/pyrun/forkserver.py
 DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3
 
 .PHONY: all build agents deps test unit lint fmt demo bench soak fuzz clean
@@ -56,7 +56,7 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParseModes$$' -fuzztime 30s ./agent
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent/pyrun
 	$(GO) test -run '^$$' -fuzz '^FuzzFileStream$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzResult$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenSniffer$$' -fuzztime 30s ./proxy

@@ -1,4 +1,4 @@
-package agent
+package pyrun
 
 import (
 	"os"
@@ -11,7 +11,7 @@ import (
 )
 
 // TestForkServerVersionAgrees: the request version forkserver.py accepts
-// (its VERSION) is the one pyrun sends (PyRunProtocol). The two files
+// (its VERSION) is the one pyrun sends (Protocol). The two files
 // change together or every warm run goes cold.
 func TestForkServerVersionAgrees(t *testing.T) {
 	m := regexp.MustCompile(`(?m)^VERSION = (\d+)\s*(?:#.*)?$`).FindAllSubmatch(forkServerScript, -1)
@@ -22,8 +22,8 @@ func TestForkServerVersionAgrees(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v != PyRunProtocol {
-		t.Fatalf("forkserver.py VERSION = %d, pyrun sends %d (PyRunProtocol)", v, PyRunProtocol)
+	if v != Protocol {
+		t.Fatalf("forkserver.py VERSION = %d, pyrun sends %d (Protocol)", v, Protocol)
 	}
 }
 
@@ -49,9 +49,9 @@ func TestForkServerRefusesOtherVersion(t *testing.T) {
 		version int
 		want    string
 	}{
-		{PyRunProtocol + 1, "cold: unknown request version"},
-		{PyRunProtocol - 1, "cold: unknown request version"},
-		{PyRunProtocol, "ready"},
+		{Protocol + 1, "cold: unknown request version"},
+		{Protocol - 1, "cold: unknown request version"},
+		{Protocol, "ready"},
 	} {
 		cmd := exec.Command(peer, "-v", strconv.Itoa(c.version), socks[0], l.python, script)
 		cmd.Env, cmd.Dir = l.env, l.work

@@ -1,4 +1,4 @@
-package agent
+package pyrun
 
 import (
 	"context"
@@ -18,11 +18,11 @@ import (
 // server client: it sends one well-formed request for `PYTHON SCRIPT` to
 // the socket SOCK and prints the server's answer ("ready" or the cold
 // reason), then hangs up without committing the run. With -v N the
-// request says version N instead of PyRunProtocol.
+// request says version N instead of Protocol.
 const pyPeerHelperName = "gomux-pyrun-peer"
 
 func pyPeerHelper(args []string) int {
-	version := PyRunProtocol
+	version := Protocol
 	if len(args) == 5 && args[0] == "-v" {
 		v, err := strconv.Atoi(args[1])
 		if err != nil {

@@ -45,8 +45,8 @@ import time
 import types
 import zipfile
 
-# The request version this server speaks (the "v" field): pyrun.go's
-# PyRunProtocol. TestForkServerVersionAgrees holds the two equal.
+# The request version this server speaks (the "v" field): Protocol in
+# pyrun.go. TestForkServerVersionAgrees holds the two equal.
 VERSION = 1
 MAX_SCRIPT = 64 << 20
 MAX_TEMPLATES = 16

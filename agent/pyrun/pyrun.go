@@ -1,4 +1,11 @@
-package agent
+// Package pyrun is `gomux-agent pyrun` and its Python side: it runs one
+// Ansible module the way the interpreter command gomux replaced would,
+// but forked from a warm per-user fork server (forkserver.py, embedded),
+// and runs the interpreter itself whenever that cannot be exact. It runs
+// on targets, apart from the agent's RPC server: the agent only names
+// its own binary and PID for the `pyrun` command line the shim writes
+// (agent/PROTOCOL.md, "Warm Python").
+package pyrun
 
 import (
 	"bytes"
@@ -32,9 +39,10 @@ import (
 //go:embed forkserver.py
 var forkServerScript []byte
 
-// PyRunProtocol is the version of the request pyrun sends the fork server
-// (the "v" field); forkserver.py answers any other with "cold".
-const PyRunProtocol = 1
+// Protocol is the version of the request pyrun sends the fork server
+// (the "v" field), declared once: forkserver.py's VERSION must equal it
+// (TestForkServerVersionAgrees), and it answers any other with "cold".
+const Protocol = 1
 
 // pyRunReadyTimeout bounds how long a client waits for a fork server to
 // start or to accept a request before it runs the interpreter itself. It
@@ -145,14 +153,14 @@ func decodePyReply(p []byte) (pyReply, error) {
 	return r, nil
 }
 
-// PyRun is `gomux-agent pyrun`: run one Python module the way `INTERP
+// Run is `gomux-agent pyrun`: run one Python module the way `INTERP
 // SCRIPT ARGS...` (or a pipelined `INTERP` reading the script on stdin)
 // would, but in a child forked from a warm fork server of this user. It
 // returns the exit code; a run that dies by a signal kills this process
 // with the same signal. Whatever goes wrong before the fork server has
 // committed to the run, it replaces itself with the real interpreter, so
 // a broken fork server costs speed, never a task.
-func PyRun(ctx context.Context, args []string) int {
+func Run(ctx context.Context, args []string) int {
 	o, err := parsePyRunArgs(args)
 	if err != nil {
 		if len(o.Argv) > 0 {
@@ -441,7 +449,7 @@ func buildPyRequest(argv []string) (*pyRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("getpriority: %w", err)
 	}
-	r := &pyRequest{V: PyRunProtocol, Argv: argv, Script: len(argv) > 1, Env: env, Umask: umask,
+	r := &pyRequest{V: Protocol, Argv: argv, Script: len(argv) > 1, Env: env, Umask: umask,
 		Nice: 20 - prio, UID: unix.Getuid(), EUID: unix.Geteuid(), GID: unix.Getgid(), EGID: unix.Getegid(),
 		Groups: groups, Rlimits: [][3]int64{}, SigIgn: []int{}}
 	for res := 0; res < 16; res++ {

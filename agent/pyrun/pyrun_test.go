@@ -1,4 +1,4 @@
-package agent
+package pyrun
 
 import (
 	"archive/zip"
@@ -27,7 +27,7 @@ const pyRunHelperName = "gomux-pyrun-helper"
 
 func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == pyRunHelperName {
-		os.Exit(PyRun(context.Background(), os.Args[2:]))
+		os.Exit(Run(context.Background(), os.Args[2:]))
 	}
 	if filepath.Base(os.Args[0]) == pyPeerHelperName {
 		os.Exit(pyPeerHelper(os.Args[1:]))
@@ -287,6 +287,25 @@ func ppidOf(pid int) int {
 	return n
 }
 
+// agentID names process pid as `pyrun -agent` takes an agent:
+// "PID:STARTTIME", the start time being /proc/PID/stat field 22.
+func agentID(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 > len(b) {
+		t.Fatalf("bad /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 20 {
+		t.Fatalf("bad /proc/%d/stat", pid)
+	}
+	return fmt.Sprintf("%d:%s", pid, f[19])
+}
+
 func (l *pyLab) killServers() {
 	for _, p := range l.servers() {
 		syscall.Kill(p, syscall.SIGKILL)
@@ -304,7 +323,7 @@ type pyResult struct {
 func (l *pyLab) cmd(warm bool, argv ...string) *exec.Cmd {
 	line := ""
 	if warm {
-		line = shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(Info{PID: os.Getpid(), StartTime: procStartTime(os.Getpid())}.ID()) + " -- "
+		line = shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(agentID(l.t, os.Getpid())) + " -- "
 	}
 	for _, a := range argv {
 		line += shellQuoteTest(a) + " "
