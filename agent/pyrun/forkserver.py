@@ -911,7 +911,10 @@ def child_main(run):
     del run
     try:
         code = compile_script(source, filename)
-    except SyntaxError:
+    except BaseException:
+        # A SyntaxError as the interpreter reports it; anything else
+        # (a NUL byte is a ValueError here) the same way, so the run
+        # still ends in finish.
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v, None)
         finish(conn, 1)
