@@ -7,7 +7,13 @@ ARCHES   := amd64 arm64
 AGENTS   := $(foreach a,$(ARCHES),agent/dist/bin/gomux-agent-linux-$(a))
 AGENT_SRC := $(shell find agent cmd/gomux-agent \( -name '*.go' -not -name '*_test.go' \) -o -name '*.py' 2>/dev/null) go.mod go.sum
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
-DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps
+# The fork server runs under the target's system Python: lint and compile
+# it with Debian's (pyflakes3, /usr/bin/python3), not a developer's. The
+# compile is py_compile's check without its write of a .pyc.
+PYTHON   ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+PYFLAKES ?= pyflakes3
+PY_SRC   := agent/pyrun/forkserver.py
+DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3
 
 .PHONY: all build agents deps test unit lint fmt demo bench soak fuzz clean
 
@@ -42,13 +48,15 @@ lint: agents
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	$(PYFLAKES) $(PY_SRC)
+	$(PYTHON) -c 'import sys; [compile(open(f, "rb").read(), f, "exec") for f in sys.argv[1:]]' $(PY_SRC)
 
 # Each fuzz target for a while; `go test` alone runs their seed corpora.
 fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzParseModes$$' -fuzztime 30s ./agent
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePyReply$$' -fuzztime 30s ./agent/pyrun
 	$(GO) test -run '^$$' -fuzz '^FuzzFileStream$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzResult$$' -fuzztime 30s ./agent
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenSniffer$$' -fuzztime 30s ./proxy

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/agent/pyrun"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -28,7 +29,7 @@ func main() {
 	if len(os.Args) >= 2 && os.Args[1] == "pyrun" {
 		// One Ansible module run handed to the warm interpreter; kept
 		// free of logging and set-up because it runs once per task.
-		os.Exit(agent.PyRun(context.Background(), os.Args[2:]))
+		os.Exit(pyrun.Run(context.Background(), os.Args[2:]))
 	}
 	if len(os.Args) != 2 {
 		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve|version")

@@ -1,4 +1,4 @@
-package agent
+package pyrun
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -16,12 +17,22 @@ import (
 // pyPeerHelperName, as argv[0] of this test binary, makes it a bare fork
 // server client: it sends one well-formed request for `PYTHON SCRIPT` to
 // the socket SOCK and prints the server's answer ("ready" or the cold
-// reason), then hangs up without committing the run.
+// reason), then hangs up without committing the run. With -v N the
+// request says version N instead of Protocol.
 const pyPeerHelperName = "gomux-pyrun-peer"
 
 func pyPeerHelper(args []string) int {
+	version := Protocol
+	if len(args) == 5 && args[0] == "-v" {
+		v, err := strconv.Atoi(args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		version, args = v, args[2:]
+	}
 	if len(args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: gomux-pyrun-peer SOCK PYTHON SCRIPT")
+		fmt.Fprintln(os.Stderr, "usage: gomux-pyrun-peer [-v N] SOCK PYTHON SCRIPT")
 		return 2
 	}
 	sock, argv := args[0], args[1:]
@@ -30,6 +41,7 @@ func pyPeerHelper(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	req.V = version
 	hdr, _ := json.Marshal(req)
 	script, err := unix.Open(argv[1], unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -1,4 +1,11 @@
-package agent
+// Package pyrun is `gomux-agent pyrun` and its Python side: it runs one
+// Ansible module the way the interpreter command gomux replaced would,
+// but forked from a warm per-user fork server (forkserver.py, embedded),
+// and runs the interpreter itself whenever that cannot be exact. It runs
+// on targets, apart from the agent's RPC server: the agent only names
+// its own binary and PID for the `pyrun` command line the shim writes
+// (agent/PROTOCOL.md, "Warm Python").
+package pyrun
 
 import (
 	"bytes"
@@ -32,9 +39,10 @@ import (
 //go:embed forkserver.py
 var forkServerScript []byte
 
-// PyRunProtocol is the version of the request pyrun sends the fork server
-// (the "v" field); forkserver.py answers any other with "cold".
-const PyRunProtocol = 1
+// Protocol is the version of the request pyrun sends the fork server
+// (the "v" field), declared once: forkserver.py's VERSION must equal it
+// (TestForkServerVersionAgrees), and it answers any other with "cold".
+const Protocol = 1
 
 // pyRunReadyTimeout bounds how long a client waits for a fork server to
 // start or to accept a request before it runs the interpreter itself. It
@@ -145,14 +153,14 @@ func decodePyReply(p []byte) (pyReply, error) {
 	return r, nil
 }
 
-// PyRun is `gomux-agent pyrun`: run one Python module the way `INTERP
+// Run is `gomux-agent pyrun`: run one Python module the way `INTERP
 // SCRIPT ARGS...` (or a pipelined `INTERP` reading the script on stdin)
 // would, but in a child forked from a warm fork server of this user. It
 // returns the exit code; a run that dies by a signal kills this process
 // with the same signal. Whatever goes wrong before the fork server has
 // committed to the run, it replaces itself with the real interpreter, so
 // a broken fork server costs speed, never a task.
-func PyRun(ctx context.Context, args []string) int {
+func Run(ctx context.Context, args []string) int {
 	o, err := parsePyRunArgs(args)
 	if err != nil {
 		if len(o.Argv) > 0 {
@@ -201,28 +209,9 @@ func pyConnect(ctx context.Context, o pyRunOptions, stdin **os.File) (int, error
 	if err != nil {
 		return -1, err
 	}
-	var script int
-	if req.Script {
-		script, err = unix.Open(o.Argv[1], unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return -1, fmt.Errorf("open script: %w", err)
-		}
-	} else {
-		// Python reads a piped script to EOF before it runs any of it,
-		// so reading it here first changes nothing the script can see.
-		if _, err := unix.IoctlGetTermios(0, unix.TCGETS); err == nil {
-			return -1, errors.New("stdin is a terminal: an interactive interpreter")
-		}
-		fd, err := unix.MemfdCreate("gomux-pyrun-script", unix.MFD_CLOEXEC)
-		if err != nil {
-			return -1, fmt.Errorf("memfd: %w", err)
-		}
-		f := os.NewFile(uintptr(fd), "script")
-		*stdin = f
-		if _, err := io.Copy(f, os.Stdin); err != nil {
-			return -1, fmt.Errorf("read script from stdin: %w", err)
-		}
-		script = fd
+	script, err := pyOpenScript(req, o.Argv, stdin)
+	if err != nil {
+		return -1, err
 	}
 	if req.Script {
 		defer unix.Close(script)
@@ -249,30 +238,62 @@ func pyConnect(ctx context.Context, o pyRunOptions, stdin **os.File) (int, error
 			return -1, err
 		}
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			unix.Close(conn)
+	if err := pyCommit(ctx, conn, hdr, unix.UnixRights(0, 1, 2, cwd, script)); err != nil {
+		unix.Close(conn)
+		return -1, err
+	}
+	return conn, nil
+}
+
+// pyOpenScript returns a descriptor of the script: the file argv names
+// (the caller closes it), or for a pipelined run a memfd holding what
+// stdin held, which *stdin is also set to (it stays open: a cold run
+// reads the script from it).
+func pyOpenScript(req *pyRequest, argv []string, stdin **os.File) (int, error) {
+	if req.Script {
+		fd, err := unix.Open(argv[1], unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, fmt.Errorf("open script: %w", err)
 		}
-	}()
-	rights := unix.UnixRights(0, 1, 2, cwd, script)
+		return fd, nil
+	}
+	// Python reads a piped script to EOF before it runs any of it, so
+	// reading it here first changes nothing the script can see.
+	if _, err := unix.IoctlGetTermios(0, unix.TCGETS); err == nil {
+		return -1, errors.New("stdin is a terminal: an interactive interpreter")
+	}
+	fd, err := unix.MemfdCreate("gomux-pyrun-script", unix.MFD_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("memfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "script")
+	*stdin = f
+	if _, err := io.Copy(f, os.Stdin); err != nil {
+		return -1, fmt.Errorf("read script from stdin: %w", err)
+	}
+	return fd, nil
+}
+
+// pyCommit sends the request with its descriptors (rights), waits for
+// the server to say it can reproduce the run, and commits it with "go":
+// from then on the run is the server's.
+func pyCommit(ctx context.Context, conn int, hdr, rights []byte) error {
 	if err := unix.Sendmsg(conn, hdr, rights, nil, 0); err != nil {
-		return -1, fmt.Errorf("send request: %w", err)
+		return fmt.Errorf("send request: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, pyRunReadyTimeout)
 	defer cancel()
 	r, err := pyRecv(ctx, conn)
 	if err != nil {
-		return -1, err
+		return err
 	}
 	if r.Ready != 1 {
-		return -1, fmt.Errorf("fork server: %s", r.Cold)
+		return fmt.Errorf("fork server: %s", r.Cold)
 	}
 	if _, err := unix.Write(conn, []byte(`{"go":1}`)); err != nil {
-		return -1, fmt.Errorf("send go: %w", err)
+		return fmt.Errorf("send go: %w", err)
 	}
-	ok = true
-	return conn, nil
+	return nil
 }
 
 // forwardedSignals reach the run as they would reach the interpreter:
@@ -428,7 +449,7 @@ func buildPyRequest(argv []string) (*pyRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("getpriority: %w", err)
 	}
-	r := &pyRequest{V: PyRunProtocol, Argv: argv, Script: len(argv) > 1, Env: env, Umask: umask,
+	r := &pyRequest{V: Protocol, Argv: argv, Script: len(argv) > 1, Env: env, Umask: umask,
 		Nice: 20 - prio, UID: unix.Getuid(), EUID: unix.Geteuid(), GID: unix.Getgid(), EGID: unix.Getegid(),
 		Groups: groups, Rlimits: [][3]int64{}, SigIgn: []int{}}
 	for res := 0; res < 16; res++ {
@@ -634,21 +655,41 @@ func pyStartServer(ctx context.Context, o pyRunOptions, dir, sock, key string) (
 	if fd, err := pyDial(sock); err == nil {
 		return fd, nil
 	}
-	sum := sha256.Sum256(forkServerScript)
-	script := filepath.Join(dir, "forkserver-"+hex.EncodeToString(sum[:8])+".py")
-	if b, err := os.ReadFile(script); err != nil || !bytes.Equal(b, forkServerScript) {
-		tmp := fmt.Sprintf("%s.%d", script, os.Getpid())
-		if err := os.WriteFile(tmp, forkServerScript, 0o600); err != nil {
-			return -1, fmt.Errorf("write fork server: %w", err)
-		}
-		if err := os.Rename(tmp, script); err != nil {
-			os.Remove(tmp)
-			return -1, fmt.Errorf("install fork server: %w", err)
-		}
-	}
-	pr, pw, err := os.Pipe()
+	script, err := installForkServer(dir)
 	if err != nil {
 		return -1, err
+	}
+	if err := launchForkServer(ctx, o, dir, script, sock); err != nil {
+		return -1, err
+	}
+	return pyDial(sock)
+}
+
+// installForkServer writes forkserver.py into dir under a name of its
+// hash, unless that file already holds it, and returns its path.
+func installForkServer(dir string) (string, error) {
+	sum := sha256.Sum256(forkServerScript)
+	script := filepath.Join(dir, "forkserver-"+hex.EncodeToString(sum[:8])+".py")
+	if b, err := os.ReadFile(script); err == nil && bytes.Equal(b, forkServerScript) {
+		return script, nil
+	}
+	tmp := fmt.Sprintf("%s.%d", script, os.Getpid())
+	if err := os.WriteFile(tmp, forkServerScript, 0o600); err != nil {
+		return "", fmt.Errorf("write fork server: %w", err)
+	}
+	if err := os.Rename(tmp, script); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("install fork server: %w", err)
+	}
+	return script, nil
+}
+
+// launchForkServer starts the interpreter on script, listening on sock,
+// in a session of its own, and waits until it says it listens.
+func launchForkServer(ctx context.Context, o pyRunOptions, dir, script, sock string) error {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
 	}
 	defer pr.Close()
 	agentID := o.Agent
@@ -663,7 +704,7 @@ func pyStartServer(ctx context.Context, o pyRunOptions, dir, sock, key string) (
 	err = cmd.Start()
 	pw.Close()
 	if err != nil {
-		return -1, fmt.Errorf("start fork server: %w", err)
+		return fmt.Errorf("start fork server: %w", err)
 	}
 	// The server outlives this client; init reaps it.
 	cmd.Process.Release()
@@ -680,7 +721,7 @@ func pyStartServer(ctx context.Context, o pyRunOptions, dir, sock, key string) (
 		}
 		// A server that says "cold" keeps listening, so later runs
 		// learn it with one connect instead of a start.
-		return -1, fmt.Errorf("fork server: %s", status)
+		return fmt.Errorf("fork server: %s", status)
 	}
-	return pyDial(sock)
+	return nil
 }

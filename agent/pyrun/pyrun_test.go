@@ -1,4 +1,4 @@
-package agent
+package pyrun
 
 import (
 	"archive/zip"
@@ -27,7 +27,7 @@ const pyRunHelperName = "gomux-pyrun-helper"
 
 func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == pyRunHelperName {
-		os.Exit(PyRun(context.Background(), os.Args[2:]))
+		os.Exit(Run(context.Background(), os.Args[2:]))
 	}
 	if filepath.Base(os.Args[0]) == pyPeerHelperName {
 		os.Exit(pyPeerHelper(os.Args[1:]))
@@ -111,6 +111,24 @@ func moduleArchive(t *testing.T, files map[string]string) string {
 	return base64.StdEncoding.EncodeToString(zb.Bytes())
 }
 
+// wrapperSpelling is how a fake AnsiballZ wrapper writes the names the
+// fork server reads from it: the module's (to pre-import its
+// module_utils) and the payload directory's and archive's (to name its
+// copy of the archive as the wrapper names its own).
+type wrapperSpelling int
+
+const (
+	// spellConcatenated names the module as ansible-core does, the
+	// payload names as concatenations the server cannot read (it finds
+	// them from the archive's listing).
+	spellConcatenated wrapperSpelling = iota
+	// spellAnsibleCore writes every name as ansible-core 2.14 does.
+	spellAnsibleCore
+	// spellDoubleQuoted writes every name in double quotes: the server
+	// reads none of them.
+	spellDoubleQuoted
+)
+
 // ansiballZ writes a wrapper shaped like ansible-core's AnsiballZ: the
 // marker, the module archive (basic.py and the module's source) as
 // ZIPDATA, and a main that unpacks it the way ansible-core does, into
@@ -119,30 +137,48 @@ func moduleArchive(t *testing.T, files map[string]string) string {
 // __main__. It is the one fake wrapper of the agent's tests.
 func ansiballZ(t *testing.T, dir, module, basic, source, params string) string {
 	t.Helper()
+	return ansiballZSpelled(t, dir, spellConcatenated, module, basic, source, params)
+}
+
+// ansiballZSpelled is ansiballZ with the names spelled as spelling says.
+func ansiballZSpelled(t *testing.T, dir string, spelling wrapperSpelling, module, basic, source, params string) string {
+	t.Helper()
 	zipdata := moduleArchive(t, map[string]string{
 		"ansible/module_utils/basic.py":     basic,
 		"ansible/modules/" + module + ".py": source,
 	})
+	modName := "mod_name='ansible.modules." + module + "'"
+	prefix := "'ansible_' + '" + module + "' + '_payload_'"
+	zipName := "'ansible_' + '" + module + "' + '_payload.zip'"
+	switch spelling {
+	case spellAnsibleCore:
+		prefix = "'ansible_" + module + "_payload_'"
+		zipName = "'ansible_" + module + "_payload.zip'"
+	case spellDoubleQuoted:
+		modName = `mod_name="ansible.modules.` + module + `"`
+		prefix = `"ansible_` + module + `_payload_"`
+		zipName = `"ansible_` + module + `_payload.zip"`
+	}
 	script := fmt.Sprintf(`#!/usr/bin/python3
 _ANSIBALLZ_WRAPPER = True
 def _ansiballz_main():
     import os, sys, base64, tempfile, runpy, shutil
     ZIPDATA = """%[1]s"""
-    ANSIBALLZ_PARAMS = %[3]q
-    temp_path = tempfile.mkdtemp(prefix='ansible_' + '%[2]s' + '_payload_')
+    ANSIBALLZ_PARAMS = %[2]q
+    temp_path = tempfile.mkdtemp(prefix=%[3]s)
     try:
-        zipped_mod = os.path.join(temp_path, 'ansible_' + '%[2]s' + '_payload.zip')
+        zipped_mod = os.path.join(temp_path, %[4]s)
         with open(zipped_mod, "wb") as f:
             f.write(base64.b64decode(ZIPDATA))
         sys.path.insert(0, zipped_mod)
         from ansible.module_utils import basic
         basic._ANSIBLE_ARGS = ANSIBALLZ_PARAMS
-        runpy.run_module(mod_name='ansible.modules.%[2]s', run_name='__main__', alter_sys=True)
+        runpy.run_module(%[5]s, run_name='__main__', alter_sys=True)
     finally:
         shutil.rmtree(temp_path, True)
 if __name__ == "__main__":
     _ansiballz_main()
-`, zipdata, module, params)
+`, zipdata, params, prefix, zipName, modName)
 	p := filepath.Join(dir, "AnsiballZ_"+module+".py")
 	if err := os.WriteFile(p, []byte(script), 0o700); err != nil {
 		t.Fatal(err)
@@ -251,6 +287,25 @@ func ppidOf(pid int) int {
 	return n
 }
 
+// agentID names process pid as `pyrun -agent` takes an agent:
+// "PID:STARTTIME", the start time being /proc/PID/stat field 22.
+func agentID(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 > len(b) {
+		t.Fatalf("bad /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 20 {
+		t.Fatalf("bad /proc/%d/stat", pid)
+	}
+	return fmt.Sprintf("%d:%s", pid, f[19])
+}
+
 func (l *pyLab) killServers() {
 	for _, p := range l.servers() {
 		syscall.Kill(p, syscall.SIGKILL)
@@ -268,7 +323,7 @@ type pyResult struct {
 func (l *pyLab) cmd(warm bool, argv ...string) *exec.Cmd {
 	line := ""
 	if warm {
-		line = shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(Info{PID: os.Getpid(), StartTime: procStartTime(os.Getpid())}.ID()) + " -- "
+		line = shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(agentID(l.t, os.Getpid())) + " -- "
 	}
 	for _, a := range argv {
 		line += shellQuoteTest(a) + " "

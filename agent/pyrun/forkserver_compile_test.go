@@ -1,4 +1,4 @@
-package agent
+package pyrun
 
 import (
 	"os"
@@ -10,7 +10,7 @@ import (
 
 // forkServerFastPathCheck runs in the fork server's own Python with
 // forkserver.py loaded as a module. It holds the fork server's fast
-// paths to what they replace: zipdata_span and zip_hash to ZIPDATA_RE
+// paths to what they replace: zipdata_span and read_wrapper to ZIPDATA_RE
 // and the three name patterns searched over the whole script, on fixed
 // and on random scripts; compile_script to compile(), which must give
 // the same code (everything but the column table) when it takes its
@@ -22,19 +22,23 @@ spec = importlib.util.spec_from_file_location("fs", sys.argv[1])
 fs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fs)
 
-def ref_zip_hash(script):
+def ref_read_wrapper(script):
     if fs.WRAPPER_MARK not in script:
-        return None, None, None
+        return None
     m = fs.ZIPDATA_RE.search(script)
     if not m:
-        return None, None, None
+        return None
     data = m.group(1)
     mod = fs.MODULE_RE.search(script)
-    name = mod.group(1).decode() if mod else ""
+    module = mod.group(1).decode() if mod else ""
     prefix, zipname = fs.PAYLOAD_RE.search(script), fs.ZIPNAME_RE.search(script)
+    name = module
     if prefix and zipname:
-        name += "\0" + prefix.group(1).decode() + "\0" + zipname.group(1).decode()
-    return hashlib.sha256(data + b"\0" + name.encode()).hexdigest(), data, name
+        prefix, zipname = prefix.group(1).decode(), zipname.group(1).decode()
+        name += "\0" + prefix + "\0" + zipname
+    else:
+        prefix = zipname = ""
+    return fs.Wrapper(hashlib.sha256(data + b"\0" + name.encode()).hexdigest(), data, module, prefix, zipname)
 
 failures = []
 def check_span(script):
@@ -43,8 +47,8 @@ def check_span(script):
     got = fs.zipdata_span(script)
     if got != want:
         failures.append("zipdata_span(%r) = %r, want %r" % (script[:200], got, want))
-    if fs.zip_hash(script) != ref_zip_hash(script):
-        failures.append("zip_hash(%r) differs" % script[:200])
+    if fs.read_wrapper(script) != ref_read_wrapper(script):
+        failures.append("read_wrapper(%r) differs" % script[:200])
 
 fixed = [
     b"", b'ZIPDATA = """abc"""', b'\nZIPDATA = """abc"""', b'x = 1; ZIPDATA = """abc"""',
