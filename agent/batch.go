@@ -24,8 +24,11 @@ type PrepOp struct {
 	Op string `json:"op"`
 	// Argv is the program a "run" op executes (no shell); a non-zero exit
 	// fails the batch with its stderr.
-	Argv []string    `json:"argv,omitempty"`
-	Path string      `json:"path"`
+	Argv []string `json:"argv,omitempty"`
+	// Path is what the op works on; relative to the home directory.
+	Path string `json:"path"`
+	// Mode is the mode mkdir and write set (permission bits) and chmod
+	// sets (with Go's setuid, setgid and sticky bits).
 	Mode fs.FileMode `json:"mode,omitempty"`
 	// Parents makes mkdir create missing parents (mkdir -p).
 	Parents bool `json:"parents,omitempty"`
@@ -43,11 +46,15 @@ type PrepOp struct {
 	Parts []PrepPart `json:"parts,omitempty"`
 }
 
-// PrepPart is one piece of a written file.
+// PrepPart is one piece of a written file (or of a batch's stdin), so
+// the piece shared by many files is cached once and sent by reference.
 type PrepPart struct {
+	// SHA256 names the piece; the agent caches it under that name.
 	SHA256 string `json:"sha256"`
-	Cached bool   `json:"cached,omitempty"`
-	Data   []byte `json:"-"`
+	// Cached means the piece is not sent: the agent has it.
+	Cached bool `json:"cached,omitempty"`
+	// Data is the piece, sent as blob frames when it is not cached.
+	Data []byte `json:"-"`
 }
 
 var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -100,7 +107,10 @@ type opError struct {
 	err error
 }
 
+// Error names the op, its path and what went wrong.
 func (e *opError) Error() string { return e.op.Op + " " + e.op.Path + ": " + e.err.Error() }
+
+// Unwrap is the op's own error, for errors.Is (errNoBlob).
 func (e *opError) Unwrap() error { return e.err }
 
 // prepError ties err to the prep op it failed.

@@ -130,6 +130,7 @@ const frameChunk = 16 << 10
 // chunkWriter writes to w in pieces of at most maxWriteChunk bytes.
 type chunkWriter struct{ w io.Writer }
 
+// Write writes p in chunks, stopping at the first error.
 func (c chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {

@@ -17,10 +17,12 @@ type wrappedError struct {
 	err  error
 }
 
+// Error is the layer's words, then the wrapped error's without its prefix.
 func (e *wrappedError) Error() string {
 	return errPrefix + e.what + ": " + strings.TrimPrefix(e.err.Error(), errPrefix)
 }
 
+// Unwrap gives errors.Is and errors.As the sentinel and the cause.
 func (e *wrappedError) Unwrap() []error {
 	if e.kind == nil {
 		return []error{e.err}

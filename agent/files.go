@@ -59,12 +59,13 @@ func (f *FileInfo) GID() uint32 { return f.w.GID }
 // Link is a symlink's target, empty for other files.
 func (f *FileInfo) Link() string { return f.w.Link }
 
-// SetAttr changes what its non-nil fields name.
+// SetAttr changes what its non-nil fields name, as SFTP SETSTAT does:
+// a nil field is left as it is.
 type SetAttr struct {
-	Mode         *fs.FileMode
-	UID, GID     *uint32
-	Atime, Mtime *time.Time
-	Size         *int64
+	Mode         *fs.FileMode // mode (chmod)
+	UID, GID     *uint32      // owner (chown)
+	Atime, Mtime *time.Time   // times (utimes); a nil one is kept
+	Size         *int64       // length (truncate)
 }
 
 type wireAttr struct {
