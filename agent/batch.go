@@ -24,8 +24,11 @@ type PrepOp struct {
 	Op string `json:"op"`
 	// Argv is the program a "run" op executes (no shell); a non-zero exit
 	// fails the batch with its stderr.
-	Argv []string    `json:"argv,omitempty"`
-	Path string      `json:"path"`
+	Argv []string `json:"argv,omitempty"`
+	// Path is what the op works on; relative to the home directory.
+	Path string `json:"path"`
+	// Mode is the mode mkdir and write set (permission bits) and chmod
+	// sets (with Go's setuid, setgid and sticky bits).
 	Mode fs.FileMode `json:"mode,omitempty"`
 	// Parents makes mkdir create missing parents (mkdir -p).
 	Parents bool `json:"parents,omitempty"`
@@ -43,11 +46,15 @@ type PrepOp struct {
 	Parts []PrepPart `json:"parts,omitempty"`
 }
 
-// PrepPart is one piece of a written file.
+// PrepPart is one piece of a written file (or of a batch's stdin), so
+// the piece shared by many files is cached once and sent by reference.
 type PrepPart struct {
+	// SHA256 names the piece; the agent caches it under that name.
 	SHA256 string `json:"sha256"`
-	Cached bool   `json:"cached,omitempty"`
-	Data   []byte `json:"-"`
+	// Cached means the piece is not sent: the agent has it.
+	Cached bool `json:"cached,omitempty"`
+	// Data is the piece, sent as blob frames when it is not cached.
+	Data []byte `json:"-"`
 }
 
 var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -63,72 +70,15 @@ func blobDir(home string) string { return filepath.Join(home, ".cache", "gomux",
 // before anything is changed, so a cache miss leaves no partial state and
 // the client can resend with data.
 func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info) {
+	cached, err := s.loadCached(req, info.Home)
+	if err != nil {
+		batchError(st, err)
+		return
+	}
 	fo := fileOps{home: info.Home}
-	fail := func(i int, op PrepOp, err error) {
-		re := toRemoteError("batch:"+op.Op, op.Path, err)
-		if errors.Is(err, errNoBlob) {
-			re.Op = "blob"
-		}
-		writeJSON(st, frameError, re)
-	}
-	// Every cached content is read and hashed now, before anything is
-	// changed, and those very bytes are what the writes below use: the
-	// cache is a directory the login user (and anything running as it)
-	// can write, so a file there is only a hint until its hash matches.
-	cached := map[string][]byte{}
-	var cachedBytes int64
-	ops := req.Prep
-	if req.Exec != nil && len(req.Exec.Stdin) > 0 {
-		// The stdin's parts are checked with the writes', before
-		// anything changes; stdinOp only names them in errors.
-		ops = append(ops[:len(ops):len(ops)], PrepOp{Op: "write", Path: "stdin", Parts: req.Exec.Stdin})
-	}
-	for i, op := range ops {
-		if op.Op != "write" {
-			continue
-		}
-		for _, part := range op.parts() {
-			if !sha256RE.MatchString(part.SHA256) {
-				fail(i, op, fmt.Errorf("bad sha256 %q", part.SHA256))
-				return
-			}
-			if !part.Cached || cached[part.SHA256] != nil {
-				continue
-			}
-			data, err := s.readBlob(info.Home, part.SHA256, maxCachedBatch-cachedBytes)
-			if err != nil {
-				fail(i, op, err)
-				return
-			}
-			cached[part.SHA256] = data
-			cachedBytes += int64(len(data))
-		}
-	}
-	for i, op := range req.Prep {
-		p := fo.abs(op.Path)
-		var err error
-		switch op.Op {
-		case "mkdir":
-			if op.Parents {
-				// Like mkdir -p: existing directories keep their mode.
-				err = os.MkdirAll(p, op.Mode.Perm())
-			} else if err = os.Mkdir(p, op.Mode.Perm()); err == nil {
-				// mkdir applies the umask; the caller asked for this mode.
-				err = os.Chmod(p, op.Mode.Perm())
-			}
-		case "write":
-			err = s.writeBlob(st, info.Home, p, op, cached)
-		case "chmod":
-			err = os.Chmod(p, op.Mode)
-		case "remove_all":
-			err = os.RemoveAll(p)
-		case "run":
-			err = runPrep(ctx, op.Argv, info.Home)
-		default:
-			err = fmt.Errorf("unknown prep op %q", op.Op)
-		}
-		if err != nil {
-			fail(i, op, err)
+	for _, op := range req.Prep {
+		if err := s.prep(ctx, st, fo, op, cached); err != nil {
+			batchError(st, prepError(op, err))
 			return
 		}
 	}
@@ -138,22 +88,129 @@ func (s *Server) batch(ctx context.Context, st net.Conn, req *request, info Info
 	}
 	var stdin []byte
 	if len(req.Exec.Stdin) > 0 {
-		var buf bytes.Buffer
-		op := PrepOp{Op: "write", Path: "stdin"}
-		for i, part := range req.Exec.Stdin {
-			if err := writePart(st, &buf, info.Home, part, cached); err != nil {
-				for _, rest := range req.Exec.Stdin[i+1:] {
-					if !rest.Cached {
-						drainBlob(st)
-					}
-				}
-				fail(len(req.Prep), op, err)
-				return
-			}
+		if stdin, err = readStdin(st, info.Home, req.Exec.Stdin, cached); err != nil {
+			batchError(st, prepError(stdinOp(req.Exec), err))
+			return
 		}
-		stdin = buf.Bytes()
 	}
 	s.execInput(ctx, st, req.Exec, info, stdin)
+}
+
+// stdinOp names a batch's whole stdin in errors, as a write of "stdin".
+func stdinOp(e *ExecRequest) PrepOp {
+	return PrepOp{Op: "write", Path: "stdin", Parts: e.Stdin}
+}
+
+// opError is a failed prep op, answered as an error naming it.
+type opError struct {
+	op  PrepOp
+	err error
+}
+
+// Error names the op, its path and what went wrong.
+func (e *opError) Error() string { return e.op.Op + " " + e.op.Path + ": " + e.err.Error() }
+
+// Unwrap is the op's own error, for errors.Is (errNoBlob).
+func (e *opError) Unwrap() error { return e.err }
+
+// prepError ties err to the prep op it failed.
+func prepError(op PrepOp, err error) error { return &opError{op: op, err: err} }
+
+// batchError answers a failed batch: "blob" for a cache miss (the client
+// resends the data), else "batch:<op>" and the op's path.
+func batchError(st net.Conn, err error) {
+	var oe *opError
+	if !errors.As(err, &oe) {
+		writeJSON(st, frameError, toRemoteError("batch", "", err))
+		return
+	}
+	re := toRemoteError("batch:"+oe.op.Op, oe.op.Path, oe.err)
+	if errors.Is(oe.err, errNoBlob) {
+		re.Op = "blob"
+	}
+	writeJSON(st, frameError, re)
+}
+
+// loadCached reads and hashes every cached content the batch names (its
+// writes' and its stdin's), before anything is changed; those very bytes
+// are what the writes use. The cache is a directory the login user (and
+// anything running as it) can write, so a file there is only a hint
+// until its hash matches.
+func (s *Server) loadCached(req *request, home string) (map[string][]byte, error) {
+	cached := map[string][]byte{}
+	var cachedBytes int64
+	ops := req.Prep
+	if req.Exec != nil && len(req.Exec.Stdin) > 0 {
+		ops = append(ops[:len(ops):len(ops)], stdinOp(req.Exec))
+	}
+	for _, op := range ops {
+		if op.Op != "write" {
+			continue
+		}
+		for _, part := range op.parts() {
+			if !sha256RE.MatchString(part.SHA256) {
+				return nil, prepError(op, fmt.Errorf("bad sha256 %q", part.SHA256))
+			}
+			if !part.Cached || cached[part.SHA256] != nil {
+				continue
+			}
+			data, err := s.readBlob(home, part.SHA256, maxCachedBatch-cachedBytes)
+			if err != nil {
+				return nil, prepError(op, err)
+			}
+			cached[part.SHA256] = data
+			cachedBytes += int64(len(data))
+		}
+	}
+	return cached, nil
+}
+
+// prep performs one prep op.
+func (s *Server) prep(ctx context.Context, st net.Conn, fo fileOps, op PrepOp, cached map[string][]byte) error {
+	p := fo.abs(op.Path)
+	switch op.Op {
+	case "mkdir":
+		if op.Parents {
+			// Like mkdir -p: existing directories keep their mode.
+			return os.MkdirAll(p, op.Mode.Perm())
+		}
+		if err := os.Mkdir(p, op.Mode.Perm()); err != nil {
+			return err
+		}
+		// mkdir applies the umask; the caller asked for this mode.
+		return os.Chmod(p, op.Mode.Perm())
+	case "write":
+		return s.writeBlob(st, fo.home, p, op, cached)
+	case "chmod":
+		return os.Chmod(p, op.Mode)
+	case "remove_all":
+		return os.RemoveAll(p)
+	case "run":
+		return runPrep(ctx, op.Argv, fo.home)
+	}
+	return fmt.Errorf("unknown prep op %q", op.Op)
+}
+
+// readStdin assembles a batch's whole stdin from its parts. On a failure
+// the remaining parts' blob frames are read, so nothing is left unread.
+func readStdin(st net.Conn, home string, parts []PrepPart, cached map[string][]byte) ([]byte, error) {
+	var buf bytes.Buffer
+	for i, part := range parts {
+		if err := writePart(st, &buf, home, part, cached); err != nil {
+			drainParts(st, parts[i+1:])
+			return nil, err
+		}
+	}
+	return buf.Bytes(), nil
+}
+
+// drainParts skips the blob frames of the parts that are sent as data.
+func drainParts(st io.Reader, parts []PrepPart) {
+	for _, p := range parts {
+		if !p.Cached {
+			drainBlob(st)
+		}
+	}
 }
 
 // parts is the write's content as pieces: Parts, or the whole content.
@@ -203,11 +260,7 @@ func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp, cached ma
 	parts := op.parts()
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
-		for _, p := range parts {
-			if !p.Cached {
-				drainBlob(st)
-			}
-		}
+		drainParts(st, parts)
 		return err
 	}
 	var werr error
@@ -216,11 +269,7 @@ func (s *Server) writeBlob(st io.Reader, home, path string, op PrepOp, cached ma
 		if err != nil && werr == nil {
 			werr = err
 			// Keep reading the remaining parts so the stream stays in step.
-			for _, rest := range parts[i+1:] {
-				if !rest.Cached {
-					drainBlob(st)
-				}
-			}
+			drainParts(st, parts[i+1:])
 			break
 		}
 	}

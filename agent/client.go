@@ -105,7 +105,7 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 		if errors.As(err, &re) && re.Op == "hello" {
 			return nil, fmt.Errorf("%w: %w", ErrVersion, err)
 		}
-		return nil, fmt.Errorf("agent: handshake: %w", err)
+		return nil, wrap("handshake", err)
 	}
 	c.info = info
 	return c, nil
@@ -133,6 +133,7 @@ const frameChunk = maxWriteChunk - frameHeaderSize - 5
 // chunkWriter writes to w in pieces of at most maxWriteChunk bytes.
 type chunkWriter struct{ w io.Writer }
 
+// Write writes p in chunks, stopping at the first error.
 func (c chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
@@ -223,7 +224,7 @@ func (c *Client) open(ctx context.Context, req *request) (*yamux.Stream, error) 
 	}
 	if err := writeJSON(st, frameRequest, req); err != nil {
 		st.Close()
-		return nil, fmt.Errorf("agent: send %s: %w", req.Op, err)
+		return nil, wrap("send "+req.Op, err)
 	}
 	return st, nil
 }
@@ -232,7 +233,10 @@ func (c *Client) open(ctx context.Context, req *request) (*yamux.Stream, error) 
 func result(st io.Reader, out any) error {
 	typ, p, err := readFrame(st)
 	if err != nil {
-		return fmt.Errorf("agent: read reply: %w", err)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("agent: connection closed before the agent replied: %w", err)
+		}
+		return wrap("read reply", err)
 	}
 	switch typ {
 	case frameOK:

@@ -96,39 +96,11 @@ func (c *Client) newProcess(st *yamux.Stream, req *ExecRequest) *Process {
 // caller reads, which is the back-pressure that keeps memory bounded.
 func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 	defer close(p.done)
-	fail := func(err error) {
-		p.err = fmt.Errorf("%w: %w", ErrSessionLost, err)
-		outW.CloseWithError(p.err)
-		errW.CloseWithError(p.err)
-		p.stream().Close()
-	}
 	if ps := p.started; ps != nil {
-		st := p.stream()
-		st.SetReadDeadline(time.Now().Add(ps.timeout))
-		err := result(st, nil)
-		st.SetReadDeadline(time.Time{})
-		if isBlobMiss(err) && ps.retry != nil {
-			st.Close()
-			var onOK func()
-			st, onOK, err = ps.retry()
-			if err == nil && !p.swap(st) {
-				err = errors.New("agent: process closed")
-			}
-			if err == nil {
-				ps.onOK = onOK
-				st.SetReadDeadline(time.Now().Add(ps.timeout))
-				err = result(st, nil)
-				st.SetReadDeadline(time.Time{})
-			}
-		}
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				err = fmt.Errorf("%w (%v)", ErrReplyTimeout, ps.timeout)
-			}
+		if err := p.awaitStart(ps); err != nil {
 			// Output ends empty and Wait says why: the caller tells
 			// its client as it would have had Batch failed.
-			p.err = fmt.Errorf("%w: %w", ErrNotStarted, err)
+			p.err = wrapKind(ErrNotStarted, err)
 			outW.Close()
 			errW.Close()
 			p.stream().Close()
@@ -139,39 +111,82 @@ func (p *Process) readLoop(outW, errW *io.PipeWriter) {
 	st := p.stream()
 	for {
 		typ, b, err := readFrame(st)
-		if err != nil {
-			fail(err)
-			return
+		if err == nil {
+			var done bool
+			if done, err = p.deliver(typ, b, outW, errW); done {
+				st.Close()
+				return
+			}
 		}
-		switch typ {
-		case frameStdout:
-			if _, err := outW.Write(b); err != nil {
-				fail(err)
-				return
-			}
-		case frameStderr:
-			if _, err := errW.Write(b); err != nil {
-				fail(err)
-				return
-			}
-		case frameStdoutEOF:
-			outW.Close()
-		case frameStderrEOF:
-			errW.Close()
-		case frameExit:
-			outW.Close()
-			errW.Close()
-			if err := json.Unmarshal(b, &p.status); err != nil {
-				fail(fmt.Errorf("bad exit frame: %w", err))
-				return
-			}
+		if err != nil {
+			p.err = wrapKind(ErrSessionLost, err)
+			outW.CloseWithError(p.err)
+			errW.CloseWithError(p.err)
 			st.Close()
-			return
-		default:
-			fail(fmt.Errorf("unexpected frame %d", typ))
 			return
 		}
 	}
+}
+
+// deliver handles one frame of a running process: output to its pipe,
+// an EOF, or the exit status, which ends the stream (done).
+func (p *Process) deliver(typ byte, b []byte, outW, errW *io.PipeWriter) (done bool, err error) {
+	switch typ {
+	case frameStdout:
+		_, err = outW.Write(b)
+	case frameStderr:
+		_, err = errW.Write(b)
+	case frameStdoutEOF:
+		outW.Close()
+	case frameStderrEOF:
+		errW.Close()
+	case frameExit:
+		outW.Close()
+		errW.Close()
+		if err := json.Unmarshal(b, &p.status); err != nil {
+			return false, fmt.Errorf("bad exit frame: %w", err)
+		}
+		return true, nil
+	default:
+		err = fmt.Errorf("unexpected frame %d", typ)
+	}
+	return false, err
+}
+
+// awaitStart reads the agent's answer to a Start, within its timeout;
+// after a cache miss it resends the batch with data, when it may.
+func (p *Process) awaitStart(ps *pendingStart) error {
+	err := startReply(p.stream(), ps.timeout)
+	if isBlobMiss(err) && ps.retry != nil {
+		p.stream().Close()
+		st, onOK, err := ps.retry()
+		switch {
+		case err != nil:
+		case !p.swap(st):
+			err = errors.New("process closed")
+		default:
+			ps.onOK = onOK
+			err = startReply(st, ps.timeout)
+		}
+		return asReplyTimeout(err, ps.timeout)
+	}
+	return asReplyTimeout(err, ps.timeout)
+}
+
+// asReplyTimeout reports a read deadline that passed as ErrReplyTimeout.
+func asReplyTimeout(err error, timeout time.Duration) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%w (%v)", ErrReplyTimeout, timeout)
+	}
+	return err
+}
+
+// startReply is result bounded by timeout.
+func startReply(st *yamux.Stream, timeout time.Duration) error {
+	st.SetReadDeadline(time.Now().Add(timeout))
+	defer st.SetReadDeadline(time.Time{})
+	return result(st, nil)
 }
 
 func (p *Process) send(typ byte, b []byte) error {
@@ -385,25 +400,57 @@ func isBlobMiss(err error) bool {
 // content not sent by reference: the prep writes' parts, then the
 // stdin's. record, called once the agent said OK, notes what it caches.
 func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest, noCache bool) (*yamux.Stream, func(), error) {
-	ops := make([]PrepOp, len(prep), len(prep)+1)
+	ops, sent, saved := c.batchParts(prep, exec, noCache)
+	req := &request{Op: "batch", Prep: ops, Exec: exec}
+	if exec != nil && len(exec.Stdin) > 0 {
+		// The stdin went through batchParts as the last write.
+		e := *exec
+		e.Stdin = ops[len(ops)-1].Parts
+		req.Prep, req.Exec = ops[:len(ops)-1], &e
+	}
+	st, err := c.open(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := sendBlobs(st, ops); err != nil {
+		st.Close()
+		return nil, nil, wrap("send blob", err)
+	}
+	record := func() {
+		for _, op := range ops {
+			for _, part := range op.Parts {
+				c.addBlob(part.SHA256)
+			}
+		}
+		c.blobSent.Add(sent)
+		c.blobSaved.Add(saved)
+	}
+	return st, record, nil
+}
+
+// batchParts copies prep (and exec's stdin, as a last write op) with
+// every write's content as parts, each named by its SHA-256 and marked
+// cached when the agent has it and noCache is false. sent and saved are
+// the bytes that go as data and by reference.
+func (c *Client) batchParts(prep []PrepOp, exec *ExecRequest, noCache bool) (ops []PrepOp, sent, saved int64) {
+	ops = make([]PrepOp, len(prep), len(prep)+1)
 	copy(ops, prep)
-	withStdin := exec != nil && len(exec.Stdin) > 0
-	if withStdin {
+	if exec != nil && len(exec.Stdin) > 0 {
 		ops = append(ops, PrepOp{Op: "write", Parts: exec.Stdin})
 	}
-	var sent, saved int64
 	for i := range ops {
-		if ops[i].Op != "write" {
+		op := &ops[i]
+		if op.Op != "write" {
 			continue
 		}
-		if len(ops[i].Parts) == 0 {
-			ops[i].Parts = []PrepPart{{SHA256: ops[i].SHA256, Data: ops[i].Data}}
+		if len(op.Parts) == 0 {
+			op.Parts = []PrepPart{{SHA256: op.SHA256, Data: op.Data}}
 		} else {
-			ops[i].Parts = append([]PrepPart(nil), ops[i].Parts...)
+			op.Parts = append([]PrepPart(nil), op.Parts...)
 		}
-		ops[i].SHA256, ops[i].Data = "", nil
-		for j := range ops[i].Parts {
-			part := &ops[i].Parts[j]
+		op.SHA256, op.Data = "", nil
+		for j := range op.Parts {
+			part := &op.Parts[j]
 			if part.SHA256 == "" {
 				sum := sha256.Sum256(part.Data)
 				part.SHA256 = hex.EncodeToString(sum[:])
@@ -416,16 +463,12 @@ func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			}
 		}
 	}
-	req := &request{Op: "batch", Prep: ops, Exec: exec}
-	if withStdin {
-		e := *exec
-		e.Stdin = ops[len(ops)-1].Parts
-		req.Prep, req.Exec = ops[:len(ops)-1], &e
-	}
-	st, err := c.open(ctx, req)
-	if err != nil {
-		return nil, nil, err
-	}
+	return ops, sent, saved
+}
+
+// sendBlobs sends, in order, each part that is not cached as blob
+// frames and an empty blob frame that ends it.
+func sendBlobs(st io.Writer, ops []PrepOp) error {
 	for _, op := range ops {
 		for _, part := range op.Parts {
 			if part.Cached {
@@ -433,24 +476,13 @@ func (c *Client) sendBatch(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			}
 			for off := 0; off < len(part.Data); off += frameChunk {
 				if err := writeFrame(st, frameBlob, part.Data[off:min(off+frameChunk, len(part.Data))]); err != nil {
-					st.Close()
-					return nil, nil, fmt.Errorf("agent: send blob: %w", err)
+					return err
 				}
 			}
 			if err := writeFrame(st, frameBlob, nil); err != nil {
-				st.Close()
-				return nil, nil, fmt.Errorf("agent: send blob: %w", err)
+				return err
 			}
 		}
 	}
-	record := func() {
-		for _, op := range ops {
-			for _, part := range op.Parts {
-				c.addBlob(part.SHA256)
-			}
-		}
-		c.blobSent.Add(sent)
-		c.blobSaved.Add(saved)
-	}
-	return st, record, nil
+	return nil
 }

@@ -78,13 +78,13 @@ func (f *File) readLoop(r io.Reader) {
 	for {
 		typ, b, err := readFrame(r)
 		if err != nil {
-			f.fail(fmt.Errorf("agent: file %s: %w", f.path, err))
+			f.fail(wrap("file "+f.path, err))
 			return
 		}
 		switch typ {
 		case frameData:
 			if len(b) < 5 {
-				f.fail(errors.New("agent: short data frame"))
+				f.fail(wrap("file "+f.path, fmt.Errorf("%w: short data frame", ErrProtocol)))
 				return
 			}
 			if !f.deliverData(binary.BigEndian.Uint32(b), b[5:], b[4] == 1) {
@@ -106,11 +106,11 @@ func (f *File) readLoop(r io.Reader) {
 			select {
 			case f.control <- controlResult{typ, b}:
 			default:
-				f.fail(fmt.Errorf("agent: file %s: %w: reply to no pending call", f.path, ErrProtocol))
+				f.fail(wrap("file "+f.path, fmt.Errorf("%w: reply to no pending call", ErrProtocol)))
 				return
 			}
 		default:
-			f.fail(fmt.Errorf("agent: unexpected frame %d on file stream", typ))
+			f.fail(wrap("file "+f.path, fmt.Errorf("%w: unexpected frame %d", ErrProtocol, typ)))
 			return
 		}
 	}
@@ -131,7 +131,7 @@ func (f *File) deliverData(id uint32, data []byte, eof bool) bool {
 		return true
 	}
 	if len(data) > want {
-		err := fmt.Errorf("agent: file %s: %w: read reply of %d bytes for %d asked", f.path, ErrProtocol, len(data), want)
+		err := wrap("file "+f.path, fmt.Errorf("%w: read reply of %d bytes for %d asked", ErrProtocol, len(data), want))
 		ch <- readResult{err: err}
 		f.fail(err)
 		return false
@@ -185,7 +185,7 @@ func (f *File) abort(err error) {
 
 // stalled is the error for a reply that did not come in time.
 func (f *File) stalled(what string) error {
-	return fmt.Errorf("agent: file %s: %w: %s (%v)", f.path, ErrReplyTimeout, what, f.timeout)
+	return wrap("file "+f.path, fmt.Errorf("%w: %s (%v)", ErrReplyTimeout, what, f.timeout))
 }
 
 // send writes one frame, failing if the agent has not made room for it
@@ -198,8 +198,12 @@ func (f *File) send(typ byte, b []byte) error {
 	if errors.Is(err, yamux.ErrTimeout) {
 		err = f.stalled("the agent reads no more")
 		f.abort(err)
+		return err
 	}
-	return err
+	if err != nil {
+		return wrap(fileOpName(typ)+" "+f.path, err)
+	}
+	return nil
 }
 
 // wait receives a reply, or aborts the stream when none comes in time.
@@ -299,7 +303,7 @@ func (f *File) requestRead(off int64, n int) (chan readResult, error) {
 		delete(f.reads, id)
 		delete(f.sizes, id)
 		f.mu.Unlock()
-		return nil, fmt.Errorf("agent: read %s: %w", f.path, err)
+		return nil, err
 	}
 	return ch, nil
 }
@@ -329,7 +333,7 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 		binary.BigEndian.PutUint64(buf[4:12], uint64(off)+uint64(written))
 		copy(buf[12:], p[written:written+n])
 		if err := f.send(frameWrite, buf); err != nil {
-			return written, fmt.Errorf("agent: write %s: %w", f.path, err)
+			return written, err
 		}
 		written += n
 	}
@@ -343,7 +347,7 @@ func (f *File) controlCall(typ byte, out any) error {
 	f.cmu.Lock()
 	defer f.cmu.Unlock()
 	if err := f.send(typ, nil); err != nil {
-		return fmt.Errorf("agent: %s: %w", f.path, err)
+		return err
 	}
 	t := time.NewTimer(f.timeout)
 	defer t.Stop()
@@ -352,7 +356,7 @@ func (f *File) controlCall(typ byte, out any) error {
 	select {
 	case r, ok = <-f.control:
 	case <-t.C:
-		f.abort(f.stalled("no reply to " + map[byte]string{frameFstat: "fstat", frameClose: "close"}[typ]))
+		f.abort(f.stalled("no reply to " + fileOpName(typ)))
 		r, ok = <-f.control
 	}
 	if !ok {
@@ -398,4 +402,19 @@ func (f *File) Close() error {
 	f.st.Close()
 	<-f.loop
 	return err
+}
+
+// fileOpName names the request a file stream frame carries, for errors.
+func fileOpName(typ byte) string {
+	switch typ {
+	case frameRead:
+		return "read"
+	case frameWrite:
+		return "write"
+	case frameFstat:
+		return "fstat"
+	case frameClose:
+		return "close"
+	}
+	return fmt.Sprintf("frame %d", typ)
 }

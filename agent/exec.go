@@ -98,182 +98,253 @@ func (s *Server) exec(ctx context.Context, st net.Conn, req *ExecRequest, info I
 	s.execInput(ctx, st, req, info, nil)
 }
 
+// execJob is one process the agent runs for a stream: how it was started
+// (on a terminal or on pipes), its stdin, its output, and the stream that
+// carries them. Its steps are execInput's: start, input loop, output
+// pumps, exit report.
+type execJob struct {
+	s   *Server
+	st  net.Conn
+	cmd *exec.Cmd
+	wmu sync.Mutex // serializes frames sent on st
+
+	stdin   io.WriteCloser
+	master  *os.File    // the terminal's master side; nil on pipes
+	outputs []io.Reader // stdout and stderr pipes; nil on a terminal
+	pg      int         // the process group, led by the process
+	exited  chan struct{}
+}
+
 // execInput is exec with, when input is not nil, the process's whole
 // stdin: written once the process runs, then closed.
-func (s *Server) execInput(ctx context.Context, st net.Conn, req *ExecRequest, info Info, input []byte) {
-	cmd := command(req, info)
-	var wmu sync.Mutex
-	send := func(typ byte, p []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		return writeFrame(st, typ, p)
-	}
-	fail := func(err error) {
-		writeJSON(st, frameError, toRemoteError("exec", cmd.Path, err))
-	}
-
-	var stdin io.WriteCloser
-	var outputs []io.Reader
-	var master *os.File
+func (s *Server) execInput(_ context.Context, st net.Conn, req *ExecRequest, info Info, input []byte) {
+	j := &execJob{s: s, st: st, cmd: command(req, info), exited: make(chan struct{})}
+	var err error
 	if req.Pty != nil {
-		m, tty, err := openPty()
-		if err != nil {
-			fail(err)
-			return
-		}
-		master = m
-		defer master.Close()
-		applyModes(int(tty.Fd()), req.Pty.Modes)
-		setWinsize(master, req.Pty.Cols, req.Pty.Rows, req.Pty.WidthPx, req.Pty.HeightPx)
-		cmd.Env = buildEnv(os.Environ(), req.Env, req.Pty, tty.Name())
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-		err = cmd.Start()
-		tty.Close()
-		if err != nil {
-			fail(err)
-			return
-		}
-		stdin = master
+		err = j.startPty(req)
 	} else {
-		cmd.Env = buildEnv(os.Environ(), req.Env, nil, "")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		in, err := cmd.StdinPipe()
-		if err != nil {
-			fail(err)
-			return
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			fail(err)
-			return
-		}
-		errp, err := cmd.StderrPipe()
-		if err != nil {
-			fail(err)
-			return
-		}
-		if err := cmd.Start(); err != nil {
-			fail(err)
-			return
-		}
-		stdin, outputs = in, []io.Reader{out, errp}
+		err = j.startPipes(req)
 	}
-	pg := cmd.Process.Pid
-	s.track(pg, true) // false: the session is ending and pg is killed
-	defer s.track(pg, false)
-	if err := send(frameOK, []byte("{}")); err != nil {
-		killGroup(pg)
-		if master != nil {
-			master.Close()
-		}
-		cmd.Wait()
+	if err != nil {
+		writeJSON(st, frameError, toRemoteError("exec", j.cmd.Path, err))
 		return
 	}
-	s.log().Debug("exec", "pid", pg, "pty", req.Pty != nil)
+	if j.master != nil {
+		defer j.master.Close()
+	}
+	j.pg = j.cmd.Process.Pid
+	s.track(j.pg, true) // false: the session is ending and pg is killed
+	defer s.track(j.pg, false)
+	if err := j.send(frameOK, []byte("{}")); err != nil {
+		j.abandon()
+		return
+	}
+	s.log().Debug("exec", "pid", j.pg, "pty", req.Pty != nil)
 
-	// Input: stdin data, EOF, window changes, signals. A broken stream
-	// means gomux abandoned the process: kill its group, as sshd does
-	// when a session's connection drops.
-	exited := make(chan struct{})
-	var inWG sync.WaitGroup
+	// The input side ends when the stream does; the client closes it
+	// once it has the exit, so inputs is waited for after the report.
+	var inputs sync.WaitGroup
 	if input != nil {
-		// The whole input came with the request: write it, then EOF
-		// (a terminal has no EOF to send; its input is only written).
-		// A process that exits unread fails the write, which ends it.
-		inWG.Add(1)
-		go func() {
-			defer inWG.Done()
-			stdin.Write(input)
-			if master == nil {
-				stdin.Close()
-			}
-		}()
+		inputs.Go(func() { j.writeInput(input) })
 	}
-	inWG.Add(1)
-	go func() {
-		defer inWG.Done()
-		for {
-			typ, p, err := readFrame(st)
-			if err != nil {
-				select {
-				case <-exited:
-				default:
-					killGroup(pg)
-				}
-				return
-			}
-			switch typ {
-			case frameStdin:
-				if _, err := stdin.Write(p); err != nil && master == nil {
-					stdin.Close()
-				}
-			case frameStdinEOF:
-				if master == nil {
-					stdin.Close()
-				}
-			case frameResize:
-				var w windowSize
-				if master != nil && json.Unmarshal(p, &w) == nil {
-					setWinsize(master, w.Cols, w.Rows, w.WidthPx, w.HeightPx)
-				}
-			case frameSignal:
-				if sig := unix.SignalNum("SIG" + string(p)); sig != 0 {
-					syscall.Kill(-pg, sig)
-				} else {
-					s.log().Info("unknown signal ignored", "name", string(p), "pid", pg)
-				}
-			}
-		}
-	}()
-
-	var err error
-	if master != nil {
-		procDone := make(chan struct{})
-		go func() {
-			err = cmd.Wait()
-			close(procDone)
-		}()
-		s.pumpPty(procDone, master, send)
-		<-procDone
-		// Nothing reads the terminal any more: a stdin write blocked on
-		// its full input queue must fail rather than hold up the end.
-		master.Close()
+	inputs.Go(j.inputLoop)
+	if j.master != nil {
+		err = j.pumpTerminal()
 	} else {
-		var outWG sync.WaitGroup
-		for i, r := range outputs {
-			data, eof := frameStdout, frameStdoutEOF
-			if i == 1 {
-				data, eof = frameStderr, frameStderrEOF
-			}
-			outWG.Add(1)
-			go func() {
-				defer outWG.Done()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := r.Read(buf)
-					if n > 0 && send(data, buf[:n]) != nil {
-						killGroup(pg)
-						io.Copy(io.Discard, r)
-						return
-					}
-					if err != nil {
-						send(eof, nil)
-						return
-					}
-				}
-			}()
-		}
-		outWG.Wait()
-		err = cmd.Wait()
+		err = j.pumpPipes()
 	}
-	close(exited)
-	status := exitStatusOf(cmd, err)
-	s.log().Debug("exit", "pid", pg, "code", status.Code, "signal", status.Signal)
-	send(frameExit, mustJSON(status))
-	// The client closes the stream once it has the exit; that ends inWG.
+	close(j.exited)
+	j.reportExit(err)
 	st.Close()
-	inWG.Wait()
+	inputs.Wait()
+}
+
+// send writes one frame; the output pumps and the exit report share st.
+func (j *execJob) send(typ byte, p []byte) error {
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	return writeFrame(j.st, typ, p)
+}
+
+// startPty starts the process on a new terminal that becomes its
+// controlling terminal, as sshd does for a pty-req.
+func (j *execJob) startPty(req *ExecRequest) error {
+	m, tty, err := openPty()
+	if err != nil {
+		return err
+	}
+	defer tty.Close() // the child holds its own copy once started
+	applyModes(int(tty.Fd()), req.Pty.Modes)
+	setWinsize(m, req.Pty.Cols, req.Pty.Rows, req.Pty.WidthPx, req.Pty.HeightPx)
+	cmd := j.cmd
+	cmd.Env = buildEnv(os.Environ(), req.Env, req.Pty, tty.Name())
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		m.Close()
+		return err
+	}
+	j.master, j.stdin = m, m
+	return nil
+}
+
+// startPipes starts the process on three pipes, in a session of its own.
+func (j *execJob) startPipes(req *ExecRequest) error {
+	cmd := j.cmd
+	cmd.Env = buildEnv(os.Environ(), req.Env, nil, "")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	errp, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	j.stdin, j.outputs = in, []io.Reader{out, errp}
+	return nil
+}
+
+// abandon ends a process whose start could not be reported: nobody
+// will read its output.
+func (j *execJob) abandon() {
+	killGroup(j.pg)
+	if j.master != nil {
+		j.master.Close()
+	}
+	j.cmd.Wait()
+}
+
+// writeInput writes the whole input that came with the request, then
+// EOF (a terminal has no EOF to send; its input is only written). A
+// process that exits unread fails the write, which ends it.
+func (j *execJob) writeInput(input []byte) {
+	j.stdin.Write(input)
+	j.closeStdin()
+}
+
+// inputLoop reads the client's frames: stdin data, EOF, window changes,
+// signals. A broken stream means gomux abandoned the process: kill its
+// group, as sshd does when a session's connection drops.
+func (j *execJob) inputLoop() {
+	for {
+		typ, p, err := readFrame(j.st)
+		if err != nil {
+			select {
+			case <-j.exited:
+			default:
+				killGroup(j.pg)
+			}
+			return
+		}
+		switch typ {
+		case frameStdin:
+			j.onStdin(p)
+		case frameStdinEOF:
+			j.closeStdin()
+		case frameResize:
+			j.onResize(p)
+		case frameSignal:
+			j.onSignal(string(p))
+		}
+	}
+}
+
+// onStdin writes data to the process; on pipes a failed write closes
+// them, so the process sees EOF rather than a stall.
+func (j *execJob) onStdin(p []byte) {
+	if _, err := j.stdin.Write(p); err != nil {
+		j.closeStdin()
+	}
+}
+
+// closeStdin sends EOF; a terminal has none to send and stays open.
+func (j *execJob) closeStdin() {
+	if j.master == nil {
+		j.stdin.Close()
+	}
+}
+
+// onResize applies a window change to the terminal, if there is one.
+func (j *execJob) onResize(p []byte) {
+	var w windowSize
+	if j.master != nil && json.Unmarshal(p, &w) == nil {
+		setWinsize(j.master, w.Cols, w.Rows, w.WidthPx, w.HeightPx)
+	}
+}
+
+// onSignal delivers a signal, by its SSH name, to the process group.
+func (j *execJob) onSignal(name string) {
+	if sig := unix.SignalNum("SIG" + name); sig != 0 {
+		syscall.Kill(-j.pg, sig)
+	} else {
+		j.s.log().Info("unknown signal ignored", "name", name, "pid", j.pg)
+	}
+}
+
+// pumpTerminal sends the terminal's output until the process has
+// exited and the terminal has drained, and returns the wait result.
+func (j *execJob) pumpTerminal() error {
+	var err error
+	procDone := make(chan struct{})
+	go func() {
+		err = j.cmd.Wait()
+		close(procDone)
+	}()
+	j.s.pumpPty(procDone, j.master, j.send)
+	<-procDone
+	// Nothing reads the terminal any more: a stdin write blocked on
+	// its full input queue must fail rather than hold up the end.
+	j.master.Close()
+	return err
+}
+
+// pumpPipes sends stdout and stderr, each until its EOF, then waits for
+// the process and returns the wait result.
+func (j *execJob) pumpPipes() error {
+	var outputs sync.WaitGroup
+	for i, r := range j.outputs {
+		data, eof := frameStdout, frameStdoutEOF
+		if i == 1 {
+			data, eof = frameStderr, frameStderrEOF
+		}
+		outputs.Go(func() { j.pumpPipe(r, data, eof) })
+	}
+	outputs.Wait()
+	return j.cmd.Wait()
+}
+
+// pumpPipe copies one output pipe into data frames and ends it with an
+// eof frame. A stream that cannot take the output kills the group: the
+// client is gone.
+func (j *execJob) pumpPipe(r io.Reader, data, eof byte) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 && j.send(data, buf[:n]) != nil {
+			killGroup(j.pg)
+			io.Copy(io.Discard, r)
+			return
+		}
+		if err != nil {
+			j.send(eof, nil)
+			return
+		}
+	}
+}
+
+// reportExit sends the one exit frame, the last of the stream.
+func (j *execJob) reportExit(waitErr error) {
+	status := exitStatusOf(j.cmd, waitErr)
+	j.s.log().Debug("exit", "pid", j.pg, "code", status.Code, "signal", status.Signal)
+	j.send(frameExit, mustJSON(status))
 }
 
 // openPty opens a terminal pair. The master is re-wrapped non-blocking so

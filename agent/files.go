@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -58,12 +59,13 @@ func (f *FileInfo) GID() uint32 { return f.w.GID }
 // Link is a symlink's target, empty for other files.
 func (f *FileInfo) Link() string { return f.w.Link }
 
-// SetAttr changes what its non-nil fields name.
+// SetAttr changes what its non-nil fields name, as SFTP SETSTAT does:
+// a nil field is left as it is.
 type SetAttr struct {
-	Mode         *fs.FileMode
-	UID, GID     *uint32
-	Atime, Mtime *time.Time
-	Size         *int64
+	Mode         *fs.FileMode // mode (chmod)
+	UID, GID     *uint32      // owner (chown)
+	Atime, Mtime *time.Time   // times (utimes); a nil one is kept
+	Size         *int64       // length (truncate)
 }
 
 type wireAttr struct {
@@ -204,4 +206,41 @@ func (f fileOps) setstat(p string, a *wireAttr) error {
 		}
 	}
 	return nil
+}
+
+// do performs one file operation that has one reply, and returns the
+// reply's value and the path an error names.
+func (f fileOps) do(req *request) (v any, path string, err error) {
+	ok := struct{}{}
+	switch req.Op {
+	case "stat", "lstat":
+		fi, err := f.stat(req.Path, req.Op == "stat")
+		return fi, req.Path, err
+	case "readdir":
+		ents, err := f.readDir(req.Path)
+		return ents, req.Path, err
+	case "mkdir":
+		return ok, req.Path, os.Mkdir(f.abs(req.Path), os.FileMode(req.Mode))
+	case "remove":
+		return ok, req.Path, removeFile(f.abs(req.Path))
+	case "rmdir":
+		return ok, req.Path, removeDir(f.abs(req.Path))
+	case "rename":
+		return ok, req.Path, f.rename(req.Path, req.Path2, req.Bool)
+	case "posix-rename":
+		return ok, req.Path, f.rename(req.Path, req.Path2, true)
+	case "symlink":
+		return ok, req.Path2, os.Symlink(req.Path, f.abs(req.Path2))
+	case "link":
+		return ok, req.Path2, os.Link(f.abs(req.Path), f.abs(req.Path2))
+	case "readlink":
+		t, err := os.Readlink(f.abs(req.Path))
+		return t, req.Path, err
+	case "realpath":
+		rp, err := f.realPath(req.Path)
+		return rp, req.Path, err
+	case "setstat":
+		return ok, req.Path, f.setstat(req.Path, req.Attr)
+	}
+	return nil, "", fmt.Errorf("unknown op %q", req.Op)
 }

@@ -151,15 +151,15 @@ func decodeRequest(p []byte) (*request, error) {
 // Info describes the agent and the account it runs as; gomux uses it to
 // answer questions (home directory, user) without a round trip.
 type Info struct {
-	ProtocolVersion int    `json:"protocol_version"`
-	AgentVersion    string `json:"agent_version"`
-	UID             int    `json:"uid"`
-	GID             int    `json:"gid"`
-	User            string `json:"user"`
-	Home            string `json:"home"`
-	Shell           string `json:"shell"`
-	Arch            string `json:"arch"`
-	Hostname        string `json:"hostname"`
+	ProtocolVersion int    `json:"protocol_version"` // the agent's, checked at hello
+	AgentVersion    string `json:"agent_version"`    // its build, for logs
+	UID             int    `json:"uid"`              // the account it runs as
+	GID             int    `json:"gid"`              // its primary group
+	User            string `json:"user"`             // its login name
+	Home            string `json:"home"`             // where relative paths start; `echo ~` answers it
+	Shell           string `json:"shell"`            // the login shell commands run under
+	Arch            string `json:"arch"`             // GOARCH, for logs
+	Hostname        string `json:"hostname"`         // the target's own name, for logs
 	// RealHome is Home with symlinks resolved, what realpath(".") answers.
 	RealHome string `json:"real_home,omitempty"`
 	// Executable is the agent binary's path, so gomux can name it in a
@@ -200,8 +200,8 @@ func procStartTime(pid int) string {
 
 // Pty asks for a terminal, as an SSH pty-req does.
 type Pty struct {
-	Term                          string
-	Cols, Rows, WidthPx, HeightPx uint32
+	Term                          string // TERM for the command
+	Cols, Rows, WidthPx, HeightPx uint32 // the window's size
 	// Modes are RFC 4254 encoded terminal modes.
 	Modes []byte
 }
@@ -210,11 +210,11 @@ type Pty struct {
 // shell's -c like sshd; with Argv directly; with neither, an interactive
 // login shell.
 type ExecRequest struct {
-	Command string
-	Argv    []string
-	Env     []string
-	Pty     *Pty
-	Dir     string
+	Command string   // run by the login shell's -c, as sshd does
+	Argv    []string // run directly when set (no shell)
+	Env     []string // NAME=value over the agent's environment (accepted env requests)
+	Pty     *Pty     // a terminal for the command; nil for pipes
+	Dir     string   // working directory; default the home directory
 	// Stdin, in a batch only, is the process's whole input, given as
 	// parts like a write's (cached ones by reference, the rest as blob
 	// frames after the prep ops' own): the agent writes it and then
@@ -225,9 +225,9 @@ type ExecRequest struct {
 
 // ExitStatus is how a process ended: a code, or the signal that killed it.
 type ExitStatus struct {
-	Code       int
+	Code       int    // the exit code when no signal killed it
 	Signal     string // SSH name, without "SIG"
-	CoreDumped bool
+	CoreDumped bool   // the signal left a core dump
 }
 
 type windowSize struct {
@@ -264,7 +264,8 @@ func decodeReadReq(p []byte) (readReq, error) {
 	return r, nil
 }
 
-// ioError is an error frame for one pipelined read or write.
+// ioErrorPayload is an io-error frame's payload: the id of the one
+// pipelined read or write that failed, then its error.
 func ioErrorPayload(id uint32, re *RemoteError) []byte {
 	b, _ := json.Marshal(re)
 	out := make([]byte, 4+len(b))
@@ -287,10 +288,10 @@ func decodeIOError(p []byte) (uint32, *RemoteError, error) {
 // RemoteError is an error that happened on the target. Errno is set for OS
 // errors, so errors.Is(err, fs.ErrNotExist) works across the wire.
 type RemoteError struct {
-	Op    string        `json:"op"`
-	Path  string        `json:"path,omitempty"`
-	Msg   string        `json:"msg"`
-	Errno syscall.Errno `json:"errno,omitempty"`
+	Op    string        `json:"op"`              // the request (or batch:<prep op>, blob)
+	Path  string        `json:"path,omitempty"`  // the path it failed on, if any
+	Msg   string        `json:"msg"`             // the target's words
+	Errno syscall.Errno `json:"errno,omitempty"` // the Linux errno of an OS error
 }
 
 // Error reads like an os.PathError, naming the operation and path.
@@ -320,8 +321,9 @@ func toRemoteError(op, path string, err error) *RemoteError {
 	return re
 }
 
-// YamuxConfig is shared by both ends. Liveness comes from SSH keepalives
-// on the carrying connection, so yamux's own keepalive is off; and its
+// YamuxConfig is shared by both ends. gomux learns of a dead target from
+// SSH keepalives on the carrying connection and the agent of a dead gomux
+// from its own pings (Server.Liveness), so yamux's keepalive is off; and its
 // write timeout is long, because a stream back-pressured by a slow reader
 // during bulk data is busy, not dead.
 func YamuxConfig() *yamux.Config {

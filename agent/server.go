@@ -234,6 +234,8 @@ func lookupPasswd(file string, uid int) passwdEntry {
 	return passwdEntry{}
 }
 
+// serveStream reads a stream's request and hands it to the handler for
+// its op. Each handler owns the stream until it returns.
 func (s *Server) serveStream(ctx context.Context, st net.Conn, info Info) {
 	defer st.Close()
 	typ, p, err := readFrame(st)
@@ -247,63 +249,45 @@ func (s *Server) serveStream(ctx context.Context, st net.Conn, info Info) {
 		return
 	}
 	fo := fileOps{home: info.Home}
-	reply := func(v any, err error, path string) {
-		if err != nil {
-			writeJSON(st, frameError, toRemoteError(req.Op, path, err))
-			return
-		}
-		writeJSON(st, frameOK, v)
-	}
 	switch req.Op {
 	case "hello":
-		if req.Version != ProtocolVersion {
-			reply(nil, fmt.Errorf("protocol version %d not supported, agent speaks %d", req.Version, ProtocolVersion), "")
-			return
-		}
-		reply(info, nil, "")
+		hello(st, req, info)
 	case "batch":
 		s.batch(ctx, st, req, info)
 	case "exec":
 		if req.Exec == nil {
-			reply(nil, errors.New("exec without arguments"), "")
+			writeJSON(st, frameError, toRemoteError(req.Op, "", errors.New("exec without arguments")))
 			return
 		}
 		s.exec(ctx, st, req.Exec, info)
-	case "stat", "lstat":
-		fi, err := fo.stat(req.Path, req.Op == "stat")
-		reply(fi, err, req.Path)
-	case "readdir":
-		ents, err := fo.readDir(req.Path)
-		reply(ents, err, req.Path)
-	case "mkdir":
-		reply(struct{}{}, os.Mkdir(fo.abs(req.Path), os.FileMode(req.Mode)), req.Path)
-	case "remove":
-		reply(struct{}{}, removeFile(fo.abs(req.Path)), req.Path)
-	case "rmdir":
-		reply(struct{}{}, removeDir(fo.abs(req.Path)), req.Path)
-	case "rename":
-		reply(struct{}{}, fo.rename(req.Path, req.Path2, req.Bool), req.Path)
-	case "posix-rename":
-		reply(struct{}{}, fo.rename(req.Path, req.Path2, true), req.Path)
-	case "symlink":
-		reply(struct{}{}, os.Symlink(req.Path, fo.abs(req.Path2)), req.Path2)
-	case "link":
-		reply(struct{}{}, os.Link(fo.abs(req.Path), fo.abs(req.Path2)), req.Path2)
-	case "readlink":
-		t, err := os.Readlink(fo.abs(req.Path))
-		reply(t, err, req.Path)
-	case "realpath":
-		rp, err := fo.realPath(req.Path)
-		reply(rp, err, req.Path)
-	case "setstat":
-		reply(struct{}{}, fo.setstat(req.Path, req.Attr), req.Path)
 	case "open":
 		s.serveFile(st, fo.abs(req.Path), req.Flag, os.FileMode(req.Mode))
 	case "dial":
 		s.dial(ctx, st, req)
 	default:
-		reply(nil, fmt.Errorf("unknown op %q", req.Op), "")
+		v, path, err := fo.do(req)
+		reply(st, req.Op, path, v, err)
 	}
+}
+
+// reply answers a one-reply request: v as ok, or err as an error naming
+// op and path.
+func reply(st net.Conn, op, path string, v any, err error) {
+	if err != nil {
+		writeJSON(st, frameError, toRemoteError(op, path, err))
+		return
+	}
+	writeJSON(st, frameOK, v)
+}
+
+// hello answers the handshake: the agent's Info, when the client speaks
+// this protocol version.
+func hello(st net.Conn, req *request, info Info) {
+	if req.Version != ProtocolVersion {
+		reply(st, req.Op, "", nil, fmt.Errorf("protocol version %d not supported, agent speaks %d", req.Version, ProtocolVersion))
+		return
+	}
+	reply(st, req.Op, "", info, nil)
 }
 
 // removeFile removes a non-directory, as SFTP REMOVE must.
@@ -387,79 +371,112 @@ func (s *Server) serveFile(st net.Conn, path string, flag int, perm os.FileMode)
 	if err := writeJSON(st, frameOK, struct{}{}); err != nil {
 		return
 	}
-	var sticky error
-	buf := make([]byte, 5+maxChunk)
+	of := &openFile{s: s, st: st, f: f, path: path, buf: make([]byte, 5+maxChunk)}
 	for {
 		typ, p, err := readFrame(st)
 		if err != nil {
 			return
 		}
+		var more bool
 		switch typ {
 		case frameRead:
-			rr, err := decodeReadReq(p)
-			if err != nil {
-				s.log().Warn("bad read request", "err", err)
-				return
-			}
-			n := min(int(rr.N), maxChunk)
-			m, rerr := f.ReadAt(buf[5:5+n], rr.Off)
-			if rerr != nil && !errors.Is(rerr, io.EOF) {
-				if writeFrame(st, frameIOError, ioErrorPayload(rr.ID, toRemoteError("read", path, rerr))) != nil {
-					return
-				}
-				continue
-			}
-			binary.BigEndian.PutUint32(buf[:4], rr.ID)
-			buf[4] = 0
-			if rerr != nil {
-				buf[4] = 1
-			}
-			if writeFrame(st, frameData, buf[:5+m]) != nil {
-				return
-			}
+			more = of.read(p)
 		case frameWrite:
-			if len(p) < 12 {
-				s.log().Warn("short write frame", "len", len(p))
-				return
-			}
-			id := binary.BigEndian.Uint32(p)
-			off := int64(binary.BigEndian.Uint64(p[4:12]))
-			if sticky != nil {
-				continue
-			}
-			if off < 0 {
-				sticky = syscall.EINVAL
-			} else if _, err := f.WriteAt(p[12:], off); err != nil {
-				sticky = err
-			}
-			if sticky != nil && writeFrame(st, frameIOError, ioErrorPayload(id, toRemoteError("write", path, sticky))) != nil {
-				return
-			}
+			more = of.write(p)
 		case frameFstat:
-			if sticky != nil {
-				writeJSON(st, frameError, toRemoteError("write", path, sticky))
-				continue
-			}
-			fi, err := f.Stat()
-			if err != nil {
-				writeJSON(st, frameError, toRemoteError("fstat", path, err))
-				continue
-			}
-			writeJSON(st, frameOK, infoFrom(filepath.Base(path), fi))
+			more = of.fstat()
 		case frameClose:
-			cerr := f.Close()
-			if sticky != nil {
-				cerr = sticky
-			}
-			if cerr != nil {
-				writeJSON(st, frameError, toRemoteError("close", path, cerr))
-			} else {
-				writeJSON(st, frameOK, struct{}{})
-			}
+			of.close()
 			return
 		default:
 			s.log().Warn("unexpected frame on file stream", "type", typ)
 			return
 		}
+		if !more {
+			return
+		}
+	}
+}
+
+// openFile is the state of one file stream. Each handler serves one
+// frame and reports whether the stream goes on.
+type openFile struct {
+	s      *Server
+	st     net.Conn
+	f      *os.File
+	path   string
+	buf    []byte // a data frame: id(4) eof(1) data
+	sticky error  // the first failed write, reported until close
+}
+
+// read answers one read request with a data frame or an io-error.
+func (o *openFile) read(p []byte) bool {
+	rr, err := decodeReadReq(p)
+	if err != nil {
+		o.s.log().Warn("bad read request", "err", err)
+		return false
+	}
+	n := min(int(rr.N), maxChunk)
+	m, rerr := o.f.ReadAt(o.buf[5:5+n], rr.Off)
+	if rerr != nil && !errors.Is(rerr, io.EOF) {
+		return writeFrame(o.st, frameIOError, ioErrorPayload(rr.ID, toRemoteError("read", o.path, rerr))) == nil
+	}
+	binary.BigEndian.PutUint32(o.buf[:4], rr.ID)
+	o.buf[4] = 0
+	if rerr != nil {
+		o.buf[4] = 1
+	}
+	return writeFrame(o.st, frameData, o.buf[:5+m]) == nil
+}
+
+// write performs one write; only its failure is answered, and once a
+// write has failed the later ones are dropped.
+func (o *openFile) write(p []byte) bool {
+	if len(p) < 12 {
+		o.s.log().Warn("short write frame", "len", len(p))
+		return false
+	}
+	id := binary.BigEndian.Uint32(p)
+	off := int64(binary.BigEndian.Uint64(p[4:12]))
+	if o.sticky != nil {
+		return true
+	}
+	if off < 0 {
+		o.sticky = syscall.EINVAL
+	} else if _, err := o.f.WriteAt(p[12:], off); err != nil {
+		o.sticky = err
+	}
+	if o.sticky != nil {
+		return writeFrame(o.st, frameIOError, ioErrorPayload(id, toRemoteError("write", o.path, o.sticky))) == nil
+	}
+	return true
+}
+
+// fstat answers the file's metadata, or the sticky write error.
+func (o *openFile) fstat() bool {
+	if o.sticky != nil {
+		writeJSON(o.st, frameError, toRemoteError("write", o.path, o.sticky))
+		return true
+	}
+	fi, err := o.f.Stat()
+	if err != nil {
+		writeJSON(o.st, frameError, toRemoteError("fstat", o.path, err))
+		return true
+	}
+	writeJSON(o.st, frameOK, infoFrom(filepath.Base(o.path), fi))
+	return true
+}
+
+// close closes the file and answers ok, or the sticky write error, or
+// the close's own.
+func (o *openFile) close() {
+	cerr := o.f.Close()
+	if o.sticky != nil {
+		cerr = o.sticky
+	}
+	if cerr != nil {
+		writeJSON(o.st, frameError, toRemoteError("close", o.path, cerr))
+	} else {
+		writeJSON(o.st, frameOK, struct{}{})
 	}
 }
