@@ -80,7 +80,7 @@ type session struct {
 	kind string // exec, shell or subsystem
 	cmd  string
 	step string // what the shim recognized the command as
-	warm bool   // the module runs in a warm fork server (shim.Warm)
+	warm bool   // the module runs in a warm fork server (shim.Plan.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
 	// become is the wrapper of a become run whose stdout is watched for
@@ -217,7 +217,12 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 	pipelined, becomeRun := false, false
 	if kind == "exec" && s.ic.s.cfg.Upstream.Ansible {
 		host := s.lease.Shim(s.a)
-		plan := host.Plan(cmd)
+		var warm shim.WarmOptions
+		if s.ic.s.cfg.Upstream.WarmPython {
+			info := s.a.Info()
+			warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()}
+		}
+		plan := host.Plan(cmd, warm)
 		s.observe = func(code int) { host.Observe(plan.Step, code) }
 		s.step = strings.TrimPrefix(fmt.Sprintf("%T", plan.Step), "shim.")
 		if plan.Reply {
@@ -226,11 +231,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 			return true
 		}
 		prep = plan.Prep
-		if s.ic.s.cfg.Upstream.WarmPython {
-			info := s.a.Info()
-			cmd, s.warm = shim.Warm(cmd, plan.Step, shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(),
-				Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()})
-		}
+		cmd, s.warm = plan.Command, plan.Warm
 		if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
 			// A pipelined run: its module follows on stdin. Starting
 			// without waiting for the agent's answer lets that stdin go
