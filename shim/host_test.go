@@ -35,13 +35,13 @@ func TestHostTask(t *testing.T) {
 	if h.Stage("/home/u/elsewhere.py", module, 0o600) {
 		t.Fatal("upload outside a temp dir staged")
 	}
-	if p := h.Plan(wrap("chmod u+x " + tmpT + "/ " + tmpT + "/AnsiballZ_ping.py"), WarmOptions{}); !p.Reply || p.Exit != 0 {
+	if p := h.Plan(wrap("chmod u+x "+tmpT+"/ "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{}); !p.Reply || p.Exit != 0 {
 		t.Fatalf("chmod: %+v", p)
 	}
 	if size, mode, ok := h.Virtual(dir + "/AnsiballZ_ping.py"); !ok || size != 6 || mode != 0o700 {
 		t.Fatalf("staged file after chmod: %d %v %v", size, mode, ok)
 	}
-	p = h.Plan(wrap("/usr/bin/python3 " + tmpT + "/AnsiballZ_ping.py"), WarmOptions{})
+	p = h.Plan(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
 	want := []agent.PrepOp{
 		{Op: "mkdir", Path: "/home/u/.ansible/tmp", Mode: 0o700, Parents: true},
 		{Op: "mkdir", Path: dir, Mode: 0o700},
@@ -54,7 +54,7 @@ func TestHostTask(t *testing.T) {
 	if _, _, ok := h.Virtual(dir); ok {
 		t.Fatal("dir still virtual after the run")
 	}
-	p = h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"), WarmOptions{})
+	p = h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
 	if !p.Reply || !reflect.DeepEqual(p.After, []agent.PrepOp{{Op: "remove_all", Path: dir}}) {
 		t.Fatalf("rm: %+v", p)
 	}
@@ -67,7 +67,7 @@ func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	h.Stage("/home/u/.ansible/tmp/"+tmpID+"/x.py", []byte("x"), 0o600)
-	p := h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"), WarmOptions{})
+	p := h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
 	if !p.Reply || len(p.After) != 0 {
 		t.Fatalf("rm of a dir that never reached the target: %+v", p)
 	}
@@ -135,13 +135,13 @@ func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
 	}
 	h.Observe(p.Step, 0)
 	// Next task: the same steps, now recorded.
-	h.Plan(wrap("rm -f -r " + dir + "/ > /dev/null 2>&1"), WarmOptions{})
+	h.Plan(wrap("rm -f -r "+dir+"/ > /dev/null 2>&1"), WarmOptions{})
 	h.Plan(mkdirCmd("/var/tmp", dir), WarmOptions{})
 	h.Stage(dir+"/AnsiballZ_ping.py", []byte("m"), 0o600)
 	if p := h.Plan(setfacl, WarmOptions{}); !p.Reply {
 		t.Fatalf("setfacl after a success not recorded: %+v", p)
 	}
-	p = h.Plan(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-" + key + " ; /usr/bin/python3 " + dir + "/AnsiballZ_ping.py'"), WarmOptions{})
+	p = h.Plan(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-"+key+" ; /usr/bin/python3 "+dir+"/AnsiballZ_ping.py'"), WarmOptions{})
 	last := p.Prep[len(p.Prep)-1]
 	if last.Op != "run" || !reflect.DeepEqual(last.Argv, []string{"setfacl", "-m", "u:other:r-x", dir + "/", dir + "/AnsiballZ_ping.py"}) {
 		t.Fatalf("run prep ends with %+v", last)
