@@ -41,11 +41,25 @@ type channelConn struct {
 	local, remote net.Addr
 }
 
-func (c channelConn) LocalAddr() net.Addr              { return c.local }
-func (c channelConn) RemoteAddr() net.Addr             { return c.remote }
-func (c channelConn) SetDeadline(time.Time) error      { return nil }
-func (c channelConn) SetReadDeadline(time.Time) error  { return nil }
-func (c channelConn) SetWriteDeadline(time.Time) error { return nil }
+// errChannelDeadline: x/crypto's Channel has no deadlines, so neither has
+// the net.Conn made of one. Nothing relies on them: x/crypto's
+// NewServerConn sets none, and serve bounds the inner handshake with a
+// timer that closes the channel (the login grace time) instead. A caller
+// that sets one learns it had no effect, as net.Pipe's would not.
+var errChannelDeadline = fmt.Errorf("gomux: an SSH channel has no deadlines: %w", errors.ErrUnsupported)
+
+func (c channelConn) LocalAddr() net.Addr { return c.local }
+
+func (c channelConn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline fails with errChannelDeadline.
+func (c channelConn) SetDeadline(time.Time) error { return errChannelDeadline }
+
+// SetReadDeadline fails with errChannelDeadline.
+func (c channelConn) SetReadDeadline(time.Time) error { return errChannelDeadline }
+
+// SetWriteDeadline fails with errChannelDeadline.
+func (c channelConn) SetWriteDeadline(time.Time) error { return errChannelDeadline }
 
 // errRemoteUserDenied is shown to the client as an auth banner.
 var errRemoteUserDenied = errors.New("remote user not allowed by policy")
@@ -185,11 +199,12 @@ func (ic *innerConn) materialize(ctx context.Context) {
 	if err != nil || a == nil {
 		return
 	}
-	ops := l.Shim(a).Flush()
+	host := l.Shim(a)
+	ops := host.Flush()
 	if len(ops) == 0 {
 		return
 	}
-	if _, err := a.Batch(ctx, ops, nil); err != nil {
+	if err := sendOwed(ctx, a, host, ops); err != nil {
 		ic.log.Warn().Str("event", "inner_drain").Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
 }

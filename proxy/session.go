@@ -313,6 +313,9 @@ func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.Ex
 	if early {
 		start = s.a.Start
 	}
+	if s.ic.s.cfg.Upstream.Ansible {
+		ctx = countResends(ctx, s.lease.Shim(s.a))
+	}
 	p, err := start(ctx, prep, exec)
 	if errors.Is(err, agent.ErrNotSent) {
 		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
@@ -424,14 +427,35 @@ func (s *session) replyLocally(plan shim.Plan) {
 	if len(plan.After) == 0 {
 		return
 	}
-	a, log := s.a, s.log
+	a, host, log := s.a, s.lease.Shim(s.a), s.log
 	s.lease.Go(func() {
 		ctx, cancel := context.WithTimeout(s.lease.Context(), time.Minute)
 		defer cancel()
-		if _, err := a.Batch(ctx, plan.After, nil); err != nil {
+		if err := sendOwed(ctx, a, host, plan.After); err != nil {
 			log.Warn().Str("event", "shim_after").Err(err).Msg("deferred temp dir removal failed")
 		}
 	})
+}
+
+// sendOwed sends ops the shim owes the target (staged state flushed, a
+// deferred temp dir removal) as one batch, counted in host's round trips
+// once it left gomux, and again if it is resent after a cache miss.
+func sendOwed(ctx context.Context, a *agent.Client, host *shim.Host, ops []agent.PrepOp) error {
+	_, err := a.Batch(countResends(ctx, host), ops, nil)
+	if !errors.Is(err, agent.ErrNotSent) {
+		host.CountRoundTrip()
+	}
+	return err
+}
+
+// countResends makes a batch sent with ctx count its resends after a
+// cache miss (agent.WithResent) in host's round trips: the target got
+// the request twice. host nil (Ansible mode off) counts nothing.
+func countResends(ctx context.Context, host *shim.Host) context.Context {
+	if host == nil {
+		return ctx
+	}
+	return agent.WithResent(ctx, host.CountRoundTrip)
 }
 
 // counters adds what the shim and the blob cache saved so far on this

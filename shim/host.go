@@ -36,8 +36,10 @@ type HostLimits struct {
 // Counters say what the shim saved, for the log line at the end of a
 // downstream connection and, later, metrics.
 type Counters struct {
-	// RoundTrips are requests that reached the target (batches and
-	// passed-through commands).
+	// RoundTrips are requests that reached the target: batches and
+	// passed-through commands (counted by Plan), and what the caller
+	// counts with CountRoundTrip (sftp operations, batches of owed ops,
+	// resends after a cache miss).
 	RoundTrips int64
 	// Local are steps answered without the target.
 	Local int64
@@ -104,8 +106,9 @@ func (h *Host) Counters() Counters {
 	return h.count
 }
 
-// CountRoundTrip records a request to the target made outside Plan (an
-// sftp operation).
+// CountRoundTrip records a request to the target that Plan did not
+// count: an sftp operation, a batch of ops the Host owed (Flush, a Plan's
+// After), a batch resent after the agent's cache missed.
 func (h *Host) CountRoundTrip() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
