@@ -46,9 +46,13 @@ func TestShimSeedRoundTrips(t *testing.T) {
 	}
 	// One batch per task that the client waits for, and the removal of
 	// each temp dir, sent after the rm was answered without waiting:
-	// every request that reached the target counts.
-	if rt := last["round_trips"].(float64); rt != tasks+float64(removals) {
+	// every request that reached the target counts. The last removal may
+	// go out after the last line was logged.
+	if rt := last["round_trips"].(float64); rt != tasks+float64(removals) && rt != tasks+float64(removals)-1 {
 		t.Errorf("round trips to the target: %v for %d tasks and %d deferred removals, want one per task and per removal", rt, tasks, removals)
+	}
+	if removals != tasks {
+		t.Errorf("%d temp dir removals answered in gomux, want one per task (%d)", removals, tasks)
 	}
 	t.Logf("counters after the run: round_trips=%v local_steps=%v blob_bytes_sent=%v blob_bytes_saved=%v",
 		last["round_trips"], last["local_steps"], last["blob_bytes_sent"], last["blob_bytes_saved"])
