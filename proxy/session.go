@@ -368,7 +368,8 @@ func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.Ex
 	if early {
 		start = s.a.Start
 	}
-	if s.ic.s.cfg.Upstream.Ansible {
+	if s.step != "" {
+		// The shim planned (and counted) this command: its resends count.
 		ctx = countResends(ctx, s.lease.Shim(s.a))
 	}
 	p, err := start(ctx, prep, exec)
