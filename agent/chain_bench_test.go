@@ -94,7 +94,7 @@ func BenchmarkChainStages(b *testing.B) {
 		if become {
 			cmd = `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-abcdefghijklmnopqrstuvwxyzabcdef ; ` + python + " " + script + `'"'"' && sleep 0'`
 		}
-		out, ok := shim.Warm(cmd, shim.Parse(cmd), shim.WarmOptions{Agent: agentBin, AgentID: self, Idle: time.Minute})
+		out, ok := shim.Warm(cmd, shim.WarmOptions{Agent: agentBin, AgentID: self, Idle: time.Minute})
 		if !ok {
 			b.Fatalf("shim did not rewrite %q", cmd)
 		}

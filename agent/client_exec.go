@@ -301,8 +301,31 @@ func (c *Client) Batch(ctx context.Context, prep []PrepOp, exec *ExecRequest) (*
 		// The cache was pruned or belongs to another agent build: resend
 		// every content. The agent checked before changing anything.
 		p, err = c.batchOnce(ctx, prep, exec, true, false)
+		if !errors.Is(err, ErrNotSent) {
+			resent(ctx)
+		}
 	}
 	return p, err
+}
+
+// resentKey is the context key of WithResent.
+type resentKey struct{}
+
+// WithResent returns ctx carrying fn, which Batch and Start call each
+// time they send a batch again because the agent's blob cache missed:
+// the target sees that request twice, and a caller counting requests
+// that reached the target (the shim's round trips) counts both. A hook
+// on the context, as net/http/httptrace carries its hooks, reaches the
+// resend of a Start, which happens after Start returned.
+func WithResent(ctx context.Context, fn func()) context.Context {
+	return context.WithValue(ctx, resentKey{}, fn)
+}
+
+// resent calls ctx's WithResent hook, if any.
+func resent(ctx context.Context) {
+	if fn, ok := ctx.Value(resentKey{}).(func()); ok && fn != nil {
+		fn()
+	}
 }
 
 // Start is Batch without waiting for the agent's answer: the request (and
@@ -366,7 +389,11 @@ func (c *Client) batchOnce(ctx context.Context, prep []PrepOp, exec *ExecRequest
 			// be answered as Batch does: everything once more, as data.
 			ps.retry = func() (*yamux.Stream, func(), error) {
 				c.forgetBlobs()
-				return c.sendBatch(ctx, prep, exec, true)
+				st, record, err := c.sendBatch(ctx, prep, exec, true)
+				if err == nil {
+					resent(ctx)
+				}
+				return st, record, err
 			}
 		}
 		p.started = ps

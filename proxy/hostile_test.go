@@ -189,7 +189,7 @@ const tempDirCmd = `/bin/sh -c '( umask 77 && mkdir -p "` + "` echo ~/.ansible/t
 func TestHostileSFTPOffsets(t *testing.T) {
 	a := hostileAgent(t, okFiles)
 	host := shim.NewHost("u", "/home/u", "")
-	if p := host.Plan(tempDirCmd); !p.Reply {
+	if p := host.Plan(tempDirCmd, shim.WarmOptions{}); !p.Reply {
 		t.Fatalf("mkdir step not answered locally: %+v", p)
 	}
 	c, log := sftpOver(t, a, host, sftpLimits{handles: 8, budget: shim.NewBudget(64 << 20)})
@@ -346,7 +346,7 @@ func TestStagingCountsAgainstBudget(t *testing.T) {
 	})
 	budget := shim.NewBudget(1 << 20)
 	host := shim.NewHostLimits("u", "/home/u", "", shim.HostLimits{Budget: budget})
-	host.Plan(tempDirCmd)
+	host.Plan(tempDirCmd, shim.WarmOptions{})
 	c, _ := sftpOver(t, a, host, sftpLimits{handles: 8, budget: budget})
 	dir := "/home/u/.ansible/tmp/ansible-tmp-1-2-3/"
 	f1, err := c.OpenFile(dir+"a", os.O_WRONLY|os.O_CREATE|os.O_TRUNC)

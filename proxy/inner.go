@@ -41,52 +41,70 @@ type channelConn struct {
 	local, remote net.Addr
 }
 
-func (c channelConn) LocalAddr() net.Addr              { return c.local }
-func (c channelConn) RemoteAddr() net.Addr             { return c.remote }
-func (c channelConn) SetDeadline(time.Time) error      { return nil }
-func (c channelConn) SetReadDeadline(time.Time) error  { return nil }
-func (c channelConn) SetWriteDeadline(time.Time) error { return nil }
+// errChannelDeadline: x/crypto's Channel has no deadlines, so neither has
+// the net.Conn made of one. Nothing relies on them: x/crypto's
+// NewServerConn sets none, and serve bounds the inner handshake with a
+// timer that closes the channel (the login grace time) instead. A caller
+// that sets one learns it had no effect, as net.Pipe's would not.
+var errChannelDeadline = fmt.Errorf("gomux: an SSH channel has no deadlines: %w", errors.ErrUnsupported)
+
+func (c channelConn) LocalAddr() net.Addr { return c.local }
+
+func (c channelConn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline fails with errChannelDeadline.
+func (c channelConn) SetDeadline(time.Time) error { return errChannelDeadline }
+
+// SetReadDeadline fails with errChannelDeadline.
+func (c channelConn) SetReadDeadline(time.Time) error { return errChannelDeadline }
+
+// SetWriteDeadline fails with errChannelDeadline.
+func (c channelConn) SetWriteDeadline(time.Time) error { return errChannelDeadline }
 
 // errRemoteUserDenied is shown to the client as an auth banner.
 var errRemoteUserDenied = errors.New("remote user not allowed by policy")
 
 // serve runs the inner SSH server on the accepted direct-tcpip channel until
-// the client closes it.
+// the client closes it: the handshake, then one loop that dispatches each
+// new channel to its handler (dispatchChannel).
 func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
+	sc, chans, reqs, ok := ic.handshake(conn)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	act := ic.s.drain.track(func() {
+		ic.log.Info().Str("event", "inner_drain").Msg("gomux is draining: inner session idle, closing")
+		ic.materialize(ctx)
+		sc.Close()
+	})
+	defer ic.s.drain.untrack(act)
+	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
+	var open chanCount // this inner connection's open channels
+	for nc := range chans {
+		ic.dispatchChannel(ctx, sc, act, &open, nc)
+	}
+	cancel()
+	sc.Close()
+	ic.tasks.Close()
+	ic.tasks.Wait()
+	ic.closed()
+}
+
+// handshake runs the inner SSH handshake on conn, presenting the host
+// certificate for the requested name, within the login grace time.
+func (ic *innerConn) handshake(conn net.Conn) (*gossh.ServerConn, <-chan gossh.NewChannel, <-chan *gossh.Request, bool) {
 	signer, err := ic.s.ca.SignerFor(ic.host)
 	if err != nil {
 		ic.log.Error().Err(err).Msg("cannot mint host certificate")
-		return
+		return nil, nil, nil, false
 	}
 	cfg := &gossh.ServerConfig{
-		ServerVersion: "SSH-2.0-gomux",
-		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
-			if !ic.decision.AllowsRemoteUser(meta.User()) {
-				ic.log.Warn().Str("event", "inner_auth").Str("remote_user", meta.User()).Str("result", "denied").
-					Msg("remote user not allowed by policy")
-				return nil, &gossh.BannerError{
-					Err:     errRemoteUserDenied,
-					Message: fmt.Sprintf("gomux: user %s may not log in to %s as %s\r\n", ic.frontUser, ic.host, meta.User()),
-				}
-			}
-			if err := ic.checkInnerKey(key); err != nil {
-				ic.log.Info().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
-					Str("fingerprint", gossh.FingerprintSHA256(key)).Str("reason", err.Error()).Msg("inner public key refused")
-				return nil, err
-			}
-			return &gossh.Permissions{}, nil
-		},
-		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
-			if err := ic.checkInnerKey(key); err != nil {
-				ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
-					Err(err).Msg("inner login refused")
-				return nil, err
-			}
-			keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted").Bool("accepted", true), ic.id).
-				Str("remote_user", meta.User()).Msg("inner login")
-			return &gossh.Permissions{}, nil
-		},
+		ServerVersion:             "SSH-2.0-gomux",
+		PublicKeyCallback:         ic.offeredKey,
+		VerifiedPublicKeyCallback: ic.verifiedKey,
 	}
 	cfg.Ciphers = serverCiphers()
 	cfg.AddHostKey(signer)
@@ -100,61 +118,86 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	grace.Stop()
 	if err != nil {
 		ic.log.Info().Str("event", "inner_handshake").Err(err).Msg("inner handshake failed")
-		return
+		return nil, nil, nil, false
 	}
 	ic.remoteUser = sc.User()
 	ic.log = ic.log.With().Str("remote_user", ic.remoteUser).Logger()
 	ic.log.Debug().Str("event", "inner_connect").Msg("inner session established")
+	return sc, chans, reqs, true
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	act := ic.s.drain.track(func() {
-		ic.log.Info().Str("event", "inner_drain").Msg("gomux is draining: inner session idle, closing")
-		ic.materialize(ctx)
-		sc.Close()
-	})
-	defer ic.s.drain.untrack(act)
-	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
-	var open chanCount // this inner connection's open channels
-	for nc := range chans {
-		var handle func(context.Context, gossh.NewChannel)
-		switch nc.ChannelType() {
-		case "session":
-			handle = ic.handleSession
-		case "direct-tcpip":
-			handle = ic.handleDirect
-		default:
-			nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
-			continue
-		}
-		release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), &open)
-		ic.s.metrics.channel("inner", nc.ChannelType())
-		if err != nil {
-			ic.s.metrics.limit("channel")
-			ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
-			nc.Reject(gossh.ResourceShortage, err.Error())
-			continue
-		}
-		if !act.begin() {
-			release()
-			nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")
-			continue
-		}
-		if !ic.tasks.Go(func() {
-			defer act.end()
-			defer release()
-			defer contain(ic.log, "inner "+nc.ChannelType(), sc)
-			handle(ctx, nc)
-		}) {
-			release()
-			act.end()
-			nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
+// offeredKey answers a key the client offers for the inner login: the
+// remote user must be one the policy allows, the key the front one.
+func (ic *innerConn) offeredKey(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+	if !ic.decision.AllowsRemoteUser(meta.User()) {
+		ic.log.Warn().Str("event", "inner_auth").Str("remote_user", meta.User()).Str("result", "denied").
+			Msg("remote user not allowed by policy")
+		return nil, &gossh.BannerError{
+			Err:     errRemoteUserDenied,
+			Message: fmt.Sprintf("gomux: user %s may not log in to %s as %s\r\n", ic.frontUser, ic.host, meta.User()),
 		}
 	}
-	cancel()
-	sc.Close()
-	ic.tasks.Close()
-	ic.tasks.Wait()
+	if err := ic.checkInnerKey(key); err != nil {
+		ic.log.Info().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+			Str("fingerprint", gossh.FingerprintSHA256(key)).Str("reason", err.Error()).Msg("inner public key refused")
+		return nil, err
+	}
+	return &gossh.Permissions{}, nil
+}
+
+// verifiedKey admits the inner login once the client signed with the key.
+func (ic *innerConn) verifiedKey(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+	if err := ic.checkInnerKey(key); err != nil {
+		ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+			Err(err).Msg("inner login refused")
+		return nil, err
+	}
+	keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted").Bool("accepted", true), ic.id).
+		Str("remote_user", meta.User()).Msg("inner login")
+	return &gossh.Permissions{}, nil
+}
+
+// dispatchChannel hands a new channel to the handler of its type, within
+// the channel limits and unless gomux is draining or shutting down.
+func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, act *activity, open *chanCount, nc gossh.NewChannel) {
+	var handle func(context.Context, gossh.NewChannel)
+	switch nc.ChannelType() {
+	case "session":
+		handle = ic.handleSession
+	case "direct-tcpip":
+		handle = ic.handleDirect
+	default:
+		nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
+		return
+	}
+	release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), open)
+	ic.s.metrics.channel("inner", nc.ChannelType())
+	if err != nil {
+		ic.s.metrics.limit("channel")
+		ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
+		nc.Reject(gossh.ResourceShortage, err.Error())
+		return
+	}
+	if !act.begin() {
+		release()
+		nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")
+		return
+	}
+	if !ic.tasks.Go(func() {
+		defer act.end()
+		defer release()
+		defer contain(ic.log, "inner "+nc.ChannelType(), sc)
+		handle(ctx, nc)
+	}) {
+		release()
+		act.end()
+		nc.Reject(gossh.ResourceShortage, "gomux is shutting down")
+	}
+}
+
+// closed logs the inner connection's end, with the shim's counters, and
+// gives its lease back.
+func (ic *innerConn) closed() {
 	ev := ic.log.Info().Str("event", "inner_disconnect")
 	ic.mu.Lock()
 	if ic.lease != nil {
@@ -185,11 +228,12 @@ func (ic *innerConn) materialize(ctx context.Context) {
 	if err != nil || a == nil {
 		return
 	}
-	ops := l.Shim(a).Flush()
+	host := l.Shim(a)
+	ops := host.Flush()
 	if len(ops) == 0 {
 		return
 	}
-	if _, err := a.Batch(ctx, ops, nil); err != nil {
+	if err := sendOwed(ctx, a, host, ops); err != nil {
 		ic.log.Warn().Str("event", "inner_drain").Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
 }

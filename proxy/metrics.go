@@ -116,7 +116,7 @@ func (m *metrics) gauges(s *Server) {
 			}
 			return 0
 		}),
-		cf("gomux_shim_round_trips_total", "Requests that reached a target through the Ansible shim (batches, passed-through commands, sftp operations).",
+		cf("gomux_shim_round_trips_total", "Requests that reached a target through the Ansible shim (batches, passed-through commands, sftp operations, deferred removals, resends after a cache miss).",
 			func() float64 { return float64(s.pool.ShimTotals().RoundTrips) }),
 		cf("gomux_shim_local_steps_total", "Ansible steps gomux answered without a round trip to the target.",
 			func() float64 { return float64(s.pool.ShimTotals().Local) }),

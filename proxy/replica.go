@@ -29,7 +29,7 @@ func (s *session) settle() {
 	}
 	ctx, cancel := context.WithTimeout(s.lease.Context(), s.ic.s.cfg.Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
-	if _, err := s.a.Batch(ctx, ops, nil); err != nil {
+	if err := sendOwed(ctx, s.a, s.lease.Shim(s.a), ops); err != nil {
 		s.log.Warn().Str("event", EventShimSettle).Err(err).
 			Msg("could not write staged temp dirs to the target before replying; a step on another gomux may not find them")
 	}

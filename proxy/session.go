@@ -80,7 +80,7 @@ type session struct {
 	kind string // exec, shell or subsystem
 	cmd  string
 	step string // what the shim recognized the command as
-	warm bool   // the module runs in a warm fork server (shim.Warm)
+	warm bool   // the module runs in a warm fork server (shim.Plan.Warm)
 	// observe tells the shim how a command it passed on ended.
 	observe func(exit int)
 	// become is the wrapper of a become run whose stdout is watched for
@@ -126,83 +126,110 @@ func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
 	s.run.Wait()
 }
 
+// handleRequest dispatches one channel request to the handler of its
+// type and says whether it succeeded. auth-agent-req, x11-req and unknown
+// requests are refused, as an sshd with forwarding disabled would.
 func (s *session) handleRequest(ctx context.Context, req *gossh.Request) bool {
-	started := s.kind != ""
 	switch req.Type {
 	case "pty-req":
-		var p ptyRequest
-		if started || gossh.Unmarshal(req.Payload, &p) != nil {
-			return false
-		}
-		s.pty = &agent.Pty{Term: p.Term, Cols: p.Cols, Rows: p.Rows, WidthPx: p.WidthPx, HeightPx: p.HeightPx, Modes: []byte(p.Modes)}
-		return true
+		return s.onPty(req)
 	case "env":
-		var e envRequest
-		if started || gossh.Unmarshal(req.Payload, &e) != nil {
-			return false
-		}
-		if !matchAny(s.ic.s.cfg.Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
-			s.log.Debug().Str("env", e.Name).Msg("env request not accepted")
-			return false
-		}
-		if len(s.env) >= maxEnv {
-			s.log.Warn().Str("event", "limit").Str("env", e.Name).Int("max_env", maxEnv).Msg("env request beyond the limit refused")
-			return false
-		}
-		s.env = append(s.env, e.Name+"="+e.Value)
-		return true
+		return s.onEnv(req)
 	case "window-change":
-		var w windowChange
-		if gossh.Unmarshal(req.Payload, &w) != nil {
-			return false
-		}
-		if s.pty != nil {
-			s.pty.Cols, s.pty.Rows, s.pty.WidthPx, s.pty.HeightPx = w.Cols, w.Rows, w.WidthPx, w.HeightPx
-		}
-		if s.rec != nil {
-			s.rec.resize(w.Cols, w.Rows)
-		}
-		if p := s.process(); p != nil {
-			p.Resize(w.Cols, w.Rows, w.WidthPx, w.HeightPx)
-		}
-		return true
+		return s.onWindowChange(req)
 	case "signal":
-		var sig signalRequest
-		if gossh.Unmarshal(req.Payload, &sig) != nil {
-			return false
-		}
-		if p := s.process(); p != nil {
-			return p.Signal(sig.Name) == nil
-		}
-		return false
+		return s.onSignal(req)
 	case "exec":
-		var e execRequest
-		if started || gossh.Unmarshal(req.Payload, &e) != nil {
-			return false
-		}
-		return s.startProcess(ctx, req, "exec", e.Command)
+		return s.onExec(ctx, req)
 	case "shell":
-		if started {
-			return false
-		}
-		return s.startProcess(ctx, req, "shell", "")
+		return !s.started() && s.startProcess(ctx, req, "shell", "")
 	case "subsystem":
-		var e execRequest
-		if started || gossh.Unmarshal(req.Payload, &e) != nil {
-			return false
-		}
-		if e.Command != "sftp" {
-			s.log.Info().Str("event", "channel").Str("subsystem", e.Command).Msg("unknown subsystem refused")
-			return false
-		}
-		s.kind, s.cmd = "subsystem", "sftp"
-		answer(req, true)
-		s.spawn(func() { s.serveSFTP(ctx) })
-		return true
+		return s.onSubsystem(ctx, req)
 	}
-	// auth-agent-req, x11-req and unknown requests: refused, as an sshd
-	// with forwarding disabled would.
 	return false
+}
+
+// started says a command, shell or subsystem runs: the requests that
+// set it up come too late.
+func (s *session) started() bool { return s.kind != "" }
+
+func (s *session) onPty(req *gossh.Request) bool {
+	var p ptyRequest
+	if s.started() || gossh.Unmarshal(req.Payload, &p) != nil {
+		return false
+	}
+	s.pty = &agent.Pty{Term: p.Term, Cols: p.Cols, Rows: p.Rows, WidthPx: p.WidthPx, HeightPx: p.HeightPx, Modes: []byte(p.Modes)}
+	return true
+}
+
+// onEnv accepts the variables upstream.accept_env names, up to maxEnv.
+func (s *session) onEnv(req *gossh.Request) bool {
+	var e envRequest
+	if s.started() || gossh.Unmarshal(req.Payload, &e) != nil {
+		return false
+	}
+	if !matchAny(s.ic.s.cfg.Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
+		s.log.Debug().Str("env", e.Name).Msg("env request not accepted")
+		return false
+	}
+	if len(s.env) >= maxEnv {
+		s.log.Warn().Str("event", "limit").Str("env", e.Name).Int("max_env", maxEnv).Msg("env request beyond the limit refused")
+		return false
+	}
+	s.env = append(s.env, e.Name+"="+e.Value)
+	return true
+}
+
+func (s *session) onWindowChange(req *gossh.Request) bool {
+	var w windowChange
+	if gossh.Unmarshal(req.Payload, &w) != nil {
+		return false
+	}
+	if s.pty != nil {
+		s.pty.Cols, s.pty.Rows, s.pty.WidthPx, s.pty.HeightPx = w.Cols, w.Rows, w.WidthPx, w.HeightPx
+	}
+	if s.rec != nil {
+		s.rec.resize(w.Cols, w.Rows)
+	}
+	if p := s.process(); p != nil {
+		p.Resize(w.Cols, w.Rows, w.WidthPx, w.HeightPx)
+	}
+	return true
+}
+
+func (s *session) onSignal(req *gossh.Request) bool {
+	var sig signalRequest
+	if gossh.Unmarshal(req.Payload, &sig) != nil {
+		return false
+	}
+	if p := s.process(); p != nil {
+		return p.Signal(sig.Name) == nil
+	}
+	return false
+}
+
+func (s *session) onExec(ctx context.Context, req *gossh.Request) bool {
+	var e execRequest
+	if s.started() || gossh.Unmarshal(req.Payload, &e) != nil {
+		return false
+	}
+	return s.startProcess(ctx, req, "exec", e.Command)
+}
+
+// onSubsystem serves sftp from the agent; other subsystems are refused.
+func (s *session) onSubsystem(ctx context.Context, req *gossh.Request) bool {
+	var e execRequest
+	if s.started() || gossh.Unmarshal(req.Payload, &e) != nil {
+		return false
+	}
+	if e.Command != "sftp" {
+		s.log.Info().Str("event", "channel").Str("subsystem", e.Command).Msg("unknown subsystem refused")
+		return false
+	}
+	s.kind, s.cmd = "subsystem", "sftp"
+	answer(req, true)
+	s.spawn(func() { s.serveSFTP(ctx) })
+	return true
 }
 
 func (s *session) process() *agent.Process {
@@ -211,39 +238,30 @@ func (s *session) process() *agent.Process {
 	return s.proc
 }
 
+// execPlan is how a command starts: what the shim made of it.
+type execPlan struct {
+	// cmd is what runs on the target: as sent, or its warm rewrite.
+	cmd string
+	// prep are the deferred steps that go in one batch with it.
+	prep []agent.PrepOp
+	// pipelined: a module run whose module follows on stdin; becomeRun:
+	// one under become.
+	pipelined, becomeRun bool
+}
+
+// startProcess starts an exec or a shell: answered by the shim, sent with
+// its whole stdin (runWholeStdin), or started on the agent (startOnAgent).
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
-	var prep []agent.PrepOp
-	pipelined, becomeRun := false, false
+	x := execPlan{cmd: cmd}
 	if kind == "exec" && s.ic.s.cfg.Upstream.Ansible {
-		host := s.lease.Shim(s.a)
-		plan := host.Plan(cmd)
-		s.observe = func(code int) { host.Observe(plan.Step, code) }
-		s.step = strings.TrimPrefix(fmt.Sprintf("%T", plan.Step), "shim.")
-		if plan.Reply {
-			answer(req, true)
-			s.spawn(func() { s.replyLocally(plan) })
+		var replied bool
+		if x, replied = s.planExec(req, cmd); replied {
 			return true
 		}
-		prep = plan.Prep
-		if s.ic.s.cfg.Upstream.WarmPython {
-			info := s.a.Info()
-			cmd, s.warm = shim.Warm(cmd, plan.Step, shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(),
-				Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()})
-		}
-		if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
-			// A pipelined run: its module follows on stdin. Starting
-			// without waiting for the agent's answer lets that stdin go
-			// right behind the command, in the same round trip.
-			pipelined, becomeRun = true, run.Become != nil
-			if run.Become.WatchBecome() && s.pty == nil {
-				s.become = run.Become
-				s.speculated = host.SpeculateBecome(run.Become)
-			}
-		}
 	}
-	s.prepOps = len(prep)
-	if pipelined && s.pty == nil && (!becomeRun || s.speculated) {
+	s.prepOps = len(x.prep)
+	if x.pipelined && s.pty == nil && (!x.becomeRun || s.speculated) {
 		// Ansible sends the module now, and closes stdin after it: gomux
 		// takes it whole and sends it with the command, its archive by
 		// reference once the agent has it (runWholeStdin). Never under
@@ -254,20 +272,58 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 		if s.speculated {
 			io.WriteString(s.ch, s.become.Marker())
 		}
-		s.spawn(func() { s.runWholeStdin(ctx, prep, cmd) })
+		s.spawn(func() { s.runWholeStdin(ctx, x.prep, x.cmd) })
 		return true
 	}
-	p, err := s.begin(ctx, prep, &agent.ExecRequest{Command: cmd, Env: s.env, Pty: s.pty}, pipelined)
+	return s.startOnAgent(ctx, req, x)
+}
+
+// planExec asks the shim how to serve cmd: replied is true when the shim
+// answered it without the target (replyLocally); otherwise the plan says
+// what to send.
+func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied bool) {
+	host := s.lease.Shim(s.a)
+	var warm shim.WarmOptions
+	if s.ic.s.cfg.Upstream.WarmPython {
+		info := s.a.Info()
+		warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()}
+	}
+	plan := host.Plan(cmd, warm)
+	s.observe = func(code int) { host.Observe(plan.Step, code) }
+	s.step = strings.TrimPrefix(fmt.Sprintf("%T", plan.Step), "shim.")
+	if plan.Reply {
+		answer(req, true)
+		s.spawn(func() { s.replyLocally(plan) })
+		return x, true
+	}
+	x = execPlan{cmd: plan.Command, prep: plan.Prep}
+	s.warm = plan.Warm
+	if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
+		// A pipelined run: its module follows on stdin. Starting
+		// without waiting for the agent's answer lets that stdin go
+		// right behind the command, in the same round trip.
+		x.pipelined, x.becomeRun = true, run.Become != nil
+		if run.Become.WatchBecome() && s.pty == nil {
+			s.become = run.Become
+			s.speculated = host.SpeculateBecome(run.Become)
+		}
+	}
+	return x, false
+}
+
+// startOnAgent starts x on the agent and pumps its stdio.
+func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPlan) bool {
+	p, err := s.begin(ctx, x.prep, &agent.ExecRequest{Command: x.cmd, Env: s.env, Pty: s.pty}, x.pipelined)
 	if err != nil {
 		var re *agent.RemoteError
-		if errors.As(err, &re) && len(prep) > 0 {
+		if errors.As(err, &re) && len(x.prep) > 0 {
 			// A step gomux deferred (a temp dir, an upload) failed on the
 			// target: Ansible sees it here, as a failed command.
 			answer(req, true)
 			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
 			return true
 		}
-		s.log.Warn().Str("event", "channel").Str("kind", kind).Str("command", RedactCommand(cmd)).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(x.cmd)).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
 		answer(req, false)
@@ -311,6 +367,10 @@ func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.Ex
 	start := s.a.Batch
 	if early {
 		start = s.a.Start
+	}
+	if s.step != "" {
+		// The shim planned (and counted) this command: its resends count.
+		ctx = countResends(ctx, s.lease.Shim(s.a))
 	}
 	p, err := start(ctx, prep, exec)
 	if errors.Is(err, agent.ErrNotSent) {
@@ -423,14 +483,35 @@ func (s *session) replyLocally(plan shim.Plan) {
 	if len(plan.After) == 0 {
 		return
 	}
-	a, log := s.a, s.log
+	a, host, log := s.a, s.lease.Shim(s.a), s.log
 	s.lease.Go(func() {
 		ctx, cancel := context.WithTimeout(s.lease.Context(), time.Minute)
 		defer cancel()
-		if _, err := a.Batch(ctx, plan.After, nil); err != nil {
+		if err := sendOwed(ctx, a, host, plan.After); err != nil {
 			log.Warn().Str("event", "shim_after").Err(err).Msg("deferred temp dir removal failed")
 		}
 	})
+}
+
+// sendOwed sends ops the shim owes the target (staged state flushed, a
+// deferred temp dir removal) as one batch, counted in host's round trips
+// once it left gomux, and again if it is resent after a cache miss.
+func sendOwed(ctx context.Context, a *agent.Client, host *shim.Host, ops []agent.PrepOp) error {
+	_, err := a.Batch(countResends(ctx, host), ops, nil)
+	if !errors.Is(err, agent.ErrNotSent) {
+		host.CountRoundTrip()
+	}
+	return err
+}
+
+// countResends makes a batch sent with ctx count its resends after a
+// cache miss (agent.WithResent) in host's round trips: the target got
+// the request twice. host nil (Ansible mode off) counts nothing.
+func countResends(ctx context.Context, host *shim.Host) context.Context {
+	if host == nil {
+		return ctx
+	}
+	return agent.WithResent(ctx, host.CountRoundTrip)
 }
 
 // counters adds what the shim and the blob cache saved so far on this
@@ -532,6 +613,42 @@ func copyGrowing(dst io.Writer, src io.Reader) (int64, error) {
 // pump moves stdio between the channel and the process, then reports the
 // exit the way sshd does: EOF, exit-status or exit-signal, close.
 func (s *session) pump(p *agent.Process, stdin io.Reader) {
+	out := s.copyOutput(p)
+	in := s.copyInput(p, stdin)
+	out.Wait()
+	st, err := p.Wait()
+	defer s.ic.s.metrics.sessionEnded(s, false)
+	log := s.endEvent()
+	var re *agent.RemoteError
+	if errors.Is(err, agent.ErrNotStarted) && errors.As(err, &re) && s.prepOps > 0 {
+		// As with Batch in startOnAgent: a deferred step failed on the
+		// target and Ansible sees a failed command.
+		io.WriteString(s.ch.Stderr(), "gomux: "+re.Error()+"\n")
+		s.reportExit(1, "", false)
+		in.Wait()
+		log.Err(err).Int("exit_status", 1).Dur("duration", time.Since(s.start)).Msg("deferred step failed")
+		return
+	}
+	if err != nil {
+		s.ch.Close()
+		in.Wait()
+		log.Err(err).Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).
+			Dur("duration", time.Since(s.start)).Msg("agent lost during session; closed without exit status")
+		return
+	}
+	if s.observe != nil && st.Signal == "" {
+		s.observe(st.Code)
+	}
+	s.reportExit(st.Code, st.Signal, st.CoreDumped)
+	in.Wait()
+	s.counters(log).Int("exit_status", st.Code).Str("exit_signal", st.Signal).Int64("bytes_in", s.bytesIn.Load()).
+		Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start)).Msg("session ended")
+}
+
+// copyOutput copies the process's stdout and stderr to the channel (and
+// the recording); a failed write abandons the process. The caller waits
+// for the copies on the returned group.
+func (s *session) copyOutput(p *agent.Process) *sync.WaitGroup {
 	var out sync.WaitGroup
 	out.Add(2)
 	stdout, stderr := io.Writer(s.ch), io.Writer(s.ch.Stderr())
@@ -554,6 +671,13 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 			p.Close()
 		}
 	}()
+	return &out
+}
+
+// copyInput copies stdin to the process, then closes the process's stdin;
+// nil stdin means it went whole with the command. The caller waits for
+// the copy on the returned group.
+func (s *session) copyInput(p *agent.Process, stdin io.Reader) *sync.WaitGroup {
 	var in sync.WaitGroup
 	in.Add(1)
 	go func() {
@@ -567,9 +691,12 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 		s.bytesIn.Add(n)
 		p.Stdin().Close()
 	}()
-	out.Wait()
-	st, err := p.Wait()
-	defer s.ic.s.metrics.sessionEnded(s, false)
+	return &in
+}
+
+// endEvent is the session's closing log line, with what every ending
+// reports, and closes the recording.
+func (s *session) endEvent() *zerolog.Event {
 	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm).
 		Bool("module_by_parts", s.wholeStdin)
 	if s.become != nil {
@@ -581,30 +708,7 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 			s.log.Error().Str("event", "recording").Str("recording", s.rec.path).Err(rerr).Msg("recording incomplete")
 		}
 	}
-	var re *agent.RemoteError
-	if errors.Is(err, agent.ErrNotStarted) && errors.As(err, &re) && s.prepOps > 0 {
-		// As with Batch in startProcess: a deferred step failed on the
-		// target and Ansible sees a failed command.
-		io.WriteString(s.ch.Stderr(), "gomux: "+re.Error()+"\n")
-		s.reportExit(1, "", false)
-		in.Wait()
-		log.Err(err).Int("exit_status", 1).Dur("duration", time.Since(s.start)).Msg("deferred step failed")
-		return
-	}
-	if err != nil {
-		s.ch.Close()
-		in.Wait()
-		log.Err(err).Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).
-			Dur("duration", time.Since(s.start)).Msg("agent lost during session; closed without exit status")
-		return
-	}
-	if s.observe != nil && st.Signal == "" {
-		s.observe(st.Code)
-	}
-	s.reportExit(st.Code, st.Signal, st.CoreDumped)
-	in.Wait()
-	s.counters(log).Int("exit_status", st.Code).Str("exit_signal", st.Signal).Int64("bytes_in", s.bytesIn.Load()).
-		Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start)).Msg("session ended")
+	return log
 }
 
 func (s *session) serveSFTP(ctx context.Context) {
@@ -677,25 +781,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	fromClient.Add(2)
 	go func() {
 		defer fromClient.Done()
-		for r := range reqs {
-			if r.Type == "env" {
-				var e envRequest
-				if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.cfg.Upstream.AcceptEnv, e.Name) {
-					r.Reply(false, nil)
-					continue
-				}
-			}
-			if r.Type == "exec" || r.Type == "subsystem" {
-				var e execRequest
-				if gossh.Unmarshal(r.Payload, &e) == nil {
-					cmd = e.Command
-				}
-			}
-			ok, err := uch.SendRequest(r.Type, r.WantReply, r.Payload)
-			if r.WantReply {
-				r.Reply(ok && err == nil, nil)
-			}
-		}
+		cmd = ic.forwardClientRequests(reqs, uch)
 		uch.Close()
 	}()
 	var in int64
@@ -713,15 +799,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	fromTarget.Add(3)
 	go func() {
 		defer fromTarget.Done()
-		for r := range ureqs {
-			if r.Type == "exit-status" || r.Type == "exit-signal" {
-				exited = true
-			}
-			ok, _ := ch.SendRequest(r.Type, r.WantReply, r.Payload)
-			if r.WantReply {
-				r.Reply(ok, nil)
-			}
-		}
+		exited = forwardTargetRequests(ureqs, ch)
 	}()
 	go func() {
 		defer fromTarget.Done()
@@ -738,4 +816,45 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	ic.s.metrics.task("fallback", false, time.Since(start), in, out+errOut)
 	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
+}
+
+// forwardClientRequests relays the client's requests to the target's
+// channel, refusing env requests upstream.accept_env does not name, and
+// returns the command (or subsystem) the client asked for.
+func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch gossh.Channel) (cmd string) {
+	for r := range reqs {
+		if r.Type == "env" {
+			var e envRequest
+			if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.cfg.Upstream.AcceptEnv, e.Name) {
+				r.Reply(false, nil)
+				continue
+			}
+		}
+		if r.Type == "exec" || r.Type == "subsystem" {
+			var e execRequest
+			if gossh.Unmarshal(r.Payload, &e) == nil {
+				cmd = e.Command
+			}
+		}
+		ok, err := uch.SendRequest(r.Type, r.WantReply, r.Payload)
+		if r.WantReply {
+			r.Reply(ok && err == nil, nil)
+		}
+	}
+	return cmd
+}
+
+// forwardTargetRequests relays the target's requests (the exit report
+// among them) to the client, and says whether an exit report came.
+func forwardTargetRequests(ureqs <-chan *gossh.Request, ch gossh.Channel) (exited bool) {
+	for r := range ureqs {
+		if r.Type == "exit-status" || r.Type == "exit-signal" {
+			exited = true
+		}
+		ok, _ := ch.SendRequest(r.Type, r.WantReply, r.Payload)
+		if r.WantReply {
+			r.Reply(ok, nil)
+		}
+	}
+	return exited
 }

@@ -125,9 +125,7 @@ func (f *sftpFront) materialize(paths ...string) error {
 	for _, p := range paths {
 		if p != "" && f.host.InTempDir(p) {
 			if ops := f.host.Flush(); len(ops) > 0 {
-				f.rt()
-				_, err := f.a.Batch(f.ctx, ops, nil)
-				return sftpErr("flush", p, err)
+				return sftpErr("flush", p, sendOwed(f.ctx, f.a, f.host, ops))
 			}
 			return nil
 		}
@@ -352,6 +350,7 @@ func (f *sftpFront) posixRename(r *sftp.Request) error {
 	if err := f.materialize(r.Filepath, r.Target); err != nil {
 		return err
 	}
+	f.rt()
 	return sftpErr("rename", r.Filepath, f.a.Rename(f.ctx, r.Filepath, r.Target, true))
 }
 
@@ -409,6 +408,7 @@ func (f *sftpFront) Lstat(r *sftp.Request) (_ sftp.ListerAt, err error) {
 // Readlink returns the link's content as written, relative or absolute.
 func (f *sftpFront) Readlink(p string) (_ string, err error) {
 	defer f.contain("readlink", &err)
+	f.rt()
 	t, err := f.a.Readlink(f.ctx, p)
 	return t, sftpErr("readlink", p, err)
 }

@@ -12,7 +12,7 @@ func TestBudgetSharedByHosts(t *testing.T) {
 	var hosts []*Host
 	for i := 0; i < 3; i++ {
 		h := NewHostLimits("u", "/home/u", "", HostLimits{Budget: b})
-		if p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT)); !p.Reply {
+		if p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{}); !p.Reply {
 			t.Fatalf("mkdir: %+v", p)
 		}
 		hosts = append(hosts, h)
@@ -44,7 +44,7 @@ func TestBudgetSharedByHosts(t *testing.T) {
 func TestTempDirIdleExpiry(t *testing.T) {
 	b := NewBudget(64 << 20)
 	h := NewHostLimits("u", "/home/u", "", HostLimits{Budget: b, TempDirIdle: time.Minute})
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
+	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	dir := "/home/u/.ansible/tmp/" + tmpID
 	if !h.Stage(dir+"/AnsiballZ_x.py", []byte("module"), 0o600) {
 		t.Fatal("not staged")

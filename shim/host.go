@@ -36,8 +36,10 @@ type HostLimits struct {
 // Counters say what the shim saved, for the log line at the end of a
 // downstream connection and, later, metrics.
 type Counters struct {
-	// RoundTrips are requests that reached the target (batches and
-	// passed-through commands).
+	// RoundTrips are requests that reached the target: batches and
+	// passed-through commands (counted by Plan), and what the caller
+	// counts with CountRoundTrip (sftp operations, batches of owed ops,
+	// resends after a cache miss).
 	RoundTrips int64
 	// Local are steps answered without the target.
 	Local int64
@@ -104,8 +106,9 @@ func (h *Host) Counters() Counters {
 	return h.count
 }
 
-// CountRoundTrip records a request to the target made outside Plan (an
-// sftp operation).
+// CountRoundTrip records a request to the target that Plan did not
+// count: an sftp operation, a batch of ops the Host owed (Flush, a Plan's
+// After), a batch resent after the agent's cache missed.
 func (h *Host) CountRoundTrip() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -156,13 +159,30 @@ type Plan struct {
 	// After is sent to the target once the reply is given, without
 	// waiting (the removal of a temp dir that reached the target).
 	After []agent.PrepOp
+	// Command is what runs on the target when Reply is false: the
+	// command as sent, or its warm rewrite (see Warm) when Warm is set.
+	Command string
+	Warm    bool
 }
 
 // Plan decides how to serve cmd, and updates the virtual state as if it
 // had run: a command that reaches the target takes every pending op with
-// it, so what it can see is what it would see without gomux.
-func (h *Host) Plan(cmd string) Plan {
-	step := Parse(cmd)
+// it, so what it can see is what it would see without gomux. A module
+// run is rewritten to run warm (Warm) when warm names an agent; the zero
+// WarmOptions leaves every command cold. The command is parsed once for
+// both.
+func (h *Host) Plan(cmd string, warm WarmOptions) Plan {
+	src := new(source)
+	plan := h.plan(src.parse(cmd))
+	plan.Command = cmd
+	if !plan.Reply {
+		plan.Command, plan.Warm = src.warm(cmd, plan.Step, warm)
+	}
+	return plan
+}
+
+// plan is Plan's decision for step and its update of the virtual state.
+func (h *Host) plan(step Step) Plan {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.used = time.Now()

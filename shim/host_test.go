@@ -14,13 +14,13 @@ func mkdirCmd(base, dir string) string {
 
 func TestHostTask(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
-	if p := h.Plan(wrap("echo ~")); !p.Reply || p.Stdout != "/home/u\n" {
+	if p := h.Plan(wrap("echo ~"), WarmOptions{}); !p.Reply || p.Stdout != "/home/u\n" {
 		t.Fatalf("echo ~: %+v", p)
 	}
-	if p := h.Plan(wrap("echo ~other")); p.Reply {
+	if p := h.Plan(wrap("echo ~other"), WarmOptions{}); p.Reply {
 		t.Fatalf("echo ~other answered locally: %+v", p)
 	}
-	p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
+	p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	dir := "/home/u/.ansible/tmp/" + tmpID
 	if !p.Reply || p.Stdout != tmpID+"="+dir+"\n" {
 		t.Fatalf("mkdir: %+v", p)
@@ -35,13 +35,13 @@ func TestHostTask(t *testing.T) {
 	if h.Stage("/home/u/elsewhere.py", module, 0o600) {
 		t.Fatal("upload outside a temp dir staged")
 	}
-	if p := h.Plan(wrap("chmod u+x " + tmpT + "/ " + tmpT + "/AnsiballZ_ping.py")); !p.Reply || p.Exit != 0 {
+	if p := h.Plan(wrap("chmod u+x "+tmpT+"/ "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{}); !p.Reply || p.Exit != 0 {
 		t.Fatalf("chmod: %+v", p)
 	}
 	if size, mode, ok := h.Virtual(dir + "/AnsiballZ_ping.py"); !ok || size != 6 || mode != 0o700 {
 		t.Fatalf("staged file after chmod: %d %v %v", size, mode, ok)
 	}
-	p = h.Plan(wrap("/usr/bin/python3 " + tmpT + "/AnsiballZ_ping.py"))
+	p = h.Plan(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
 	want := []agent.PrepOp{
 		{Op: "mkdir", Path: "/home/u/.ansible/tmp", Mode: 0o700, Parents: true},
 		{Op: "mkdir", Path: dir, Mode: 0o700},
@@ -54,7 +54,7 @@ func TestHostTask(t *testing.T) {
 	if _, _, ok := h.Virtual(dir); ok {
 		t.Fatal("dir still virtual after the run")
 	}
-	p = h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"))
+	p = h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
 	if !p.Reply || !reflect.DeepEqual(p.After, []agent.PrepOp{{Op: "remove_all", Path: dir}}) {
 		t.Fatalf("rm: %+v", p)
 	}
@@ -65,9 +65,9 @@ func TestHostTask(t *testing.T) {
 
 func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
+	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	h.Stage("/home/u/.ansible/tmp/"+tmpID+"/x.py", []byte("x"), 0o600)
-	p := h.Plan(wrap("rm -f -r " + tmpT + "/ > /dev/null 2>&1"))
+	p := h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
 	if !p.Reply || len(p.After) != 0 {
 		t.Fatalf("rm of a dir that never reached the target: %+v", p)
 	}
@@ -78,8 +78,8 @@ func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 
 func TestHostPassthroughFlushesFirst(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT))
-	p := h.Plan("ls -la ~/.ansible/tmp")
+	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	p := h.Plan("ls -la ~/.ansible/tmp", WarmOptions{})
 	if p.Reply || len(p.Prep) != 2 {
 		t.Fatalf("passthrough must first make the dir: %+v", p)
 	}
@@ -128,20 +128,20 @@ func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	dir := "/var/tmp/" + tmpID
 	setfacl := wrap("setfacl -m u:other:r-x " + dir + "/ " + dir + "/AnsiballZ_ping.py")
-	h.Plan(mkdirCmd("/var/tmp", dir))
-	p := h.Plan(setfacl)
+	h.Plan(mkdirCmd("/var/tmp", dir), WarmOptions{})
+	p := h.Plan(setfacl, WarmOptions{})
 	if p.Reply {
 		t.Fatalf("first setfacl answered locally: %+v", p)
 	}
 	h.Observe(p.Step, 0)
 	// Next task: the same steps, now recorded.
-	h.Plan(wrap("rm -f -r " + dir + "/ > /dev/null 2>&1"))
-	h.Plan(mkdirCmd("/var/tmp", dir))
+	h.Plan(wrap("rm -f -r "+dir+"/ > /dev/null 2>&1"), WarmOptions{})
+	h.Plan(mkdirCmd("/var/tmp", dir), WarmOptions{})
 	h.Stage(dir+"/AnsiballZ_ping.py", []byte("m"), 0o600)
-	if p := h.Plan(setfacl); !p.Reply {
+	if p := h.Plan(setfacl, WarmOptions{}); !p.Reply {
 		t.Fatalf("setfacl after a success not recorded: %+v", p)
 	}
-	p = h.Plan(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-" + key + " ; /usr/bin/python3 " + dir + "/AnsiballZ_ping.py'"))
+	p = h.Plan(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-"+key+" ; /usr/bin/python3 "+dir+"/AnsiballZ_ping.py'"), WarmOptions{})
 	last := p.Prep[len(p.Prep)-1]
 	if last.Op != "run" || !reflect.DeepEqual(last.Argv, []string{"setfacl", "-m", "u:other:r-x", dir + "/", dir + "/AnsiballZ_ping.py"}) {
 		t.Fatalf("run prep ends with %+v", last)

@@ -134,14 +134,49 @@ const maxCommand = 64 << 10
 // Parse classifies one exec command. It never fails: what it cannot fully
 // parse is Passthrough.
 func Parse(cmd string) Step {
+	return new(source).parse(cmd)
+}
+
+// source is one command as the recognizer and the warm rewrite read it.
+// The command has layers of shell text (the command itself, the script
+// of its `sh -c`, a become wrapper's own script, su's `-c` text): each
+// text is parsed once, and Parse and Warm share the trees, so Host.Plan
+// applies the shell grammar once per layer.
+type source struct {
+	trees []parsedText
+	// parses counts how often the grammar was applied (tests measure it).
+	parses int
+}
+
+// parsedText is one layer's text and its tree (nil when it does not parse).
+type parsedText struct {
+	src string
+	f   *syntax.File
+}
+
+// parseFile is parseFile for a text of this command: parsed on first use.
+func (s *source) parseFile(src string) (*syntax.File, bool) {
+	for _, t := range s.trees {
+		if t.src == src {
+			return t.f, t.f != nil
+		}
+	}
+	s.parses++
+	f, ok := parseFile(src)
+	s.trees = append(s.trees, parsedText{src: src, f: f})
+	return f, ok
+}
+
+// parse classifies cmd, as Parse.
+func (s *source) parse(cmd string) Step {
 	if len(cmd) > maxCommand {
 		return Passthrough{"command too long"}
 	}
-	inner, ok := unwrapShell(cmd)
+	inner, ok := s.unwrapShell(cmd)
 	if !ok {
 		return Passthrough{"not a /bin/sh -c wrapper"}
 	}
-	f, ok := parseFile(inner)
+	f, ok := s.parseFile(inner)
 	if !ok {
 		return Passthrough{"inner command does not parse"}
 	}
@@ -151,7 +186,7 @@ func Parse(cmd string) Step {
 		if !ok {
 			return Passthrough{"no trailing && sleep 0"}
 		}
-		return classify(x)
+		return s.classify(x)
 	case 2:
 		// `<run>; rm -f -r <T>/ > /dev/null 2>&1 && sleep 0`: the rm
 		// folded into the exec, as some ansible-core versions send it.
@@ -159,11 +194,11 @@ func Parse(cmd string) Step {
 		if !ok || f.Stmts[0].Background || f.Stmts[0].Negated {
 			return Passthrough{"no trailing && sleep 0"}
 		}
-		rm, ok := classify(x).(Remove)
+		rm, ok := s.classify(x).(Remove)
 		if !ok {
 			return Passthrough{"two commands, the second not the temp dir's rm"}
 		}
-		run, ok := classify(f.Stmts[0]).(Run)
+		run, ok := s.classify(f.Stmts[0]).(Run)
 		if !ok {
 			return Passthrough{"two commands, the first not a module run"}
 		}
@@ -190,8 +225,8 @@ func parseFile(src string) (*syntax.File, bool) {
 	return f, true
 }
 
-func singleStmt(src string) (*syntax.Stmt, bool) {
-	f, ok := parseFile(src)
+func (s *source) singleStmt(src string) (*syntax.Stmt, bool) {
+	f, ok := s.parseFile(src)
 	if !ok || len(f.Stmts) != 1 {
 		return nil, false
 	}
@@ -204,8 +239,8 @@ func singleStmt(src string) (*syntax.Stmt, bool) {
 
 // unwrapShell takes `/bin/sh -c WORD` (or another absolute sh-like shell)
 // and returns WORD's literal value.
-func unwrapShell(src string) (string, bool) {
-	st, ok := singleStmt(src)
+func (s *source) unwrapShell(src string) (string, bool) {
+	st, ok := s.singleStmt(src)
 	if !ok {
 		return "", false
 	}
@@ -237,7 +272,7 @@ func isSleep0(st *syntax.Stmt) bool {
 	return ok && len(args) == 2 && args[0] == "sleep" && args[1] == "0"
 }
 
-func classify(st *syntax.Stmt) Step {
+func (s *source) classify(st *syntax.Stmt) Step {
 	if st.Negated || st.Background {
 		return Passthrough{"negated or background"}
 	}
@@ -250,12 +285,12 @@ func classify(st *syntax.Stmt) Step {
 	case *syntax.BinaryCmd:
 		return Passthrough{"compound command"}
 	case *syntax.CallExpr:
-		return classifyCall(st, c)
+		return s.classifyCall(st, c)
 	}
 	return Passthrough{"unrecognized command form"}
 }
 
-func classifyCall(st *syntax.Stmt, call *syntax.CallExpr) Step {
+func (s *source) classifyCall(st *syntax.Stmt, call *syntax.CallExpr) Step {
 	if len(call.Args) == 0 {
 		return Passthrough{"assignment only"}
 	}
@@ -294,7 +329,7 @@ func classifyCall(st *syntax.Stmt, call *syntax.CallExpr) Step {
 		}
 		return Setfacl{Spec: spec, Paths: paths}
 	}
-	if r, ok := parseBecome(call); ok {
+	if r, ok := s.parseBecome(call); ok {
 		return r
 	}
 	if r, ok := parseRun(call); ok {
@@ -474,7 +509,7 @@ func echoSubst(w *syntax.Word) (PathExpr, bool) {
 // parseBecome recognizes a wrapper whose command ends in
 // `/bin/sh -c 'echo BECOME-SUCCESS-<key> ; <run>'`, directly (sudo and
 // most methods) or as the last argument's own text (su -c '...').
-func parseBecome(call *syntax.CallExpr) (Step, bool) {
+func (s *source) parseBecome(call *syntax.CallExpr) (Step, bool) {
 	args, ok := literals(call.Args)
 	if !ok || len(call.Assigns) > 0 || len(args) < 2 {
 		return nil, false
@@ -485,13 +520,13 @@ func parseBecome(call *syntax.CallExpr) (Step, bool) {
 	case len(args) >= 4 && isShell(args[len(args)-3]) && args[len(args)-2] == "-c":
 		innerSrc, wrapper = args[len(args)-1], args[:len(args)-3]
 	default:
-		s, ok := unwrapShell(args[len(args)-1])
+		inner, ok := s.unwrapShell(args[len(args)-1])
 		if !ok {
 			return nil, false
 		}
-		innerSrc, wrapper = s, args[:len(args)-1]
+		innerSrc, wrapper = inner, args[:len(args)-1]
 	}
-	f, ok := parseFile(innerSrc)
+	f, ok := s.parseFile(innerSrc)
 	if !ok || len(f.Stmts) != 2 {
 		return nil, false
 	}

@@ -39,8 +39,23 @@ var (
 // asked. ok is false, and cmd is to be run unchanged, for anything
 // unusual: async_wrapper, interpreter flags or arguments, an interpreter
 // that is not python3, a script that is not an AnsiballZ module, or
-// quoting that would not survive the rewrite byte for byte.
-func Warm(cmd string, step Step, o WarmOptions) (string, bool) {
+// quoting that would not survive the rewrite byte for byte. Host.Plan
+// does the same as part of its plan (Plan.Command), on the trees it
+// parsed; Warm is for a command planned elsewhere.
+func Warm(cmd string, o WarmOptions) (string, bool) {
+	s := new(source)
+	return s.warm(cmd, s.parse(cmd), o)
+}
+
+// warm is Warm of cmd, which s recognized as step, reusing s's trees.
+//
+// The result is not parsed again: spliceWord replaces a word only when
+// shQuote reproduces it byte for byte and puts shQuote of the new value
+// in its place, which is always one word, so the outer layers parse as
+// before; and the guarded text that replaceRun splices into the innermost
+// layer is fixed shell around the words it keeps. FuzzWarm checks that
+// every rewrite parses, to the innermost layer.
+func (s *source) warm(cmd string, step Step, o WarmOptions) (string, bool) {
 	run, ok := step.(Run)
 	if !ok || o.Agent == "" || !path.IsAbs(o.Agent) || !warmInterpRE.MatchString(path.Base(run.Interpreter)) {
 		return cmd, false
@@ -53,11 +68,8 @@ func Warm(cmd string, step Step, o WarmOptions) (string, bool) {
 			return cmd, false
 		}
 	}
-	out, ok := rewriteShellC(cmd, func(inner string) (string, bool) { return warmOuter(inner, o) })
+	out, ok := s.rewriteShellC(cmd, func(inner string) (string, bool) { return s.warmOuter(inner, o) })
 	if !ok {
-		return cmd, false
-	}
-	if _, ok := parseFile(out); !ok {
 		return cmd, false
 	}
 	return out, true
@@ -66,8 +78,8 @@ func Warm(cmd string, step Step, o WarmOptions) (string, bool) {
 // warmOuter rewrites the command inside Ansible's `/bin/sh -c '...'`:
 // `RUN && sleep 0`, `RUN; rm ... && sleep 0`, or a become wrapper in
 // RUN's place.
-func warmOuter(src string, o WarmOptions) (string, bool) {
-	f, ok := parseFile(src)
+func (s *source) warmOuter(src string, o WarmOptions) (string, bool) {
+	f, ok := s.parseFile(src)
 	if !ok {
 		return "", false
 	}
@@ -90,7 +102,7 @@ func warmOuter(src string, o WarmOptions) (string, bool) {
 	if _, isRun := parseRun(call); isRun {
 		return replaceRun(src, call, o, false)
 	}
-	if _, isBecome := parseBecome(call); !isBecome || len(call.Assigns) > 0 {
+	if _, isBecome := s.parseBecome(call); !isBecome || len(call.Assigns) > 0 {
 		return "", false
 	}
 	args, ok := literals(call.Args)
@@ -98,18 +110,18 @@ func warmOuter(src string, o WarmOptions) (string, bool) {
 		return "", false
 	}
 	last := call.Args[len(call.Args)-1]
-	inner := func(v string) (string, bool) { return warmBecomeInner(v, o) }
+	inner := func(v string) (string, bool) { return s.warmBecomeInner(v, o) }
 	if len(args) >= 4 && isShell(args[len(args)-3]) && args[len(args)-2] == "-c" {
 		// sudo ... /bin/sh -c 'echo BECOME-SUCCESS-...; RUN'
 		return spliceWord(src, last, inner)
 	}
 	// su ... -c '/bin/sh -c '"'"'echo BECOME-SUCCESS-...; RUN'"'"''
-	return spliceWord(src, last, func(v string) (string, bool) { return rewriteShellC(v, inner) })
+	return spliceWord(src, last, func(v string) (string, bool) { return s.rewriteShellC(v, inner) })
 }
 
 // warmBecomeInner rewrites `echo BECOME-SUCCESS-<key> ; RUN`.
-func warmBecomeInner(src string, o WarmOptions) (string, bool) {
-	f, ok := parseFile(src)
+func (s *source) warmBecomeInner(src string, o WarmOptions) (string, bool) {
+	f, ok := s.parseFile(src)
 	if !ok || len(f.Stmts) != 2 {
 		return "", false
 	}
@@ -197,8 +209,8 @@ func becomeGuard(loginAgent, sha string) (cond, agent string) {
 }
 
 // rewriteShellC applies fn to the command word of `SHELL -c WORD`.
-func rewriteShellC(src string, fn func(string) (string, bool)) (string, bool) {
-	st, ok := singleStmt(src)
+func (s *source) rewriteShellC(src string, fn func(string) (string, bool)) (string, bool) {
+	st, ok := s.singleStmt(src)
 	if !ok {
 		return "", false
 	}

@@ -67,7 +67,7 @@ func TestWarmRewrites(t *testing.T) {
 		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got, ok := Warm(c.cmd, Parse(c.cmd), o)
+			got, ok := Warm(c.cmd, o)
 			if !ok || got != c.want {
 				t.Fatalf("Warm(%s)\n= %v %s\nwant %s", c.cmd, ok, got, c.want)
 			}
@@ -95,19 +95,19 @@ func TestWarmLeavesAlone(t *testing.T) {
 		// quoting Ansible would not produce
 		`/bin/sh -c "/usr/bin/python3 ` + warmScript + ` && sleep 0"`,
 	} {
-		got, ok := Warm(cmd, Parse(cmd), o)
+		got, ok := Warm(cmd, o)
 		if ok || got != cmd {
 			t.Errorf("Warm(%s) = %v %s, want it unchanged", cmd, ok, got)
 		}
 	}
 	cmd := `/bin/sh -c '/usr/bin/python3 ` + warmScript + ` && sleep 0'`
-	if _, ok := Warm(cmd, Parse(cmd), WarmOptions{}); ok {
+	if _, ok := Warm(cmd, WarmOptions{}); ok {
 		t.Errorf("rewritten without an agent path")
 	}
 	// Under become, an agent not named by its hash cannot be copied and
 	// verified: the run stays as Ansible sent it.
 	cmd = `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` + warmKey + ` ; /usr/bin/python3 ` + warmScript + `'"'"' && sleep 0'`
-	if got, ok := Warm(cmd, Parse(cmd), o); ok || got != cmd {
+	if got, ok := Warm(cmd, o); ok || got != cmd {
 		t.Errorf("become run rewritten with an agent not named by its hash: %s", got)
 	}
 }
@@ -128,7 +128,7 @@ func TestWarmRunsInShell(t *testing.T) {
 	wrap := func(inner string) string { return "/bin/sh -c " + shQuote(inner) }
 	plain := wrap(py + " " + warmScript + " && sleep 0")
 	o := WarmOptions{Agent: agent, AgentID: "1:2"}
-	w, ok := Warm(plain, Parse(plain), o)
+	w, ok := Warm(plain, o)
 	if !ok {
 		t.Fatalf("not rewritten: %s", plain)
 	}
@@ -180,7 +180,7 @@ func (l *becomeLab) run() string {
 	l.t.Helper()
 	inner := "echo BECOME-SUCCESS-" + warmKey + " ; " + l.py + " " + warmScript
 	cmd := "/bin/sh -c " + shQuote("/usr/bin/env HOME="+l.home+" /bin/sh -c "+shQuote(inner)+" && sleep 0")
-	w, ok := Warm(cmd, Parse(cmd), WarmOptions{Agent: l.loginAgent, AgentID: "1:2"})
+	w, ok := Warm(cmd, WarmOptions{Agent: l.loginAgent, AgentID: "1:2"})
 	if !ok {
 		l.t.Fatalf("not rewritten: %s", cmd)
 	}
@@ -366,4 +366,75 @@ func TestShQuoteMatchesShlex(t *testing.T) {
 			t.Errorf("shQuote(%q) = %s, want %s", in, got, want)
 		}
 	}
+}
+
+// warmCases are module runs Ansible sends, with how many layers of shell
+// text each has: the command, its `sh -c` script, a script path (which
+// the recognizer also tries as su's `-c` text), a become wrapper's script,
+// su's `-c` text.
+var warmCases = []struct {
+	name, cmd string
+	layers    int
+}{
+	{"pipelined", `/bin/sh -c '/usr/bin/python3 && sleep 0'`, 2},
+	{"script", `/bin/sh -c '/usr/bin/python3 ` + warmScript + ` && sleep 0'`, 3},
+	{"sudo", `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` + warmKey + ` ; /usr/bin/python3 ` + warmScript + `'"'"' && sleep 0'`, 3},
+	{"su", `/bin/sh -c 'su  root -c '"'"'/bin/sh -c '"'"'"'"'"'"'"'"'echo BECOME-SUCCESS-` + warmKey + ` ; /usr/bin/python3 ` + warmScript + `'"'"'"'"'"'"'"'"''"'"' && sleep 0'`, 4},
+}
+
+// TestPlanParsesOnce: recognizing a module run and rewriting it to run
+// warm, as Host.Plan does, applies the shell grammar once per layer of
+// the command; before the two shared their trees the same runs took 5, 6,
+// 8 and 11 parses.
+func TestPlanParsesOnce(t *testing.T) {
+	o := WarmOptions{Agent: "/home/u/.cache/gomux/agent-" + warmSHA, AgentID: "1:2"}
+	for _, c := range warmCases {
+		src := new(source)
+		step := src.parse(c.cmd)
+		want, wantOK := Warm(c.cmd, o)
+		got, ok := src.warm(c.cmd, step, o)
+		if !ok || !wantOK || got != want {
+			t.Errorf("%s: not rewritten as Warm does: %v %s", c.name, ok, got)
+		}
+		if src.parses != c.layers {
+			t.Errorf("%s: %d parses, want %d (one per layer)", c.name, src.parses, c.layers)
+		}
+		p := NewHost("u", "/home/u", "").Plan(c.cmd, o)
+		if p.Reply || !p.Warm || p.Command != want {
+			t.Errorf("%s: Plan = %+v, want the warm command", c.name, p)
+		}
+		if p := NewHost("u", "/home/u", "").Plan(c.cmd, WarmOptions{}); p.Warm || p.Command != c.cmd {
+			t.Errorf("%s: cold Plan = %+v, want the command as sent", c.name, p)
+		}
+	}
+}
+
+// FuzzWarm: no input panics, a rewrite happens only to a recognized
+// module run, and every rewrite parses at every layer it changed (Warm
+// does not parse its result again; this is why it need not).
+func FuzzWarm(f *testing.F) {
+	for _, c := range warmCases {
+		f.Add(c.cmd)
+	}
+	f.Add(`/bin/sh -c 'echo ~ && sleep 0'`)
+	o := WarmOptions{Agent: "/home/u/.cache/gomux/agent-" + warmSHA, AgentID: "1:2", Idle: time.Minute}
+	f.Fuzz(func(t *testing.T, cmd string) {
+		out, ok := Warm(cmd, o)
+		if !ok {
+			if out != cmd {
+				t.Fatalf("not rewritten, yet changed: %q -> %q", cmd, out)
+			}
+			return
+		}
+		if _, isRun := Parse(cmd).(Run); !isRun {
+			t.Fatalf("rewrote %q, which is not a module run", cmd)
+		}
+		inner, ok := new(source).unwrapShell(out)
+		if !ok {
+			t.Fatalf("rewrite of %q is not one sh -c command: %q", cmd, out)
+		}
+		if _, ok := parseFile(inner); !ok {
+			t.Fatalf("rewrite of %q does not parse inside sh -c: %q", cmd, inner)
+		}
+	})
 }
