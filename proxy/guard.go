@@ -113,7 +113,7 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	if err != nil {
 		s.metrics.frontConn("dropped")
 		s.metrics.limit("startup")
-		s.log.Warn().Str("event", "limit").Str("source", src).Err(err).Msg("connection dropped before login")
+		s.log.Warn().Str("event", EventLimit).Str("source", src).Err(err).Msg("connection dropped before login")
 		// RFC 4253 4.2 lets a server send lines before its version; the
 		// client shows this one in its debug output.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -121,12 +121,12 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 		return nil
 	}
 	s.metrics.frontConn("accepted")
-	s.log.Debug().Str("event", "tcp_accept").Str("source", src).Msg("connection accepted")
+	s.log.Debug().Str("event", EventTCPAccept).Str("source", src).Msg("connection accepted")
 	fs := &frontState{startupDone: done, closedFn: closed}
 	grace := s.live().cfg.Limits.LoginGraceTime.D()
 	fs.grace = time.AfterFunc(grace, func() {
 		if fs.expire() {
-			s.log.Warn().Str("event", "login_grace").Str("source", src).Dur("login_grace_time", grace).
+			s.log.Warn().Str("event", EventLoginGrace).Str("source", src).Dur("login_grace_time", grace).
 				Msg("not authenticated within the login grace time; closing")
 			conn.Close()
 		}
@@ -156,7 +156,7 @@ func contain(log zerolog.Logger, what string, closer io.Closer) {
 	if r == nil {
 		return
 	}
-	log.Error().Str("event", "panic").Str("in", what).Interface("panic", r).Str("stack", string(debug.Stack())).
+	log.Error().Str("event", EventPanic).Str("in", what).Interface("panic", r).Str("stack", string(debug.Stack())).
 		Msg("bug: panic contained; closing the connection it happened on")
 	if closer != nil {
 		closer.Close()

@@ -76,7 +76,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	act := ic.s.drain.track(func() {
-		ic.log.Info().Str("event", "inner_drain").Msg("gomux is draining: inner session idle, closing")
+		ic.log.Info().Str("event", EventInnerDrain).Msg("gomux is draining: inner session idle, closing")
 		ic.materialize(ctx)
 		sc.Close()
 	})
@@ -111,18 +111,18 @@ func (ic *innerConn) handshake(conn net.Conn) (*gossh.ServerConn, <-chan gossh.N
 	// The inner login has the front's grace time too, so a forward that
 	// never logs in does not hold its channel for ever.
 	grace := time.AfterFunc(ic.s.live().cfg.Limits.LoginGraceTime.D(), func() {
-		ic.log.Warn().Str("event", "login_grace").Msg("inner session not authenticated within the login grace time; closing")
+		ic.log.Warn().Str("event", EventLoginGrace).Msg("inner session not authenticated within the login grace time; closing")
 		conn.Close()
 	})
 	sc, chans, reqs, err := gossh.NewServerConn(conn, cfg)
 	grace.Stop()
 	if err != nil {
-		ic.log.Info().Str("event", "inner_handshake").Err(err).Msg("inner handshake failed")
+		ic.log.Info().Str("event", EventInnerHandshake).Err(err).Msg("inner handshake failed")
 		return nil, nil, nil, false
 	}
 	ic.remoteUser = sc.User()
 	ic.log = ic.log.With().Str("remote_user", ic.remoteUser).Logger()
-	ic.log.Debug().Str("event", "inner_connect").Msg("inner session established")
+	ic.log.Debug().Str("event", EventInnerConnect).Msg("inner session established")
 	return sc, chans, reqs, true
 }
 
@@ -130,7 +130,7 @@ func (ic *innerConn) handshake(conn net.Conn) (*gossh.ServerConn, <-chan gossh.N
 // remote user must be one the policy allows, the key the front one.
 func (ic *innerConn) offeredKey(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 	if !ic.decision.AllowsRemoteUser(meta.User()) {
-		ic.log.Warn().Str("event", "inner_auth").Str("remote_user", meta.User()).Str("result", "denied").
+		ic.log.Warn().Str("event", EventInnerAuth).Str("remote_user", meta.User()).Str("result", "denied").
 			Msg("remote user not allowed by policy")
 		return nil, &gossh.BannerError{
 			Err:     errRemoteUserDenied,
@@ -138,7 +138,7 @@ func (ic *innerConn) offeredKey(meta gossh.ConnMetadata, key gossh.PublicKey) (*
 		}
 	}
 	if err := ic.checkInnerKey(key); err != nil {
-		ic.log.Info().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+		ic.log.Info().Str("event", EventInnerAuth).Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
 			Str("fingerprint", gossh.FingerprintSHA256(key)).Str("reason", err.Error()).Msg("inner public key refused")
 		return nil, err
 	}
@@ -148,11 +148,11 @@ func (ic *innerConn) offeredKey(meta gossh.ConnMetadata, key gossh.PublicKey) (*
 // verifiedKey admits the inner login once the client signed with the key.
 func (ic *innerConn) verifiedKey(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 	if err := ic.checkInnerKey(key); err != nil {
-		ic.log.Warn().Str("event", "inner_auth").Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
+		ic.log.Warn().Str("event", EventInnerAuth).Str("result", "refused").Bool("accepted", false).Str("remote_user", meta.User()).
 			Err(err).Msg("inner login refused")
 		return nil, err
 	}
-	keyFields(ic.log.Info().Str("event", "inner_auth").Str("result", "accepted").Bool("accepted", true), ic.id).
+	keyFields(ic.log.Info().Str("event", EventInnerAuth).Str("result", "accepted").Bool("accepted", true), ic.id).
 		Str("remote_user", meta.User()).Msg("inner login")
 	return &gossh.Permissions{}, nil
 }
@@ -174,7 +174,7 @@ func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, 
 	ic.s.metrics.channel("inner", nc.ChannelType())
 	if err != nil {
 		ic.s.metrics.limit("channel")
-		ic.log.Warn().Str("event", "limit").Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
+		ic.log.Warn().Str("event", EventLimit).Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
 		nc.Reject(gossh.ResourceShortage, err.Error())
 		return
 	}
@@ -198,7 +198,7 @@ func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, 
 // closed logs the inner connection's end, with the shim's counters, and
 // gives its lease back.
 func (ic *innerConn) closed() {
-	ev := ic.log.Info().Str("event", "inner_disconnect")
+	ev := ic.log.Info().Str("event", EventInnerDisconnect)
 	ic.mu.Lock()
 	if ic.lease != nil {
 		if c, ok := ic.lease.ShimCounters(); ok {
@@ -234,7 +234,7 @@ func (ic *innerConn) materialize(ctx context.Context) {
 		return
 	}
 	if err := sendOwed(ctx, a, host, ops); err != nil {
-		ic.log.Warn().Str("event", "inner_drain").Err(err).Msg("could not write staged temp dirs to the target before closing")
+		ic.log.Warn().Str("event", EventInnerDrain).Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
 }
 
@@ -303,7 +303,7 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 	// would refuse. Names are resolved by gomux and the checked address is
 	// what is dialled.
 	d := ic.s.decide(ctx, ic.frontUser, p.Host, int(p.Port))
-	log := ic.log.With().Str("event", "forward").Str("dest", d.HostPort()).Logger()
+	log := ic.log.With().Str("event", EventForward).Str("dest", d.HostPort()).Logger()
 	logDecision(ic.log, "inner", p.Host, d)
 	ic.s.metrics.decision("inner", d)
 	if d.Mode == ModeDeny {

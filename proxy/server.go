@@ -60,7 +60,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if me, err := user.Current(); err == nil {
 		runAs = me.Username
 	} else {
-		log.Warn().Str("event", "config").Err(err).Msg("cannot name the account gomux runs as: authorized_keys files without %u admit no one")
+		log.Warn().Str("event", EventConfig).Err(err).Msg("cannot name the account gomux runs as: authorized_keys files without %u admit no one")
 	}
 	lc, err := newLiveConfig(cfg, runAs)
 	if err != nil {
@@ -104,7 +104,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		},
 		ServerConfigCallback: s.frontConfig,
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
-			s.log.Info().Str("event", "connection").Str("source", conn.RemoteAddr().String()).Err(err).
+			s.log.Info().Str("event", EventConnection).Str("source", conn.RemoteAddr().String()).Err(err).
 				Str("result", "failed").Msg("front handshake or authentication failed")
 		},
 	}
@@ -145,12 +145,12 @@ func (s *Server) authenticate(ctx glider.Context, key glider.PublicKey) bool {
 	_, err := s.live().auth.Check(ctx.User(), ctx.RemoteAddr(), key)
 	s.metrics.auth(authMethod(key), err == nil)
 	if err != nil {
-		s.log.Info().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", ctx.User()).
+		s.log.Info().Str("event", EventFrontAuth).Str("result", "refused").Bool("accepted", false).Str("user", ctx.User()).
 			Str("source", ctx.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).
 			Str("reason", err.Error()).Msg("front public key refused")
 		return false
 	}
-	s.log.Debug().Str("event", "front_auth_offer").Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
+	s.log.Debug().Str("event", EventFrontAuthOffer).Str("user", ctx.User()).Str("source", ctx.RemoteAddr().String()).
 		Str("fingerprint", gossh.FingerprintSHA256(key)).Msg("front public key acceptable, awaiting signature")
 	return true
 }
@@ -175,7 +175,7 @@ func identityFrom(ctx glider.Context) *Identity {
 func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 	id, err := s.live().auth.Check(conn.User(), conn.RemoteAddr(), key)
 	if err != nil {
-		s.log.Warn().Str("event", "front_auth").Str("result", "refused").Bool("accepted", false).Str("user", conn.User()).
+		s.log.Warn().Str("event", EventFrontAuth).Str("result", "refused").Bool("accepted", false).Str("user", conn.User()).
 			Str("source", conn.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).Err(err).
 			Msg("front login refused")
 		return nil, err
@@ -186,7 +186,7 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 	}
 	if err := fs.login(s.limits, conn.User()); err != nil {
 		s.metrics.limit("login")
-		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+		s.log.Warn().Str("event", EventLimit).Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Err(err).Msg("login refused")
 		return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}
 	}
@@ -194,7 +194,7 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
 		return nil, errors.New("gomux is shutting down")
 	}
-	identityFields(s.log.Info().Str("event", "front_auth").Str("result", "accepted").Bool("accepted", true), id).
+	identityFields(s.log.Info().Str("event", EventFrontAuth).Str("result", "accepted").Bool("accepted", true), id).
 		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
 	return &gossh.Permissions{Extensions: map[string]string{"fingerprint": id.Fingerprint()}}, nil
 }
@@ -230,7 +230,7 @@ func (s *Server) watch(ctx glider.Context, id *Identity) {
 		if err == nil {
 			continue
 		}
-		identityFields(s.log.Warn().Str("event", "front_revoked"), id).Str("source", id.Source.String()).
+		identityFields(s.log.Warn().Str("event", EventFrontRevoked), id).Str("source", id.Source.String()).
 			Str("reason", err.Error()).Msg("access withdrawn: closing the connection")
 		if c, ok := ctx.Value(netConnKey{}).(net.Conn); ok {
 			c.Close()
@@ -240,7 +240,7 @@ func (s *Server) watch(ctx glider.Context, id *Identity) {
 }
 
 func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ glider.Context) {
-	s.log.Info().Str("event", "channel").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+	s.log.Info().Str("event", EventChannel).Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 		Str("result", "refused").Msg("shell on the front refused")
 	s.metrics.channel("front", "session")
 	nc.Reject(gossh.Prohibited, "gomux is a jump host: use ssh -J gomux <target>")
@@ -263,7 +263,7 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 	if err != nil {
 		act.end()
 		s.metrics.limit("channel")
-		s.log.Warn().Str("event", "limit").Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
+		s.log.Warn().Str("event", EventLimit).Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Str("channel", "direct-tcpip").Err(err).Msg("channel refused")
 		nc.Reject(gossh.ResourceShortage, err.Error())
 		return
@@ -283,7 +283,7 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.NewChannel) {
 	var p forwardPayload
 	if err := gossh.Unmarshal(nc.ExtraData(), &p); err != nil {
-		s.log.Warn().Str("event", "forward").Err(err).Msg("malformed direct-tcpip request")
+		s.log.Warn().Str("event", EventForward).Err(err).Msg("malformed direct-tcpip request")
 		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
 		return
 	}
@@ -302,7 +302,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 	start := time.Now()
 	switch d.Mode {
 	case ModeDeny:
-		log.Warn().Str("event", "forward").Str("result", "denied").Str("reason", d.Reason).Msg("target not allowed by policy")
+		log.Warn().Str("event", EventForward).Str("result", "denied").Str("reason", d.Reason).Msg("target not allowed by policy")
 		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", conn.User(), joinHostPort(p.Host, int(p.Port)), d.Reason))
 	case ModeSplice:
 		var dialer net.Dialer
@@ -310,7 +310,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		tc, err := dialer.DialContext(dctx, "tcp", addr)
 		cancel()
 		if err != nil {
-			log.Warn().Str("event", "forward").Err(err).Msg("splice connect failed")
+			log.Warn().Str("event", EventForward).Err(err).Msg("splice connect failed")
 			nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("gomux: connect to %s: %v", addr, err))
 			return
 		}
@@ -320,9 +320,9 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 			return
 		}
 		go gossh.DiscardRequests(reqs)
-		log.Info().Str("event", "forward").Str("result", "spliced").Msg("splice open")
+		log.Info().Str("event", EventForward).Str("result", "spliced").Msg("splice open")
 		in, out := splice(ch, tc)
-		log.Info().Str("event", "forward_closed").Int64("bytes_in", in).Int64("bytes_out", out).
+		log.Info().Str("event", EventForwardClosed).Int64("bytes_in", in).Int64("bytes_out", out).
 			Dur("duration", time.Since(start)).Msg("splice closed")
 	default:
 		ch, reqs, err := nc.Accept()
@@ -330,10 +330,10 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 			return
 		}
 		go gossh.DiscardRequests(reqs)
-		log.Info().Str("event", "forward").Str("result", "accelerated").Msg("inner session starting")
+		log.Info().Str("event", EventForward).Str("result", "accelerated").Msg("inner session starting")
 		ic := &innerConn{s: s, host: p.Host, addr: d.HostPort(), frontUser: id.User, id: id, decision: d, log: log}
 		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
-		log.Info().Str("event", "forward_closed").Dur("duration", time.Since(start)).Msg("inner session ended")
+		log.Info().Str("event", EventForwardClosed).Dur("duration", time.Since(start)).Msg("inner session ended")
 	}
 }
 
@@ -356,14 +356,14 @@ func logDecision(log zerolog.Logger, via, requested string, d Decision) {
 	if d.Addr.IsValid() {
 		addr = d.Addr.String()
 	}
-	ev.Str("event", "policy_decision").Str("via", via).Str("requested", requested).Str("host", d.Host).
+	ev.Str("event", EventPolicyDecision).Str("via", via).Str("requested", requested).Str("host", d.Host).
 		Str("addr", addr).Int("port", d.Port).Int("rule", d.Rule).Str("mode", string(d.Mode)).
 		Str("credential", d.Credential).Bool("agent_dial", d.AgentDial).Msg("forwarding decision")
 }
 
 // Serve accepts clients on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info().Str("event", "listen").Str("addr", ln.Addr().String()).Msg("gomux listening")
+	s.log.Info().Str("event", EventListen).Str("addr", ln.Addr().String()).Msg("gomux listening")
 	ln = s.withProxyProtocol(ln)
 	s.ready.Store(true)
 	err := s.front.Serve(ln)
@@ -388,13 +388,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	err := s.front.Shutdown(ctx)
 	if err != nil {
-		s.log.Warn().Str("event", "shutdown").Err(err).Msg("drain timeout, closing remaining connections")
+		s.log.Warn().Str("event", EventShutdown).Err(err).Msg("drain timeout, closing remaining connections")
 		s.front.Close()
 	}
 	drained.Wait()
 	s.tasks.Close()
 	s.tasks.Wait()
 	s.pool.Close()
-	s.log.Info().Str("event", "shutdown").Msg("gomux stopped")
+	s.log.Info().Str("event", EventShutdown).Msg("gomux stopped")
 	return nil
 }

@@ -50,7 +50,7 @@ const maxEnv = 128
 func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	l, a, err := ic.backend(ctx)
 	if err != nil {
-		ic.log.Warn().Str("event", "channel").Err(err).Msg("session refused")
+		ic.log.Warn().Str("event", EventChannel).Err(err).Msg("session refused")
 		nc.Reject(gossh.ConnectionFailed, err.Error())
 		return
 	}
@@ -173,7 +173,7 @@ func (s *session) onEnv(req *gossh.Request) bool {
 		return false
 	}
 	if len(s.env) >= maxEnv {
-		s.log.Warn().Str("event", "limit").Str("env", e.Name).Int("max_env", maxEnv).Msg("env request beyond the limit refused")
+		s.log.Warn().Str("event", EventLimit).Str("env", e.Name).Int("max_env", maxEnv).Msg("env request beyond the limit refused")
 		return false
 	}
 	s.env = append(s.env, e.Name+"="+e.Value)
@@ -223,7 +223,7 @@ func (s *session) onSubsystem(ctx context.Context, req *gossh.Request) bool {
 		return false
 	}
 	if e.Command != "sftp" {
-		s.log.Info().Str("event", "channel").Str("subsystem", e.Command).Msg("unknown subsystem refused")
+		s.log.Info().Str("event", EventChannel).Str("subsystem", e.Command).Msg("unknown subsystem refused")
 		return false
 	}
 	s.kind, s.cmd = "subsystem", "sftp"
@@ -323,7 +323,7 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
 			return true
 		}
-		s.log.Warn().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(x.cmd)).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(x.cmd)).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
 		answer(req, false)
@@ -351,7 +351,7 @@ func (s *session) startRecording() {
 	rec, err := newRecorder(dir, castHeader{Width: s.pty.Cols, Height: s.pty.Rows, Command: RedactCommand(s.cmd),
 		Title: title, Env: map[string]string{"TERM": s.pty.Term}, User: s.ic.frontUser, Remote: s.ic.remoteUser, Target: s.ic.addr})
 	if err != nil {
-		s.log.Error().Str("event", "recording").Err(err).Msg("cannot record pty session")
+		s.log.Error().Str("event", EventRecording).Err(err).Msg("cannot record pty session")
 		return
 	}
 	s.rec = rec
@@ -375,7 +375,7 @@ func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.Ex
 	p, err := start(ctx, prep, exec)
 	if errors.Is(err, agent.ErrNotSent) {
 		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
-			s.log.Info().Str("event", "channel").Err(err).Msg("agent session had ended; sending the command again on a new one")
+			s.log.Info().Str("event", EventChannel).Err(err).Msg("agent session had ended; sending the command again on a new one")
 			s.lease, s.a, s.warm = l, a, false
 			retry := *exec
 			retry.Command = s.cmd
@@ -437,7 +437,7 @@ func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd st
 			s.replyLocally(shim.Plan{Exit: 1, Stderr: "gomux: " + re.Error() + "\n"})
 			return
 		}
-		s.log.Warn().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Err(err).Msg("exec failed")
 		s.ch.Close()
 		return
 	}
@@ -459,7 +459,7 @@ func (s *session) becomeStdout(p *agent.Process) io.Reader {
 		s.becomeSeen.Store(seen)
 		host.ObserveBecome(b, seen)
 		if !seen && s.speculated {
-			s.log.Warn().Str("event", "become_speculation").Str("command", RedactCommand(s.cmd)).
+			s.log.Warn().Str("event", EventBecomeSpeculation).Str("command", RedactCommand(s.cmd)).
 				Msg("BECOME-SUCCESS was sent ahead but the target's output did not begin with it; its output is passed on unchanged")
 		}
 	}}
@@ -478,7 +478,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 	}
 	s.reportExit(plan.Exit, "", false)
 	s.ic.s.metrics.sessionEnded(s, true)
-	s.counters(s.log.Info().Str("event", "channel").Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.step).
+	s.counters(s.log.Info().Str("event", EventChannel).Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.step).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
 		return
@@ -488,7 +488,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 		ctx, cancel := context.WithTimeout(s.lease.Context(), time.Minute)
 		defer cancel()
 		if err := sendOwed(ctx, a, host, plan.After); err != nil {
-			log.Warn().Str("event", "shim_after").Err(err).Msg("deferred temp dir removal failed")
+			log.Warn().Str("event", EventShimAfter).Err(err).Msg("deferred temp dir removal failed")
 		}
 	})
 }
@@ -545,7 +545,7 @@ func (s *session) reportExit(code int, signal string, coreDumped bool) {
 	if err != nil {
 		// Only a client that closed the channel before the command ended
 		// gets here: nobody is left to tell.
-		s.log.Debug().Str("event", "channel").Err(err).Msg("exit report not delivered: channel already closed by the client")
+		s.log.Debug().Str("event", EventChannel).Err(err).Msg("exit report not delivered: channel already closed by the client")
 	}
 	s.ch.CloseWrite()
 	s.ch.Close()
@@ -697,7 +697,7 @@ func (s *session) copyInput(p *agent.Process, stdin io.Reader) *sync.WaitGroup {
 // endEvent is the session's closing log line, with what every ending
 // reports, and closes the recording.
 func (s *session) endEvent() *zerolog.Event {
-	log := s.log.Info().Str("event", "channel").Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm).
+	log := s.log.Info().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm).
 		Bool("module_by_parts", s.wholeStdin)
 	if s.become != nil {
 		log = log.Bool("become_speculated", s.speculated).Bool("become_marker_seen", s.becomeSeen.Load())
@@ -705,7 +705,7 @@ func (s *session) endEvent() *zerolog.Event {
 	if s.rec != nil {
 		log = log.Str("recording", s.rec.path)
 		if rerr := s.rec.Close(); rerr != nil {
-			s.log.Error().Str("event", "recording").Str("recording", s.rec.path).Err(rerr).Msg("recording incomplete")
+			s.log.Error().Str("event", EventRecording).Str("recording", s.rec.path).Err(rerr).Msg("recording incomplete")
 		}
 	}
 	return log
@@ -729,7 +729,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	}
 	s.reportExit(status, "", false)
 	s.ic.s.metrics.sessionEnded(s, false)
-	ev := s.counters(s.log.Info()).Str("event", "channel").Str("kind", "subsystem").Str("command", "sftp").
+	ev := s.counters(s.log.Info()).Str("event", EventChannel).Str("kind", "subsystem").Str("command", "sftp").
 		Int64("bytes_in", s.bytesIn.Load()).Int64("bytes_out", s.bytesOut.Load()).Dur("duration", time.Since(s.start))
 	if status != 0 {
 		ev = ev.Err(err)
@@ -767,7 +767,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	uch, ureqs, err := l.Client().OpenChannel("session", nc.ExtraData())
 	if err != nil {
 		msg := fmt.Sprintf("gomux: open session on %s: %v", ic.host, err)
-		ic.log.Warn().Str("event", "channel").Str("mode", "fallback").Err(err).Msg("session refused")
+		ic.log.Warn().Str("event", EventChannel).Str("mode", "fallback").Err(err).Msg("session refused")
 		nc.Reject(gossh.ConnectionFailed, msg)
 		return
 	}
@@ -814,7 +814,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	ch.Close()
 	fromClient.Wait()
 	ic.s.metrics.task("fallback", false, time.Since(start), in, out+errOut)
-	ic.log.Info().Str("event", "channel").Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
+	ic.log.Info().Str("event", EventChannel).Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
 }
 

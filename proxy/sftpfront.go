@@ -64,7 +64,7 @@ func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io
 // gomux cannot guard otherwise.
 func (f *sftpFront) contain(op string, err *error) {
 	if r := recover(); r != nil {
-		f.log.Error().Str("event", "panic").Str("in", "sftp "+op).Interface("panic", r).Str("stack", string(debug.Stack())).
+		f.log.Error().Str("event", EventPanic).Str("in", "sftp "+op).Interface("panic", r).Str("stack", string(debug.Stack())).
 			Msg("bug: panic in an sftp request contained; the request fails")
 		*err = fmt.Errorf("gomux: internal error serving %s", op)
 	}
@@ -76,7 +76,7 @@ func (f *sftpFront) takeHandle(p string) (func(), error) {
 	if n := f.handles.Add(1); f.lim.handles > 0 && n > int64(f.lim.handles) {
 		f.handles.Add(-1)
 		f.opens.take(p) // the refused open's mode is not for a later one
-		f.log.Warn().Str("event", "limit").Str("path", p).Int("max_sftp_handles", f.lim.handles).Msg("sftp open refused: too many open files")
+		f.log.Warn().Str("event", EventLimit).Str("path", p).Int("max_sftp_handles", f.lim.handles).Msg("sftp open refused: too many open files")
 		return nil, fmt.Errorf("gomux: too many open files in this sftp session (max_sftp_handles %d)", f.lim.handles)
 	}
 	var once sync.Once
@@ -141,7 +141,7 @@ func (f *sftpFront) audit(r *sftp.Request, op string, err error) {
 	case "List", "Stat", "Lstat", "Readlink":
 		ev = f.log.Debug()
 	}
-	ev = ev.Str("event", "sftp").Str("op", op).Str("path", r.Filepath)
+	ev = ev.Str("event", EventSFTP).Str("op", op).Str("path", r.Filepath)
 	if r.Target != "" {
 		ev = ev.Str("target_path", r.Target)
 	}
@@ -499,7 +499,7 @@ type stagingFile struct {
 func (s *stagingFile) WriteAt(p []byte, off int64) (_ int, err error) {
 	defer s.f.contain("write", &err)
 	if err := checkRange("write", s.path, off, len(p)); err != nil {
-		s.f.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp write refused")
+		s.f.log.Warn().Str("event", EventSFTPBadRequest).Str("path", s.path).Err(err).Msg("sftp write refused")
 		return 0, err
 	}
 	s.mu.Lock()
@@ -588,7 +588,7 @@ type sftpFile struct {
 
 func (s *sftpFile) ReadAt(p []byte, off int64) (int, error) {
 	if err := checkRange("read", s.path, off, len(p)); err != nil {
-		s.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp read refused")
+		s.log.Warn().Str("event", EventSFTPBadRequest).Str("path", s.path).Err(err).Msg("sftp read refused")
 		return 0, err
 	}
 	n, err := s.f.ReadAt(p, off)
@@ -605,7 +605,7 @@ func (s *sftpFile) ReadAt(p []byte, off int64) (int, error) {
 
 func (s *sftpFile) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange("write", s.path, off, len(p)); err != nil {
-		s.log.Warn().Str("event", "sftp_bad_request").Str("path", s.path).Err(err).Msg("sftp write refused")
+		s.log.Warn().Str("event", EventSFTPBadRequest).Str("path", s.path).Err(err).Msg("sftp write refused")
 		return 0, err
 	}
 	n, err := s.f.WriteAt(p, off)
