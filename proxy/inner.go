@@ -28,7 +28,7 @@ type innerConn struct {
 	log       zerolog.Logger
 
 	remoteUser string
-	tasks      tracker
+	tasks      goGroup
 	sessions   atomic.Int32 // session channels opened, for settle
 
 	mu    sync.Mutex
@@ -88,8 +88,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	}
 	cancel()
 	sc.Close()
-	ic.tasks.Close()
-	ic.tasks.Wait()
+	ic.tasks.CloseWait()
 	ic.closed()
 }
 
@@ -360,10 +359,8 @@ type halfCloser interface {
 // splice copies both ways, passing each EOF on as a half-close, and returns
 // the bytes that went from a to b and from b to a.
 func splice(a, b io.ReadWriteCloser) (ab, ba int64) {
-	var wg sync.WaitGroup
-	wg.Add(2)
+	var copies goGroup
 	cp := func(dst, src io.ReadWriteCloser, n *int64) {
-		defer wg.Done()
 		*n, _ = io.Copy(dst, src)
 		if hc, ok := dst.(halfCloser); ok {
 			hc.CloseWrite()
@@ -371,67 +368,10 @@ func splice(a, b io.ReadWriteCloser) (ab, ba int64) {
 			dst.Close()
 		}
 	}
-	go cp(b, a, &ab)
-	go cp(a, b, &ba)
-	wg.Wait()
+	copies.Go(func() { cp(b, a, &ab) })
+	copies.Go(func() { cp(a, b, &ba) })
+	copies.Wait()
 	a.Close()
 	b.Close()
 	return ab, ba
-}
-
-// tracker owns a set of goroutines and refuses new ones once closed, so a
-// shutdown can wait for every one it started without racing a late start.
-type tracker struct {
-	mu     sync.Mutex
-	closed bool
-	n      int
-	done   chan struct{}
-}
-
-// Go runs fn in a goroutine unless the tracker is closed.
-func (t *tracker) Go(fn func()) bool {
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return false
-	}
-	t.n++
-	t.mu.Unlock()
-	go func() {
-		defer t.finish()
-		fn()
-	}()
-	return true
-}
-
-func (t *tracker) finish() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.n--
-	if t.n == 0 && t.done != nil {
-		close(t.done)
-		t.done = nil
-	}
-}
-
-// Close refuses further goroutines.
-func (t *tracker) Close() {
-	t.mu.Lock()
-	t.closed = true
-	t.mu.Unlock()
-}
-
-// Wait returns when every started goroutine has returned.
-func (t *tracker) Wait() {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.mu.Unlock()
-		return
-	}
-	if t.done == nil {
-		t.done = make(chan struct{})
-	}
-	ch := t.done
-	t.mu.Unlock()
-	<-ch
 }

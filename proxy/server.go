@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net"
 	"os/user"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,7 +32,7 @@ type Server struct {
 	ca      *HostCA
 	pool    *Pool
 	front   *glider.Server
-	tasks   tracker
+	tasks   goGroup
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
 	limits *limiter
@@ -319,7 +318,11 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 			tc.Close()
 			return
 		}
-		go gossh.DiscardRequests(reqs)
+		if !s.tasks.Go(func() { gossh.DiscardRequests(reqs) }) {
+			ch.Close() // shutting down
+			tc.Close()
+			return
+		}
 		log.Info().Str("event", EventForward).Str("result", "spliced").Msg("splice open")
 		in, out := splice(ch, tc)
 		log.Info().Str("event", EventForwardClosed).Int64("bytes_in", in).Int64("bytes_out", out).
@@ -329,7 +332,10 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		if err != nil {
 			return
 		}
-		go gossh.DiscardRequests(reqs)
+		if !s.tasks.Go(func() { gossh.DiscardRequests(reqs) }) {
+			ch.Close() // shutting down
+			return
+		}
 		log.Info().Str("event", EventForward).Str("result", "accelerated").Msg("inner session starting")
 		ic := &innerConn{s: s, host: p.Host, addr: d.HostPort(), frontUser: id.User, id: id, decision: d, log: log}
 		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
@@ -374,27 +380,24 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting, lets running connections finish until ctx is
-// done, then closes what is left and the upstream pool.
+// done, then closes what is left and the upstream pool. It returns an
+// error when ctx ended first and connections were cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	// Idle connections end now, busy ones after their last channel: a
 	// client's next command connects afresh instead of being cut mid-task
 	// at the drain timeout.
 	s.ready.Store(false)
-	var drained sync.WaitGroup
-	drained.Add(1)
-	go func() {
-		defer drained.Done()
-		s.drain.drain()
-	}()
+	var drained goGroup
+	drained.Go(s.drain.drain)
 	err := s.front.Shutdown(ctx)
 	if err != nil {
 		s.log.Warn().Str("event", EventShutdown).Err(err).Msg("drain timeout, closing remaining connections")
 		s.front.Close()
+		err = fmt.Errorf("drain cut short, remaining connections closed: %w", err)
 	}
 	drained.Wait()
-	s.tasks.Close()
-	s.tasks.Wait()
+	s.tasks.CloseWait()
 	s.pool.Close()
 	s.log.Info().Str("event", EventShutdown).Msg("gomux stopped")
-	return nil
+	return err
 }

@@ -104,7 +104,7 @@ type session struct {
 	rec *recorder
 
 	bytesIn, bytesOut atomic.Int64
-	run               sync.WaitGroup
+	run               goGroup
 }
 
 func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
@@ -123,7 +123,7 @@ func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
 	}
 	s.mu.Unlock()
 	cancel()
-	s.run.Wait()
+	s.run.CloseWait()
 }
 
 // handleRequest dispatches one channel request to the handler of its
@@ -562,13 +562,16 @@ func answer(req *gossh.Request, ok bool) {
 }
 
 // spawn runs fn as one of the session's goroutines, which serve waits for.
+// A session that has stopped taking requests refuses it and its channel
+// closes.
 func (s *session) spawn(fn func()) {
-	s.run.Add(1)
-	go func() {
-		defer s.run.Done()
+	ok := s.run.Go(func() {
 		defer contain(s.log, "session "+s.kind, s.ch)
 		fn()
-	}()
+	})
+	if !ok {
+		s.ch.Close()
+	}
 }
 
 // Buffer sizes of copyGrowing: a read that fills the buffer doubles it, up
@@ -648,40 +651,35 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 // copyOutput copies the process's stdout and stderr to the channel (and
 // the recording); a failed write abandons the process. The caller waits
 // for the copies on the returned group.
-func (s *session) copyOutput(p *agent.Process) *sync.WaitGroup {
-	var out sync.WaitGroup
-	out.Add(2)
+func (s *session) copyOutput(p *agent.Process) *goGroup {
+	out := new(goGroup)
 	stdout, stderr := io.Writer(s.ch), io.Writer(s.ch.Stderr())
 	if s.rec != nil {
 		stdout, stderr = io.MultiWriter(s.ch, s.rec), io.MultiWriter(s.ch.Stderr(), s.rec)
 	}
-	go func() {
-		defer out.Done()
+	out.Go(func() {
 		n, err := copyGrowing(stdout, s.becomeStdout(p))
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
 		}
-	}()
-	go func() {
-		defer out.Done()
+	})
+	out.Go(func() {
 		n, err := copyGrowing(stderr, p.Stderr())
 		s.bytesOut.Add(n)
 		if err != nil {
 			p.Close()
 		}
-	}()
-	return &out
+	})
+	return out
 }
 
 // copyInput copies stdin to the process, then closes the process's stdin;
 // nil stdin means it went whole with the command. The caller waits for
 // the copy on the returned group.
-func (s *session) copyInput(p *agent.Process, stdin io.Reader) *sync.WaitGroup {
-	var in sync.WaitGroup
-	in.Add(1)
-	go func() {
-		defer in.Done()
+func (s *session) copyInput(p *agent.Process, stdin io.Reader) *goGroup {
+	in := new(goGroup)
+	in.Go(func() {
 		if stdin == nil {
 			// The whole stdin went with the command; the client's
 			// has ended.
@@ -690,8 +688,8 @@ func (s *session) copyInput(p *agent.Process, stdin io.Reader) *sync.WaitGroup {
 		n, _ := copyGrowing(p.Stdin(), stdin)
 		s.bytesIn.Add(n)
 		p.Stdin().Close()
-	}()
-	return &in
+	})
+	return in
 }
 
 // endEvent is the session's closing log line, with what every ending
@@ -777,38 +775,25 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 		return
 	}
 	var cmd string
-	var fromClient sync.WaitGroup
-	fromClient.Add(2)
-	go func() {
-		defer fromClient.Done()
+	var fromClient goGroup
+	fromClient.Go(func() {
 		cmd = ic.forwardClientRequests(reqs, uch)
 		uch.Close()
-	}()
+	})
 	var in int64
-	go func() {
-		defer fromClient.Done()
+	fromClient.Go(func() {
 		in, _ = io.Copy(uch, ch)
 		uch.CloseWrite()
-	}()
+	})
 
 	// Everything from the target reaches the client before the close, so
 	// the client sees the same data, exit report and EOF it would directly.
-	var fromTarget sync.WaitGroup
+	var fromTarget goGroup
 	var out, errOut int64
 	exited := false
-	fromTarget.Add(3)
-	go func() {
-		defer fromTarget.Done()
-		exited = forwardTargetRequests(ureqs, ch)
-	}()
-	go func() {
-		defer fromTarget.Done()
-		errOut, _ = io.Copy(ch.Stderr(), uch.Stderr())
-	}()
-	go func() {
-		defer fromTarget.Done()
-		out, _ = io.Copy(ch, uch)
-	}()
+	fromTarget.Go(func() { exited = forwardTargetRequests(ureqs, ch) })
+	fromTarget.Go(func() { errOut, _ = io.Copy(ch.Stderr(), uch.Stderr()) })
+	fromTarget.Go(func() { out, _ = io.Copy(ch, uch) })
 	fromTarget.Wait()
 	ch.CloseWrite()
 	ch.Close()
