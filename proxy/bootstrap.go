@@ -15,6 +15,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/gogroup"
 )
 
 // Launcher status lines. The launcher prints one of these, or execs the
@@ -434,7 +435,7 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 	sess.Stdin = bytes.NewReader(bin.Data)
 	done := make(chan error, 1)
 	// Owned here: the upload returns only after sess.Run has.
-	var run goGroup
+	var run gogroup.Group
 	defer run.CloseWait()
 	run.Go(func() { done <- sess.Run(uploadScript(bin.SHA256)) })
 	select {

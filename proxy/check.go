@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/gogroup"
 )
 
 // HostCAExists reports whether stateDir already holds a host CA, so
@@ -317,7 +318,7 @@ func remoteErr(ctx context.Context, l *Lease, cmd string) (string, error) {
 	var out, errb bytes.Buffer
 	sess.Stdout, sess.Stderr = &out, &errb
 	done := make(chan error, 1)
-	var run goGroup
+	var run gogroup.Group
 	defer run.CloseWait()
 	run.Go(func() { done <- sess.Run(cmd) })
 	select {

@@ -1,6 +1,10 @@
 package proxy
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/gomux/gomux/internal/gogroup"
+)
 
 // drainer lets a SIGTERM end each connection at the first moment nothing
 // runs on it, instead of waiting for clients to leave. A ControlMaster
@@ -59,7 +63,7 @@ func (d *drainer) drain() {
 		conns = append(conns, a)
 	}
 	d.mu.Unlock()
-	var g goGroup
+	var g gogroup.Group
 	for _, a := range conns {
 		g.Go(a.drain)
 	}

@@ -14,6 +14,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/internal/gogroup"
 )
 
 // innerConn is one accelerated forwarding: the client's second SSH session,
@@ -28,7 +29,7 @@ type innerConn struct {
 	log       zerolog.Logger
 
 	remoteUser string
-	tasks      goGroup
+	tasks      gogroup.Group
 	sessions   atomic.Int32 // session channels opened, for settle
 
 	mu    sync.Mutex
@@ -359,7 +360,7 @@ type halfCloser interface {
 // splice copies both ways, passing each EOF on as a half-close, and returns
 // the bytes that went from a to b and from b to a.
 func splice(a, b io.ReadWriteCloser) (ab, ba int64) {
-	var copies goGroup
+	var copies gogroup.Group
 	cp := func(dst, src io.ReadWriteCloser, n *int64) {
 		*n, _ = io.Copy(dst, src)
 		if hc, ok := dst.(halfCloser); ok {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -55,7 +56,7 @@ type Pool struct {
 	// tasks owns every goroutine of the pool (connections, prune loop,
 	// keepalives, agent stderr readers, Lease.Go work); Close refuses new
 	// ones and waits for these.
-	tasks goGroup
+	tasks gogroup.Group
 
 	mu    sync.Mutex
 	conns map[poolKey]*upstream

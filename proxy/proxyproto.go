@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gomux/gomux/internal/gogroup"
 )
 
 // ProxyProtocolConfig lets gomux sit behind a TCP load balancer (HAProxy,
@@ -194,7 +196,7 @@ type proxyListener struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	tasks  goGroup // the accept loop and the header readers
+	tasks  gogroup.Group // the accept loop and the header readers
 	out    chan acceptResult
 	once   sync.Once
 

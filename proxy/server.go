@@ -18,6 +18,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -32,7 +33,7 @@ type Server struct {
 	ca      *HostCA
 	pool    *Pool
 	front   *glider.Server
-	tasks   goGroup
+	tasks   gogroup.Group
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
 	limits *limiter
@@ -387,7 +388,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// client's next command connects afresh instead of being cut mid-task
 	// at the drain timeout.
 	s.ready.Store(false)
-	var drained goGroup
+	var drained gogroup.Group
 	drained.Go(s.drain.drain)
 	err := s.front.Shutdown(ctx)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/agent"
+	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -104,7 +105,7 @@ type session struct {
 	rec *recorder
 
 	bytesIn, bytesOut atomic.Int64
-	run               goGroup
+	run               gogroup.Group
 }
 
 func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
@@ -651,8 +652,8 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 // copyOutput copies the process's stdout and stderr to the channel (and
 // the recording); a failed write abandons the process. The caller waits
 // for the copies on the returned group.
-func (s *session) copyOutput(p *agent.Process) *goGroup {
-	out := new(goGroup)
+func (s *session) copyOutput(p *agent.Process) *gogroup.Group {
+	out := new(gogroup.Group)
 	stdout, stderr := io.Writer(s.ch), io.Writer(s.ch.Stderr())
 	if s.rec != nil {
 		stdout, stderr = io.MultiWriter(s.ch, s.rec), io.MultiWriter(s.ch.Stderr(), s.rec)
@@ -677,8 +678,8 @@ func (s *session) copyOutput(p *agent.Process) *goGroup {
 // copyInput copies stdin to the process, then closes the process's stdin;
 // nil stdin means it went whole with the command. The caller waits for
 // the copy on the returned group.
-func (s *session) copyInput(p *agent.Process, stdin io.Reader) *goGroup {
-	in := new(goGroup)
+func (s *session) copyInput(p *agent.Process, stdin io.Reader) *gogroup.Group {
+	in := new(gogroup.Group)
 	in.Go(func() {
 		if stdin == nil {
 			// The whole stdin went with the command; the client's
@@ -775,7 +776,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 		return
 	}
 	var cmd string
-	var fromClient goGroup
+	var fromClient gogroup.Group
 	fromClient.Go(func() {
 		cmd = ic.forwardClientRequests(reqs, uch)
 		uch.Close()
@@ -788,7 +789,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 
 	// Everything from the target reaches the client before the close, so
 	// the client sees the same data, exit report and EOF it would directly.
-	var fromTarget goGroup
+	var fromTarget gogroup.Group
 	var out, errOut int64
 	exited := false
 	fromTarget.Go(func() { exited = forwardTargetRequests(ureqs, ch) })

@@ -1,4 +1,4 @@
-package proxy
+package gogroup
 
 import (
 	"sync"
@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-func TestGoGroupWaitsForItsGoroutines(t *testing.T) {
-	var g goGroup
+func TestGroupWaitsForItsGoroutines(t *testing.T) {
+	var g Group
 	release := make(chan struct{})
 	var finished atomic.Int32
 	for i := 0; i < 3; i++ {
@@ -35,8 +35,8 @@ func TestGoGroupWaitsForItsGoroutines(t *testing.T) {
 	}
 }
 
-func TestGoGroupRefusesAfterClose(t *testing.T) {
-	var g goGroup
+func TestGroupRefusesAfterClose(t *testing.T) {
+	var g Group
 	g.Close()
 	ran := false
 	if g.Go(func() { ran = true }) {
@@ -50,14 +50,14 @@ func TestGoGroupRefusesAfterClose(t *testing.T) {
 	g.Wait()  // nothing running: returns at once
 }
 
-// TestGoGroupGoRacesClose starts goroutines from many callers while
+// TestGroupGoRacesClose starts goroutines from many callers while
 // another closes the group and waits: every start that was accepted must
 // have finished when CloseWait returns, and none may be accepted after.
 // Run with -race: a sync.WaitGroup used this way (Add racing Wait) is
 // what this type replaces.
-func TestGoGroupGoRacesClose(t *testing.T) {
+func TestGroupGoRacesClose(t *testing.T) {
 	for round := 0; round < 50; round++ {
-		var g goGroup
+		var g Group
 		var accepted, finished atomic.Int32
 		var callers sync.WaitGroup
 		start := make(chan struct{})
