@@ -17,6 +17,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
+
+	"github.com/gomux/gomux/internal/gogroup"
 )
 
 const (
@@ -143,7 +145,7 @@ func (s *Server) execInput(_ context.Context, st net.Conn, req *ExecRequest, inf
 
 	// The input side ends when the stream does; the client closes it
 	// once it has the exit, so inputs is waited for after the report.
-	var inputs sync.WaitGroup
+	var inputs gogroup.Group
 	if input != nil {
 		inputs.Go(func() { j.writeInput(input) })
 	}
@@ -309,7 +311,7 @@ func (j *execJob) pumpTerminal() error {
 // pumpPipes sends stdout and stderr, each until its EOF, then waits for
 // the process and returns the wait result.
 func (j *execJob) pumpPipes() error {
-	var outputs sync.WaitGroup
+	var outputs gogroup.Group
 	for i, r := range j.outputs {
 		data, eof := frameStdout, frameStdoutEOF
 		if i == 1 {
@@ -386,10 +388,8 @@ func setWinsize(master *os.File, cols, rows, wpx, hpx uint32) {
 // quarter second when a background job still does.
 func (s *Server) pumpPty(procDone <-chan struct{}, master *os.File, send func(byte, []byte) error) {
 	chunks := make(chan []byte, 16)
-	var rd sync.WaitGroup
-	rd.Add(1)
-	go func() {
-		defer rd.Done()
+	var rd gogroup.Group
+	rd.Go(func() {
 		defer close(chunks)
 		for {
 			buf := make([]byte, 32<<10)
@@ -401,7 +401,7 @@ func (s *Server) pumpPty(procDone <-chan struct{}, master *os.File, send func(by
 				return
 			}
 		}
-	}()
+	})
 	var quiet <-chan time.Time
 	for {
 		select {

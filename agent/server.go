@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/gomux/gomux/internal/gogroup"
 )
 
 // Server is the agent's side: it runs processes and file operations for
@@ -40,7 +42,7 @@ type Server struct {
 	mu     sync.Mutex
 	closed bool             // Serve is ending: children started now are killed at once
 	groups map[int]struct{} // process groups of running children
-	wg     sync.WaitGroup
+	tasks  gogroup.Group    // a session's stream handlers and liveness watcher
 }
 
 // rwc joins a reader and a writer into the io.ReadWriteCloser yamux wants.
@@ -93,27 +95,19 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	info := s.info()
 	s.log().Info("serving", "protocol", ProtocolVersion, "version", s.Version, "user", info.User)
 	if s.Liveness > 0 {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.watchPeer(sess)
-		}()
+		s.tasks.Go(func() { s.watchPeer(sess) })
 	}
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
 			break
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveStream(sctx, st, info)
-		}()
+		s.tasks.Go(func() { s.serveStream(sctx, st, info) })
 	}
 	sess.Close()
 	cancel()
 	s.killAll()
-	s.wg.Wait()
+	s.tasks.Wait()
 	s.log().Info("session ended")
 	return nil
 }
@@ -337,10 +331,8 @@ func (s *Server) dial(ctx context.Context, st net.Conn, req *request) {
 	if err := writeJSON(st, frameOK, struct{}{}); err != nil {
 		return
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	var toTarget gogroup.Group
+	toTarget.Go(func() {
 		if _, err := io.Copy(c, st); err != nil {
 			c.Close() // the stream broke: nobody will read the rest
 			return
@@ -348,13 +340,13 @@ func (s *Server) dial(ctx context.Context, st net.Conn, req *request) {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.CloseWrite()
 		}
-	}()
+	})
 	// Peer EOF half-closes the stream; the TCP conn stays open for the
 	// client's remaining bytes until the client closes too (bounded by
 	// yamux's StreamCloseTimeout and by the session's end).
 	io.Copy(st, c)
 	st.Close()
-	wg.Wait()
+	toTarget.Wait()
 }
 
 // serveFile serves one open file: pread, pwrite, fstat, close. Requests are
