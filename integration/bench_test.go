@@ -403,7 +403,7 @@ func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string
 	}
 	fmt.Fprintf(&t, "\n%s: %s, %d targets, RTT %v, %s; %d cores, median of %d\n\n",
 		w.name, w.playbook, w.targets, w.rtt, place, runtime.NumCPU(), reps)
-	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU (s) | of it ssh (s) | gomux CPU (s) | gomux CPU / task (ms) | target CPU (s) | target CPU / task (ms) | round trips / task | KB to targets / task |\n")
+	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU (s) | of it ssh (s) | gomux CPU (s) | gomux CPU / task (ms) | target CPU (s) | target CPU / task (ms) | requests to targets / task (gomux's count) | KB to targets / task |\n")
 	t.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ref := map[string]benchSample{}
 	for _, name := range []string{"stock", "mitogen_linear"} {
