@@ -24,6 +24,7 @@ type faultPlay struct {
 	lab     *harness.Lab
 	g       *Gomux
 	marker  string
+	lifted  string // created by finish: the last task may start
 	results string
 	done    chan playbookRun
 	// sleep is the victim's sleep argument, unique to this play, so its
@@ -43,7 +44,7 @@ func startFaultPlay(ctx context.Context, t *testing.T, lab *harness.Lab, g *Gomu
 	must(t, err)
 	t.Cleanup(func() { os.RemoveAll(mdir) })
 	must(t, os.Chmod(mdir, 0o777))
-	fp := &faultPlay{t: t, lab: lab, g: g, marker: filepath.Join(mdir, "victim-started"),
+	fp := &faultPlay{t: t, lab: lab, g: g, marker: filepath.Join(mdir, "victim-started"), lifted: filepath.Join(mdir, "lifted"),
 		results: filepath.Join(t.TempDir(), "results.jsonl"), done: make(chan playbookRun, 1),
 		sleep: fmt.Sprintf("%d.%06d", victimSeconds, time.Now().Nanosecond()/1000)}
 	o := playOpts{
@@ -52,7 +53,7 @@ func startFaultPlay(ctx context.Context, t *testing.T, lab *harness.Lab, g *Gomu
 			"ANSIBLE_CALLBACKS_ENABLED=record",
 			"GOMUX_DIFF_RESULTS=" + fp.results,
 		}, env...),
-		args: []string{"-e", "marker=" + fp.marker, "-e", "victim_seconds=" + fp.sleep},
+		args: []string{"-e", "marker=" + fp.marker, "-e", "lifted=" + fp.lifted, "-e", "victim_seconds=" + fp.sleep},
 	}
 	go func() { fp.done <- runPlaybookOpts(ctx, t, lab, g, playbookPath("faults.yml"), o) }()
 	return fp
@@ -102,10 +103,12 @@ func (fp *faultPlay) result(task string, within time.Duration) (string, map[stri
 	}
 }
 
-// finish waits for the playbook and checks the task before and after the
-// victim: the host works again once the fault is over.
+// finish lets the last task start, the fault being over, waits for the
+// playbook and checks the task before and after the victim: the host
+// works again.
 func (fp *faultPlay) finish() playbookRun {
 	fp.t.Helper()
+	must(fp.t, os.WriteFile(fp.lifted, nil, 0o644))
 	var r playbookRun
 	select {
 	case r = <-fp.done:
