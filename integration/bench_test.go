@@ -166,8 +166,10 @@ type benchSample struct {
 // benchWorkloads) the workloads; -bench 'BenchmarkAnsible/^name$' does too.
 //
 // CPU is measured by cgroup: the controller (ansible-playbook and every
-// process it starts), within it the ssh processes (ControlMasters
-// included), gomux's own process, and everything on the targets.
+// process it starts, sftp included), the ssh processes Ansible starts
+// (ControlMasters included; a cgroup of their own, beside the
+// controller's, so the controller's total is the sum of the two), gomux's
+// own process, and everything on the targets.
 func BenchmarkAnsible(b *testing.B) {
 	want := commaSet(os.Getenv("GOMUX_BENCH_WORKLOADS"))
 	ran := false
@@ -403,7 +405,7 @@ func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string
 	}
 	fmt.Fprintf(&t, "\n%s: %s, %d targets, RTT %v, %s; %d cores, median of %d\n\n",
 		w.name, w.playbook, w.targets, w.rtt, place, runtime.NumCPU(), reps)
-	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU (s) | of it ssh (s) | gomux CPU (s) | gomux CPU / task (ms) | target CPU (s) | target CPU / task (ms) | requests to targets / task (gomux's count) | KB to targets / task |\n")
+	t.WriteString("| mode | wall (s) | vs stock | vs mitogen_linear | controller CPU, ssh apart (s) | ssh CPU (s) | gomux CPU (s) | gomux CPU / task (ms) | target CPU (s) | target CPU / task (ms) | requests to targets / task (gomux's count) | KB to targets / task |\n")
 	t.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	ref := map[string]benchSample{}
 	for _, name := range []string{"stock", "mitogen_linear"} {
