@@ -828,12 +828,19 @@ class Template(object):
             self.drop(poll, run)
             return
         if not msg:
-            # The client is gone: so is the task, as with a killed sshd.
-            try:
-                os.killpg(run.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            # The client is gone: so is the task, as with a killed sshd;
+            # unless it left with the run's own exit report ("done"),
+            # when what the run left running in its group lives on as
+            # it would after the interpreter's exit.
+            if run.state != "done":
+                try:
+                    os.killpg(run.pid, signal.SIGKILL)
+                except OSError:
+                    pass
             poll.unregister(run.conn.fileno())
+            return
+        if isinstance(m, dict) and m.get("done") == 1:
+            run.state = "done"
             return
         if isinstance(m, dict) and isinstance(m.get("signal"), int):
             try:
