@@ -43,7 +43,9 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 import zipfile
+import zipimport
 
 # The request version this server speaks (the "v" field): Protocol in
 # pyrun.go. TestForkServerVersionAgrees holds the two equal.
@@ -76,6 +78,9 @@ SPACE = b" \t\n\r\x0b\x0c"  # \s of a bytes pattern
 
 # A name in place of the archive while a wrapper is compiled.
 ZIPDATA_STANDIN = "gomuxZIPDATAstandin"
+# The file name the template compiles an archive's sources under
+# (precompile); a run's zipimport puts the real one in their place.
+CODE_STANDIN_NAME = "<gomux precompiled>"
 NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
 
 # SO_PEERPIDFD (Linux 6.5): a pidfd of the process that connected, taken
@@ -702,9 +707,70 @@ def load_archive(workdir, wrapper):
             preimport(zippath, wrapper.module)
         finally:
             sys.path.remove(importpath)
+        install_compiled(precompile(zippath))
     except BaseException as e:  # a broken zip makes its tasks run cold
         return zippath, alias, "template: %s" % e.__class__.__name__
     return zippath, alias, ""
+
+
+def precompile(zippath):
+    """Compiles, once in the template, the archive's sources that are not
+    imported yet (the module itself, its package, module_utils it imports
+    later): a run's zipimport compiles every source it loads, runpy's
+    module twice (get_filename and get_code), from the very same bytes,
+    since a template serves one archive. Returns source bytes -> code,
+    compiled as zipimport compiles under the stand-in file name. A source
+    that warns while compiling is left out, so that a run compiles it
+    itself and warns as the interpreter would."""
+    compile_source = getattr(zipimport, "_compile_source", None)
+    cache = {}
+    if compile_source is None:
+        return cache
+    try:
+        with zipfile.ZipFile(zippath) as z:
+            for name in z.namelist():
+                if not name.endswith(".py"):
+                    continue
+                mod = name[:-3].replace("/", ".")
+                if mod.endswith(".__init__"):
+                    mod = mod[:-len(".__init__")]
+                if mod in sys.modules:
+                    continue
+                data = z.read(name)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        code = compile_source(CODE_STANDIN_NAME, data)
+                    except Exception:
+                        continue
+                if not caught:
+                    cache[data] = code
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return {}
+    return cache
+
+
+def install_compiled(cache):
+    """Makes zipimport take precompile's code for a source it holds, with
+    the file name zipimport asked for, and compile anything else."""
+    if not cache:
+        return
+    compile_source = zipimport._compile_source
+
+    def _compile_source(pathname, source):
+        code = cache.get(source)
+        if code is None:
+            return compile_source(pathname, source)
+        return with_filename(code, pathname)
+
+    zipimport._compile_source = _compile_source
+
+
+def with_filename(code, filename):
+    """code, and every code object among its constants, with co_filename
+    filename: what compiling its source under that name gives."""
+    consts = tuple(with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def payload_alias(zippath, wrapper):
@@ -828,12 +894,19 @@ class Template(object):
             self.drop(poll, run)
             return
         if not msg:
-            # The client is gone: so is the task, as with a killed sshd.
-            try:
-                os.killpg(run.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            # The client is gone: so is the task, as with a killed sshd;
+            # unless it left with the run's own exit report ("done"),
+            # when what the run left running in its group lives on as
+            # it would after the interpreter's exit.
+            if run.state != "done":
+                try:
+                    os.killpg(run.pid, signal.SIGKILL)
+                except OSError:
+                    pass
             poll.unregister(run.conn.fileno())
+            return
+        if isinstance(m, dict) and m.get("done") == 1:
+            run.state = "done"
             return
         if isinstance(m, dict) and isinstance(m.get("signal"), int):
             try:

@@ -162,3 +162,75 @@ func TestForkServerFastPaths(t *testing.T) {
 		t.Fatalf("%v\n%s", err, strings.TrimSpace(string(out)))
 	}
 }
+
+// forkServerPrecompileCheck holds precompile and install_compiled to
+// zipimport: the code a run's import takes from the template's cache
+// equals zipimport's own compile of the same source under the same file
+// name, file names and line tables of every nested code object too (nested code objects and CRLF line endings
+// included); a source that warns or does not compile is not cached, so
+// the run compiles it itself; and an import through the installed hook
+// names the archive's file in every code object.
+const forkServerPrecompileCheck = `
+import importlib.util, sys, types, zipfile, zipimport
+spec = importlib.util.spec_from_file_location("fs", sys.argv[1])
+fs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fs)
+zp = sys.argv[2]
+
+def walk(code):
+    # What code equality leaves out: file names, nested.
+    return [(code.co_filename, code.co_name, list(code.co_lines()))] + [
+        w for c in code.co_consts if isinstance(c, types.CodeType) for w in walk(c)]
+
+with zipfile.ZipFile(zp, "w") as z:
+    z.writestr("gmxpkg/__init__.py", "")
+    z.writestr("gmxpkg/mod.py", "def f():\n    def g():\n        return 1\n    return g\nclass C:\n    x = lambda: 2\n")
+    z.writestr("gmxpkg/crlf.py", "a = 1\r\nb = 2\r\n")
+    z.writestr("gmxpkg/warns.py", "x = '\\d'\n")
+    z.writestr("gmxpkg/bad.py", "def (:\n")
+cache = fs.precompile(zp)
+failures = []
+with zipfile.ZipFile(zp) as z:
+    for name in ["gmxpkg/__init__.py", "gmxpkg/mod.py", "gmxpkg/crlf.py"]:
+        data = z.read(name)
+        if data not in cache:
+            failures.append("%s not precompiled" % name)
+            continue
+        path = zp + "/" + name
+        want = zipimport._compile_source(path, data)
+        got = fs.with_filename(cache[data], path)
+        if got != want or walk(got) != walk(want):
+            failures.append("%s: cached code differs from compile" % name)
+    for name in ["gmxpkg/warns.py", "gmxpkg/bad.py"]:
+        if z.read(name) in cache:
+            failures.append("%s was cached" % name)
+fs.install_compiled(cache)
+sys.path.insert(0, zp)
+import gmxpkg.mod
+m = gmxpkg.mod
+for c in (m.f.__code__, m.f().__code__, m.C.x.__code__):
+    if c.co_filename != m.__file__:
+        failures.append("%s: co_filename %r, want %r" % (c.co_name, c.co_filename, m.__file__))
+for f in failures:
+    print(f)
+sys.exit(1 if failures else 0)
+`
+
+// TestForkServerPrecompiledSameCode: the template's precompiled module
+// sources give a run exactly the code zipimport would have compiled.
+func TestForkServerPrecompiledSameCode(t *testing.T) {
+	l := newPyLab(t)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "forkserver.py")
+	check := filepath.Join(dir, "check.py")
+	if err := os.WriteFile(script, forkServerScript, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(check, []byte(forkServerPrecompileCheck), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(l.python, check, script, filepath.Join(dir, "a.zip")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, strings.TrimSpace(string(out)))
+	}
+}

@@ -331,7 +331,6 @@ func pyWait(conn int) int {
 		close(done)
 		<-fwdDone
 	}
-	var exit *int
 	buf := make([]byte, 4096)
 	for {
 		n, err := unix.Read(conn, buf)
@@ -340,9 +339,6 @@ func pyWait(conn int) int {
 		}
 		if err != nil || n == 0 {
 			stop()
-			if exit != nil {
-				return *exit
-			}
 			fmt.Fprintln(os.Stderr, "gomux pyrun: the fork server went away before reporting the task's exit status")
 			return 1
 		}
@@ -351,7 +347,17 @@ func pyWait(conn int) int {
 			continue
 		}
 		if r.Exit != nil {
-			exit = r.Exit
+			// The run's own report, written just before its _exit:
+			// the interpreter would end with this code now. Telling
+			// the template first keeps it from taking this client's
+			// end for an abandoned task and killing what the run left
+			// running in its process group. The template's status,
+			// which follows the reap, is not waited for: that wait
+			// is a wake-up of the template and of this process on
+			// every task's critical path.
+			unix.Write(conn, []byte(`{"done":1}`))
+			stop()
+			return *r.Exit
 		}
 		if st := r.Status; st != nil {
 			stop()

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,6 +80,11 @@ elif act == "leave_open":
     sys.exit(0)
 elif act == "warm":
     print(gc.get_freeze_count() > 0)
+elif act == "background":
+    import subprocess
+    subprocess.Popen(["/bin/sh", "-c", "sleep 0.3; echo alive > " + p["path"]],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sys.exit(3)
 elif act == "confinement":
     st = [l.strip() for l in open("/proc/self/status") if l.startswith(("CapBnd", "NoNewPrivs"))]
     print(json.dumps({"warm": gc.get_freeze_count() > 0, "status": st}))
@@ -513,6 +519,32 @@ func TestPyRunTemplateKilledMidRun(t *testing.T) {
 	c.Wait()
 	if rest != "released\n" || c.ProcessState.ExitCode() != 4 {
 		t.Fatalf("run across a killed template: %q %v", rest, c.ProcessState)
+	}
+}
+
+// TestPyRunLeavesBackgroundChildren: a module that leaves a process
+// running in its group and exits ends the client with its code at once,
+// and that process lives on as it does after the interpreter's exit: the
+// template does not take the client's leaving for an abandoned task.
+func TestPyRunLeavesBackgroundChildren(t *testing.T) {
+	l := newPyLab(t)
+	for _, warm := range []bool{false, true} {
+		p := filepath.Join(l.work, fmt.Sprintf("alive-%v", warm))
+		r := l.run(warm, "", l.python, fakeAnsiballZ(t, l.work, `{"act": "background", "path": "`+p+`"}`))
+		if r.code != 3 || r.signal != 0 {
+			t.Fatalf("warm=%v: %+v, want exit 3", warm, r)
+		}
+		var b []byte
+		var err error
+		for i := 0; i < 200; i++ {
+			if b, err = os.ReadFile(p); err == nil && string(b) == "alive\n" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if string(b) != "alive\n" {
+			t.Errorf("warm=%v: the module's background process did not live on: %q %v", warm, b, err)
+		}
 	}
 }
 
