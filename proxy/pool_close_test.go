@@ -2,11 +2,8 @@ package proxy
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -22,14 +19,7 @@ import (
 // is refused at once, with words a user understands, and leaves nothing
 // behind; the pool's goroutines are not started after Close waited.
 func TestPoolAcquireAfterClose(t *testing.T) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := newSigner(t)
 	cfg := benchPoolConfig(t, t.TempDir(), "127.0.0.1:1", signer.PublicKey())
 	pool, err := NewPool(cfg, zerolog.Nop())
 	if err != nil {
@@ -52,22 +42,7 @@ func TestPoolAcquireAfterClose(t *testing.T) {
 // banner and then goes away fails the agent start with an error that
 // names the handshake once, not once per layer.
 func TestAgentHandshakeErrorSaysItOnce(t *testing.T) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := &gossh.ServerConfig{
-		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
-	}
-	scfg.AddHostKey(signer)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	scfg, signer, ln := newTestSSHServer(t)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer ln.Close()

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"io"
 	"net"
@@ -136,22 +134,7 @@ func (r *blackHoleRelay) pipe(dst io.Writer, src io.Reader) {
 // channel type", and its global requests are answered "no", as OpenSSH's
 // client does; the connection stays usable.
 func TestPoolRefusesWhatTargetsSendUnasked(t *testing.T) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := &gossh.ServerConfig{
-		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
-	}
-	scfg.AddHostKey(signer)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	scfg, signer, ln := newTestSSHServer(t)
 	defer ln.Close()
 	type outcome struct {
 		openErr error
