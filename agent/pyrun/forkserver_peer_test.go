@@ -81,6 +81,30 @@ func pyPeerHelper(args []string) int {
 // run. The child would be forked from that server and so carry the
 // server's rights, not the peer's: the server must refuse every peer
 // whose ids, groups, capabilities, no_new_privs or namespaces differ
+
+// warmServerAndPeer starts a fork server with one warm run and returns
+// the lab, the run's script, the server's socket and a path that runs
+// this test binary as the peer helper (pyPeerHelperName), which talks to
+// the socket the way pyrun does.
+func warmServerAndPeer(t *testing.T) (l *pyLab, script, sock, peer string) {
+	t.Helper()
+	l = newPyLab(t)
+	script = fakeAnsiballZ(t, l.work, `{"act": "warm"}`)
+	if r := l.run(true, "", l.python, script); r.stdout != "True\n" {
+		t.Fatalf("%+v", r)
+	}
+	socks, _ := filepath.Glob(filepath.Join(l.dir, "gomux", "py-*.sock"))
+	if len(socks) != 1 {
+		t.Fatalf("sockets %v", socks)
+	}
+	peer = filepath.Join(t.TempDir(), pyPeerHelperName)
+	self, _ := os.Executable()
+	if err := os.Symlink(self, peer); err != nil {
+		t.Fatal(err)
+	}
+	return l, script, socks[0], peer
+}
+
 // from its own (pyrun then runs the interpreter itself).
 func TestForkServerRefusesDifferentlyConfinedPeer(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -91,20 +115,7 @@ func TestForkServerRefusesDifferentlyConfinedPeer(t *testing.T) {
 			t.Skipf("no %s", tool)
 		}
 	}
-	l := newPyLab(t)
-	script := fakeAnsiballZ(t, l.work, `{"act": "warm"}`)
-	if r := l.run(true, "", l.python, script); r.stdout != "True\n" {
-		t.Fatalf("%+v", r)
-	}
-	socks, _ := filepath.Glob(filepath.Join(l.dir, "gomux", "py-*.sock"))
-	if len(socks) != 1 {
-		t.Fatalf("sockets %v", socks)
-	}
-	peer := filepath.Join(t.TempDir(), pyPeerHelperName)
-	self, _ := os.Executable()
-	if err := os.Symlink(self, peer); err != nil {
-		t.Fatal(err)
-	}
+	l, script, sock, peer := warmServerAndPeer(t)
 	for _, c := range []struct {
 		name string
 		wrap []string
@@ -117,7 +128,7 @@ func TestForkServerRefusesDifferentlyConfinedPeer(t *testing.T) {
 		{"other gid", []string{"setpriv", "--regid=65534", "--clear-groups", "--"}, "cold: peer is another user"},
 		{"other mount namespace", []string{"unshare", "--mount", "--"}, "cold: peer ns.mnt differs"},
 	} {
-		argv := append(append([]string{}, c.wrap...), peer, socks[0], l.python, script)
+		argv := append(append([]string{}, c.wrap...), peer, sock, l.python, script)
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env, cmd.Dir = l.env, l.work
 		out, err := cmd.CombinedOutput()

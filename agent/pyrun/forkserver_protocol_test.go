@@ -1,9 +1,7 @@
 package pyrun
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -31,20 +29,7 @@ func TestForkServerVersionAgrees(t *testing.T) {
 // version is answered cold ("unknown request version", PROTOCOL.md), and
 // the same request of this version is answered ready.
 func TestForkServerRefusesOtherVersion(t *testing.T) {
-	l := newPyLab(t)
-	script := fakeAnsiballZ(t, l.work, `{"act": "warm"}`)
-	if r := l.run(true, "", l.python, script); r.stdout != "True\n" {
-		t.Fatalf("%+v", r)
-	}
-	socks, _ := filepath.Glob(filepath.Join(l.dir, "gomux", "py-*.sock"))
-	if len(socks) != 1 {
-		t.Fatalf("sockets %v", socks)
-	}
-	peer := filepath.Join(t.TempDir(), pyPeerHelperName)
-	self, _ := os.Executable()
-	if err := os.Symlink(self, peer); err != nil {
-		t.Fatal(err)
-	}
+	l, script, sock, peer := warmServerAndPeer(t)
 	for _, c := range []struct {
 		version int
 		want    string
@@ -53,7 +38,7 @@ func TestForkServerRefusesOtherVersion(t *testing.T) {
 		{Protocol - 1, "cold: unknown request version"},
 		{Protocol, "ready"},
 	} {
-		cmd := exec.Command(peer, "-v", strconv.Itoa(c.version), socks[0], l.python, script)
+		cmd := exec.Command(peer, "-v", strconv.Itoa(c.version), sock, l.python, script)
 		cmd.Env, cmd.Dir = l.env, l.work
 		out, err := cmd.CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != c.want {
