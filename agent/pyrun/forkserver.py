@@ -971,6 +971,7 @@ def child_main(run):
     ends the process the way the interpreter would have ended: never
     returns. Every way out is finish (or, before the run's descriptors
     are in place, os._exit after the traceback)."""
+    run_pid = os.getpid()
     try:
         conn, source, filename, main = child_prepare(run)
     except BaseException:
@@ -990,7 +991,7 @@ def child_main(run):
         # still ends in finish.
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v, None)
-        finish(conn, 1)
+        finish(conn, run_pid, 1)
     del source
     try:
         exec(code, main.__dict__)
@@ -1001,16 +1002,16 @@ def child_main(run):
                 sys.stderr.write(str(c) + "\n")
             except Exception:
                 pass
-        finish(conn, _exit_code(c))
+        finish(conn, run_pid, _exit_code(c))
     except KeyboardInterrupt:
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
-        finish(conn, 130, signal.SIGINT)
+        finish(conn, run_pid, 130, signal.SIGINT)
     except BaseException:
         t, v, tb = sys.exc_info()
         sys.excepthook(t, v.with_traceback(tb.tb_next), tb.tb_next)
-        finish(conn, 1)
-    finish(conn, 0)
+        finish(conn, run_pid, 1)
+    finish(conn, run_pid, 0)
 
 
 def child_prepare(run):
@@ -1225,11 +1226,14 @@ def _flush_files():
                     pass
 
 
-def finish(conn, status, sig=0):
+def finish(conn, run_pid, status, sig=0):
     """Ends the child the way Py_FinalizeEx ends an interpreter, minus
     tearing down every module: that would write to (and so copy) every
     page shared with the template, the most expensive part of a run.
-    The one way a run's process ends once its descriptors are in place."""
+    The one way a run's process ends once its descriptors are in place.
+    Only the run itself (run_pid) reports its exit: a copy the module
+    forked that ends the same way must not, as pyrun exits on the first
+    report it reads."""
     try:
         if "threading" in sys.modules:
             sys.modules["threading"]._shutdown()
@@ -1254,10 +1258,11 @@ def finish(conn, status, sig=0):
     if sig:
         signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
-    try:
-        os.write(conn, json.dumps({"exit": status & 0xFF}).encode())
-    except OSError:
-        pass
+    if os.getpid() == run_pid:
+        try:
+            os.write(conn, json.dumps({"exit": status & 0xFF}).encode())
+        except OSError:
+            pass
     os._exit(status & 0xFF)
 
 

@@ -85,6 +85,16 @@ elif act == "background":
     subprocess.Popen(["/bin/sh", "-c", "sleep 0.3; echo alive > " + p["path"]],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sys.exit(3)
+elif act == "forkexit":
+    # A copy forked by the module that ends by sys.exit, as a module's
+    # helper process may: the run's status is the module's own.
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(7)
+    os.waitpid(pid, 0)
+    print("parent")
+    sys.exit(3)
 elif act == "confinement":
     st = [l.strip() for l in open("/proc/self/status") if l.startswith(("CapBnd", "NoNewPrivs"))]
     print(json.dumps({"warm": gc.get_freeze_count() > 0, "status": st}))
@@ -544,6 +554,20 @@ func TestPyRunLeavesBackgroundChildren(t *testing.T) {
 		}
 		if string(b) != "alive\n" {
 			t.Errorf("warm=%v: the module's background process did not live on: %q %v", warm, b, err)
+		}
+	}
+}
+
+// TestPyRunForkedCopyDoesNotReport: a process the module forks that ends
+// by sys.exit goes through the run's ending too; only the run itself
+// reports its status, so pyrun exits with the module's code, warm as
+// cold.
+func TestPyRunForkedCopyDoesNotReport(t *testing.T) {
+	l := newPyLab(t)
+	for _, warm := range []bool{false, true} {
+		r := l.run(warm, "", l.python, fakeAnsiballZ(t, l.work, `{"act": "forkexit"}`))
+		if r.code != 3 || r.signal != 0 || r.stdout != "parent\n" {
+			t.Errorf("warm=%v: %+v, want exit 3 and the parent's output", warm, r)
 		}
 	}
 }
