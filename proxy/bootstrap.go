@@ -259,7 +259,7 @@ func (u *upstream) launch(ctx context.Context) (a *agent.Client, err error) {
 	w := &stderrWatch{buf: &boundedBuffer{max: 64 << 10}, copied: make(chan struct{}), decided: make(chan struct{})}
 	if !u.pool.tasks.Go(func() { u.watchStderr(ch, w) }) {
 		ch.sess.Close()
-		return nil, errPoolClosed
+		return nil, errShuttingDown
 	}
 	defer func() { w.decide(err == nil) }()
 	// Only for the launcher's status line: once it is read, what is left
@@ -376,18 +376,17 @@ func launcherRefusal(status string) error {
 }
 
 // closeBoth is the agent channel's stdin as the agent client sees it:
-// closing it sends EOF and then closes the channel, as the client's
-// owner of the channel must when its session ends.
+// closing it closes the channel, as the client's owner of the channel
+// must when its session ends. It does not send EOF first: x/crypto sets
+// its EOF flag without the lock its writes read it under, and yamux may
+// still be writing when its session closes; a channel close ends the
+// agent's input all the same.
 type closeBoth struct {
 	io.WriteCloser
 	sess *gossh.Session
 }
 
-func (c closeBoth) Close() error {
-	err := c.WriteCloser.Close()
-	c.sess.Close()
-	return err
-}
+func (c closeBoth) Close() error { return c.sess.Close() }
 
 func archOf(machine string) string {
 	switch machine {
