@@ -168,8 +168,10 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 	return p, nil
 }
 
-// errPoolClosed is what an Acquire gets once the pool has closed.
-var errPoolClosed = errors.New("gomux is shutting down")
+// errShuttingDown is what an Acquire gets once the pool has closed.
+// errShuttingDown is what a request that arrives while gomux stops is
+// refused with.
+var errShuttingDown = errors.New("gomux is shutting down")
 
 // Close ends every upstream connection and waits for the pool's
 // goroutines. Nothing in it can fail: connections are closed, not
@@ -215,7 +217,7 @@ func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
 			u = &upstream{pool: p, key: key, ready: make(chan struct{}), dead: make(chan struct{})}
 			if !p.tasks.Go(u.connect) {
 				p.mu.Unlock()
-				return nil, errPoolClosed
+				return nil, errShuttingDown
 			}
 			p.conns[key] = u
 		}
@@ -408,7 +410,7 @@ func (u *upstream) connect() {
 	if u.pool.ctx.Err() != nil {
 		// The pool closed while we dialled.
 		c.Close()
-		u.err = errPoolClosed
+		u.err = errShuttingDown
 		u.pool.forget(u)
 		close(u.dead)
 		close(u.ready)
@@ -460,9 +462,13 @@ func (u *upstream) startKeepalive() {
 	u.kmu.Lock()
 	defer u.kmu.Unlock()
 	if !u.kaStopped {
-		u.kaTimer = time.AfterFunc(u.pool.cfg.KeepaliveInterval.D(), u.keepaliveTick)
+		u.kaTimer = time.AfterFunc(u.pool.cfg.KeepaliveInterval.D(), u.onKeepaliveTimer)
 	}
 }
+
+// onKeepaliveTimer runs keepaliveTick as one of the pool's goroutines, so
+// Close waits for a tick under way and a closed pool runs none.
+func (u *upstream) onKeepaliveTimer() { u.pool.tasks.Go(u.keepaliveTick) }
 
 // stopKeepalive ends the keepalives of a connection that has ended.
 func (u *upstream) stopKeepalive() {

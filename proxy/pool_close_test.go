@@ -30,8 +30,8 @@ func TestPoolAcquireAfterClose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err = pool.Acquire(ctx, UpstreamTarget{Host: "127.0.0.1:1", Dial: "127.0.0.1:1", User: "late"})
-	if !errors.Is(err, errPoolClosed) {
-		t.Fatalf("Acquire after Close: %v, want %v", err, errPoolClosed)
+	if !errors.Is(err, errShuttingDown) {
+		t.Fatalf("Acquire after Close: %v, want %v", err, errShuttingDown)
 	}
 	if n := pool.Len(); n != 0 {
 		t.Errorf("pool lists %d connections after a refused Acquire", n)

@@ -192,7 +192,7 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 	}
 	ctx.SetValue(identityKey{}, id)
 	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
-		return nil, errors.New("gomux is shutting down")
+		return nil, errShuttingDown
 	}
 	identityFields(s.log.Info().Str("event", EventFrontAuth).Str("result", "accepted").Bool("accepted", true), id).
 		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")

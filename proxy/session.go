@@ -485,13 +485,16 @@ func (s *session) replyLocally(plan shim.Plan) {
 		return
 	}
 	a, host, log := s.a, s.lease.Shim(s.a), s.log
-	s.lease.Go(func() {
+	sent := s.lease.Go(func() {
 		ctx, cancel := context.WithTimeout(s.lease.Context(), time.Minute)
 		defer cancel()
 		if err := sendOwed(ctx, a, host, plan.After); err != nil {
 			log.Warn().Str("event", EventShimAfter).Err(err).Msg("deferred temp dir removal failed")
 		}
 	})
+	if !sent {
+		log.Warn().Str("event", EventShimAfter).Err(errShuttingDown).Msg("deferred temp dir removal not sent")
+	}
 }
 
 // sendOwed sends ops the shim owes the target (staged state flushed, a
@@ -563,8 +566,8 @@ func answer(req *gossh.Request, ok bool) {
 }
 
 // spawn runs fn as one of the session's goroutines, which serve waits for.
-// A session that has stopped taking requests refuses it and its channel
-// closes.
+// It is called from serve's request loop, before serve closes s.run, so
+// it is not refused; were it, the channel would close.
 func (s *session) spawn(fn func()) {
 	ok := s.run.Go(func() {
 		defer contain(s.log, "session "+s.kind, s.ch)

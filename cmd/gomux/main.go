@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/gomux/gomux/proxy"
 )
 
@@ -258,8 +258,8 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	}
 	// bg owns the goroutines beside the server; its deferred Wait runs
 	// after every deferred stop below.
-	var bg sync.WaitGroup
-	defer bg.Wait()
+	var bg gogroup.Group
+	defer bg.CloseWait()
 	if cfg.MetricsListen != "" {
 		closeMetrics, err := serveMetrics(cfg.MetricsListen, srv, log, &bg)
 		if err != nil {
@@ -275,23 +275,15 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }() // owned through errc, read before serve returns
+	bg.Go(func() { errc <- srv.Serve(ln) })
 	bgCtx, stopBg := context.WithCancel(context.Background())
 	defer stopBg() // runs before bg.Wait
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		srv.LogStats(bgCtx, cfg.StatsInterval.D())
-	}()
+	bg.Go(func() { srv.LogStats(bgCtx, cfg.StatsInterval.D()) })
 	// A change of the config file reloads it as SIGHUP does (a
 	// Kubernetes ConfigMap update, an edit).
 	changed := make(chan struct{}, 1)
 	if configPath != "" {
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			watchFile(bgCtx, configPath, configPollInterval, changed)
-		}()
+		bg.Go(func() { watchFile(bgCtx, configPath, configPollInterval, changed) })
 	}
 	d := &daemon{srv: srv, log: log, level: level, configPath: configPath, override: override, drainTimeout: cfg.DrainTimeout.D()}
 	if code, stopped := d.wait(ctx, hup, changed, errc); stopped {
@@ -326,20 +318,18 @@ func start(cfg *proxy.Config, log zerolog.Logger, stderr io.Writer) (srv *proxy.
 
 // serveMetrics serves the metrics endpoint on addr in a goroutine owned
 // by bg, and returns what closes it.
-func serveMetrics(addr string, srv *proxy.Server, log zerolog.Logger, bg *sync.WaitGroup) (func() error, error) {
+func serveMetrics(addr string, srv *proxy.Server, log zerolog.Logger, bg *gogroup.Group) (func() error, error) {
 	mln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	metricsSrv := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info().Str("event", proxy.EventListen).Str("metrics_addr", mln.Addr().String()).Msg("metrics, /healthz and /readyz listening")
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
+	bg.Go(func() {
 		if err := metricsSrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error().Str("event", proxy.EventMetrics).Err(err).Msg("metrics endpoint stopped")
 		}
-	}()
+	})
 	return metricsSrv.Close, nil
 }
 
