@@ -146,18 +146,25 @@ sys.exit(1 if failures else 0)
 // compiling an AnsiballZ wrapper (cheaper per run, BenchmarkChainStages)
 // give what the plain regex searches and compile() give.
 func TestForkServerFastPaths(t *testing.T) {
-	l := newPyLab(t)
 	dir := t.TempDir()
+	runForkServerCheck(t, dir, forkServerFastPathCheck, fakeAnsiballZ(t, dir, `{"act": "exit", "code": 0}`))
+}
+
+// runForkServerCheck writes the embedded fork server and a check script
+// into dir and runs `python3 check.py forkserver.py args...`; the check
+// loads the server as a module, prints what differs and exits 1 if any.
+func runForkServerCheck(t *testing.T, dir, checkSource string, args ...string) {
+	t.Helper()
+	l := newPyLab(t)
 	script := filepath.Join(dir, "forkserver.py")
 	check := filepath.Join(dir, "check.py")
 	if err := os.WriteFile(script, forkServerScript, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(check, []byte(forkServerFastPathCheck), 0o600); err != nil {
+	if err := os.WriteFile(check, []byte(checkSource), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{check, script, fakeAnsiballZ(t, dir, `{"act": "exit", "code": 0}`)}
-	out, err := exec.Command(l.python, args...).CombinedOutput()
+	out, err := exec.Command(l.python, append([]string{check, script}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, strings.TrimSpace(string(out)))
 	}
@@ -219,18 +226,6 @@ sys.exit(1 if failures else 0)
 // TestForkServerPrecompiledSameCode: the template's precompiled module
 // sources give a run exactly the code zipimport would have compiled.
 func TestForkServerPrecompiledSameCode(t *testing.T) {
-	l := newPyLab(t)
 	dir := t.TempDir()
-	script := filepath.Join(dir, "forkserver.py")
-	check := filepath.Join(dir, "check.py")
-	if err := os.WriteFile(script, forkServerScript, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(check, []byte(forkServerPrecompileCheck), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(l.python, check, script, filepath.Join(dir, "a.zip")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v\n%s", err, strings.TrimSpace(string(out)))
-	}
+	runForkServerCheck(t, dir, forkServerPrecompileCheck, filepath.Join(dir, "a.zip"))
 }
