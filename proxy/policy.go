@@ -276,8 +276,14 @@ func containsAddr(nets []netip.Prefix, a netip.Addr) bool {
 
 // AllowsRemoteUser says whether the decision lets the client log in to the
 // target as user. Root is allowed only where the rule lists "root"
-// literally: no pattern reaches it.
+// literally: no pattern reaches it. A name that is not a plain login name
+// (ValidLoginName) is refused whatever the rule says: sshd cuts a name at
+// its first ':' (a BSD auth style, on every platform), so "root:x" would
+// log in as root past a rule that allows any user but root.
 func (d Decision) AllowsRemoteUser(user string) bool {
+	if ValidLoginName(user) != nil {
+		return false
+	}
 	if user == "root" {
 		for _, u := range d.RemoteUsers {
 			if u == "root" {

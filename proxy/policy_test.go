@@ -199,6 +199,12 @@ func TestPolicyRootOnlyWhenNamed(t *testing.T) {
 		{[]string{"*"}, "deploy", true},
 		{[]string{"deploy"}, "ops", false},
 		{[]string{"deploy", "root"}, "root", true},
+		// sshd cuts a name at ':' (BSD auth style): "root:x" is root.
+		{nil, "root:x", false},
+		{[]string{"*"}, "root:", false},
+		{[]string{"deploy*"}, "deploy:x", false},
+		{[]string{"*"}, "root\x00", false},
+		{[]string{"*"}, "", false},
 	} {
 		d := Decision{RemoteUsers: tc.remote}
 		if got := d.AllowsRemoteUser(tc.user); got != tc.ok {
