@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -46,5 +49,167 @@ func TestAttackRemoteUserStyle(t *testing.T) {
 	}
 	if log := tg.SSHDLog(); strings.Contains(log, "Accepted publickey for root") {
 		t.Errorf("the target let gomux in as root:\n%s", log)
+	}
+}
+
+// TestAttackCertificateLimits: user certificates whose validity or
+// critical options say no. gomux must not read a restriction it cannot
+// enforce (force-command) as no restriction, and must honour validity and
+// source-address as sshd does.
+func TestAttackCertificateLimits(t *testing.T) {
+	x := startIdentityLab(t)
+	ctx := ctxT(t, 2*time.Minute)
+	otherCA := x.keygen("other_ca")
+	cases := []struct {
+		name string
+		opts []string
+		ok   bool
+	}{
+		{"cert-expired", []string{"-n", "alice", "-V", "-2h:-1h"}, false},
+		{"cert-not-yet", []string{"-n", "alice", "-V", "+1h:+2h"}, false},
+		{"cert-force-command", []string{"-n", "alice", "-O", "force-command=/bin/true"}, false},
+		{"cert-source-elsewhere", []string{"-n", "alice", "-O", "source-address=192.0.2.0/24"}, false},
+		{"cert-host", []string{"-n", "alice", "-h"}, false},
+		{"cert-source-here", []string{"-n", "alice", "-O", "source-address=10.0.0.1,127.0.0.1/32"}, true},
+	}
+	for _, tc := range cases {
+		key := x.keygen(tc.name)
+		x.sign(key, tc.opts...)
+		r := x.ssh(ctx, x.config(tc.name, "alice", key), "echo in")
+		if tc.ok && (r.Code != 0 || r.Stdout != "in\n") {
+			t.Errorf("%s: refused: %+v", tc.name, r)
+		}
+		if !tc.ok && (!denied(r) || strings.Contains(r.Stdout, "in")) {
+			t.Errorf("%s: %+v", tc.name, r)
+		}
+	}
+	// Signed by a CA gomux does not trust.
+	key := x.keygen("cert-other-ca")
+	if out, err := exec.Command("ssh-keygen", "-q", "-s", otherCA, "-I", "other", "-n", "alice", "-V", "-5m:+1h", key+".pub").CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen -s: %v\n%s", err, out)
+	}
+	if r := x.ssh(ctx, x.config("cert-other-ca", "alice", key), "echo in"); !denied(r) {
+		t.Errorf("certificate of an unknown CA: %+v", r)
+	}
+	// Each refusal is a front_auth event naming the login tried and why.
+	reasons := map[string]bool{}
+	for _, e := range x.g.Events("front_auth") {
+		if e["accepted"] == false && e["user"] == "alice" {
+			if s, ok := e["reason"].(string); ok {
+				reasons[s] = true
+			}
+			if s, ok := e["error"].(string); ok {
+				reasons[s] = true
+			}
+		}
+	}
+	for _, want := range []string{"force-command", "source address", "unknown CA", "expired", "not yet valid"} {
+		found := false
+		for r := range reasons {
+			found = found || strings.Contains(r, want)
+		}
+		if !found {
+			t.Errorf("no front_auth refusal logged mentioning %q: %v", want, reasons)
+		}
+	}
+}
+
+// TestAttackChannelKinds: what an sshd with forwarding off refuses, asked
+// of gomux with the real client: agent and X11 forwarding into a target,
+// remote forwards, unix-socket forwards (on gomux's own host from the
+// front, on the target from inside), subsystems other than sftp, and env
+// requests that would load code into the target's processes.
+func TestAttackChannelKinds(t *testing.T) {
+	lab := harness.Start(t, harness.Options{Targets: 1})
+	tg := lab.Targets[0]
+	g := startGomux(t, lab, gomuxOptions{})
+	ctx := ctxT(t, 2*time.Minute)
+	dir, err := os.MkdirTemp("", "gmx-attack-")
+	must(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	must(t, os.Chmod(dir, 0o755))
+	// A unix socket that answers a secret, on gomux's host (which the
+	// targets share the file system with here).
+	secretSock := filepath.Join(dir, "secret.sock")
+	ln, err := net.Listen("unix", secretSock)
+	must(t, err)
+	t.Cleanup(func() { ln.Close() })
+	must(t, os.Chmod(secretSock, 0o777))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("SECRET\n"))
+			c.Close()
+		}
+	}()
+	// A client-side ssh-agent holding a key, offered with -A.
+	agentSock := filepath.Join(dir, "agent.sock")
+	agentCmd := exec.Command("ssh-agent", "-D", "-a", agentSock)
+	must(t, agentCmd.Start())
+	t.Cleanup(func() { agentCmd.Process.Kill(); agentCmd.Wait() })
+	waitFor(t, 10*time.Second, func() bool { _, err := os.Stat(agentSock); return err == nil })
+	add := exec.Command("ssh-add", lab.ClientKey)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+agentSock)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v %s", err, out)
+	}
+
+	t.Run("agent-x11-env", func(t *testing.T) {
+		cmd := g.SSH(ctx, tg.Addr, "-A", "-X", "-o", "SetEnv=LD_PRELOAD=/nonexistent.so BASH_ENV=/nonexistent LC_GOMUX_OK=yes",
+			`echo "sock=$SSH_AUTH_SOCK display=$DISPLAY preload=$LD_PRELOAD bashenv=$BASH_ENV lc=$LC_GOMUX_OK"`)
+		cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK="+agentSock, "DISPLAY=:0")
+		r := runCmd(cmd, nil)
+		if r.Stdout != "sock= display= preload= bashenv= lc=yes\n" {
+			t.Errorf("-A -X SetEnv: %+v", r)
+		}
+	})
+	t.Run("remote-forward", func(t *testing.T) {
+		r := runCmd(g.SSHVerbose(ctx, tg.Addr, "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:22", "echo forwarded"), nil)
+		if r.Code != 255 || strings.Contains(r.Stdout, "forwarded") {
+			t.Errorf("-R: %+v", r)
+		}
+	})
+	t.Run("subsystem", func(t *testing.T) {
+		for _, sub := range []string{"shell", "netconf", "sftp-server"} {
+			if r := runCmd(g.SSH(ctx, tg.Addr, "-s", sub), strings.NewReader("")); r.Code != 255 {
+				t.Errorf("-s %s: %+v", sub, r)
+			}
+		}
+	})
+	t.Run("streamlocal", func(t *testing.T) {
+		// From the front (gomux's own unix sockets), and inside an
+		// accelerated session (the target's).
+		front, inner := filepath.Join(dir, "front.sock"), filepath.Join(dir, "inner.sock")
+		for _, f := range []struct {
+			local string
+			args  []string
+		}{
+			{front, []string{"-F", g.SSHConfig, "-N", "-L", front + ":" + secretSock, "gomux"}},
+			{inner, []string{"-F", g.SSHConfig, "-N", "-J", "gomux", "-L", inner + ":" + secretSock, tg.Addr}},
+		} {
+			local, args := f.local, f.args
+			fwd := exec.CommandContext(ctx, "ssh", args...)
+			must(t, fwd.Start())
+			var c net.Conn
+			waitFor(t, 20*time.Second, func() bool {
+				var err error
+				c, err = net.Dial("unix", local)
+				return err == nil
+			})
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			b, _ := io.ReadAll(c)
+			c.Close()
+			fwd.Process.Kill()
+			fwd.Wait()
+			if strings.Contains(string(b), "SECRET") {
+				t.Errorf("unix-socket forward %s reached the socket", local)
+			}
+		}
+	})
+	if r := runCmd(g.SSH(ctx, tg.Addr, "echo still"), nil); r.Stdout != "still\n" {
+		t.Errorf("gomux after the attempts: %+v", r)
 	}
 }
