@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -211,5 +212,29 @@ func TestAttackChannelKinds(t *testing.T) {
 	})
 	if r := runCmd(g.SSH(ctx, tg.Addr, "echo still"), nil); r.Stdout != "still\n" {
 		t.Errorf("gomux after the attempts: %+v", r)
+	}
+}
+
+// TestAttackSpliceRemoteUsers: a spliced connection is the client's own
+// session with the target, so a splice rule's remote_users would be a
+// promise nothing keeps (ssh -J gomux root@host logged in as root past
+// remote_users: [deploy]). gomux refuses such a rule at start.
+func TestAttackSpliceRemoteUsers(t *testing.T) {
+	bin := gomuxBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "gomux.yaml")
+	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`listen: 127.0.0.1:%d
+state_dir: %s
+targets:
+  - hosts: [legacy.example]
+    mode: splice
+    remote_users: [deploy]
+`, freePort(t), dir)), 0o600))
+	ctx := ctxT(t, 15*time.Second)
+	cmd := exec.CommandContext(ctx, bin, "serve", "-config", cfg)
+	cmd.WaitDelay = 5 * time.Second
+	r := runCmd(cmd, nil)
+	if r.Code != 2 || !strings.Contains(r.Stderr, "targets[0].remote_users") {
+		t.Errorf("gomux serve with a splice rule limiting remote users: %+v", r)
 	}
 }
