@@ -238,3 +238,70 @@ targets:
 		t.Errorf("gomux serve with a splice rule limiting remote users: %+v", r)
 	}
 }
+
+// peakRSS is a process's peak resident set (VmHWM) in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	must(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			var kb int64
+			fmt.Sscan(f[1], &kb)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
+
+// TestAttackDeepCommand: gomux reads every exec command with a shell
+// parser (the Ansible recognizer, the log's redaction), which recurses once
+// per nesting level. A person's command of nothing but "$(" costs a
+// packet to send; it must not cost gomux hundreds of MiB of stack, or a
+// few of them at once get gomux OOM-killed with every other person's
+// sessions (systemd MemoryMax, the Kubernetes limit).
+func TestAttackDeepCommand(t *testing.T) {
+	lab := harness.Start(t, harness.Options{Targets: 1})
+	tg := lab.Targets[0]
+	g := startGomux(t, lab, gomuxOptions{})
+	ctx := ctxT(t, 2*time.Minute)
+	if r := runCmd(g.SSH(ctx, tg.Addr, "echo ok"), nil); r.Stdout != "ok\n" {
+		t.Fatalf("control: %+v", r)
+	}
+	before := peakRSS(t, g.cmd.Process.Pid)
+	// Four arguments (the kernel bounds each at 128 KiB) that ssh joins
+	// into one ~200 KiB command, sent by four clients at once; and one
+	// under the recognizer's own 64 KiB bound, wrapped as Ansible wraps.
+	deep := []string{"a=1 echo"}
+	for i := 0; i < 4; i++ {
+		deep = append(deep, strings.Repeat("$(", 25000))
+	}
+	wrapped := []string{"/bin/sh -c 'echo " + strings.Repeat("$(", 30000) + " && sleep 0'"}
+	done := make(chan result, 5)
+	for i := 0; i < 5; i++ {
+		args := deep
+		if i == 4 {
+			args = wrapped
+		}
+		go func() {
+			c := g.SSH(ctx, tg.Addr, args...)
+			c.WaitDelay = 5 * time.Second
+			done <- runCmd(c, nil)
+		}()
+	}
+	for i := 0; i < 5; i++ {
+		r := <-done
+		if r.Code == 0 {
+			t.Errorf("a command that does not parse succeeded: %+v", r)
+		}
+	}
+	grew := peakRSS(t, g.cmd.Process.Pid) - before
+	t.Logf("gomux peak RSS grew %d MiB", grew>>20)
+	if grew > 128<<20 {
+		t.Errorf("five deeply nested commands grew gomux's peak RSS by %d MiB", grew>>20)
+	}
+	if r := runCmd(g.SSH(ctx, tg.Addr, "echo still"), nil); r.Stdout != "still\n" {
+		t.Errorf("gomux after the attempts: %+v", r)
+	}
+}
