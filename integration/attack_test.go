@@ -305,3 +305,71 @@ func TestAttackDeepCommand(t *testing.T) {
 		t.Errorf("gomux after the attempts: %+v", r)
 	}
 }
+
+// TestAttackDNSChange: a name's address changes between two persons'
+// forwards (DNS rebinding, a moved host). Each decision checks the address
+// it dials, and a pooled upstream connection is shared only for the same
+// address: bob, for whom t0 is denied, never rides alice's connection to
+// t0 that the name led to before it moved to t2.
+func TestAttackDNSChange(t *testing.T) {
+	p := startPolicyLab(t)
+	lab := p.lab
+	writeHosts := func(flipTo *harness.Target) {
+		hosts := readFile(t, p.hosts)
+		var b strings.Builder
+		for _, line := range strings.Split(strings.TrimRight(hosts, "\n"), "\n") {
+			line = strings.TrimSuffix(line, " flip.lab")
+			if strings.HasPrefix(line, flipTo.Addr+" ") {
+				line += " flip.lab"
+			}
+			b.WriteString(line + "\n")
+		}
+		// In place: the file is bind-mounted over gomux's /etc/hosts.
+		must(t, os.WriteFile(p.hosts, []byte(b.String()), 0o644))
+	}
+	writeHosts(p.t0)
+	// Both hosts' keys are trusted for the name, as a fleet CA would be.
+	appendFile(t, p.knownHosts, "flip.lab "+strings.SplitN(p.t0.KnownHostsLine(), " ", 2)[1]+"\n")
+	appendFile(t, p.knownHosts, "flip.lab "+strings.SplitN(p.t2.KnownHostsLine(), " ", 2)[1]+"\n")
+	g := startGomux(t, lab, gomuxOptions{
+		Persons:    []string{"alice", "bob"},
+		KnownHosts: p.knownHosts,
+		HostsFile:  p.hosts,
+		Targets: fmt.Sprintf(`  - hosts: [flip.lab]
+    users: [alice]
+  - cidrs: [%s/32]
+    mode: deny
+  - hosts: [flip.lab]
+`, p.t0.Addr),
+	})
+	ctx := ctxT(t, 2*time.Minute)
+	as := func(person string) result {
+		c := exec.CommandContext(ctx, "ssh", "-F", g.SSHConfig, "-J", person+"@gomux", "flip.lab", "hostname -I")
+		return runCmd(c, nil)
+	}
+	if r := as("alice"); !strings.Contains(r.Stdout, p.t0.Addr) {
+		t.Fatalf("alice to flip.lab (t0): %+v", r)
+	}
+	if r := as("bob"); r.Code != 255 || strings.Contains(r.Stdout, p.t0.Addr) {
+		t.Fatalf("bob to flip.lab while it is t0: %+v", r)
+	}
+	// Keep alice's upstream connection to t0 open in the pool.
+	hold := exec.CommandContext(ctx, "ssh", "-F", g.SSHConfig, "-J", "alice@gomux", "flip.lab", "sleep 60")
+	must(t, hold.Start())
+	defer func() { hold.Process.Kill(); hold.Wait() }()
+	writeHosts(p.t2)
+	// Go re-reads /etc/hosts once its cache (5 s) is stale.
+	waitFor(t, 30*time.Second, func() bool {
+		stdioForward(ctx, g, "flip.lab:22")
+		for _, e := range decisions(g, "front", "flip.lab") {
+			if e["addr"] == p.t2.Addr {
+				return true
+			}
+		}
+		return false
+	})
+	r := as("bob")
+	if !strings.Contains(r.Stdout, p.t2.Addr) || strings.Contains(r.Stdout, p.t0.Addr) {
+		t.Errorf("bob to flip.lab after it moved to t2: %+v", r)
+	}
+}
