@@ -173,6 +173,31 @@ func TestAttackChannelKinds(t *testing.T) {
 			t.Errorf("-R: %+v", r)
 		}
 	})
+	t.Run("remote-forward-on-the-front", func(t *testing.T) {
+		// A listener on gomux's host, TCP or unix socket.
+		for _, spec := range []string{"0:127.0.0.1:22", filepath.Join(dir, "listen.sock") + ":127.0.0.1:22"} {
+			c := exec.CommandContext(ctx, "ssh", "-F", g.SSHConfig, "-N", "-o", "ExitOnForwardFailure=yes", "-R", spec, "gomux")
+			c.WaitDelay = 5 * time.Second
+			if r := runCmd(c, nil); r.Code != 255 {
+				t.Errorf("-R %s on the front: %+v", spec, r)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, "listen.sock")); err == nil {
+			t.Errorf("gomux made a unix-socket listener for a client")
+		}
+	})
+	t.Run("no-password-methods", func(t *testing.T) {
+		// Only publickey is offered, on the front and inside.
+		noKeys := []string{"-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"}
+		r := runCmd(exec.CommandContext(ctx, "ssh", append(append([]string{"-F", g.SSHConfig + ".info"}, noKeys...), "gomux", "true")...), nil)
+		if r.Code != 255 || !strings.Contains(r.Stderr, "Permission denied (publickey)") {
+			t.Errorf("front without a key: %+v", r)
+		}
+		r = runCmd(exec.CommandContext(ctx, "ssh", append(append([]string{"-F", g.SSHConfig + ".info", "-J", "gomux"}, noKeys...), tg.Addr, "true")...), nil)
+		if r.Code != 255 || !strings.Contains(r.Stderr, "Permission denied (publickey)") {
+			t.Errorf("inner login without a key: %+v", r)
+		}
+	})
 	t.Run("subsystem", func(t *testing.T) {
 		for _, sub := range []string{"shell", "netconf", "sftp-server"} {
 			if r := runCmd(g.SSH(ctx, tg.Addr, "-s", sub), strings.NewReader("")); r.Code != 255 {
