@@ -188,6 +188,7 @@ func TestAttackChannelKinds(t *testing.T) {
 	})
 	t.Run("no-password-methods", func(t *testing.T) {
 		// Only publickey is offered, on the front and inside.
+		g.SSHVerbose(ctx, tg.Addr) // writes the config at ssh's default log level
 		noKeys := []string{"-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"}
 		r := runCmd(exec.CommandContext(ctx, "ssh", append(append([]string{"-F", g.SSHConfig + ".info"}, noKeys...), "gomux", "true")...), nil)
 		if r.Code != 255 || !strings.Contains(r.Stderr, "Permission denied (publickey)") {
@@ -396,5 +397,31 @@ func TestAttackDNSChange(t *testing.T) {
 	r := as("bob")
 	if !strings.Contains(r.Stdout, p.t2.Addr) || strings.Contains(r.Stdout, p.t0.Addr) {
 		t.Errorf("bob to flip.lab after it moved to t2: %+v", r)
+	}
+}
+
+// TestAttackNAT64Spelling: an IPv4 address a cidrs rule denies, written as
+// IPv6 that carries it (NAT64's 64:ff9b::/96, which a cloud's NAT64
+// gateway delivers to the IPv4 host; IPv4-compatible ::a.b.c.d). A "*"
+// rule must not reach it: gomux refuses these by policy, as it does
+// loopback, unless a rule names them in cidrs.
+func TestAttackNAT64Spelling(t *testing.T) {
+	lab := harness.Start(t, harness.Options{Targets: 1})
+	tg := lab.Targets[0]
+	g := startGomux(t, lab, gomuxOptions{Targets: fmt.Sprintf("  - cidrs: [%s/32]\n    mode: deny\n  - hosts: [\"*\"]\n    mode: splice\n", tg.Addr)})
+	ctx := ctxT(t, time.Minute)
+	g.SSHVerbose(ctx, tg.Addr) // writes the config at ssh's default log level
+	for _, host := range []string{tg.Addr, "[64:ff9b::" + tg.Addr + "]", "[64:ff9b:1::" + tg.Addr + "]", "[::" + tg.Addr + "]"} {
+		c := exec.CommandContext(ctx, "ssh", "-F", g.SSHConfig+".info", "-W", host+":22", "gomux")
+		c.WaitDelay = 5 * time.Second
+		r := runCmd(c, strings.NewReader(""))
+		if r.Code != 255 || strings.HasPrefix(r.Stdout, "SSH-") || !strings.Contains(r.Stderr, "administratively prohibited") {
+			t.Errorf("-W %s:22: %+v", host, r)
+		}
+	}
+	for _, e := range g.Events("policy_decision") {
+		if e["mode"] != "deny" {
+			t.Errorf("decision not a deny: %v", e)
+		}
 	}
 }
