@@ -51,6 +51,12 @@ func TestAttackRemoteUserStyle(t *testing.T) {
 	if log := tg.SSHDLog(); strings.Contains(log, "Accepted publickey for root") {
 		t.Errorf("the target let gomux in as root:\n%s", log)
 	}
+	// gomux check, with the server's config, says the same.
+	out, err := exec.CommandContext(ctx, gomuxBinary(t), "check", "-config", filepath.Join(g.Dir, "gomux.yaml"),
+		"-as", lab.User, "root:x@"+tg.Addr).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "not as \"root:x\"") {
+		t.Errorf("gomux check root:x@target: %v\n%s", err, out)
+	}
 }
 
 // TestAttackCertificateLimits: user certificates whose validity or
