@@ -120,6 +120,10 @@ func (c *checkRun) policy(host string, port int) (Decision, bool) {
 		c.add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", c.person, joinHostPort(host, port), d.Reason, rule),
 			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, c.person, port))
 		return d, false
+	case ValidLoginName(c.user) != nil:
+		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %q: %v", c.person, d.HostPort(), rule, c.user, ValidLoginName(c.user)),
+			"give the login name alone: sshd reads \"root:x\" as root")
+		return d, false
 	case !d.AllowsRemoteUser(c.user):
 		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %s", c.person, d.HostPort(), rule, c.user),
 			fmt.Sprintf("list %q in that rule's remote_users (root only literally)", c.user))

@@ -610,6 +610,12 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 	default:
 		return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, deny", r.Mode)}
 	}
+	if r.Mode == ModeSplice && len(r.RemoteUsers) > 0 {
+		// A spliced connection is the client's own encrypted session
+		// with the target: gomux never sees its login name, so such a
+		// rule would promise what nothing enforces.
+		return &FieldError{f + ".remote_users", errors.New("a splice rule cannot limit remote users: gomux does not see the login inside a spliced connection (use mode accelerate, or the target's sshd)")}
+	}
 	if r.Credential != "" && r.Credential != DefaultCredential {
 		if _, ok := c.Upstream.Credentials[r.Credential]; !ok {
 			return &FieldError{f + ".credential", fmt.Errorf("%q is not in upstream.credentials", r.Credential)}

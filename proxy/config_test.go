@@ -77,6 +77,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"upstream:\n  credentials:\n    default: {identity_files: [k]}\ntargets:\n  - hosts: [a]\n", "upstream.credentials.default"},
 		{"upstream:\n  credentials:\n    ops: {}\ntargets:\n  - hosts: [a]\n", "upstream.credentials.ops"},
 		{"targets:\n  - hosts: [a]\n    mode: fast\n", "targets[0].mode"},
+		{"targets:\n  - hosts: [a]\n    mode: splice\n    remote_users: [deploy]\n", "targets[0].remote_users"},
 		{"targets:\n  - hosts: ['[']\n", "bad pattern"},
 		{"targets:\n  - hosts: [a]\n    ports: [0]\n", "targets[0].ports"},
 		{"log_level: loud\ntargets: [{hosts: [a]}]\n", "log_level"},

@@ -130,11 +130,15 @@ func (ic *innerConn) handshake(conn net.Conn) (*gossh.ServerConn, <-chan gossh.N
 // remote user must be one the policy allows, the key the front one.
 func (ic *innerConn) offeredKey(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 	if !ic.decision.AllowsRemoteUser(meta.User()) {
+		why := "not allowed by policy"
+		if err := ValidLoginName(meta.User()); err != nil {
+			why = err.Error()
+		}
 		ic.log.Warn().Str("event", EventInnerAuth).Str("remote_user", meta.User()).Str("result", "denied").
-			Msg("remote user not allowed by policy")
+			Str("reason", why).Msg("remote user not allowed by policy")
 		return nil, &gossh.BannerError{
 			Err:     errRemoteUserDenied,
-			Message: fmt.Sprintf("gomux: user %s may not log in to %s as %s\r\n", ic.frontUser, ic.host, meta.User()),
+			Message: fmt.Sprintf("gomux: user %s may not log in to %s as %q: %s\r\n", ic.frontUser, ic.host, meta.User(), why),
 		}
 	}
 	if err := ic.checkInnerKey(key); err != nil {

@@ -68,8 +68,14 @@ type compiledRule struct {
 // specialBlocks are the networks no rule reaches unless its cidrs name
 // them: the bastion's or target's own loopback, link-local (cloud metadata
 // at 169.254.169.254 included) and the unspecified address, which dials
-// loopback.
+// loopback; and the IPv6 forms that carry an IPv4 address a network may
+// deliver to (NAT64's well-known and local-use prefixes, IPv4-compatible
+// ::a.b.c.d), which no IPv4 cidrs rule would see: "64:ff9b::a32:5" is
+// 10.50.0.5 wherever a NAT64 gateway (DNS64 in a cloud VPC) runs.
 var specialBlocks = []netip.Prefix{
+	netip.MustParsePrefix("64:ff9b::/96"),
+	netip.MustParsePrefix("64:ff9b:1::/48"),
+	netip.MustParsePrefix("::/96"),
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("::1/128"),
 	netip.MustParsePrefix("169.254.0.0/16"),
@@ -198,7 +204,7 @@ func (p *Policy) Decide(ctx context.Context, person, host string, port int) Deci
 	}
 	deny.Reason = "no rule allows it"
 	if special {
-		deny.Reason = "no rule names this loopback, link-local or unspecified address in cidrs"
+		deny.Reason = "no rule names this loopback, link-local, unspecified or IPv4-embedding (NAT64) address in cidrs"
 	}
 	return deny
 }
@@ -276,8 +282,14 @@ func containsAddr(nets []netip.Prefix, a netip.Addr) bool {
 
 // AllowsRemoteUser says whether the decision lets the client log in to the
 // target as user. Root is allowed only where the rule lists "root"
-// literally: no pattern reaches it.
+// literally: no pattern reaches it. A name that is not a plain login name
+// (ValidLoginName) is refused whatever the rule says: sshd cuts a name at
+// its first ':' (a BSD auth style, on every platform), so "root:x" would
+// log in as root past a rule that allows any user but root.
 func (d Decision) AllowsRemoteUser(user string) bool {
+	if ValidLoginName(user) != nil {
+		return false
+	}
 	if user == "root" {
 		for _, u := range d.RemoteUsers {
 			if u == "root" {

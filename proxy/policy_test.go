@@ -101,6 +101,11 @@ func TestPolicyTable(t *testing.T) {
 		{"bob", "169.254.169.254", 80, ModeDeny, -1, "169.254.169.254"},
 		{"bob", "metadata.example", 80, ModeDeny, -1, "169.254.169.254"},
 		{"bob", "v6only.example.com", 22, ModeDeny, -1, "fe80::1"},
+		// IPv6 that carries an IPv4 address (NAT64, IPv4-compatible):
+		// 10.1.0.9 is denied by rule 1, and these must not reach it.
+		{"alice", "64:ff9b::10.1.0.9", 22, ModeDeny, -1, "64:ff9b::a01:9"},
+		{"alice", "[64:ff9b:1::a01:9]", 22, ModeDeny, -1, "64:ff9b:1::a01:9"},
+		{"alice", "::10.1.0.9", 22, ModeDeny, -1, "::a01:9"},
 		// ...unless a rule names it in cidrs.
 		{"bob", "localhost", 18080, ModeAccelerate, 5, "127.0.0.1"},
 		{"bob", "127.0.0.1", 18080, ModeAccelerate, 5, "127.0.0.1"},
@@ -199,6 +204,12 @@ func TestPolicyRootOnlyWhenNamed(t *testing.T) {
 		{[]string{"*"}, "deploy", true},
 		{[]string{"deploy"}, "ops", false},
 		{[]string{"deploy", "root"}, "root", true},
+		// sshd cuts a name at ':' (BSD auth style): "root:x" is root.
+		{nil, "root:x", false},
+		{[]string{"*"}, "root:", false},
+		{[]string{"deploy*"}, "deploy:x", false},
+		{[]string{"*"}, "root\x00", false},
+		{[]string{"*"}, "", false},
 	} {
 		d := Decision{RemoteUsers: tc.remote}
 		if got := d.AllowsRemoteUser(tc.user); got != tc.ok {

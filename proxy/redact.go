@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"mvdan.cc/sh/v3/syntax"
+
+	"github.com/gomux/gomux/shim"
 )
 
 // redacted replaces a secret in a logged command.
@@ -31,6 +33,10 @@ func RedactCommand(cmd string) string {
 func redactScript(src string, depth int) string {
 	if depth > maxRedactDepth || !strings.Contains(src, "=") {
 		return src
+	}
+	if shim.TooNested(src) {
+		// Parsing it could cost gomux hundreds of MiB of stack.
+		return redactByPattern(src)
 	}
 	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(strings.NewReader(src), "")
 	if err != nil {

@@ -26,6 +26,8 @@ func TestRedactCommand(t *testing.T) {
 		{"dd of=/tmp/x bs=65536", "dd of=/tmp/x bs=65536"},
 		// Unparseable: redacted by pattern.
 		{"FOO=" + secret + " run 'unterminated", "FOO=*** run 'unterminated"},
+		// Nested past what gomux parses: redacted by pattern, unparsed.
+		{"FOO=" + secret + " echo " + strings.Repeat("$(", 600), "FOO=*** echo " + strings.Repeat("$(", 600)},
 	} {
 		got := RedactCommand(c.in)
 		if got != c.want {

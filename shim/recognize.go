@@ -217,7 +217,34 @@ func beforeSleep0(st *syntax.Stmt) (*syntax.Stmt, bool) {
 	return b.X, true
 }
 
+// maxNesting bounds the brackets a text may open before the shell grammar
+// is applied to it. The parser recurses once per nesting level, at a few
+// KiB of stack each, so a command of nothing but "$(" (1 MB of them in
+// five execs cost gomux 1.2 GiB) could get gomux OOM-killed with every
+// person's sessions. No Ansible step comes near the bound.
+const maxNesting = 512
+
+// TooNested reports a text with more than maxNesting of ( { [ and `: it
+// could nest that deep, so it is not parsed (the recognizer passes it
+// through, the log redacts it by pattern). Counting is linear and needs no
+// parse; a long flat script with many brackets is merely not parsed.
+func TooNested(src string) bool {
+	n := 0
+	for i := 0; i < len(src); i++ {
+		switch src[i] {
+		case '(', '{', '[', '`':
+			if n++; n > maxNesting {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func parseFile(src string) (*syntax.File, bool) {
+	if TooNested(src) {
+		return nil, false
+	}
 	f, err := syntax.NewParser(syntax.Variant(syntax.LangPOSIX)).Parse(strings.NewReader(src), "")
 	if err != nil {
 		return nil, false

@@ -82,10 +82,25 @@ func TestParsePassesThroughTheRest(t *testing.T) {
 		wrap(`( umask 77 && mkdir -p "` + "` echo ~/.ansible/tmp `" + `"&& mkdir "` + "` echo /elsewhere/" + tmpID + " `" + `" && echo ` + tmpID + `="` + "` echo /elsewhere/" + tmpID + " `" + `" )`),
 		"/bin/sh -c 'unterminated",
 		"",
+		// Nested deeper than gomux parses: not parsed at all.
+		wrap("echo " + strings.Repeat("$(", 600) + strings.Repeat(")", 600)),
+		strings.Repeat("$(", 30000),
 	} {
 		if _, ok := Parse(cmd).(Passthrough); !ok {
 			t.Errorf("%q: %#v, want Passthrough", cmd, Parse(cmd))
 		}
+	}
+}
+
+// TooNested is what keeps a person's command from costing gomux a stack
+// per nesting level: just past the bound it says so, Ansible's own
+// wrappers are far under it.
+func TestTooNested(t *testing.T) {
+	if TooNested(wrap("sudo -H -S -n -u root /bin/sh -c 'echo BECOME-SUCCESS-" + key + " ; /usr/bin/python3 " + tmpT + "/AnsiballZ_ping.py'")) {
+		t.Error("an Ansible become run counted as too nested")
+	}
+	if TooNested(strings.Repeat("(", maxNesting)) || !TooNested(strings.Repeat("{", maxNesting+1)) || !TooNested(strings.Repeat("`[", maxNesting)) {
+		t.Error("the bound is not maxNesting")
 	}
 }
 
