@@ -52,7 +52,7 @@ func startIdentityLab(t *testing.T) *identityLab {
   revoked_keys: [%s, %s]
   recheck_interval: 2s
 `, filepath.Join(x.users, "%u.keys"), filepath.Join(x.dir, "shared_keys"), x.caPub, x.revPub, x.revKRL),
-		Extra: "audit:\n  record_dir: " + x.casts + "\n"})
+		Extra: "audit:\n  record_dir: " + x.casts + "\n  record_max_mib: 1\n"})
 	return x
 }
 
@@ -469,6 +469,51 @@ func TestIdentity(t *testing.T) {
 		}
 		if again, _ := filepath.Glob(filepath.Join(x.casts, "*.cast")); len(again) != len(after) {
 			t.Errorf("session without a pty recorded")
+		}
+	})
+
+	t.Run("pty-recording-capped", func(t *testing.T) {
+		// A session that prints without end must not fill the disk the
+		// recordings share: at record_max_mib the recording stops with a
+		// marker and a warning, and the person still gets every byte.
+		ctx := ctxT(t, time.Minute)
+		cfg := x.config("flood", x.lab.User, x.lab.ClientKey)
+		before, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
+		const n = 3 << 20
+		cmd := exec.CommandContext(ctx, "ssh", "-tt", "-F", cfg, "-J", "gomux", x.lab.Targets[0].Addr,
+			fmt.Sprintf("stty -opost; head -c %d /dev/zero | tr '\\0' x; echo; echo flood-done", n))
+		r := runCmd(cmd, nil)
+		if r.Code != 0 || strings.Count(r.Stdout, "x") != n || !strings.Contains(r.Stdout, "flood-done") {
+			t.Fatalf("ssh -tt: exit %d, %d of %d bytes, done marker %v; stderr %q", r.Code, strings.Count(r.Stdout, "x"), n,
+				strings.Contains(r.Stdout, "flood-done"), r.Stderr)
+		}
+		after, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
+		var fresh []string
+		for _, a := range after {
+			if !slices.Contains(before, a) {
+				fresh = append(fresh, a)
+			}
+		}
+		if len(fresh) != 1 {
+			t.Fatalf("new recordings %v, want one", fresh)
+		}
+		fi, err := os.Stat(fresh[0])
+		must(t, err)
+		if fi.Size() > 1<<20 {
+			t.Errorf("recording is %d bytes, past the 1 MiB limit", fi.Size())
+		}
+		lines := strings.Split(strings.TrimSpace(readFile(t, fresh[0])), "\n")
+		var last []any
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || len(last) != 3 || last[1] != "m" ||
+			!strings.Contains(fmt.Sprint(last[2]), "1 MiB limit") {
+			t.Errorf("recording does not end with the limit marker: %q (%v)", lines[len(lines)-1], err)
+		}
+		var warned bool
+		for _, e := range x.g.Events("recording") {
+			warned = warned || (e["level"] == "warn" && e["recording"] == fresh[0] && e["limit_mib"] == float64(1))
+		}
+		if !warned {
+			t.Errorf("no warning logged for the stopped recording")
 		}
 	})
 

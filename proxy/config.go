@@ -83,6 +83,11 @@ type AuditConfig struct {
 	// session with a pty: the terminal output as the person saw it, never
 	// their keystrokes (which may be passwords). Default "" (off).
 	RecordDir string `yaml:"record_dir"`
+	// RecordMaxMiB caps one recording, so a session that prints without
+	// end (`cat /dev/urandom`, `yes`) cannot fill the disk the recordings
+	// share: at the cap the recording ends with a marker saying so, a
+	// warning is logged, and the session goes on. Default 64.
+	RecordMaxMiB int `yaml:"record_max_mib"`
 }
 
 // UpstreamConfig says how gomux reaches targets.
@@ -411,6 +416,9 @@ func (c *Config) defaultTop(home string) error {
 	if c.HostCertValidity == 0 {
 		c.HostCertValidity = Duration(24 * time.Hour)
 	}
+	if c.Audit.RecordMaxMiB == 0 {
+		c.Audit.RecordMaxMiB = 64
+	}
 	if c.StatsInterval == 0 {
 		c.StatsInterval = Duration(time.Minute)
 	}
@@ -546,6 +554,9 @@ func (c *Config) validate() error {
 	}
 	if err := c.validateOps(); err != nil {
 		return err
+	}
+	if c.Audit.RecordMaxMiB < 0 {
+		return &FieldError{"audit.record_max_mib", errors.New("must be positive")}
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}

@@ -87,7 +87,7 @@ const (
 	// (offsets, lengths, handles).
 	EventSFTPBadRequest = "sftp_bad_request"
 	// EventRecording marks a pty session recording that could not be
-	// made or is incomplete.
+	// made, is incomplete, or stopped at audit.record_max_mib.
 	EventRecording = "recording"
 	// EventBecomeSpeculation marks a become command whose BECOME-SUCCESS
 	// gomux sent ahead but whose output did not begin with it: the

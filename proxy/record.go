@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,22 +33,35 @@ type castHeader struct {
 
 // recorder writes one pty session as asciicast v2: terminal output and
 // resizes, each with its time since the start. Input is never recorded.
-// A write error stops the recording, never the session.
+// A write error, or reaching the size limit, stops the recording, never
+// the session.
 type recorder struct {
 	path  string
 	start time.Time
+	// limit is the most bytes the file may hold (0: no limit); onFull,
+	// when set, is called once when an event would pass it.
+	limit  int64
+	onFull func()
 
 	mu      sync.Mutex
 	f       *os.File
 	w       *bufio.Writer
+	size    int64  // bytes written to f
 	partial []byte // an incomplete UTF-8 sequence held for the next write
 	err     error
 }
 
+// errRecordingFull ends a recording that reached its size limit; the file
+// ends with a marker event that says so.
+var errRecordingFull = errors.New("recording reached its size limit")
+
+// fullMarkerRoom is what the limit keeps free for that marker.
+const fullMarkerRoom = 128
+
 // newRecorder creates a new recording file in dir, mode 0600, and writes
 // its header. The name says when, who and where, plus random bytes so two
-// sessions never share a file.
-func newRecorder(dir string, h castHeader) (*recorder, error) {
+// sessions never share a file. limit caps the file's size (0: none).
+func newRecorder(dir string, h castHeader, limit int64) (*recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recording dir: %w", err)
 	}
@@ -69,7 +83,7 @@ func newRecorder(dir string, h castHeader) (*recorder, error) {
 		f.Close()
 		return nil, err
 	}
-	r := &recorder{path: p, start: start, f: f, w: bufio.NewWriter(f)}
+	r := &recorder{path: p, start: start, limit: limit, f: f, w: bufio.NewWriter(f), size: int64(len(b)) + 1}
 	r.w.Write(b)
 	r.w.WriteByte('\n')
 	if err := r.w.Flush(); err != nil {
@@ -122,16 +136,40 @@ func (r *recorder) eventLocked(kind, data string) {
 	if r.err != nil || data == "" {
 		return
 	}
-	b, err := json.Marshal([]any{time.Since(r.start).Seconds(), kind, data})
-	if err == nil {
-		r.w.Write(b)
-		r.w.WriteByte('\n')
-		err = r.w.Flush()
+	at := time.Since(r.start).Seconds()
+	b, err := json.Marshal([]any{at, kind, data})
+	if err == nil && r.limit > 0 && r.size+int64(len(b))+1 > r.limit-fullMarkerRoom {
+		// An asciicast marker event ("m") tells whoever plays it back.
+		b, _ = json.Marshal([]any{at, "m", fmt.Sprintf("gomux: recording stopped at its %d MiB limit", r.limit>>20)})
+		r.writeLocked(b)
+		if r.err == nil {
+			r.err = errRecordingFull
+			if r.onFull != nil {
+				r.onFull()
+			}
+		}
+		return
 	}
-	r.err = err
+	if err != nil {
+		r.err = err
+		return
+	}
+	r.writeLocked(b)
 }
 
-// Close ends the recording and returns the first error it met.
+// writeLocked writes one event line and flushes it, so a recording is
+// complete up to the last event even if gomux is killed.
+func (r *recorder) writeLocked(b []byte) {
+	r.w.Write(b)
+	r.w.WriteByte('\n')
+	r.size += int64(len(b)) + 1
+	if err := r.w.Flush(); err != nil && r.err == nil {
+		r.err = err
+	}
+}
+
+// Close ends the recording and returns the first error it met, other
+// than reaching its size limit (reported when it happened, by onFull).
 func (r *recorder) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -141,6 +179,9 @@ func (r *recorder) Close() error {
 	}
 	if err := r.f.Close(); r.err == nil {
 		r.err = err
+	}
+	if errors.Is(r.err, errRecordingFull) {
+		return nil
 	}
 	return r.err
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"os"
 	"testing"
@@ -10,7 +11,7 @@ import (
 func TestRecorder(t *testing.T) {
 	dir := t.TempDir()
 	r, err := newRecorder(dir, castHeader{Width: 80, Height: 24, Env: map[string]string{"TERM": "xterm"},
-		User: "alice", Target: "web1:22", Command: "top"})
+		User: "alice", Target: "web1:22", Command: "top"}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,5 +52,54 @@ func TestRecorder(t *testing.T) {
 		if events[i][1] != w[0] || events[i][2] != w[1] {
 			t.Errorf("event %d: %v, want %v", i, events[i], w)
 		}
+	}
+}
+
+func TestRecorderStopsAtLimit(t *testing.T) {
+	dir := t.TempDir()
+	const limit = 64 << 10
+	r, err := newRecorder(dir, castHeader{Width: 80, Height: 24, Env: map[string]string{"TERM": "xterm"}, User: "alice", Target: "web1:22"}, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := 0
+	r.onFull = func() { full++ }
+	chunk := make([]byte, 1000)
+	for i := range chunk {
+		chunk[i] = 'x'
+	}
+	for range 200 {
+		if n, err := r.Write(chunk); n != len(chunk) || err != nil {
+			t.Fatalf("Write = %d, %v: a full recording must not fail the session", n, err)
+		}
+	}
+	r.resize(100, 30)
+	if err := r.Close(); err != nil {
+		t.Fatalf("Close: %v (the limit is not an error of the recording)", err)
+	}
+	if full != 1 {
+		t.Errorf("onFull called %d times, want 1", full)
+	}
+	b, err := os.ReadFile(r.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > limit {
+		t.Errorf("recording is %d bytes, limit %d", len(b), limit)
+	}
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	var last []any
+	if err := json.Unmarshal(lines[len(lines)-1], &last); err != nil || len(last) != 3 || last[1] != "m" {
+		t.Fatalf("last event %s: %v, want the limit marker", lines[len(lines)-1], err)
+	}
+	// Every event before the marker is whole output.
+	for _, l := range lines[1 : len(lines)-1] {
+		var e []any
+		if err := json.Unmarshal(l, &e); err != nil || e[1] != "o" || e[2] != string(chunk) {
+			t.Fatalf("event %s: %v", l, err)
+		}
+	}
+	if len(lines) < 50 {
+		t.Errorf("only %d events before the limit", len(lines)-2)
 	}
 }

@@ -350,10 +350,15 @@ func (s *session) startRecording() {
 	}
 	title := s.ic.frontUser + " as " + s.ic.remoteUser + "@" + s.ic.host
 	rec, err := newRecorder(dir, castHeader{Width: s.pty.Cols, Height: s.pty.Rows, Command: RedactCommand(s.cmd),
-		Title: title, Env: map[string]string{"TERM": s.pty.Term}, User: s.ic.frontUser, Remote: s.ic.remoteUser, Target: s.ic.addr})
+		Title: title, Env: map[string]string{"TERM": s.pty.Term}, User: s.ic.frontUser, Remote: s.ic.remoteUser, Target: s.ic.addr},
+		int64(s.ic.s.cfg.Audit.RecordMaxMiB)<<20)
 	if err != nil {
 		s.log.Error().Str("event", EventRecording).Err(err).Msg("cannot record pty session")
 		return
+	}
+	rec.onFull = func() {
+		s.log.Warn().Str("event", EventRecording).Str("recording", rec.path).Int("limit_mib", s.ic.s.cfg.Audit.RecordMaxMiB).
+			Msg("recording stopped at its size limit; the session goes on")
 	}
 	s.rec = rec
 }
