@@ -472,6 +472,28 @@ func TestIdentity(t *testing.T) {
 		}
 	})
 
+	t.Run("keyless-attempt-logged", func(t *testing.T) {
+		// A client that offers no key at all is refused, and the audit
+		// names the login it tried, as sshd's "Connection closed by
+		// authenticating user".
+		ctx := ctxT(t, time.Minute)
+		cfg := x.config("keyless", "mallory-keyless")
+		r := runCmd(exec.CommandContext(ctx, "ssh", "-F", cfg, "-o", "PubkeyAuthentication=no", "gomux", "true"), nil)
+		if r.Code != 255 || !strings.Contains(r.Stderr, "Permission denied") {
+			t.Fatalf("keyless login: %+v", r)
+		}
+		logged := func() bool {
+			for _, e := range x.g.Events("front_auth") {
+				if e["user"] == "mallory-keyless" && e["accepted"] == false && e["reason"] == "no public key offered" &&
+					e["source"] != nil {
+					return true
+				}
+			}
+			return false
+		}
+		waitFor(t, 10*time.Second, logged)
+	})
+
 	t.Run("pty-recording-capped", func(t *testing.T) {
 		// A session that prints without end must not fill the disk the
 		// recordings share: at record_max_mib the recording stops with a

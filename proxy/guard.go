@@ -30,6 +30,23 @@ type frontState struct {
 	user        string // whose slot release gives back
 	expired     bool   // the grace time ran out first
 	closed      bool
+	tried       string // the last user name the client tried to log in as
+	keys        int    // public keys the client offered or signed with
+	// keyless is called when the connection closes without a login after
+	// the client tried a name without offering any key: every other
+	// failed login is logged where it is refused.
+	keyless func(user string)
+}
+
+// attempt records one authentication request, for the audit of a client
+// that leaves without offering a key (AuthLogCallback).
+func (fs *frontState) attempt(user, method string) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.tried = user
+	if method == "publickey" {
+		fs.keys++
+	}
 }
 
 // errGraceOver is a login that came after the grace time closed the
@@ -89,6 +106,8 @@ func (fs *frontState) close() {
 	fs.grace.Stop()
 	if fs.release != nil {
 		fs.release()
+	} else if fs.tried != "" && fs.keys == 0 && fs.keyless != nil {
+		fs.keyless(fs.tried)
 	}
 	fs.closedFn()
 }
@@ -122,7 +141,10 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	}
 	s.metrics.frontConn("accepted")
 	s.log.Debug().Str("event", EventTCPAccept).Str("source", src).Msg("connection accepted")
-	fs := &frontState{startupDone: done, closedFn: closed}
+	fs := &frontState{startupDone: done, closedFn: closed, keyless: func(user string) {
+		s.log.Info().Str("event", EventFrontAuth).Str("result", "refused").Bool("accepted", false).Str("user", user).
+			Str("source", src).Str("reason", "no public key offered").Msg("front login refused")
+	}}
 	grace := s.live().cfg.Limits.LoginGraceTime.D()
 	fs.grace = time.AfterFunc(grace, func() {
 		if fs.expire() {
@@ -143,6 +165,9 @@ func (s *Server) frontConfig(ctx glider.Context) *gossh.ServerConfig {
 		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 			return s.verified(ctx, meta, key)
 		},
+	}
+	if fs, ok := ctx.Value(frontStateKey{}).(*frontState); ok {
+		cfg.AuthLogCallback = func(meta gossh.ConnMetadata, method string, _ error) { fs.attempt(meta.User(), method) }
 	}
 	cfg.Ciphers = serverCiphers()
 	return cfg
