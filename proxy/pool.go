@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -34,6 +35,9 @@ type PoolConfig struct {
 	Limits LimitsConfig
 	// Budget is the staging memory shared by every target.
 	Budget *shim.Budget
+	// Sums are the module archives' sums, shared by every target; nil
+	// makes a new one.
+	Sums *shim.Sums
 	// metrics records dials and agent starts; nil records nothing.
 	metrics *metrics
 }
@@ -45,6 +49,7 @@ type Pool struct {
 	cfg    UpstreamConfig
 	limits LimitsConfig
 	budget *shim.Budget
+	sums   *shim.Sums
 	agents map[string]dist.Binary
 	keys   *hostKeys
 	creds  map[string]*credential
@@ -150,6 +155,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		cfg:    cfg.Upstream,
 		limits: cfg.Limits,
 		budget: cfg.Budget,
+		sums:   cmp.Or(cfg.Sums, shim.NewSums(0)),
 		agents: cfg.Agents,
 		keys: &hostKeys{
 			files:    cfg.Upstream.KnownHosts,
@@ -322,7 +328,7 @@ func (l *Lease) Shim(a *agent.Client) *shim.Host {
 			p.evictLocked(len(p.hosts) - max + 1)
 		}
 		info := a.Info()
-		h = shim.NewHostLimits(info.User, info.Home, info.RealHome, shim.HostLimits{Budget: p.budget, TempDirIdle: p.limits.TempDirIdle.D()})
+		h = shim.NewHostLimits(info.User, info.Home, info.RealHome, shim.HostLimits{Budget: p.budget, TempDirIdle: p.limits.TempDirIdle.D(), Sums: p.sums})
 		p.hosts[l.u.key] = h
 	}
 	return h

@@ -429,7 +429,11 @@ func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd st
 	}
 	exec := &agent.ExecRequest{Command: cmd, Env: s.env}
 	var in io.Reader
-	if parts := shim.ModuleParts(buf.Bytes()); whole && parts != nil {
+	var parts []agent.PrepPart
+	if whole {
+		parts = shim.ModuleParts(buf.Bytes(), s.ic.s.pool.sums)
+	}
+	if parts != nil {
 		exec.Stdin = parts
 		s.bytesIn.Add(int64(buf.Len()))
 		s.wholeStdin = true

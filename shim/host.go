@@ -31,6 +31,9 @@ type HostLimits struct {
 	Budget *Budget
 	// TempDirIdle expires unused temp dirs; zero means DefaultTempDirIdle.
 	TempDirIdle time.Duration
+	// Sums is shared by every Host too: the module archives' sums, so an
+	// archive is hashed once, not per task; nil hashes every time.
+	Sums *Sums
 }
 
 // Counters say what the shim saved, for the log line at the end of a
@@ -259,7 +262,7 @@ func (h *Host) flushLocked() []agent.PrepOp {
 		for name, f := range d.files {
 			op := agent.PrepOp{Op: "write", Path: d.path + "/" + name, Mode: f.mode, Data: f.data}
 			if strings.HasPrefix(name, "AnsiballZ_") {
-				op.Parts = splitModule(f.data)
+				op.Parts = splitModule(f.data, h.lim.Sums)
 			}
 			ops = append(ops, op)
 		}

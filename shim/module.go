@@ -11,8 +11,9 @@ import (
 // module within a run) and the wrapper code stand apart from the one line
 // that changes per task (ANSIBALLZ_PARAMS). The agent caches each piece,
 // so a module's later tasks send little more than their parameters.
-// Anything that does not look like a wrapper is one piece.
-func splitModule(data []byte) []agent.PrepPart {
+// Anything that does not look like a wrapper is one piece. The archive's
+// sum comes from sums, so it is hashed once per gomux, not per task.
+func splitModule(data []byte, sums *Sums) []agent.PrepPart {
 	var parts []agent.PrepPart
 	start := 0
 	cut := func(end int) {
@@ -38,16 +39,28 @@ func splitModule(data []byte) []agent.PrepPart {
 	if len(parts) < 3 {
 		return nil
 	}
+	for i := range parts {
+		if isZipdata(parts[i].Data) {
+			parts[i].SHA256 = sums.Of(parts[i].Data)
+		}
+	}
 	return parts
+}
+
+// isZipdata says whether a piece is the wrapper's archive line.
+func isZipdata(p []byte) bool {
+	return bytes.HasPrefix(bytes.TrimLeft(p, " \t"), []byte(`ZIPDATA = """`))
 }
 
 // ModuleParts cuts a pipelined AnsiballZ module (what Ansible writes to
 // the interpreter's stdin) into the pieces the agent caches one by one,
 // as for an uploaded module file; nil when data is not such a module.
-func ModuleParts(data []byte) []agent.PrepPart {
-	parts := splitModule(data)
+// sums (shared with the Hosts, HostLimits.Sums) saves hashing its archive
+// again; nil hashes it.
+func ModuleParts(data []byte, sums *Sums) []agent.PrepPart {
+	parts := splitModule(data, sums)
 	for _, p := range parts {
-		if bytes.HasPrefix(bytes.TrimLeft(p.Data, " \t"), []byte(`ZIPDATA = """`)) {
+		if isZipdata(p.Data) {
 			return parts
 		}
 	}

@@ -7,7 +7,7 @@ import (
 
 func TestSplitModule(t *testing.T) {
 	wrapper := []byte("#!/usr/bin/python\nimport sys\ndef _ansiballz_main():\n    ZIPDATA = \"\"\"UEsDBBQ...\"\"\"\n    x = 1\n    ANSIBALLZ_PARAMS = '{\"a\": 1}'\n    run()\n")
-	parts := splitModule(wrapper)
+	parts := splitModule(wrapper, nil)
 	if len(parts) != 5 {
 		t.Fatalf("%d parts", len(parts))
 	}
@@ -21,7 +21,7 @@ func TestSplitModule(t *testing.T) {
 	if !bytes.HasPrefix(parts[1].Data, []byte("    ZIPDATA")) || !bytes.HasPrefix(parts[3].Data, []byte("    ANSIBALLZ_PARAMS")) {
 		t.Errorf("cut in the wrong places: %q %q", parts[1].Data, parts[3].Data)
 	}
-	if splitModule([]byte("just a file\n")) != nil {
+	if splitModule([]byte("just a file\n"), nil) != nil {
 		t.Error("plain file split")
 	}
 }
@@ -30,7 +30,7 @@ func TestSplitModule(t *testing.T) {
 // script without an archive (interpreter discovery's) is not.
 func TestModuleParts(t *testing.T) {
 	wrapper := []byte("#!/usr/bin/python\ndef _ansiballz_main():\n    ZIPDATA = \"\"\"UEsDBBQ...\"\"\"\n    ANSIBALLZ_PARAMS = '{\"a\": 1}'\n    run()\n")
-	parts := ModuleParts(wrapper)
+	parts := ModuleParts(wrapper, nil)
 	var joined []byte
 	for _, p := range parts {
 		joined = append(joined, p.Data...)
@@ -39,7 +39,7 @@ func TestModuleParts(t *testing.T) {
 		t.Fatalf("%d parts, joined equal: %v", len(parts), bytes.Equal(joined, wrapper))
 	}
 	noArchive := []byte("import sys\nANSIBALLZ_PARAMS = 1\nx = 2\nprint(x)\n")
-	if ModuleParts(noArchive) != nil || ModuleParts(nil) != nil {
+	if ModuleParts(noArchive, nil) != nil || ModuleParts(nil, nil) != nil {
 		t.Fatal("a script without ZIPDATA was cut")
 	}
 }
