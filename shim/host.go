@@ -66,6 +66,13 @@ type Host struct {
 	aclWorks bool
 	// becomeSeen are the become wrappers seen to work (ObserveBecome).
 	becomeSeen map[string]bool
+	// bases are the temp dir bases (remote_tmp, /var/tmp) in which a
+	// temp dir step ran on the target and succeeded. Until one has, the
+	// step runs as sent: a base the user cannot make (a remote_tmp under
+	// /proc, under a file, in a root-only dir) must fail there, where
+	// Ansible sees its "Failed to create temporary directory" and reports
+	// the host unreachable, as without gomux.
+	bases map[string]bool
 }
 
 type tempDir struct {
@@ -196,7 +203,7 @@ func (h *Host) plan(step Step) Plan {
 	case MakeTemp:
 		base, ok1 := s.Base.Resolve(h.user, h.home)
 		dir, ok2 := s.Dir.Resolve(h.user, h.home)
-		if ok1 && ok2 && h.dirs[dir] == nil {
+		if ok1 && ok2 && h.dirs[dir] == nil && h.bases[path.Clean(base)] {
 			h.dirs[dir] = &tempDir{base: base, path: dir, used: h.used, files: map[string]*stagedFile{}}
 			h.count.Local++
 			return Plan{Step: step, Reply: true, Stdout: s.ID + "=" + dir + "\n"}
@@ -326,10 +333,30 @@ func (h *Host) Drop() {
 
 // Observe learns from how a command that reached the target ended.
 func (h *Host) Observe(step Step, exit int) {
-	if _, ok := step.(Setfacl); ok && exit == 0 {
-		h.mu.Lock()
+	if exit != 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch s := step.(type) {
+	case Setfacl:
 		h.aclWorks = true
-		h.mu.Unlock()
+	case MakeTemp:
+		// The base can be made: later temp dirs in it are answered
+		// locally. This one exists on the target; it is tracked like
+		// one gomux made, so its uploads and its removal are batched.
+		base, ok1 := s.Base.Resolve(h.user, h.home)
+		dir, ok2 := s.Dir.Resolve(h.user, h.home)
+		if !ok1 || !ok2 {
+			return
+		}
+		if h.bases == nil {
+			h.bases = map[string]bool{}
+		}
+		h.bases[path.Clean(base)] = true
+		if h.dirs[dir] == nil {
+			h.dirs[dir] = &tempDir{base: base, path: dir, onTarget: true, used: time.Now(), files: map[string]*stagedFile{}}
+		}
 	}
 }
 
