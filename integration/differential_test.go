@@ -28,11 +28,24 @@ import (
 // TestDifferential is the rule "what Ansible observes is exactly what it
 // would observe without gomux", checked task by task: the corpus in
 // testdata/differential (commands, shell, raw, facts, copy, template,
-// file, stat, lineinfile, fetch, slurp, every become path, async, failures,
-// check and diff mode, loops, stderr, timeouts) runs directly and through
-// gomux, with pipelining off and on, and every task's normalized result,
-// every file it leaves on the target and every byte it fetches must be
-// the same. gomux runs with warm Python on unless GOMUX_DIFF_WARM=false.
+// file, stat, lineinfile, fetch, slurp, every become path (sudo, sudo
+// with a password, su with a password), async, failures, check and diff
+// mode, loops, stderr, timeouts, script, copy with backup, environment,
+// no_log, a remote_tmp of the task's own and remote_tmps that cannot be
+// made) runs directly and through gomux, with pipelining off and on, and
+// every task's normalized result, every file it leaves on the target and
+// every byte it fetches must be the same. gomux runs with warm Python on
+// unless GOMUX_DIFF_WARM=false. GOMUX_DIFF_CORPUS=extra.yml (make soak)
+// runs the second corpus: unarchive (from the controller, remote_src, as
+// another user), assemble, replace, blockinfile, find, tempfile,
+// get_url from file://, copy of a tree remote_src, with validate, of
+// 5 MB (also as another user), fetch without flat and with become,
+// template validate, interpreter discovery and a missing interpreter,
+// become_flags, a wrong su password, raw with become, async with
+// become_user, meta: reset_connection, wait_for_connection, wait_for,
+// non-UTF-8 output, a megabyte line, 100,000 lines, commands left
+// waiting on stdin, background processes, getent, known_hosts, hard
+// links, recursive modes.
 func TestDifferential(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1, PasswordSudoUser: true})
 	// GOMUX_DIFF_WARM=false runs gomux with warm Python off, the other
@@ -334,6 +347,8 @@ var volatile = []struct {
 	// Backup files (copy, lineinfile... backup: yes): the target's pid
 	// and clock.
 	{regexp.MustCompile(`\.[0-9]+\.[0-9]{4}-[0-9]{2}-[0-9]{2}@[0-9]{2}:[0-9]{2}:[0-9]{2}~`), ".<PID>.<DATE>~"},
+	// A module's own temp dir (get_url, pipelined).
+	{regexp.MustCompile(`ansible-moduletmp-[0-9]+(\.[0-9]+)?-[a-z0-9_]+`), "ansible-moduletmp-<ID>"},
 	// tempfile's names.
 	{regexp.MustCompile(`ansible\.[A-Za-z0-9_]{8}`), "ansible.<RANDOM>"},
 	// Ansible's temp dirs on the target and the controller, Python's
