@@ -32,7 +32,8 @@ import (
 // with a password, su with a password), async, failures, check and diff
 // mode, loops, stderr, timeouts, script, copy with backup, environment,
 // no_log, a remote_tmp of the task's own and remote_tmps that cannot be
-// made) runs directly and through gomux, with pipelining off and on, and
+// made, uploads and fetches by scp and piped dd, the terminal's modes,
+// limits, signal dispositions, exit by a signal) runs directly and through gomux, with pipelining off and on, and
 // every task's normalized result, every file it leaves on the target and
 // every byte it fetches must be the same. gomux runs with warm Python on
 // unless GOMUX_DIFF_WARM=false. GOMUX_DIFF_CORPUS=extra.yml (make soak)
