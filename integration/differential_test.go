@@ -28,25 +28,26 @@ import (
 // TestDifferential is the rule "what Ansible observes is exactly what it
 // would observe without gomux", checked task by task: the corpus in
 // testdata/differential (commands, shell, raw, facts, copy, template,
-// file, stat, lineinfile, fetch, slurp, every become path (sudo, sudo
-// with a password, su with a password), async, failures, check and diff
-// mode, loops, stderr, timeouts, script, copy with backup, environment,
-// no_log, a remote_tmp of the task's own and remote_tmps that cannot be
-// made, uploads and fetches by scp and piped dd, the terminal's modes,
-// limits, signal dispositions, exit by a signal) runs directly and through gomux, with pipelining off and on, and
-// every task's normalized result, every file it leaves on the target and
-// every byte it fetches must be the same. gomux runs with warm Python on
-// unless GOMUX_DIFF_WARM=false. GOMUX_DIFF_CORPUS=extra.yml (make soak)
-// runs the second corpus: unarchive (from the controller, remote_src, as
-// another user), assemble, replace, blockinfile, find, tempfile,
-// get_url from file://, copy of a tree remote_src, with validate, of
-// 5 MB (also as another user), fetch without flat and with become,
-// template validate, interpreter discovery and a missing interpreter,
-// become_flags, a wrong su password, raw with become, async with
-// become_user, meta: reset_connection, wait_for_connection, wait_for,
-// non-UTF-8 output, a megabyte line, 100,000 lines, commands left
-// waiting on stdin, background processes, getent, known_hosts, hard
-// links, recursive modes.
+// file, stat, lineinfile, fetch, slurp, every become path (sudo, sudo with
+// a password, su with a password), async, failures, check and diff mode,
+// loops, stderr, timeouts, script, copy with backup, environment, no_log,
+// a remote_tmp of the task's own and remote_tmps that cannot be made,
+// uploads and fetches by scp and piped dd, the terminal's modes, limits,
+// signal dispositions, exit by a signal) runs directly and through gomux,
+// with pipelining off and on, and every task's normalized result, every
+// file it leaves on the target and every byte it fetches must be the same.
+// gomux runs with warm Python on unless GOMUX_DIFF_WARM=false.
+// GOMUX_DIFF_CORPUS=extra.yml (make soak) runs the second corpus:
+// unarchive (from the controller, remote_src, as another user), assemble,
+// replace, blockinfile, find, tempfile, get_url from file://, copy of a
+// tree remote_src, with validate, of 10 MB (also as another user, by scp
+// and piped), fetch without flat and with become, template validate,
+// interpreter discovery and a missing interpreter, become_flags, a wrong
+// su password, raw with become, async with become_user, meta:
+// reset_connection, wait_for_connection, wait_for, non-UTF-8 output, a
+// megabyte line, 100,000 lines, commands left waiting on stdin, background
+// processes, getent, known_hosts, hard links, recursive modes, exit 255, 2
+// MB of stdin, sudo -i and -E, /usr/bin/env python3, dash.
 func TestDifferential(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1, PasswordSudoUser: true})
 	// GOMUX_DIFF_WARM=false runs gomux with warm Python off, the other
@@ -82,9 +83,10 @@ func TestDifferential(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(base) })
 	ctl := t.TempDir()
 	bin := writeRandomFile(t, ctl, "binary.bin", 70_000)
-	// For extra.yml: a file of several MB, and a tar.gz made here with a
+	// For extra.yml: a file larger than the shim stages in memory
+	// (shim.MaxStagedFile), and a tar.gz made here with a
 	// directory, modes, a symlink and a unicode name, for unarchive.
-	big := writeRandomFile(t, ctl, "big.bin", 5<<20)
+	big := writeRandomFile(t, ctl, "big.bin", 10<<20)
 	targz := writeTarGz(t, ctl, "archive.tar.gz")
 
 	defer func() {
