@@ -81,6 +81,12 @@ func TestDifferential(t *testing.T) {
 	must(t, os.Mkdir(base, 0o755))
 	must(t, os.Chmod(base, 0o1777))
 	t.Cleanup(func() { os.RemoveAll(base) })
+	// Stock Ansible leaves temp dirs in /var/tmp (an async task run as
+	// another user, a killed task, ANSIBLE_KEEP_REMOTE_FILES); the lab's
+	// users are deleted after the test and their uids reused, so a later
+	// test would find them as its own. Remove those of this lab's users,
+	// while the users still exist (cleanups run last first).
+	t.Cleanup(func() { removeVarTmpOf(t, lab.User, lab.OtherUser, lab.PasswordUser) })
 	ctl := t.TempDir()
 	bin := writeRandomFile(t, ctl, "binary.bin", 70_000)
 	// For extra.yml: a file larger than the shim stages in memory
@@ -254,6 +260,36 @@ func TestDifferential(t *testing.T) {
 		}
 	}
 	t.Logf("%d pairs per pipelining mode, %d reruns", reps, reruns)
+}
+
+// removeVarTmpOf removes Ansible's temp dirs in /var/tmp owned by users.
+func removeVarTmpOf(t *testing.T, users ...string) {
+	uids := map[uint32]bool{}
+	for _, name := range users {
+		if name == "" {
+			continue
+		}
+		u, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		id, err := strconv.ParseUint(u.Uid, 10, 32)
+		if err == nil {
+			uids[uint32(id)] = true
+		}
+	}
+	dirs, _ := filepath.Glob("/var/tmp/ansible-tmp-*")
+	for _, d := range dirs {
+		fi, err := os.Lstat(d)
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && uids[st.Uid] {
+			if err := os.RemoveAll(d); err != nil {
+				t.Logf("remove %s: %v", d, err)
+			}
+		}
+	}
 }
 
 // slowest names the n slowest tasks, for the log.
