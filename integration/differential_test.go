@@ -47,7 +47,8 @@ import (
 // reset_connection, wait_for_connection, wait_for, non-UTF-8 output, a
 // megabyte line, 100,000 lines, commands left waiting on stdin, background
 // processes, getent, known_hosts, hard links, recursive modes, exit 255, 2
-// MB of stdin, sudo -i and -E, /usr/bin/env python3, dash.
+// MB of stdin, sudo -i and -E, /usr/bin/env python3, dash, full facts
+// with local facts.
 func TestDifferential(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 1, PasswordSudoUser: true})
 	// GOMUX_DIFF_WARM=false runs gomux with warm Python off, the other
