@@ -360,6 +360,17 @@ func (h *Host) Observe(step Step, exit int) {
 	}
 }
 
+// PrepFailed is told that ops the Host owed failed on the target (a
+// deferred temp dir mkdir refused because its base became read-only or
+// was replaced by a file, say): no base is known to work any more, so
+// the next temp dir step in each runs on the target again and, if the
+// base is still broken, fails there as it would without gomux.
+func (h *Host) PrepFailed() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.bases = nil
+}
+
 // setfaclLocked records a setfacl of temp paths to run with the next batch.
 func (h *Host) setfaclLocked(c Setfacl) bool {
 	argv := []string{"setfacl", "-m", c.Spec}

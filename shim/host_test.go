@@ -71,6 +71,12 @@ func TestHostTempBaseMadeFirst(t *testing.T) {
 	if p := h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+otherID, otherID), WarmOptions{}); !p.Reply {
 		t.Fatalf("temp dir step in a proven base not answered locally: %+v", p)
 	}
+	// A batch that failed on the target unproves every base.
+	h.PrepFailed()
+	const thirdID = "ansible-tmp-1732412345.6789-4242-3"
+	if p := h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+thirdID, thirdID), WarmOptions{}); p.Reply {
+		t.Fatalf("temp dir step answered locally after a failed batch: %+v", p)
+	}
 	// Another base is proven on its own.
 	if p := h.Plan(mkdirCmd("/var/tmp", "/var/tmp/"+tmpID), WarmOptions{}); p.Reply {
 		t.Fatalf("temp dir step in another, unproven base answered locally: %+v", p)
