@@ -52,7 +52,7 @@ func applyModes(fd int, modes []byte) {
 	}
 	parseModes(modes, func(op byte, v uint32) {
 		if c, ok := modeChars[op]; ok {
-			t.Cc[c] = uint8(v)
+			t.Cc[c] = specialChar(v)
 			return
 		}
 		if b, ok := modeBits[op]; ok {
@@ -72,6 +72,23 @@ func applyModes(fd int, modes []byte) {
 		}
 	})
 	unix.IoctlSetTermios(fd, unix.TCSETS, t)
+}
+
+// posixVDisable is Linux's _POSIX_VDISABLE: a control character set to
+// it is off.
+const posixVDisable = 0
+
+// specialChar decodes a control character's value as sshd does
+// (special_char_decode): 255 on the wire means disabled, which a client
+// sends for a character its own terminal has off (OpenSSH sends VEOL and
+// VEOL2 so when it has no terminal); taken literally it would make byte
+// 0xFF end a line, and stty show "eol = M-^?" where a direct login shows
+// "eol = <undef>".
+func specialChar(v uint32) uint8 {
+	if v == 255 {
+		return posixVDisable
+	}
+	return uint8(v)
 }
 
 // parseModes walks the encoded modes, stopping at TTY_OP_END, at an opcode

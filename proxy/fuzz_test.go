@@ -53,7 +53,7 @@ func FuzzSFTPWrite(f *testing.F) {
 	f.Fuzz(func(t *testing.T, off uint64, n uint16, staged bool) {
 		budget := shim.NewBudget(16 << 20)
 		host := shim.NewHostLimits("u", "/home/u", "", shim.HostLimits{Budget: budget})
-		host.Plan(tempDirCmd, shim.WarmOptions{})
+		planTempDir(t, host)
 		var log bytes.Buffer
 		fr := &sftpFront{ctx: t.Context(), a: a, host: host, opens: newOpenModes("/home/u"), lim: sftpLimits{handles: 4, budget: budget}, log: zerolog.New(&log)}
 		p := "/home/u/other"

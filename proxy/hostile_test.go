@@ -181,6 +181,19 @@ func okFiles(op, _ string, st *yamux.Stream) {
 	}
 }
 
+// planTempDir has host keep ~/.ansible/tmp/ansible-tmp-1-2-3 virtual, as
+// in a real run: a first temp dir step in the base ran on the target and
+// succeeded, so the next one is answered locally.
+func planTempDir(t testing.TB, host *shim.Host) shim.Plan {
+	t.Helper()
+	first := host.Plan(strings.ReplaceAll(tempDirCmd, "ansible-tmp-1-2-3", "ansible-tmp-1-2-0"), shim.WarmOptions{})
+	if first.Reply {
+		t.Fatalf("first temp dir step answered locally: %+v", first)
+	}
+	host.Observe(first.Step, 0)
+	return host.Plan(tempDirCmd, shim.WarmOptions{})
+}
+
 const tempDirCmd = `/bin/sh -c '( umask 77 && mkdir -p "` + "` echo ~/.ansible/tmp `" + `"&& mkdir "` + "` echo ~/.ansible/tmp/ansible-tmp-1-2-3 `" + `" && echo ansible-tmp-1-2-3="` + "` echo ~/.ansible/tmp/ansible-tmp-1-2-3 `" + `" ) && sleep 0'`
 
 // TestHostileSFTPOffsets writes at offsets pkg/sftp turns negative, into a
@@ -189,7 +202,7 @@ const tempDirCmd = `/bin/sh -c '( umask 77 && mkdir -p "` + "` echo ~/.ansible/t
 func TestHostileSFTPOffsets(t *testing.T) {
 	a := hostileAgent(t, okFiles)
 	host := shim.NewHost("u", "/home/u", "")
-	if p := host.Plan(tempDirCmd, shim.WarmOptions{}); !p.Reply {
+	if p := planTempDir(t, host); !p.Reply {
 		t.Fatalf("mkdir step not answered locally: %+v", p)
 	}
 	c, log := sftpOver(t, a, host, sftpLimits{handles: 8, budget: shim.NewBudget(64 << 20)})
@@ -346,7 +359,7 @@ func TestStagingCountsAgainstBudget(t *testing.T) {
 	})
 	budget := shim.NewBudget(1 << 20)
 	host := shim.NewHostLimits("u", "/home/u", "", shim.HostLimits{Budget: budget})
-	host.Plan(tempDirCmd, shim.WarmOptions{})
+	planTempDir(t, host)
 	c, _ := sftpOver(t, a, host, sftpLimits{handles: 8, budget: budget})
 	dir := "/home/u/.ansible/tmp/ansible-tmp-1-2-3/"
 	f1, err := c.OpenFile(dir+"a", os.O_WRONLY|os.O_CREATE|os.O_TRUNC)

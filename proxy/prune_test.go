@@ -24,7 +24,7 @@ func TestPruneShimStates(t *testing.T) {
 		return h
 	}
 	busy := newHost("busy")
-	busy.Plan(tempDirCmd, shim.WarmOptions{})
+	planTempDir(t, busy)
 	if !busy.Stage("/home/u/.ansible/tmp/ansible-tmp-1-2-3/a", make([]byte, 1000), 0o600) {
 		t.Fatal("not staged")
 	}

@@ -103,7 +103,21 @@ func TestShimCountsEveryRequest(t *testing.T) {
 	// without waiting: that batch counts too.
 	tmp := filepath.Join(home, ".ansible", "tmp")
 	dir := filepath.Join(tmp, "ansible-tmp-1700000000.1-42-1234")
-	if p := host.Plan("/bin/sh -c '( umask 77 && mkdir -p \"` echo "+tmp+" `\" && mkdir \"` echo "+dir+" `\" && echo ansible-tmp-1700000000.1-42-1234=\"` echo "+dir+" `\" ) && sleep 0'", shim.WarmOptions{}); !p.Reply {
+	mkdir := func(id string) string {
+		d := filepath.Join(tmp, id)
+		return "/bin/sh -c '( umask 77 && mkdir -p \"` echo " + tmp + " `\" && mkdir \"` echo " + d + " `\" && echo " + id + "=\"` echo " + d + " `\" ) && sleep 0'"
+	}
+	// The first temp dir step in the base runs on the target (here: by
+	// hand), the next are answered locally.
+	first := host.Plan(mkdir("ansible-tmp-1700000000.1-42-1000"), shim.WarmOptions{})
+	if first.Reply {
+		t.Fatalf("first temp dir step answered locally: %+v", first)
+	}
+	if err := os.MkdirAll(filepath.Join(tmp, "ansible-tmp-1700000000.1-42-1000"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	host.Observe(first.Step, 0)
+	if p := host.Plan(mkdir("ansible-tmp-1700000000.1-42-1234"), shim.WarmOptions{}); !p.Reply {
 		t.Fatalf("temp dir step not answered locally: %+v", p)
 	}
 	before = rt()

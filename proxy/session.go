@@ -320,6 +320,7 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 		if errors.As(err, &re) && len(x.prep) > 0 {
 			// A step gomux deferred (a temp dir, an upload) failed on the
 			// target: Ansible sees it here, as a failed command.
+			s.lease.Shim(s.a).PrepFailed()
 			answer(req, true)
 			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
 			return true
@@ -444,6 +445,7 @@ func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd st
 	if err != nil {
 		var re *agent.RemoteError
 		if errors.As(err, &re) && len(prep) > 0 {
+			s.lease.Shim(s.a).PrepFailed()
 			s.replyLocally(shim.Plan{Exit: 1, Stderr: "gomux: " + re.Error() + "\n"})
 			return
 		}
@@ -639,6 +641,7 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	if errors.Is(err, agent.ErrNotStarted) && errors.As(err, &re) && s.prepOps > 0 {
 		// As with Batch in startOnAgent: a deferred step failed on the
 		// target and Ansible sees a failed command.
+		s.lease.Shim(s.a).PrepFailed()
 		io.WriteString(s.ch.Stderr(), "gomux: "+re.Error()+"\n")
 		s.reportExit(1, "", false)
 		in.Wait()

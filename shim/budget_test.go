@@ -12,6 +12,7 @@ func TestBudgetSharedByHosts(t *testing.T) {
 	var hosts []*Host
 	for i := 0; i < 3; i++ {
 		h := NewHostLimits("u", "/home/u", "", HostLimits{Budget: b})
+		baseMade(t, h, "/home/u/.ansible/tmp")
 		if p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{}); !p.Reply {
 			t.Fatalf("mkdir: %+v", p)
 		}
@@ -44,6 +45,7 @@ func TestBudgetSharedByHosts(t *testing.T) {
 func TestTempDirIdleExpiry(t *testing.T) {
 	b := NewBudget(64 << 20)
 	h := NewHostLimits("u", "/home/u", "", HostLimits{Budget: b, TempDirIdle: time.Minute})
+	baseMade(t, h, "/home/u/.ansible/tmp")
 	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	dir := "/home/u/.ansible/tmp/" + tmpID
 	if !h.Stage(dir+"/AnsiballZ_x.py", []byte("module"), 0o600) {

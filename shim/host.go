@@ -69,6 +69,13 @@ type Host struct {
 	aclWorks bool
 	// becomeSeen are the become wrappers seen to work (ObserveBecome).
 	becomeSeen map[string]bool
+	// bases are the temp dir bases (remote_tmp, /var/tmp) in which a
+	// temp dir step ran on the target and succeeded. Until one has, the
+	// step runs as sent: a base the user cannot make (a remote_tmp under
+	// /proc, under a file, in a root-only dir) must fail there, where
+	// Ansible sees its "Failed to create temporary directory" and reports
+	// the host unreachable, as without gomux.
+	bases map[string]bool
 }
 
 type tempDir struct {
@@ -199,7 +206,7 @@ func (h *Host) plan(step Step) Plan {
 	case MakeTemp:
 		base, ok1 := s.Base.Resolve(h.user, h.home)
 		dir, ok2 := s.Dir.Resolve(h.user, h.home)
-		if ok1 && ok2 && h.dirs[dir] == nil {
+		if ok1 && ok2 && h.dirs[dir] == nil && h.bases[path.Clean(base)] {
 			h.dirs[dir] = &tempDir{base: base, path: dir, used: h.used, files: map[string]*stagedFile{}}
 			h.count.Local++
 			return Plan{Step: step, Reply: true, Stdout: s.ID + "=" + dir + "\n"}
@@ -329,11 +336,42 @@ func (h *Host) Drop() {
 
 // Observe learns from how a command that reached the target ended.
 func (h *Host) Observe(step Step, exit int) {
-	if _, ok := step.(Setfacl); ok && exit == 0 {
-		h.mu.Lock()
-		h.aclWorks = true
-		h.mu.Unlock()
+	if exit != 0 {
+		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch s := step.(type) {
+	case Setfacl:
+		h.aclWorks = true
+	case MakeTemp:
+		// The base can be made: later temp dirs in it are answered
+		// locally. This one exists on the target; it is tracked like
+		// one gomux made, so its uploads and its removal are batched.
+		base, ok1 := s.Base.Resolve(h.user, h.home)
+		dir, ok2 := s.Dir.Resolve(h.user, h.home)
+		if !ok1 || !ok2 {
+			return
+		}
+		if h.bases == nil {
+			h.bases = map[string]bool{}
+		}
+		h.bases[path.Clean(base)] = true
+		if h.dirs[dir] == nil {
+			h.dirs[dir] = &tempDir{base: base, path: dir, onTarget: true, used: time.Now(), files: map[string]*stagedFile{}}
+		}
+	}
+}
+
+// PrepFailed is told that ops the Host owed failed on the target (a
+// deferred temp dir mkdir refused because its base became read-only or
+// was replaced by a file, say): no base is known to work any more, so
+// the next temp dir step in each runs on the target again and, if the
+// base is still broken, fails there as it would without gomux.
+func (h *Host) PrepFailed() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.bases = nil
 }
 
 // setfaclLocked records a setfacl of temp paths to run with the next batch.

@@ -9,11 +9,83 @@ import (
 )
 
 func mkdirCmd(base, dir string) string {
-	return wrap(`( umask 77 && mkdir -p "` + "` echo " + base + " `" + `"&& mkdir "` + "` echo " + dir + " `" + `" && echo ` + tmpID + `="` + "` echo " + dir + " `" + `" )`)
+	return mkdirCmdID(base, dir, tmpID)
+}
+
+func mkdirCmdID(base, dir, id string) string {
+	return wrap(`( umask 77 && mkdir -p "` + "` echo " + base + " `" + `"&& mkdir "` + "` echo " + dir + " `" + `" && echo ` + id + `="` + "` echo " + dir + " `" + `" )`)
+}
+
+// baseMade runs a first temp dir step in base on the (pretend) target,
+// as gomux does before it answers temp dir steps in base locally, and
+// removes that dir again.
+func baseMade(t *testing.T, h *Host, base string) {
+	t.Helper()
+	const id = "ansible-tmp-1732412345.6789-4242-1"
+	p := h.Plan(mkdirCmdID(base, base+"/"+id, id), WarmOptions{})
+	if p.Reply {
+		t.Fatalf("first temp dir step in %s answered locally: %+v", base, p)
+	}
+	h.Observe(p.Step, 0)
+	if p := h.Plan(wrap("rm -f -r "+base+"/"+id+"/ > /dev/null 2>&1"), WarmOptions{}); !p.Reply || len(p.After) != 1 {
+		t.Fatalf("rm of the first temp dir: %+v", p)
+	}
+}
+
+// TestHostTempBaseMadeFirst: a temp dir step in a base no step has made
+// yet runs on the target, as sent, so a base that cannot be made (an
+// ansible_remote_tmp under /proc or in a root-only dir) fails there and
+// Ansible reports it as it would without gomux; once one succeeded, the
+// next are answered locally, and the dir made on the target is batched
+// like the others.
+func TestHostTempBaseMadeFirst(t *testing.T) {
+	h := NewHost("u", "/home/u", "")
+	dir := "/home/u/.ansible/tmp/" + tmpID
+	p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	if p.Reply {
+		t.Fatalf("temp dir step in an unproven base answered locally: %+v", p)
+	}
+	h.Observe(p.Step, 1) // failed on the target
+	if _, _, ok := h.Virtual(dir); ok || h.InTempDir(dir) {
+		t.Fatal("a temp dir whose step failed is tracked")
+	}
+	p = h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	if p.Reply {
+		t.Fatalf("temp dir step answered locally after its base failed: %+v", p)
+	}
+	h.Observe(p.Step, 0)
+	if !h.InTempDir(dir + "/AnsiballZ_ping.py") {
+		t.Fatal("the temp dir made on the target is not tracked")
+	}
+	if !h.Stage(dir+"/AnsiballZ_ping.py", []byte("m"), 0o600) {
+		t.Fatal("upload into the temp dir made on the target not staged")
+	}
+	run := h.Plan(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
+	if want := []agent.PrepOp{{Op: "write", Path: dir + "/AnsiballZ_ping.py", Mode: 0o600, Data: []byte("m")}}; !reflect.DeepEqual(run.Prep, want) {
+		t.Fatalf("run prep %+v, want only the upload", run.Prep)
+	}
+	if p := h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{}); !p.Reply || len(p.After) != 1 {
+		t.Fatalf("rm: %+v", p)
+	}
+	const otherID = "ansible-tmp-1732412345.6789-4242-2"
+	if p := h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+otherID, otherID), WarmOptions{}); !p.Reply {
+		t.Fatalf("temp dir step in a proven base not answered locally: %+v", p)
+	}
+	// A batch that failed on the target unproves every base.
+	h.PrepFailed()
+	const thirdID = "ansible-tmp-1732412345.6789-4242-3"
+	if p := h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+thirdID, thirdID), WarmOptions{}); p.Reply {
+		t.Fatalf("temp dir step answered locally after a failed batch: %+v", p)
+	}
+	// Another base is proven on its own.
+	if p := h.Plan(mkdirCmd("/var/tmp", "/var/tmp/"+tmpID), WarmOptions{}); p.Reply {
+		t.Fatalf("temp dir step in another, unproven base answered locally: %+v", p)
+	}
 }
 
 func TestHostTask(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
+	baseMade(t, h, "/home/u/.ansible/tmp")
 	if p := h.Plan(wrap("echo ~"), WarmOptions{}); !p.Reply || p.Stdout != "/home/u\n" {
 		t.Fatalf("echo ~: %+v", p)
 	}
@@ -58,13 +130,14 @@ func TestHostTask(t *testing.T) {
 	if !p.Reply || !reflect.DeepEqual(p.After, []agent.PrepOp{{Op: "remove_all", Path: dir}}) {
 		t.Fatalf("rm: %+v", p)
 	}
-	if c := h.Counters(); c.Local != 4 || c.RoundTrips != 2 {
+	if c := h.Counters(); c.Local != 5 || c.RoundTrips != 3 {
 		t.Errorf("counters %+v", c)
 	}
 }
 
 func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
+	baseMade(t, h, "/home/u/.ansible/tmp")
 	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	h.Stage("/home/u/.ansible/tmp/"+tmpID+"/x.py", []byte("x"), 0o600)
 	p := h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
@@ -78,6 +151,7 @@ func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 
 func TestHostPassthroughFlushesFirst(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
+	baseMade(t, h, "/home/u/.ansible/tmp")
 	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	p := h.Plan("ls -la ~/.ansible/tmp", WarmOptions{})
 	if p.Reply || len(p.Prep) != 2 {
@@ -128,6 +202,7 @@ func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	dir := "/var/tmp/" + tmpID
 	setfacl := wrap("setfacl -m u:other:r-x " + dir + "/ " + dir + "/AnsiballZ_ping.py")
+	baseMade(t, h, "/var/tmp")
 	h.Plan(mkdirCmd("/var/tmp", dir), WarmOptions{})
 	p := h.Plan(setfacl, WarmOptions{})
 	if p.Reply {
