@@ -756,3 +756,25 @@ func TestLivenessEndsSessionWhenGomuxGoesSilent(t *testing.T) {
 	waitGone(t, pid)
 	s2cW.Close()
 }
+
+// TestExecPtyNotControlling: a command on a pty is in a session whose
+// controlling terminal it is, as sshd starts it; with NotControlling the
+// session has none, and a process of it that starts a session of its own
+// (a warm Python run) can take the terminal.
+func TestExecPtyNotControlling(t *testing.T) {
+	h := startAgent(t, "")
+	probe := `ps -o tty= -p $$; (exec </dev/tty) 2>/dev/null && echo ctty || echo no-ctty`
+	out, _, st := run(t, h.c, ExecRequest{Command: probe, Pty: &Pty{Term: "vt100", Cols: 80, Rows: 24}}, "")
+	if st.Code != 0 || !strings.Contains(out, "pts/") || !strings.Contains(out, "\nctty") {
+		t.Fatalf("pty: %q %+v", out, st)
+	}
+	out, _, st = run(t, h.c, ExecRequest{Command: probe, Pty: &Pty{Term: "vt100", Cols: 80, Rows: 24, NotControlling: true}}, "")
+	if st.Code != 0 || strings.Contains(out, "pts/") || !strings.Contains(out, "no-ctty") {
+		t.Fatalf("pty, not controlling: %q %+v", out, st)
+	}
+	take := `exec setsid -c sh -c '` + probe + `'`
+	out, _, st = run(t, h.c, ExecRequest{Command: take, Pty: &Pty{Term: "vt100", Cols: 80, Rows: 24, NotControlling: true}}, "")
+	if st.Code != 0 || !strings.Contains(out, "pts/") || !strings.Contains(out, "\nctty") {
+		t.Fatalf("a new session takes the free terminal: %q %+v", out, st)
+	}
+}

@@ -169,7 +169,8 @@ func (j *execJob) send(typ byte, p []byte) error {
 }
 
 // startPty starts the process on a new terminal that becomes its
-// controlling terminal, as sshd does for a pty-req.
+// controlling terminal, as sshd does for a pty-req (unless
+// Pty.NotControlling: a warm run at the end of the command takes it).
 func (j *execJob) startPty(req *ExecRequest) error {
 	m, tty, err := openPty()
 	if err != nil {
@@ -182,6 +183,13 @@ func (j *execJob) startPty(req *ExecRequest) error {
 	cmd.Env = buildEnv(os.Environ(), req.Env, req.Pty, tty.Name())
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if req.Pty.NotControlling {
+		// A process group of its own, in the agent's session (which has
+		// no terminal): a session leader would take the terminal as soon
+		// as it opened it (bash opens ttyname(0) at start), and then the
+		// run could not.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		m.Close()
 		return err

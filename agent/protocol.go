@@ -204,6 +204,12 @@ type Pty struct {
 	Cols, Rows, WidthPx, HeightPx uint32 // the window's size
 	// Modes are RFC 4254 encoded terminal modes.
 	Modes []byte
+	// NotControlling starts the command on the terminal in a process
+	// group of its own, in the agent's session, which has no terminal,
+	// instead of in a session that takes the terminal: the warm Python
+	// run the command ends in takes it (`pyrun -ctty 0`), so the module
+	// has it as it would without gomux.
+	NotControlling bool `json:",omitempty"`
 }
 
 // ExecRequest starts a process. With Command it runs through the login

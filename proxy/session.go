@@ -248,13 +248,15 @@ type execPlan struct {
 	// pipelined: a module run whose module follows on stdin; becomeRun:
 	// one under become.
 	pipelined, becomeRun bool
+	// pty is the session's terminal as the command gets it.
+	pty *agent.Pty
 }
 
 // startProcess starts an exec or a shell: answered by the shim, sent with
 // its whole stdin (runWholeStdin), or started on the agent (startOnAgent).
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
-	x := execPlan{cmd: cmd}
+	x := execPlan{cmd: cmd, pty: s.pty}
 	if kind == "exec" && s.ic.s.cfg.Upstream.Ansible {
 		var replied bool
 		if x, replied = s.planExec(req, cmd); replied {
@@ -287,7 +289,8 @@ func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied 
 	var warm shim.WarmOptions
 	if s.ic.s.cfg.Upstream.WarmPython {
 		info := s.a.Info()
-		warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D()}
+		warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D(),
+			Terminal: s.pty != nil}
 	}
 	plan := host.Plan(cmd, warm)
 	s.observe = func(code int) { host.Observe(plan.Step, code) }
@@ -297,7 +300,13 @@ func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied 
 		s.spawn(func() { s.replyLocally(plan) })
 		return x, true
 	}
-	x = execPlan{cmd: plan.Command, prep: plan.Prep}
+	x = execPlan{cmd: plan.Command, prep: plan.Prep, pty: s.pty}
+	if plan.TerminalToRun {
+		// The warm run takes the pty as its controlling terminal.
+		pty := *s.pty
+		pty.NotControlling = true
+		x.pty = &pty
+	}
 	s.warm = plan.Warm
 	if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
 		// A pipelined run: its module follows on stdin. Starting
@@ -314,7 +323,7 @@ func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied 
 
 // startOnAgent starts x on the agent and pumps its stdio.
 func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPlan) bool {
-	p, err := s.begin(ctx, x.prep, &agent.ExecRequest{Command: x.cmd, Env: s.env, Pty: s.pty}, x.pipelined)
+	p, err := s.begin(ctx, x.prep, &agent.ExecRequest{Command: x.cmd, Env: s.env, Pty: x.pty}, x.pipelined)
 	if err != nil {
 		var re *agent.RemoteError
 		if errors.As(err, &re) && len(x.prep) > 0 {

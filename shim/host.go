@@ -173,6 +173,11 @@ type Plan struct {
 	// command as sent, or its warm rewrite (see Warm) when Warm is set.
 	Command string
 	Warm    bool
+	// TerminalToRun is set when the warm run takes the session's pty as
+	// its controlling terminal (WarmOptions.Terminal, no become): the
+	// shell must be started on the pty without it being the shell's
+	// controlling terminal.
+	TerminalToRun bool
 }
 
 // Plan decides how to serve cmd, and updates the virtual state as if it
@@ -187,6 +192,9 @@ func (h *Host) Plan(cmd string, warm WarmOptions) Plan {
 	plan.Command = cmd
 	if !plan.Reply {
 		plan.Command, plan.Warm = src.warm(cmd, plan.Step, warm)
+		if run, ok := plan.Step.(Run); ok && plan.Warm && warm.Terminal && run.Become == nil {
+			plan.TerminalToRun = true
+		}
 	}
 	return plan
 }

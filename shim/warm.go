@@ -17,6 +17,16 @@ type WarmOptions struct {
 	AgentID string
 	// Idle is how long a fork server waits for a run before it exits.
 	Idle time.Duration
+	// Terminal says the command runs on a pty (Ansible's -tt, pipelining
+	// off). Without become, the warm run then takes the pty as its
+	// controlling terminal (`pyrun -ctty 0`), as the interpreter has it
+	// in the shell's session without gomux; the agent must start the
+	// shell without making the pty its controlling terminal
+	// (Plan.TerminalToRun), since a terminal belongs to one session. A
+	// forked run cannot join the shell's session. Under become the shell
+	// keeps it (sudo looks at it: requiretty, its log's TTY=) and the run
+	// has none.
+	Terminal bool
 }
 
 var (
@@ -67,6 +77,9 @@ func (s *source) warm(cmd string, step Step, o WarmOptions) (string, bool) {
 		if strings.HasPrefix(kv, "ANSIBLE_ASYNC_DIR=") || strings.HasPrefix(kv, "PYTHON") {
 			return cmd, false
 		}
+	}
+	if run.Become != nil {
+		o.Terminal = false
 	}
 	out, ok := s.rewriteShellC(cmd, func(inner string) (string, bool) { return s.warmOuter(inner, o) })
 	if !ok {
@@ -148,6 +161,9 @@ func replaceRun(src string, call *syntax.CallExpr, o WarmOptions, become bool) (
 	}
 	if o.Idle > 0 {
 		flags += "-idle " + shQuote(o.Idle.String()) + " "
+	}
+	if o.Terminal && !become {
+		flags += "-ctty 0 "
 	}
 	orig := src[start:end]
 	cond, agent := "[ -x "+shQuote(o.Agent)+" ]", shQuote(o.Agent)

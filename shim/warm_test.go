@@ -438,3 +438,32 @@ func FuzzWarm(f *testing.F) {
 		}
 	})
 }
+
+// TestWarmTerminalGoesToTheRun: on a pty, a warm run without become takes
+// the terminal (pyrun -ctty 0) and the plan says the shell must be
+// started without it; under become the shell keeps it (sudo looks at it)
+// and nothing changes.
+func TestWarmTerminalGoesToTheRun(t *testing.T) {
+	agent := "/home/u/.cache/gomux/agent-" + warmSHA
+	plain := `/bin/sh -c '/usr/bin/python3 ` + warmScript + ` && sleep 0'`
+	sudo := `/bin/sh -c 'sudo -H -S -n  -u root /bin/sh -c '"'"'echo BECOME-SUCCESS-` + warmKey + ` ; /usr/bin/python3 ` +
+		warmScript + `'"'"' && sleep 0'`
+	for _, c := range []struct {
+		name, cmd string
+		terminal  bool
+		want      bool
+	}{
+		{"plain on a pty", plain, true, true},
+		{"plain on pipes", plain, false, false},
+		{"sudo on a pty", sudo, true, false},
+	} {
+		h := NewHost("u", "/home/u", "")
+		p := h.Plan(c.cmd, WarmOptions{Agent: agent, AgentID: "1:2", Terminal: c.terminal})
+		if !p.Warm {
+			t.Fatalf("%s: not warm: %+v", c.name, p)
+		}
+		if p.TerminalToRun != c.want || strings.Contains(p.Command, "-ctty 0") != c.want {
+			t.Errorf("%s: TerminalToRun %v, command %q; want %v", c.name, p.TerminalToRun, p.Command, c.want)
+		}
+	}
+}

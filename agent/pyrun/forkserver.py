@@ -25,6 +25,7 @@ import atexit
 import base64
 import builtins
 import collections
+import fcntl
 import gc
 import hashlib
 import importlib
@@ -104,9 +105,12 @@ COERCED_LC_CTYPE = os.environ.get("LC_CTYPE")
 
 # A client's request, checked by parse_request: what the child must look
 # like. rlimits is a list of [resource, soft, hard]; sigign the signals
-# the client's interpreter would have inherited ignored.
+# the client's interpreter would have inherited ignored; ctty, when not 0,
+# is the TIOCSCTTY ioctl number (the client's, for this machine) with
+# which the child takes its stdin, a terminal, as its controlling
+# terminal in a session of its own.
 Request = collections.namedtuple(
-    "Request", "argv script env umask nice uid euid gid egid groups rlimits sigign")
+    "Request", "argv script env umask nice uid euid gid egid groups rlimits sigign ctty")
 
 # What the server reads from an AnsiballZ wrapper. digest names the
 # template (archive and names); module is "" when the wrapper's
@@ -221,7 +225,7 @@ def parse_request(msg):
         return None, why
     return Request(argv=h["argv"], script=h["script"], env=h["env"], umask=h["umask"], nice=h["nice"],
                    uid=h["uid"], euid=h["euid"], gid=h["gid"], egid=h["egid"], groups=h["groups"],
-                   rlimits=h["rlimits"], sigign=h["sigign"]), ""
+                   rlimits=h["rlimits"], sigign=h["sigign"], ctty=h.get("ctty", 0)), ""
 
 
 def check_header(h):
@@ -251,6 +255,9 @@ def check_header(h):
         return "bad sigign"
     if not isinstance(h.get("script"), bool):
         return "bad script flag"
+    ctty = h.get("ctty", 0)
+    if not isinstance(ctty, int) or isinstance(ctty, bool) or ctty < 0:
+        return "bad ctty"
     return ""
 
 
@@ -582,6 +589,20 @@ class Server(object):
         return t
 
 
+def signal_run(run, sig):
+    """Signals the run's process group; a run that makes its own session
+    (a terminal to take) may not have made it yet: then the run alone."""
+    try:
+        os.killpg(run.pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(run.pid, sig)
+        except (OSError, ValueError):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
 def clean_stale(workdir):
     for name in os.listdir(workdir):
         if not name.startswith("zip-"):
@@ -899,20 +920,14 @@ class Template(object):
             # when what the run left running in its group lives on as
             # it would after the interpreter's exit.
             if run.state != "done":
-                try:
-                    os.killpg(run.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                signal_run(run, signal.SIGKILL)
             poll.unregister(run.conn.fileno())
             return
         if isinstance(m, dict) and m.get("done") == 1:
             run.state = "done"
             return
         if isinstance(m, dict) and isinstance(m.get("signal"), int):
-            try:
-                os.killpg(run.pid, m["signal"])
-            except (OSError, ValueError):
-                pass
+            signal_run(run, m["signal"])
 
     def drop(self, poll, run):
         poll.unregister(run.conn.fileno())
@@ -931,10 +946,14 @@ class Template(object):
                 if r is not run:
                     r.conn.detach()
             child_main(run)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+        if not run.req.ctty:
+            # Set here too, so the group exists before the child runs; a
+            # run that takes a terminal makes its own session instead
+            # (set_process_state), which a group leader could not.
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass
         run.close_fds()
         run.pid = pid
         run.state = "running"
@@ -1021,6 +1040,7 @@ def child_prepare(run):
     req = run.req
     set_process_state(req)
     source = take_descriptors(run)
+    take_terminal(req)
     conn = keep_report_conn(run.conn)
     set_environment(req.env)
     set_stdio()
@@ -1031,7 +1051,10 @@ def child_prepare(run):
 def set_process_state(req):
     """Process group, signal dispositions, limits, priority and umask as
     the client's interpreter would have had them."""
-    os.setpgid(0, 0)
+    if req.ctty:
+        os.setsid()  # a new session, to take the terminal in (take_terminal)
+    else:
+        os.setpgid(0, 0)
     ign = set(req.sigign)
     signal.signal(signal.SIGINT, signal.SIG_IGN if signal.SIGINT in ign else signal.default_int_handler)
     for s in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
@@ -1047,6 +1070,19 @@ def set_process_state(req):
     except OSError:
         pass
     os.umask(req.umask)
+
+
+def take_terminal(req):
+    """Makes stdin, the run's terminal, its controlling terminal, as the
+    interpreter has it in the shell's session without gomux (the agent
+    left the terminal free for it). A terminal another session holds
+    stays theirs: the run then has none, as before."""
+    if not req.ctty:
+        return
+    try:
+        fcntl.ioctl(0, req.ctty, 0)
+    except OSError:
+        pass
 
 
 def take_descriptors(run):

@@ -57,9 +57,13 @@ type pyRunOptions struct {
 	Idle time.Duration
 	// Argv is the interpreter command line as the shell would have run it.
 	Argv []string
+	// Terminal (-ctty 0) says stdin is a terminal the run takes as its
+	// controlling terminal, in a session of its own: the agent started the
+	// shell on it without making it the shell's (agent.Pty.NotControlling).
+	Terminal bool
 }
 
-// parsePyRunArgs reads `[-agent PID:START] [-idle DUR] -- INTERP [SCRIPT
+// parsePyRunArgs reads `[-agent PID:START] [-idle DUR] [-ctty 0] -- INTERP [SCRIPT
 // [ARGS...]]`. On error Argv is set when the interpreter command could
 // still be found, so the caller can run it cold.
 func parsePyRunArgs(args []string) (pyRunOptions, error) {
@@ -91,6 +95,11 @@ func parsePyRunArgs(args []string) (pyRunOptions, error) {
 				return o, fmt.Errorf("pyrun: bad -idle %q", v)
 			}
 			o.Idle = d
+		case "-ctty":
+			if v != "0" {
+				return o, fmt.Errorf("pyrun: bad -ctty %q: only 0, stdin", v)
+			}
+			o.Terminal = true
 		default:
 			return o, fmt.Errorf("pyrun: unknown flag %q", args[i])
 		}
@@ -118,6 +127,9 @@ type pyRequest struct {
 	Groups  []int      `json:"groups"`
 	Rlimits [][3]int64 `json:"rlimits"`
 	SigIgn  []int      `json:"sigign"`
+	// Ctty is the TIOCSCTTY ioctl number when the run takes stdin as its
+	// controlling terminal (-ctty 0), else 0.
+	Ctty uint `json:"ctty,omitempty"`
 }
 
 // pyReply is every message the fork server side sends a client.
@@ -167,7 +179,7 @@ func Run(ctx context.Context, args []string) int {
 			if os.Getenv("GOMUX_PYRUN_DEBUG") != "" {
 				fmt.Fprintf(os.Stderr, "gomux pyrun: cold: %v\n", err)
 			}
-			return execCold(o.Argv, nil)
+			return execCold(o, nil)
 		}
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -178,14 +190,22 @@ func Run(ctx context.Context, args []string) int {
 		if os.Getenv("GOMUX_PYRUN_DEBUG") != "" {
 			fmt.Fprintf(os.Stderr, "gomux pyrun: cold: %v\n", err)
 		}
-		return execCold(o.Argv, stdin)
+		return execCold(o, stdin)
 	}
 	return pyWait(conn)
 }
 
 // execCold replaces this process with the interpreter, given the script
-// on stdin when the client already read it (a pipelined run).
-func execCold(argv []string, script *os.File) int {
+// on stdin when the client already read it (a pipelined run). With
+// -ctty 0 the interpreter gets the terminal as its controlling terminal,
+// as a warm run would: in a session of its own, since the shell's has
+// none.
+func execCold(o pyRunOptions, script *os.File) int {
+	argv := o.Argv
+	if o.Terminal {
+		unix.Setsid()
+		unix.IoctlSetInt(0, unix.TIOCSCTTY, 0)
+	}
 	if script != nil {
 		if _, err := script.Seek(0, io.SeekStart); err == nil {
 			unix.Dup2(int(script.Fd()), 0)
@@ -208,6 +228,9 @@ func pyConnect(ctx context.Context, o pyRunOptions, stdin **os.File) (int, error
 	req, err := buildPyRequest(o.Argv)
 	if err != nil {
 		return -1, err
+	}
+	if o.Terminal {
+		req.Ctty = unix.TIOCSCTTY
 	}
 	script, err := pyOpenScript(req, o.Argv, stdin)
 	if err != nil {

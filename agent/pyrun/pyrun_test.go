@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 )
 
@@ -80,6 +82,17 @@ elif act == "leave_open":
     sys.exit(0)
 elif act == "warm":
     print(gc.get_freeze_count() > 0)
+elif act == "tty":
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+        ctty = True
+    except OSError:
+        ctty = False
+    try:
+        fg = os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        fg = False
+    print("ctty=%s fg=%s" % (ctty, fg))
 elif act == "background":
     import subprocess
     subprocess.Popen(["/bin/sh", "-c", "sleep 0.3; echo alive > " + p["path"]],
@@ -778,5 +791,55 @@ func TestStartNofile(t *testing.T) {
 				t.Errorf("startNofile = %d, %v; want %d, error %v", got, err, c.want, c.wantError)
 			}
 		})
+	}
+}
+
+// TestPyRunControllingTerminal: a module run on a terminal has it as its
+// controlling terminal and is in its foreground process group, as
+// `python3 script` is in the shell's session that sshd (or the agent)
+// gives the terminal to. With -ctty 0 the shell's session was started
+// without it (agent.Pty.NotControlling) and the run takes it, warm or
+// cold; without, the shell's session holds it and a forked run has none.
+func TestPyRunControllingTerminal(t *testing.T) {
+	l := newPyLab(t)
+	script := fakeAnsiballZ(t, l.work, `{"act": "tty"}`)
+	onTerminal := func(line string, setctty bool) string {
+		t.Helper()
+		m, tty, err := pty.Open()
+		if err != nil {
+			t.Skipf("no pty: %v", err)
+		}
+		defer m.Close()
+		c := exec.Command("/bin/sh", "-c", line)
+		c.Env, c.Dir = l.env, l.work
+		c.Stdin, c.Stdout, c.Stderr = tty, tty, tty
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: setctty}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		tty.Close()
+		var out bytes.Buffer
+		io.Copy(&out, m) // until EIO: every holder of the terminal is gone
+		c.Wait()
+		return strings.TrimSpace(strings.ReplaceAll(out.String(), "\r", ""))
+	}
+	run := "exec " + shellQuoteTest(l.python) + " " + shellQuoteTest(script)
+	pyrun := shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(agentID(t, os.Getpid()))
+	want := "ctty=True fg=True"
+	if got := onTerminal(run, true); got != want {
+		t.Fatalf("without gomux: %q, want %q", got, want)
+	}
+	for i := range 2 {
+		if got := onTerminal("exec "+pyrun+" -ctty 0 -- "+shellQuoteTest(l.python)+" "+shellQuoteTest(script), false); got != want {
+			t.Errorf("warm run %d with -ctty 0: %q, want %q", i, got, want)
+		}
+	}
+	// A cold run (an interpreter the fork server cannot serve) takes it too.
+	cold := "GOMUX_PYRUN_DEBUG=1 PYTHONDONTWRITEBYTECODE=1 exec " + pyrun + " -ctty 0 -- " + shellQuoteTest(l.python) + " " + shellQuoteTest(script)
+	if got := onTerminal(cold, false); !strings.HasSuffix(got, want) || !strings.Contains(got, "cold") {
+		t.Errorf("cold run with -ctty 0: %q, want it cold and %q", got, want)
+	}
+	if got := onTerminal("exec "+pyrun+" -- "+shellQuoteTest(l.python)+" "+shellQuoteTest(script), true); got != "ctty=False fg=False" {
+		t.Errorf("warm run while the shell's session holds the terminal: %q", got)
 	}
 }
