@@ -56,6 +56,23 @@ func startIdentityLab(t *testing.T) *identityLab {
 	return x
 }
 
+// newRecording is the one recording made since the listing before, the
+// test's failure if there is none or more than one.
+func (x *identityLab) newRecording(t *testing.T, before []string) string {
+	t.Helper()
+	after, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
+	var fresh []string
+	for _, a := range after {
+		if !slices.Contains(before, a) {
+			fresh = append(fresh, a)
+		}
+	}
+	if len(fresh) != 1 {
+		t.Fatalf("new recordings %v, want one", fresh)
+	}
+	return fresh[0]
+}
+
 // keygen makes an ed25519 key pair named name and returns the private key path.
 func (x *identityLab) keygen(name string) string {
 	x.t.Helper()
@@ -424,16 +441,7 @@ func TestIdentity(t *testing.T) {
 			t.Fatalf("ssh -tt: %+v", r)
 		}
 		after, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
-		var fresh []string
-		for _, a := range after {
-			if !slices.Contains(before, a) {
-				fresh = append(fresh, a)
-			}
-		}
-		if len(fresh) != 1 {
-			t.Fatalf("new recordings %v, want one", fresh)
-		}
-		p := fresh[0]
+		p := x.newRecording(t, before)
 		fi, err := os.Stat(p)
 		must(t, err)
 		if fi.Mode().Perm() != 0o600 {
@@ -509,22 +517,13 @@ func TestIdentity(t *testing.T) {
 			t.Fatalf("ssh -tt: exit %d, %d of %d bytes, done marker %v; stderr %q", r.Code, strings.Count(r.Stdout, "x"), n,
 				strings.Contains(r.Stdout, "flood-done"), r.Stderr)
 		}
-		after, _ := filepath.Glob(filepath.Join(x.casts, "*.cast"))
-		var fresh []string
-		for _, a := range after {
-			if !slices.Contains(before, a) {
-				fresh = append(fresh, a)
-			}
-		}
-		if len(fresh) != 1 {
-			t.Fatalf("new recordings %v, want one", fresh)
-		}
-		fi, err := os.Stat(fresh[0])
+		p := x.newRecording(t, before)
+		fi, err := os.Stat(p)
 		must(t, err)
 		if fi.Size() > 1<<20 {
 			t.Errorf("recording is %d bytes, past the 1 MiB limit", fi.Size())
 		}
-		lines := strings.Split(strings.TrimSpace(readFile(t, fresh[0])), "\n")
+		lines := strings.Split(strings.TrimSpace(readFile(t, p)), "\n")
 		var last []any
 		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || len(last) != 3 || last[1] != "m" ||
 			!strings.Contains(fmt.Sprint(last[2]), "1 MiB limit") {
@@ -532,7 +531,7 @@ func TestIdentity(t *testing.T) {
 		}
 		var warned bool
 		for _, e := range x.g.Events("recording") {
-			warned = warned || (e["level"] == "warn" && e["recording"] == fresh[0] && e["limit_mib"] == float64(1))
+			warned = warned || (e["level"] == "warn" && e["recording"] == p && e["limit_mib"] == float64(1))
 		}
 		if !warned {
 			t.Errorf("no warning logged for the stopped recording")
