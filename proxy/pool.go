@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -35,9 +34,6 @@ type PoolConfig struct {
 	Limits LimitsConfig
 	// Budget is the staging memory shared by every target.
 	Budget *shim.Budget
-	// Sums are the module archives' sums, shared by every target; nil
-	// makes a new one.
-	Sums *shim.Sums
 	// metrics records dials and agent starts; nil records nothing.
 	metrics *metrics
 }
@@ -49,6 +45,7 @@ type Pool struct {
 	cfg    UpstreamConfig
 	limits LimitsConfig
 	budget *shim.Budget
+	// sums are the module archives' sums, shared by every target.
 	sums   *shim.Sums
 	agents map[string]dist.Binary
 	keys   *hostKeys
@@ -155,7 +152,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		cfg:    cfg.Upstream,
 		limits: cfg.Limits,
 		budget: cfg.Budget,
-		sums:   cmp.Or(cfg.Sums, shim.NewSums(0)),
+		sums:   shim.NewSums(0),
 		agents: cfg.Agents,
 		keys: &hostKeys{
 			files:    cfg.Upstream.KnownHosts,
