@@ -192,8 +192,8 @@ func (h *Host) Plan(cmd string, warm WarmOptions) Plan {
 	plan.Command = cmd
 	if !plan.Reply {
 		plan.Command, plan.Warm = src.warm(cmd, plan.Step, warm)
-		if run, ok := plan.Step.(Run); ok && plan.Warm && warm.Terminal && run.Become == nil {
-			plan.TerminalToRun = true
+		if run, ok := plan.Step.(Run); ok && plan.Warm {
+			plan.TerminalToRun = run.takesTerminal(warm)
 		}
 	}
 	return plan

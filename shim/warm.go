@@ -29,6 +29,10 @@ type WarmOptions struct {
 	Terminal bool
 }
 
+// takesTerminal says whether r's warm run takes the session's pty as its
+// controlling terminal (WarmOptions.Terminal): only without become.
+func (r Run) takesTerminal(o WarmOptions) bool { return o.Terminal && r.Become == nil }
+
 var (
 	warmInterpRE = regexp.MustCompile(`^python3(\.[0-9]+)?$`)
 	warmScriptRE = regexp.MustCompile(`^AnsiballZ_[A-Za-z0-9_.]+\.py$`)
@@ -78,9 +82,7 @@ func (s *source) warm(cmd string, step Step, o WarmOptions) (string, bool) {
 			return cmd, false
 		}
 	}
-	if run.Become != nil {
-		o.Terminal = false
-	}
+	o.Terminal = run.takesTerminal(o)
 	out, ok := s.rewriteShellC(cmd, func(inner string) (string, bool) { return s.warmOuter(inner, o) })
 	if !ok {
 		return cmd, false
@@ -162,7 +164,7 @@ func replaceRun(src string, call *syntax.CallExpr, o WarmOptions, become bool) (
 	if o.Idle > 0 {
 		flags += "-idle " + shQuote(o.Idle.String()) + " "
 	}
-	if o.Terminal && !become {
+	if o.Terminal {
 		flags += "-ctty 0 "
 	}
 	orig := src[start:end]
