@@ -115,13 +115,14 @@ func (c *checkRun) policy(host string, port int) (Decision, bool) {
 	if d.Rule >= 0 {
 		rule = fmt.Sprintf("targets[%d]", d.Rule)
 	}
+	nameErr := ValidLoginName(c.user)
 	switch {
 	case d.Mode == ModeDeny:
 		c.add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", c.person, joinHostPort(host, port), d.Reason, rule),
 			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, c.person, port))
 		return d, false
-	case ValidLoginName(c.user) != nil:
-		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %q: %v", c.person, d.HostPort(), rule, c.user, ValidLoginName(c.user)),
+	case nameErr != nil:
+		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %q: %v", c.person, d.HostPort(), rule, c.user, nameErr),
 			"give the login name alone: sshd reads \"root:x\" as root")
 		return d, false
 	case !d.AllowsRemoteUser(c.user):
