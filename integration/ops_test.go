@@ -190,15 +190,20 @@ func TestOpsReload(t *testing.T) {
 	cfgPath := filepath.Join(g.Dir, "gomux.yaml")
 	orig := readFile(t, cfgPath)
 
-	// An open session on t0, still running when the rule changes.
-	open := g.SSH(ctx, t0.Addr, "echo started; sleep 6; echo still-here")
-	stdout, err := open.StdoutPipe()
-	must(t, err)
-	must(t, open.Start())
-	br := bufio.NewReader(stdout)
-	if l, _ := br.ReadString('\n'); l != "started\n" {
-		t.Fatalf("open session: %q", l)
+	// Open sessions on t0 and t1, still running when the rule changes.
+	openSession := func(addr string) (*exec.Cmd, *bufio.Reader) {
+		c := g.SSH(ctx, addr, "echo started; sleep 6; echo still-here")
+		stdout, err := c.StdoutPipe()
+		must(t, err)
+		must(t, c.Start())
+		br := bufio.NewReader(stdout)
+		if l, _ := br.ReadString('\n'); l != "started\n" {
+			t.Fatalf("open session: %q", l)
+		}
+		return c, br
 	}
+	open0, br0 := openSession(t0.Addr)
+	open, br := openSession(t1.Addr)
 
 	// Deny t0 from now on.
 	denied := strings.Replace(orig, both, fmt.Sprintf("  - hosts: [%q]\n    mode: deny\n  - hosts: [%q]\n", t0.Addr, t1.Addr), 1)
@@ -218,7 +223,13 @@ func TestOpsReload(t *testing.T) {
 	}
 	rest, _ := io.ReadAll(br)
 	if err := open.Wait(); err != nil || string(rest) != "still-here\n" {
-		t.Errorf("the session open across the reload: %v %q", err, rest)
+		t.Errorf("the session to t1 open across the reload: %v %q", err, rest)
+	}
+	// A decision holds only while the policy that made it does: the
+	// session to t0 is cut at the reload.
+	rest, _ = io.ReadAll(br0)
+	if err := open0.Wait(); err == nil || string(rest) == "still-here\n" {
+		t.Errorf("the session to t0 went on after t0 was denied: %v %q", err, rest)
 	}
 
 	// An invalid file: logged, refused, the deny rule stays in force.

@@ -147,10 +147,13 @@ func TestPolicyAttacks(t *testing.T) {
     mode: splice
   - hosts: ["*.lab", %q, %q]
     remote_users: ["*"]
+  - hosts: [%q]
+    ports: [2222]
+    mode: forward
   - hosts: ["*"]
     ports: [22, %d]
     mode: splice
-`, p.t2.Addr, lab.User, p.t0.Addr, p.t1.Addr, loopPort)
+`, p.t2.Addr, lab.User, p.t0.Addr, p.t1.Addr, p.t0.Addr, loopPort)
 	g := startGomux(t, lab, gomuxOptions{
 		Targets:    targets,
 		KnownHosts: p.knownHosts,
@@ -194,25 +197,29 @@ func TestPolicyAttacks(t *testing.T) {
 				t.Errorf("ssh -J gomux,allowed.lab %s: %+v", dest, r)
 			}
 		}
-		// An allowed nested hop still works: the forward is decided, then
-		// carried by t0's sshd to t1.
-		if got := probeForward(t, ctx, g, "allowed.lab", p.t1.Addr+":22"); !strings.HasPrefix(got, "SSH-2.0-") {
+		// An allowed nested hop still works, decided and served as the
+		// same hop through the front: gomux terminates it.
+		if got := probeForward(t, ctx, g, "allowed.lab", p.t1.Addr+":22"); !strings.HasPrefix(got, "SSH-2.0-gomux") {
 			t.Errorf("allowed inner forward to t1: %q", got)
 		}
 	})
 
 	t.Run("inner-forward-goes-through-target-sshd", func(t *testing.T) {
-		// t1's sshd says AllowTcpForwarding no: policy allows t0:22, but
-		// the forward is carried by t1's sshd, which refuses it.
+		// t1's sshd says AllowTcpForwarding no: a forward rule allows
+		// t0:2222, but the forward is carried by t1's sshd, which
+		// refuses it; from t0, whose sshd allows forwarding, it arrives.
 		if r := runCmd(g.SSH(ctx, "keyb.lab", "echo ok"), nil); r.Stdout != "ok\n" {
 			t.Fatalf("keyb.lab: %+v", r)
 		}
-		if got := probeForward(t, ctx, g, "keyb.lab", p.t0.Addr+":22"); got != "" {
+		if got := probeForward(t, ctx, g, "keyb.lab", p.t0.Addr+":2222"); got != "" {
 			t.Errorf("forward from a target whose sshd forbids forwarding reached %q", got)
+		}
+		if got := probeForward(t, ctx, g, "allowed.lab", p.t0.Addr+":2222"); !strings.HasPrefix(got, "SSH-2.0-OpenSSH") {
+			t.Errorf("forward rule from t0 to its own sshd: %q", got)
 		}
 		allowed := false
 		for _, e := range decisions(g, "inner", p.t0.Addr) {
-			if e["mode"] != "deny" && e["agent_dial"] == false {
+			if e["mode"] == "forward" && e["agent_dial"] == false {
 				allowed = true
 			}
 		}

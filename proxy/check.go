@@ -121,6 +121,10 @@ func (c *checkRun) policy(host string, port int) (Decision, bool) {
 		c.add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", c.person, joinHostPort(host, port), d.Reason, rule),
 			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, c.person, port))
 		return d, false
+	case d.Mode == ModeForward:
+		c.add("policy", "fail", fmt.Sprintf("%s may reach %s only by a forward inside an accelerated session (%s forward)", c.person, d.HostPort(), rule),
+			"open it as ssh -L or -W inside a session to a target an accelerate rule allows")
+		return d, false
 	case nameErr != nil:
 		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %q: %v", c.person, d.HostPort(), rule, c.user, nameErr),
 			"give the login name alone: sshd reads \"root:x\" as root")

@@ -194,7 +194,7 @@ type TargetRule struct {
 	// RemoteUsers limits the user names on the target (shell patterns).
 	// Default: any but root. Root is allowed only when listed literally.
 	RemoteUsers []string `yaml:"remote_users"`
-	// Mode is accelerate (default), splice or deny.
+	// Mode is accelerate (default), splice, forward or deny.
 	Mode Mode `yaml:"mode"`
 	// Credential names the upstream credential (upstream.credentials) used
 	// to log in to these targets. Default "default".
@@ -216,6 +216,13 @@ const (
 	ModeSplice Mode = "splice"
 	// ModeDeny refuses the request.
 	ModeDeny Mode = "deny"
+	// ModeForward grants a forward (-L, -W) inside an accelerated
+	// session, sent on from that session's target: through its sshd's
+	// direct-tcpip (or by the agent with agent_dial). A database or web
+	// port behind a target is reached this way, and only this way: the
+	// front refuses such a destination, and inside a session nothing but
+	// a forward rule is sent on from the target.
+	ModeForward Mode = "forward"
 )
 
 // Duration is a time.Duration written as "10s" or "5m" in YAML.
@@ -255,14 +262,25 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // default applies. Unknown fields are errors, so a typo never silently
 // becomes a default.
 func LoadConfig(path string) (*Config, error) {
+	if path == "" {
+		return ParseConfig("", nil)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(path, b)
+}
+
+// ParseConfig is LoadConfig of the file's content b, already read: the
+// file watcher applies exactly the bytes it saw settle, never a later
+// read that may be half-written. path names the file in errors; "" means
+// no file.
+func ParseConfig(path string, b []byte) (*Config, error) {
 	var c Config
 	var set explicitBools
 	personal := path == ""
 	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("config: %w", err)
-		}
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		dec.KnownFields(true)
 		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
@@ -617,9 +635,12 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 		}
 	}
 	switch r.Mode {
-	case ModeAccelerate, ModeSplice, ModeDeny:
+	case ModeAccelerate, ModeSplice, ModeDeny, ModeForward:
 	default:
-		return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, deny", r.Mode)}
+		return &FieldError{f + ".mode", fmt.Errorf("%q is not one of accelerate, splice, forward, deny", r.Mode)}
+	}
+	if r.Mode == ModeForward && len(r.RemoteUsers) > 0 {
+		return &FieldError{f + ".remote_users", errors.New("a forward rule has no login of its own: the session it is opened in was decided by its own rule")}
 	}
 	if r.Mode == ModeSplice && len(r.RemoteUsers) > 0 {
 		// A spliced connection is the client's own encrypted session

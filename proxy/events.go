@@ -53,6 +53,10 @@ const (
 	// withdrawn (key or certificate revoked, key file changed), and whose
 	// connection is closed for it.
 	EventFrontRevoked = "front_revoked"
+	// EventPolicyRevoked marks something a person holds open (a forward,
+	// an inner session) that the live policy no longer allows after a
+	// reload or at a recheck tick, and that is closed for it.
+	EventPolicyRevoked = "policy_revoked"
 	// EventPolicyDecision marks one decision of where a person may go:
 	// the destination asked for, the rule that matched, the result.
 	EventPolicyDecision = "policy_decision"

@@ -26,7 +26,15 @@ type innerConn struct {
 	frontUser string
 	id        *Identity // the front person; the inner session acts for them
 	decision  Decision
-	log       zerolog.Logger
+	// held is this session as the front connection holds it: the remote
+	// user is recorded on it once known, so rechecks include it.
+	held *held
+	// hs is what the person's front connection holds open; hops made
+	// inside this session are added to it.
+	hs *holdings
+	// local and remote are the front connection's addresses.
+	local, remote net.Addr
+	log           zerolog.Logger
 
 	remoteUser string
 	tasks      gogroup.Group
@@ -121,6 +129,7 @@ func (ic *innerConn) handshake(conn net.Conn) (*gossh.ServerConn, <-chan gossh.N
 		return nil, nil, nil, false
 	}
 	ic.remoteUser = sc.User()
+	ic.held.setRemoteUser(ic.remoteUser)
 	ic.log = ic.log.With().Str("remote_user", ic.remoteUser).Logger()
 	ic.log.Debug().Str("event", EventInnerConnect).Msg("inner session established")
 	return sc, chans, reqs, true
@@ -167,6 +176,12 @@ func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, 
 	var handle func(context.Context, gossh.NewChannel)
 	switch nc.ChannelType() {
 	case "session":
+		if why := ic.s.live().policy.Recheck(ic.frontUser, ic.decision, ic.remoteUser); why != "" {
+			ic.log.Warn().Str("event", EventPolicyRevoked).Str("held", "session channel").Str("reason", why).
+				Msg("policy no longer allows this session: channel refused")
+			nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may no longer reach %s as %s: %s", ic.frontUser, ic.addr, ic.remoteUser, why))
+			return
+		}
 		handle = ic.handleSession
 	case "direct-tcpip":
 		handle = ic.handleDirect
@@ -223,10 +238,10 @@ func (ic *innerConn) materialize(ctx context.Context) {
 	ic.mu.Lock()
 	l := ic.lease
 	ic.mu.Unlock()
-	if l == nil || !ic.s.cfg.Upstream.Ansible {
+	if l == nil || !ic.s.config().Upstream.Ansible {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, ic.s.cfg.Upstream.ConnectTimeout.D()+30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, ic.s.config().Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
 	a, err := l.Agent(ctx)
 	if err != nil || a == nil {
@@ -283,7 +298,7 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 // backend returns the lease and, unless the target is in fallback mode, its
 // agent. Errors are phrased for the client, who sees them in "open failed".
 func (ic *innerConn) backend(ctx context.Context) (*Lease, *agent.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.cfg.Upstream.ConnectTimeout.D()+time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.config().Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
 	l, err := ic.upstreamLease(ctx)
 	if err != nil {
@@ -296,25 +311,43 @@ func (ic *innerConn) backend(ctx context.Context) (*Lease, *agent.Client, error)
 	return l, a, nil
 }
 
+// handleDirect serves a direct-tcpip request inside the session (-L, -W,
+// a nested -J) exactly as the same request through the front: the same
+// decision for the same person, a destination under an accelerate rule
+// terminated by gomux (remote_users, recording and gomux's own upstream
+// apply), a splice destination dialled from gomux. Only a forward rule's
+// destination is dialled from this session's target.
 func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 	var p forwardPayload
 	if err := gossh.Unmarshal(nc.ExtraData(), &p); err != nil {
 		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
 		return
 	}
-	// The same decision as a front forward, for the same person: a -L, -W
-	// or nested -J inside an accelerated session reaches nothing the front
-	// would refuse. Names are resolved by gomux and the checked address is
-	// what is dialled.
 	d := ic.s.decide(ctx, ic.frontUser, p.Host, int(p.Port))
-	log := ic.log.With().Str("event", EventForward).Str("dest", d.HostPort()).Logger()
-	logDecision(ic.log, "inner", p.Host, d)
+	log := ic.s.log.With().Str("user", ic.frontUser).Str("source", ic.id.Source.String()).
+		Str("target", d.HostPort()).Str("inside", ic.addr).Str("inside_remote_user", ic.remoteUser).Logger()
+	logDecision(log, "inner", p.Host, d)
 	ic.s.metrics.decision("inner", d)
-	if d.Mode == ModeDeny {
-		log.Warn().Str("result", "denied").Str("reason", d.Reason).Msg("forward not allowed by policy")
-		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", ic.frontUser, joinHostPort(p.Host, int(p.Port)), d.Reason))
-		return
+	h := hop{s: ic.s, id: ic.id, hs: ic.hs, via: "inner", requested: p.Host, d: d, log: log,
+		local: ic.local, remote: ic.remote}
+	switch d.Mode {
+	case ModeAccelerate:
+		h.accelerate(ctx, nc)
+	case ModeSplice:
+		h.splice(ctx, nc)
+	case ModeForward:
+		ic.forwardFromTarget(ctx, h, nc)
+	default:
+		h.refuse(nc)
 	}
+}
+
+// forwardFromTarget sends a forward rule's request on from this session's
+// target: through its sshd's own direct-tcpip, so its AllowTcpForwarding
+// and PermitOpen still apply, or by the agent where the rule says
+// agent_dial.
+func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewChannel) {
+	d, log := h.d, h.log.With().Str("event", EventForward).Str("via", "inner").Logger()
 	dest := d.DialAddr()
 	start := time.Now()
 	l, a, err := ic.backend(ctx)
@@ -323,13 +356,11 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 		nc.Reject(gossh.ConnectionFailed, err.Error())
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, ic.s.cfg.Upstream.ConnectTimeout.D())
+	dctx, cancel := context.WithTimeout(ctx, ic.s.config().Upstream.ConnectTimeout.D())
 	var conn net.Conn
 	if d.AgentDial && a != nil {
 		conn, err = a.Dial(dctx, "tcp", dest)
 	} else {
-		// Through the target sshd's own direct-tcpip, so its
-		// AllowTcpForwarding and PermitOpen still apply.
 		conn, err = l.Client().DialContext(dctx, "tcp", dest)
 	}
 	cancel()
@@ -344,6 +375,9 @@ func (ic *innerConn) handleDirect(ctx context.Context, nc gossh.NewChannel) {
 		return
 	}
 	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
+	_, drop := h.hold("forward", func() { ch.Close(); conn.Close() })
+	defer drop()
+	log.Info().Str("result", "forwarded").Msg("forward open")
 	in, out := splice(ch, conn)
 	log.Info().Int64("bytes_in", in).Int64("bytes_out", out).Dur("duration", time.Since(start)).Msg("forward closed")
 }

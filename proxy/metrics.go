@@ -252,7 +252,7 @@ func (m *metrics) sessionEnded(s *session, local bool) {
 		kind = "sftp"
 	}
 	m.task(kind, local, time.Since(s.start), s.bytesIn.Load(), s.bytesOut.Load())
-	if s.step == "Run" && s.ic.s.cfg.Upstream.WarmPython {
+	if s.step == "Run" && s.ic.s.config().Upstream.WarmPython {
 		m.warm(s.warm)
 	}
 }

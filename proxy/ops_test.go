@@ -44,8 +44,8 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 		t.Fatalf("before: %v", d.Mode)
 	}
 	os.WriteFile(p, []byte("listen: 127.0.0.1:9999\nlog_level: debug\ntargets:\n  - cidrs: [192.0.2.0/24]\nlimits:\n  max_channels_per_connection: 7\n  max_staged_mib: 1\n"), 0o600)
-	keepState := func(c *Config) { c.StateDir = s.cfg.StateDir } // as -state does
-	cfg, err := s.ReloadFile(p, keepState, "test")
+	keepState := func(c *Config) { c.StateDir = s.config().StateDir } // as -state does
+	cfg, err := s.ReloadFile(p, nil, keepState, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,17 +65,17 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 	if got != 7 {
 		t.Fatalf("limits not reconfigured: %d", got)
 	}
-	if r := restartOnly(s.cfg, cfg); strings.Join(r, ",") != "listen,limits.max_staged_mib" {
+	if r := restartOnly(s.config(), cfg); strings.Join(r, ",") != "listen,limits.max_staged_mib" {
 		t.Fatalf("restart needed: %v", r)
 	}
 
 	// An invalid file: error, nothing changes.
 	os.WriteFile(p, []byte("targets:\n  - hosts: [x]\n    mode: sideways\n"), 0o600)
-	if _, err := s.ReloadFile(p, nil, "test"); err == nil || !strings.Contains(err.Error(), "sideways") {
+	if _, err := s.ReloadFile(p, nil, nil, "test"); err == nil || !strings.Contains(err.Error(), "sideways") {
 		t.Fatalf("invalid reload: %v", err)
 	}
 	os.WriteFile(p, []byte("auth:\n  authorized_keys: ["+p+"]\ntargets:\n  - hosts: [x]\n"), 0o600)
-	if _, err := s.ReloadFile(p, nil, "test"); err == nil {
+	if _, err := s.ReloadFile(p, nil, nil, "test"); err == nil {
 		t.Fatalf("reload with an unreadable authorized_keys accepted")
 	}
 	if d := s.live().policy.Decide(ctx, "alice", "192.0.2.1", 22); d.Mode != ModeAccelerate {

@@ -186,7 +186,12 @@ func (p *Policy) Decide(ctx context.Context, person, host string, port int) Deci
 		deny.Reason = reason
 		return deny
 	}
-	deny.Addr = addr
+	return p.decideResolved(person, name, addr, port)
+}
+
+// decideResolved applies the first rule matching the person, the
+// normalized name, the address it resolved to and the port.
+func (p *Policy) decideResolved(person, name string, addr netip.Addr, port int) Decision {
 	special := isSpecial(addr)
 	for i, r := range p.rules {
 		if !r.matches(person, name, addr, port, special) {
@@ -202,11 +207,34 @@ func (p *Policy) Decide(ctx context.Context, person, host string, port int) Deci
 		}
 		return d
 	}
-	deny.Reason = "no rule allows it"
+	deny := Decision{Mode: ModeDeny, Rule: -1, Host: name, Addr: addr, Port: port, Reason: "no rule allows it"}
 	if special {
 		deny.Reason = "no rule names this loopback, link-local, unspecified or IPv4-embedding (NAT64) address in cidrs"
 	}
 	return deny
+}
+
+// Recheck decides again what was let through by d: the same person, name,
+// address (the one dialled, not resolved again) and port, and, once the
+// inner login is known, the remote user. It returns why the live policy
+// would no longer open it as it is open ("" when it still would): denied
+// now, or served another way (another mode, credential or dialler), which
+// the open connection cannot become.
+func (p *Policy) Recheck(person string, d Decision, remoteUser string) string {
+	now := p.decideResolved(person, d.Host, d.Addr, d.Port)
+	switch {
+	case now.Mode == ModeDeny:
+		return now.Reason
+	case now.Mode != d.Mode:
+		return fmt.Sprintf("targets[%d] now says %s, not %s", now.Rule, now.Mode, d.Mode)
+	case now.Credential != d.Credential:
+		return fmt.Sprintf("targets[%d] now logs in with credential %q, not %q", now.Rule, now.Credential, d.Credential)
+	case now.AgentDial != d.AgentDial:
+		return fmt.Sprintf("targets[%d] now changes agent_dial", now.Rule)
+	case remoteUser != "" && !now.AllowsRemoteUser(remoteUser):
+		return fmt.Sprintf("targets[%d] no longer lets %s in as %q", now.Rule, person, remoteUser)
+	}
+	return ""
 }
 
 // resolve normalizes host and finds the address to check and dial: host

@@ -257,3 +257,46 @@ func TestSignUserCertNamesPerson(t *testing.T) {
 		t.Error("serials repeat")
 	}
 }
+
+// TestPolicyRecheck: what was let through is decided again against a
+// new policy, by the name, address and port it was opened for (no new
+// lookup) and the remote user it logged in as; anything the new policy
+// would not open the same way is reported with a reason.
+func TestPolicyRecheck(t *testing.T) {
+	ctx := context.Background()
+	before := mustPolicy(t, []TargetRule{
+		{Hosts: []string{"web.example.com"}, Users: []string{"alice", "bob"}, RemoteUsers: []string{"deploy", "ops"}},
+		{Hosts: []string{"db1.example.com"}, Ports: []int{5432}, Mode: ModeForward},
+	})
+	web := before.Decide(ctx, "bob", "web.example.com", 22)
+	db := before.Decide(ctx, "bob", "db1.example.com", 5432)
+	if web.Mode != ModeAccelerate || db.Mode != ModeForward {
+		t.Fatalf("decisions %+v %+v", web, db)
+	}
+	for _, tc := range []struct {
+		name   string
+		rules  []TargetRule
+		person string
+		d      Decision
+		user   string
+		cut    bool
+	}{
+		{"unchanged", nil, "bob", web, "deploy", false},
+		{"person removed", []TargetRule{{Hosts: []string{"web.example.com"}, Users: []string{"alice"}, RemoteUsers: []string{"deploy"}}}, "bob", web, "deploy", true},
+		{"remote user removed", []TargetRule{{Hosts: []string{"web.example.com"}, RemoteUsers: []string{"ops"}}}, "bob", web, "deploy", true},
+		{"remote user not known yet", []TargetRule{{Hosts: []string{"web.example.com"}, RemoteUsers: []string{"ops"}}}, "bob", web, "", false},
+		{"now spliced", []TargetRule{{Hosts: []string{"web.example.com"}, Mode: ModeSplice}}, "bob", web, "deploy", true},
+		{"other credential", []TargetRule{{Hosts: []string{"web.example.com"}, RemoteUsers: []string{"*"}, Credential: "ops"}}, "bob", web, "deploy", true},
+		{"denied first", []TargetRule{{CIDRs: []string{"10.2.0.7"}, Mode: ModeDeny}, {Hosts: []string{"*"}, RemoteUsers: []string{"*"}}}, "bob", web, "deploy", true},
+		{"forward removed", []TargetRule{{Hosts: []string{"web.example.com"}, RemoteUsers: []string{"*"}}}, "bob", db, "", true},
+		{"forward kept", []TargetRule{{CIDRs: []string{"10.1.0.0/16"}, Ports: []int{5432}, Mode: ModeForward}}, "bob", db, "", false},
+	} {
+		p := before
+		if tc.rules != nil {
+			p = mustPolicy(t, tc.rules)
+		}
+		if why := p.Recheck(tc.person, tc.d, tc.user); (why != "") != tc.cut {
+			t.Errorf("%s: Recheck = %q, want cut %v", tc.name, why, tc.cut)
+		}
+	}
+}

@@ -130,7 +130,7 @@ func TestProxyListener(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
 	cfg.Limits.LoginGraceTime = Duration(2 * time.Second)
-	s := &Server{cfg: cfg, log: zerolog.New(&logBuf), metrics: newMetrics()}
+	s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics()}
 	s.rt.Store(&liveConfig{cfg: cfg})
 	listen := func(s *Server) (net.Listener, func(string) net.Conn) {
 		inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -182,7 +182,7 @@ func TestProxyListener(t *testing.T) {
 	// Untrusted: served with its own address; a header there is refused.
 	cfg2 := *cfg
 	cfg2.ProxyProtocol.TrustedNetworks = []string{"10.0.0.0/8"}
-	s2 := &Server{cfg: &cfg2, log: zerolog.New(&logBuf), metrics: newMetrics()}
+	s2 := &Server{log: zerolog.New(&logBuf), metrics: newMetrics()}
 	s2.rt.Store(&liveConfig{cfg: &cfg2})
 	ln, dial = listen(s2)
 	dial("PROXY TCP4 203.0.113.5 10.0.0.1 40001 2222\r\n")
@@ -223,7 +223,7 @@ func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.0/8"}
 	cfg.Limits.LoginGraceTime = Duration(time.Hour)
-	s := &Server{cfg: cfg, log: zerolog.Nop(), metrics: newMetrics()}
+	s := &Server{log: zerolog.Nop(), metrics: newMetrics()}
 	s.rt.Store(&liveConfig{cfg: cfg})
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

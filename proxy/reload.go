@@ -6,19 +6,25 @@ import (
 	"reflect"
 )
 
-// liveConfig is the part of the config a reload replaces: who may log in,
-// who may reach what, the limits and the log level. A connection reads it
-// when it needs it, so one that started before a reload keeps the
-// decisions it made (its forwards, its inner login), and everything new
-// (a connection, a forward, an inner login) sees the new one.
+// liveConfig is the config in force: the operator's config (the fields
+// only a restart changes keep their start-up values in it), the policy
+// and the authenticator built from it. A connection reads it whenever it
+// decides, and a reload wakes every open connection to decide again what
+// it holds.
 type liveConfig struct {
 	cfg    *Config
 	policy *Policy
 	auth   *Authenticator
+	// replaced is closed when a reload puts another config in force,
+	// so every open connection is decided again at once.
+	replaced chan struct{}
 }
 
 // live is the config in force now.
 func (s *Server) live() *liveConfig { return s.rt.Load() }
+
+// config is the operator's config in force now.
+func (s *Server) config() *Config { return s.rt.Load().cfg }
 
 func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
 	auth, err := NewAuthenticator(AuthOptions{KeyFiles: cfg.Auth.AuthorizedKeys, CAFiles: cfg.Auth.UserCAKeys,
@@ -30,12 +36,13 @@ func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &liveConfig{cfg: cfg, policy: policy, auth: auth}, nil
+	return &liveConfig{cfg: cfg, policy: policy, auth: auth, replaced: make(chan struct{})}, nil
 }
 
-// Reload puts cfg in force for new connections, forwards and logins:
-// targets, auth and the connection and channel limits. Open connections
-// are not touched. A config that cannot be used (a key file that does not
+// Reload puts cfg in force for new connections, forwards, logins and
+// session channels: targets, auth, audit and the connection and channel
+// limits. Every open front connection is woken to decide again what it
+// holds (watch), and closes what the new policy no longer allows. A config that cannot be used (a key file that does not
 // parse, a bad rule) returns an error and the running config stays.
 // Fields that only a restart can change (listen, state_dir,
 // metrics_listen, proxy_protocol, upstream, host_cert_validity,
@@ -65,7 +72,8 @@ func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 		return nil, err
 	}
 	s.limits.reconfigure(merged.Limits)
-	s.rt.Store(lc)
+	prev := s.rt.Swap(lc)
+	close(prev.replaced)
 	s.metrics.reload(true)
 	return restartNeeded, nil
 }
@@ -99,9 +107,17 @@ func restartOnly(old, cfg *Config) []string {
 // ReloadFile reads the config file again (path "" means no file, as at
 // start), applies override (the command-line flags) and Reloads it,
 // logging the outcome: why a file was refused, or which fields wait for a
-// restart. On error the running config stays and nothing changes.
-func (s *Server) ReloadFile(path string, override func(*Config), why string) (*Config, error) {
-	cfg, err := LoadConfig(path)
+// restart. data, when not nil, is the file's content as already read (by
+// the file watcher), used instead of reading it again. On error the
+// running config stays and nothing changes.
+func (s *Server) ReloadFile(path string, data []byte, override func(*Config), why string) (*Config, error) {
+	var cfg *Config
+	var err error
+	if data != nil && path != "" {
+		cfg, err = ParseConfig(path, data)
+	} else {
+		cfg, err = LoadConfig(path)
+	}
 	if err == nil {
 		if override != nil {
 			override(cfg)
@@ -114,7 +130,7 @@ func (s *Server) ReloadFile(path string, override func(*Config), why string) (*C
 					Msg("config reloaded; these fields changed but keep their running values until gomux restarts")
 			}
 			s.log.Info().Str("event", EventReload).Str("trigger", why).Str("result", "ok").Int("targets", len(cfg.Targets)).
-				Str("log_level", cfg.LogLevel).Msg("config reloaded: new connections, forwards and logins use it; open ones keep theirs")
+				Str("log_level", cfg.LogLevel).Msg("config reloaded: in force for new connections, forwards and logins; open ones are decided again")
 			return cfg, nil
 		}
 	} else {

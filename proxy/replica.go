@@ -20,14 +20,14 @@ import (
 // always Ansible's `echo ~`, which owes nothing, so this costs it no round
 // trip; the steps multiplexed after it stay deferred.
 func (s *session) settle() {
-	if !s.first || !s.ic.s.cfg.Upstream.Ansible || s.a == nil {
+	if !s.first || !s.ic.s.config().Upstream.Ansible || s.a == nil {
 		return
 	}
 	ops := s.lease.Shim(s.a).Flush()
 	if len(ops) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.lease.Context(), s.ic.s.cfg.Upstream.ConnectTimeout.D()+30*time.Second)
+	ctx, cancel := context.WithTimeout(s.lease.Context(), s.ic.s.config().Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
 	if err := sendOwed(ctx, s.a, s.lease.Shim(s.a), ops); err != nil {
 		s.log.Warn().Str("event", EventShimSettle).Err(err).

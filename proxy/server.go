@@ -11,7 +11,6 @@ import (
 	"net"
 	"os/user"
 	"sync/atomic"
-	"time"
 
 	glider "github.com/gliderlabs/ssh"
 	"github.com/rs/zerolog"
@@ -24,8 +23,10 @@ import (
 
 // Server is a running gomux front with its upstream pool.
 type Server struct {
-	cfg *Config // as started; s.live() is what is in force now
-	// rt is the reloadable part of the config (Reload).
+	// rt is the config in force (Reload replaces it); s.config() reads
+	// it. There is no other copy: a field read anywhere is the one that
+	// runs, and the fields only a restart changes keep their start-up
+	// values in it.
 	rt      atomic.Pointer[liveConfig]
 	metrics *metrics
 	ready   atomic.Bool // accepting, not draining (/readyz)
@@ -72,7 +73,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, ca: ca, pool: pool, metrics: m, runAs: runAs,
+	s := &Server{log: log, ca: ca, pool: pool, metrics: m, runAs: runAs,
 		limits: newLimiter(cfg.Limits), budget: budget}
 	s.rt.Store(lc)
 	m.gauges(s)
@@ -191,7 +192,9 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 		return nil, &gossh.BannerError{Err: err, Message: err.Error() + "\r\n"}
 	}
 	ctx.SetValue(identityKey{}, id)
-	if !s.tasks.Go(func() { s.watch(ctx, id) }) {
+	hs := &holdings{m: map[*held]struct{}{}}
+	ctx.SetValue(holdingsKey{}, hs)
+	if !s.tasks.Go(func() { s.watch(ctx, id, hs) }) {
 		return nil, errShuttingDown
 	}
 	identityFields(s.log.Info().Str("event", EventFrontAuth).Str("result", "accepted").Bool("accepted", true), id).
@@ -212,31 +215,6 @@ func keyFields(ev *zerolog.Event, id *Identity) *zerolog.Event {
 			Str("ca_fingerprint", gossh.FingerprintSHA256(c.SignatureKey))
 	}
 	return ev
-}
-
-// watch checks an open front connection again every recheck interval and
-// closes it, inner sessions and all, once its person would no longer be
-// admitted: key removed or revoked, certificate expired.
-func (s *Server) watch(ctx glider.Context, id *Identity) {
-	t := time.NewTicker(s.cfg.Auth.RecheckInterval.D())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		err := s.live().auth.Recheck(id)
-		if err == nil {
-			continue
-		}
-		identityFields(s.log.Warn().Str("event", EventFrontRevoked), id).Str("source", id.Source.String()).
-			Str("reason", err.Error()).Msg("access withdrawn: closing the connection")
-		if c, ok := ctx.Value(netConnKey{}).(net.Conn); ok {
-			c.Close()
-		}
-		return
-	}
 }
 
 func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ glider.Context) {
@@ -287,8 +265,8 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 		nc.Reject(gossh.ConnectionFailed, "malformed direct-tcpip request")
 		return
 	}
-	id := identityFrom(ctx)
-	if id == nil {
+	id, hs := identityFrom(ctx), holdingsFrom(ctx)
+	if id == nil || hs == nil {
 		nc.Reject(gossh.Prohibited, "gomux: not authenticated")
 		return
 	}
@@ -298,56 +276,22 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 	logDecision(log, "front", p.Host, d)
 	s.metrics.channel("front", "direct-tcpip")
 	s.metrics.decision("front", d)
-	addr := d.DialAddr()
-	start := time.Now()
+	h := hop{s: s, id: id, hs: hs, via: "front", requested: p.Host, d: d, log: log,
+		local: conn.LocalAddr(), remote: conn.RemoteAddr()}
 	switch d.Mode {
-	case ModeDeny:
-		log.Warn().Str("event", EventForward).Str("result", "denied").Str("reason", d.Reason).Msg("target not allowed by policy")
-		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may not reach %s: %s", conn.User(), joinHostPort(p.Host, int(p.Port)), d.Reason))
 	case ModeSplice:
-		var dialer net.Dialer
-		dctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
-		tc, err := dialer.DialContext(dctx, "tcp", addr)
-		cancel()
-		if err != nil {
-			log.Warn().Str("event", EventForward).Err(err).Msg("splice connect failed")
-			nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("gomux: connect to %s: %v", addr, err))
-			return
-		}
-		ch, reqs, err := nc.Accept()
-		if err != nil {
-			tc.Close()
-			return
-		}
-		if !s.tasks.Go(func() { gossh.DiscardRequests(reqs) }) {
-			ch.Close() // shutting down
-			tc.Close()
-			return
-		}
-		log.Info().Str("event", EventForward).Str("result", "spliced").Msg("splice open")
-		in, out := splice(ch, tc)
-		log.Info().Str("event", EventForwardClosed).Int64("bytes_in", in).Int64("bytes_out", out).
-			Dur("duration", time.Since(start)).Msg("splice closed")
+		h.splice(ctx, nc)
+	case ModeAccelerate:
+		h.accelerate(ctx, nc)
 	default:
-		ch, reqs, err := nc.Accept()
-		if err != nil {
-			return
-		}
-		if !s.tasks.Go(func() { gossh.DiscardRequests(reqs) }) {
-			ch.Close() // shutting down
-			return
-		}
-		log.Info().Str("event", EventForward).Str("result", "accelerated").Msg("inner session starting")
-		ic := &innerConn{s: s, host: p.Host, addr: d.HostPort(), frontUser: id.User, id: id, decision: d, log: log}
-		ic.serve(ctx, channelConn{Channel: ch, local: conn.LocalAddr(), remote: conn.RemoteAddr()})
-		log.Info().Str("event", EventForwardClosed).Dur("duration", time.Since(start)).Msg("inner session ended")
+		h.refuse(nc)
 	}
 }
 
 // decide asks policy about one forwarding request, bounding the name
 // lookup by the connect timeout so a slow resolver cannot hold a channel.
 func (s *Server) decide(ctx context.Context, person, host string, port int) Decision {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Upstream.ConnectTimeout.D())
+	ctx, cancel := context.WithTimeout(ctx, s.config().Upstream.ConnectTimeout.D())
 	defer cancel()
 	return s.live().policy.Decide(ctx, person, host, port)
 }

@@ -169,7 +169,7 @@ func (s *session) onEnv(req *gossh.Request) bool {
 	if s.started() || gossh.Unmarshal(req.Payload, &e) != nil {
 		return false
 	}
-	if !matchAny(s.ic.s.cfg.Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
+	if !matchAny(s.ic.s.config().Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
 		s.log.Debug().Str("env", e.Name).Msg("env request not accepted")
 		return false
 	}
@@ -257,7 +257,7 @@ type execPlan struct {
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
 	x := execPlan{cmd: cmd, pty: s.pty}
-	if kind == "exec" && s.ic.s.cfg.Upstream.Ansible {
+	if kind == "exec" && s.ic.s.config().Upstream.Ansible {
 		var replied bool
 		if x, replied = s.planExec(req, cmd); replied {
 			return true
@@ -287,9 +287,9 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied bool) {
 	host := s.lease.Shim(s.a)
 	var warm shim.WarmOptions
-	if s.ic.s.cfg.Upstream.WarmPython {
+	if s.ic.s.config().Upstream.WarmPython {
 		info := s.a.Info()
-		warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.cfg.Upstream.WarmPythonIdle.D(),
+		warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.config().Upstream.WarmPythonIdle.D(),
 			Terminal: s.pty != nil}
 	}
 	plan := host.Plan(cmd, warm)
@@ -354,20 +354,20 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 // recording is on. A recording that cannot be opened is logged; the
 // session goes on.
 func (s *session) startRecording() {
-	dir := s.ic.s.cfg.Audit.RecordDir
+	dir := s.ic.s.config().Audit.RecordDir
 	if s.pty == nil || dir == "" {
 		return
 	}
 	title := s.ic.frontUser + " as " + s.ic.remoteUser + "@" + s.ic.host
 	rec, err := newRecorder(dir, castHeader{Width: s.pty.Cols, Height: s.pty.Rows, Command: RedactCommand(s.cmd),
 		Title: title, Env: map[string]string{"TERM": s.pty.Term}, User: s.ic.frontUser, Remote: s.ic.remoteUser, Target: s.ic.addr},
-		int64(s.ic.s.cfg.Audit.RecordMaxMiB)<<20)
+		int64(s.ic.s.config().Audit.RecordMaxMiB)<<20)
 	if err != nil {
 		s.log.Error().Str("event", EventRecording).Err(err).Msg("cannot record pty session")
 		return
 	}
 	rec.onFull = func() {
-		s.log.Warn().Str("event", EventRecording).Str("recording", rec.path).Int("limit_mib", s.ic.s.cfg.Audit.RecordMaxMiB).
+		s.log.Warn().Str("event", EventRecording).Str("recording", rec.path).Int("limit_mib", s.ic.s.config().Audit.RecordMaxMiB).
 			Msg("recording stopped at its size limit; the session goes on")
 	}
 	s.rec = rec
@@ -541,7 +541,7 @@ func countResends(ctx context.Context, host *shim.Host) context.Context {
 // counters adds what the shim and the blob cache saved so far on this
 // target, cumulative, so a log reader sees round trips per task.
 func (s *session) counters(ev *zerolog.Event) *zerolog.Event {
-	if !s.ic.s.cfg.Upstream.Ansible {
+	if !s.ic.s.config().Upstream.Ansible {
 		return ev
 	}
 	c := s.lease.Shim(s.a).Counters()
@@ -739,10 +739,10 @@ func (s *session) serveSFTP(ctx context.Context) {
 	// open for the exit status, which scp checks.
 	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
 	var host *shim.Host
-	if s.ic.s.cfg.Upstream.Ansible {
+	if s.ic.s.config().Upstream.Ansible {
 		host = s.lease.Shim(s.a)
 	}
-	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.cfg.Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)
+	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.config().Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)
 	err := srv.Serve()
 	srv.Close()
 	s.settle()
@@ -835,7 +835,7 @@ func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch gossh
 	for r := range reqs {
 		if r.Type == "env" {
 			var e envRequest
-			if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.cfg.Upstream.AcceptEnv, e.Name) {
+			if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.config().Upstream.AcceptEnv, e.Name) {
 				r.Reply(false, nil)
 				continue
 			}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -281,7 +282,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	bg.Go(func() { srv.LogStats(bgCtx, cfg.StatsInterval.D()) })
 	// A change of the config file reloads it as SIGHUP does (a
 	// Kubernetes ConfigMap update, an edit).
-	changed := make(chan struct{}, 1)
+	changed := make(chan []byte)
 	if configPath != "" {
 		bg.Go(func() { watchFile(bgCtx, configPath, configPollInterval, changed) })
 	}
@@ -346,7 +347,7 @@ type daemon struct {
 // wait reloads on SIGHUP or a config file change until ctx ends (a stop
 // signal: false) or the server stops by itself (true, with the exit
 // status).
-func (d *daemon) wait(ctx context.Context, hup <-chan os.Signal, changed <-chan struct{}, errc <-chan error) (int, bool) {
+func (d *daemon) wait(ctx context.Context, hup <-chan os.Signal, changed <-chan []byte, errc <-chan error) (int, bool) {
 	for {
 		select {
 		case err := <-errc:
@@ -356,18 +357,19 @@ func (d *daemon) wait(ctx context.Context, hup <-chan os.Signal, changed <-chan 
 			}
 			return 0, true
 		case <-hup:
-			d.reload("SIGHUP")
-		case <-changed:
-			d.reload("config file changed")
+			d.reload("SIGHUP", nil)
+		case b := <-changed:
+			d.reload("config file changed", b)
 		case <-ctx.Done():
 			return 0, false
 		}
 	}
 }
 
-// reload applies the config file again; the server logs how it went.
-func (d *daemon) reload(why string) {
-	ncfg, err := d.srv.ReloadFile(d.configPath, d.override, why)
+// reload applies the config file again (data: its content as the watcher
+// read it, nil to read it now); the server logs how it went.
+func (d *daemon) reload(why string, data []byte) {
+	ncfg, err := d.srv.ReloadFile(d.configPath, data, d.override, why)
 	if err == nil {
 		d.level.set(ncfg.LogLevel)
 		d.drainTimeout = ncfg.DrainTimeout.D()
@@ -389,25 +391,45 @@ func (d *daemon) shutdown(errc <-chan error) int {
 	return 0
 }
 
-// configPollInterval is how often the config file is checked for a
-// change: a stat, cheap enough to do often.
+// configPollInterval is how often the config file is read for a change:
+// a few kilobytes, cheap enough to do often.
 const configPollInterval = 2 * time.Second
 
-// watchFile signals changed when path's size, modification time or inode
-// changes (an edit, or the symlink swap of a Kubernetes ConfigMap).
-func watchFile(ctx context.Context, path string, every time.Duration, changed chan<- struct{}) {
-	stamp := func() string {
-		fi, err := os.Stat(path)
-		if err != nil {
-			return "missing"
-		}
-		ino := uint64(0)
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			ino = st.Ino
-		}
-		return fmt.Sprintf("%d:%d:%d", fi.Size(), fi.ModTime().UnixNano(), ino)
+// settledFile decides when a changed file may be applied: only once two
+// reads a poll apart agree, so a file an editor or a copy is still
+// writing is never in force, half of it. It is the watcher's state, kept
+// apart from the polling so it can be tested read by read.
+type settledFile struct {
+	applied [sha256.Size]byte // what is in force (or was there at start)
+	seen    [sha256.Size]byte // what the last read found
+}
+
+// newSettledFile starts from the content in force.
+func newSettledFile(content []byte) *settledFile {
+	h := sha256.Sum256(content)
+	return &settledFile{applied: h, seen: h}
+}
+
+// read takes one poll's content and says whether to apply it now: it
+// differs from what is in force and the previous read found the same.
+func (f *settledFile) read(content []byte) bool {
+	h := sha256.Sum256(content)
+	agree := h == f.seen
+	f.seen = h
+	if !agree || h == f.applied {
+		return false
 	}
-	last := stamp()
+	f.applied = h
+	return true
+}
+
+// watchFile sends path's content on changed once it has changed and two
+// reads a poll apart agree (an edit, or the symlink swap of a Kubernetes
+// ConfigMap, once it settled). A file that cannot be read is skipped:
+// the running config stays.
+func watchFile(ctx context.Context, path string, every time.Duration, changed chan<- []byte) {
+	first, _ := os.ReadFile(path)
+	f := newSettledFile(first)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -416,12 +438,14 @@ func watchFile(ctx context.Context, path string, every time.Duration, changed ch
 			return
 		case <-t.C:
 		}
-		if now := stamp(); now != last {
-			last = now
-			select {
-			case changed <- struct{}{}:
-			default:
-			}
+		b, err := os.ReadFile(path)
+		if err != nil || !f.read(b) {
+			continue
+		}
+		select {
+		case changed <- b:
+		case <-ctx.Done():
+			return
 		}
 	}
 }

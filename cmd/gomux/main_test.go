@@ -82,25 +82,52 @@ func TestWatchFileSignalsAChange(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "gomux.yaml")
 	os.WriteFile(p, []byte("a"), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
-	changed := make(chan struct{}, 1)
+	changed := make(chan []byte)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		watchFile(ctx, p, 10*time.Millisecond, changed)
 	}()
 	defer func() { cancel(); <-done }()
-	time.Sleep(30 * time.Millisecond)
 	select {
-	case <-changed:
-		t.Fatal("change signalled for an untouched file")
-	default:
+	case b := <-changed:
+		t.Fatalf("change signalled for an untouched file: %q", b)
+	case <-time.After(50 * time.Millisecond):
 	}
 	// A ConfigMap update: a new file renamed over the old one.
 	os.WriteFile(p+".new", []byte("bb"), 0o600)
 	os.Rename(p+".new", p)
 	select {
-	case <-changed:
+	case b := <-changed:
+		if string(b) != "bb" {
+			t.Fatalf("watcher sent %q, want the settled content", b)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no change signalled")
+	}
+}
+
+// TestSettledFileNeverAppliesAHalfWrite: a file read in the middle of a
+// write differs from the next read, so it is never applied; the complete
+// file is, once two reads agree; the same content again is not.
+func TestSettledFileNeverAppliesAHalfWrite(t *testing.T) {
+	full := "targets:\n  - hosts: [a]\n    mode: deny\n  - hosts: ['*']\n"
+	half := full[:len(full)/2]
+	f := newSettledFile([]byte("targets: []\n"))
+	for i, step := range []struct {
+		read  string
+		apply bool
+	}{
+		{"targets: []\n", false}, // unchanged
+		{half, false},            // changed, first read
+		{full, false},            // changed again: the half was never applied
+		{full, true},             // two reads agree
+		{full, false},            // already in force
+		{half, false},            // a rewrite begins
+		{half, true},             // the writer stopped at half: it is the file now
+	} {
+		if got := f.read([]byte(step.read)); got != step.apply {
+			t.Fatalf("read %d (%q): apply %v, want %v", i, step.read, got, step.apply)
+		}
 	}
 }
