@@ -79,6 +79,12 @@ type AuthConfig struct {
 
 // AuditConfig says what gomux records beyond its log.
 type AuditConfig struct {
+	// LogFile, when set, receives every audit event (IsAuditEvent) as
+	// one JSON line, appended, whatever log_level says; they still go to
+	// the log too where the level lets them. Default "": the audit events
+	// go to the log (stderr) whatever its level. A reload reopens it, so
+	// logrotate's postrotate can be `systemctl reload gomux`.
+	LogFile string `yaml:"log_file"`
 	// RecordDir, when set, receives one asciicast v2 file (mode 0600) per
 	// session with a pty: the terminal output as the person saw it, never
 	// their keystrokes (which may be passwords). Default "" (off).
@@ -526,6 +532,7 @@ func (c *Config) expandPaths(home string) {
 	if c.Audit.RecordDir != "" {
 		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
 	}
+	c.Audit.LogFile = expandHome(c.Audit.LogFile, home)
 	u := &c.Upstream
 	expandAll(c.Auth.AuthorizedKeys, home)
 	expandAll(c.Auth.UserCAKeys, home)

@@ -43,6 +43,11 @@ const (
 	// EventConnection marks a front connection that failed its SSH
 	// handshake or authentication.
 	EventConnection = "connection"
+	// EventFrontNoise counts, per source address and interval, the
+	// unauthenticated connections that failed their handshake, were
+	// dropped before login or outlived the login grace time: one line
+	// for a flood instead of one per connection.
+	EventFrontNoise = "front_noise"
 	// EventFrontAuth marks a front login decision, accepted or refused,
 	// naming the person: the audit line for who connected.
 	EventFrontAuth = "front_auth"
@@ -136,3 +141,19 @@ const (
 	// what the agent wrote to stderr.
 	EventAgentExit = "agent_exit"
 )
+
+// IsAuditEvent says whether an event belongs to the audit trail: who
+// logged in or was refused, each decision of where a person may go, what
+// ran and was transferred, what was recorded, what was revoked, and
+// config changes. gomux serve writes these whatever the log level, and to
+// audit.log_file when one is set, so neither a quieter level nor a flood
+// of other lines can blind it. The schema of each is in README.md.
+func IsAuditEvent(event string) bool {
+	switch event {
+	case EventFrontAuth, EventFrontRevoked, EventPolicyDecision, EventPolicyRevoked,
+		EventForward, EventForwardClosed, EventInnerAuth, EventChannel, EventSFTP,
+		EventRecording, EventReload, EventFrontNoise:
+		return true
+	}
+	return false
+}

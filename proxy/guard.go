@@ -132,7 +132,8 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	if err != nil {
 		s.metrics.frontConn("dropped")
 		s.metrics.limit("startup")
-		s.log.Warn().Str("event", EventLimit).Str("source", src).Err(err).Msg("connection dropped before login")
+		s.noise.add(sourceOf(conn.RemoteAddr()), noiseDropped)
+		s.log.Debug().Str("event", EventLimit).Str("source", src).Err(err).Msg("connection dropped before login")
 		// RFC 4253 4.2 lets a server send lines before its version; the
 		// client shows this one in its debug output.
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
@@ -148,7 +149,8 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	grace := s.live().cfg.Limits.LoginGraceTime.D()
 	fs.grace = time.AfterFunc(grace, func() {
 		if fs.expire() {
-			s.log.Warn().Str("event", EventLoginGrace).Str("source", src).Dur("login_grace_time", grace).
+			s.noise.add(sourceOf(conn.RemoteAddr()), noiseGrace)
+			s.log.Debug().Str("event", EventLoginGrace).Str("source", src).Dur("login_grace_time", grace).
 				Msg("not authenticated within the login grace time; closing")
 			conn.Close()
 		}

@@ -38,6 +38,7 @@ type Server struct {
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
 	limits *limiter
+	noise  noise
 	budget *shim.Budget
 	// runAs is the account gomux runs as: the one name a key file
 	// without %u vouches for.
@@ -105,7 +106,10 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		},
 		ServerConfigCallback: s.frontConfig,
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
-			s.log.Info().Str("event", EventConnection).Str("source", conn.RemoteAddr().String()).Err(err).
+			// A failed login was logged where it was refused; the rest is
+			// noise, counted per source (LogNoise).
+			s.noise.add(sourceOf(conn.RemoteAddr()), noiseHandshake)
+			s.log.Debug().Str("event", EventConnection).Str("source", conn.RemoteAddr().String()).Err(err).
 				Str("result", "failed").Msg("front handshake or authentication failed")
 		},
 	}

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -225,10 +227,13 @@ func newLogger(w io.Writer, level string) (zerolog.Logger, *levelFilter) {
 	return zerolog.New(lf).Level(zerolog.DebugLevel).With().Timestamp().Logger(), lf
 }
 
-// levelFilter writes log events at or above its level.
+// levelFilter writes log events at or above its level, and every audit
+// event (proxy.IsAuditEvent) whatever the level: to the audit file when
+// one is open, else to the log itself.
 type levelFilter struct {
-	w   io.Writer
-	lvl atomic.Int32
+	w     io.Writer
+	lvl   atomic.Int32
+	audit auditFile
 }
 
 func (l *levelFilter) set(level string) {
@@ -243,16 +248,86 @@ func (l *levelFilter) Write(p []byte) (int, error) { return l.w.Write(p) }
 
 // WriteLevel is what zerolog calls for each event.
 func (l *levelFilter) WriteLevel(level zerolog.Level, p []byte) (int, error) {
-	if int32(level) < l.lvl.Load() {
+	shown := int32(level) >= l.lvl.Load()
+	if proxy.IsAuditEvent(eventOf(p)) && !l.audit.write(p) {
+		// No audit file: the log is the audit trail, at any level.
+		shown = true
+	}
+	if !shown {
 		return len(p), nil
 	}
 	return l.w.Write(p)
 }
 
+// eventOf reads the "event" field of one zerolog JSON line without
+// decoding it: event names are plain identifiers.
+func eventOf(p []byte) string {
+	const key = `"event":"`
+	i := bytes.Index(p, []byte(key))
+	if i < 0 {
+		return ""
+	}
+	rest := p[i+len(key):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return ""
+	}
+	return string(rest[:j])
+}
+
+// auditFile is audit.log_file: an append-only JSON-lines file, opened at
+// start and again at every reload (so logrotate can move it away and
+// reload gomux).
+type auditFile struct {
+	mu   sync.Mutex
+	f    *os.File
+	path string
+}
+
+// open (re)opens path, "" closing the file; on error the open file stays.
+func (a *auditFile) open(path string) error {
+	var f *os.File
+	if path != "" {
+		var err error
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("audit.log_file: %w", err)
+		}
+	}
+	a.mu.Lock()
+	old := a.f
+	a.f, a.path = f, path
+	a.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// write appends one line; false when there is no audit file.
+func (a *auditFile) write(p []byte) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.f == nil {
+		return false
+	}
+	// A failed write (a full disk) still counts as written here: the
+	// line also goes to the log when its level allows.
+	a.f.Write(p)
+	return true
+}
+
+func (a *auditFile) close() { a.open("") }
+
 // serve runs `gomux serve` until a stop signal and a drain, or until the
 // server fails; it returns the exit status.
 func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), stderr io.Writer) int {
 	log, level := newLogger(stderr, cfg.LogLevel)
+	if err := level.audit.open(cfg.Audit.LogFile); err != nil {
+		fmt.Fprintln(stderr, "gomux:", err)
+		return 2
+	}
+	defer level.audit.close()
 	srv, ln, code := start(cfg, log, stderr)
 	if srv == nil {
 		return code
@@ -280,6 +355,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	bgCtx, stopBg := context.WithCancel(context.Background())
 	defer stopBg() // runs before bg.Wait
 	bg.Go(func() { srv.LogStats(bgCtx, cfg.StatsInterval.D()) })
+	bg.Go(func() { srv.LogNoise(bgCtx, noiseInterval) })
 	// A change of the config file reloads it as SIGHUP does (a
 	// Kubernetes ConfigMap update, an edit).
 	changed := make(chan []byte)
@@ -372,6 +448,9 @@ func (d *daemon) reload(why string, data []byte) {
 	ncfg, err := d.srv.ReloadFile(d.configPath, data, d.override, why)
 	if err == nil {
 		d.level.set(ncfg.LogLevel)
+		if err := d.level.audit.open(ncfg.Audit.LogFile); err != nil {
+			d.log.Error().Str("event", proxy.EventReload).Err(err).Msg("audit file not reopened; the open one stays")
+		}
 		d.drainTimeout = ncfg.DrainTimeout.D()
 	}
 }
@@ -390,6 +469,10 @@ func (d *daemon) shutdown(errc <-chan error) int {
 	}
 	return 0
 }
+
+// noiseInterval is how often the counts of unauthenticated noise are
+// logged, one line per source address.
+const noiseInterval = time.Minute
 
 // configPollInterval is how often the config file is read for a change:
 // a few kilobytes, cheap enough to do often.
