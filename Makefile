@@ -93,12 +93,14 @@ bench: deps build
 # of make test: the pipelined become playbook and the differential corpus
 # (both pipelining modes, warm Python on and off) GOMUX_REPEAT_RUNS times each (30), the
 # second differential corpus extra.yml (5 times by default), 200 targets
-# with 50 forks, 1,000 concurrent ssh -J sessions, and a soak of repeated
+# with 50 forks, 1,000 concurrent ssh -J sessions, a pre-auth flood of
+# 10,000 connections with real logins among it (TestAuditFlood), and a soak of repeated
 # playbooks for GOMUX_SOAK_DURATION (30m) with gomux's RSS, goroutines
 # and open files sampled each minute. Figures are in the -v output.
 soak: deps build
 	GOMUX_SOAK=1 GOMUX_REPEAT_RUNS=$${GOMUX_REPEAT_RUNS:-30} $(GO) test -count=1 -timeout 900m -v \
 		-run '^(TestPipelinedBecomeRepeated|TestLoadManyTargets|TestLoadConcurrentSessions|TestSoak|TestDifferential)$$' ./integration
+	GOMUX_FLOOD=10000 $(GO) test -count=1 -timeout 30m -v -run '^TestAuditFlood$$' ./integration
 	GOMUX_SOAK=1 GOMUX_REPEAT_RUNS=$${GOMUX_REPEAT_RUNS:-30} GOMUX_DIFF_WARM=false $(GO) test -count=1 -timeout 900m -v \
 		-run '^TestDifferential$$' ./integration
 	GOMUX_SOAK=1 GOMUX_REPEAT_RUNS=$${GOMUX_REPEAT_RUNS:-5} GOMUX_DIFF_CORPUS=extra.yml $(GO) test -count=1 -timeout 900m -v \
