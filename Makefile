@@ -13,7 +13,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PYTHON   ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 PYFLAKES ?= pyflakes3
 PY_SRC   := agent/pyrun/forkserver.py
-DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3
+DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema
 
 .PHONY: all build agents deps test unit lint fmt demo bench soak fuzz clean
 

@@ -94,6 +94,16 @@ type AuditConfig struct {
 	// share: at the cap the recording ends with a marker saying so, a
 	// warning is logged, and the session goes on. Default 64.
 	RecordMaxMiB int `yaml:"record_max_mib"`
+	// RecordQuotaMiB caps what the recordings in record_dir hold
+	// together: past it no new recording starts, and one that runs stops
+	// there as at record_max_mib. Default 0: no cap beyond the disk.
+	RecordQuotaMiB int `yaml:"record_quota_mib"`
+	// RecordRequired refuses a session that should be recorded (one with
+	// a pty, or a shell) when it cannot be (record_dir unset or not
+	// writable, the disk full, record_quota_mib reached), with a message
+	// to the client. Default false: such a session goes on unrecorded and
+	// a "recording" error is logged.
+	RecordRequired bool `yaml:"record_required"`
 }
 
 // UpstreamConfig says how gomux reaches targets.
@@ -582,6 +592,9 @@ func (c *Config) validate() error {
 	}
 	if c.Audit.RecordMaxMiB < 0 {
 		return &FieldError{"audit.record_max_mib", errors.New("must be positive")}
+	}
+	if c.Audit.RecordQuotaMiB < 0 {
+		return &FieldError{"audit.record_quota_mib", errors.New("must be positive")}
 	}
 	if c.Upstream.KeepaliveCountMax < 0 {
 		return &FieldError{"upstream.keepalive_count_max", errors.New("must be positive")}

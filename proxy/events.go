@@ -95,8 +95,9 @@ const (
 	// EventSFTPBadRequest marks an sftp read or write refused as malformed
 	// (offsets, lengths, handles).
 	EventSFTPBadRequest = "sftp_bad_request"
-	// EventRecording marks a pty session recording that could not be
-	// made, is incomplete, or stopped at audit.record_max_mib.
+	// EventRecording marks a session recording started, one that could
+	// not be made (and the session refused where recording is required),
+	// is incomplete, or stopped at audit.record_max_mib or the quota.
 	EventRecording = "recording"
 	// EventBecomeSpeculation marks a become command whose BECOME-SUCCESS
 	// gomux sent ahead but whose output did not begin with it: the

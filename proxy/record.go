@@ -11,8 +11,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/rs/zerolog"
+
+	"github.com/gomux/gomux/agent"
 )
 
 // castHeader is the first line of an asciicast v2 file. Players ignore
@@ -42,6 +47,9 @@ type recorder struct {
 	// when set, is called once when an event would pass it.
 	limit  int64
 	onFull func()
+	// used, when set, counts the bytes written, for the quota of the
+	// directory the recording is in.
+	used *atomic.Int64
 
 	mu      sync.Mutex
 	f       *os.File
@@ -163,6 +171,9 @@ func (r *recorder) writeLocked(b []byte) {
 	r.w.Write(b)
 	r.w.WriteByte('\n')
 	r.size += int64(len(b)) + 1
+	if r.used != nil {
+		r.used.Add(int64(len(b)) + 1)
+	}
 	if err := r.w.Flush(); err != nil && r.err == nil {
 		r.err = err
 	}
@@ -184,4 +195,107 @@ func (r *recorder) Close() error {
 		return nil
 	}
 	return r.err
+}
+
+// recordings opens session recordings in audit.record_dir within
+// audit.record_quota_mib: it knows what the directory holds (counted
+// again at most every recountEvery, so files an operator moved away are
+// seen) plus what recorders wrote since.
+type recordings struct {
+	mu      sync.Mutex
+	dir     string
+	counted time.Time
+	used    atomic.Int64
+}
+
+// recountEvery is how often the recordings directory is measured again.
+const recountEvery = time.Minute
+
+// errRecordQuota is a recording not started because the directory holds
+// audit.record_quota_mib already.
+var errRecordQuota = errors.New("audit.record_quota_mib reached")
+
+// open starts a recording described by h under cfg, limited to the
+// smaller of record_max_mib and what the quota leaves.
+func (rs *recordings) open(cfg AuditConfig, h castHeader) (*recorder, error) {
+	if cfg.RecordDir == "" {
+		return nil, errors.New("audit.record_dir is not set")
+	}
+	limit := int64(cfg.RecordMaxMiB) << 20
+	if cfg.RecordQuotaMiB > 0 {
+		left := int64(cfg.RecordQuotaMiB)<<20 - rs.usage(cfg.RecordDir)
+		if left <= fullMarkerRoom+4096 {
+			return nil, fmt.Errorf("%w (%d MiB in %s)", errRecordQuota, cfg.RecordQuotaMiB, cfg.RecordDir)
+		}
+		limit = min(limit, left)
+	}
+	r, err := newRecorder(cfg.RecordDir, h, limit)
+	if err != nil {
+		return nil, err
+	}
+	r.used = &rs.used
+	rs.used.Add(r.size)
+	return r, nil
+}
+
+// usage is what dir holds, measured again when it is another directory
+// or the last count is older than recountEvery.
+func (rs *recordings) usage(dir string) int64 {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if dir == rs.dir && time.Since(rs.counted) < recountEvery {
+		return rs.used.Load()
+	}
+	var total int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			total += fi.Size()
+		}
+	}
+	rs.dir, rs.counted = dir, time.Now()
+	rs.used.Store(total)
+	return total
+}
+
+// record opens the recording a session is due: one with a pty, or a shell
+// without one, when audit.record_dir is set or recording is required. It
+// returns nil and no error when none is due, or when one could not be made
+// and recording is not required (logged: the session goes on). An error
+// means recording is required and cannot be had: the caller refuses the
+// session with it (phrased for the client, without gomux's paths).
+func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger) (*recorder, error) {
+	audit := ic.s.config().Audit
+	if pty == nil && kind != "shell" || audit.RecordDir == "" && !audit.RecordRequired {
+		return nil, nil
+	}
+	h := castHeader{Width: 80, Height: 24, Command: RedactCommand(cmd), Env: map[string]string{},
+		Title: ic.frontUser + " as " + ic.remoteUser + "@" + ic.host, User: ic.frontUser, Remote: ic.remoteUser, Target: ic.addr}
+	if pty != nil {
+		h.Env["TERM"] = pty.Term
+		if pty.Cols > 0 && pty.Rows > 0 {
+			h.Width, h.Height = pty.Cols, pty.Rows
+		}
+	}
+	rec, err := ic.s.recordings.open(audit, h)
+	if err != nil {
+		if audit.RecordRequired {
+			log.Warn().Str("event", EventRecording).Str("result", "refused").Err(err).
+				Msg("session refused: audit.record_required and it cannot be recorded")
+			why := "recording is unavailable"
+			if errors.Is(err, errRecordQuota) {
+				why = "the recordings quota is reached"
+			}
+			return nil, fmt.Errorf("gomux: this session must be recorded and cannot be (%s)", why)
+		}
+		log.Error().Str("event", EventRecording).Str("result", "failed").Err(err).Msg("cannot record the session; it goes on unrecorded")
+		return nil, nil
+	}
+	rec.onFull = func() {
+		log.Warn().Str("event", EventRecording).Str("result", "full").Str("recording", rec.path).
+			Msg("recording stopped at its size limit or the quota; the session goes on")
+	}
+	log.Info().Str("event", EventRecording).Str("result", "started").Str("recording", rec.path).Bool("pty", pty != nil).
+		Msg("recording started")
+	return rec, nil
 }

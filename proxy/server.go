@@ -39,6 +39,8 @@ type Server struct {
 	drain  drainer
 	limits *limiter
 	noise  noise
+	// recordings opens session recordings within the quota.
+	recordings recordings
 	budget *shim.Budget
 	// runAs is the account gomux runs as: the one name a key file
 	// without %u vouches for.

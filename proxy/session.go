@@ -323,6 +323,13 @@ func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied 
 
 // startOnAgent starts x on the agent and pumps its stdio.
 func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPlan) bool {
+	rec, err := s.ic.record(s.kind, s.cmd, s.pty, s.log)
+	if err != nil {
+		answer(req, true)
+		refuseRun(s.ch, err)
+		return true
+	}
+	s.rec = rec
 	p, err := s.begin(ctx, x.prep, &agent.ExecRequest{Command: x.cmd, Env: s.env, Pty: x.pty}, x.pipelined)
 	if err != nil {
 		var re *agent.RemoteError
@@ -341,36 +348,12 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 		s.ch.Close()
 		return false
 	}
-	s.startRecording()
 	s.mu.Lock()
 	s.proc = p
 	s.mu.Unlock()
 	answer(req, true)
 	s.spawn(func() { s.pump(p, s.ch) })
 	return true
-}
-
-// startRecording opens the session's recording when it has a pty and
-// recording is on. A recording that cannot be opened is logged; the
-// session goes on.
-func (s *session) startRecording() {
-	dir := s.ic.s.config().Audit.RecordDir
-	if s.pty == nil || dir == "" {
-		return
-	}
-	title := s.ic.frontUser + " as " + s.ic.remoteUser + "@" + s.ic.host
-	rec, err := newRecorder(dir, castHeader{Width: s.pty.Cols, Height: s.pty.Rows, Command: RedactCommand(s.cmd),
-		Title: title, Env: map[string]string{"TERM": s.pty.Term}, User: s.ic.frontUser, Remote: s.ic.remoteUser, Target: s.ic.addr},
-		int64(s.ic.s.config().Audit.RecordMaxMiB)<<20)
-	if err != nil {
-		s.log.Error().Str("event", EventRecording).Err(err).Msg("cannot record pty session")
-		return
-	}
-	rec.onFull = func() {
-		s.log.Warn().Str("event", EventRecording).Str("recording", rec.path).Int("limit_mib", s.ic.s.config().Audit.RecordMaxMiB).
-			Msg("recording stopped at its size limit; the session goes on")
-	}
-	s.rec = rec
 }
 
 // begin starts exec with prep on the agent: without waiting for its
@@ -800,9 +783,10 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 		return
 	}
 	var cmd string
+	var rec atomic.Pointer[recorder] // set before the command starts
 	var fromClient gogroup.Group
 	fromClient.Go(func() {
-		cmd = ic.forwardClientRequests(reqs, uch)
+		cmd = ic.forwardClientRequests(reqs, uch, ch, &rec)
 		uch.Close()
 	})
 	var in int64
@@ -817,33 +801,81 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 	var out, errOut int64
 	exited := false
 	fromTarget.Go(func() { exited = forwardTargetRequests(ureqs, ch) })
-	fromTarget.Go(func() { errOut, _ = io.Copy(ch.Stderr(), uch.Stderr()) })
-	fromTarget.Go(func() { out, _ = io.Copy(ch, uch) })
+	fromTarget.Go(func() { errOut, _ = io.Copy(recTee{ch.Stderr(), &rec}, uch.Stderr()) })
+	fromTarget.Go(func() { out, _ = io.Copy(recTee{ch, &rec}, uch) })
 	fromTarget.Wait()
 	ch.CloseWrite()
 	ch.Close()
 	fromClient.Wait()
 	ic.s.metrics.task("fallback", false, time.Since(start), in, out+errOut)
-	ic.log.Info().Str("event", EventChannel).Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
-		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start)).Msg("session ended")
+	ev := ic.log.Info().Str("event", EventChannel).Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
+		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start))
+	if r := rec.Load(); r != nil {
+		ev = ev.Str("recording", r.path)
+		if err := r.Close(); err != nil {
+			ic.log.Error().Str("event", EventRecording).Str("recording", r.path).Err(err).Msg("recording incomplete")
+		}
+	}
+	ev.Msg("session ended")
+}
+
+// refuseRun ends a session whose command gomux will not run, after its
+// request was accepted: why goes to the client's stderr, then exit status
+// 1 and the close, which every client shows in that order (a refused
+// request's reply can overtake the message).
+func refuseRun(ch gossh.Channel, why error) {
+	io.WriteString(ch.Stderr(), why.Error()+"\r\n")
+	ch.SendRequest("exit-status", false, gossh.Marshal(exitStatus{Status: 1}))
+	ch.CloseWrite()
+	ch.Close()
+}
+
+// recTee writes to w and to the recording once there is one.
+type recTee struct {
+	w   io.Writer
+	rec *atomic.Pointer[recorder]
+}
+
+func (t recTee) Write(p []byte) (int, error) {
+	if r := t.rec.Load(); r != nil {
+		r.Write(p)
+	}
+	return t.w.Write(p)
 }
 
 // forwardClientRequests relays the client's requests to the target's
 // channel, refusing env requests upstream.accept_env does not name, and
-// returns the command (or subsystem) the client asked for.
-func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch gossh.Channel) (cmd string) {
+// returns the command (or subsystem) the client asked for. A session with
+// a pty, or a shell, is recorded as through the agent: the recording is
+// set in rec before the command starts, and where recording is required
+// and cannot be had, the command is refused with a message on ch.
+func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch, ch gossh.Channel, rec *atomic.Pointer[recorder]) (cmd string) {
+	var pty *agent.Pty
 	for r := range reqs {
-		if r.Type == "env" {
+		switch r.Type {
+		case "env":
 			var e envRequest
 			if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.config().Upstream.AcceptEnv, e.Name) {
 				r.Reply(false, nil)
 				continue
 			}
-		}
-		if r.Type == "exec" || r.Type == "subsystem" {
+		case "pty-req":
+			var p ptyRequest
+			if gossh.Unmarshal(r.Payload, &p) == nil {
+				pty = &agent.Pty{Term: p.Term, Cols: p.Cols, Rows: p.Rows}
+			}
+		case "window-change":
+			var w windowChange
+			if rc := rec.Load(); rc != nil && gossh.Unmarshal(r.Payload, &w) == nil {
+				rc.resize(w.Cols, w.Rows)
+			}
+		case "exec", "subsystem", "shell":
 			var e execRequest
-			if gossh.Unmarshal(r.Payload, &e) == nil {
+			if r.Type != "shell" && gossh.Unmarshal(r.Payload, &e) == nil {
 				cmd = e.Command
+			}
+			if !ic.recordFallback(r, cmd, pty, ch, rec) {
+				continue
 			}
 		}
 		ok, err := uch.SendRequest(r.Type, r.WantReply, r.Payload)
@@ -852,6 +884,27 @@ func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch gossh
 		}
 	}
 	return cmd
+}
+
+// recordFallback opens the recording of a fallback session about to run
+// r (exec or shell; a subsystem is not recorded), and says whether r may
+// go on; when not, r was refused with a message on ch.
+func (ic *innerConn) recordFallback(r *gossh.Request, cmd string, pty *agent.Pty, ch gossh.Channel, rec *atomic.Pointer[recorder]) bool {
+	if r.Type == "subsystem" || rec.Load() != nil {
+		return true
+	}
+	rc, err := ic.record(r.Type, cmd, pty, ic.log)
+	if err != nil {
+		if r.WantReply {
+			r.Reply(true, nil)
+		}
+		refuseRun(ch, err)
+		return false
+	}
+	if rc != nil {
+		rec.Store(rc)
+	}
+	return true
 }
 
 // forwardTargetRequests relays the target's requests (the exit report
