@@ -41,7 +41,7 @@ type Server struct {
 	noise  noise
 	// recordings opens session recordings within the quota.
 	recordings recordings
-	budget *shim.Budget
+	budget     *shim.Budget
 	// runAs is the account gomux runs as: the one name a key file
 	// without %u vouches for.
 	runAs string
