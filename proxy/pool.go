@@ -99,12 +99,17 @@ type credential struct {
 	signers  []gossh.Signer
 	useAgent bool
 	ca       gossh.Signer // signs per-person user certificates; nil if none
+	// prefix goes before the remote user in those certificates' principal.
+	prefix string
 }
 
 // loadCredential reads a credential's keys. Passphrase-protected files
 // cannot be used unattended and are reported, not skipped silently.
-func loadCredential(field, name string, files []string, useAgent bool, caFile string) (*credential, error) {
-	c := &credential{name: name, useAgent: useAgent}
+func loadCredential(field, name string, files []string, useAgent bool, caFile, prefix string) (*credential, error) {
+	if err := checkPrincipalPrefix(prefix); err != nil {
+		return nil, &FieldError{field + ".user_principal_prefix", err}
+	}
+	c := &credential{name: name, useAgent: useAgent, prefix: prefix}
 	for _, f := range files {
 		s, err := readSigner(f)
 		if err != nil {
@@ -138,13 +143,13 @@ func readSigner(f string) (gossh.Signer, error) {
 func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 	u := cfg.Upstream
 	useAgent := u.UseSSHAgent
-	def, err := loadCredential("upstream", DefaultCredential, u.IdentityFiles, useAgent, u.UserCA)
+	def, err := loadCredential("upstream", DefaultCredential, u.IdentityFiles, useAgent, u.UserCA, u.UserPrincipalPrefix)
 	if err != nil {
 		return nil, err
 	}
 	creds := map[string]*credential{DefaultCredential: def}
 	for n, c := range u.Credentials {
-		lc, err := loadCredential("upstream.credentials."+n, n, c.IdentityFiles, c.UseSSHAgent, c.UserCA)
+		lc, err := loadCredential("upstream.credentials."+n, n, c.IdentityFiles, c.UseSSHAgent, c.UserCA, c.UserPrincipalPrefix)
 		if err != nil {
 			return nil, err
 		}
@@ -656,7 +661,7 @@ func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 	cred := p.creds[key.cred]
 	var signers []gossh.Signer
 	if cred.ca != nil {
-		s, err := signUserCert(cred.ca, key.person, key.user, p.cfg.UserCertValidity.D())
+		s, err := signUserCert(cred.ca, key.person, cred.prefix+key.user, p.cfg.UserCertValidity.D())
 		if err != nil {
 			return nil, nil, err
 		}
@@ -683,10 +688,11 @@ func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 }
 
 // signUserCert makes a throwaway key and a certificate for it, valid for
-// one login as user on behalf of person: the target's sshd logs the key ID,
+// one login with principal (the remote user, after any
+// user_principal_prefix) on behalf of person: the target's sshd logs the key ID,
 // so its log names who acted. Each new connection gets a fresh one;
 // connections already up keep theirs.
-func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) (gossh.Signer, error) {
+func signUserCert(ca gossh.Signer, person, principal string, validity time.Duration) (gossh.Signer, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("user certificate key: %w", err)
@@ -705,7 +711,7 @@ func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) 
 		Serial:          binary.BigEndian.Uint64(serial[:]),
 		CertType:        gossh.UserCert,
 		KeyId:           "gomux:" + person,
-		ValidPrincipals: []string{user},
+		ValidPrincipals: []string{principal},
 		ValidAfter:      uint64(now.Add(-time.Minute).Unix()),
 		ValidBefore:     uint64(now.Add(validity).Unix()),
 		Permissions: gossh.Permissions{Extensions: map[string]string{
@@ -714,7 +720,7 @@ func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) 
 		}},
 	}
 	if err := cert.SignCert(rand.Reader, ca); err != nil {
-		return nil, fmt.Errorf("sign user certificate for %s as %s: %w", person, user, err)
+		return nil, fmt.Errorf("sign user certificate for %s as %s: %w", person, principal, err)
 	}
 	cs, err := gossh.NewCertSigner(cert, s)
 	if err != nil {
