@@ -80,7 +80,7 @@ type LimitsConfig struct {
 	MaxLoginBackoffs int `yaml:"max_login_backoffs"`
 	// UpstreamDialsPerSecond refills one person's token bucket of new
 	// upstream connections (a pooled connection reused costs none), so no
-	// one person can make gomux hammer targets. Default 100.
+	// one person can make gomux hammer targets. Default 200.
 	UpstreamDialsPerSecond int `yaml:"upstream_dials_per_second"`
 	// UpstreamDialBurst is that bucket's size. Default 1000.
 	UpstreamDialBurst int `yaml:"upstream_dial_burst"`
@@ -116,7 +116,7 @@ func (l *LimitsConfig) applyDefaults() {
 	setDur(&l.LoginBackoff, time.Minute)
 	setDur(&l.LoginBackoffMax, time.Hour)
 	setInt(&l.MaxLoginBackoffs, 10000)
-	setInt(&l.UpstreamDialsPerSecond, 100)
+	setInt(&l.UpstreamDialsPerSecond, 200)
 	setInt(&l.UpstreamDialBurst, 1000)
 }
 

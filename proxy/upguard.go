@@ -101,13 +101,13 @@ func (g *loginGuard) admit(a loginAttempt) (<-chan struct{}, error) {
 	if e := g.active(k, now); e != nil {
 		left := e.until.Sub(now)
 		return nil, &errThrottled{reason: "login_backoff", retry: left, msg: fmt.Sprintf(
-			"gomux: the last %d login(s) as %s to %s failed; gomux will not try again for %s, so the target does not ban gomux's address for everyone (limits.login_backoff)",
+			"the last %d login(s) as %s to %s failed; gomux will not try again for %s, so the target does not ban gomux's address for everyone (limits.login_backoff)",
 			e.fails, a.user, a.dial, roundUp(left))}
 	}
 	if e := g.active(pk, now); e != nil {
 		left := e.until.Sub(now)
 		return nil, &errThrottled{reason: "person_backoff", retry: left, msg: fmt.Sprintf(
-			"gomux: %s's last %d login(s) to %s failed; gomux will not log in there on %s's behalf for %s, so the target does not ban gomux's address for everyone (limits.login_backoff)",
+			"%s's last %d login(s) to %s failed; gomux will not log in there on %s's behalf for %s, so the target does not ban gomux's address for everyone (limits.login_backoff)",
 			a.person, e.fails, pk.target, a.person, roundUp(left))}
 	}
 	if ch := g.busy[pk]; ch != nil {
@@ -115,7 +115,7 @@ func (g *loginGuard) admit(a loginAttempt) (<-chan struct{}, error) {
 	}
 	if left := g.take(a.person, now); left > 0 {
 		return nil, &errThrottled{reason: "dial_rate", retry: left, msg: fmt.Sprintf(
-			"gomux: %s is opening upstream connections too fast (limits.upstream_dials_per_second %g, upstream_dial_burst %g); retry in %s",
+			"%s is opening upstream connections too fast (limits.upstream_dials_per_second %g, upstream_dial_burst %g); retry in %s",
 			a.person, g.rate, g.burst, roundUp(left))}
 	}
 	g.busy[pk] = make(chan struct{})
@@ -186,8 +186,11 @@ const (
 )
 
 // done reports an admitted login's outcome: a refusal starts or extends
-// both backoffs, a success clears them, and either lets the person's next
-// login to the target start.
+// both backoffs, a success clears the (target, user, credential) one,
+// and either lets the person's next login to the target start. A success
+// leaves the person's run of refusals on that target to expire by
+// itself: else one valid user between made-up ones would reset the
+// doubling, and the person could send a refusal every login_backoff.
 func (g *loginGuard) done(a loginAttempt, o loginOutcome) {
 	now := g.now()
 	k, pk := a.keys()
@@ -200,7 +203,6 @@ func (g *loginGuard) done(a loginAttempt, o loginOutcome) {
 	switch o {
 	case loginOK:
 		delete(g.fails, k)
-		delete(g.fails, pk)
 	case loginRefused:
 		g.fail(k, now)
 		g.fail(pk, now)

@@ -115,8 +115,13 @@ func TestLoginGuardPersonTarget(t *testing.T) {
 	if err := tryLogin(t, g, at("mallory", "10.0.0.1:22", "deploy"), loginOK); err != nil {
 		t.Errorf("the same person after the backoff: %v", err)
 	}
-	if err := tryLogin(t, g, at("mallory", "10.0.0.1:22", "nosuch99"), loginUnreachable); err != nil {
-		t.Errorf("a success cleared the person's backoff: %v", err)
+	// A valid login in between does not reset the person's doubling.
+	if err := tryLogin(t, g, at("mallory", "10.0.0.1:22", "nosuch99"), loginRefused); err != nil {
+		t.Fatalf("after the backoff: %v", err)
+	}
+	clk.add(time.Minute + time.Second)
+	if err := tryLogin(t, g, at("mallory", "10.0.0.1:22", "nosuch100"), loginRefused); !throttled(err, "person_backoff") {
+		t.Errorf("a success reset the person's backoff to its start: %v", err)
 	}
 }
 
