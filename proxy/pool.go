@@ -689,9 +689,9 @@ func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 
 // signUserCert makes a throwaway key and a certificate for it, valid for
 // one login with principal (the remote user, after any
-// user_principal_prefix) on behalf of person: the target's sshd logs the key ID,
-// so its log names who acted. Each new connection gets a fresh one;
-// connections already up keep theirs.
+// user_principal_prefix) on behalf of person: the target's sshd logs the
+// key ID, so its log names who acted. Each new connection gets a fresh
+// one; connections already up keep theirs.
 func signUserCert(ca gossh.Signer, person, principal string, validity time.Duration) (gossh.Signer, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
