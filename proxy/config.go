@@ -159,6 +159,13 @@ type UpstreamConfig struct {
 	// UserCertValidity is how long such a certificate is valid (plus one
 	// minute of clock-skew slack before now). Default 5m.
 	UserCertValidity Duration `yaml:"user_cert_validity"`
+	// UserPrincipalPrefix is put before the remote user in the principal
+	// of the certificates user_ca signs ("gomux-" gives gomux-deploy for
+	// deploy), so a target can accept gomux's certificates only for the
+	// principals its AuthorizedPrincipalsFile lists, instead of any
+	// certificate whose principal is the login name. Letters, digits and
+	// . _ - @ + : only. Default "": the principal is the remote user.
+	UserPrincipalPrefix string `yaml:"user_principal_prefix"`
 	// Credentials are named upstream credentials that target rules pick
 	// with `credential:`. The name "default" is reserved for the
 	// identity_files, use_ssh_agent and user_ca above. Default none.
@@ -186,6 +193,9 @@ type Credential struct {
 	// UserCA signs a per-person certificate offered before the keys, as
 	// upstream.user_ca does for the default credential. Default none.
 	UserCA string `yaml:"user_ca"`
+	// UserPrincipalPrefix is upstream.user_principal_prefix for this
+	// credential's certificates. Default "".
+	UserPrincipalPrefix string `yaml:"user_principal_prefix"`
 }
 
 // TargetRule grants (or denies) a set of destinations. Names are compared

@@ -120,6 +120,10 @@ const (
 	// EventUpstreamClosed marks the end of an upstream connection, with
 	// why.
 	EventUpstreamClosed = "upstream_closed"
+	// EventUpstreamBackoff marks an upstream login gomux refused to
+	// attempt, naming the person: a backoff after failed logins to that
+	// target, or the person's dial rate (field reason).
+	EventUpstreamBackoff = "upstream_backoff"
 	// EventUpstreamIdleClose marks an upstream connection closed after
 	// its idle timeout.
 	EventUpstreamIdleClose = "upstream_idle_close"

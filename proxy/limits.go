@@ -63,6 +63,27 @@ type LimitsConfig struct {
 	// agent (a file operation, a chunk, a command's start) before it
 	// fails that request. Default 2m.
 	AgentReplyTimeout Duration `yaml:"agent_reply_timeout"`
+	// LoginBackoff is how long gomux refuses, without contacting the
+	// target, a new upstream login after one the target refused: for the
+	// same (target, remote user, credential), and for the same person on
+	// the same target under any user. It doubles with each refusal in a
+	// row up to LoginBackoffMax; a success clears it. gomux logs in to
+	// every target from one address, and targets that ban a source
+	// after failed logins (PerSourcePenalties, fail2ban) would ban it
+	// for everyone. Default 60s.
+	LoginBackoff Duration `yaml:"login_backoff"`
+	// LoginBackoffMax caps LoginBackoff's doubling; a backoff that ended
+	// this long ago is forgotten. Default 1h.
+	LoginBackoffMax Duration `yaml:"login_backoff_max"`
+	// MaxLoginBackoffs caps the backoffs remembered; beyond it those
+	// ending soonest are dropped. Default 10000.
+	MaxLoginBackoffs int `yaml:"max_login_backoffs"`
+	// UpstreamDialsPerSecond refills one person's token bucket of new
+	// upstream connections (a pooled connection reused costs none), so no
+	// one person can make gomux hammer targets. Default 200.
+	UpstreamDialsPerSecond int `yaml:"upstream_dials_per_second"`
+	// UpstreamDialBurst is that bucket's size. Default 1000.
+	UpstreamDialBurst int `yaml:"upstream_dial_burst"`
 }
 
 func (l *LimitsConfig) applyDefaults() {
@@ -92,6 +113,11 @@ func (l *LimitsConfig) applyDefaults() {
 	setDur(&l.ShimStateIdle, time.Hour)
 	setInt(&l.MaxShimStates, 10000)
 	setDur(&l.AgentReplyTimeout, 2*time.Minute)
+	setDur(&l.LoginBackoff, time.Minute)
+	setDur(&l.LoginBackoffMax, time.Hour)
+	setInt(&l.MaxLoginBackoffs, 10000)
+	setInt(&l.UpstreamDialsPerSecond, 200)
+	setInt(&l.UpstreamDialBurst, 1000)
 }
 
 func (l *LimitsConfig) validate() error {
@@ -108,6 +134,9 @@ func (l *LimitsConfig) validate() error {
 		"max_staged_mib":              l.MaxStagedMiB,
 		"max_sftp_handles":            l.MaxSFTPHandles,
 		"max_shim_states":             l.MaxShimStates,
+		"max_login_backoffs":          l.MaxLoginBackoffs,
+		"upstream_dials_per_second":   l.UpstreamDialsPerSecond,
+		"upstream_dial_burst":         l.UpstreamDialBurst,
 	} {
 		if v < 0 {
 			return &FieldError{"limits." + name, errors.New("must be positive")}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -52,6 +53,9 @@ type Pool struct {
 	creds  map[string]*credential
 	log    zerolog.Logger
 	m      *metrics
+	// guard holds back new logins after failed ones and paces each
+	// person's dials, so no one gets gomux's address banned by a target.
+	guard *loginGuard
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -95,12 +99,17 @@ type credential struct {
 	signers  []gossh.Signer
 	useAgent bool
 	ca       gossh.Signer // signs per-person user certificates; nil if none
+	// prefix goes before the remote user in those certificates' principal.
+	prefix string
 }
 
 // loadCredential reads a credential's keys. Passphrase-protected files
 // cannot be used unattended and are reported, not skipped silently.
-func loadCredential(field, name string, files []string, useAgent bool, caFile string) (*credential, error) {
-	c := &credential{name: name, useAgent: useAgent}
+func loadCredential(field, name string, files []string, useAgent bool, caFile, prefix string) (*credential, error) {
+	if err := checkPrincipalPrefix(prefix); err != nil {
+		return nil, &FieldError{field + ".user_principal_prefix", err}
+	}
+	c := &credential{name: name, useAgent: useAgent, prefix: prefix}
 	for _, f := range files {
 		s, err := readSigner(f)
 		if err != nil {
@@ -134,13 +143,13 @@ func readSigner(f string) (gossh.Signer, error) {
 func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 	u := cfg.Upstream
 	useAgent := u.UseSSHAgent
-	def, err := loadCredential("upstream", DefaultCredential, u.IdentityFiles, useAgent, u.UserCA)
+	def, err := loadCredential("upstream", DefaultCredential, u.IdentityFiles, useAgent, u.UserCA, u.UserPrincipalPrefix)
 	if err != nil {
 		return nil, err
 	}
 	creds := map[string]*credential{DefaultCredential: def}
 	for n, c := range u.Credentials {
-		lc, err := loadCredential("upstream.credentials."+n, n, c.IdentityFiles, c.UseSSHAgent, c.UserCA)
+		lc, err := loadCredential("upstream.credentials."+n, n, c.IdentityFiles, c.UseSSHAgent, c.UserCA, c.UserPrincipalPrefix)
 		if err != nil {
 			return nil, err
 		}
@@ -162,6 +171,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		creds:  creds,
 		log:    log,
 		m:      cfg.metrics,
+		guard:  newLoginGuard(cfg.Limits, time.Now),
 		ctx:    ctx,
 		cancel: cancel,
 		conns:  map[poolKey]*upstream{},
@@ -213,13 +223,29 @@ func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
 	if cred.ca != nil {
 		key.person = t.Person
 	}
+	login := loginAttempt{person: t.Person, dial: t.Dial, user: t.User, cred: t.Credential}
 	for {
 		p.mu.Lock()
 		u, ok := p.conns[key]
 		if !ok {
-			u = &upstream{pool: p, key: key, ready: make(chan struct{}), dead: make(chan struct{})}
+			wait, err := p.guard.admit(login)
+			if err != nil || wait != nil {
+				p.mu.Unlock()
+				if err != nil {
+					p.logThrottled(t, err)
+					return nil, err
+				}
+				select {
+				case <-wait:
+					continue
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			u = &upstream{pool: p, key: key, login: login, ready: make(chan struct{}), dead: make(chan struct{})}
 			if !p.tasks.Go(u.connect) {
 				p.mu.Unlock()
+				p.guard.done(login, loginNotTried)
 				return nil, errShuttingDown
 			}
 			p.conns[key] = u
@@ -358,6 +384,7 @@ func (l *Lease) Context() context.Context { return l.u.pool.ctx }
 type upstream struct {
 	pool   *Pool
 	key    poolKey
+	login  loginAttempt  // for the guard: who logs in where
 	ready  chan struct{} // closed once client or err is set
 	dead   chan struct{} // closed once the connection has ended
 	err    error
@@ -400,7 +427,10 @@ func (u *upstream) logger() *zerolog.Logger {
 func (u *upstream) connect() {
 	log := u.logger()
 	start := time.Now()
-	c, in, err := u.pool.dial(u.pool.ctx, u.key)
+	c, in, authStarted, err := u.pool.dial(u.pool.ctx, u.key)
+	// Before ready is closed, so a request waiting on this one sees the
+	// backoff a refusal starts.
+	u.pool.guard.done(u.login, loginOutcomeOf(err, authStarted))
 	u.pool.m.upstreamDial(err)
 	if err != nil {
 		log.Warn().Str("event", EventUpstreamConnect).Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
@@ -566,7 +596,10 @@ func (in incoming) serve() {
 // channel opens are returned for the caller to serve (incoming.serve),
 // rather than given to gossh.Client, which would spend a goroutine on
 // each: so the client's HandleChannelOpen and Listen receive nothing.
-func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, error) {
+//
+// authStarted reports that the target had asked for a public key, so a
+// failure after it is the login's (see loginOutcomeOf).
+func (p *Pool) dial(ctx context.Context, key poolKey) (_ *gossh.Client, _ incoming, authStarted bool, _ error) {
 	timeout := p.cfg.ConnectTimeout.D()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -575,20 +608,25 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, 
 	// second lookup.
 	cb, algos, err := p.keys.clientSettings(key.host)
 	if err != nil {
-		return nil, incoming{}, err
+		return nil, incoming{}, false, err
 	}
-	auth, closeAgent, err := p.authMethods(key)
+	signers, closeAgent, err := p.signers(key)
 	if err != nil {
-		return nil, incoming{}, err
+		return nil, incoming{}, false, err
 	}
 	defer closeAgent()
+	var started atomic.Bool
+	auth := []gossh.AuthMethod{gossh.PublicKeysCallback(func() ([]gossh.Signer, error) {
+		started.Store(true)
+		return signers, nil
+	})}
 	var d net.Dialer
 	// Errors name no target: the caller does ("cannot reach H as U"),
 	// and the net and ssh packages name the step ("dial tcp A: ...",
 	// "ssh: handshake failed: ...").
 	nc, err := d.DialContext(ctx, "tcp", key.dial)
 	if err != nil {
-		return nil, incoming{}, err
+		return nil, incoming{}, false, err
 	}
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
@@ -606,23 +644,24 @@ func (p *Pool) dial(ctx context.Context, key poolKey) (*gossh.Client, incoming, 
 	conn, chans, reqs, err := gossh.NewClientConn(nc, key.host, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, incoming{}, err
+		return nil, incoming{}, started.Load(), err
 	}
 	nc.SetDeadline(time.Time{})
 	noReqs, noChans := make(chan *gossh.Request), make(chan gossh.NewChannel)
 	close(noReqs)
 	close(noChans)
-	return gossh.NewClient(conn, noChans, noReqs), incoming{reqs, chans}, nil
+	return gossh.NewClient(conn, noChans, noReqs), incoming{reqs, chans}, true, nil
 }
 
-// authMethods offers, for key's credential: a fresh user certificate when
-// it has a CA, then the identity files, then the ssh-agent's keys. The
-// agent socket is dialled per connection so a restarted agent is picked up.
-func (p *Pool) authMethods(key poolKey) ([]gossh.AuthMethod, func(), error) {
+// signers are the keys offered, for key's credential: a fresh user
+// certificate when it has a CA, then the identity files, then the
+// ssh-agent's keys. The agent socket is dialled per connection so a
+// restarted agent is picked up.
+func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 	cred := p.creds[key.cred]
 	var signers []gossh.Signer
 	if cred.ca != nil {
-		s, err := signUserCert(cred.ca, key.person, key.user, p.cfg.UserCertValidity.D())
+		s, err := signUserCert(cred.ca, key.person, cred.prefix+key.user, p.cfg.UserCertValidity.D())
 		if err != nil {
 			return nil, nil, err
 		}
@@ -645,14 +684,15 @@ func (p *Pool) authMethods(key poolKey) ([]gossh.AuthMethod, func(), error) {
 		closer()
 		return nil, nil, fmt.Errorf("no upstream credentials in %q: set identity_files, user_ca or run an ssh-agent", key.cred)
 	}
-	return []gossh.AuthMethod{gossh.PublicKeys(signers...)}, closer, nil
+	return signers, closer, nil
 }
 
 // signUserCert makes a throwaway key and a certificate for it, valid for
-// one login as user on behalf of person: the target's sshd logs the key ID,
-// so its log names who acted. Each new connection gets a fresh one;
-// connections already up keep theirs.
-func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) (gossh.Signer, error) {
+// one login with principal (the remote user, after any
+// user_principal_prefix) on behalf of person: the target's sshd logs the
+// key ID, so its log names who acted. Each new connection gets a fresh
+// one; connections already up keep theirs.
+func signUserCert(ca gossh.Signer, person, principal string, validity time.Duration) (gossh.Signer, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("user certificate key: %w", err)
@@ -671,7 +711,7 @@ func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) 
 		Serial:          binary.BigEndian.Uint64(serial[:]),
 		CertType:        gossh.UserCert,
 		KeyId:           "gomux:" + person,
-		ValidPrincipals: []string{user},
+		ValidPrincipals: []string{principal},
 		ValidAfter:      uint64(now.Add(-time.Minute).Unix()),
 		ValidBefore:     uint64(now.Add(validity).Unix()),
 		Permissions: gossh.Permissions{Extensions: map[string]string{
@@ -680,7 +720,7 @@ func signUserCert(ca gossh.Signer, person, user string, validity time.Duration) 
 		}},
 	}
 	if err := cert.SignCert(rand.Reader, ca); err != nil {
-		return nil, fmt.Errorf("sign user certificate for %s as %s: %w", person, user, err)
+		return nil, fmt.Errorf("sign user certificate for %s as %s: %w", person, principal, err)
 	}
 	cs, err := gossh.NewCertSigner(cert, s)
 	if err != nil {

@@ -61,6 +61,8 @@ func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 	ml, ol := &merged.Limits, old.Limits
 	ml.MaxStagedMiB, ml.MaxSFTPHandles, ml.TempDirIdle = ol.MaxStagedMiB, ol.MaxSFTPHandles, ol.TempDirIdle
 	ml.ShimStateIdle, ml.MaxShimStates, ml.AgentReplyTimeout = ol.ShimStateIdle, ol.MaxShimStates, ol.AgentReplyTimeout
+	ml.LoginBackoff, ml.LoginBackoffMax, ml.MaxLoginBackoffs = ol.LoginBackoff, ol.LoginBackoffMax, ol.MaxLoginBackoffs
+	ml.UpstreamDialsPerSecond, ml.UpstreamDialBurst = ol.UpstreamDialsPerSecond, ol.UpstreamDialBurst
 	// Rules are checked against the running upstream credentials.
 	if err := merged.validate(); err != nil {
 		s.metrics.reload(false)
@@ -101,6 +103,11 @@ func restartOnly(old, cfg *Config) []string {
 	add(ol.ShimStateIdle != nl.ShimStateIdle, "limits.shim_state_idle")
 	add(ol.MaxShimStates != nl.MaxShimStates, "limits.max_shim_states")
 	add(ol.AgentReplyTimeout != nl.AgentReplyTimeout, "limits.agent_reply_timeout")
+	add(ol.LoginBackoff != nl.LoginBackoff, "limits.login_backoff")
+	add(ol.LoginBackoffMax != nl.LoginBackoffMax, "limits.login_backoff_max")
+	add(ol.MaxLoginBackoffs != nl.MaxLoginBackoffs, "limits.max_login_backoffs")
+	add(ol.UpstreamDialsPerSecond != nl.UpstreamDialsPerSecond, "limits.upstream_dials_per_second")
+	add(ol.UpstreamDialBurst != nl.UpstreamDialBurst, "limits.upstream_dial_burst")
 	return out
 }
 
