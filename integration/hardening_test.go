@@ -95,8 +95,9 @@ func TestHardeningAgentNotDumpable(t *testing.T) {
 			t.Errorf("%s of the agent: refused, but not for want of permission: %v %q", r.name, err, out)
 		}
 	}
-	// The agent still serves: new commands and file transfers.
-	if got := runCmd(g.SSH(ctx, tgt.Addr, "echo still; ls -d /proc/self/fd"), nil); got.Stdout != "still\n/proc/self/fd\n" || got.Code != 0 {
+	// The agent still serves, and read its own /proc/self (closeLauncherFD:
+	// the launcher's fd 3 did not reach the command).
+	if got := runCmd(g.SSH(ctx, tgt.Addr, "echo still; readlink /proc/self/fd/3 || echo closed"), nil); got.Stdout != "still\nclosed\n" || got.Code != 0 {
 		t.Errorf("after the reads: %+v", got)
 	}
 }
