@@ -188,7 +188,7 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 		reason := lease.fallbackReason()
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
-			if opts := remote(ctx, lease, `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`); hasMountOpt(opts, "noexec") {
+			if opts := remote(ctx, lease, findmntCommand); hasMountOpt(opts, "noexec") {
 				reason = "the agent cache ~/.cache/gomux is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
 				fix = "mount the home directory (or ~/.cache) without noexec, or accept fallback: gomux then serves this target through its sshd, channel by channel, without acceleration"
 			}
@@ -294,6 +294,10 @@ func agentFix(reason string) string {
 	}
 	return "see the reason; gomux serves this target through its sshd, channel by channel, without acceleration"
 }
+
+// findmntCommand prints the mount options of the file system the agent
+// cache would be on.
+const findmntCommand = `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`
 
 func hasMountOpt(opts, want string) bool {
 	for _, o := range strings.Split(strings.TrimSpace(opts), ",") {
