@@ -135,6 +135,18 @@ func foreignMarkers(dir string, loginUID int) []string {
 	return out
 }
 
+// sudoKeepsPath drops secure_path for user's sudo, for the test's life:
+// sudo then keeps the caller's PATH (on its default env_keep list).
+func sudoKeepsPath(t *testing.T, user string) {
+	t.Helper()
+	sudoers := "/etc/sudoers.d/gomux-test-path-" + user
+	must(t, os.WriteFile(sudoers, []byte("Defaults:"+user+" !secure_path\n"), 0o440))
+	t.Cleanup(func() { os.Remove(sudoers) })
+	if out, err := exec.Command("visudo", "-cf", sudoers).CombinedOutput(); err != nil {
+		t.Fatalf("sudoers: %v %s", err, out)
+	}
+}
+
 // TestHardeningBecomeInstallHostilePath is the attack on the become
 // install step (shim.becomeGuard): the become user's shell copies, hashes
 // and renames the agent into its own cache. Here the login user's sudo
@@ -156,12 +168,7 @@ func TestHardeningBecomeInstallHostilePath(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	sudoers := "/etc/sudoers.d/gomux-test-path-" + lab.PasswordUser
-	must(t, os.WriteFile(sudoers, []byte("Defaults:"+lab.PasswordUser+" !secure_path\n"), 0o440))
-	t.Cleanup(func() { os.Remove(sudoers) })
-	if out, err := exec.Command("visudo", "-cf", sudoers).CombinedOutput(); err != nil {
-		t.Fatalf("sudoers: %v %s", err, out)
-	}
+	sudoKeepsPath(t, lab.PasswordUser)
 
 	uid, gid := lookupIDs(t, lab.PasswordUser)
 	otherUID, _ := lookupIDs(t, lab.OtherUser)
