@@ -15,6 +15,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/fixedpath"
 	"github.com/gomux/gomux/internal/gogroup"
 )
 
@@ -54,7 +55,9 @@ const cacheChecks = `u=$(id -u); bad=; top=; ` +
 // The become side never runs it (see shim.Warm). Where the file was
 // replaced between the hash and the check (a concurrent upload from
 // another connection to the same home, as on a shared NFS home), it looks
-// again, up to three times.
+// again, up to three times. It runs its tools with a fixed PATH
+// (fixedpath.Set) and gives the agent back the PATH it was given, which
+// the agent passes on to the commands it runs, as sshd would.
 func launcherScript(bins map[string]dist.Binary) string {
 	var cases strings.Builder
 	for _, b := range bins {
@@ -67,14 +70,15 @@ func launcherScript(bins map[string]dist.Binary) string {
 	}
 	// No umask here: the agent and every command it runs inherit this
 	// shell's, which must stay the one sshd gave the login.
-	script := `m=$(uname -m); case "$m" in ` + cases.String() +
+	script := `path0=${PATH-}; pathset=${PATH+1}; ` + fixedpath.Set + `m=$(uname -m); case "$m" in ` + cases.String() +
 		`*) echo "` + noAgentLine + ` no agent build for machine $m"; exit 0 ;; esac; ` +
 		`d="$HOME/.cache/gomux"; f="$d/agent-$h"; ` + cacheChecks +
 		`if [ -n "$top" ]; then echo "` + noAgentLine + ` unsafe agent cache: $bad"; exit 0; fi; ` +
 		`if [ -n "$bad" ]; then echo "` + needAgentLine + ` $h $m unsafe agent cache: $bad"; exit 0; fi; ` +
 		`for i in 1 2 3; do ` +
 		`if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && exec 3<"$f"; then ` +
-		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then exec "$f" serve; fi; exec 3<&-; ` +
+		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then ` +
+		`if [ -n "$pathset" ]; then PATH=$path0; else unset PATH; fi; exec "$f" serve; fi; exec 3<&-; ` +
 		`else break; fi; done; ` +
 		`echo "` + needAgentLine + ` $h $m"`
 	return "exec /bin/sh -c " + shellQuote(script)
@@ -84,9 +88,10 @@ func launcherScript(bins map[string]dist.Binary) string {
 // temporary name, verifies it, and renames it into place, so a broken
 // transfer never leaves a file the launcher would run. A cache directory
 // that others could write (cacheChecks) is removed first and made again,
-// 0700: whatever is in it is not the user's.
+// 0700: whatever is in it is not the user's. Its tools run with a fixed
+// PATH (fixedpath.Set).
 func uploadScript(hash string) string {
-	script := `umask 077; d="$HOME/.cache/gomux"; ` + cacheChecks +
+	script := fixedpath.Set + `umask 077; d="$HOME/.cache/gomux"; ` + cacheChecks +
 		`if [ -n "$top" ]; then echo "$bad" >&2; exit 1; fi; ` +
 		`if [ -n "$bad" ]; then rm -rf "$d" || exit 1; fi; ` +
 		`t="$d/.agent-` + hash + `.$$"; f="$d/agent-` + hash + `"; ` +

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/fixedpath"
 )
 
 // fakeAgent is a shell script standing in for the agent binary: the
@@ -223,5 +224,61 @@ func TestLaunchersAndUploadsOnASharedHome(t *testing.T) {
 		if out != agent.Banner+" 1 serve\n" {
 			t.Errorf("connection %d: %q", i, out)
 		}
+	}
+}
+
+// TestTargetProgramsFixPath: every shell program gomux runs on a target
+// parses (sh -n) and runs no tool by a bare name before it has fixed
+// PATH (fixedpath.Unfixed).
+func TestTargetProgramsFixPath(t *testing.T) {
+	bin := fakeAgent(t)
+	for name, prog := range map[string]string{
+		"launcher": launcherScript(map[string]dist.Binary{bin.Arch: bin, "arm64": {Arch: "arm64", SHA256: bin.SHA256}}),
+		"upload":   uploadScript(bin.SHA256),
+		"findmnt":  findmntCommand,
+	} {
+		if out, err := exec.Command("/bin/sh", "-n", "-c", prog).CombinedOutput(); err != nil {
+			t.Errorf("%s: sh -n: %v %s", name, err, out)
+		}
+		if bare, err := fixedpath.Unfixed(prog); err != nil || len(bare) > 0 {
+			t.Errorf("%s runs %q through the PATH it was given (%v):\n%s", name, bare, err, prog)
+		}
+	}
+}
+
+// TestBootstrapIgnoresHostilePath runs the upload and the launcher with a
+// directory of fake tools first in PATH: none of them runs, and the
+// agent is started with the PATH the launcher was given, unchanged.
+func TestBootstrapIgnoresHostilePath(t *testing.T) {
+	home, hostile, marks := t.TempDir(), t.TempDir(), t.TempDir()
+	for _, tool := range []string{"uname", "id", "stat", "sha256sum", "cut", "mkdir", "cat", "chmod", "mv", "rm"} {
+		fake := "#!/bin/sh\n: > " + marks + "/" + tool + "\nexec /usr/bin/" + tool + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(hostile, tool), []byte(fake), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := []byte("#!/bin/sh\necho \"" + agent.Banner + " 1 $1 $PATH\"\n")
+	sum := sha256.Sum256(data)
+	bin := dist.Binary{Arch: fakeAgent(t).Arch, SHA256: hex.EncodeToString(sum[:]), Data: data}
+	path := hostile + ":/usr/bin:/bin"
+	run := func(script string, stdin []byte) string {
+		cmd := exec.Command("/bin/sh", "-c", script)
+		cmd.Env = []string{"HOME=" + home, "PATH=" + path}
+		cmd.Stdin = bytes.NewReader(stdin)
+		out, _ := cmd.Output()
+		return string(out)
+	}
+	if out := run(uploadScript(bin.SHA256), bin.Data); !strings.Contains(out, uploadedLine) {
+		t.Fatalf("upload: %q", out)
+	}
+	if out := run(launcherScript(map[string]dist.Binary{bin.Arch: bin}), nil); out != agent.Banner+" 1 serve "+path+"\n" {
+		t.Errorf("launcher said %q, want the agent run with PATH %s", out, path)
+	}
+	if ents, _ := os.ReadDir(marks); len(ents) > 0 {
+		var ran []string
+		for _, e := range ents {
+			ran = append(ran, e.Name())
+		}
+		t.Errorf("fake tools ran: %v", ran)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/gomux/gomux/agent/dist"
+	"github.com/gomux/gomux/internal/fixedpath"
 	"github.com/gomux/gomux/internal/gogroup"
 )
 
@@ -192,7 +193,7 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 		reason := lease.fallbackReason()
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
-			if opts := remote(ctx, lease, `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`); hasMountOpt(opts, "noexec") {
+			if opts := remote(ctx, lease, findmntCommand); hasMountOpt(opts, "noexec") {
 				reason = "the agent cache ~/.cache/gomux is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
 				fix = "mount the home directory (or ~/.cache) without noexec, or accept fallback: gomux then serves this target through its sshd, channel by channel, without acceleration"
 			}
@@ -208,7 +209,9 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 	}
 }
 
-// python looks for the interpreter Ansible would use.
+// python looks for the interpreter Ansible would use, through the login
+// shell's PATH as Ansible's discovery does (so not fixedpath.Set): it runs
+// as the login user, and reports what Ansible would find.
 func (c *checkRun) python(ctx context.Context, lease *Lease) {
 	if out := remote(ctx, lease, `for p in python3 /usr/bin/python3 python /usr/libexec/platform-python; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; "$p" -c 'import sys; print(sys.version.split()[0])'; exit 0; }; done; exit 1`); out != "" {
 		c.add("python", "ok", strings.Join(strings.Fields(out), " "), "")
@@ -217,7 +220,8 @@ func (c *checkRun) python(ctx context.Context, lease *Lease) {
 	}
 }
 
-// sudo checks become without a password.
+// sudo checks become without a password, running sudo by name as
+// Ansible does (the login user's PATH, as the login user).
 func (c *checkRun) sudo(ctx context.Context, lease *Lease) {
 	if out, err := remoteErr(ctx, lease, `sudo -n true`); err == nil {
 		c.add("sudo", "ok", "sudo -n true works: become without a password", "")
@@ -298,6 +302,10 @@ func agentFix(reason string) string {
 	}
 	return "see the reason; gomux serves this target through its sshd, channel by channel, without acceleration"
 }
+
+// findmntCommand prints the mount options of the file system the agent
+// cache would be on, with a fixed PATH (fixedpath.Set).
+const findmntCommand = fixedpath.Set + `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`
 
 func hasMountOpt(opts, want string) bool {
 	for _, o := range strings.Split(strings.TrimSpace(opts), ",") {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"mvdan.cc/sh/v3/syntax"
+
+	"github.com/gomux/gomux/internal/fixedpath"
 )
 
 // WarmOptions name the agent that serves warm module runs on a target.
@@ -218,7 +220,11 @@ func becomeGuard(loginAgent, sha string) (cond, agent string) {
 	// the exec and have the shell run a file of theirs.
 	home := `[ -O "$HOME" ] && [ -d "$HOME/.cache" ] && [ ! -L "$HOME/.cache" ] && [ -O "$HOME/.cache" ]`
 	check := home + ` && [ -f ` + v + ` ] && [ ! -L ` + v + ` ] && [ -O ` + v + ` ] && [ -d ` + d + ` ] && [ ! -L ` + d + ` ] && [ -O ` + d + ` ]`
-	install := `( umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
+	// The subshell fixes PATH first: the become method may have kept the
+	// login user's (su; sudo without secure_path), and a fake mkdir or
+	// sha256sum there would run as the become user. The module run after
+	// it keeps the PATH it was given.
+	install := `( ` + fixedpath.Set + `umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
 		`[ -O "$HOME" ] && mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && [ -f ` + shQuote(loginAgent) + ` ] && head -c 67108864 ` + shQuote(loginAgent) + ` > "$t" && ` +
 		`[ "$(sha256sum < "$t" | cut -c1-64)" = ` + sha + ` ] && chmod 500 "$t" && mv -f "$t" ` + v + ` || { rm -f "$t"; exit 1; } ) >/dev/null 2>&1`
 	// test -x last: a copy on a noexec mount is not installed again.

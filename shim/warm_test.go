@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gomux/gomux/internal/fixedpath"
 )
 
 const (
@@ -152,6 +154,8 @@ type becomeLab struct {
 	loginAgent string
 	home       string
 	py         string
+	// env is more NAME=value the become wrapper sets (a PATH it keeps).
+	env []string
 }
 
 const fakeAgent = "#!/bin/sh\necho AGENT \"$@\"\n"
@@ -179,7 +183,8 @@ func newBecomeLab(t *testing.T) *becomeLab {
 func (l *becomeLab) run() string {
 	l.t.Helper()
 	inner := "echo BECOME-SUCCESS-" + warmKey + " ; " + l.py + " " + warmScript
-	cmd := "/bin/sh -c " + shQuote("/usr/bin/env HOME="+l.home+" /bin/sh -c "+shQuote(inner)+" && sleep 0")
+	env := strings.Join(append([]string{"HOME=" + l.home}, l.env...), " ")
+	cmd := "/bin/sh -c " + shQuote("/usr/bin/env "+env+" /bin/sh -c "+shQuote(inner)+" && sleep 0")
 	w, ok := Warm(cmd, WarmOptions{Agent: l.loginAgent, AgentID: "1:2"})
 	if !ok {
 		l.t.Fatalf("not rewritten: %s", cmd)
@@ -465,5 +470,60 @@ func TestWarmTerminalGoesToTheRun(t *testing.T) {
 		if p.TerminalToRun != c.want || strings.Contains(p.Command, "-ctty 0") != c.want {
 			t.Errorf("%s: TerminalToRun %v, command %q; want %v", c.name, p.TerminalToRun, p.Command, c.want)
 		}
+	}
+}
+
+// TestBecomeGuardFixesPath: the become install step is a shell program run
+// as the become user with whatever PATH the become method kept; it parses
+// (sh -n) and runs no tool by a bare name before it fixes PATH.
+func TestBecomeGuardFixesPath(t *testing.T) {
+	cond, _ := becomeGuard("/home/u/.cache/gomux/agent-"+warmSHA, warmSHA)
+	prog := "if " + cond + "; then :; fi"
+	if out, err := exec.Command("/bin/sh", "-n", "-c", prog).CombinedOutput(); err != nil {
+		t.Errorf("sh -n: %v %s", err, out)
+	}
+	if bare, err := fixedpath.Unfixed(prog); err != nil || len(bare) > 0 {
+		t.Errorf("the become guard runs %q through the PATH it was given (%v):\n%s", bare, err, prog)
+	}
+}
+
+// TestWarmBecomeIgnoresHostilePath: a become wrapper that keeps the login
+// user's PATH (su, sudo without secure_path), with a directory of fake
+// tools first in it: the install runs none of them, installs the copy,
+// and the module run keeps the PATH it was given.
+func TestWarmBecomeIgnoresHostilePath(t *testing.T) {
+	l := newBecomeLab(t)
+	hostile, marks := t.TempDir(), t.TempDir()
+	for _, tool := range []string{"mkdir", "chmod", "head", "sha256sum", "cut", "mv", "rm"} {
+		fake := "#!/bin/sh\n: > " + marks + "/" + tool + "\nexec /usr/bin/" + tool + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(hostile, tool), []byte(fake), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(l.py, []byte("#!/bin/sh\necho PY \"$PATH\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := hostile + ":/usr/bin:/bin"
+	l.env = []string{"PATH=" + path}
+	// The fake agent runs the interpreter it was given, as pyrun would.
+	agent := "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done; shift; exec \"$@\"\n"
+	sum := sha256.Sum256([]byte(agent))
+	os.Remove(l.loginAgent)
+	l.loginAgent = filepath.Join(filepath.Dir(l.loginAgent), "agent-"+hex.EncodeToString(sum[:]))
+	if err := os.WriteFile(l.loginAgent, []byte(agent), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.run(); got != "PY "+path+"\n" {
+		t.Errorf("run: %q, want the interpreter with PATH %s", got, path)
+	}
+	if _, err := os.Lstat(l.copyPath()); err != nil {
+		t.Errorf("no verified copy installed: %v", err)
+	}
+	if ents, _ := os.ReadDir(marks); len(ents) > 0 {
+		var ran []string
+		for _, e := range ents {
+			ran = append(ran, e.Name())
+		}
+		t.Errorf("fake tools ran as the become user: %v", ran)
 	}
 }

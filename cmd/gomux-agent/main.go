@@ -47,8 +47,12 @@ func main() {
 }
 
 func serve() int {
-	closeLauncherFD()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if err := setNotDumpable(); err != nil {
+		log.Error("harden", "err", err)
+		return 1
+	}
+	closeLauncherFD()
 	// The protocol owns the original stdin and stdout. Point fds 0 and 1 at
 	// /dev/null so nothing else (a child, a stray print) can write into the
 	// multiplexed stream.
@@ -85,6 +89,23 @@ func serve() int {
 		return 1
 	}
 	return 0
+}
+
+// setNotDumpable makes the agent non-dumpable (PR_SET_DUMPABLE 0), first
+// thing: it carries what passes through it for everyone who uses this
+// login (become passwords on stdin, environments, file contents), and
+// another process of the same user must not read that by ptrace or from
+// /proc/PID/mem, environ or fd (the kernel then refuses them to anyone
+// without CAP_SYS_PTRACE, and gives /proc/PID to root). Its own
+// /proc/self stays open to it. The commands it starts become dumpable
+// again at execve, as they are under sshd; so does `gomux-agent pyrun`,
+// which stands in for the interpreter and is not made non-dumpable (the
+// fork server reads its /proc/PID/ns to compare confinement).
+func setNotDumpable() error {
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl PR_SET_DUMPABLE 0: %w", err)
+	}
+	return nil
 }
 
 // launcherFD is the descriptor through which the launcher hashed this

@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gomux/gomux/agent"
 )
@@ -18,6 +21,12 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("GOMUX_AGENT_TEST_SERVE") == "1" {
 		os.Exit(serve())
+	}
+	if os.Getenv("GOMUX_AGENT_TEST_DUMPABLE") == "1" {
+		// A command the agent runs: say whether it is dumpable.
+		d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+		fmt.Println(d, err)
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -142,5 +151,61 @@ func TestLauncherDescriptorNotInherited(t *testing.T) {
 	p.Wait()
 	if string(out) != "closed\n" {
 		t.Errorf("a command of the agent has fd 3: %q", out)
+	}
+}
+
+// TestCommandsDumpableAgain: the agent is not dumpable (setNotDumpable),
+// but what it runs must be as it is under sshd: execve makes a command
+// dumpable again, and the agent does nothing between fork and exec that
+// would keep it otherwise.
+func TestCommandsDumpableAgain(t *testing.T) {
+	if os.Getenv("GOMUX_AGENT_TEST_SERVE") != "" {
+		t.Skip()
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := serveAgent(t, exec.Command(self))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{self}, Env: []string{"GOMUX_AGENT_TEST_DUMPABLE=1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, p.Stderr())
+	out, _ := io.ReadAll(p.Stdout())
+	p.Wait()
+	if string(out) != "1 <nil>\n" {
+		t.Errorf("a command of the agent: PR_GET_DUMPABLE says %q, want 1", out)
+	}
+}
+
+// TestSetNotDumpable: the agent's own /proc/self stays open to it once it
+// is not dumpable (it reads exe and fd there); run in a child, so the test
+// process keeps its own flag.
+func TestSetNotDumpable(t *testing.T) {
+	if os.Getenv("GOMUX_AGENT_TEST_HARDEN") == "1" {
+		if err := setNotDumpable(); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0); d != 0 || err != nil {
+			t.Fatalf("PR_GET_DUMPABLE after setNotDumpable: %d %v", d, err)
+		}
+		for _, p := range []string{"/proc/self/exe", "/proc/self/fd/0"} {
+			if _, err := os.Readlink(p); err != nil {
+				t.Fatalf("readlink %s: %v", p, err)
+			}
+		}
+		if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+			t.Fatalf("list /proc/self/fd: %v", err)
+		}
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSetNotDumpable$", "-test.v")
+	cmd.Env = append(os.Environ(), "GOMUX_AGENT_TEST_HARDEN=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestSetNotDumpable")) {
+		t.Fatalf("child: %v\n%s", err, out)
 	}
 }

@@ -266,14 +266,28 @@ func killUserProcesses(user string) {
 		if err != nil {
 			continue
 		}
-		fi, err := os.Stat("/proc/" + e.Name())
-		if err != nil {
-			continue
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == uid {
+		// By the Uid line of status, not the owner of /proc/PID: that is
+		// root for a process that is not dumpable, as the agent is.
+		if procUID(pid) == uid {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// procUID is the real uid of process pid, or -1.
+func procUID(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+			if uid, err := strconv.Atoi(f[1]); err == nil {
+				return uid
+			}
+		}
+	}
+	return -1
 }
 
 func writeKey(tb testing.TB, path, comment string) gossh.PublicKey {
