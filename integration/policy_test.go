@@ -344,7 +344,8 @@ func runOut(t *testing.T, name string, args ...string) string {
 func TestPolicyUpstreamUserCA(t *testing.T) {
 	p := startPolicyLab(t)
 	g := startGomux(t, p.lab, gomuxOptions{
-		Targets:       "  - hosts: [allowed.lab]\n",
+		Targets: fmt.Sprintf("  - hosts: [allowed.lab]\n  - hosts: [%q]\n    ports: [2222]\n    users: [%s]\n    mode: forward\n",
+			p.t0.Addr, p.lab.User),
 		KnownHosts:    p.knownHosts,
 		HostsFile:     p.hosts,
 		IdentityFiles: "[]",
@@ -360,6 +361,13 @@ func TestPolicyUpstreamUserCA(t *testing.T) {
 	}
 	if !hasEvent(g, "upstream_connect", "person", p.lab.User) {
 		t.Errorf("upstream connection not keyed by person")
+	}
+	// A forward rule applies to this person: the certificate permits
+	// port forwarding, which t0's sshd requires of a certificate before
+	// it carries the forward (certificates for persons no forward rule
+	// applies to do not: TestSignUserCertNamesPerson).
+	if got := probeForward(t, ctx, g, "allowed.lab", p.t0.Addr+":2222"); !strings.HasPrefix(got, "SSH-2.0-OpenSSH") {
+		t.Errorf("forward through a target that trusts gomux's certificate: %q", got)
 	}
 }
 

@@ -287,6 +287,7 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 	d := ic.decision
 	l, err := ic.s.pool.Acquire(ctx, UpstreamTarget{
 		Host: d.HostPort(), Dial: d.DialAddr(), User: ic.remoteUser, Credential: d.Credential, Person: ic.frontUser,
+		Forwarding: ic.s.live().policy.GrantsForwarding(ic.frontUser),
 	})
 	if err != nil {
 		return nil, err

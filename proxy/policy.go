@@ -214,6 +214,18 @@ func (p *Policy) decideResolved(person, name string, addr netip.Addr, port int) 
 	return deny
 }
 
+// GrantsForwarding says whether a forward rule applies to person, so the
+// upstream certificates minted for them must permit port forwarding; for
+// anyone else they do not.
+func (p *Policy) GrantsForwarding(person string) bool {
+	for _, r := range p.rules {
+		if r.Mode == ModeForward && (len(r.Users) == 0 || matchAny(r.Users, person)) {
+			return true
+		}
+	}
+	return false
+}
+
 // Recheck decides again what was let through by d: the same person, name,
 // address (the one dialled, not resolved again) and port, and, once the
 // inner login is known, the remote user. It returns why the live policy

@@ -229,7 +229,7 @@ func TestSignUserCertNamesPerson(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := signUserCert(ca, "alice", "deploy", 5*time.Minute)
+	s, err := signUserCert(ca, "alice", "deploy", false, 5*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,9 +252,32 @@ func TestSignUserCertNamesPerson(t *testing.T) {
 	if err := checker.CheckCert("root", cert); err == nil {
 		t.Error("certificate valid for another user")
 	}
-	s2, _ := signUserCert(ca, "alice", "deploy", 5*time.Minute)
-	if s2.PublicKey().(*gossh.Certificate).Serial == cert.Serial {
+	s2, _ := signUserCert(ca, "alice", "deploy", true, 5*time.Minute)
+	c2 := s2.PublicKey().(*gossh.Certificate)
+	if c2.Serial == cert.Serial {
 		t.Error("serials repeat")
+	}
+	// Port forwarding only where a forward rule needs it.
+	if _, ok := cert.Extensions["permit-port-forwarding"]; ok {
+		t.Error("certificate without forwarding permits port forwarding")
+	}
+	if _, ok := c2.Extensions["permit-port-forwarding"]; !ok {
+		t.Error("certificate with forwarding lacks permit-port-forwarding")
+	}
+}
+
+// TestPolicyGrantsForwarding: only a forward rule that applies to the
+// person asks for certificates that permit port forwarding.
+func TestPolicyGrantsForwarding(t *testing.T) {
+	p := mustPolicy(t, []TargetRule{
+		{Hosts: []string{"*.example.com"}, RemoteUsers: []string{"*"}},
+		{Hosts: []string{"db1.example.com"}, Users: []string{"alice"}, Ports: []int{5432}, Mode: ModeForward},
+		{Hosts: []string{"web.example.com"}, Users: []string{"carol"}, Ports: []int{80}, Mode: ModeDeny},
+	})
+	for person, want := range map[string]bool{"alice": true, "bob": false, "carol": false} {
+		if got := p.GrantsForwarding(person); got != want {
+			t.Errorf("GrantsForwarding(%s) = %v", person, got)
+		}
 	}
 }
 

@@ -76,6 +76,9 @@ type Pool struct {
 // credential that signs per-person certificates.
 type poolKey struct {
 	host, dial, user, cred, person string
+	// forwarding: the minted certificate permits port forwarding. Only
+	// set with a user CA, where it is part of what the target is shown.
+	forwarding bool
 }
 
 // UpstreamTarget is what an upstream connection is for: where, as whom,
@@ -91,6 +94,10 @@ type UpstreamTarget struct {
 	Credential string
 	// Person is the front user acting, named in user certificates.
 	Person string
+	// Forwarding says a forward rule may send the person's forwards on
+	// from this target, so a minted user certificate carries
+	// permit-port-forwarding; without it, it does not.
+	Forwarding bool
 }
 
 // credential is one loaded upstream credential.
@@ -221,7 +228,7 @@ func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
 	}
 	key := poolKey{host: t.Host, dial: t.Dial, user: t.User, cred: t.Credential}
 	if cred.ca != nil {
-		key.person = t.Person
+		key.person, key.forwarding = t.Person, t.Forwarding
 	}
 	login := loginAttempt{person: t.Person, dial: t.Dial, user: t.User, cred: t.Credential}
 	for {
@@ -661,7 +668,7 @@ func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 	cred := p.creds[key.cred]
 	var signers []gossh.Signer
 	if cred.ca != nil {
-		s, err := signUserCert(cred.ca, key.person, cred.prefix+key.user, p.cfg.UserCertValidity.D())
+		s, err := signUserCert(cred.ca, key.person, cred.prefix+key.user, key.forwarding, p.cfg.UserCertValidity.D())
 		if err != nil {
 			return nil, nil, err
 		}
@@ -692,7 +699,7 @@ func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 // user_principal_prefix) on behalf of person: the target's sshd logs the
 // key ID, so its log names who acted. Each new connection gets a fresh
 // one; connections already up keep theirs.
-func signUserCert(ca gossh.Signer, person, principal string, validity time.Duration) (gossh.Signer, error) {
+func signUserCert(ca gossh.Signer, person, principal string, forwarding bool, validity time.Duration) (gossh.Signer, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("user certificate key: %w", err)
@@ -714,10 +721,10 @@ func signUserCert(ca gossh.Signer, person, principal string, validity time.Durat
 		ValidPrincipals: []string{principal},
 		ValidAfter:      uint64(now.Add(-time.Minute).Unix()),
 		ValidBefore:     uint64(now.Add(validity).Unix()),
-		Permissions: gossh.Permissions{Extensions: map[string]string{
-			"permit-pty":             "",
-			"permit-port-forwarding": "",
-		}},
+		Permissions: gossh.Permissions{Extensions: map[string]string{"permit-pty": ""}},
+	}
+	if forwarding {
+		cert.Permissions.Extensions["permit-port-forwarding"] = ""
 	}
 	if err := cert.SignCert(rand.Reader, ca); err != nil {
 		return nil, fmt.Errorf("sign user certificate for %s as %s: %w", person, principal, err)
