@@ -721,7 +721,7 @@ func signUserCert(ca gossh.Signer, person, principal string, forwarding bool, va
 		ValidPrincipals: []string{principal},
 		ValidAfter:      uint64(now.Add(-time.Minute).Unix()),
 		ValidBefore:     uint64(now.Add(validity).Unix()),
-		Permissions: gossh.Permissions{Extensions: map[string]string{"permit-pty": ""}},
+		Permissions:     gossh.Permissions{Extensions: map[string]string{"permit-pty": ""}},
 	}
 	if forwarding {
 		cert.Permissions.Extensions["permit-port-forwarding"] = ""
