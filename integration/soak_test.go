@@ -189,7 +189,7 @@ func TestLoadConcurrentSessions(t *testing.T) {
 	// One person from one address holds all of them: the per-person and
 	// per-source defaults are for a team, so this test raises them.
 	g := startGomux(t, lab, gomuxOptions{Extra: "stats_interval: 5s\n", Limits: `  max_startups: "1000:30:2000"
-  per_source_max_startups: 1000
+  per_source_max_startups: 900
   max_connections_per_user: 1200
   max_connections_per_source: 2000
   max_channels_per_user: 4000

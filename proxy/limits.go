@@ -25,8 +25,9 @@ type LimitsConfig struct {
 	// rate% rising linearly to 100% at full. Default "100:30:1000".
 	MaxStartups string `yaml:"max_startups"`
 	// PerSourceMaxStartups caps the unauthenticated connections of one
-	// source address, so one source cannot fill MaxStartups alone.
-	// Default 100.
+	// source address. It must be below MaxStartups' start, so that one
+	// source's stalled connections cannot begin the early drop for
+	// everyone. Default 50 (or start-1 where that is lower).
 	PerSourceMaxStartups int `yaml:"per_source_max_startups"`
 	// MaxConnectionsPerUser caps one person's authenticated connections.
 	// Default 500.
@@ -84,6 +85,23 @@ type LimitsConfig struct {
 	UpstreamDialsPerSecond int `yaml:"upstream_dials_per_second"`
 	// UpstreamDialBurst is that bucket's size. Default 1000.
 	UpstreamDialBurst int `yaml:"upstream_dial_burst"`
+	// PersonMemoryMiB is one person's share of gomux's memory, in MiB:
+	// every channel they hold open counts 4 MiB (the 2 MiB receive window
+	// x/crypto/ssh gives each channel, which a peer may fill whether or
+	// not anything reads it, and as much for the copies on the way),
+	// plus the uploads and stdin gomux holds for them. A new channel or
+	// forward past it is refused to that person alone. Default 512, 128
+	// channels: Ansible with forks=50 and ControlPersist holds about 2 a
+	// fork (the jump forward and the step's session; a sftp between).
+	PersonMemoryMiB int `yaml:"person_memory_mib"`
+	// MaxMemoryMiB is the process's soft ceiling, in MiB: above it (what
+	// the channels and uploads of everyone may hold, or what the Go
+	// runtime holds now) new logins and channels are refused for
+	// everyone rather than gomux be killed, and the Go runtime collects
+	// harder before it (its soft memory limit). Default 0: 80% of the
+	// cgroup's memory.max when gomux runs under one (systemd MemoryMax,
+	// a Kubernetes limit), else no ceiling. Both set: the lower.
+	MaxMemoryMiB int `yaml:"max_memory_mib"`
 }
 
 func (l *LimitsConfig) applyDefaults() {
@@ -101,7 +119,9 @@ func (l *LimitsConfig) applyDefaults() {
 	if l.MaxStartups == "" {
 		l.MaxStartups = "100:30:1000"
 	}
-	setInt(&l.PerSourceMaxStartups, 100)
+	if su, err := parseStartups(l.MaxStartups); err == nil {
+		setInt(&l.PerSourceMaxStartups, max(min(50, su.start-1), 1))
+	}
 	setInt(&l.MaxConnectionsPerUser, 500)
 	setInt(&l.MaxConnectionsPerSource, 1000)
 	setInt(&l.MaxChannelsPerConnection, 64)
@@ -118,11 +138,16 @@ func (l *LimitsConfig) applyDefaults() {
 	setInt(&l.MaxLoginBackoffs, 10000)
 	setInt(&l.UpstreamDialsPerSecond, 200)
 	setInt(&l.UpstreamDialBurst, 1000)
+	setInt(&l.PersonMemoryMiB, 512)
 }
 
 func (l *LimitsConfig) validate() error {
-	if _, err := parseStartups(l.MaxStartups); err != nil {
+	su, err := parseStartups(l.MaxStartups)
+	if err != nil {
 		return &FieldError{"limits.max_startups", err}
+	}
+	if l.PerSourceMaxStartups >= su.start && su.start > 1 {
+		return &FieldError{"limits.per_source_max_startups", fmt.Errorf("%d is not below max_startups' start (%d): one source could start the early drop for everyone", l.PerSourceMaxStartups, su.start)}
 	}
 	for name, v := range map[string]int{
 		"per_source_max_startups":     l.PerSourceMaxStartups,
@@ -137,6 +162,8 @@ func (l *LimitsConfig) validate() error {
 		"max_login_backoffs":          l.MaxLoginBackoffs,
 		"upstream_dials_per_second":   l.UpstreamDialsPerSecond,
 		"upstream_dial_burst":         l.UpstreamDialBurst,
+		"person_memory_mib":           l.PersonMemoryMiB,
+		"max_memory_mib":              l.MaxMemoryMiB,
 	} {
 		if v < 0 {
 			return &FieldError{"limits." + name, errors.New("must be positive")}
@@ -187,11 +214,13 @@ type limiter struct {
 	conns    map[string]int // "user:NAME" and "source:ADDR"
 	chans    map[string]int
 	rand     func(n int) int
+	mem      memAccount
 }
 
 func newLimiter(cfg LimitsConfig) *limiter {
 	su, _ := parseStartups(cfg.MaxStartups) // validated with the config
-	return &limiter{cfg: cfg, su: su, unauthBy: map[string]int{}, conns: map[string]int{}, chans: map[string]int{}, rand: rand.IntN}
+	return &limiter{cfg: cfg, su: su, unauthBy: map[string]int{}, conns: map[string]int{}, chans: map[string]int{}, rand: rand.IntN,
+		mem: newMemAccount(cfg)}
 }
 
 // reconfigure applies new limits to what is admitted from now on; what
@@ -203,6 +232,7 @@ func (l *limiter) reconfigure(cfg LimitsConfig) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cfg, l.su = cfg, su
+	l.mem.configure(cfg)
 }
 
 // sourceOf is the address part of a peer, the unit of per-source limits.
@@ -271,6 +301,9 @@ func (l *limiter) login(user string) (release func(), err error) {
 	k := "user:" + user
 	if l.conns[k] >= l.cfg.MaxConnectionsPerUser {
 		return nil, &errLimit{fmt.Sprintf("gomux: %s has too many connections (max_connections_per_user %d)", user, l.cfg.MaxConnectionsPerUser)}
+	}
+	if err := l.mem.ceilingLocked(channelCost); err != nil { // room for its first channel
+		return nil, err
 	}
 	l.conns[k]++
 	var once sync.Once

@@ -148,3 +148,61 @@ func TestLimitsConfig(t *testing.T) {
 		t.Fatalf("bad max_startups: %v", err)
 	}
 }
+
+// TestMemoryShares: a person's channels count 4 MiB each against their
+// share, which refuses only them; above the ceiling (by what everyone
+// holds, or what the runtime holds now) logins and channels are refused
+// for everyone; what is given back can be taken again.
+func TestMemoryShares(t *testing.T) {
+	cfg := LimitsConfig{}
+	cfg.applyDefaults()
+	cfg.PersonMemoryMiB = 16 // 4 channels
+	cfg.MaxMemoryMiB = 40
+	l := newLimiter(cfg)
+	l.mem.ceiling = 40 << 20 // no cgroup in the way
+	var used int64
+	l.mem.usage = func() int64 { return used }
+	var frees []func()
+	for i := range 4 {
+		free, err := l.holdChannel("alice")
+		if err != nil {
+			t.Fatalf("channel %d within the share: %v", i, err)
+		}
+		frees = append(frees, free)
+	}
+	if _, err := l.holdChannel("alice"); err == nil || !strings.Contains(err.Error(), "alice holds their memory share") {
+		t.Fatalf("fifth channel past a 16 MiB share: %v", err)
+	}
+	if l.hold("alice", 1) {
+		t.Errorf("held stdin past the share")
+	}
+	// Bob is not alice.
+	bob, err := l.holdChannel("bob")
+	if err != nil {
+		t.Fatalf("another person at alice's share: %v", err)
+	}
+	frees[0]()
+	frees[0]() // once only
+	if got := l.heldBy("alice"); got != 12<<20 {
+		t.Errorf("alice holds %d after freeing one channel twice", got)
+	}
+	if _, err := l.holdChannel("alice"); err != nil {
+		t.Errorf("a channel after one was freed: %v", err)
+	}
+	// The ceiling: 16 + 4 held; the runtime says 39 MiB now.
+	used = 39 << 20
+	if _, err := l.holdChannel("carol"); err == nil || !strings.Contains(err.Error(), "memory ceiling") {
+		t.Errorf("channel above the ceiling: %v", err)
+	}
+	if _, err := l.login("carol"); err == nil || !strings.Contains(err.Error(), "memory ceiling") {
+		t.Errorf("login above the ceiling: %v", err)
+	}
+	used = 0
+	if _, err := l.login("carol"); err != nil {
+		t.Errorf("login below the ceiling: %v", err)
+	}
+	bob()
+	if l.heldBy("bob") != 0 {
+		t.Errorf("bob still holds memory")
+	}
+}

@@ -244,6 +244,15 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 		return
 	}
 	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
+	if err == nil {
+		var free func()
+		if free, err = s.limits.holdChannel(conn.User()); err == nil {
+			count := release
+			release = func() { free(); count() }
+		} else {
+			release()
+		}
+	}
 	if err != nil {
 		act.end()
 		s.metrics.limit("channel")

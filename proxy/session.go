@@ -117,7 +117,11 @@ func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
 			req.Reply(ok, nil)
 		}
 	}
-	// The client closed the channel: stop whatever still runs for it.
+	// The client closed the channel: its buffers are gone, so is its
+	// count against the person's memory (a command that never reads its
+	// stdin may keep its process, and this handler, waiting), and
+	// whatever still runs for it is stopped.
+	freeChannelMemory(ctx)
 	s.mu.Lock()
 	if s.proc != nil {
 		s.proc.Close()
@@ -397,13 +401,19 @@ const maxWholeStdin = 16 << 20
 func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd string) {
 	var buf bytes.Buffer
 	var held int64
-	defer func() { s.ic.s.budget.Release(held) }()
+	person := s.ic.frontUser
+	defer func() { s.ic.s.budget.Release(held); s.ic.s.limits.free(person, held) }()
 	whole := false
 	chunk := make([]byte, 32<<10)
 	for {
 		n, err := s.ch.Read(chunk)
 		if n > 0 {
-			if int64(buf.Len()+n) > maxWholeStdin || !s.ic.s.budget.Reserve(int64(n)) {
+			if int64(buf.Len()+n) > maxWholeStdin || !s.ic.s.limits.hold(person, int64(n)) {
+				buf.Write(chunk[:n])
+				break
+			}
+			if !s.ic.s.budget.Reserve(int64(n)) {
+				s.ic.s.limits.free(person, int64(n))
 				buf.Write(chunk[:n])
 				break
 			}
@@ -725,7 +735,9 @@ func (s *session) serveSFTP(ctx context.Context) {
 	if s.ic.s.config().Upstream.Ansible {
 		host = s.lease.Shim(s.a)
 	}
-	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.config().Limits.MaxSFTPHandles, budget: s.ic.s.budget}, s.log)
+	person := s.ic.frontUser
+	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.config().Limits.MaxSFTPHandles, budget: s.ic.s.budget,
+		hold: func(n int64) bool { return s.ic.s.limits.hold(person, n) }, free: func(n int64) { s.ic.s.limits.free(person, n) }}, s.log)
 	err := srv.Serve()
 	srv.Close()
 	s.settle()

@@ -49,6 +49,10 @@ type sftpLimits struct {
 	// budget is gomux's staging memory, which the buffers of uploads
 	// being staged count against; nil means only shim.MaxStagedFile.
 	budget *shim.Budget
+	// hold and free count the same buffers in the person's memory
+	// share; nil means no share.
+	hold func(n int64) bool
+	free func(n int64)
 }
 
 func newSFTPServer(ctx context.Context, a *agent.Client, host *shim.Host, rwc io.ReadWriteCloser, lim sftpLimits, log zerolog.Logger) *sftp.RequestServer {
@@ -527,16 +531,25 @@ func (s *stagingFile) WriteAt(p []byte, off int64) (_ int, err error) {
 // so that a stream of small writes does not take the budget's lock each.
 func (s *stagingFile) reserveLocked(end int64) bool {
 	want := min(max(end, 2*s.held, 64<<10), shim.MaxStagedFile)
+	if s.f.lim.hold != nil && !s.f.lim.hold(want-s.held) {
+		return false
+	}
 	if !s.f.lim.budget.Reserve(want - s.held) {
+		if s.f.lim.free != nil {
+			s.f.lim.free(want - s.held)
+		}
 		return false
 	}
 	s.held = want
 	return true
 }
 
-// unreserveLocked gives back what buf held of the budget.
+// unreserveLocked gives back what buf held of the budget and the share.
 func (s *stagingFile) unreserveLocked() {
 	s.f.lim.budget.Release(s.held)
+	if s.f.lim.free != nil {
+		s.f.lim.free(s.held)
+	}
 	s.held = 0
 }
 

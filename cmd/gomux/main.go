@@ -11,10 +11,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
@@ -328,6 +330,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 		return 2
 	}
 	defer level.audit.close()
+	setMemoryLimit(cfg)
 	srv, ln, code := start(cfg, log, stderr)
 	if srv == nil {
 		return code
@@ -448,6 +451,7 @@ func (d *daemon) reload(why string, data []byte) {
 	ncfg, err := d.srv.ReloadFile(d.configPath, data, d.override, why)
 	if err == nil {
 		d.level.set(ncfg.LogLevel)
+		setMemoryLimit(ncfg)
 		if err := d.level.audit.open(ncfg.Audit.LogFile); err != nil {
 			d.log.Error().Str("event", proxy.EventReload).Err(err).Msg("audit file not reopened; the open one stays")
 		}
@@ -468,6 +472,16 @@ func (d *daemon) shutdown(errc <-chan error) int {
 		d.log.Warn().Err(err).Msg("serve after shutdown")
 	}
 	return 0
+}
+
+// setMemoryLimit gives the Go runtime gomux's memory ceiling as its soft
+// limit, so the collector works hard before the ceiling, not after.
+func setMemoryLimit(cfg *proxy.Config) {
+	if c := proxy.MemoryCeiling(cfg.Limits); c > 0 {
+		debug.SetMemoryLimit(c)
+	} else {
+		debug.SetMemoryLimit(math.MaxInt64)
+	}
 }
 
 // noiseInterval is how often the counts of unauthenticated noise are
