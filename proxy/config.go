@@ -177,8 +177,11 @@ type Credential struct {
 // it resolved when deciding.
 type TargetRule struct {
 	// Hosts are shell patterns (*, ?, [..]) matched against the normalized
-	// name (an IP literal in canonical form). At least one of hosts and
-	// cidrs is required; with both, both must match.
+	// name (an IP literal in canonical form), label by label as in TLS:
+	// a wildcard never crosses a dot, so *.prod.example.com does not
+	// match a.b.prod.example.com (write *.*.prod.example.com, or use
+	// cidrs, to go deeper on purpose). "*" alone matches every host. At
+	// least one of hosts and cidrs is required; with both, both must match.
 	Hosts []string `yaml:"hosts"`
 	// CIDRs are networks (or single addresses) that must contain the
 	// address the name resolves to, so no alias or IP literal in a network
@@ -599,7 +602,12 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 	if len(r.Hosts) == 0 && len(r.CIDRs) == 0 {
 		return &FieldError{f + ".hosts", errors.New("at least one host pattern or cidrs network is required")}
 	}
-	for _, pats := range [][]string{r.Hosts, r.Users, r.RemoteUsers} {
+	for _, p := range r.Hosts {
+		if err := checkHostPattern(p); err != nil {
+			return &FieldError{f + ".hosts", err}
+		}
+	}
+	for _, pats := range [][]string{r.Users, r.RemoteUsers} {
 		for _, p := range pats {
 			if err := checkPattern(p); err != nil {
 				return &FieldError{f, err}
