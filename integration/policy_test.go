@@ -141,6 +141,7 @@ func TestPolicyAttacks(t *testing.T) {
     mode: deny
   - hosts: [keyb.lab]
     credential: b
+    remote_users: ["*"]
   - hosts: [root-ok.lab]
     remote_users: [root, %s]
   - hosts: [splice.lab]
@@ -337,7 +338,7 @@ func runOut(t *testing.T, name string, args ...string) string {
 func TestPolicyUpstreamUserCA(t *testing.T) {
 	p := startPolicyLab(t)
 	g := startGomux(t, p.lab, gomuxOptions{
-		Targets:       "  - hosts: [allowed.lab]\n",
+		Targets:       "  - hosts: [allowed.lab]\n    remote_users: [\"*\"]\n",
 		KnownHosts:    p.knownHosts,
 		HostsFile:     p.hosts,
 		IdentityFiles: "[]",

@@ -119,7 +119,7 @@ func (c *checkRun) policy(host string, port int) (Decision, bool) {
 	switch {
 	case d.Mode == ModeDeny:
 		c.add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", c.person, joinHostPort(host, port), d.Reason, rule),
-			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, c.person, port))
+			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d, with remote_users [%s]", d.Host, c.person, port, c.user))
 		return d, false
 	case nameErr != nil:
 		c.add("policy", "fail", fmt.Sprintf("%s may reach %s (%s) but not as %q: %v", c.person, d.HostPort(), rule, c.user, nameErr),

@@ -276,6 +276,9 @@ func LoadConfig(path string) (*Config, error) {
 		if err := yaml.Unmarshal(b, &set); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
+		if err := checkRuleLists(b); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 	}
 	// A file without targets (or with every rule commented out) is an
 	// error, reported after any other: the personal default is only for
@@ -293,7 +296,63 @@ func LoadConfig(path string) (*Config, error) {
 	if noTargets {
 		return nil, fmt.Errorf("config %s: %w", path, &FieldError{"targets", errNoTargets})
 	}
+	if !personal {
+		for i, r := range c.Targets {
+			if r.Mode == ModeAccelerate && len(r.RemoteUsers) == 0 {
+				return nil, fmt.Errorf("config %s: %w", path, &FieldError{fmt.Sprintf("targets[%d].remote_users", i), errNoRemoteUsers})
+			}
+		}
+	}
 	return &c, nil
+}
+
+// errNoRemoteUsers is why a file's accelerate rule must say whom it lets
+// people in as: on a shared bastion that is a decision, not a default.
+var errNoRemoteUsers = errors.New(`required in a config file for an accelerate rule: list the login names on the target it lets people in as (e.g. [deploy]; ["*"] is any name but root, root only when listed literally)`)
+
+// ruleLists is where each rule's lists are in the file. yaml.v3 decodes
+// a key written with no value, or null, as it decodes an absent key (a
+// nil slice); a node tells them apart.
+type ruleLists struct {
+	Targets []struct {
+		Users       yaml.Node `yaml:"users"`
+		RemoteUsers yaml.Node `yaml:"remote_users"`
+		Hosts       yaml.Node `yaml:"hosts"`
+		CIDRs       yaml.Node `yaml:"cidrs"`
+		Ports       yaml.Node `yaml:"ports"`
+	} `yaml:"targets"`
+}
+
+// checkRuleLists refuses a rule's list that is present but empty or null,
+// as a list whose last entry was deleted is: absent keeps its default,
+// but an empty users: must never turn into "every person".
+func checkRuleLists(src []byte) error {
+	var rl ruleLists
+	if err := yaml.Unmarshal(src, &rl); err != nil {
+		return err
+	}
+	for i, r := range rl.Targets {
+		for _, l := range []struct {
+			key, absent string
+			n           *yaml.Node
+		}{
+			{"users", "every authenticated person", &r.Users},
+			{"remote_users", "required for an accelerate rule", &r.RemoteUsers},
+			{"hosts", "any name, if cidrs is set", &r.Hosts},
+			{"cidrs", "any address, if hosts is set", &r.CIDRs},
+			{"ports", "port 22", &r.Ports},
+		} {
+			n := l.n
+			empty := n.Kind == yaml.SequenceNode && len(n.Content) == 0 ||
+				n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+			if !empty {
+				continue
+			}
+			return &FieldError{fmt.Sprintf("targets[%d].%s", i, l.key),
+				fmt.Errorf("present but empty (line %d): list its entries, or remove the key (absent: %s)", n.Line, l.absent)}
+		}
+	}
+	return nil
 }
 
 // explicitBools is the part of a config file where an absent key means
@@ -634,6 +693,11 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 		// with the target: gomux never sees its login name, so such a
 		// rule would promise what nothing enforces.
 		return &FieldError{f + ".remote_users", errors.New("a splice rule cannot limit remote users: gomux does not see the login inside a spliced connection (use mode accelerate, or the target's sshd)")}
+	}
+	if r.Mode == ModeDeny && len(r.RemoteUsers) > 0 {
+		// A deny rule refuses whatever the login name: remote_users
+		// there would read as "deny only these".
+		return &FieldError{f + ".remote_users", errors.New("a deny rule refuses every remote user: remove remote_users, or put an accelerate rule for the allowed names before it")}
 	}
 	if r.Credential != "" && r.Credential != DefaultCredential {
 		if _, ok := c.Upstream.Credentials[r.Credential]; !ok {
