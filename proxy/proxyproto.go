@@ -40,8 +40,78 @@ func (c *Config) validateOps() error {
 			return &FieldError{"metrics_listen", err}
 		}
 	}
-	if _, err := c.ProxyProtocol.networks(); err != nil {
+	nets, err := c.ProxyProtocol.networks()
+	if err != nil {
 		return err
+	}
+	if len(nets) == 0 {
+		return nil
+	}
+	own, err := ownAddrs()
+	if err != nil {
+		return &FieldError{"proxy_protocol.trusted_networks", fmt.Errorf("cannot list gomux's own addresses to check against: %w", err)}
+	}
+	return checkTrustedNetworks(nets, c.Targets, c.Listen, own)
+}
+
+// ownAddrs are the addresses of this machine's interfaces.
+func ownAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
+// checkTrustedNetworks refuses a trusted network from which a person
+// could send gomux a PROXY header of their choosing, and so any client
+// address (past per-source limits, a certificate's source-address, the
+// logs): one that a non-deny rule's cidrs reach (a host there is one a
+// person may log in to, then connect to gomux from), or one holding
+// gomux's own listen or interface address (a splice to gomux's own
+// listener arrives from it). Loopback is allowed, for a balancer on the
+// same machine: no rule reaches loopback unless its cidrs name it, which
+// the first check refuses.
+func checkTrustedNetworks(nets []netip.Prefix, rules []TargetRule, listen string, own []netip.Addr) error {
+	type self struct {
+		what string
+		addr netip.Addr
+	}
+	var selves []self
+	if h, _, err := splitHostPort(listen); err == nil {
+		if a, err := netip.ParseAddr(h); err == nil {
+			selves = append(selves, self{"listen address", a.Unmap()})
+		}
+	}
+	for _, a := range own {
+		selves = append(selves, self{"own address", a})
+	}
+	for i, n := range nets {
+		f := fmt.Sprintf("proxy_protocol.trusted_networks[%d]", i)
+		for j, r := range rules {
+			if r.Mode == ModeDeny {
+				continue
+			}
+			for _, c := range r.CIDRs {
+				if rn, err := parseCIDR(c); err == nil && rn.Overlaps(n) {
+					return &FieldError{f, fmt.Errorf("%s overlaps targets[%d].cidrs %s: a person that rule lets reach a host there could connect to gomux from it with a forged PROXY header; list only the balancers' own addresses", n, j, rn)}
+				}
+			}
+		}
+		for _, s := range selves {
+			if s.addr.IsLoopback() || s.addr.IsUnspecified() || !n.Contains(s.addr) {
+				continue
+			}
+			return &FieldError{f, fmt.Errorf("%s holds gomux's %s %s: a connection gomux itself makes (a splice to its own listener) would come from a trusted address and could carry a forged PROXY header; list only the balancers' own addresses", n, s.what, s.addr)}
+		}
 	}
 	return nil
 }

@@ -260,3 +260,67 @@ func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
 		t.Fatal("Close waited for a silent balancer connection")
 	}
 }
+
+// TestTrustedNetworksRefusedWhereAPersonCouldForge: a trusted network
+// that a rule lets people reach, or that holds gomux's own address (so
+// a connection gomux makes arrives from it), would let a person send a
+// PROXY header of their choosing. Loopback stays allowed: no rule reaches
+// it unless its cidrs name it, which the first check refuses.
+func TestTrustedNetworksRefusedWhereAPersonCouldForge(t *testing.T) {
+	own := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1"), netip.MustParseAddr("10.9.0.5")}
+	rules := []TargetRule{
+		{CIDRs: []string{"10.50.0.0/16"}, Mode: ModeDeny},
+		{Hosts: []string{"*.lab"}, CIDRs: []string{"10.20.0.0/16"}, Mode: ModeAccelerate},
+		{CIDRs: []string{"192.0.2.0/24"}, Mode: ModeSplice},
+	}
+	for _, tc := range []struct {
+		trusted []string
+		listen  string
+		want    string // "" allowed, else part of the error
+	}{
+		{[]string{"10.30.0.0/24"}, "0.0.0.0:2222", ""},
+		{[]string{"127.0.0.1/32"}, "127.0.0.1:2222", ""},
+		{[]string{"::1"}, "[::1]:2222", ""},
+		{[]string{"10.50.0.0/24"}, "0.0.0.0:2222", ""}, // only a deny rule names it
+		{[]string{"10.20.3.0/24"}, "0.0.0.0:2222", "targets[1].cidrs"},
+		{[]string{"10.0.0.0/8"}, "0.0.0.0:2222", "targets[1].cidrs"},
+		{[]string{"10.30.0.0/24", "192.0.2.7"}, "0.0.0.0:2222", "trusted_networks[1]"},
+		{[]string{"10.9.0.0/24"}, "0.0.0.0:2222", "gomux's own address 10.9.0.5"},
+		{[]string{"198.51.100.0/24"}, "198.51.100.4:2222", "listen address 198.51.100.4"},
+	} {
+		var nets []netip.Prefix
+		for _, n := range tc.trusted {
+			p, _ := parseCIDR(n)
+			nets = append(nets, p)
+		}
+		err := checkTrustedNetworks(nets, rules, tc.listen, own)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("trusted %v listen %s: %v, want %q", tc.trusted, tc.listen, err, tc.want)
+		}
+	}
+	// Through LoadConfig: the file is refused naming the field.
+	t.Setenv("HOME", t.TempDir())
+	_, err := LoadConfig(writeConfig(t, "proxy_protocol:\n  trusted_networks: [10.20.0.0/24]\ntargets:\n  - cidrs: [10.20.0.0/16]\n    remote_users: [deploy]\n"))
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "proxy_protocol.trusted_networks[0]" {
+		t.Errorf("overlapping trusted network loaded: %v", err)
+	}
+	if _, err := LoadConfig(writeConfig(t, "proxy_protocol:\n  trusted_networks: [127.0.0.1/32]\ntargets:\n  - hosts: ['*']\n    remote_users: [deploy]\n")); err != nil {
+		t.Errorf("loopback balancer refused: %v", err)
+	}
+	// This machine's own non-loopback address, as the interfaces list it.
+	addrs, err := ownAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if a.IsLoopback() || a.IsLinkLocalUnicast() {
+			continue
+		}
+		_, err := LoadConfig(writeConfig(t, "proxy_protocol:\n  trusted_networks: ['"+a.String()+"']\ntargets:\n  - hosts: [web]\n    remote_users: [deploy]\n"))
+		if err == nil || !strings.Contains(err.Error(), "own address") {
+			t.Errorf("trusted network holding this machine's %s: %v", a, err)
+		}
+		break
+	}
+}
