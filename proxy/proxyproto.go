@@ -142,6 +142,15 @@ var (
 	proxyV1Sig = []byte("PROXY ")
 )
 
+// defaultProxyHeaderTimeout is how long a connection from a trusted
+// balancer may take to send its PROXY header. HAProxy, nginx and cloud
+// balancers send it as the first bytes of the connection, before any of
+// the client's, so it arrives within one round trip of the accept; 5s
+// also covers two retransmissions of a lost first segment (TCP's initial
+// retransmission timeout is 1s, then 2s). Any longer only lets a silent
+// connection hold its max_startups slot.
+const defaultProxyHeaderTimeout = 5 * time.Second
+
 // maxProxyV2Len bounds a v2 header's address and TLV block; a balancer
 // sends tens of bytes, a few hundred with TLS TLVs.
 const maxProxyV2Len = 4096
@@ -263,6 +272,8 @@ type proxyListener struct {
 	net.Listener
 	s       *Server
 	trusted []netip.Prefix
+	// headerTimeout bounds the wait for a trusted connection's header.
+	headerTimeout time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -285,9 +296,15 @@ func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
 	if len(nets) == 0 {
 		return ln
 	}
+	return newProxyListener(s, ln, nets, defaultProxyHeaderTimeout)
+}
+
+// newProxyListener starts reading headers from ln's connections; a
+// trusted one's header must arrive within headerTimeout.
+func newProxyListener(s *Server, ln net.Listener, nets []netip.Prefix, headerTimeout time.Duration) *proxyListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult),
-		pending: map[net.Conn]struct{}{}}
+	pl := &proxyListener{Listener: ln, s: s, trusted: nets, headerTimeout: headerTimeout, ctx: ctx, cancel: cancel,
+		out: make(chan acceptResult), pending: map[net.Conn]struct{}{}}
 	pl.tasks.Go(pl.acceptLoop)
 	return pl
 }
@@ -339,19 +356,29 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 	if !trusted {
 		return &sniffConn{Conn: c, br: bufio.NewReader(c), pl: pl}
 	}
-	grace := pl.s.live().cfg.Limits.LoginGraceTime.D()
+	// Until its header is read the connection is an unauthenticated
+	// one from the balancer's address: it holds a max_startups slot and
+	// one of that address's, so silent connections cannot pile up here.
+	// admit counts it again, under the client's address, once known.
+	release, ok := pl.startupSlot(c, peer)
+	if !ok {
+		return nil
+	}
+	wait := min(pl.headerTimeout, pl.s.live().cfg.Limits.LoginGraceTime.D())
 	pl.mu.Lock()
 	if pl.ctx.Err() != nil {
 		pl.mu.Unlock()
+		release()
 		c.Close()
 		return nil
 	}
 	pl.pending[c] = struct{}{}
 	pl.mu.Unlock()
-	c.SetReadDeadline(time.Now().Add(grace))
+	c.SetReadDeadline(time.Now().Add(wait))
 	br := bufio.NewReader(c)
 	h, err := parseProxyHeader(br)
 	c.SetReadDeadline(time.Time{})
+	release()
 	pl.mu.Lock()
 	delete(pl.pending, c)
 	pl.mu.Unlock()
@@ -363,6 +390,10 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 		result := "invalid"
 		if errors.Is(err, errNotProxy) {
 			result = "missing"
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			err = fmt.Errorf("no PROXY header within %v (header timeout): %w", wait, err)
 		}
 		pl.s.metrics.proxyHeader(result)
 		pl.s.log.Warn().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("result", result).Err(err).
@@ -380,6 +411,25 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 	pl.s.log.Debug().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("source", pc.remote.String()).
 		Bool("local", h.Local).Msg("PROXY header read")
 	return pc
+}
+
+// startupSlot counts a balancer connection waiting for its header as
+// an unauthenticated connection from the balancer; release gives the
+// slot back. Over the limit, the connection is refused (ok false) with
+// the limit's message and closed.
+func (pl *proxyListener) startupSlot(c net.Conn, peer net.Addr) (release func(), ok bool) {
+	_, closed, err := pl.s.limits.startup(sourceOf(peer))
+	if err == nil {
+		return closed, true
+	}
+	pl.s.metrics.frontConn("dropped")
+	pl.s.metrics.limit("startup")
+	pl.s.log.Warn().Str("event", EventLimit).Str("balancer", peer.String()).Err(err).
+		Msg("balancer connection dropped while waiting for its PROXY header")
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(c, err.Error()+"\r\n")
+	c.Close()
+	return nil, false
 }
 
 // Accept returns the next connection whose header, if it needed one, has
