@@ -191,11 +191,14 @@ type TargetRule struct {
 	CIDRs []string `yaml:"cidrs"`
 	// Ports limits the ports. Default: 22 only.
 	Ports []int `yaml:"ports"`
-	// Users limits the front login names (persons). Default: any
-	// authenticated user.
+	// Users limits the front login names (persons). Default (key left
+	// out): any authenticated user. Like every list of a rule, written
+	// but empty or null it is an error, never "anyone".
 	Users []string `yaml:"users"`
 	// RemoteUsers limits the user names on the target (shell patterns).
-	// Default: any but root. Root is allowed only when listed literally.
+	// Root is allowed only when listed literally. Required in a config
+	// file for an accelerate rule, refused for splice and deny; without
+	// a file (the personal rule), any but root.
 	RemoteUsers []string `yaml:"remote_users"`
 	// Mode is accelerate (default), splice or deny.
 	Mode Mode `yaml:"mode"`
