@@ -369,9 +369,11 @@ func TestAttackDNSChange(t *testing.T) {
 		HostsFile:  p.hosts,
 		Targets: fmt.Sprintf(`  - hosts: [flip.lab]
     users: [alice]
+    remote_users: ["*"]
   - cidrs: [%s/32]
     mode: deny
   - hosts: [flip.lab]
+    remote_users: ["*"]
 `, p.t0.Addr),
 	})
 	ctx := ctxT(t, 2*time.Minute)

@@ -220,7 +220,7 @@ func TestCore(t *testing.T) {
 	t.Run("target-not-allowed", func(t *testing.T) {
 		ctx := ctxT(t, time.Minute)
 		outside := lab.Targets[1].Addr // not in this gomux's rule set below
-		g2 := startGomux(t, lab, gomuxOptions{Targets: fmt.Sprintf("  - hosts: [%q]\n", host)})
+		g2 := startGomux(t, lab, gomuxOptions{Targets: fmt.Sprintf("  - hosts: [%q]\n    remote_users: [\"*\"]\n", host)})
 		got := runCmd(g2.SSHVerbose(ctx, outside, "true"), nil)
 		if got.Code != 255 || !strings.Contains(got.Stderr, "may not reach") {
 			t.Errorf("outside target: %+v", got)

@@ -162,7 +162,7 @@ func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 		// The second rule is for the local-forward test: a service on
 		// the target's loopback, reached by a forward inside an
 		// accelerated session.
-		targets = fmt.Sprintf("  - hosts: [%s]\n    mode: accelerate\n  - cidrs: [127.0.0.1/32]\n    ports: [18080]\n    mode: forward\n", strings.Join(ips, ", "))
+		targets = fmt.Sprintf("  - hosts: [%s]\n    remote_users: [\"*\"]\n    mode: accelerate\n  - cidrs: [127.0.0.1/32]\n    ports: [18080]\n    mode: forward\n", strings.Join(ips, ", "))
 	}
 	identity := "[" + lab.ClientKey + "]"
 	if o.AgentSock != "" {

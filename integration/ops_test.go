@@ -184,7 +184,7 @@ wait:
 func TestOpsReload(t *testing.T) {
 	lab := harness.Start(t, harness.Options{Targets: 2})
 	t0, t1 := lab.Targets[0], lab.Targets[1]
-	both := fmt.Sprintf("  - hosts: [%q, %q]\n", t0.Addr, t1.Addr)
+	both := fmt.Sprintf("  - hosts: [%q, %q]\n    remote_users: [\"*\"]\n", t0.Addr, t1.Addr)
 	g := startGomux(t, lab, gomuxOptions{Targets: both})
 	ctx := ctxT(t, 3*time.Minute)
 	cfgPath := filepath.Join(g.Dir, "gomux.yaml")
@@ -206,7 +206,7 @@ func TestOpsReload(t *testing.T) {
 	open, br := openSession(t1.Addr)
 
 	// Deny t0 from now on.
-	denied := strings.Replace(orig, both, fmt.Sprintf("  - hosts: [%q]\n    mode: deny\n  - hosts: [%q]\n", t0.Addr, t1.Addr), 1)
+	denied := strings.Replace(orig, both, fmt.Sprintf("  - hosts: [%q]\n    mode: deny\n  - hosts: [%q]\n    remote_users: [\"*\"]\n", t0.Addr, t1.Addr), 1)
 	if denied == orig {
 		t.Fatalf("targets not found in the config:\n%s", orig)
 	}

@@ -141,6 +141,7 @@ func TestPolicyAttacks(t *testing.T) {
     mode: deny
   - hosts: [keyb.lab]
     credential: b
+    remote_users: ["*"]
   - hosts: [root-ok.lab]
     remote_users: [root, %s]
   - hosts: [splice.lab]
@@ -344,7 +345,7 @@ func runOut(t *testing.T, name string, args ...string) string {
 func TestPolicyUpstreamUserCA(t *testing.T) {
 	p := startPolicyLab(t)
 	g := startGomux(t, p.lab, gomuxOptions{
-		Targets: fmt.Sprintf("  - hosts: [allowed.lab]\n  - hosts: [%q]\n    ports: [2222]\n    users: [%s]\n    mode: forward\n",
+		Targets: fmt.Sprintf("  - hosts: [allowed.lab]\n    remote_users: [\"*\"]\n  - hosts: [%q]\n    ports: [2222]\n    users: [%s]\n    mode: forward\n",
 			p.t0.Addr, p.lab.User),
 		KnownHosts:    p.knownHosts,
 		HostsFile:     p.hosts,

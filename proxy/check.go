@@ -120,7 +120,7 @@ func (c *checkRun) policy(host string, port int) (Decision, bool) {
 	switch {
 	case d.Mode == ModeDeny:
 		c.add("policy", "fail", fmt.Sprintf("%s may not reach %s: %s (%s)", c.person, joinHostPort(host, port), d.Reason, rule),
-			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d", d.Host, c.person, port))
+			fmt.Sprintf("add a targets rule before any that denies it, allowing hosts %q (or its cidrs) for users [%s] on port %d, with remote_users [%s]", d.Host, c.person, port, c.user))
 		return d, false
 	case d.Mode == ModeForward:
 		c.add("policy", "fail", fmt.Sprintf("%s may reach %s only by a forward inside an accelerated session (%s forward)", c.person, d.HostPort(), rule),

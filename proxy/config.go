@@ -203,8 +203,11 @@ type Credential struct {
 // it resolved when deciding.
 type TargetRule struct {
 	// Hosts are shell patterns (*, ?, [..]) matched against the normalized
-	// name (an IP literal in canonical form). At least one of hosts and
-	// cidrs is required; with both, both must match.
+	// name (an IP literal in canonical form), label by label as in TLS:
+	// a wildcard never crosses a dot, so *.prod.example.com does not
+	// match a.b.prod.example.com (write *.*.prod.example.com, or use
+	// cidrs, to go deeper on purpose). "*" alone matches every host. At
+	// least one of hosts and cidrs is required; with both, both must match.
 	Hosts []string `yaml:"hosts"`
 	// CIDRs are networks (or single addresses) that must contain the
 	// address the name resolves to, so no alias or IP literal in a network
@@ -214,11 +217,14 @@ type TargetRule struct {
 	CIDRs []string `yaml:"cidrs"`
 	// Ports limits the ports. Default: 22 only.
 	Ports []int `yaml:"ports"`
-	// Users limits the front login names (persons). Default: any
-	// authenticated user.
+	// Users limits the front login names (persons). Default (key left
+	// out): any authenticated user. Like every list of a rule, written
+	// but empty or null it is an error, never "anyone".
 	Users []string `yaml:"users"`
 	// RemoteUsers limits the user names on the target (shell patterns).
-	// Default: any but root. Root is allowed only when listed literally.
+	// Root is allowed only when listed literally. Required in a config
+	// file for an accelerate rule, refused for splice and deny; without
+	// a file (the personal rule), any but root.
 	RemoteUsers []string `yaml:"remote_users"`
 	// Mode is accelerate (default), splice, forward or deny.
 	Mode Mode `yaml:"mode"`
@@ -317,6 +323,9 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 		if err := yaml.Unmarshal(b, &set); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
+		if err := checkRuleLists(b); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
 	}
 	// A file without targets (or with every rule commented out) is an
 	// error, reported after any other: the personal default is only for
@@ -334,7 +343,63 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	if noTargets {
 		return nil, fmt.Errorf("config %s: %w", path, &FieldError{"targets", errNoTargets})
 	}
+	if !personal {
+		for i, r := range c.Targets {
+			if r.Mode == ModeAccelerate && len(r.RemoteUsers) == 0 {
+				return nil, fmt.Errorf("config %s: %w", path, &FieldError{fmt.Sprintf("targets[%d].remote_users", i), errNoRemoteUsers})
+			}
+		}
+	}
 	return &c, nil
+}
+
+// errNoRemoteUsers is why a file's accelerate rule must say whom it lets
+// people in as: on a shared bastion that is a decision, not a default.
+var errNoRemoteUsers = errors.New(`required in a config file for an accelerate rule: list the login names on the target it lets people in as (e.g. [deploy]; ["*"] is any name but root, root only when listed literally)`)
+
+// ruleLists is where each rule's lists are in the file. yaml.v3 decodes
+// a key written with no value, or null, as it decodes an absent key (a
+// nil slice); a node tells them apart.
+type ruleLists struct {
+	Targets []struct {
+		Users       yaml.Node `yaml:"users"`
+		RemoteUsers yaml.Node `yaml:"remote_users"`
+		Hosts       yaml.Node `yaml:"hosts"`
+		CIDRs       yaml.Node `yaml:"cidrs"`
+		Ports       yaml.Node `yaml:"ports"`
+	} `yaml:"targets"`
+}
+
+// checkRuleLists refuses a rule's list that is present but empty or null,
+// as a list whose last entry was deleted is: absent keeps its default,
+// but an empty users: must never turn into "every person".
+func checkRuleLists(src []byte) error {
+	var rl ruleLists
+	if err := yaml.Unmarshal(src, &rl); err != nil {
+		return err
+	}
+	for i, r := range rl.Targets {
+		for _, l := range []struct {
+			key, absent string
+			n           *yaml.Node
+		}{
+			{"users", "every authenticated person", &r.Users},
+			{"remote_users", "required for an accelerate rule", &r.RemoteUsers},
+			{"hosts", "any name, if cidrs is set", &r.Hosts},
+			{"cidrs", "any address, if hosts is set", &r.CIDRs},
+			{"ports", "port 22", &r.Ports},
+		} {
+			n := l.n
+			empty := n.Kind == yaml.SequenceNode && len(n.Content) == 0 ||
+				n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+			if !empty {
+				continue
+			}
+			return &FieldError{fmt.Sprintf("targets[%d].%s", i, l.key),
+				fmt.Errorf("present but empty (line %d): list its entries, or remove the key (absent: %s)", n.Line, l.absent)}
+		}
+	}
+	return nil
 }
 
 // explicitBools is the part of a config file where an absent key means
@@ -647,7 +712,12 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 	if len(r.Hosts) == 0 && len(r.CIDRs) == 0 {
 		return &FieldError{f + ".hosts", errors.New("at least one host pattern or cidrs network is required")}
 	}
-	for _, pats := range [][]string{r.Hosts, r.Users, r.RemoteUsers} {
+	for _, p := range r.Hosts {
+		if err := checkHostPattern(p); err != nil {
+			return &FieldError{f + ".hosts", err}
+		}
+	}
+	for _, pats := range [][]string{r.Users, r.RemoteUsers} {
 		for _, p := range pats {
 			if err := checkPattern(p); err != nil {
 				return &FieldError{f, err}
@@ -677,6 +747,11 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 		// with the target: gomux never sees its login name, so such a
 		// rule would promise what nothing enforces.
 		return &FieldError{f + ".remote_users", errors.New("a splice rule cannot limit remote users: gomux does not see the login inside a spliced connection (use mode accelerate, or the target's sshd)")}
+	}
+	if r.Mode == ModeDeny && len(r.RemoteUsers) > 0 {
+		// A deny rule refuses whatever the login name: remote_users
+		// there would read as "deny only these".
+		return &FieldError{f + ".remote_users", errors.New("a deny rule refuses every remote user: remove remote_users, or put an accelerate rule for the allowed names before it")}
 	}
 	if r.Credential != "" && r.Credential != DefaultCredential {
 		if _, ok := c.Upstream.Credentials[r.Credential]; !ok {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -78,7 +79,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"upstream:\n  credentials:\n    ops: {}\ntargets:\n  - hosts: [a]\n", "upstream.credentials.ops"},
 		{"targets:\n  - hosts: [a]\n    mode: fast\n", "targets[0].mode"},
 		{"targets:\n  - hosts: [a]\n    mode: splice\n    remote_users: [deploy]\n", "targets[0].remote_users"},
-		{"targets:\n  - hosts: ['[']\n", "bad pattern"},
+		{"targets:\n  - hosts: ['[']\n", "bad host pattern"},
+		{"targets:\n  - hosts: ['web[.-]lab']\n", "targets[0].hosts: bad host pattern"},
 		{"targets:\n  - hosts: [a]\n    ports: [0]\n", "targets[0].ports"},
 		{"log_level: loud\ntargets: [{hosts: [a]}]\n", "log_level"},
 		{"listen: nohostport\ntargets: [{hosts: [a]}]\n", "listen"},
@@ -92,7 +94,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 
 func TestConfigMinimalFileIsDefaults(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
-	c, err := LoadConfig(writeConfig(t, "targets:\n  - hosts: [web]\n"))
+	c, err := LoadConfig(writeConfig(t, "targets:\n  - hosts: [web]\n    remote_users: [deploy]\n"))
 	if err != nil || c.Listen != "127.0.0.1:2222" {
 		t.Fatalf("%v %+v", err, c)
 	}
@@ -144,6 +146,7 @@ audit:
   record_dir: ~/casts
 targets:
   - hosts: ["*"]
+    remote_users: ["*"]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +185,7 @@ func TestConfigSwitchesUnsetFalseTrue(t *testing.T) {
 			{"upstream:\n  " + f.key + ": false\n", false},
 			{"upstream:\n  " + f.key + ": true\n", true},
 		} {
-			c, err := LoadConfig(writeConfig(t, tc.upstream+"targets: [{hosts: [a]}]\n"))
+			c, err := LoadConfig(writeConfig(t, tc.upstream+"targets: [{hosts: [a], remote_users: [deploy]}]\n"))
 			if err != nil {
 				t.Fatalf("%q: %v", tc.upstream, err)
 			}
@@ -219,7 +222,7 @@ func TestConfigRuleAgentDialInherits(t *testing.T) {
 		{"true", "false", false},
 		{"true", "true", true},
 	} {
-		body := "targets:\n  - hosts: [a]\n  - hosts: [b]\n"
+		body := "targets:\n  - hosts: [a]\n    remote_users: [deploy]\n  - hosts: [b]\n    remote_users: [deploy]\n"
 		if tc.rule != "" {
 			body += "    agent_dial: " + tc.rule + "\n"
 		}
@@ -240,5 +243,94 @@ func TestConfigRuleAgentDialInherits(t *testing.T) {
 	c, err := LoadConfig("")
 	if err != nil || c.Targets[0].AgentDial {
 		t.Errorf("personal rule agent_dial: %v %+v", err, c)
+	}
+}
+
+// TestConfigEmptyListIsAnError: a rule's list that is present but empty
+// or null (the key is there, its last entry was deleted) is an error
+// naming the field, never "anyone"; the key left out keeps its default.
+func TestConfigEmptyListIsAnError(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	for _, field := range []string{"users", "remote_users", "hosts", "cidrs", "ports"} {
+		for _, empty := range []string{"", " []", " null", " ~"} {
+			body := "targets:\n  - hosts: [web]\n    cidrs: [10.0.0.0/8]\n    remote_users: [deploy]\n    users: [alice]\n    ports: [22]\n"
+			body = strings.Replace(body, "    "+field+":", "    "+field+":"+empty+"\n    x:", 1)
+			body = strings.Replace(body, "  - hosts:", "  - hosts:", 1)
+			body = removeKey(body, "x")
+			if field == "hosts" {
+				body = strings.Replace(body, "  - hosts: [web]\n", "  - cidrs: [10.0.0.0/8]\n    hosts:"+empty+"\n", 1)
+				body = strings.Replace(body, "    cidrs: [10.0.0.0/8]\n    remote_users", "    remote_users", 1)
+			}
+			_, err := LoadConfig(writeConfig(t, body))
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != "targets[0]."+field || !strings.Contains(err.Error(), "empty") {
+				t.Errorf("%s:%q: error %v, want a FieldError for targets[0].%s saying it is empty\n%s", field, empty, err, field, body)
+			}
+		}
+	}
+	// Absent keeps today's meaning.
+	c, err := LoadConfig(writeConfig(t, "targets:\n  - hosts: [web]\n    remote_users: [deploy]\n"))
+	if err != nil || c.Targets[0].Users != nil || c.Targets[0].Ports != nil {
+		t.Errorf("absent lists: %v %+v", err, c)
+	}
+}
+
+// removeKey drops the line "    KEY:..." that the test used as a marker.
+func removeKey(body, key string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(l, "    "+key+":") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestConfigAccelerateRuleNamesRemoteUsers: in a file, a rule that
+// accelerates says whom it lets in as; other modes take no remote_users.
+// The personal default (no file) is unchanged.
+func TestConfigAccelerateRuleNamesRemoteUsers(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	for _, body := range []string{
+		"targets:\n  - hosts: [web]\n",
+		"targets:\n  - hosts: [web]\n    mode: accelerate\n",
+		"targets:\n  - hosts: [db]\n    mode: deny\n  - hosts: [web]\n",
+	} {
+		_, err := LoadConfig(writeConfig(t, body))
+		var fe *FieldError
+		if !errors.As(err, &fe) || !strings.HasSuffix(fe.Field, ".remote_users") || !strings.Contains(err.Error(), "required") {
+			t.Errorf("%q: error %v, want remote_users required", body, err)
+		}
+	}
+	for _, body := range []string{
+		"targets:\n  - hosts: [web]\n    remote_users: [deploy]\n",
+		"targets:\n  - hosts: [web]\n    remote_users: ['*']\n",
+		"targets:\n  - hosts: [db]\n    mode: deny\n  - hosts: [web]\n    mode: splice\n",
+	} {
+		if _, err := LoadConfig(writeConfig(t, body)); err != nil {
+			t.Errorf("%q: %v", body, err)
+		}
+	}
+	for _, body := range []string{
+		"targets:\n  - hosts: [db]\n    mode: deny\n    remote_users: [deploy]\n",
+		"targets:\n  - hosts: [web]\n    mode: splice\n    remote_users: [deploy]\n",
+	} {
+		_, err := LoadConfig(writeConfig(t, body))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "targets[0].remote_users" {
+			t.Errorf("%q: error %v, want targets[0].remote_users refused", body, err)
+		}
+	}
+	// ["*"] still never means root.
+	c, err := LoadConfig(writeConfig(t, "targets:\n  - hosts: [web]\n    remote_users: ['*']\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := NewPolicy(c.Targets, fakeResolver{"web": {"192.0.2.1"}})
+	if d := p.Decide(context.Background(), "alice", "web", 22); d.AllowsRemoteUser("root") || !d.AllowsRemoteUser("deploy") {
+		t.Errorf("remote_users ['*']: root %v deploy %v", d.AllowsRemoteUser("root"), d.AllowsRemoteUser("deploy"))
+	}
+	if c, err := LoadConfig(""); err != nil || c.Targets[0].RemoteUsers != nil {
+		t.Errorf("personal default: %v %+v", err, c)
 	}
 }

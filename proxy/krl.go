@@ -98,14 +98,16 @@ func newRevocations() *revocations {
 }
 
 // readRevocations reads revoked_keys files: each is an OpenSSH KRL or a
-// list of public keys in authorized_keys format. A missing file revokes
-// nothing.
+// list of public keys in authorized_keys format. A listed file that is
+// missing is an error, as an unreadable one is: revoking nothing because
+// a file was deleted, renamed or not yet deployed would readmit every
+// key it held.
 func readRevocations(files []string) (*revocations, error) {
 	r := newRevocations()
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue
+			return nil, fmt.Errorf("listed but missing, so every new login is refused until it exists (an empty file revokes nothing): %w", err)
 		}
 		if err != nil {
 			return nil, err // names the file: "open F: permission denied"

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,6 +142,7 @@ func TestRevokedKeysPlainFileAndReload(t *testing.T) {
 	k := newSigner(t)
 	os.WriteFile(filepath.Join(dir, "root.keys"), gossh.MarshalAuthorizedKey(k.PublicKey()), 0o600)
 	rev := filepath.Join(dir, "revoked")
+	os.WriteFile(rev, nil, 0o600)
 	a, err := NewAuthenticator(AuthOptions{KeyFiles: []string{filepath.Join(dir, "%u.keys")}, RevokedFiles: []string{rev}})
 	if err != nil {
 		t.Fatal(err)
@@ -219,4 +221,42 @@ func FuzzParseKRL(f *testing.F) {
 			r.check(ca.PublicKey())
 		}
 	})
+}
+
+// TestRevokedKeysListedButMissingRefusesLogins: a revoked_keys file that
+// is listed but missing (deleted, renamed, not yet deployed) refuses new
+// logins as an unreadable one does, instead of revoking nothing; an open
+// connection keeps the last good list.
+func TestRevokedKeysListedButMissingRefusesLogins(t *testing.T) {
+	dir := t.TempDir()
+	k := newSigner(t)
+	os.WriteFile(filepath.Join(dir, "bob.keys"), gossh.MarshalAuthorizedKey(k.PublicKey()), 0o600)
+	keys := []string{filepath.Join(dir, "%u.keys")}
+	rev := filepath.Join(dir, "revoked")
+	// Missing at start: refused there, naming the file.
+	if _, err := NewAuthenticator(AuthOptions{KeyFiles: keys, RevokedFiles: []string{rev}}); err == nil || !strings.Contains(err.Error(), rev) {
+		t.Errorf("missing revoked_keys at start: %v", err)
+	}
+	os.WriteFile(rev, nil, 0o600)
+	a, err := NewAuthenticator(AuthOptions{KeyFiles: keys, RevokedFiles: []string{rev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.Check("bob", testAddr, k.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Removed while running: new logins refused, open ones kept.
+	os.Remove(rev)
+	if _, err := a.Check("bob", testAddr, k.PublicKey()); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("login with revoked_keys missing: %v", err)
+	}
+	if err := a.Recheck(id); err != nil {
+		t.Errorf("missing revoked_keys cut an open connection: %v", err)
+	}
+	// Back: logins again.
+	os.WriteFile(rev, []byte("# none\n"), 0o600)
+	if _, err := a.Check("bob", testAddr, k.PublicKey()); err != nil {
+		t.Errorf("login after revoked_keys is back: %v", err)
+	}
 }

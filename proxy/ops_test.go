@@ -38,12 +38,12 @@ func opsServer(t *testing.T, body string) (*Server, string) {
 }
 
 func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
-	s, p := opsServer(t, "targets:\n  - hosts: [a.example.com]\nlimits:\n  max_channels_per_connection: 5\n")
+	s, p := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\nlimits:\n  max_channels_per_connection: 5\n")
 	ctx := context.Background()
 	if d := s.live().policy.Decide(ctx, "alice", "192.0.2.1", 22); d.Mode != ModeDeny {
 		t.Fatalf("before: %v", d.Mode)
 	}
-	os.WriteFile(p, []byte("listen: 127.0.0.1:9999\nlog_level: debug\ntargets:\n  - cidrs: [192.0.2.0/24]\nlimits:\n  max_channels_per_connection: 7\n  max_staged_mib: 1\n"), 0o600)
+	os.WriteFile(p, []byte("listen: 127.0.0.1:9999\nlog_level: debug\ntargets:\n  - cidrs: [192.0.2.0/24]\n    remote_users: [deploy]\nlimits:\n  max_channels_per_connection: 7\n  max_staged_mib: 1\n"), 0o600)
 	keepState := func(c *Config) { c.StateDir = s.config().StateDir } // as -state does
 	cfg, err := s.ReloadFile(p, nil, keepState, "test")
 	if err != nil {
@@ -74,7 +74,7 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 	if _, err := s.ReloadFile(p, nil, nil, "test"); err == nil || !strings.Contains(err.Error(), "sideways") {
 		t.Fatalf("invalid reload: %v", err)
 	}
-	os.WriteFile(p, []byte("auth:\n  authorized_keys: ["+p+"]\ntargets:\n  - hosts: [x]\n"), 0o600)
+	os.WriteFile(p, []byte("auth:\n  authorized_keys: ["+p+"]\ntargets:\n  - hosts: [x]\n    remote_users: [deploy]\n"), 0o600)
 	if _, err := s.ReloadFile(p, nil, nil, "test"); err == nil {
 		t.Fatalf("reload with an unreadable authorized_keys accepted")
 	}
@@ -90,7 +90,7 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 }
 
 func TestHealthAndReady(t *testing.T) {
-	s, _ := opsServer(t, "targets:\n  - hosts: ['*']\n")
+	s, _ := opsServer(t, "targets:\n  - hosts: ['*']\n    remote_users: ['*']\n")
 	h := s.MetricsHandler()
 	get := func(path string) int {
 		r := httptest.NewRecorder()

@@ -281,7 +281,7 @@ func (p *Policy) resolve(ctx context.Context, host string) (name string, addr ne
 func (r *compiledRule) matches(person, name string, addr netip.Addr, port int, special bool) bool {
 	switch {
 	case len(r.Users) > 0 && !matchAny(r.Users, person),
-		len(r.Hosts) > 0 && !matchAny(r.Hosts, name),
+		len(r.Hosts) > 0 && !matchAnyHost(r.Hosts, name),
 		len(r.nets) > 0 && !containsAddr(r.nets, addr),
 		!containsInt(r.ports, port):
 		return false
@@ -348,6 +348,51 @@ func matchAny(patterns []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// matchAnyHost says whether name matches one of the host patterns.
+func matchAnyHost(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if matchHost(p, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchHost matches a normalized name against a host pattern label by
+// label, as TLS matches wildcard names: *, ? and [..] never cross a dot,
+// so *.prod.example.com does not match a.b.prod.example.com and build-*
+// does not match build.attacker.example, names whose DNS the person
+// asking may control. A pattern that is exactly "*" matches every host.
+// Deeper names are matched on purpose by more labels (*.*.prod.example.com)
+// or by cidrs.
+func matchHost(pattern, name string) bool {
+	if pattern == "*" {
+		return true
+	}
+	pl, nl := strings.Split(pattern, "."), strings.Split(name, ".")
+	if len(pl) != len(nl) {
+		return false
+	}
+	for i := range pl {
+		if ok, _ := path.Match(pl[i], nl[i]); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// checkHostPattern checks a host pattern label by label, so a [..] or
+// an escape that would have to hold a dot is refused at load instead of
+// never matching.
+func checkHostPattern(p string) error {
+	for _, l := range strings.Split(p, ".") {
+		if _, err := path.Match(l, ""); err != nil {
+			return fmt.Errorf("bad host pattern %q (*, ? and [..] match within one DNS label; a dot cannot be inside [..] or escaped): %w", p, err)
+		}
+	}
+	return nil
 }
 
 func containsInt(xs []int, x int) bool {

@@ -323,3 +323,54 @@ func TestPolicyRecheck(t *testing.T) {
 		}
 	}
 }
+
+// TestHostPatternsMatchWithinOneLabel: in a host pattern, *, ? and [..]
+// match within one DNS label, as in TLS, so a rule about a zone or a
+// name prefix never reaches a deeper name a person's own DNS could
+// point anywhere. "*" alone still means every host.
+func TestHostPatternsMatchWithinOneLabel(t *testing.T) {
+	for _, tc := range []struct {
+		pattern, name string
+		want          bool
+	}{
+		{"*.prod.example.com", "web.prod.example.com", true},
+		{"*.prod.example.com", "a.b.prod.example.com", false},
+		{"*.prod.example.com", "prod.example.com", false},
+		{"*.*.prod.example.com", "a.b.prod.example.com", true},
+		{"build-*", "build-7", true},
+		{"build-*", "build.attacker.example", false},
+		{"build-*", "build-7.attacker.example", false},
+		{"gmxok*.test", "gmxok1.test", true},
+		{"gmxok*.test", "gmxok.evil.test", false},
+		{"web?.lab", "web1.lab", true},
+		{"web?.lab", "web.x.lab", false},
+		{"web[0-9].lab", "web3.lab", true},
+		{"web[^a].lab", "web..lab", false},
+		{"10.0.0.*", "10.0.0.7", true},
+		{"10.0.*", "10.0.0.7", false},
+		{"10.*.*.*", "10.0.0.7", true},
+		{"*", "a.b.c.example.com", true},
+		{"*", "10.0.0.7", true},
+		{"*", "fd00::5", true},
+		{"fd00::*", "fd00::5", true},
+		{"web.lab", "web.lab", true},
+		{"web.lab", "web.lab.evil", false},
+	} {
+		if got := matchHost(tc.pattern, tc.name); got != tc.want {
+			t.Errorf("matchHost(%q, %q) = %v, want %v", tc.pattern, tc.name, got, tc.want)
+		}
+	}
+	// Through Decide: the rule's wildcard does not carry a request for a
+	// deeper name to the address it resolves to.
+	res := fakeResolver{"gmxok.evil.test": {"192.0.2.66"}, "gmxok1.test": {"192.0.2.1"}}
+	p, err := NewPolicy([]TargetRule{{Hosts: []string{"gmxok*.test"}, Mode: ModeAccelerate}}, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.Decide(context.Background(), "bob", "gmxok.evil.test", 22); d.Mode != ModeDeny {
+		t.Errorf("gmxok.evil.test under gmxok*.test: %s rule %d", d.Mode, d.Rule)
+	}
+	if d := p.Decide(context.Background(), "bob", "gmxok1.test", 22); d.Mode != ModeAccelerate {
+		t.Errorf("gmxok1.test under gmxok*.test: %s (%s)", d.Mode, d.Reason)
+	}
+}

@@ -40,8 +40,78 @@ func (c *Config) validateOps() error {
 			return &FieldError{"metrics_listen", err}
 		}
 	}
-	if _, err := c.ProxyProtocol.networks(); err != nil {
+	nets, err := c.ProxyProtocol.networks()
+	if err != nil {
 		return err
+	}
+	if len(nets) == 0 {
+		return nil
+	}
+	own, err := ownAddrs()
+	if err != nil {
+		return &FieldError{"proxy_protocol.trusted_networks", fmt.Errorf("cannot list gomux's own addresses to check against: %w", err)}
+	}
+	return checkTrustedNetworks(nets, c.Targets, c.Listen, own)
+}
+
+// ownAddrs are the addresses of this machine's interfaces.
+func ownAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
+// checkTrustedNetworks refuses a trusted network from which a person
+// could send gomux a PROXY header of their choosing, and so any client
+// address (past per-source limits, a certificate's source-address, the
+// logs): one that a non-deny rule's cidrs reach (a host there is one a
+// person may log in to, then connect to gomux from), or one holding
+// gomux's own listen or interface address (a splice to gomux's own
+// listener arrives from it). Loopback is allowed, for a balancer on the
+// same machine: no rule reaches loopback unless its cidrs name it, which
+// the first check refuses.
+func checkTrustedNetworks(nets []netip.Prefix, rules []TargetRule, listen string, own []netip.Addr) error {
+	type self struct {
+		what string
+		addr netip.Addr
+	}
+	var selves []self
+	if h, _, err := splitHostPort(listen); err == nil {
+		if a, err := netip.ParseAddr(h); err == nil {
+			selves = append(selves, self{"listen address", a.Unmap()})
+		}
+	}
+	for _, a := range own {
+		selves = append(selves, self{"own address", a})
+	}
+	for i, n := range nets {
+		f := fmt.Sprintf("proxy_protocol.trusted_networks[%d]", i)
+		for j, r := range rules {
+			if r.Mode == ModeDeny {
+				continue
+			}
+			for _, c := range r.CIDRs {
+				if rn, err := parseCIDR(c); err == nil && rn.Overlaps(n) {
+					return &FieldError{f, fmt.Errorf("%s overlaps targets[%d].cidrs %s: a person that rule lets reach a host there could connect to gomux from it with a forged PROXY header; list only the balancers' own addresses", n, j, rn)}
+				}
+			}
+		}
+		for _, s := range selves {
+			if s.addr.IsLoopback() || s.addr.IsUnspecified() || !n.Contains(s.addr) {
+				continue
+			}
+			return &FieldError{f, fmt.Errorf("%s holds gomux's %s %s: a connection gomux itself makes (a splice to its own listener) would come from a trusted address and could carry a forged PROXY header; list only the balancers' own addresses", n, s.what, s.addr)}
+		}
 	}
 	return nil
 }
@@ -71,6 +141,15 @@ var (
 	proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
 	proxyV1Sig = []byte("PROXY ")
 )
+
+// defaultProxyHeaderTimeout is how long a connection from a trusted
+// balancer may take to send its PROXY header. HAProxy, nginx and cloud
+// balancers send it as the first bytes of the connection, before any of
+// the client's, so it arrives within one round trip of the accept; 5s
+// also covers two retransmissions of a lost first segment (TCP's initial
+// retransmission timeout is 1s, then 2s). Any longer only lets a silent
+// connection hold its max_startups slot.
+const defaultProxyHeaderTimeout = 5 * time.Second
 
 // maxProxyV2Len bounds a v2 header's address and TLV block; a balancer
 // sends tens of bytes, a few hundred with TLS TLVs.
@@ -193,6 +272,8 @@ type proxyListener struct {
 	net.Listener
 	s       *Server
 	trusted []netip.Prefix
+	// headerTimeout bounds the wait for a trusted connection's header.
+	headerTimeout time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -215,9 +296,15 @@ func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
 	if len(nets) == 0 {
 		return ln
 	}
+	return newProxyListener(s, ln, nets, defaultProxyHeaderTimeout)
+}
+
+// newProxyListener starts reading headers from ln's connections; a
+// trusted one's header must arrive within headerTimeout.
+func newProxyListener(s *Server, ln net.Listener, nets []netip.Prefix, headerTimeout time.Duration) *proxyListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	pl := &proxyListener{Listener: ln, s: s, trusted: nets, ctx: ctx, cancel: cancel, out: make(chan acceptResult),
-		pending: map[net.Conn]struct{}{}}
+	pl := &proxyListener{Listener: ln, s: s, trusted: nets, headerTimeout: headerTimeout, ctx: ctx, cancel: cancel,
+		out: make(chan acceptResult), pending: map[net.Conn]struct{}{}}
 	pl.tasks.Go(pl.acceptLoop)
 	return pl
 }
@@ -269,19 +356,29 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 	if !trusted {
 		return &sniffConn{Conn: c, br: bufio.NewReader(c), pl: pl}
 	}
-	grace := pl.s.live().cfg.Limits.LoginGraceTime.D()
+	// Until its header is read the connection is an unauthenticated
+	// one from the balancer's address: it holds a max_startups slot and
+	// one of that address's, so silent connections cannot pile up here.
+	// admit counts it again, under the client's address, once known.
+	release, ok := pl.startupSlot(c, peer)
+	if !ok {
+		return nil
+	}
+	wait := min(pl.headerTimeout, pl.s.live().cfg.Limits.LoginGraceTime.D())
 	pl.mu.Lock()
 	if pl.ctx.Err() != nil {
 		pl.mu.Unlock()
+		release()
 		c.Close()
 		return nil
 	}
 	pl.pending[c] = struct{}{}
 	pl.mu.Unlock()
-	c.SetReadDeadline(time.Now().Add(grace))
+	c.SetReadDeadline(time.Now().Add(wait))
 	br := bufio.NewReader(c)
 	h, err := parseProxyHeader(br)
 	c.SetReadDeadline(time.Time{})
+	release()
 	pl.mu.Lock()
 	delete(pl.pending, c)
 	pl.mu.Unlock()
@@ -293,6 +390,10 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 		result := "invalid"
 		if errors.Is(err, errNotProxy) {
 			result = "missing"
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			err = fmt.Errorf("no PROXY header within %v (header timeout): %w", wait, err)
 		}
 		pl.s.metrics.proxyHeader(result)
 		pl.s.log.Warn().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("result", result).Err(err).
@@ -310,6 +411,25 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 	pl.s.log.Debug().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("source", pc.remote.String()).
 		Bool("local", h.Local).Msg("PROXY header read")
 	return pc
+}
+
+// startupSlot counts a balancer connection waiting for its header as
+// an unauthenticated connection from the balancer; release gives the
+// slot back. Over the limit, the connection is refused (ok false) with
+// the limit's message and closed.
+func (pl *proxyListener) startupSlot(c net.Conn, peer net.Addr) (release func(), ok bool) {
+	_, closed, err := pl.s.limits.startup(sourceOf(peer))
+	if err == nil {
+		return closed, true
+	}
+	pl.s.metrics.frontConn("dropped")
+	pl.s.metrics.limit("startup")
+	pl.s.log.Warn().Str("event", EventLimit).Str("balancer", peer.String()).Err(err).
+		Msg("balancer connection dropped while waiting for its PROXY header")
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(c, err.Error()+"\r\n")
+	c.Close()
+	return nil, false
 }
 
 // Accept returns the next connection whose header, if it needed one, has

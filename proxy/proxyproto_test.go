@@ -130,7 +130,7 @@ func TestProxyListener(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
 	cfg.Limits.LoginGraceTime = Duration(2 * time.Second)
-	s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics()}
+	s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
 	s.rt.Store(&liveConfig{cfg: cfg})
 	listen := func(s *Server) (net.Listener, func(string) net.Conn) {
 		inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -182,7 +182,7 @@ func TestProxyListener(t *testing.T) {
 	// Untrusted: served with its own address; a header there is refused.
 	cfg2 := *cfg
 	cfg2.ProxyProtocol.TrustedNetworks = []string{"10.0.0.0/8"}
-	s2 := &Server{log: zerolog.New(&logBuf), metrics: newMetrics()}
+	s2 := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg2.Limits)}
 	s2.rt.Store(&liveConfig{cfg: &cfg2})
 	ln, dial = listen(s2)
 	dial("PROXY TCP4 203.0.113.5 10.0.0.1 40001 2222\r\n")
@@ -223,7 +223,7 @@ func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.0/8"}
 	cfg.Limits.LoginGraceTime = Duration(time.Hour)
-	s := &Server{log: zerolog.Nop(), metrics: newMetrics()}
+	s := &Server{log: zerolog.Nop(), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
 	s.rt.Store(&liveConfig{cfg: cfg})
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -258,5 +258,191 @@ func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
 	case <-closed:
 	case <-time.After(30 * time.Second):
 		t.Fatal("Close waited for a silent balancer connection")
+	}
+}
+
+// TestTrustedNetworksRefusedWhereAPersonCouldForge: a trusted network
+// that a rule lets people reach, or that holds gomux's own address (so
+// a connection gomux makes arrives from it), would let a person send a
+// PROXY header of their choosing. Loopback stays allowed: no rule reaches
+// it unless its cidrs name it, which the first check refuses.
+func TestTrustedNetworksRefusedWhereAPersonCouldForge(t *testing.T) {
+	own := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1"), netip.MustParseAddr("10.9.0.5")}
+	rules := []TargetRule{
+		{CIDRs: []string{"10.50.0.0/16"}, Mode: ModeDeny},
+		{Hosts: []string{"*.lab"}, CIDRs: []string{"10.20.0.0/16"}, Mode: ModeAccelerate},
+		{CIDRs: []string{"192.0.2.0/24"}, Mode: ModeSplice},
+	}
+	for _, tc := range []struct {
+		trusted []string
+		listen  string
+		want    string // "" allowed, else part of the error
+	}{
+		{[]string{"10.30.0.0/24"}, "0.0.0.0:2222", ""},
+		{[]string{"127.0.0.1/32"}, "127.0.0.1:2222", ""},
+		{[]string{"::1"}, "[::1]:2222", ""},
+		{[]string{"10.50.0.0/24"}, "0.0.0.0:2222", ""}, // only a deny rule names it
+		{[]string{"10.20.3.0/24"}, "0.0.0.0:2222", "targets[1].cidrs"},
+		{[]string{"10.0.0.0/8"}, "0.0.0.0:2222", "targets[1].cidrs"},
+		{[]string{"10.30.0.0/24", "192.0.2.7"}, "0.0.0.0:2222", "trusted_networks[1]"},
+		{[]string{"10.9.0.0/24"}, "0.0.0.0:2222", "gomux's own address 10.9.0.5"},
+		{[]string{"198.51.100.0/24"}, "198.51.100.4:2222", "listen address 198.51.100.4"},
+	} {
+		var nets []netip.Prefix
+		for _, n := range tc.trusted {
+			p, _ := parseCIDR(n)
+			nets = append(nets, p)
+		}
+		err := checkTrustedNetworks(nets, rules, tc.listen, own)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("trusted %v listen %s: %v, want %q", tc.trusted, tc.listen, err, tc.want)
+		}
+	}
+	// Through LoadConfig: the file is refused naming the field.
+	t.Setenv("HOME", t.TempDir())
+	_, err := LoadConfig(writeConfig(t, "proxy_protocol:\n  trusted_networks: [10.20.0.0/24]\ntargets:\n  - cidrs: [10.20.0.0/16]\n    remote_users: [deploy]\n"))
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "proxy_protocol.trusted_networks[0]" {
+		t.Errorf("overlapping trusted network loaded: %v", err)
+	}
+	if _, err := LoadConfig(writeConfig(t, "proxy_protocol:\n  trusted_networks: [127.0.0.1/32]\ntargets:\n  - hosts: ['*']\n    remote_users: [deploy]\n")); err != nil {
+		t.Errorf("loopback balancer refused: %v", err)
+	}
+	// This machine's own non-loopback address, as the interfaces list it.
+	addrs, err := ownAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if a.IsLoopback() || a.IsLinkLocalUnicast() {
+			continue
+		}
+		_, err := LoadConfig(writeConfig(t, "proxy_protocol:\n  trusted_networks: ['"+a.String()+"']\ntargets:\n  - hosts: [web]\n    remote_users: [deploy]\n"))
+		if err == nil || !strings.Contains(err.Error(), "own address") {
+			t.Errorf("trusted network holding this machine's %s: %v", a, err)
+		}
+		break
+	}
+}
+
+// TestProxyHeaderWaitCountsAsStartup: a balancer connection waiting for
+// its PROXY header holds a max_startups slot (and one of the balancer
+// address's per-source slots) until the header is read, so silent
+// connections from a trusted address cannot pile up beyond the limits;
+// the wait has its own short timeout, whatever login_grace_time is.
+func TestProxyHeaderWaitCountsAsStartup(t *testing.T) {
+	for _, lim := range []struct {
+		name        string
+		maxStartups string
+		perSource   int
+		want        string
+	}{
+		{"max_startups", "1", 100, "max_startups"},
+		{"per_source_max_startups", "100:30:1000", 1, "per_source_max_startups"},
+	} {
+		t.Run(lim.name, func(t *testing.T) {
+			var logBuf lockedBuffer
+			t.Setenv("HOME", t.TempDir())
+			cfg, err := LoadConfig("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
+			cfg.Limits.LoginGraceTime = Duration(time.Hour)
+			cfg.Limits.MaxStartups, cfg.Limits.PerSourceMaxStartups = lim.maxStartups, lim.perSource
+			s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
+			s.rt.Store(&liveConfig{cfg: cfg})
+			inner, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln := s.withProxyProtocol(inner)
+			t.Cleanup(func() { ln.Close() })
+			dial := func(send string) net.Conn {
+				c, err := net.Dial("tcp", inner.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				c.Write([]byte(send))
+				return c
+			}
+			silent := dial("")
+			waitPending(t, ln.(*proxyListener), 1)
+			// The slot is taken: a second balancer connection is dropped
+			// with the limit's message, never accepted.
+			c2 := dial("PROXY TCP4 203.0.113.5 10.0.0.1 40001 2222\r\nSSH-2.0-x\r\n")
+			c2.SetReadDeadline(time.Now().Add(30 * time.Second))
+			msg, _ := io.ReadAll(c2)
+			if !strings.Contains(string(msg), lim.want) {
+				t.Errorf("second connection while one waits for its header: read %q, want the %s refusal", msg, lim.want)
+			}
+			// Once the silent one is gone its slot is free again.
+			silent.Close()
+			waitPending(t, ln.(*proxyListener), 0)
+			dial("PROXY TCP4 203.0.113.6 10.0.0.1 40002 2222\r\nSSH-2.0-x\r\n")
+			sc, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := sc.RemoteAddr().String(); got != "203.0.113.6:40002" {
+				t.Errorf("after the slot was freed: %s", got)
+			}
+			sc.Close()
+		})
+	}
+}
+
+// TestProxyHeaderTimeout: a trusted connection that sends no header is
+// closed after the header timeout, not the (long) login grace time.
+func TestProxyHeaderTimeout(t *testing.T) {
+	var logBuf lockedBuffer
+	t.Setenv("HOME", t.TempDir())
+	cfg, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
+	cfg.Limits.LoginGraceTime = Duration(time.Hour)
+	s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
+	s.rt.Store(&liveConfig{cfg: cfg})
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets, _ := cfg.ProxyProtocol.networks()
+	ln := newProxyListener(s, inner, nets, 50*time.Millisecond)
+	t.Cleanup(func() { ln.Close() })
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("silent balancer connection: %v, want it closed by gomux", err)
+	}
+	if !strings.Contains(logBuf.String(), "timeout") {
+		t.Errorf("no log line saying the header timed out: %s", logBuf.String())
+	}
+	if defaultProxyHeaderTimeout < time.Second || defaultProxyHeaderTimeout > 10*time.Second {
+		t.Errorf("default header timeout %v is not a few seconds", defaultProxyHeaderTimeout)
+	}
+}
+
+// waitPending waits until n connections are waiting for their header.
+func waitPending(t *testing.T, pl *proxyListener, n int) {
+	t.Helper()
+	for i := 0; ; i++ {
+		pl.mu.Lock()
+		got := len(pl.pending)
+		pl.mu.Unlock()
+		if got == n {
+			return
+		}
+		if i > 2000 {
+			t.Fatalf("%d connections pending, want %d", got, n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

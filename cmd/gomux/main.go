@@ -40,7 +40,7 @@ func main() {
 
 const usage = `usage:
   gomux serve [-config FILE] [-listen ADDR] [-state DIR]
-  gomux ca [-config FILE] [-state DIR] [-init]
+  gomux ca [-config FILE] [-state DIR] [-init] [-hosts]
   gomux check [-config FILE] [-state DIR] [-as PERSON] [user@]target[:port]
   gomux version
 `
@@ -62,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "check":
 		return check(cfg, inv.person, inv.target, stdout, stderr)
 	case "ca":
-		return printCA(cfg, inv.initCA, stdout, stderr)
+		return printCA(cfg, inv, stdout, stderr)
 	}
 	return profiled(stderr, func() int { return serve(cfg, inv.configPath, inv.override, stderr) })
 }
@@ -92,6 +92,7 @@ type invocation struct {
 	state      string // -state, overriding state_dir
 	listen     string // -listen (serve), overriding listen
 	initCA     bool   // -init (ca)
+	caHosts    bool   // -hosts (ca)
 	person     string // -as (check)
 	target     string // check's argument
 }
@@ -124,6 +125,7 @@ func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code in
 		fs.StringVar(&inv.listen, "listen", "", "listen address (overrides listen)")
 	case "ca":
 		fs.BoolVar(&inv.initCA, "init", false, "create the host CA if the state directory has none")
+		fs.BoolVar(&inv.caHosts, "hosts", false, "trust the CA only for gomux and the accelerate rules' hosts, not for every host")
 	case "check":
 		fs.StringVar(&inv.person, "as", "", "the front login name policy is checked for (default: the running user)")
 	}
@@ -165,9 +167,12 @@ func commandWord(args []string, stdout, stderr io.Writer) (int, bool) {
 }
 
 // printCA prints the @cert-authority line clients need, refusing to mint
-// a new host CA unless asked (-init).
-func printCA(cfg *proxy.Config, initCA bool, stdout, stderr io.Writer) int {
-	if !initCA && !proxy.HostCAExists(cfg.StateDir) {
+// a new host CA unless asked (-init). With -hosts the line names only
+// gomux and the accelerate rules' hosts, so a client trusts the CA for
+// nothing else; what known_hosts cannot express is left out and said on
+// stderr.
+func printCA(cfg *proxy.Config, inv invocation, stdout, stderr io.Writer) int {
+	if !inv.initCA && !proxy.HostCAExists(cfg.StateDir) {
 		fmt.Fprintf(stderr, "gomux: no host CA in %s: a new one would not match the @cert-authority line clients have.\n"+
 			"  Point -state (or state_dir) at the directory gomux serve uses, or run `gomux ca -init` to create one.\n", cfg.StateDir)
 		return 1
@@ -177,7 +182,15 @@ func printCA(cfg *proxy.Config, initCA bool, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gomux:", err)
 		return 1
 	}
-	fmt.Fprint(stdout, ca.KnownHostsLine())
+	if !inv.caHosts {
+		fmt.Fprint(stdout, ca.KnownHostsLine())
+		return 0
+	}
+	patterns, notes := proxy.CAHostPatterns(cfg.Targets)
+	for _, n := range notes {
+		fmt.Fprintln(stderr, "gomux ca -hosts:", n)
+	}
+	fmt.Fprint(stdout, ca.KnownHostsLineFor(patterns))
 	return 0
 }
 

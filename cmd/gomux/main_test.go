@@ -131,3 +131,37 @@ func TestSettledFileNeverAppliesAHalfWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestCAHostsScopesTheLine: `gomux ca -hosts` trusts the CA only for gomux
+// and the accelerate rules' names, and says on stderr what it left out.
+func TestCAHostsScopesTheLine(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	state := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "gomux.yaml")
+	os.WriteFile(cfg, []byte(`targets:
+  - hosts: ["*.prod.example.com"]
+    remote_users: [deploy]
+  - hosts: ["legacy.example.com"]
+    mode: splice
+  - cidrs: [10.20.0.0/16]
+    ports: [22, 2222]
+    remote_users: [deploy]
+`), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"ca", "-init", "-state", state, "-config", cfg, "-hosts"}, &out, &errb); code != 0 {
+		t.Fatalf("ca -hosts: %d %s", code, errb.String())
+	}
+	want := "@cert-authority gomux,*.prod.example.com,10.20.*.*,[10.20.*.*]:2222 ssh-ed25519 "
+	if !strings.HasPrefix(out.String(), want) {
+		t.Errorf("ca -hosts printed %q, want it to start %q", out.String(), want)
+	}
+	if !strings.Contains(errb.String(), "targets[2]") {
+		t.Errorf("no note about the cidrs-only rule's names: %q", errb.String())
+	}
+	// Without -hosts: the line for every host, as before.
+	out.Reset()
+	run([]string{"ca", "-state", state, "-config", cfg}, &out, &errb)
+	if !strings.HasPrefix(out.String(), "@cert-authority * ") {
+		t.Errorf("ca printed %q", out.String())
+	}
+}
