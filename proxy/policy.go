@@ -57,6 +57,20 @@ type Resolver interface {
 type Policy struct {
 	rules    []compiledRule
 	resolver Resolver
+	// balancers are proxy_protocol.trusted_networks: gomux never dials
+	// there (a host there could send gomux a forged PROXY header).
+	balancers []netip.Prefix
+}
+
+// withBalancers is p refusing, for every rule gomux dials itself
+// (accelerate, splice), the networks of the balancers whose PROXY
+// headers gomux trusts: a person who reached a host there could connect
+// to gomux from it claiming any client address. Load refuses a rule whose
+// cidrs name them; this holds for names that resolve there too.
+func (p *Policy) withBalancers(nets []netip.Prefix) *Policy {
+	q := *p
+	q.balancers = nets
+	return &q
 }
 
 type compiledRule struct {
@@ -202,8 +216,12 @@ func (p *Policy) decideResolved(person, name string, addr netip.Addr, port int) 
 		if d.Credential == "" {
 			d.Credential = DefaultCredential
 		}
-		if d.Mode == ModeDeny {
+		switch {
+		case d.Mode == ModeDeny:
 			d.Reason = fmt.Sprintf("denied by targets[%d]", i)
+		case d.Mode != ModeForward && containsAddr(p.balancers, addr):
+			d.Mode, d.RemoteUsers = ModeDeny, nil
+			d.Reason = fmt.Sprintf("%s is in proxy_protocol.trusted_networks, which gomux never dials", addr)
 		}
 		return d
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -372,5 +373,28 @@ func TestHostPatternsMatchWithinOneLabel(t *testing.T) {
 	}
 	if d := p.Decide(context.Background(), "bob", "gmxok1.test", 22); d.Mode != ModeAccelerate {
 		t.Errorf("gmxok1.test under gmxok*.test: %s (%s)", d.Mode, d.Reason)
+	}
+}
+
+// TestPolicyNeverDialsBalancers: a name that resolves into the networks
+// whose PROXY headers gomux trusts is refused by every rule gomux dials
+// itself; a forward rule (dialled from a target) is not affected.
+func TestPolicyNeverDialsBalancers(t *testing.T) {
+	p := mustPolicy(t, []TargetRule{
+		{Hosts: []string{"web.example.com"}, Ports: []int{8080}, Mode: ModeForward},
+		{Hosts: []string{"*.example.com"}, RemoteUsers: []string{"*"}},
+		{Hosts: []string{"elsewhere.example"}, Mode: ModeSplice},
+	}).withBalancers([]netip.Prefix{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("192.0.2.1/32")})
+	ctx := context.Background()
+	for host, port := range map[string]int{"web.example.com": 22, "elsewhere.example": 22} {
+		if d := p.Decide(ctx, "alice", host, port); d.Mode != ModeDeny || !strings.Contains(d.Reason, "trusted_networks") {
+			t.Errorf("%s:%d resolving into a balancer network: %+v", host, port, d)
+		}
+	}
+	if d := p.Decide(ctx, "alice", "db1.example.com", 22); d.Mode != ModeAccelerate {
+		t.Errorf("a host outside the balancer networks: %+v", d)
+	}
+	if d := p.Decide(ctx, "alice", "web.example.com", 8080); d.Mode != ModeForward {
+		t.Errorf("a forward rule's destination: %+v", d)
 	}
 }

@@ -97,7 +97,10 @@ func checkTrustedNetworks(nets []netip.Prefix, rules []TargetRule, listen string
 	for i, n := range nets {
 		f := fmt.Sprintf("proxy_protocol.trusted_networks[%d]", i)
 		for j, r := range rules {
-			if r.Mode == ModeDeny {
+			if r.Mode == ModeDeny || r.Mode == ModeForward {
+				// A forward rule's destination is dialled from the
+				// session's target, where its addresses (its loopback)
+				// are the target's own.
 				continue
 			}
 			for _, c := range r.CIDRs {

@@ -272,6 +272,7 @@ func TestTrustedNetworksRefusedWhereAPersonCouldForge(t *testing.T) {
 		{CIDRs: []string{"10.50.0.0/16"}, Mode: ModeDeny},
 		{Hosts: []string{"*.lab"}, CIDRs: []string{"10.20.0.0/16"}, Mode: ModeAccelerate},
 		{CIDRs: []string{"192.0.2.0/24"}, Mode: ModeSplice},
+		{CIDRs: []string{"127.0.0.1/32", "10.60.0.0/16"}, Ports: []int{5432}, Mode: ModeForward},
 	}
 	for _, tc := range []struct {
 		trusted []string
@@ -282,6 +283,7 @@ func TestTrustedNetworksRefusedWhereAPersonCouldForge(t *testing.T) {
 		{[]string{"127.0.0.1/32"}, "127.0.0.1:2222", ""},
 		{[]string{"::1"}, "[::1]:2222", ""},
 		{[]string{"10.50.0.0/24"}, "0.0.0.0:2222", ""}, // only a deny rule names it
+		{[]string{"10.60.0.0/24"}, "0.0.0.0:2222", ""}, // a forward rule's, dialled from a target
 		{[]string{"10.20.3.0/24"}, "0.0.0.0:2222", "targets[1].cidrs"},
 		{[]string{"10.0.0.0/8"}, "0.0.0.0:2222", "targets[1].cidrs"},
 		{[]string{"10.30.0.0/24", "192.0.2.7"}, "0.0.0.0:2222", "trusted_networks[1]"},

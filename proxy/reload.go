@@ -36,6 +36,11 @@ func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	balancers, err := cfg.ProxyProtocol.networks()
+	if err != nil {
+		return nil, err
+	}
+	policy = policy.withBalancers(balancers)
 	return &liveConfig{cfg: cfg, policy: policy, auth: auth, replaced: make(chan struct{})}, nil
 }
 
