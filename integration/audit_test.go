@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // auditLines reads an audit file's JSON lines by event.
@@ -31,6 +32,27 @@ func auditLines(t *testing.T, path string) map[string][]map[string]any {
 		out[ev] = append(out[ev], m)
 	}
 	return out
+}
+
+// checkAuditSchema fails the test for an audit line that lacks a field
+// its event always carries (proxy.AuditFields, docs/AUDIT.md), or whose
+// event is not an audit event.
+func checkAuditSchema(t *testing.T, lines map[string][]map[string]any) {
+	t.Helper()
+	for ev, es := range lines {
+		fields, ok := proxy.AuditFields(ev)
+		if !ok {
+			t.Errorf("audit file holds a %q event, which is not in the audit schema", ev)
+			continue
+		}
+		for _, e := range es {
+			for _, f := range append(fields, "level", "time", "message") {
+				if _, ok := e[f]; !ok {
+					t.Errorf("%s line without %s: %v", ev, f, e)
+				}
+			}
+		}
+	}
 }
 
 // TestAuditFlood: a pre-auth flood from a few addresses, with real
@@ -78,6 +100,7 @@ func TestAuditFlood(t *testing.T) {
 	t.Logf("%d flood connections and %d logins in %v", n/len(sources)*len(sources), logins, time.Since(start))
 	g.Stop() // the last counts are written at shutdown
 	lines := auditLines(t, auditPath)
+	checkAuditSchema(t, lines)
 	accepted := 0
 	for _, e := range lines["front_auth"] {
 		if e["result"] == "accepted" {

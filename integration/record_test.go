@@ -53,7 +53,9 @@ func TestRecordingsWithoutHoles(t *testing.T) {
 	}{{"agent", ""}, {"fallback", "  agent: false\n"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "casts")
-			g := startGomux(t, lab, gomuxOptions{Upstream: tc.upstream, Extra: "audit:\n  record_dir: " + dir + "\n"})
+			auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
+			g := startGomux(t, lab, gomuxOptions{Upstream: tc.upstream,
+				Extra: "audit:\n  record_dir: " + dir + "\n  log_file: " + auditPath + "\n"})
 			// A pty session.
 			if r := runCmd(g.SSH(ctx, tg.Addr, "-tt", "echo pty-"+tc.name), nil); !strings.Contains(r.Stdout, "pty-"+tc.name) {
 				t.Fatalf("pty session: %+v", r)
@@ -84,8 +86,15 @@ func TestRecordingsWithoutHoles(t *testing.T) {
 			if strings.Contains(all, "not-recorded") {
 				t.Errorf("a plain exec was recorded")
 			}
-			if n := len(g.Events("recording")); n < 2 {
-				t.Errorf("%d recording events, want a start for each", n)
+			g.Stop()
+			lines := auditLines(t, auditPath)
+			checkAuditSchema(t, lines)
+			results := map[any]int{}
+			for _, e := range lines["recording"] {
+				results[e["result"]]++
+			}
+			if results["started"] != 2 || results["stopped"] != 2 {
+				t.Errorf("recording events in the audit file: %v, want 2 started and 2 stopped", results)
 			}
 		})
 	}

@@ -152,13 +152,42 @@ const (
 // ran and was transferred, what was recorded, what was revoked, and
 // config changes. gomux serve writes these whatever the log level, and to
 // audit.log_file when one is set, so neither a quieter level nor a flood
-// of other lines can blind it. The schema of each is in README.md.
+// of other lines can blind it. AuditFields is their schema.
 func IsAuditEvent(event string) bool {
+	_, ok := AuditFields(event)
+	return ok
+}
+
+// AuditFields is the audit trail's schema: for each audit event, the
+// fields every line of it carries besides event, level, time and message
+// (most carry more). docs/AUDIT.md documents it, and a test holds the two
+// together.
+func AuditFields(event string) ([]string, bool) {
 	switch event {
-	case EventFrontAuth, EventFrontRevoked, EventPolicyDecision, EventPolicyRevoked,
-		EventForward, EventForwardClosed, EventInnerAuth, EventChannel, EventSFTP,
-		EventRecording, EventReload, EventFrontNoise:
-		return true
+	case EventFrontAuth:
+		return []string{"user", "source", "result", "accepted"}, true
+	case EventFrontRevoked:
+		return []string{"user", "source", "reason"}, true
+	case EventPolicyDecision:
+		return []string{"user", "source", "via", "requested", "host", "port", "rule", "mode"}, true
+	case EventPolicyRevoked:
+		return []string{"user", "via", "target", "reason"}, true
+	case EventForward:
+		return []string{"user", "source", "target"}, true
+	case EventForwardClosed:
+		return []string{"user", "source", "target", "duration"}, true
+	case EventInnerAuth:
+		return []string{"user", "source", "target", "remote_user", "result"}, true
+	case EventChannel:
+		return []string{"user", "source"}, true
+	case EventSFTP:
+		return []string{"user", "source", "target", "remote_user", "op", "path"}, true
+	case EventRecording:
+		return []string{"user", "source", "target", "result"}, true
+	case EventReload:
+		return []string{"result"}, true
+	case EventFrontNoise:
+		return []string{"source", "count", "interval"}, true
 	}
-	return false
+	return nil, false
 }

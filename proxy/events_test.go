@@ -98,3 +98,33 @@ func TestREADMEEventsDeclared(t *testing.T) {
 		t.Fatal("README names no event: the pattern above no longer matches how it writes them")
 	}
 }
+
+// TestAuditSchemaDocumented: docs/AUDIT.md's table and AuditFields name
+// the same events with the same fields.
+func TestAuditSchemaDocumented(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "docs", "AUDIT.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| ([a-z_, ]+) \\|")
+	documented := map[string]bool{}
+	for _, m := range row.FindAllStringSubmatch(string(b), -1) {
+		documented[m[1]] = true
+		want, ok := AuditFields(m[1])
+		if !ok {
+			t.Errorf("docs/AUDIT.md lists %s, which is not an audit event", m[1])
+			continue
+		}
+		if got := strings.Split(m[2], ", "); strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%s: documented fields %v, AuditFields %v", m[1], got, want)
+		}
+	}
+	for value := range declaredEvents(t) {
+		if _, ok := AuditFields(value); ok && !documented[value] {
+			t.Errorf("audit event %s is not in docs/AUDIT.md", value)
+		}
+	}
+	if len(documented) == 0 {
+		t.Fatal("no table rows found in docs/AUDIT.md")
+	}
+}

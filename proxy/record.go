@@ -299,3 +299,19 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 		Msg("recording started")
 	return rec, nil
 }
+
+// finish closes the recording and logs its end, the audit event that
+// pairs with its start: complete, or why not.
+func (r *recorder) finish(log zerolog.Logger) {
+	err := r.Close()
+	r.mu.Lock()
+	size := r.size
+	r.mu.Unlock()
+	if err != nil {
+		log.Error().Str("event", EventRecording).Str("result", "incomplete").Str("recording", r.path).Int64("bytes", size).
+			Err(err).Msg("recording incomplete")
+		return
+	}
+	log.Info().Str("event", EventRecording).Str("result", "stopped").Str("recording", r.path).Int64("bytes", size).
+		Msg("recording stopped")
+}

@@ -138,7 +138,7 @@ func (s *Server) ReloadFile(path string, data []byte, override func(*Config), wh
 		restart, err = s.Reload(cfg)
 		if err == nil {
 			if len(restart) > 0 {
-				s.log.Warn().Str("event", EventReload).Strs("restart_needed", restart).
+				s.log.Warn().Str("event", EventReload).Str("result", "restart_needed").Strs("restart_needed", restart).
 					Msg("config reloaded; these fields changed but keep their running values until gomux restarts")
 			}
 			s.log.Info().Str("event", EventReload).Str("trigger", why).Str("result", "ok").Int("targets", len(cfg.Targets)).

@@ -720,9 +720,7 @@ func (s *session) endEvent() *zerolog.Event {
 	}
 	if s.rec != nil {
 		log = log.Str("recording", s.rec.path)
-		if rerr := s.rec.Close(); rerr != nil {
-			s.log.Error().Str("event", EventRecording).Str("recording", s.rec.path).Err(rerr).Msg("recording incomplete")
-		}
+		s.rec.finish(s.log)
 	}
 	return log
 }
@@ -824,9 +822,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start))
 	if r := rec.Load(); r != nil {
 		ev = ev.Str("recording", r.path)
-		if err := r.Close(); err != nil {
-			ic.log.Error().Str("event", EventRecording).Str("recording", r.path).Err(err).Msg("recording incomplete")
-		}
+		r.finish(ic.log)
 	}
 	ev.Msg("session ended")
 }

@@ -466,7 +466,7 @@ func (d *daemon) reload(why string, data []byte) {
 		d.level.set(ncfg.LogLevel)
 		setMemoryLimit(ncfg)
 		if err := d.level.audit.open(ncfg.Audit.LogFile); err != nil {
-			d.log.Error().Str("event", proxy.EventReload).Err(err).Msg("audit file not reopened; the open one stays")
+			d.log.Error().Str("event", proxy.EventReload).Str("result", "audit_file_failed").Err(err).Msg("audit file not reopened; the open one stays")
 		}
 		d.drainTimeout = ncfg.DrainTimeout.D()
 	}
