@@ -293,7 +293,7 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 	}
 	rec.onFull = func() {
 		log.Warn().Str("event", EventRecording).Str("result", "full").Str("recording", rec.path).
-			Msg("recording stopped at its size limit or the quota; the session goes on")
+			Int("limit_mib", int(rec.limit>>20)).Msg("recording stopped at its size limit or the quota; the session goes on")
 	}
 	log.Info().Str("event", EventRecording).Str("result", "started").Str("recording", rec.path).Bool("pty", pty != nil).
 		Msg("recording started")
