@@ -143,8 +143,8 @@ func TestAdminKillPersonClosesOnlyTheirsAndAudits(t *testing.T) {
 			t.Errorf("admin_kill %v: want alice, by uid %d pid %d", k, os.Geteuid(), os.Getpid())
 		}
 	}
-	// By id: bob's one connection; then nothing is left to match.
-	id := s.conns.snapshot()[0].ID
+	// By id: bob's one connection.
+	id := s.conns.matching("", "bob")[0].id
 	if resp, err := AdminCall(context.Background(), path, AdminRequest{Op: "kill", ID: id}); err != nil || len(resp.Connections) != 1 || bob.Load() != 2 {
 		t.Fatalf("kill %s: %v %+v", id, err, resp)
 	}
@@ -265,5 +265,28 @@ func TestLiveConnsRegistry(t *testing.T) {
 	}
 	if runName("subsystem", "sftp") != "sftp" || runName("shell", "") != "shell" {
 		t.Fatal("runName")
+	}
+}
+
+// TestAdminSocketNeedsRestart: the socket is bound once; a reload that
+// moves it says so and keeps the running path.
+func TestAdminSocketNeedsRestart(t *testing.T) {
+	old := &Config{StateDir: "/state"}
+	cfg := *old
+	cfg.AdminSocket = "/run/gomux.sock"
+	if got := strings.Join(restartOnly(old, &cfg), ","); got != "admin_socket" {
+		t.Fatalf("restart needed for %q", got)
+	}
+	if old.AdminSocketPath() != "/state/admin.sock" || cfg.AdminSocketPath() != "/run/gomux.sock" {
+		t.Fatalf("paths %s %s", old.AdminSocketPath(), cfg.AdminSocketPath())
+	}
+	s, p := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n")
+	running := s.config().AdminSocketPath()
+	os.WriteFile(p, []byte("admin_socket: /elsewhere.sock\ntargets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n"), 0o600)
+	if _, err := s.ReloadFile(p, nil, func(c *Config) { c.StateDir = s.config().StateDir }, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.config().AdminSocketPath(); got != running {
+		t.Fatalf("a reload moved the admin socket to %s", got)
 	}
 }

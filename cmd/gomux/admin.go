@@ -48,8 +48,9 @@ func admin(cfg *proxy.Config, inv invocation, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// writeSessions prints connections as a table: one row per connection,
-// then one indented row per thing it holds open.
+// writeSessions prints connections as a table, one row per thing a
+// connection holds open (or one row for a connection that holds none):
+// the connection's columns on its first row only.
 func writeSessions(w io.Writer, conns []proxy.ConnInfo, now time.Time) {
 	if len(conns) == 0 {
 		fmt.Fprintln(w, "no open connections")
@@ -58,21 +59,25 @@ func writeSessions(w io.Writer, conns []proxy.ConnInfo, now time.Time) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tPERSON\tSOURCE\tSINCE\tTARGET\tREMOTE USER\tMODE\tIN\tOUT\tRUNNING")
 	for _, c := range conns {
-		since := c.Since.Local().Format(time.DateTime) + " (" + now.Sub(c.Since).Round(time.Second).String() + ")"
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\t\t\t\t\t\n", c.ID, c.Person, c.Source, since)
+		conn := fmt.Sprintf("%s\t%s\t%s\t%s (%s)", c.ID, c.Person, c.Source,
+			c.Since.Local().Format(time.DateTime), now.Sub(c.Since).Round(time.Second))
+		if len(c.Holds) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\n", conn)
+		}
 		for _, h := range c.Holds {
-			run := strings.Join(h.Running, "; ")
-			if run == "" {
-				run = "-"
-			}
-			user := h.RemoteUser
-			if user == "" {
-				user = "-"
-			}
-			fmt.Fprintf(tw, "\t\t\t\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Target, user, h.Mode, bytesText(h.BytesIn), bytesText(h.BytesOut), run)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", conn, h.Target, orDash(h.RemoteUser), h.Mode,
+				bytesText(h.BytesIn), bytesText(h.BytesOut), orDash(strings.Join(h.Running, "; ")))
+			conn = "\t\t\t"
 		}
 	}
 	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // bytesText is a byte count for people: 512B, 3.4KiB, 12MiB.
