@@ -290,3 +290,32 @@ func TestAdminSocketNeedsRestart(t *testing.T) {
 		t.Fatalf("a reload moved the admin socket to %s", got)
 	}
 }
+
+// TestAdminSocketTakeover: a gomux started on the state dir of one that
+// still drains takes the socket over; the old one's stop leaves the new
+// one's socket in place.
+func TestAdminSocketTakeover(t *testing.T) {
+	serve := func(person string, path string) (*Server, func()) {
+		s, _ := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n")
+		s.config().AdminSocket = path
+		var closed atomic.Int32
+		fakeConn(s, person, "192.0.2.9:5555", "a.example.com", "sleep 1", &closed)
+		ctx, cancel := context.WithCancel(context.Background())
+		al, err := s.ListenAdmin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var g gogroup.Group
+		g.Go(func() { s.ServeAdmin(ctx, al) })
+		return s, func() { cancel(); g.Wait() }
+	}
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	_, stopOld := serve("olga", path)
+	_, stopNew := serve("nina", path)
+	defer stopNew()
+	stopOld()
+	resp, err := AdminCall(context.Background(), path, AdminRequest{Op: "sessions"})
+	if err != nil || len(resp.Connections) != 1 || resp.Connections[0].Person != "nina" {
+		t.Fatalf("the new gomux does not answer: %v %+v", err, resp)
+	}
+}
