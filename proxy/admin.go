@@ -310,6 +310,9 @@ func (al *AdminListener) Close() error {
 // administered. Anything else at the path is an error.
 func (s *Server) ListenAdmin(ctx context.Context) (*AdminListener, error) {
 	path := s.config().AdminSocketPath()
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("admin_socket %s: %d bytes, longer than a unix socket path may be (%d): set a shorter admin_socket", path, len(path), maxSocketPath)
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("admin_socket %s: exists and is not a socket", path)
@@ -341,6 +344,10 @@ func (s *Server) ListenAdmin(ctx context.Context) (*AdminListener, error) {
 	s.log.Info().Str("event", EventListen).Str("admin_socket", path).Msg("admin socket listening (gomux sessions, gomux kill)")
 	return &AdminListener{ln: ln, path: path, file: fi}, nil
 }
+
+// maxSocketPath is the longest unix socket path Linux binds (sun_path,
+// 108 bytes with its NUL).
+const maxSocketPath = 107
 
 // ServeAdmin answers on the admin socket until ctx ends, then closes it
 // and removes the file. It waits for the requests it started.

@@ -219,6 +219,10 @@ func TestAdminSocketModeAndRemoval(t *testing.T) {
 	if _, err := s.ListenAdmin(context.Background()); err == nil {
 		t.Fatalf("a regular file at admin_socket was replaced")
 	}
+	s.config().AdminSocket = "/" + strings.Repeat("x", maxSocketPath)
+	if _, err := s.ListenAdmin(context.Background()); err == nil || !strings.Contains(err.Error(), "shorter admin_socket") {
+		t.Fatalf("a path too long for a socket: %v", err)
+	}
 }
 
 // TestAdminCallerCheck: only gomux's own uid and root are admitted.

@@ -364,12 +364,6 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	if srv == nil {
 		return code
 	}
-	adminLn, err := srv.ListenAdmin(context.Background())
-	if err != nil {
-		ln.Close()
-		fmt.Fprintln(stderr, "gomux:", err)
-		return 1
-	}
 	// bg owns the goroutines beside the server; its deferred Wait runs
 	// after every deferred stop below.
 	var bg gogroup.Group
@@ -382,6 +376,12 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 			return 1
 		}
 		defer closeMetrics()
+	}
+	adminLn, err := srv.ListenAdmin(context.Background())
+	if err != nil {
+		ln.Close()
+		fmt.Fprintln(stderr, "gomux:", err)
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
