@@ -39,6 +39,11 @@ type Config struct {
 	// MetricsListen is the address of the Prometheus /metrics, /healthz
 	// and /readyz endpoint, e.g. 127.0.0.1:9222. Default "": off.
 	MetricsListen string `yaml:"metrics_listen"`
+	// AdminSocket is the unix socket gomux sessions and gomux kill talk
+	// to: mode 0600, for gomux's own user (and root) only, never on the
+	// network. Default "": <state_dir>/admin.sock (AdminSocketPath); set
+	// it elsewhere where state_dir is read-only (a Kubernetes Secret).
+	AdminSocket string `yaml:"admin_socket"`
 	// ProxyProtocol reads the real client address from a load balancer's
 	// PROXY protocol header. Default off.
 	ProxyProtocol ProxyProtocolConfig `yaml:"proxy_protocol"`
@@ -614,6 +619,9 @@ func (c *Config) defaultTargets(set *explicitBools) {
 // expandPaths turns a leading ~ into the home directory in every path.
 func (c *Config) expandPaths(home string) {
 	c.StateDir = expandHome(c.StateDir, home)
+	if c.AdminSocket != "" {
+		c.AdminSocket = expandHome(c.AdminSocket, home)
+	}
 	if c.Audit.RecordDir != "" {
 		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
 	}
@@ -636,6 +644,15 @@ func expandAll(ps []string, home string) {
 	for i, p := range ps {
 		ps[i] = expandHome(p, home)
 	}
+}
+
+// AdminSocketPath is where the admin socket is: admin_socket, else
+// admin.sock in the state directory (as -state set it).
+func (c *Config) AdminSocketPath() string {
+	if c.AdminSocket != "" {
+		return c.AdminSocket
+	}
+	return filepath.Join(c.StateDir, "admin.sock")
 }
 
 func expandHome(p, home string) string {

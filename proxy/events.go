@@ -68,6 +68,14 @@ const (
 	// EventForward marks a direct-tcpip request: denied, spliced or
 	// accelerated, or failed.
 	EventForward = "forward"
+	// EventAdmin marks the admin socket refusing a caller (not gomux's
+	// user, nor root) or a malformed request: gomux sessions and gomux
+	// kill (admin.go).
+	EventAdmin = "admin"
+	// EventAdminKill marks a front connection closed by gomux kill,
+	// naming the person it was for, what it held open, and who asked:
+	// the caller's uid, pid and user name from the admin socket.
+	EventAdminKill = "admin_kill"
 	// EventForwardClosed marks the end of a forward, with its bytes and
 	// duration.
 	EventForwardClosed = "forward_closed"
@@ -188,6 +196,8 @@ func AuditFields(event string) ([]string, bool) {
 		return []string{"result"}, true
 	case EventFrontNoise:
 		return []string{"source", "count", "interval"}, true
+	case EventAdminKill:
+		return []string{"user", "source", "id", "by_uid", "by_pid", "by_user"}, true
 	}
 	return nil, false
 }

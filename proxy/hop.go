@@ -69,11 +69,11 @@ func (h hop) splice(ctx context.Context, nc gossh.NewChannel) {
 		tc.Close()
 		return
 	}
-	_, drop := h.hold("splice", func() { ch.Close(); tc.Close() })
+	x, drop := h.hold("splice", func() { ch.Close(); tc.Close() })
 	defer drop()
 	start := time.Now()
 	h.log.Info().Str("event", EventForward).Str("via", h.via).Str("result", "spliced").Msg("splice open")
-	in, out := splice(ch, tc)
+	in, out := splice(countedChannel{ch, x}, tc)
 	h.log.Info().Str("event", EventForwardClosed).Str("via", h.via).Int64("bytes_in", in).Int64("bytes_out", out).
 		Dur("duration", time.Since(start)).Msg("splice closed")
 }
@@ -95,6 +95,6 @@ func (h hop) accelerate(ctx context.Context, nc gossh.NewChannel) {
 	h.log.Info().Str("event", EventForward).Str("via", h.via).Str("result", "accelerated").Msg("inner session starting")
 	ic := &innerConn{s: h.s, host: h.requested, addr: h.d.HostPort(), frontUser: h.id.User, id: h.id,
 		decision: h.d, held: x, hs: h.hs, local: h.local, remote: h.remote, log: h.log}
-	ic.serve(ctx, channelConn{Channel: ch, local: h.local, remote: h.remote})
+	ic.serve(ctx, channelConn{Channel: countedChannel{ch, x}, local: h.local, remote: h.remote})
 	h.log.Info().Str("event", EventForwardClosed).Str("via", h.via).Dur("duration", time.Since(start)).Msg("inner session ended")
 }

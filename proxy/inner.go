@@ -386,10 +386,10 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 		return
 	}
 	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
-	_, drop := h.hold("forward", func() { ch.Close(); conn.Close() })
+	x, drop := h.hold("forward", func() { ch.Close(); conn.Close() })
 	defer drop()
 	log.Info().Str("result", "forwarded").Msg("forward open")
-	in, out := splice(ch, conn)
+	in, out := splice(countedChannel{ch, x}, conn)
 	log.Info().Int64("bytes_in", in).Int64("bytes_out", out).Dur("duration", time.Since(start)).Msg("forward closed")
 }
 

@@ -156,6 +156,9 @@ func TestKubernetesConfigMapLoads(t *testing.T) {
 		if cfg.MetricsListen == "" {
 			t.Fatalf("the manifest's probes need metrics_listen")
 		}
+		if strings.HasPrefix(cfg.AdminSocketPath(), cfg.StateDir+"/") {
+			t.Fatalf("admin socket %s in the read-only state dir", cfg.AdminSocketPath())
+		}
 		return
 	}
 	t.Fatal("no ConfigMap in the manifest")

@@ -25,6 +25,13 @@ type held struct {
 	remoteUser atomic.Pointer[string]
 	cut        func()
 	log        zerolog.Logger
+
+	// in and out are the bytes from and to the client so far, and runs
+	// what runs in it now (an inner session's commands), for gomux
+	// sessions (admin.go).
+	in, out atomic.Int64
+	runsMu  sync.Mutex
+	runs    map[*running]struct{}
 }
 
 // setRemoteUser records the inner login, which every later check includes.

@@ -50,7 +50,7 @@ func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
 // holds (watch), and closes what the new policy no longer allows. A config that cannot be used (a key file that does not
 // parse, a bad rule) returns an error and the running config stays.
 // Fields that only a restart can change (listen, state_dir,
-// metrics_listen, proxy_protocol, upstream, host_cert_validity,
+// metrics_listen, admin_socket, proxy_protocol, upstream, host_cert_validity,
 // stats_interval and the memory and state limits) keep their running
 // values; they are returned as notes for the log. Calls must not
 // overlap; gomux serve makes them from its one signal loop.
@@ -61,6 +61,7 @@ func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 	// config never disagrees with what actually runs.
 	merged := *cfg
 	merged.Listen, merged.StateDir, merged.MetricsListen = old.Listen, old.StateDir, old.MetricsListen
+	merged.AdminSocket = old.AdminSocket
 	merged.ProxyProtocol, merged.Upstream = old.ProxyProtocol, old.Upstream
 	merged.HostCertValidity, merged.StatsInterval = old.HostCertValidity, old.StatsInterval
 	ml, ol := &merged.Limits, old.Limits
@@ -97,6 +98,7 @@ func restartOnly(old, cfg *Config) []string {
 	add(old.Listen != cfg.Listen, "listen")
 	add(old.StateDir != cfg.StateDir, "state_dir")
 	add(old.MetricsListen != cfg.MetricsListen, "metrics_listen")
+	add(old.AdminSocket != cfg.AdminSocket, "admin_socket")
 	add(!reflect.DeepEqual(old.ProxyProtocol, cfg.ProxyProtocol), "proxy_protocol")
 	add(!reflect.DeepEqual(old.Upstream, cfg.Upstream), "upstream")
 	add(old.HostCertValidity != cfg.HostCertValidity, "host_cert_validity")

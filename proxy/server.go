@@ -45,6 +45,8 @@ type Server struct {
 	// runAs is the account gomux runs as: the one name a key file
 	// without %u vouches for.
 	runAs string
+	// conns are the logged-in front connections, for the admin socket.
+	conns liveConns
 }
 
 // activityKey is where a front connection's activity is kept in its
@@ -203,6 +205,8 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 	if !s.tasks.Go(func() { s.watch(ctx, id, hs) }) {
 		return nil, errShuttingDown
 	}
+	nc, _ := ctx.Value(netConnKey{}).(net.Conn)
+	s.register(ctx, id, hs, nc)
 	identityFields(s.log.Info().Str("event", EventFrontAuth).Str("result", "accepted").Bool("accepted", true), id).
 		Str("source", conn.RemoteAddr().String()).Str("client_version", string(conn.ClientVersion())).Msg("front login")
 	return &gossh.Permissions{Extensions: map[string]string{"fingerprint": id.Fingerprint()}}, nil

@@ -106,6 +106,8 @@ type session struct {
 
 	bytesIn, bytesOut atomic.Int64
 	run               gogroup.Group
+	// unrun drops the command from what gomux sessions shows running.
+	unrun func()
 }
 
 func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
@@ -122,6 +124,9 @@ func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
 	// stdin may keep its process, and this handler, waiting), and
 	// whatever still runs for it is stopped.
 	freeChannelMemory(ctx)
+	if s.unrun != nil {
+		s.unrun()
+	}
 	s.mu.Lock()
 	if s.proc != nil {
 		s.proc.Close()
@@ -232,6 +237,7 @@ func (s *session) onSubsystem(ctx context.Context, req *gossh.Request) bool {
 		return false
 	}
 	s.kind, s.cmd = "subsystem", "sftp"
+	s.unrun = s.ic.held.run(runName(s.kind, s.cmd))
 	answer(req, true)
 	s.spawn(func() { s.serveSFTP(ctx) })
 	return true
@@ -260,6 +266,7 @@ type execPlan struct {
 // its whole stdin (runWholeStdin), or started on the agent (startOnAgent).
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
+	s.unrun = s.ic.held.run(runName(kind, cmd))
 	x := execPlan{cmd: cmd, pty: s.pty}
 	if kind == "exec" && s.ic.s.config().Upstream.Ansible {
 		var replied bool
@@ -792,6 +799,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewC
 		uch.Close()
 		return
 	}
+	defer ic.held.run("fallback session")()
 	var cmd string
 	var rec atomic.Pointer[recorder] // set before the command starts
 	var fromClient gogroup.Group

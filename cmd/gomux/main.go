@@ -1,6 +1,7 @@
 // Command gomux is the multiplexing SSH proxy: `gomux serve` runs the jump
-// host, `gomux ca` prints the known_hosts line clients need, `gomux version`
-// says which build this is.
+// host, `gomux ca` prints the known_hosts line clients need, `gomux
+// sessions` and `gomux kill` show and end who is on a running gomux,
+// `gomux version` says which build this is.
 package main
 
 import (
@@ -42,6 +43,8 @@ const usage = `usage:
   gomux serve [-config FILE] [-listen ADDR] [-state DIR]
   gomux ca [-config FILE] [-state DIR] [-init] [-hosts]
   gomux check [-config FILE] [-state DIR] [-as PERSON] [user@]target[:port]
+  gomux sessions [-config FILE] [-state DIR] [-json]
+  gomux kill [-config FILE] [-state DIR] (ID | -person NAME)
   gomux version
 `
 
@@ -63,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(cfg, inv.person, inv.target, stdout, stderr)
 	case "ca":
 		return printCA(cfg, inv, stdout, stderr)
+	case "sessions", "kill":
+		return admin(cfg, inv, stdout, stderr)
 	}
 	return profiled(stderr, func() int { return serve(cfg, inv.configPath, inv.override, stderr) })
 }
@@ -93,8 +98,9 @@ type invocation struct {
 	listen     string // -listen (serve), overriding listen
 	initCA     bool   // -init (ca)
 	caHosts    bool   // -hosts (ca)
-	person     string // -as (check)
-	target     string // check's argument
+	person     string // -as (check), -person (kill)
+	target     string // check's argument, kill's connection id
+	json       bool   // -json (sessions)
 }
 
 // override applies the flags that override config fields, to the config
@@ -128,6 +134,10 @@ func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code in
 		fs.BoolVar(&inv.caHosts, "hosts", false, "trust the CA only for gomux and the accelerate rules' hosts, not for every host")
 	case "check":
 		fs.StringVar(&inv.person, "as", "", "the front login name policy is checked for (default: the running user)")
+	case "sessions":
+		fs.BoolVar(&inv.json, "json", false, "print JSON instead of a table")
+	case "kill":
+		fs.StringVar(&inv.person, "person", "", "close every connection of this person")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return inv, 2, false
@@ -135,6 +145,12 @@ func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code in
 	if inv.cmd == "check" {
 		if fs.NArg() != 1 {
 			fmt.Fprintf(stderr, "gomux check: want one [user@]target[:port]\n%s", usage)
+			return inv, 2, false
+		}
+		inv.target = fs.Arg(0)
+	} else if inv.cmd == "kill" {
+		if (fs.NArg() == 1) == (inv.person != "") || fs.NArg() > 1 {
+			fmt.Fprintf(stderr, "gomux kill: want a connection id or -person NAME\n%s", usage)
 			return inv, 2, false
 		}
 		inv.target = fs.Arg(0)
@@ -146,7 +162,7 @@ func parseArgs(args []string, stdout, stderr io.Writer) (inv invocation, code in
 }
 
 // commandWord handles the commands that need no config (version, help)
-// and unknown ones; it returns true for serve, ca and check.
+// and unknown ones; it returns true for the others.
 func commandWord(args []string, stdout, stderr io.Writer) (int, bool) {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -156,7 +172,7 @@ func commandWord(args []string, stdout, stderr io.Writer) (int, bool) {
 	case "version":
 		fmt.Fprintln(stdout, "gomux", version)
 		return 0, false
-	case "serve", "ca", "check":
+	case "serve", "ca", "check", "sessions", "kill":
 		return 0, true
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
@@ -361,6 +377,12 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 		}
 		defer closeMetrics()
 	}
+	adminLn, err := srv.ListenAdmin(context.Background())
+	if err != nil {
+		ln.Close()
+		fmt.Fprintln(stderr, "gomux:", err)
+		return 1
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -372,6 +394,9 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	defer stopBg() // runs before bg.Wait
 	bg.Go(func() { srv.LogStats(bgCtx, cfg.StatsInterval.D()) })
 	bg.Go(func() { srv.LogNoise(bgCtx, noiseInterval) })
+	// The admin socket stays through the drain (gomux kill still works)
+	// and is removed once gomux stopped.
+	bg.Go(func() { srv.ServeAdmin(bgCtx, adminLn) })
 	// A change of the config file reloads it as SIGHUP does (a
 	// Kubernetes ConfigMap update, an edit).
 	changed := make(chan []byte)

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gomux/gomux/proxy"
 )
 
 func TestRunUsageAndConfigErrors(t *testing.T) {
@@ -163,5 +166,62 @@ func TestCAHostsScopesTheLine(t *testing.T) {
 	run([]string{"ca", "-state", state, "-config", cfg}, &out, &errb)
 	if !strings.HasPrefix(out.String(), "@cert-authority * ") {
 		t.Errorf("ca printed %q", out.String())
+	}
+}
+
+// TestAdminCommandLines: gomux kill takes a connection id or -person,
+// not both and not neither; sessions takes -json and no argument.
+func TestAdminCommandLines(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"sessions"}, true},
+		{[]string{"sessions", "-json", "-state", "/x"}, true},
+		{[]string{"sessions", "abc"}, false},
+		{[]string{"kill", "1a2b3c4d"}, true},
+		{[]string{"kill", "-person", "alice"}, true},
+		{[]string{"kill"}, false},
+		{[]string{"kill", "-person", "alice", "1a2b3c4d"}, false},
+		{[]string{"kill", "a", "b"}, false},
+	} {
+		inv, _, ok := parseArgs(c.args, io.Discard, io.Discard)
+		if ok != c.ok {
+			t.Errorf("%v: ok %v, want %v", c.args, ok, c.ok)
+		}
+		if ok && c.args[0] == "kill" && inv.target == "" && inv.person == "" {
+			t.Errorf("%v: nothing to kill", c.args)
+		}
+	}
+}
+
+// TestSessionsTable: one row per thing held, the connection's columns on
+// its first row, the running command and readable byte counts.
+func TestSessionsTable(t *testing.T) {
+	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	conns := []proxy.ConnInfo{{ID: "1a2b3c4d", Person: "alice", Source: "192.0.2.7:5555", Since: since, Holds: []proxy.HeldInfo{
+		{Target: "web1:22", RemoteUser: "deploy", Mode: "accelerate", Running: []string{"sleep 300", "sftp"}, BytesIn: 512, BytesOut: 3 << 20},
+		{Target: "db1:5432", Mode: "forward", BytesIn: 1536},
+	}}, {ID: "9f8e7d6c", Person: "bob", Source: "192.0.2.8:4444", Since: since}}
+	var b strings.Builder
+	writeSessions(&b, conns, since.Add(90*time.Second))
+	rows := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	if len(rows) != 4 {
+		t.Fatalf("rows:\n%s", b.String())
+	}
+	for i, want := range [][]string{
+		{"ID", "PERSON", "RUNNING"},
+		{"1a2b3c4d", "alice", "192.0.2.7:5555", "(1m30s)", "web1:22", "deploy", "accelerate", "512B", "3.0MiB", "sleep 300; sftp"},
+		{"db1:5432", "forward", "1.5KiB", "0B"},
+		{"9f8e7d6c", "bob", "192.0.2.8:4444"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(rows[i], w) {
+				t.Errorf("row %d %q lacks %q", i, rows[i], w)
+			}
+		}
+	}
+	if strings.Contains(rows[2], "alice") {
+		t.Errorf("the connection's columns repeat: %q", rows[2])
 	}
 }
