@@ -243,6 +243,12 @@ func TestOpsHAProxy(t *testing.T) {
 		}
 	}
 	checkHAProxyAudit(t, lab, a, b)
+	// haproxy's health checks (deploy/haproxy.cfg: check, with
+	// send-proxy-v2) reach gomux as PROXY v2 LOCAL headers, which keep
+	// the balancer's address and are not refused.
+	for _, g := range []*Gomux{a, b} {
+		waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "proxy_protocol", "local", true) })
+	}
 }
 
 // checkHAProxyAudit reads both replicas' audit files: every line of a
