@@ -13,7 +13,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PYTHON   ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 PYFLAKES ?= pyflakes3
 PY_SRC   := agent/pyrun/forkserver.py
-DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema
+DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema haproxy
 
 .PHONY: all build agents deps test unit lint fmt demo bench soak fuzz clean
 
@@ -96,8 +96,13 @@ bench: deps build
 # with 50 forks, 1,000 concurrent ssh -J sessions, a pre-auth flood of
 # 10,000 connections with real logins among it (TestAuditFlood), and a soak of repeated
 # playbooks for GOMUX_SOAK_DURATION (30m) with gomux's RSS, goroutines
-# and open files sampled each minute. Figures are in the -v output.
+# and open files sampled each minute; the seed playbook through Debian's
+# haproxy in front of two replicas with one drained mid-play
+# (TestOpsHAProxyPlaybook), and a rolling upgrade from the last release,
+# built from the git history, to the working tree (TestOpsUpgrade).
+# Figures are in the -v output.
 soak: deps build
+	GOMUX_SOAK=1 $(GO) test -count=1 -timeout 60m -v -run '^(TestOpsHAProxyPlaybook|TestOpsUpgrade)$$' ./integration
 	GOMUX_SOAK=1 GOMUX_REPEAT_RUNS=$${GOMUX_REPEAT_RUNS:-30} $(GO) test -count=1 -timeout 900m -v \
 		-run '^(TestPipelinedBecomeRepeated|TestLoadManyTargets|TestLoadConcurrentSessions|TestSoak|TestDifferential)$$' ./integration
 	GOMUX_FLOOD=10000 $(GO) test -count=1 -timeout 30m -v -run '^TestAuditFlood$$' ./integration

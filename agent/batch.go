@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"syscall"
+	"time"
 )
 
 // PrepOp is one filesystem step a batch performs before its command, so a
@@ -246,6 +247,9 @@ func (s *Server) readBlob(home, sum string, limit int64) ([]byte, error) {
 			"got", hex.EncodeToString(got[:]), "bytes", len(data))
 		os.Remove(p)
 		return nil, errNoBlob
+	}
+	if fi, err := f.Stat(); err == nil {
+		markUsed(p, fi.ModTime(), time.Now())
 	}
 	return data, nil
 }

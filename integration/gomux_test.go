@@ -112,6 +112,9 @@ type gomuxOptions struct {
 	Env []string
 	// LogLevel replaces the tests' log_level (debug).
 	LogLevel string
+	// Binary runs this gomux build instead of the working tree's (an
+	// older release, for the upgrade test).
+	Binary string
 }
 
 func freePort(t testing.TB) int {
@@ -126,7 +129,10 @@ func freePort(t testing.TB) int {
 
 func startGomux(t testing.TB, lab *harness.Lab, o gomuxOptions) *Gomux {
 	t.Helper()
-	bin := gomuxBinary(t)
+	bin := o.Binary
+	if bin == "" {
+		bin = gomuxBinary(t)
+	}
 	dir := t.TempDir()
 	port := o.Port
 	if port == 0 {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -57,8 +58,10 @@ const cacheChecks = `u=$(id -u); bad=; top=; ` +
 // another connection to the same home, as on a shared NFS home), it looks
 // again, up to three times. It runs its tools with a fixed PATH
 // (fixedpath.Set) and gives the agent back the PATH it was given, which
-// the agent passes on to the commands it runs, as sshd would.
-func launcherScript(bins map[string]dist.Binary) string {
+// the agent passes on to the commands it runs, as sshd would. The agent
+// is told cacheDays, after which it removes what no start has used
+// (agent.CleanCache).
+func launcherScript(bins map[string]dist.Binary, cacheDays int) string {
 	var cases strings.Builder
 	for _, b := range bins {
 		switch b.Arch {
@@ -78,7 +81,7 @@ func launcherScript(bins map[string]dist.Binary) string {
 		`for i in 1 2 3; do ` +
 		`if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && exec 3<"$f"; then ` +
 		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then ` +
-		`if [ -n "$pathset" ]; then PATH=$path0; else unset PATH; fi; exec "$f" serve; fi; exec 3<&-; ` +
+		`if [ -n "$pathset" ]; then PATH=$path0; else unset PATH; fi; exec "$f" serve -cache-days ` + strconv.Itoa(cacheDays) + `; fi; exec 3<&-; ` +
 		`else break; fi; done; ` +
 		`echo "` + needAgentLine + ` $h $m"`
 	return "exec /bin/sh -c " + shellQuote(script)
@@ -319,7 +322,7 @@ func (u *upstream) openAgentChannel() (agentChannel, error) {
 		sess.Close()
 		return agentChannel{}, fmt.Errorf("agent channel pipes: %w", err)
 	}
-	if err := sess.Start(launcherScript(u.pool.agents)); err != nil {
+	if err := sess.Start(launcherScript(u.pool.agents, u.pool.limits.AgentCacheDays)); err != nil {
 		sess.Close()
 		return agentChannel{}, fmt.Errorf("start agent launcher: %w", err)
 	}

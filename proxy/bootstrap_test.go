@@ -56,7 +56,7 @@ func TestLauncherUploadAndVerify(t *testing.T) {
 	bin := fakeAgent(t)
 	bins := map[string]dist.Binary{bin.Arch: bin}
 
-	out, _ := runScript(t, home, launcherScript(bins), nil)
+	out, _ := runScript(t, home, launcherScript(bins, 30), nil)
 	if !strings.HasPrefix(out, needAgentLine+" "+bin.SHA256) {
 		t.Fatalf("cold launcher said %q", out)
 	}
@@ -76,21 +76,21 @@ func TestLauncherUploadAndVerify(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("cached agent: %v %v", fi, err)
 	}
-	out, _ = runScript(t, home, launcherScript(bins), nil)
+	out, _ = runScript(t, home, launcherScript(bins, 30), nil)
 	if out != agent.Banner+" 1 serve\n" {
 		t.Fatalf("warm launcher said %q", out)
 	}
 	// A cached file that no longer matches its hash is never run.
 	p := filepath.Join(home, ".cache/gomux/agent-"+bin.SHA256)
 	os.WriteFile(p, []byte("#!/bin/sh\necho tampered\n"), 0o700)
-	out, _ = runScript(t, home, launcherScript(bins), nil)
+	out, _ = runScript(t, home, launcherScript(bins, 30), nil)
 	if !strings.HasPrefix(out, needAgentLine) {
 		t.Fatalf("tampered agent: launcher said %q", out)
 	}
 }
 
 func TestLauncherUnknownArch(t *testing.T) {
-	out, _ := runScript(t, t.TempDir(), launcherScript(map[string]dist.Binary{"riscv64x": {Arch: "riscv64x"}}), nil)
+	out, _ := runScript(t, t.TempDir(), launcherScript(map[string]dist.Binary{"riscv64x": {Arch: "riscv64x"}}, 30), nil)
 	if !strings.HasPrefix(out, noAgentLine) {
 		t.Fatalf("launcher said %q", out)
 	}
@@ -147,7 +147,7 @@ func TestLauncherDistrustsOpenCache(t *testing.T) {
 			d := install(home)
 			c.spoil(home, d)
 			os.WriteFile(filepath.Join(d, "planted-by-someone-else"), []byte("x"), 0o644)
-			out, _ := runScript(t, home, launcherScript(bins), nil)
+			out, _ := runScript(t, home, launcherScript(bins, 30), nil)
 			if !strings.HasPrefix(out, needAgentLine+" "+bin.SHA256+" ") || !strings.Contains(out, "unsafe agent cache") {
 				t.Fatalf("launcher with an open cache said %q", out)
 			}
@@ -159,7 +159,7 @@ func TestLauncherDistrustsOpenCache(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(d, "planted-by-someone-else")); err == nil {
 				t.Fatalf("the upload kept a file from the open cache")
 			}
-			if out, _ := runScript(t, home, launcherScript(bins), nil); out != agent.Banner+" 1 serve\n" {
+			if out, _ := runScript(t, home, launcherScript(bins, 30), nil); out != agent.Banner+" 1 serve\n" {
 				t.Fatalf("launcher after the upload said %q", out)
 			}
 		})
@@ -168,7 +168,7 @@ func TestLauncherDistrustsOpenCache(t *testing.T) {
 		home := t.TempDir()
 		d := install(home)
 		os.Chmod(filepath.Dir(d), 0o777)
-		out, _ := runScript(t, home, launcherScript(bins), nil)
+		out, _ := runScript(t, home, launcherScript(bins, 30), nil)
 		if !strings.HasPrefix(out, noAgentLine+" unsafe agent cache: ") {
 			t.Fatalf("launcher with an open ~/.cache said %q", out)
 		}
@@ -183,7 +183,7 @@ func TestLauncherDistrustsOpenCache(t *testing.T) {
 		real := filepath.Join(home, "real-agent")
 		os.Rename(f, real)
 		os.Symlink(real, f)
-		if out, _ := runScript(t, home, launcherScript(bins), nil); !strings.HasPrefix(out, needAgentLine) {
+		if out, _ := runScript(t, home, launcherScript(bins, 30), nil); !strings.HasPrefix(out, needAgentLine) {
 			t.Fatalf("launcher ran a symlinked agent: %q", out)
 		}
 	})
@@ -206,7 +206,7 @@ func TestLaunchersAndUploadsOnASharedHome(t *testing.T) {
 			defer wg.Done()
 			// As startAgent: launch, and after an upload launch once more.
 			for try := 0; try < 2; try++ {
-				out, _ := runScript(t, home, launcherScript(bins), nil)
+				out, _ := runScript(t, home, launcherScript(bins, 30), nil)
 				if !strings.HasPrefix(out, needAgentLine) {
 					outs[i] = out
 					return
@@ -233,7 +233,7 @@ func TestLaunchersAndUploadsOnASharedHome(t *testing.T) {
 func TestTargetProgramsFixPath(t *testing.T) {
 	bin := fakeAgent(t)
 	for name, prog := range map[string]string{
-		"launcher": launcherScript(map[string]dist.Binary{bin.Arch: bin, "arm64": {Arch: "arm64", SHA256: bin.SHA256}}),
+		"launcher": launcherScript(map[string]dist.Binary{bin.Arch: bin, "arm64": {Arch: "arm64", SHA256: bin.SHA256}}, 30),
 		"upload":   uploadScript(bin.SHA256),
 		"findmnt":  findmntCommand,
 	} {
@@ -271,7 +271,7 @@ func TestBootstrapIgnoresHostilePath(t *testing.T) {
 	if out := run(uploadScript(bin.SHA256), bin.Data); !strings.Contains(out, uploadedLine) {
 		t.Fatalf("upload: %q", out)
 	}
-	if out := run(launcherScript(map[string]dist.Binary{bin.Arch: bin}), nil); out != agent.Banner+" 1 serve "+path+"\n" {
+	if out := run(launcherScript(map[string]dist.Binary{bin.Arch: bin}, 30), nil); out != agent.Banner+" 1 serve "+path+"\n" {
 		t.Errorf("launcher said %q, want the agent run with PATH %s", out, path)
 	}
 	if ents, _ := os.ReadDir(marks); len(ents) > 0 {

@@ -64,6 +64,12 @@ type LimitsConfig struct {
 	// agent (a file operation, a chunk, a command's start) before it
 	// fails that request. Default 2m.
 	AgentReplyTimeout Duration `yaml:"agent_reply_timeout"`
+	// AgentCacheDays is how long, in days, an agent or blob in a target's
+	// agent cache (~/.cache/gomux) may go unused before the next agent
+	// start there removes it: every start marks its own agent used, every
+	// blob read its blob, so a rolling upgrade's older agents go once no
+	// gomux runs them. Default 30.
+	AgentCacheDays int `yaml:"agent_cache_days"`
 	// LoginBackoff is how long gomux refuses, without contacting the
 	// target, a new upstream login after one the target refused: for the
 	// same (target, remote user, credential), and for the same person on
@@ -133,6 +139,7 @@ func (l *LimitsConfig) applyDefaults() {
 	setDur(&l.ShimStateIdle, time.Hour)
 	setInt(&l.MaxShimStates, 10000)
 	setDur(&l.AgentReplyTimeout, 2*time.Minute)
+	setInt(&l.AgentCacheDays, 30)
 	setDur(&l.LoginBackoff, time.Minute)
 	setDur(&l.LoginBackoffMax, time.Hour)
 	setInt(&l.MaxLoginBackoffs, 10000)
@@ -159,6 +166,7 @@ func (l *LimitsConfig) validate() error {
 		"max_staged_mib":              l.MaxStagedMiB,
 		"max_sftp_handles":            l.MaxSFTPHandles,
 		"max_shim_states":             l.MaxShimStates,
+		"agent_cache_days":            l.AgentCacheDays,
 		"max_login_backoffs":          l.MaxLoginBackoffs,
 		"upstream_dials_per_second":   l.UpstreamDialsPerSecond,
 		"upstream_dial_burst":         l.UpstreamDialBurst,

@@ -69,6 +69,7 @@ func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 	ml.ShimStateIdle, ml.MaxShimStates, ml.AgentReplyTimeout = ol.ShimStateIdle, ol.MaxShimStates, ol.AgentReplyTimeout
 	ml.LoginBackoff, ml.LoginBackoffMax, ml.MaxLoginBackoffs = ol.LoginBackoff, ol.LoginBackoffMax, ol.MaxLoginBackoffs
 	ml.UpstreamDialsPerSecond, ml.UpstreamDialBurst = ol.UpstreamDialsPerSecond, ol.UpstreamDialBurst
+	ml.AgentCacheDays = ol.AgentCacheDays
 	// Rules are checked against the running upstream credentials.
 	if err := merged.validate(); err != nil {
 		s.metrics.reload(false)
@@ -115,6 +116,7 @@ func restartOnly(old, cfg *Config) []string {
 	add(ol.MaxLoginBackoffs != nl.MaxLoginBackoffs, "limits.max_login_backoffs")
 	add(ol.UpstreamDialsPerSecond != nl.UpstreamDialsPerSecond, "limits.upstream_dials_per_second")
 	add(ol.UpstreamDialBurst != nl.UpstreamDialBurst, "limits.upstream_dial_burst")
+	add(ol.AgentCacheDays != nl.AgentCacheDays, "limits.agent_cache_days")
 	return out
 }
 

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,28 +32,37 @@ func main() {
 		// free of logging and set-up because it runs once per task.
 		os.Exit(pyrun.Run(context.Background(), os.Args[2:]))
 	}
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve|version")
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve [-cache-days N]|version")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "version":
 		fmt.Println("gomux-agent", version)
 	case "serve":
-		os.Exit(serve())
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		days := fs.Int("cache-days", 0, "remove cached agents and blobs unused for this many days (0: keep)")
+		if err := fs.Parse(os.Args[2:]); err != nil || fs.NArg() > 0 {
+			os.Exit(2)
+		}
+		os.Exit(serve(*days))
 	default:
 		fmt.Fprintln(os.Stderr, "usage: gomux-agent serve|version")
 		os.Exit(2)
 	}
 }
 
-func serve() int {
+// serve speaks the agent protocol on stdin and stdout; first, when it
+// runs from the target's agent cache, it cleans that cache of what no
+// agent start has used for cacheDays days (agent.CleanCache).
+func serve(cacheDays int) int {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := setNotDumpable(); err != nil {
 		log.Error("harden", "err", err)
 		return 1
 	}
 	closeLauncherFD()
+	cleanCache(log, cacheDays)
 	// The protocol owns the original stdin and stdout. Point fds 0 and 1 at
 	// /dev/null so nothing else (a child, a stray print) can write into the
 	// multiplexed stream.
@@ -106,6 +116,22 @@ func setNotDumpable() error {
 		return fmt.Errorf("prctl PR_SET_DUMPABLE 0: %w", err)
 	}
 	return nil
+}
+
+// cleanCache runs agent.CleanCache for the binary running; a failure is
+// logged (gomux shows the agent's stderr when the agent exits) and the
+// agent serves all the same: a cache left uncleaned costs only disk.
+func cleanCache(log *slog.Logger, days int) {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil || days <= 0 {
+		return
+	}
+	res, err := agent.CleanCache(exe, time.Duration(days)*24*time.Hour, time.Now())
+	if err != nil {
+		log.Warn("agent cache cleanup", "event", "cache_clean", "dir", res.Dir, "removed", res.Removed, "err", err)
+	} else if len(res.Removed) > 0 {
+		log.Info("agent cache cleanup", "event", "cache_clean", "dir", res.Dir, "removed", res.Removed)
+	}
 }
 
 // launcherFD is the descriptor through which the launcher hashed this

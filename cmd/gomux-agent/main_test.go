@@ -20,7 +20,7 @@ import (
 // the real main path (fd juggling included) in a child process.
 func TestMain(m *testing.M) {
 	if os.Getenv("GOMUX_AGENT_TEST_SERVE") == "1" {
-		os.Exit(serve())
+		os.Exit(serve(0))
 	}
 	if os.Getenv("GOMUX_AGENT_TEST_DUMPABLE") == "1" {
 		// A command the agent runs: say whether it is dumpable.
