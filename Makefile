@@ -95,8 +95,9 @@ demo: deps build
 # side by side (stock, stock_pipe, mitogen_linear, mitogen_free, gomux,
 # gomux_pipe, gomux_cold, gomux_pipe_cold), and round trips per task for
 # every mode measured from outside (BenchmarkRoundTrips). Tables are
-# printed as they are done, written to bench-results/, and printed again
-# together at the end. GOMUX_BENCH_REPS (default 3), GOMUX_BENCH_MODES and
+# printed as they are done, written to bench-results/ (each workload's
+# wall times also drawn as bench-results/<workload>.svg), and printed
+# again together at the end. GOMUX_BENCH_REPS (default 3), GOMUX_BENCH_MODES and
 # GOMUX_BENCH_WORKLOADS (comma-separated names) narrow it.
 bench: deps build
 	rm -rf bench-results && mkdir -p bench-results
@@ -104,7 +105,7 @@ bench: deps build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./proxy > bench-results/proxy.txt; \
 		st=$$?; cat bench-results/proxy.txt; exit $$st
 	$(GO) test -count=1 -timeout 600m -run '^$$' -bench . -benchtime 1x ./integration
-	@echo; echo '== bench-results =='; cat bench-results/proxy.txt bench-results/*.md
+	@echo; echo '== bench-results =='; cat bench-results/proxy.txt bench-results/*.md; ls bench-results/*.svg
 
 # soak: the reliability and load runs that take minutes to hours, kept out
 # of make test: the pipelined become playbook and the differential corpus
