@@ -13,9 +13,15 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PYTHON   ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 PYFLAKES ?= pyflakes3
 PY_SRC   := agent/pyrun/forkserver.py
-DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema haproxy
+DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema haproxy prometheus
+# make image: an OCI image layout (and a tarball for docker/podman load)
+# built by tools/image, its own module, without a container daemon.
+IMAGE_DIR ?= bin/image
+IMAGE_TAR ?= bin/gomux-image.tar
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build agents deps test unit lint fmt demo bench soak fuzz clean
+.PHONY: all build agents image deps test unit lint fmt demo bench soak fuzz clean
 
 all: build
 
@@ -28,6 +34,14 @@ agent/dist/bin/gomux-agent-linux-%: $(AGENT_SRC)
 build: agents
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/gomux ./cmd/gomux
 
+# The image: bin/gomux on an empty base, non-root, no shell; labelled
+# with the version, the commit and its time (so the same commit gives the
+# same image digest). Push with `crane push bin/image REPO:TAG`, or
+# `docker load -i bin/gomux-image.tar`.
+image: build
+	cd tools/image && $(GO) run . -gomux $(abspath bin/gomux) -oci $(abspath $(IMAGE_DIR)) \
+		-tar $(abspath $(IMAGE_TAR)) -version $(VERSION) -revision $(REVISION) -created $(SOURCE_DATE_EPOCH)
+
 # Debian packages the tests, the demo and the benchmark need.
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -36,9 +50,11 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Every test: vet, staticcheck, unit tests and end-to-end tests, with -race.
+# Every test: vet, staticcheck, unit tests and end-to-end tests, with -race;
+# then the image builder's module (its test runs make image).
 test: agents lint
 	$(GO) test -race -count=1 -timeout 40m ./...
+	cd tools/image && $(GO) test -count=1 -timeout 10m ./...
 
 unit: agents
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
@@ -48,6 +64,7 @@ lint: agents
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	cd tools/image && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(PYFLAKES) $(PY_SRC)
 	$(PYTHON) -c 'import sys; [compile(open(f, "rb").read(), f, "exec") for f in sys.argv[1:]]' $(PY_SRC)
 
@@ -78,8 +95,9 @@ demo: deps build
 # side by side (stock, stock_pipe, mitogen_linear, mitogen_free, gomux,
 # gomux_pipe, gomux_cold, gomux_pipe_cold), and round trips per task for
 # every mode measured from outside (BenchmarkRoundTrips). Tables are
-# printed as they are done, written to bench-results/, and printed again
-# together at the end. GOMUX_BENCH_REPS (default 3), GOMUX_BENCH_MODES and
+# printed as they are done, written to bench-results/ (each workload's
+# wall times also drawn as bench-results/<workload>.svg), and printed
+# again together at the end. GOMUX_BENCH_REPS (default 3), GOMUX_BENCH_MODES and
 # GOMUX_BENCH_WORKLOADS (comma-separated names) narrow it.
 bench: deps build
 	rm -rf bench-results && mkdir -p bench-results
@@ -87,7 +105,7 @@ bench: deps build
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./proxy > bench-results/proxy.txt; \
 		st=$$?; cat bench-results/proxy.txt; exit $$st
 	$(GO) test -count=1 -timeout 600m -run '^$$' -bench . -benchtime 1x ./integration
-	@echo; echo '== bench-results =='; cat bench-results/proxy.txt bench-results/*.md
+	@echo; echo '== bench-results =='; cat bench-results/proxy.txt bench-results/*.md; ls bench-results/*.svg
 
 # soak: the reliability and load runs that take minutes to hours, kept out
 # of make test: the pipelined become playbook and the differential corpus

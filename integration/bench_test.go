@@ -159,7 +159,8 @@ type benchSample struct {
 // without pipelining, Debian's Mitogen linear and free, gomux with and
 // without pipelining, each with warm Python on and off) one after another in the same lab, each from a cold
 // ControlMaster, GOMUX_BENCH_REPS times (default 3), and prints a markdown
-// table of medians, also written to bench-results/<workload>.md. A mode
+// table of medians, also written to bench-results/<workload>.md, with the
+// wall times drawn in bench-results/<workload>.svg. A mode
 // with a failed or unreachable host is reported as failed, not timed.
 // GOMUX_BENCH_MODES (comma separated mode names) limits the modes, and
 // GOMUX_BENCH_WORKLOADS (comma separated workload names, as in
@@ -349,6 +350,9 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 	dir := filepath.Join(repoRoot(), "bench-results")
 	if err := os.MkdirAll(dir, 0o755); err == nil {
 		os.WriteFile(filepath.Join(dir, w.name+".md"), []byte(table), 0o644)
+		if svg, err := benchChartSVG(w, reps, modes, samples); err == nil {
+			os.WriteFile(filepath.Join(dir, w.name+".svg"), svg, 0o644)
+		}
 	}
 	if s, ok := medianSample(samples["gomux"]); ok {
 		b.ReportMetric(s.wall.Seconds(), "gomux-s")

@@ -47,6 +47,9 @@ type Server struct {
 	runAs string
 	// conns are the logged-in front connections, for the admin socket.
 	conns liveConns
+	// drainDeadline is when Shutdown cuts what is still open (Unix
+	// seconds; 0 before a drain), for the drain alert.
+	drainDeadline atomic.Int64
 }
 
 // activityKey is where a front connection's activity is kept in its
@@ -351,6 +354,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// client's next command connects afresh instead of being cut mid-task
 	// at the drain timeout.
 	s.ready.Store(false)
+	if dl, ok := ctx.Deadline(); ok {
+		s.drainDeadline.Store(dl.Unix())
+	}
 	var drained gogroup.Group
 	drained.Go(s.drain.drain)
 	err := s.front.Shutdown(ctx)
