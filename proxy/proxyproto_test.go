@@ -130,8 +130,7 @@ func TestProxyListener(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
 	cfg.Limits.LoginGraceTime = Duration(2 * time.Second)
-	s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
-	s.rt.Store(&liveConfig{cfg: cfg})
+	s := proxyTestServer(cfg, zerolog.New(&logBuf))
 	listen := func(s *Server) (net.Listener, func(string) net.Conn) {
 		inner, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -182,8 +181,7 @@ func TestProxyListener(t *testing.T) {
 	// Untrusted: served with its own address; a header there is refused.
 	cfg2 := *cfg
 	cfg2.ProxyProtocol.TrustedNetworks = []string{"10.0.0.0/8"}
-	s2 := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg2.Limits)}
-	s2.rt.Store(&liveConfig{cfg: &cfg2})
+	s2 := proxyTestServer(&cfg2, zerolog.New(&logBuf))
 	ln, dial = listen(s2)
 	dial("PROXY TCP4 203.0.113.5 10.0.0.1 40001 2222\r\n")
 	sc3, err := ln.Accept()
@@ -223,8 +221,7 @@ func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.0/8"}
 	cfg.Limits.LoginGraceTime = Duration(time.Hour)
-	s := &Server{log: zerolog.Nop(), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
-	s.rt.Store(&liveConfig{cfg: cfg})
+	s := proxyTestServer(cfg, zerolog.Nop())
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -352,8 +349,7 @@ func TestProxyHeaderWaitCountsAsStartup(t *testing.T) {
 			cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
 			cfg.Limits.LoginGraceTime = Duration(time.Hour)
 			cfg.Limits.MaxStartups, cfg.Limits.PerSourceMaxStartups = lim.maxStartups, lim.perSource
-			s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
-			s.rt.Store(&liveConfig{cfg: cfg})
+			s := proxyTestServer(cfg, zerolog.New(&logBuf))
 			inner, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -406,8 +402,7 @@ func TestProxyHeaderTimeout(t *testing.T) {
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
 	cfg.Limits.LoginGraceTime = Duration(time.Hour)
-	s := &Server{log: zerolog.New(&logBuf), metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
-	s.rt.Store(&liveConfig{cfg: cfg})
+	s := proxyTestServer(cfg, zerolog.New(&logBuf))
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -447,4 +442,12 @@ func waitPending(t *testing.T, pl *proxyListener, n int) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// proxyTestServer is the part of a Server the PROXY protocol listener
+// uses: the live config, its limits, metrics and log.
+func proxyTestServer(cfg *Config, log zerolog.Logger) *Server {
+	s := &Server{log: log, metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
+	s.rt.Store(&liveConfig{cfg: cfg})
+	return s
 }
