@@ -232,14 +232,7 @@ func TestHopsPolicyReachesOpenConnections(t *testing.T) {
 	waitFor(t, 20*time.Second, func() bool { return viaMaster("echo as-bob").Stdout == "as-bob\n" })
 
 	// The lab user's session, open across the reload: still allowed.
-	open := g.SSH(ctx, tg.Addr, "echo started; sleep 5; echo still-here")
-	stdout, err := open.StdoutPipe()
-	must(t, err)
-	must(t, open.Start())
-	br := bufio.NewReader(stdout)
-	if l, _ := br.ReadString('\n'); l != "started\n" {
-		t.Fatalf("open session: %q", l)
-	}
+	open, br := openSession(t, ctx, g, tg.Addr, 5)
 
 	must(t, os.WriteFile(cfgPath, []byte(strings.Replace(orig, withBob, rule(lab.User), 1)), 0o600))
 	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
@@ -269,4 +262,21 @@ func TestHopsPolicyReachesOpenConnections(t *testing.T) {
 	if r.Code == 0 {
 		t.Errorf("bob connected anew after his removal: %+v", r)
 	}
+}
+
+// openSession starts a command through gomux to addr that prints
+// "started", sleeps secs and prints "still-here", and returns once it
+// has started: a session open across whatever the test does next. The
+// caller reads the rest from the reader and waits for the command.
+func openSession(t *testing.T, ctx context.Context, g *Gomux, addr string, secs int) (*exec.Cmd, *bufio.Reader) {
+	t.Helper()
+	c := g.SSH(ctx, addr, fmt.Sprintf("echo started; sleep %d; echo still-here", secs))
+	stdout, err := c.StdoutPipe()
+	must(t, err)
+	must(t, c.Start())
+	br := bufio.NewReader(stdout)
+	if l, _ := br.ReadString('\n'); l != "started\n" {
+		t.Fatalf("open session: %q", l)
+	}
+	return c, br
 }

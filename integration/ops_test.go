@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -191,19 +190,8 @@ func TestOpsReload(t *testing.T) {
 	orig := readFile(t, cfgPath)
 
 	// Open sessions on t0 and t1, still running when the rule changes.
-	openSession := func(addr string) (*exec.Cmd, *bufio.Reader) {
-		c := g.SSH(ctx, addr, "echo started; sleep 6; echo still-here")
-		stdout, err := c.StdoutPipe()
-		must(t, err)
-		must(t, c.Start())
-		br := bufio.NewReader(stdout)
-		if l, _ := br.ReadString('\n'); l != "started\n" {
-			t.Fatalf("open session: %q", l)
-		}
-		return c, br
-	}
-	open0, br0 := openSession(t0.Addr)
-	open, br := openSession(t1.Addr)
+	open0, br0 := openSession(t, ctx, g, t0.Addr, 6)
+	open, br := openSession(t, ctx, g, t1.Addr, 6)
 
 	// Deny t0 from now on.
 	denied := strings.Replace(orig, both, fmt.Sprintf("  - hosts: [%q]\n    mode: deny\n  - hosts: [%q]\n    remote_users: [\"*\"]\n", t0.Addr, t1.Addr), 1)
