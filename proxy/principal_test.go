@@ -50,24 +50,13 @@ func TestPoolUserPrincipalPrefix(t *testing.T) {
 		}
 		return nil, nil
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	serveTestSSH(t, ln, func(c net.Conn) {
+		if sc, chans, reqs, err := gossh.NewServerConn(c, scfg); err == nil {
+			go gossh.DiscardRequests(reqs)
+			for nc := range chans {
+				nc.Reject(gossh.Prohibited, "test")
 			}
-			wg.Go(func() {
-				defer c.Close()
-				if sc, chans, reqs, err := gossh.NewServerConn(c, scfg); err == nil {
-					go gossh.DiscardRequests(reqs)
-					for nc := range chans {
-						nc.Reject(gossh.Prohibited, "test")
-					}
-					sc.Close()
-				}
-			})
+			sc.Close()
 		}
 	})
 	addr := ln.Addr().String()
@@ -118,4 +107,24 @@ func TestUserPrincipalPrefixChecked(t *testing.T) {
 			t.Errorf("prefix %q accepted", bad)
 		}
 	}
+}
+
+// serveTestSSH accepts connections on ln until the test ends, each served
+// by handle in a goroutine of its own and closed after it; the cleanup
+// closes ln and waits for every goroutine.
+func serveTestSSH(t *testing.T, ln net.Listener, handle func(net.Conn)) {
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				handle(c)
+			})
+		}
+	})
 }

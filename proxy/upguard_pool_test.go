@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,20 +21,9 @@ func refusingTarget(t *testing.T) (addr string, hostKey gossh.PublicKey, conns *
 		return nil, errors.New("no")
 	}
 	conns = new(atomic.Int32)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			wg.Go(func() {
-				defer c.Close()
-				gossh.NewServerConn(c, scfg)
-			})
-		}
+	serveTestSSH(t, ln, func(c net.Conn) {
+		conns.Add(1)
+		gossh.NewServerConn(c, scfg)
 	})
 	return ln.Addr().String(), signer.PublicKey(), conns
 }
