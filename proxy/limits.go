@@ -95,7 +95,8 @@ type LimitsConfig struct {
 	// every channel they hold open counts 4 MiB (the 2 MiB receive window
 	// x/crypto/ssh gives each channel, which a peer may fill whether or
 	// not anything reads it, and as much for the copies on the way),
-	// plus the uploads and stdin gomux holds for them. A new channel or
+	// plus the uploads and stdin gomux holds for them, each open sftp
+	// file (64 KiB) and each recording (8 KiB). A new channel or
 	// forward past it is refused to that person alone. Default 512, 128
 	// channels: Ansible with forks=50 and ControlPersist holds about 2 a
 	// fork (the jump forward and the step's session; a sftp between).

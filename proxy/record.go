@@ -50,6 +50,9 @@ type recorder struct {
 	// used, when set, counts the bytes written, for the quota of the
 	// directory the recording is in.
 	used *atomic.Int64
+	// release, when set, gives back the recording's count against its
+	// person's memory share (recordingCost); finish calls it.
+	release func()
 
 	mu      sync.Mutex
 	f       *os.File
@@ -258,6 +261,10 @@ func (rs *recordings) usage(dir string) int64 {
 	return total
 }
 
+// recordingCost is what one open recording counts against its person's
+// memory share: its write buffer and a held partial character.
+const recordingCost = 8 << 10
+
 // record opens the recording a session is due: one with a pty, or a shell
 // without one, when audit.record_dir is set or recording is required. It
 // returns nil and no error when none is due, or when one could not be made
@@ -278,6 +285,11 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 		}
 	}
 	rec, err := ic.s.recordings.open(audit, h)
+	if err == nil && !ic.s.limits.hold(ic.frontUser, recordingCost) {
+		rec.Close()
+		os.Remove(rec.path)
+		rec, err = nil, errors.New("the person holds their memory share (limits.person_memory_mib)")
+	}
 	if err != nil {
 		if audit.RecordRequired {
 			log.Warn().Str("event", EventRecording).Str("result", "refused").Err(err).
@@ -291,6 +303,8 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 		log.Error().Str("event", EventRecording).Str("result", "failed").Err(err).Msg("cannot record the session; it goes on unrecorded")
 		return nil, nil
 	}
+	person := ic.frontUser
+	rec.release = func() { ic.s.limits.free(person, recordingCost) }
 	rec.onFull = func() {
 		log.Warn().Str("event", EventRecording).Str("result", "full").Str("recording", rec.path).
 			Int("limit_mib", int(rec.limit>>20)).Msg("recording stopped at its size limit or the quota; the session goes on")
@@ -304,6 +318,9 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 // pairs with its start: complete, or why not.
 func (r *recorder) finish(log zerolog.Logger) {
 	err := r.Close()
+	if r.release != nil {
+		r.release()
+	}
 	r.mu.Lock()
 	size := r.size
 	r.mu.Unlock()

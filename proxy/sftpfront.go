@@ -83,9 +83,27 @@ func (f *sftpFront) takeHandle(p string) (func(), error) {
 		f.log.Warn().Str("event", EventLimit).Str("path", p).Int("max_sftp_handles", f.lim.handles).Msg("sftp open refused: too many open files")
 		return nil, fmt.Errorf("gomux: too many open files in this sftp session (max_sftp_handles %d)", f.lim.handles)
 	}
+	if f.lim.hold != nil && !f.lim.hold(sftpHandleCost) {
+		f.handles.Add(-1)
+		f.opens.take(p)
+		f.log.Warn().Str("event", EventLimit).Str("path", p).Msg("sftp open refused: the person holds their memory share")
+		return nil, errors.New("gomux: you hold your memory share (limits.person_memory_mib): close some sessions or files")
+	}
 	var once sync.Once
-	return func() { once.Do(func() { f.handles.Add(-1) }) }, nil
+	return func() {
+		once.Do(func() {
+			f.handles.Add(-1)
+			if f.lim.free != nil {
+				f.lim.free(sftpHandleCost)
+			}
+		})
+	}, nil
 }
+
+// sftpHandleCost is what one open sftp file counts against its person's
+// memory share beyond the upload buffer counted as it grows: pkg/sftp's
+// request state and the agent stream behind it.
+const sftpHandleCost = 64 << 10
 
 // checkRange validates a client's offset before anything uses it: pkg/sftp
 // turns the wire's uint64 into an int64, so 2^63 and above arrive negative.
