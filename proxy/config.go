@@ -759,6 +759,9 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 	if r.Mode == ModeForward && len(r.RemoteUsers) > 0 {
 		return &FieldError{f + ".remote_users", errors.New("a forward rule has no login of its own: the session it is opened in was decided by its own rule")}
 	}
+	if r.Mode == ModeForward && r.Credential != "" {
+		return &FieldError{f + ".credential", errors.New("a forward rule has no login of its own: it is sent on by the session's upstream, with that rule's credential")}
+	}
 	if r.Mode == ModeSplice && len(r.RemoteUsers) > 0 {
 		// A spliced connection is the client's own encrypted session
 		// with the target: gomux never sees its login name, so such a

@@ -30,11 +30,12 @@ func CAHostPatterns(rules []TargetRule) (patterns, notes []string) {
 	patterns = []string{frontName()}
 	add := func(p string, ports []int) {
 		for _, port := range ports {
+			q := p
 			if port != 22 {
-				p = fmt.Sprintf("[%s]:%d", p, port)
+				q = fmt.Sprintf("[%s]:%d", p, port)
 			}
-			if !slices.Contains(patterns, p) {
-				patterns = append(patterns, p)
+			if !slices.Contains(patterns, q) {
+				patterns = append(patterns, q)
 			}
 		}
 	}

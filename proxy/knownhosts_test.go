@@ -18,6 +18,8 @@ func TestCAHostPatterns(t *testing.T) {
 		notes []string
 	}{
 		{"personal default", []TargetRule{{Hosts: []string{"*"}, Mode: ModeAccelerate}}, []string{"*"}, nil},
+		{"several ports", []TargetRule{{Hosts: []string{"web"}, Ports: []int{2222, 8022, 22}, Mode: ModeAccelerate}},
+			[]string{"gomux", "[web]:2222", "[web]:8022", "web"}, nil},
 		{"accelerate only", []TargetRule{
 			{Hosts: []string{"db*.prod.example.com"}, Mode: ModeDeny},
 			{Hosts: []string{"*.Prod.Example.com."}, Mode: ModeAccelerate},

@@ -163,3 +163,23 @@ func TestKubernetesConfigMapLoads(t *testing.T) {
 	}
 	t.Fatal("no ConfigMap in the manifest")
 }
+
+// TestRestartOnlyAgentDial: upstream.agent_dial is the default the file's
+// rules already took, so a reload applies it with them and does not call
+// it restart-only.
+func TestRestartOnlyAgentDial(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	old, err := LoadConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := *old
+	changed.Upstream.AgentDial = !old.Upstream.AgentDial
+	if r := restartOnly(old, &changed); len(r) != 0 {
+		t.Errorf("agent_dial change needs a restart: %v", r)
+	}
+	changed.Upstream.ConnectTimeout++
+	if r := restartOnly(old, &changed); strings.Join(r, ",") != "upstream" {
+		t.Errorf("connect_timeout change: %v", r)
+	}
+}

@@ -259,7 +259,7 @@ func (p *Policy) Recheck(person string, d Decision, remoteUser string) string {
 		return fmt.Sprintf("targets[%d] now says %s, not %s", now.Rule, now.Mode, d.Mode)
 	case now.Credential != d.Credential:
 		return fmt.Sprintf("targets[%d] now logs in with credential %q, not %q", now.Rule, now.Credential, d.Credential)
-	case now.AgentDial != d.AgentDial:
+	case d.Mode == ModeForward && now.AgentDial != d.AgentDial:
 		return fmt.Sprintf("targets[%d] now changes agent_dial", now.Rule)
 	case remoteUser != "" && !now.AllowsRemoteUser(remoteUser):
 		return fmt.Sprintf("targets[%d] no longer lets %s in as %q", now.Rule, person, remoteUser)

@@ -314,6 +314,10 @@ func TestPolicyRecheck(t *testing.T) {
 		{"denied first", []TargetRule{{CIDRs: []string{"10.2.0.7"}, Mode: ModeDeny}, {Hosts: []string{"*"}, RemoteUsers: []string{"*"}}}, "bob", web, "deploy", true},
 		{"forward removed", []TargetRule{{Hosts: []string{"web.example.com"}, RemoteUsers: []string{"*"}}}, "bob", db, "", true},
 		{"forward kept", []TargetRule{{CIDRs: []string{"10.1.0.0/16"}, Ports: []int{5432}, Mode: ModeForward}}, "bob", db, "", false},
+		{"forward now dialled by the agent", []TargetRule{{CIDRs: []string{"10.1.0.0/16"}, Ports: []int{5432}, Mode: ModeForward, AgentDial: true}}, "bob", db, "", true},
+		// agent_dial means nothing for a session gomux terminates: a
+		// reload of upstream.agent_dial must not cut it.
+		{"agent_dial on a session's rule", []TargetRule{{Hosts: []string{"web.example.com"}, Users: []string{"bob"}, RemoteUsers: []string{"deploy"}, AgentDial: true}}, "bob", web, "deploy", false},
 	} {
 		p := before
 		if tc.rules != nil {

@@ -63,6 +63,9 @@ func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 	merged.Listen, merged.StateDir, merged.MetricsListen = old.Listen, old.StateDir, old.MetricsListen
 	merged.AdminSocket = old.AdminSocket
 	merged.ProxyProtocol, merged.Upstream = old.ProxyProtocol, old.Upstream
+	// upstream.agent_dial is the default of the rules' own, which the
+	// file's rules already took: it is reloaded with them.
+	merged.Upstream.AgentDial = cfg.Upstream.AgentDial
 	merged.HostCertValidity, merged.StatsInterval = old.HostCertValidity, old.StatsInterval
 	ml, ol := &merged.Limits, old.Limits
 	ml.MaxStagedMiB, ml.MaxSFTPHandles, ml.TempDirIdle = ol.MaxStagedMiB, ol.MaxSFTPHandles, ol.TempDirIdle
@@ -101,7 +104,9 @@ func restartOnly(old, cfg *Config) []string {
 	add(old.MetricsListen != cfg.MetricsListen, "metrics_listen")
 	add(old.AdminSocket != cfg.AdminSocket, "admin_socket")
 	add(!reflect.DeepEqual(old.ProxyProtocol, cfg.ProxyProtocol), "proxy_protocol")
-	add(!reflect.DeepEqual(old.Upstream, cfg.Upstream), "upstream")
+	ou, nu := old.Upstream, cfg.Upstream
+	ou.AgentDial, nu.AgentDial = false, false // reloaded with the rules
+	add(!reflect.DeepEqual(ou, nu), "upstream")
 	add(old.HostCertValidity != cfg.HostCertValidity, "host_cert_validity")
 	add(old.StatsInterval != cfg.StatsInterval, "stats_interval")
 	ol, nl := old.Limits, cfg.Limits
