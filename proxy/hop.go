@@ -41,10 +41,15 @@ func (h hop) refuse(nc gossh.NewChannel) {
 }
 
 // hold registers what is being opened, so a reload or recheck that no
-// longer allows it can cut it; the returned function drops it.
+// longer allows it can cut it; the returned function drops it. It is
+// decided again at once against the live policy: a reload that came
+// while it was dialled or accepted found nothing to cut, and must not be
+// outlived.
 func (h hop) hold(what string, cut func()) (*held, func()) {
 	x := &held{what: what, via: h.via, d: h.d, cut: cut, log: h.log}
-	return x, h.hs.add(x)
+	drop := h.hs.add(x)
+	h.s.recheckHeld(h.s.live(), h.id.User, x)
+	return x, drop
 }
 
 // splice dials the checked address from gomux and copies bytes, as a

@@ -130,6 +130,12 @@ func (ic *innerConn) handshake(conn net.Conn) (*gossh.ServerConn, <-chan gossh.N
 	}
 	ic.remoteUser = sc.User()
 	ic.held.setRemoteUser(ic.remoteUser)
+	// A reload may have come since the remote user was checked at login,
+	// before the watch could see it.
+	if !ic.s.recheckHeld(ic.s.live(), ic.frontUser, ic.held) {
+		sc.Close()
+		return nil, nil, nil, false
+	}
 	ic.log = ic.log.With().Str("remote_user", ic.remoteUser).Logger()
 	ic.log.Debug().Str("event", EventInnerConnect).Msg("inner session established")
 	return sc, chans, reqs, true
@@ -173,15 +179,17 @@ func (ic *innerConn) verifiedKey(meta gossh.ConnMetadata, key gossh.PublicKey, _
 // dispatchChannel hands a new channel to the handler of its type, within
 // the channel limits and unless gomux is draining or shutting down.
 func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, act *activity, open *chanCount, nc gossh.NewChannel) {
+	// Every new channel rides on this session's decision (a forward rule
+	// sends on from its target, with its login): decided again now.
+	if why := ic.s.live().policy.Recheck(ic.frontUser, ic.decision, ic.remoteUser); why != "" {
+		ic.log.Warn().Str("event", EventPolicyRevoked).Str("held", nc.ChannelType()+" channel").Str("reason", why).
+			Msg("policy no longer allows this session: channel refused")
+		nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may no longer reach %s as %s: %s", ic.frontUser, ic.addr, ic.remoteUser, why))
+		return
+	}
 	var handle func(context.Context, gossh.NewChannel)
 	switch nc.ChannelType() {
 	case "session":
-		if why := ic.s.live().policy.Recheck(ic.frontUser, ic.decision, ic.remoteUser); why != "" {
-			ic.log.Warn().Str("event", EventPolicyRevoked).Str("held", "session channel").Str("reason", why).
-				Msg("policy no longer allows this session: channel refused")
-			nc.Reject(gossh.Prohibited, fmt.Sprintf("gomux: %s may no longer reach %s as %s: %s", ic.frontUser, ic.addr, ic.remoteUser, why))
-			return
-		}
 		handle = ic.handleSession
 	case "direct-tcpip":
 		handle = ic.handleDirect

@@ -230,7 +230,7 @@ func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
 	if cred.ca != nil {
 		key.person, key.forwarding = t.Person, t.Forwarding
 	}
-	login := loginAttempt{person: t.Person, dial: t.Dial, user: t.User, cred: t.Credential}
+	login := loginAttempt{person: t.Person, dial: t.Dial, user: t.User, cred: t.Credential, personal: cred.ca != nil}
 	for {
 		p.mu.Lock()
 		u, ok := p.conns[key]

@@ -88,10 +88,11 @@ func (hs *holdings) list() []*held {
 // listed, not revoked, certificate valid) or the connection closes, inner
 // sessions and all; and each thing it holds open must still be what the
 // live policy would open, or that one is cut. The interval is the live
-// one, read again for each wait.
-func (s *Server) watch(ctx glider.Context, id *Identity, hs *holdings) {
+// one, read again for each wait. lc is the config the login was decided
+// by: each wait is on the replacement of the config the last check used,
+// so no reload can land between a check and the wait unnoticed.
+func (s *Server) watch(ctx glider.Context, id *Identity, hs *holdings, lc *liveConfig) {
 	for {
-		lc := s.live()
 		t := time.NewTimer(lc.cfg.Auth.RecheckInterval.D())
 		select {
 		case <-ctx.Done():
@@ -111,14 +112,22 @@ func (s *Server) watch(ctx glider.Context, id *Identity, hs *holdings) {
 			return
 		}
 		for _, h := range hs.list() {
-			why := lc.policy.Recheck(id.User, h.d, h.user())
-			if why == "" {
-				continue
-			}
-			h.log.Warn().Str("event", EventPolicyRevoked).Str("user", id.User).Str("via", h.via).Str("held", h.what).
-				Str("target", h.d.HostPort()).Str("remote_user", h.user()).Str("reason", why).
-				Msg("policy no longer allows this: closing it")
-			h.cut()
+			s.recheckHeld(lc, id.User, h)
 		}
 	}
+}
+
+// recheckHeld cuts h, with a log line naming the person and the reason,
+// when lc's policy would no longer open it as it is; it says whether h
+// may stay.
+func (s *Server) recheckHeld(lc *liveConfig, person string, h *held) bool {
+	why := lc.policy.Recheck(person, h.d, h.user())
+	if why == "" {
+		return true
+	}
+	h.log.Warn().Str("event", EventPolicyRevoked).Str("user", person).Str("via", h.via).Str("held", h.what).
+		Str("target", h.d.HostPort()).Str("remote_user", h.user()).Str("reason", why).
+		Msg("policy no longer allows this: closing it")
+	h.cut()
+	return false
 }

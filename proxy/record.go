@@ -48,8 +48,11 @@ type recorder struct {
 	limit  int64
 	onFull func()
 	// used, when set, counts the bytes written, for the quota of the
-	// directory the recording is in.
-	used *atomic.Int64
+	// directory the recording is in; quota (0: none) is what all of its
+	// recordings may hold together, checked at every event so recordings
+	// running at once stop together there.
+	used  *atomic.Int64
+	quota int64
 	// release, when set, gives back the recording's count against its
 	// person's memory share (recordingCost); finish calls it.
 	release func()
@@ -149,9 +152,15 @@ func (r *recorder) eventLocked(kind, data string) {
 	}
 	at := time.Since(r.start).Seconds()
 	b, err := json.Marshal([]any{at, kind, data})
-	if err == nil && r.limit > 0 && r.size+int64(len(b))+1 > r.limit-fullMarkerRoom {
+	n := int64(len(b)) + 1
+	overQuota := r.quota > 0 && r.used != nil && r.used.Load()+n > r.quota-fullMarkerRoom
+	if err == nil && (r.limit > 0 && r.size+n > r.limit-fullMarkerRoom || overQuota) {
 		// An asciicast marker event ("m") tells whoever plays it back.
-		b, _ = json.Marshal([]any{at, "m", fmt.Sprintf("gomux: recording stopped at its %d MiB limit", r.limit>>20)})
+		why := fmt.Sprintf("its %d MiB limit", r.limit>>20)
+		if overQuota {
+			why = fmt.Sprintf("the recordings' %d MiB quota", r.quota>>20)
+		}
+		b, _ = json.Marshal([]any{at, "m", "gomux: recording stopped at " + why})
 		r.writeLocked(b)
 		if r.err == nil {
 			r.err = errRecordingFull
@@ -236,7 +245,7 @@ func (rs *recordings) open(cfg AuditConfig, h castHeader) (*recorder, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.used = &rs.used
+	r.used, r.quota = &rs.used, int64(cfg.RecordQuotaMiB)<<20
 	rs.used.Add(r.size)
 	return r, nil
 }

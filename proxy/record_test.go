@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -101,5 +104,43 @@ func TestRecorderStopsAtLimit(t *testing.T) {
 	}
 	if len(lines) < 50 {
 		t.Errorf("only %d events before the limit", len(lines)-2)
+	}
+}
+
+// TestRecordingsStopTogetherAtTheQuota: recordings running at once stop
+// at the directory's quota together, not each at what was left when it
+// started.
+func TestRecordingsStopTogetherAtTheQuota(t *testing.T) {
+	dir := t.TempDir()
+	var rs recordings
+	cfg := AuditConfig{RecordDir: dir, RecordMaxMiB: 64, RecordQuotaMiB: 1}
+	var recs []*recorder
+	for i := range 3 {
+		r, err := rs.open(cfg, castHeader{User: fmt.Sprint("p", i), Target: "t"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	chunk := strings.Repeat("x", 4096)
+	for range 300 { // 3.6 MiB offered in all
+		for _, r := range recs {
+			r.Write([]byte(chunk))
+		}
+	}
+	var total int64
+	for _, r := range recs {
+		r.Close()
+		fi, err := os.Stat(r.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += fi.Size()
+	}
+	if total > 1<<20+3*(fullMarkerRoom+8192) {
+		t.Errorf("three recordings hold %d bytes past a 1 MiB quota", total)
+	}
+	if _, err := rs.open(cfg, castHeader{User: "late", Target: "t"}); !errors.Is(err, errRecordQuota) {
+		t.Errorf("a recording after the quota was reached: %v", err)
 	}
 }

@@ -47,8 +47,9 @@ func newLiveConfig(cfg *Config, runAs string) (*liveConfig, error) {
 // Reload puts cfg in force for new connections, forwards, logins and
 // session channels: targets, auth, audit and the connection and channel
 // limits. Every open front connection is woken to decide again what it
-// holds (watch), and closes what the new policy no longer allows. A config that cannot be used (a key file that does not
-// parse, a bad rule) returns an error and the running config stays.
+// holds (watch), and closes what the new policy no longer allows. A
+// config that cannot be used (a key file that does not parse, a bad rule)
+// returns an error and the running config stays.
 // Fields that only a restart can change (listen, state_dir,
 // metrics_listen, admin_socket, proxy_protocol, upstream, host_cert_validity,
 // stats_interval and the memory and state limits) keep their running

@@ -185,7 +185,8 @@ func identityFrom(ctx glider.Context) *Identity {
 // here, for the name in the signed request, logged as exactly one audit
 // event, and watched for as long as the connection lives.
 func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
-	id, err := s.live().auth.Check(conn.User(), conn.RemoteAddr(), key)
+	lc := s.live()
+	id, err := lc.auth.Check(conn.User(), conn.RemoteAddr(), key)
 	if err != nil {
 		s.log.Warn().Str("event", EventFrontAuth).Str("result", "refused").Bool("accepted", false).Str("user", conn.User()).
 			Str("source", conn.RemoteAddr().String()).Str("fingerprint", gossh.FingerprintSHA256(key)).Err(err).
@@ -205,7 +206,7 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 	ctx.SetValue(identityKey{}, id)
 	hs := &holdings{m: map[*held]struct{}{}}
 	ctx.SetValue(holdingsKey{}, hs)
-	if !s.tasks.Go(func() { s.watch(ctx, id, hs) }) {
+	if !s.tasks.Go(func() { s.watch(ctx, id, hs, lc) }) {
 		return nil, errShuttingDown
 	}
 	nc, _ := ctx.Value(netConnKey{}).(net.Conn)

@@ -343,6 +343,11 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 	s.rec = rec
 	p, err := s.begin(ctx, x.prep, &agent.ExecRequest{Command: x.cmd, Env: s.env, Pty: x.pty}, x.pipelined)
 	if err != nil {
+		if s.rec != nil {
+			// Nothing ran: the recording ends here, its stop logged.
+			s.rec.finish(s.log)
+			s.rec = nil
+		}
 		var re *agent.RemoteError
 		if errors.As(err, &re) && len(x.prep) > 0 {
 			// A step gomux deferred (a temp dir, an upload) failed on the

@@ -58,16 +58,24 @@ type dialBucket struct {
 // loginAttempt is who logs in where: what the guard is asked about.
 type loginAttempt struct {
 	person, dial, user, cred string
+	// personal: the credential is a certificate minted for the person,
+	// so the target may refuse one person and take another.
+	personal bool
 }
 
-// keys are the attempt's two backoff keys: (target, user, credential)
-// and (person, target).
+// keys are the attempt's two backoff keys: (target, user, credential),
+// with the person too where the credential is minted per person, and
+// (person, target).
 func (a loginAttempt) keys() (failKey, failKey) {
 	ip := a.dial
 	if h, _, err := net.SplitHostPort(a.dial); err == nil {
 		ip = h
 	}
-	return failKey{target: a.dial, user: a.user, cred: a.cred}, failKey{person: a.person, target: ip}
+	k := failKey{target: a.dial, user: a.user, cred: a.cred}
+	if a.personal {
+		k.person = a.person
+	}
+	return k, failKey{person: a.person, target: ip}
 }
 
 // errThrottled is an upstream login gomux refused to attempt; the

@@ -250,3 +250,24 @@ func TestLoginGuardLimitsNeedRestart(t *testing.T) {
 		t.Errorf("restart needed for %q", got)
 	}
 }
+
+// TestLoginGuardPersonalCredential: where gomux mints a certificate per
+// person, the target may refuse one person and take another, so one
+// person's refusals do not hold back another person's login as the same
+// user.
+func TestLoginGuardPersonalCredential(t *testing.T) {
+	clk := newFakeClock()
+	g := newLoginGuard(guardLimits(LimitsConfig{LoginBackoff: Duration(time.Minute), LoginBackoffMax: Duration(4 * time.Minute)}), clk.now)
+	mallory := loginAttempt{person: "mallory", dial: "10.0.0.1:22", user: "deploy", cred: "default", personal: true}
+	alice := mallory
+	alice.person = "alice"
+	if err := tryLogin(t, g, mallory, loginRefused); err != nil {
+		t.Fatal(err)
+	}
+	if err := tryLogin(t, g, mallory, loginRefused); !throttled(err, "login_backoff") && !throttled(err, "person_backoff") {
+		t.Fatalf("mallory again: %v", err)
+	}
+	if err := tryLogin(t, g, alice, loginOK); err != nil {
+		t.Errorf("alice held back by mallory's refusals: %v", err)
+	}
+}

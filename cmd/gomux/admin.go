@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/gomux/gomux/proxy"
 )
@@ -65,12 +66,38 @@ func writeSessions(w io.Writer, conns []proxy.ConnInfo, now time.Time) {
 			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\n", conn)
 		}
 		for _, h := range c.Holds {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", conn, h.Target, orDash(h.RemoteUser), h.Mode,
-				bytesText(h.BytesIn), bytesText(h.BytesOut), orDash(strings.Join(h.Running, "; ")))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", conn, h.Target, orDash(printable(h.RemoteUser)), h.Mode,
+				bytesText(h.BytesIn), bytesText(h.BytesOut), orDash(printable(strings.Join(h.Running, "; "))))
 			conn = "\t\t\t"
 		}
 	}
 	tw.Flush()
+}
+
+// maxRunningText is how much of what runs the table shows.
+const maxRunningText = 120
+
+// printable is text a client chose (a command line) made safe for the
+// operator's terminal and the table: control characters (escape
+// sequences, tabs, line ends) written as Go escapes, and cut at
+// maxRunningText runes.
+func printable(s string) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range s {
+		if n == maxRunningText {
+			b.WriteString("…")
+			break
+		}
+		if unicode.IsPrint(r) {
+			b.WriteRune(r)
+		} else {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+		n++
+	}
+	return b.String()
 }
 
 func orDash(s string) string {

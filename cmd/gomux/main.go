@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -335,17 +334,18 @@ func (a *auditFile) open(path string) error {
 	return nil
 }
 
-// write appends one line; false when there is no audit file.
+// write appends one line; false when there is no audit file or the
+// write failed.
 func (a *auditFile) write(p []byte) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.f == nil {
 		return false
 	}
-	// A failed write (a full disk) still counts as written here: the
-	// line also goes to the log when its level allows.
-	a.f.Write(p)
-	return true
+	// A failed write (a full disk) is no write: the caller sends the
+	// line to the log at any level instead, so it is not lost.
+	_, err := a.f.Write(p)
+	return err == nil
 }
 
 func (a *auditFile) close() { a.open("") }
@@ -359,7 +359,10 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 		return 2
 	}
 	defer level.audit.close()
-	setMemoryLimit(cfg)
+	// The runtime's limit at start (GOMEMLIMIT, or none): what a reload
+	// that removes the ceiling goes back to.
+	memBase := debug.SetMemoryLimit(-1)
+	setMemoryLimit(cfg, memBase)
 	srv, ln, code := start(cfg, log, stderr)
 	if srv == nil {
 		return code
@@ -403,7 +406,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	if configPath != "" {
 		bg.Go(func() { watchFile(bgCtx, configPath, configPollInterval, changed) })
 	}
-	d := &daemon{srv: srv, log: log, level: level, configPath: configPath, override: override, drainTimeout: cfg.DrainTimeout.D()}
+	d := &daemon{srv: srv, log: log, level: level, configPath: configPath, override: override, drainTimeout: cfg.DrainTimeout.D(), memBase: memBase}
 	if code, stopped := d.wait(ctx, hup, changed, errc); stopped {
 		return code
 	}
@@ -459,6 +462,7 @@ type daemon struct {
 	configPath   string
 	override     func(*proxy.Config)
 	drainTimeout time.Duration // the one in force, changed by reloads
+	memBase      int64         // the runtime's memory limit at start
 }
 
 // wait reloads on SIGHUP or a config file change until ctx ends (a stop
@@ -489,7 +493,7 @@ func (d *daemon) reload(why string, data []byte) {
 	ncfg, err := d.srv.ReloadFile(d.configPath, data, d.override, why)
 	if err == nil {
 		d.level.set(ncfg.LogLevel)
-		setMemoryLimit(ncfg)
+		setMemoryLimit(ncfg, d.memBase)
 		if err := d.level.audit.open(ncfg.Audit.LogFile); err != nil {
 			d.log.Error().Str("event", proxy.EventReload).Str("result", "audit_file_failed").Err(err).Msg("audit file not reopened; the open one stays")
 		}
@@ -514,11 +518,14 @@ func (d *daemon) shutdown(errc <-chan error) int {
 
 // setMemoryLimit gives the Go runtime gomux's memory ceiling as its soft
 // limit, so the collector works hard before the ceiling, not after.
-func setMemoryLimit(cfg *proxy.Config) {
+// It is 90% of the ceiling, so the collector's working set stays below
+// the figure admission refuses at instead of sitting on it. Without a
+// ceiling the limit gomux started with (GOMEMLIMIT, or none) stays.
+func setMemoryLimit(cfg *proxy.Config, base int64) {
 	if c := proxy.MemoryCeiling(cfg.Limits); c > 0 {
-		debug.SetMemoryLimit(c)
+		debug.SetMemoryLimit(min(c/10*9, base))
 	} else {
-		debug.SetMemoryLimit(math.MaxInt64)
+		debug.SetMemoryLimit(base)
 	}
 }
 

@@ -225,3 +225,18 @@ func TestSessionsTable(t *testing.T) {
 		t.Errorf("the connection's columns repeat: %q", rows[2])
 	}
 }
+
+// TestSessionsTableEscapesClientText: a command line a client chose
+// cannot forge rows or send escape sequences to the operator's terminal.
+func TestSessionsTableEscapesClientText(t *testing.T) {
+	for in, want := range map[string]string{
+		"sleep 1":                 "sleep 1",
+		"x\x1b[2J\r\nFORGED\tROW": `x\x1b[2J\r\nFORGED\tROW`,
+		strings.Repeat("a", 200):  strings.Repeat("a", maxRunningText) + "…",
+		"ünï cødé ✓":              "ünï cødé ✓",
+	} {
+		if got := printable(in); got != want {
+			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
