@@ -400,7 +400,7 @@ func medianSample(ss []benchSample) (benchSample, bool) {
 	}, true
 }
 
-// benchTable renders the medians as the markdown table the README carries.
+// benchTable renders the medians as the markdown table docs/BENCHMARKS.md carries.
 func benchTable(w benchWorkload, reps int, modes []benchMode, samples map[string][]benchSample, failed map[string]string) string {
 	var t strings.Builder
 	place := "gomux next to the controller, RTT between gomux and the targets"

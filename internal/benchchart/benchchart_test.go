@@ -14,7 +14,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite docs/bench-chart-example.svg")
 
-// sample is the README's seed table (10 targets, RTT 50 ms), one mode
+// sample is docs/BENCHMARKS.md's seed table (10 targets, RTT 50 ms), one mode
 // marked failed to show how a failure is drawn.
 func sample() Chart {
 	return Chart{
@@ -151,7 +151,7 @@ func TestLabels(t *testing.T) {
 	}
 }
 
-// TestExample keeps docs/bench-chart-example.svg, which the README
+// TestExample keeps docs/bench-chart-example.svg, which docs/BENCHMARKS.md
 // shows, what this package draws from the sample (-update rewrites it).
 func TestExample(t *testing.T) {
 	b, err := SVG(sample())
