@@ -19,7 +19,7 @@ var update = flag.Bool("update", false, "rewrite docs/bench-chart-example.svg")
 func sample() Chart {
 	return Chart{
 		Title:    "Example: seed-10h-50ms",
-		Subtitle: "seed.yml, 10 targets, RTT 50ms, median of 3 (the README's table; make bench draws bench-results/<workload>.svg)",
+		Subtitle: "seed.yml, 10 targets, RTT 50ms, median of 3 (docs/BENCHMARKS.md's table; make bench draws bench-results/<workload>.svg)",
 		Bars: []Bar{
 			{Mode: "stock", Seconds: 26.37}, {Mode: "stock_pipe", Seconds: 14.70},
 			{Mode: "mitogen_linear", Seconds: 11.77}, {Mode: "mitogen_free", Seconds: 10.99},
