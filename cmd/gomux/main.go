@@ -54,7 +54,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	cfg, err := proxy.LoadConfig(inv.configPath)
+	// The file is read once: what is parsed is what the watcher
+	// compares later changes with.
+	var content []byte
+	var err error
+	if inv.configPath != "" {
+		if content, err = os.ReadFile(inv.configPath); err != nil {
+			fmt.Fprintln(stderr, "gomux: config:", err)
+			return 2
+		}
+	}
+	cfg, err := proxy.ParseConfig(inv.configPath, content)
 	if err != nil {
 		fmt.Fprintln(stderr, "gomux:", err)
 		return 2
@@ -68,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "sessions", "kill":
 		return admin(cfg, inv, stdout, stderr)
 	}
-	return profiled(stderr, func() int { return serve(cfg, inv.configPath, inv.override, stderr) })
+	return profiled(stderr, func() int { return serve(cfg, inv.configPath, content, inv.override, stderr) })
 }
 
 // profiled runs fn with the CPU profile (GOMUX_CPUPROFILE) and the
@@ -352,7 +362,7 @@ func (a *auditFile) close() { a.open("") }
 
 // serve runs `gomux serve` until a stop signal and a drain, or until the
 // server fails; it returns the exit status.
-func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), stderr io.Writer) int {
+func serve(cfg *proxy.Config, configPath string, content []byte, override func(*proxy.Config), stderr io.Writer) int {
 	log, level := newLogger(stderr, cfg.LogLevel)
 	if err := level.audit.open(cfg.Audit.LogFile); err != nil {
 		fmt.Fprintln(stderr, "gomux:", err)
@@ -404,7 +414,7 @@ func serve(cfg *proxy.Config, configPath string, override func(*proxy.Config), s
 	// Kubernetes ConfigMap update, an edit).
 	changed := make(chan []byte)
 	if configPath != "" {
-		bg.Go(func() { watchFile(bgCtx, configPath, configPollInterval, changed) })
+		bg.Go(func() { watchFile(bgCtx, configPath, content, configPollInterval, changed) })
 	}
 	d := &daemon{srv: srv, log: log, level: level, configPath: configPath, override: override, drainTimeout: cfg.DrainTimeout.D(), memBase: memBase}
 	if code, stopped := d.wait(ctx, hup, changed, errc); stopped {
@@ -565,13 +575,13 @@ func (f *settledFile) read(content []byte) bool {
 	return true
 }
 
-// watchFile sends path's content on changed once it has changed and two
-// reads a poll apart agree (an edit, or the symlink swap of a Kubernetes
-// ConfigMap, once it settled). A file that cannot be read is skipped:
-// the running config stays.
-func watchFile(ctx context.Context, path string, every time.Duration, changed chan<- []byte) {
-	first, _ := os.ReadFile(path)
-	f := newSettledFile(first)
+// watchFile sends path's content on changed once it differs from
+// inForce (the content gomux runs with) and two reads a poll apart agree
+// (an edit, or the symlink swap of a Kubernetes ConfigMap, once it
+// settled). A file that cannot be read is skipped: the running config
+// stays.
+func watchFile(ctx context.Context, path string, inForce []byte, every time.Duration, changed chan<- []byte) {
+	f := newSettledFile(inForce)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -89,7 +89,7 @@ func TestWatchFileSignalsAChange(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		watchFile(ctx, p, 10*time.Millisecond, changed)
+		watchFile(ctx, p, []byte("a"), 10*time.Millisecond, changed)
 	}()
 	defer func() { cancel(); <-done }()
 	select {
@@ -238,5 +238,30 @@ func TestSessionsTableEscapesClientText(t *testing.T) {
 		if got := printable(in); got != want {
 			t.Errorf("printable(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestWatchFileComparesWithWhatRuns: a file edited between the start's
+// read and the watcher's first poll is applied once it settles: the
+// watcher compares with the content in force, not with its own first
+// read.
+func TestWatchFileComparesWithWhatRuns(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "gomux.yaml")
+	os.WriteFile(p, []byte("edited"), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	changed := make(chan []byte)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchFile(ctx, p, []byte("as loaded"), 10*time.Millisecond, changed)
+	}()
+	defer func() { cancel(); <-done }()
+	select {
+	case b := <-changed:
+		if string(b) != "edited" {
+			t.Fatalf("watcher sent %q", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an edit made before the watcher started was never applied")
 	}
 }
