@@ -589,15 +589,35 @@ func (s *stagingFile) spillLocked() error {
 	return nil
 }
 
+// stageLocked hands buf to the shim, counted in the person's share for
+// as long as the shim holds it; false when the share, the budget or the
+// shim refuses it (the caller writes it to the target).
+func (s *stagingFile) stageLocked() bool {
+	n := int64(len(s.buf))
+	if s.f.lim.hold == nil {
+		return s.f.host.Stage(s.path, s.buf, s.mode)
+	}
+	if !s.f.lim.hold(n) {
+		return false
+	}
+	free := s.f.lim.free
+	if s.f.host.StageHeld(s.path, s.buf, s.mode, func() { free(n) }) {
+		return true
+	}
+	free(n)
+	return false
+}
+
 func (s *stagingFile) Close() (err error) {
 	defer s.f.contain("close", &err)
 	defer s.release()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// The buffer's reservation passes to the staged file (Stage takes
-	// its own), or ends with the spill.
+	// its own, and the person's share counts it until the shim lets go
+	// of it), or ends with the spill.
 	s.unreserveLocked()
-	if s.real == nil && s.f.host.Stage(s.path, s.buf, s.mode) {
+	if s.real == nil && s.stageLocked() {
 		s.buf = nil
 		return nil
 	}

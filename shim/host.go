@@ -89,6 +89,18 @@ type tempDir struct {
 type stagedFile struct {
 	data []byte
 	mode fs.FileMode
+	// release, when set, is called once when the Host lets go of data
+	// (sent, replaced or dropped): the owner's own count of it.
+	release func()
+}
+
+// drop lets go of the file's data: the budget and the owner's count.
+func (f *stagedFile) drop(b *Budget) {
+	b.Release(int64(len(f.data)))
+	if f.release != nil {
+		f.release()
+		f.release = nil
+	}
 }
 
 // NewHost starts with nothing virtual. realHome, when known, answers
@@ -291,7 +303,7 @@ func (h *Host) flushLocked() []agent.PrepOp {
 func (h *Host) dropStagedLocked(d *tempDir) {
 	for name, f := range d.files {
 		h.staged -= int64(len(f.data))
-		h.lim.Budget.Release(int64(len(f.data)))
+		f.drop(h.lim.Budget)
 		delete(d.files, name)
 	}
 }
@@ -579,22 +591,32 @@ func (h *Host) InTempDir(p string) bool {
 // next command that does. ok is false when the caller must write it to the
 // target itself (after Flush).
 func (h *Host) Stage(p string, data []byte, mode fs.FileMode) bool {
+	return h.StageHeld(p, data, mode, nil)
+}
+
+// StageHeld is Stage for data its owner also counts (a person's memory
+// share): release is called once when the Host lets go of it, and not at
+// all when ok is false.
+func (h *Host) StageHeld(p string, data []byte, mode fs.FileMode, release func()) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	d, name := h.dirOf(p)
 	if d == nil || name == "" || len(data) > MaxStagedFile {
 		return false
 	}
+	prev := d.files[name]
 	old := int64(0)
-	if f := d.files[name]; f != nil {
-		old = int64(len(f.data))
+	if prev != nil {
+		old = int64(len(prev.data))
 	}
 	if h.staged-old+int64(len(data)) > MaxStagedTotal || !h.lim.Budget.Reserve(int64(len(data))) {
 		return false
 	}
-	h.lim.Budget.Release(old)
+	if prev != nil {
+		prev.drop(h.lim.Budget)
+	}
 	h.staged += int64(len(data)) - old
-	d.files[name] = &stagedFile{data: data, mode: mode.Perm()}
+	d.files[name] = &stagedFile{data: data, mode: mode.Perm(), release: release}
 	return true
 }
 

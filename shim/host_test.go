@@ -222,3 +222,42 @@ func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
 		t.Fatalf("run prep ends with %+v", last)
 	}
 }
+
+// TestHostStageHeldReleasesOnce: the owner's count of a staged file is
+// given back exactly once whichever way the Host lets go of it (sent,
+// replaced, removed before it reached the target), and never for a file
+// the Host refused.
+func TestHostStageHeldReleasesOnce(t *testing.T) {
+	h := NewHost("u", "/home/u", "")
+	baseMade(t, h, "/home/u/.ansible/tmp")
+	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	dir := "/home/u/.ansible/tmp/" + tmpID
+	released := map[string]int{}
+	rel := func(name string) func() { return func() { released[name]++ } }
+	if h.StageHeld("/elsewhere/x", []byte("x"), 0o600, rel("refused")) {
+		t.Fatal("a file outside any temp dir was staged")
+	}
+	h.StageHeld(dir+"/a.py", []byte("first"), 0o600, rel("a1"))
+	h.StageHeld(dir+"/a.py", []byte("second"), 0o600, rel("a2")) // replaces a1
+	h.StageHeld(dir+"/b.py", []byte("b"), 0o600, rel("b"))
+	if released["a1"] != 1 || released["a2"] != 0 || released["b"] != 0 {
+		t.Fatalf("after a replacement: %v", released)
+	}
+	if ops := h.Flush(); len(ops) == 0 {
+		t.Fatal("nothing flushed")
+	}
+	h.Flush()
+	if released["a1"] != 1 || released["a2"] != 1 || released["b"] != 1 || released["refused"] != 0 {
+		t.Errorf("after the flush: %v", released)
+	}
+	// Removed before it reached the target.
+	id2 := "ansible-tmp-1732412399.1234-4343-987654321098765"
+	h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+id2, id2), WarmOptions{})
+	if !h.StageHeld("/home/u/.ansible/tmp/"+id2+"/c.py", []byte("c"), 0o600, rel("c")) {
+		t.Fatal("c.py not staged")
+	}
+	h.Plan(wrap("rm -f -r ~/.ansible/tmp/"+id2+"/ > /dev/null 2>&1"), WarmOptions{})
+	if released["c"] != 1 {
+		t.Errorf("a staged file whose dir was removed: %v", released)
+	}
+}
