@@ -197,24 +197,15 @@ func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, 
 		nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
 		return
 	}
-	release, err := ic.s.limits.channel(ic.frontUser, sourceOf(sc.RemoteAddr()), open)
+	release, freeMemory, err := ic.s.limits.openChannel(ic.frontUser, sourceOf(sc.RemoteAddr()), open)
 	ic.s.metrics.channel("inner", nc.ChannelType())
-	if err == nil {
-		var free func()
-		if free, err = ic.s.limits.holdChannel(ic.frontUser); err == nil {
-			ctx = withChannelMemory(ctx, free)
-			count := release
-			release = func() { free(); count() }
-		} else {
-			release()
-		}
-	}
 	if err != nil {
 		ic.s.metrics.limit("channel")
 		ic.log.Warn().Str("event", EventLimit).Str("channel", nc.ChannelType()).Err(err).Msg("channel refused")
 		nc.Reject(gossh.ResourceShortage, err.Error())
 		return
 	}
+	ctx = withChannelMemory(ctx, freeMemory)
 	if !act.begin() {
 		release()
 		nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")

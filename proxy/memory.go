@@ -108,6 +108,24 @@ func (l *limiter) holdChannel(person string) (free func(), err error) {
 	}, nil
 }
 
+// openChannel admits a new channel of person from source on a connection
+// whose channels cc counts: within the channel caps (channel) and the
+// person's memory share (holdChannel). release gives both back when the
+// handler ends; freeMemory gives the memory back earlier, once the
+// channel itself has closed (release then skips it).
+func (l *limiter) openChannel(person, source string, cc *chanCount) (release, freeMemory func(), err error) {
+	count, err := l.channel(person, source, cc)
+	if err != nil {
+		return nil, nil, err
+	}
+	free, err := l.holdChannel(person)
+	if err != nil {
+		count()
+		return nil, nil, err
+	}
+	return func() { free(); count() }, free, nil
+}
+
 // channelMemoryKey holds, in a channel handler's context, the function
 // that gives the channel's memory back.
 type channelMemoryKey struct{}

@@ -251,16 +251,7 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 		nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")
 		return
 	}
-	release, err := s.limits.channel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
-	if err == nil {
-		var free func()
-		if free, err = s.limits.holdChannel(conn.User()); err == nil {
-			count := release
-			release = func() { free(); count() }
-		} else {
-			release()
-		}
-	}
+	release, _, err := s.limits.openChannel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
 	if err != nil {
 		act.end()
 		s.metrics.limit("channel")
