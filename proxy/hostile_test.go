@@ -186,12 +186,12 @@ func okFiles(op, _ string, st *yamux.Stream) {
 // succeeded, so the next one is answered locally.
 func planTempDir(t testing.TB, host *shim.Host) shim.Plan {
 	t.Helper()
-	first := host.Plan(strings.ReplaceAll(tempDirCmd, "ansible-tmp-1-2-3", "ansible-tmp-1-2-0"), shim.WarmOptions{})
+	first := host.Exec(strings.ReplaceAll(tempDirCmd, "ansible-tmp-1-2-3", "ansible-tmp-1-2-0"), shim.ExecOptions{})
 	if first.Reply {
 		t.Fatalf("first temp dir step answered locally: %+v", first)
 	}
-	host.Observe(first.Step, 0)
-	return host.Plan(tempDirCmd, shim.WarmOptions{})
+	first.Done(0)
+	return host.Exec(tempDirCmd, shim.ExecOptions{}).Plan
 }
 
 const tempDirCmd = `/bin/sh -c '( umask 77 && mkdir -p "` + "` echo ~/.ansible/tmp `" + `"&& mkdir "` + "` echo ~/.ansible/tmp/ansible-tmp-1-2-3 `" + `" && echo ansible-tmp-1-2-3="` + "` echo ~/.ansible/tmp/ansible-tmp-1-2-3 `" + `" ) && sleep 0'`

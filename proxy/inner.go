@@ -86,7 +86,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	defer cancel()
 	act := ic.s.drain.track(func() {
 		ic.log.Info().Str("event", EventInnerDrain).Msg("gomux is draining: inner session idle, closing")
-		ic.materialize(ctx)
+		ic.flushOnClose(ctx)
 		sc.Close()
 	})
 	defer ic.s.drain.untrack(act)
@@ -239,11 +239,11 @@ func (ic *innerConn) closed() {
 	ev.Msg("inner session closed")
 }
 
-// materialize writes to the target what the shim holds for it only in
+// flushOnClose writes to the target what the shim holds for it only in
 // gomux's memory (temp dirs not yet made, staged uploads, modes), so the
 // gomux, or the plain sshd, that serves the client's next step of a task
 // begun here finds them where Ansible put them.
-func (ic *innerConn) materialize(ctx context.Context) {
+func (ic *innerConn) flushOnClose(ctx context.Context) {
 	ic.mu.Lock()
 	l := ic.lease
 	ic.mu.Unlock()
@@ -256,12 +256,7 @@ func (ic *innerConn) materialize(ctx context.Context) {
 	if err != nil || a == nil {
 		return
 	}
-	host := l.Shim(a)
-	ops := host.Flush()
-	if len(ops) == 0 {
-		return
-	}
-	if err := sendOwed(ctx, a, host, ops); err != nil {
+	if err := flush(ctx, a, l.Shim(a)); err != nil {
 		ic.log.Warn().Str("event", EventInnerDrain).Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gomux/gomux/shim"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -263,8 +265,8 @@ func (m *metrics) sessionEnded(s *session, local bool) {
 		kind = "sftp"
 	}
 	m.task(kind, local, time.Since(s.start), s.bytesIn.Load(), s.bytesOut.Load())
-	if s.step == "Run" && s.ic.s.config().Upstream.WarmPython {
-		m.warm(s.warm)
+	if s.exec.Kind == shim.StepRun && s.ic.s.config().Upstream.WarmPython {
+		m.warm(s.exec.Warm)
 	}
 }
 

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// settle writes to the target, before a step's reply, whatever the shim
+// flushFirst writes to the target, before a step's reply, whatever the shim
 // holds for it only in gomux's memory (temp dirs not yet made, staged
 // uploads, modes), when the step is the first session of its inner
 // connection.
@@ -19,17 +19,13 @@ import (
 // its client sees the reply. A ControlMaster's first session is nearly
 // always Ansible's `echo ~`, which owes nothing, so this costs it no round
 // trip; the steps multiplexed after it stay deferred.
-func (s *session) settle() {
-	if !s.first || !s.ic.s.config().Upstream.Ansible || s.a == nil {
-		return
-	}
-	ops := s.lease.Shim(s.a).Flush()
-	if len(ops) == 0 {
+func (s *session) flushFirst() {
+	if !s.first || s.exec.Host() == nil || s.a == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.lease.Context(), s.ic.s.config().Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
-	if err := sendOwed(ctx, s.a, s.lease.Shim(s.a), ops); err != nil {
+	if err := flush(ctx, s.a, s.exec.Host()); err != nil {
 		s.log.Warn().Str("event", EventShimSettle).Err(err).
 			Msg("could not write staged temp dirs to the target before replying; a step on another gomux may not find them")
 	}

@@ -65,11 +65,11 @@ func TestShimCountsEveryRequest(t *testing.T) {
 	}
 
 	// A batch of owed ops counts once; resent after a cache miss, twice.
-	if err := sendOwed(ctx, a, host, write("first.py")); err != nil || rt() != 1 {
+	if err := sendOps(ctx, a, host, write("first.py")); err != nil || rt() != 1 {
 		t.Fatalf("first batch: %v, round trips %d, want 1", err, rt())
 	}
 	dropCache()
-	if err := sendOwed(ctx, a, host, write("second.py")); err != nil || rt() != 3 {
+	if err := sendOps(ctx, a, host, write("second.py")); err != nil || rt() != 3 {
 		t.Fatalf("batch after a cache miss: %v, round trips %d, want 3 (1 + sent and resent)", err, rt())
 	}
 	if b, _ := os.ReadFile(filepath.Join(home, "second.py")); string(b) != string(module) {
@@ -81,7 +81,7 @@ func TestShimCountsEveryRequest(t *testing.T) {
 	parts := []agent.PrepPart{{Data: module}}
 	run := func() {
 		t.Helper()
-		p, err := a.Start(countResends(ctx, host), nil, &agent.ExecRequest{Command: "wc -c", Stdin: parts})
+		p, err := a.Start(agent.WithResent(ctx, host.CountRoundTrip), nil, &agent.ExecRequest{Command: "wc -c", Stdin: parts})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,27 +109,27 @@ func TestShimCountsEveryRequest(t *testing.T) {
 	}
 	// The first temp dir step in the base runs on the target (here: by
 	// hand), the next are answered locally.
-	first := host.Plan(mkdir("ansible-tmp-1700000000.1-42-1000"), shim.WarmOptions{})
+	first := host.Exec(mkdir("ansible-tmp-1700000000.1-42-1000"), shim.ExecOptions{})
 	if first.Reply {
 		t.Fatalf("first temp dir step answered locally: %+v", first)
 	}
 	if err := os.MkdirAll(filepath.Join(tmp, "ansible-tmp-1700000000.1-42-1000"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	host.Observe(first.Step, 0)
-	if p := host.Plan(mkdir("ansible-tmp-1700000000.1-42-1234"), shim.WarmOptions{}); !p.Reply {
+	first.Done(0)
+	if p := host.Exec(mkdir("ansible-tmp-1700000000.1-42-1234"), shim.ExecOptions{}); !p.Reply {
 		t.Fatalf("temp dir step not answered locally: %+v", p)
 	}
 	before = rt()
-	p := host.Plan("/bin/sh -c '/usr/bin/python3 "+dir+"/AnsiballZ_ping.py && sleep 0'", shim.WarmOptions{})
+	p := host.Exec("/bin/sh -c '/usr/bin/python3 "+dir+"/AnsiballZ_ping.py && sleep 0'", shim.ExecOptions{})
 	if _, err := a.Batch(ctx, p.Prep, nil); err != nil {
 		t.Fatal(err)
 	}
-	p = host.Plan("/bin/sh -c 'rm -f -r "+dir+"/ > /dev/null 2>&1 && sleep 0'", shim.WarmOptions{})
+	p = host.Exec("/bin/sh -c 'rm -f -r "+dir+"/ > /dev/null 2>&1 && sleep 0'", shim.ExecOptions{})
 	if !p.Reply || len(p.After) != 1 || p.After[0].Op != "remove_all" {
 		t.Fatalf("rm: %+v, want a local reply and a deferred remove_all", p)
 	}
-	if err := sendOwed(ctx, a, host, p.After); err != nil {
+	if err := sendOps(ctx, a, host, p.After); err != nil {
 		t.Fatal(err)
 	}
 	if got := rt() - before; got != 2 {

@@ -80,23 +80,13 @@ type session struct {
 	pty  *agent.Pty
 	kind string // exec, shell or subsystem
 	cmd  string
-	step string // what the shim recognized the command as
-	warm bool   // the module runs in a warm fork server (shim.Plan.Warm)
-	// observe tells the shim how a command it passed on ended.
-	observe func(exit int)
-	// become is the wrapper of a become run whose stdout is watched for
-	// its marker (becomeStdout); speculated says gomux already wrote the
-	// marker to the client itself, and becomeSeen what the target sent.
-	become     *shim.Become
-	speculated bool
-	becomeSeen atomic.Bool
-	// prepOps is how many deferred steps went with the command, for
-	// how a failed start is reported.
-	prepOps int
+	// exec is how the command is served: the shim's whole decision and
+	// where the session reports what it saw (shim.Exec).
+	exec *shim.Exec
 	// wholeStdin: the module went with the command (runWholeStdin).
 	wholeStdin bool
 
-	// first is the inner connection's first session (settle).
+	// first is the inner connection's first session (flushFirst).
 	first bool
 
 	mu   sync.Mutex
@@ -237,6 +227,7 @@ func (s *session) onSubsystem(ctx context.Context, req *gossh.Request) bool {
 		return false
 	}
 	s.kind, s.cmd = "subsystem", "sftp"
+	s.exec = shim.Unplanned(s.shimHost(), "")
 	s.unrun = s.ic.held.run(runName(s.kind, s.cmd))
 	answer(req, true)
 	s.spawn(func() { s.serveSFTP(ctx) })
@@ -249,91 +240,65 @@ func (s *session) process() *agent.Process {
 	return s.proc
 }
 
-// execPlan is how a command starts: what the shim made of it.
-type execPlan struct {
-	// cmd is what runs on the target: as sent, or its warm rewrite.
-	cmd string
-	// prep are the deferred steps that go in one batch with it.
-	prep []agent.PrepOp
-	// pipelined: a module run whose module follows on stdin; becomeRun:
-	// one under become.
-	pipelined, becomeRun bool
-	// pty is the session's terminal as the command gets it.
-	pty *agent.Pty
-}
-
-// startProcess starts an exec or a shell: answered by the shim, sent with
-// its whole stdin (runWholeStdin), or started on the agent (startOnAgent).
+// startProcess starts an exec or a shell as the shim decides
+// (shim.Exec.Start): answered by gomux (replyLocally), sent with its whole
+// stdin (runWholeStdin), or started on the agent (startOnAgent).
 func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cmd string) bool {
 	s.kind, s.cmd = kind, cmd
 	s.unrun = s.ic.held.run(runName(kind, cmd))
-	x := execPlan{cmd: cmd, pty: s.pty}
-	if kind == "exec" && s.ic.s.config().Upstream.Ansible {
-		var replied bool
-		if x, replied = s.planExec(req, cmd); replied {
-			return true
-		}
+	host := s.shimHost()
+	s.exec = shim.Unplanned(host, cmd)
+	if kind == "exec" && host != nil {
+		s.exec = host.Exec(cmd, s.execOptions())
 	}
-	s.prepOps = len(x.prep)
-	if x.pipelined && s.pty == nil && (!x.becomeRun || s.speculated) {
-		// Ansible sends the module now, and closes stdin after it: gomux
-		// takes it whole and sends it with the command, its archive by
-		// reference once the agent has it (runWholeStdin). Never under
-		// a become gomux did not answer ahead: there Ansible waits for
-		// the target (a marker, a password prompt) before it sends
-		// anything.
+	switch s.exec.Start {
+	case shim.StartReply:
 		answer(req, true)
-		if s.speculated {
-			io.WriteString(s.ch, s.become.Marker())
+		s.spawn(func() { s.replyLocally(s.exec.Plan) })
+		return true
+	case shim.StartWholeStdin:
+		answer(req, true)
+		if s.exec.Ahead != "" {
+			io.WriteString(s.ch, s.exec.Ahead)
 		}
-		s.spawn(func() { s.runWholeStdin(ctx, x.prep, x.cmd) })
+		s.spawn(func() { s.runWholeStdin(ctx) })
 		return true
 	}
-	return s.startOnAgent(ctx, req, x)
+	return s.startOnAgent(ctx, req)
 }
 
-// planExec asks the shim how to serve cmd: replied is true when the shim
-// answered it without the target (replyLocally); otherwise the plan says
-// what to send.
-func (s *session) planExec(req *gossh.Request, cmd string) (x execPlan, replied bool) {
-	host := s.lease.Shim(s.a)
-	var warm shim.WarmOptions
-	if s.ic.s.config().Upstream.WarmPython {
+// shimHost is the shim's state of this session's target and login user,
+// looked up once per session; nil with Ansible mode off.
+func (s *session) shimHost() *shim.Host {
+	if !s.ic.s.config().Upstream.Ansible {
+		return nil
+	}
+	return s.lease.Shim(s.a)
+}
+
+// execOptions are what the shim needs to know of this session.
+func (s *session) execOptions() shim.ExecOptions {
+	o := shim.ExecOptions{Terminal: s.pty != nil}
+	if cfg := s.ic.s.config(); cfg.Upstream.WarmPython {
 		info := s.a.Info()
-		warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: s.ic.s.config().Upstream.WarmPythonIdle.D(),
-			Terminal: s.pty != nil}
+		o.Warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: cfg.Upstream.WarmPythonIdle.D(), Terminal: s.pty != nil}
 	}
-	plan := host.Plan(cmd, warm)
-	s.observe = func(code int) { host.Observe(plan.Step, code) }
-	s.step = strings.TrimPrefix(fmt.Sprintf("%T", plan.Step), "shim.")
-	if plan.Reply {
-		answer(req, true)
-		s.spawn(func() { s.replyLocally(plan) })
-		return x, true
-	}
-	x = execPlan{cmd: plan.Command, prep: plan.Prep, pty: s.pty}
-	if plan.TerminalToRun {
-		// The warm run takes the pty as its controlling terminal.
-		pty := *s.pty
-		pty.NotControlling = true
-		x.pty = &pty
-	}
-	s.warm = plan.Warm
-	if run, ok := plan.Step.(shim.Run); ok && run.Script.Value == "" {
-		// A pipelined run: its module follows on stdin. Starting
-		// without waiting for the agent's answer lets that stdin go
-		// right behind the command, in the same round trip.
-		x.pipelined, x.becomeRun = true, run.Become != nil
-		if run.Become.WatchBecome() && s.pty == nil {
-			s.become = run.Become
-			s.speculated = host.SpeculateBecome(run.Become)
-		}
-	}
-	return x, false
+	return o
 }
 
-// startOnAgent starts x on the agent and pumps its stdio.
-func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPlan) bool {
+// terminal is the session's pty as the command gets it: a warm run takes
+// it as its controlling terminal, so the shell must not.
+func (s *session) terminal() *agent.Pty {
+	if s.pty == nil || !s.exec.TerminalToRun {
+		return s.pty
+	}
+	pty := *s.pty
+	pty.NotControlling = true
+	return &pty
+}
+
+// startOnAgent starts the command on the agent and pumps its stdio.
+func (s *session) startOnAgent(ctx context.Context, req *gossh.Request) bool {
 	rec, err := s.ic.record(s.kind, s.cmd, s.pty, s.log)
 	if err != nil {
 		answer(req, true)
@@ -341,23 +306,19 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 		return true
 	}
 	s.rec = rec
-	p, err := s.begin(ctx, x.prep, &agent.ExecRequest{Command: x.cmd, Env: s.env, Pty: x.pty}, x.pipelined)
+	p, err := s.begin(ctx, &agent.ExecRequest{Command: s.exec.Command, Env: s.env, Pty: s.terminal()})
 	if err != nil {
 		if s.rec != nil {
 			// Nothing ran: the recording ends here, its stop logged.
 			s.rec.finish(s.log)
 			s.rec = nil
 		}
-		var re *agent.RemoteError
-		if errors.As(err, &re) && len(x.prep) > 0 {
-			// A step gomux deferred (a temp dir, an upload) failed on the
-			// target: Ansible sees it here, as a failed command.
-			s.lease.Shim(s.a).PrepFailed()
+		if reply, ok := s.exec.PrepFailed(err); ok {
 			answer(req, true)
-			s.spawn(func() { s.replyLocally(shim.Plan{Stdout: "", Exit: 1, Stderr: "gomux: " + re.Error() + "\n"}) })
+			s.spawn(func() { s.replyLocally(reply) })
 			return true
 		}
-		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(x.cmd)).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.exec.Command)).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
 		answer(req, false)
@@ -372,29 +333,26 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request, x execPl
 	return true
 }
 
-// begin starts exec with prep on the agent: without waiting for its
-// answer when early (agent.Client.Start), so stdin follows at once. When
-// the agent's session had ended while idle and gomux had not yet seen it,
-// nothing reached the target, so one more try on a new agent is safe; the
-// module runs cold there (s.cmd is as sent), which is the same run, only
-// slower.
-func (s *session) begin(ctx context.Context, prep []agent.PrepOp, exec *agent.ExecRequest, early bool) (*agent.Process, error) {
+// begin starts exec with the shim's deferred steps on the agent, as its
+// start mode says: with agent.Client.Batch, or without waiting for the
+// answer (agent.Client.Start) so stdin follows at once. When the agent's
+// session had ended while idle and gomux had not yet seen it, nothing
+// reached the target, so one more try on a new agent is safe; the module
+// runs cold there (shim.Exec.Cold), which is the same run, only slower.
+func (s *session) begin(ctx context.Context, exec *agent.ExecRequest) (*agent.Process, error) {
 	start := s.a.Batch
-	if early {
+	if s.exec.Start != shim.StartBatch {
 		start = s.a.Start
 	}
-	if s.step != "" {
-		// The shim planned (and counted) this command: its resends count.
-		ctx = countResends(ctx, s.lease.Shim(s.a))
-	}
-	p, err := start(ctx, prep, exec)
+	ctx = s.exec.Sending(ctx)
+	p, err := start(ctx, s.exec.Prep, exec)
 	if errors.Is(err, agent.ErrNotSent) {
 		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
 			s.log.Info().Str("event", EventChannel).Err(err).Msg("agent session had ended; sending the command again on a new one")
-			s.lease, s.a, s.warm = l, a, false
+			s.lease, s.a = l, a
 			retry := *exec
-			retry.Command = s.cmd
-			p, err = s.a.Batch(ctx, prep, &retry)
+			retry.Command = s.exec.Cold()
+			p, err = s.a.Batch(ctx, s.exec.Prep, &retry)
 		}
 	}
 	return p, err
@@ -410,7 +368,7 @@ const maxWholeStdin = 16 << 20
 // the command as parts the agent caches, so a module's archive crosses
 // the network once per run, not once per task. Anything else, or more,
 // is streamed as before. The exec request was already answered.
-func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd string) {
+func (s *session) runWholeStdin(ctx context.Context) {
 	var buf bytes.Buffer
 	var held int64
 	person := s.ic.frontUser
@@ -442,7 +400,7 @@ func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd st
 		// started, and no one is left to tell.
 		return
 	}
-	exec := &agent.ExecRequest{Command: cmd, Env: s.env}
+	exec := &agent.ExecRequest{Command: s.exec.Command, Env: s.env}
 	var in io.Reader
 	var parts []agent.PrepPart
 	if whole {
@@ -455,12 +413,10 @@ func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd st
 	} else {
 		in = io.MultiReader(bytes.NewReader(buf.Bytes()), s.ch)
 	}
-	p, err := s.begin(ctx, prep, exec, true)
+	p, err := s.begin(ctx, exec)
 	if err != nil {
-		var re *agent.RemoteError
-		if errors.As(err, &re) && len(prep) > 0 {
-			s.lease.Shim(s.a).PrepFailed()
-			s.replyLocally(shim.Plan{Exit: 1, Stderr: "gomux: " + re.Error() + "\n"})
+		if reply, ok := s.exec.PrepFailed(err); ok {
+			s.replyLocally(reply)
 			return
 		}
 		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Err(err).Msg("exec failed")
@@ -473,29 +429,20 @@ func (s *session) runWholeStdin(ctx context.Context, prep []agent.PrepOp, cmd st
 	s.pump(p, in)
 }
 
-// becomeStdout is the process's stdout, watched for the become marker
-// when the run has a wrapper worth learning about: the shim learns
-// whether it worked, and a marker gomux already sent is removed.
+// becomeStdout is the process's stdout as the shim passes it on
+// (shim.Exec.Stdout: a become marker watched, one sent ahead removed).
 func (s *session) becomeStdout(p *agent.Process) io.Reader {
-	if s.become == nil {
-		return p.Stdout()
-	}
-	host, b := s.lease.Shim(s.a), s.become
-	return &shim.MarkerReader{R: p.Stdout(), Marker: b.Marker(), Strip: s.speculated, Seen: func(seen bool) {
-		s.becomeSeen.Store(seen)
-		host.ObserveBecome(b, seen)
-		if !seen && s.speculated {
-			s.log.Warn().Str("event", EventBecomeSpeculation).Str("command", RedactCommand(s.cmd)).
-				Msg("BECOME-SUCCESS was sent ahead but the target's output did not begin with it; its output is passed on unchanged")
-		}
-	}}
+	return s.exec.Stdout(p.Stdout(), func() {
+		s.log.Warn().Str("event", EventBecomeSpeculation).Str("command", RedactCommand(s.cmd)).
+			Msg("BECOME-SUCCESS was sent ahead but the target's output did not begin with it; its output is passed on unchanged")
+	})
 }
 
 // replyLocally answers a step the shim served without the target, exactly
 // as the target's shell would have, then sends what the target is owed
 // (the removal of a finished temp dir) without making the client wait.
 func (s *session) replyLocally(plan shim.Plan) {
-	s.settle()
+	s.flushFirst()
 	if plan.Stdout != "" {
 		io.WriteString(s.ch, plan.Stdout)
 	}
@@ -504,16 +451,16 @@ func (s *session) replyLocally(plan shim.Plan) {
 	}
 	s.reportExit(plan.Exit, "", false)
 	s.ic.s.metrics.sessionEnded(s, true)
-	s.counters(s.log.Info().Str("event", EventChannel).Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.step).
+	s.counters(s.log.Info().Str("event", EventChannel).Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.exec.Kind.String()).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
 		return
 	}
-	a, host, log := s.a, s.lease.Shim(s.a), s.log
+	a, host, log := s.a, s.exec.Host(), s.log
 	sent := s.lease.Go(func() {
 		ctx, cancel := context.WithTimeout(s.lease.Context(), time.Minute)
 		defer cancel()
-		if err := sendOwed(ctx, a, host, plan.After); err != nil {
+		if err := sendOps(ctx, a, host, plan.After); err != nil {
 			log.Warn().Str("event", EventShimAfter).Err(err).Msg("deferred temp dir removal failed")
 		}
 	})
@@ -522,34 +469,36 @@ func (s *session) replyLocally(plan shim.Plan) {
 	}
 }
 
-// sendOwed sends ops the shim owes the target (staged state flushed, a
-// deferred temp dir removal) as one batch, counted in host's round trips
-// once it left gomux, and again if it is resent after a cache miss.
-func sendOwed(ctx context.Context, a *agent.Client, host *shim.Host, ops []agent.PrepOp) error {
-	_, err := a.Batch(countResends(ctx, host), ops, nil)
+// flush is the one way gomux writes to the target what the shim holds
+// for it only in gomux's memory (shim.Host.Flush: temp dirs not yet made,
+// staged uploads, recorded modes), before anything that could see them.
+func flush(ctx context.Context, a *agent.Client, host *shim.Host) error {
+	ops := host.Flush()
+	if len(ops) == 0 {
+		return nil
+	}
+	return sendOps(ctx, a, host, ops)
+}
+
+// sendOps sends ops the shim owes the target (flush, or a Plan's After:
+// a deferred temp dir removal) as one batch, counted in host's round
+// trips once it left gomux, and again if it is resent after a cache miss.
+func sendOps(ctx context.Context, a *agent.Client, host *shim.Host, ops []agent.PrepOp) error {
+	_, err := a.Batch(agent.WithResent(ctx, host.CountRoundTrip), ops, nil)
 	if !errors.Is(err, agent.ErrNotSent) {
 		host.CountRoundTrip()
 	}
 	return err
 }
 
-// countResends makes a batch sent with ctx count its resends after a
-// cache miss (agent.WithResent) in host's round trips: the target got
-// the request twice. host nil (Ansible mode off) counts nothing.
-func countResends(ctx context.Context, host *shim.Host) context.Context {
-	if host == nil {
-		return ctx
-	}
-	return agent.WithResent(ctx, host.CountRoundTrip)
-}
-
 // counters adds what the shim and the blob cache saved so far on this
 // target, cumulative, so a log reader sees round trips per task.
 func (s *session) counters(ev *zerolog.Event) *zerolog.Event {
-	if !s.ic.s.config().Upstream.Ansible {
+	host := s.exec.Host()
+	if host == nil {
 		return ev
 	}
-	c := s.lease.Shim(s.a).Counters()
+	c := host.Counters()
 	sent, saved := s.a.BlobBytes()
 	return ev.Int64("round_trips", c.RoundTrips).Int64("local_steps", c.Local).
 		Int64("blob_bytes_sent", sent).Int64("blob_bytes_saved", saved)
@@ -651,15 +600,13 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 	st, err := p.Wait()
 	defer s.ic.s.metrics.sessionEnded(s, false)
 	log := s.endEvent()
-	var re *agent.RemoteError
-	if errors.Is(err, agent.ErrNotStarted) && errors.As(err, &re) && s.prepOps > 0 {
+	if reply, ok := s.exec.PrepFailed(err); ok && errors.Is(err, agent.ErrNotStarted) {
 		// As with Batch in startOnAgent: a deferred step failed on the
 		// target and Ansible sees a failed command.
-		s.lease.Shim(s.a).PrepFailed()
-		io.WriteString(s.ch.Stderr(), "gomux: "+re.Error()+"\n")
-		s.reportExit(1, "", false)
+		io.WriteString(s.ch.Stderr(), reply.Stderr)
+		s.reportExit(reply.Exit, "", false)
 		in.Wait()
-		log.Err(err).Int("exit_status", 1).Dur("duration", time.Since(s.start)).Msg("deferred step failed")
+		log.Err(err).Int("exit_status", reply.Exit).Dur("duration", time.Since(s.start)).Msg("deferred step failed")
 		return
 	}
 	if err != nil {
@@ -669,8 +616,8 @@ func (s *session) pump(p *agent.Process, stdin io.Reader) {
 			Dur("duration", time.Since(s.start)).Msg("agent lost during session; closed without exit status")
 		return
 	}
-	if s.observe != nil && st.Signal == "" {
-		s.observe(st.Code)
+	if st.Signal == "" {
+		s.exec.Done(st.Code)
 	}
 	s.reportExit(st.Code, st.Signal, st.CoreDumped)
 	in.Wait()
@@ -725,10 +672,10 @@ func (s *session) copyInput(p *agent.Process, stdin io.Reader) *gogroup.Group {
 // endEvent is the session's closing log line, with what every ending
 // reports, and closes the recording.
 func (s *session) endEvent() *zerolog.Event {
-	log := s.log.Info().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.step).Bool("pty", s.pty != nil).Bool("warm", s.warm).
-		Bool("module_by_parts", s.wholeStdin)
-	if s.become != nil {
-		log = log.Bool("become_speculated", s.speculated).Bool("become_marker_seen", s.becomeSeen.Load())
+	log := s.log.Info().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.exec.Kind.String()).Bool("pty", s.pty != nil).
+		Bool("warm", s.exec.Warm).Bool("module_by_parts", s.wholeStdin)
+	if s.exec.BecomeWatched() {
+		log = log.Bool("become_speculated", s.exec.Ahead != "").Bool("become_marker_seen", s.exec.MarkerSeen())
 	}
 	if s.rec != nil {
 		log = log.Str("recording", s.rec.path)
@@ -741,16 +688,13 @@ func (s *session) serveSFTP(ctx context.Context) {
 	// pkg/sftp closes its connection when it stops; the channel must stay
 	// open for the exit status, which scp checks.
 	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
-	var host *shim.Host
-	if s.ic.s.config().Upstream.Ansible {
-		host = s.lease.Shim(s.a)
-	}
+	host := s.exec.Host()
 	person := s.ic.frontUser
 	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.config().Limits.MaxSFTPHandles, budget: s.ic.s.budget,
 		hold: func(n int64) bool { return s.ic.s.limits.hold(person, n) }, free: func(n int64) { s.ic.s.limits.free(person, n) }}, s.log)
 	err := srv.Serve()
 	srv.Close()
-	s.settle()
+	s.flushFirst()
 	status := 0
 	if err != nil && err != io.EOF {
 		status = 1

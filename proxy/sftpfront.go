@@ -138,16 +138,17 @@ func sftpErr(op, p string, err error) error {
 	return err
 }
 
-// materialize sends what the shim owes the target before an operation on
-// p could observe it, so sftp sees the target as it would without gomux.
-func (f *sftpFront) materialize(paths ...string) error {
+// flushFor writes what the shim owes the target (flush) before an
+// operation on p could observe it, so sftp sees the target as it would
+// without gomux.
+func (f *sftpFront) flushFor(paths ...string) error {
 	if f.host == nil {
 		return nil
 	}
 	for _, p := range paths {
 		if p != "" && f.host.InTempDir(p) {
-			if ops := f.host.Flush(); len(ops) > 0 {
-				return sftpErr("flush", p, sendOwed(f.ctx, f.a, f.host, ops))
+			if err := flush(f.ctx, f.a, f.host); err != nil {
+				return sftpErr("flush", p, err)
 			}
 			return nil
 		}
@@ -230,7 +231,7 @@ func (f *sftpFront) fileread(r *sftp.Request) (io.ReaderAt, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := f.materialize(r.Filepath); err != nil {
+	if err := f.flushFor(r.Filepath); err != nil {
 		release()
 		return nil, err
 	}
@@ -284,7 +285,7 @@ func (f *sftpFront) open(r *sftp.Request) (*sftpFile, error) {
 // openMode opens r's file on the target, creating it with perm (before
 // the umask) when the flags say so.
 func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, error) {
-	if err := f.materialize(r.Filepath); err != nil {
+	if err := f.flushFor(r.Filepath); err != nil {
 		return nil, err
 	}
 	pf := r.Pflags()
@@ -318,7 +319,7 @@ func (f *sftpFront) openMode(r *sftp.Request, perm fs.FileMode) (*sftpFile, erro
 
 func (f *sftpFront) filecmd(r *sftp.Request) error {
 	ctx, p := f.ctx, r.Filepath
-	if err := f.materialize(p, r.Target); err != nil {
+	if err := f.flushFor(p, r.Target); err != nil {
 		return err
 	}
 	f.rt()
@@ -369,7 +370,7 @@ func (f *sftpFront) filecmd(r *sftp.Request) error {
 }
 
 func (f *sftpFront) posixRename(r *sftp.Request) error {
-	if err := f.materialize(r.Filepath, r.Target); err != nil {
+	if err := f.flushFor(r.Filepath, r.Target); err != nil {
 		return err
 	}
 	f.rt()
@@ -382,7 +383,7 @@ func (f *sftpFront) filelist(r *sftp.Request) (sftp.ListerAt, error) {
 			return statResult(fi, r.Filepath)
 		}
 	}
-	if err := f.materialize(r.Filepath); err != nil {
+	if err := f.flushFor(r.Filepath); err != nil {
 		return nil, err
 	}
 	f.rt()

@@ -17,13 +17,13 @@ func (b *Become) speculable() bool {
 
 func (b *Become) seenKey() string { return strings.Join(b.Wrapper, "\x00") }
 
-// SpeculateBecome reports whether gomux may write the BECOME-SUCCESS line
+// speculateBecome reports whether gomux may write the BECOME-SUCCESS line
 // to Ansible itself, as soon as the command arrives, so that Ansible sends
 // its pipelined module at once instead of after a round trip to the
 // target: the same wrapper (method, flags, become user, without the
 // random key) has been seen to work for this target and login user, on a
 // run without a terminal, and never fails with a prompt (see speculable).
-func (h *Host) SpeculateBecome(b *Become) bool {
+func (h *Host) speculateBecome(b *Become) bool {
 	if !b.speculable() {
 		return false
 	}
@@ -32,14 +32,14 @@ func (h *Host) SpeculateBecome(b *Become) bool {
 	return h.becomeSeen[b.seenKey()]
 }
 
-// WatchBecome reports whether a run's stdout is worth watching for the
+// watchBecome reports whether a run's stdout is worth watching for the
 // wrapper's marker, to learn whether the wrapper works.
-func (b *Become) WatchBecome() bool { return b.speculable() }
+func (b *Become) watchBecome() bool { return b.speculable() }
 
-// ObserveBecome records whether wrapper b worked on a run without a
+// observeBecome records whether wrapper b worked on a run without a
 // terminal: its output began with its marker line. A wrapper that did not
 // is forgotten, so the next run waits for the target again.
-func (h *Host) ObserveBecome(b *Become, worked bool) {
+func (h *Host) observeBecome(b *Become, worked bool) {
 	if !b.speculable() {
 		return
 	}
@@ -58,14 +58,14 @@ func (h *Host) ObserveBecome(b *Become, worked bool) {
 	}
 }
 
-// MarkerReader watches the first bytes of a become run's stdout for the
+// markerReader watches the first bytes of a become run's stdout for the
 // wrapper's marker line (Become.Marker), in whatever pieces they arrive.
 // With Strip it removes that line, which gomux already wrote to Ansible
 // itself; without, it only looks. Anything else, a different first line
 // or output that ends first, passes through unchanged. It holds at most
 // the marker's length while it decides, and then calls Seen once with
 // whether the marker was there.
-type MarkerReader struct {
+type markerReader struct {
 	R      io.Reader
 	Marker string
 	Strip  bool
@@ -78,7 +78,7 @@ type MarkerReader struct {
 }
 
 // Read implements io.Reader.
-func (m *MarkerReader) Read(p []byte) (int, error) {
+func (m *markerReader) Read(p []byte) (int, error) {
 	if !m.decided {
 		m.decide()
 	}
@@ -95,7 +95,7 @@ func (m *MarkerReader) Read(p []byte) (int, error) {
 
 // decide reads no further than the marker's length, so what follows the
 // marker stays in R for the plain reads after it.
-func (m *MarkerReader) decide() {
+func (m *markerReader) decide() {
 	if m.head == nil {
 		m.head = make([]byte, 0, len(m.Marker))
 	}
@@ -117,7 +117,7 @@ func (m *MarkerReader) decide() {
 	m.finish(true, nil)
 }
 
-func (m *MarkerReader) finish(seen bool, err error) {
+func (m *markerReader) finish(seen bool, err error) {
 	m.decided, m.err = true, err
 	if !seen || !m.Strip {
 		m.pending = m.head

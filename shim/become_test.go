@@ -77,7 +77,7 @@ func TestMarkerReader(t *testing.T) {
 		}
 		for _, cut := range cuts {
 			var got []bool
-			m := &MarkerReader{R: chunks(tc.in, cut...), Marker: marker, Strip: tc.strip, Seen: func(s bool) { got = append(got, s) }}
+			m := &markerReader{R: chunks(tc.in, cut...), Marker: marker, Strip: tc.strip, Seen: func(s bool) { got = append(got, s) }}
 			out, err := io.ReadAll(m)
 			if err != nil {
 				t.Fatalf("%s, cut %v: %v", tc.name, cut, err)
@@ -90,7 +90,7 @@ func TestMarkerReader(t *testing.T) {
 			}
 		}
 		// One byte at a time, through the standard test reader.
-		m := &MarkerReader{R: iotest.OneByteReader(strings.NewReader(tc.in)), Marker: marker, Strip: tc.strip}
+		m := &markerReader{R: iotest.OneByteReader(strings.NewReader(tc.in)), Marker: marker, Strip: tc.strip}
 		if err := iotest.TestReader(m, []byte(tc.want)); err != nil && tc.want != "" {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -106,21 +106,21 @@ func TestMarkerReaderError(t *testing.T) {
 	c := chunks(marker[:10])
 	c.err = boom
 	var seen []bool
-	m := &MarkerReader{R: c, Marker: marker, Strip: true, Seen: func(s bool) { seen = append(seen, s) }}
+	m := &markerReader{R: c, Marker: marker, Strip: true, Seen: func(s bool) { seen = append(seen, s) }}
 	out, err := io.ReadAll(m)
 	if !errors.Is(err, boom) || string(out) != marker[:10] || len(seen) != 1 || seen[0] {
 		t.Fatalf("broken in the marker: out %q err %v seen %v", out, err, seen)
 	}
 	c = chunks(marker + "partial")
 	c.err = boom
-	m = &MarkerReader{R: c, Marker: marker, Strip: true}
+	m = &markerReader{R: c, Marker: marker, Strip: true}
 	out, err = io.ReadAll(m)
 	if !errors.Is(err, boom) || string(out) != "partial" {
 		t.Fatalf("broken after the marker: out %q err %v", out, err)
 	}
 	// Large output after the marker is read through, not held.
 	big := bytes.Repeat([]byte("x"), 1<<20)
-	m = &MarkerReader{R: strings.NewReader(marker + string(big)), Marker: marker, Strip: true}
+	m = &markerReader{R: strings.NewReader(marker + string(big)), Marker: marker, Strip: true}
 	n, err := io.Copy(io.Discard, m)
 	if err != nil || n != int64(len(big)) {
 		t.Fatalf("large output: %d bytes, %v", n, err)
@@ -147,31 +147,31 @@ func TestSpeculateBecome(t *testing.T) {
 	prompt := parse(`sudo -H -S -p "[sudo via ansible, key=` + key + `] password:" -u root /bin/sh -c 'echo BECOME-SUCCESS-` + key + ` ; /usr/bin/python3'`)
 	su := parse("su  root -c '/bin/sh -c '\"'\"'echo BECOME-SUCCESS-" + key + " ; /usr/bin/python3'\"'\"''")
 
-	if h.SpeculateBecome(root) {
+	if h.speculateBecome(root) {
 		t.Fatal("sent ahead before it was seen to work")
 	}
-	h.ObserveBecome(root, true)
-	if !h.SpeculateBecome(root) || !h.SpeculateBecome(root2) {
+	h.observeBecome(root, true)
+	if !h.speculateBecome(root) || !h.speculateBecome(root2) {
 		t.Fatal("not sent ahead after it worked (the key is random per task)")
 	}
-	if h.SpeculateBecome(other) || h.SpeculateBecome(grouped) {
+	if h.speculateBecome(other) || h.speculateBecome(grouped) {
 		t.Fatal("another become user or other flags must be learned on their own")
 	}
-	h.ObserveBecome(grouped, true)
-	if !grouped.NonInteractive || !h.SpeculateBecome(grouped) {
+	h.observeBecome(grouped, true)
+	if !grouped.NonInteractive || !h.speculateBecome(grouped) {
 		t.Fatal("-HSn is non-interactive")
 	}
 	for name, b := range map[string]*Become{"no -n": noN, "-u -n": userN, "prompt": prompt, "su": su} {
-		h.ObserveBecome(b, true)
-		if h.SpeculateBecome(b) {
+		h.observeBecome(b, true)
+		if h.speculateBecome(b) {
 			t.Fatalf("%s: sent ahead, but it may read a password from stdin", name)
 		}
 	}
-	h.ObserveBecome(root, false)
-	if h.SpeculateBecome(root2) {
+	h.observeBecome(root, false)
+	if h.speculateBecome(root2) {
 		t.Fatal("still sent ahead after it failed")
 	}
-	if NewHost("u", "/home/u", "").SpeculateBecome(root) {
+	if NewHost("u", "/home/u", "").speculateBecome(root) {
 		t.Fatal("learned state shared between hosts")
 	}
 }

@@ -13,7 +13,7 @@ func TestBudgetSharedByHosts(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		h := NewHostLimits("u", "/home/u", "", HostLimits{Budget: b})
 		baseMade(t, h, "/home/u/.ansible/tmp")
-		if p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{}); !p.Reply {
+		if p := h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{}); !p.Reply {
 			t.Fatalf("mkdir: %+v", p)
 		}
 		hosts = append(hosts, h)
@@ -46,7 +46,7 @@ func TestTempDirIdleExpiry(t *testing.T) {
 	b := NewBudget(64 << 20)
 	h := NewHostLimits("u", "/home/u", "", HostLimits{Budget: b, TempDirIdle: time.Minute})
 	baseMade(t, h, "/home/u/.ansible/tmp")
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	dir := "/home/u/.ansible/tmp/" + tmpID
 	if !h.Stage(dir+"/AnsiballZ_x.py", []byte("module"), 0o600) {
 		t.Fatal("not staged")

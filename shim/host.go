@@ -67,7 +67,7 @@ type Host struct {
 	// on setfacl is recorded and sent with the run. Until then it runs
 	// as sent, so a failure reaches Ansible, which has fallbacks for it.
 	aclWorks bool
-	// becomeSeen are the become wrappers seen to work (ObserveBecome).
+	// becomeSeen are the become wrappers seen to work (observeBecome).
 	becomeSeen map[string]bool
 	// bases are the temp dir bases (remote_tmp, /var/tmp) in which a
 	// temp dir step ran on the target and succeeded. Until one has, the
@@ -192,13 +192,13 @@ type Plan struct {
 	TerminalToRun bool
 }
 
-// Plan decides how to serve cmd, and updates the virtual state as if it
+// planCmd decides how to serve cmd, and updates the virtual state as if it
 // had run: a command that reaches the target takes every pending op with
 // it, so what it can see is what it would see without gomux. A module
 // run is rewritten to run warm (Warm) when warm names an agent; the zero
 // WarmOptions leaves every command cold. The command is parsed once for
 // both.
-func (h *Host) Plan(cmd string, warm WarmOptions) Plan {
+func (h *Host) planCmd(cmd string, warm WarmOptions) Plan {
 	src := new(source)
 	plan := h.plan(src.parse(cmd))
 	plan.Command = cmd
@@ -354,8 +354,8 @@ func (h *Host) Drop() {
 	h.pending = nil
 }
 
-// Observe learns from how a command that reached the target ended.
-func (h *Host) Observe(step Step, exit int) {
+// observe learns from how a command that reached the target ended.
+func (h *Host) observe(step Step, exit int) {
 	if exit != 0 {
 		return
 	}
@@ -383,12 +383,12 @@ func (h *Host) Observe(step Step, exit int) {
 	}
 }
 
-// PrepFailed is told that ops the Host owed failed on the target (a
+// prepFailed is told that ops the Host owed failed on the target (a
 // deferred temp dir mkdir refused because its base became read-only or
 // was replaced by a file, say): no base is known to work any more, so
 // the next temp dir step in each runs on the target again and, if the
 // base is still broken, fails there as it would without gomux.
-func (h *Host) PrepFailed() {
+func (h *Host) prepFailed() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.bases = nil

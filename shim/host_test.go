@@ -22,12 +22,12 @@ func mkdirCmdID(base, dir, id string) string {
 func baseMade(t *testing.T, h *Host, base string) {
 	t.Helper()
 	const id = "ansible-tmp-1732412345.6789-4242-1"
-	p := h.Plan(mkdirCmdID(base, base+"/"+id, id), WarmOptions{})
+	p := h.planCmd(mkdirCmdID(base, base+"/"+id, id), WarmOptions{})
 	if p.Reply {
 		t.Fatalf("first temp dir step in %s answered locally: %+v", base, p)
 	}
-	h.Observe(p.Step, 0)
-	if p := h.Plan(wrap("rm -f -r "+base+"/"+id+"/ > /dev/null 2>&1"), WarmOptions{}); !p.Reply || len(p.After) != 1 {
+	h.observe(p.Step, 0)
+	if p := h.planCmd(wrap("rm -f -r "+base+"/"+id+"/ > /dev/null 2>&1"), WarmOptions{}); !p.Reply || len(p.After) != 1 {
 		t.Fatalf("rm of the first temp dir: %+v", p)
 	}
 }
@@ -41,44 +41,44 @@ func baseMade(t *testing.T, h *Host, base string) {
 func TestHostTempBaseMadeFirst(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	dir := "/home/u/.ansible/tmp/" + tmpID
-	p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	p := h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	if p.Reply {
 		t.Fatalf("temp dir step in an unproven base answered locally: %+v", p)
 	}
-	h.Observe(p.Step, 1) // failed on the target
+	h.observe(p.Step, 1) // failed on the target
 	if _, _, ok := h.Virtual(dir); ok || h.InTempDir(dir) {
 		t.Fatal("a temp dir whose step failed is tracked")
 	}
-	p = h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	p = h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	if p.Reply {
 		t.Fatalf("temp dir step answered locally after its base failed: %+v", p)
 	}
-	h.Observe(p.Step, 0)
+	h.observe(p.Step, 0)
 	if !h.InTempDir(dir + "/AnsiballZ_ping.py") {
 		t.Fatal("the temp dir made on the target is not tracked")
 	}
 	if !h.Stage(dir+"/AnsiballZ_ping.py", []byte("m"), 0o600) {
 		t.Fatal("upload into the temp dir made on the target not staged")
 	}
-	run := h.Plan(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
+	run := h.planCmd(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
 	if want := []agent.PrepOp{{Op: "write", Path: dir + "/AnsiballZ_ping.py", Mode: 0o600, Data: []byte("m")}}; !reflect.DeepEqual(run.Prep, want) {
 		t.Fatalf("run prep %+v, want only the upload", run.Prep)
 	}
-	if p := h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{}); !p.Reply || len(p.After) != 1 {
+	if p := h.planCmd(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{}); !p.Reply || len(p.After) != 1 {
 		t.Fatalf("rm: %+v", p)
 	}
 	const otherID = "ansible-tmp-1732412345.6789-4242-2"
-	if p := h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+otherID, otherID), WarmOptions{}); !p.Reply {
+	if p := h.planCmd(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+otherID, otherID), WarmOptions{}); !p.Reply {
 		t.Fatalf("temp dir step in a proven base not answered locally: %+v", p)
 	}
 	// A batch that failed on the target unproves every base.
-	h.PrepFailed()
+	h.prepFailed()
 	const thirdID = "ansible-tmp-1732412345.6789-4242-3"
-	if p := h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+thirdID, thirdID), WarmOptions{}); p.Reply {
+	if p := h.planCmd(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+thirdID, thirdID), WarmOptions{}); p.Reply {
 		t.Fatalf("temp dir step answered locally after a failed batch: %+v", p)
 	}
 	// Another base is proven on its own.
-	if p := h.Plan(mkdirCmd("/var/tmp", "/var/tmp/"+tmpID), WarmOptions{}); p.Reply {
+	if p := h.planCmd(mkdirCmd("/var/tmp", "/var/tmp/"+tmpID), WarmOptions{}); p.Reply {
 		t.Fatalf("temp dir step in another, unproven base answered locally: %+v", p)
 	}
 }
@@ -86,13 +86,13 @@ func TestHostTempBaseMadeFirst(t *testing.T) {
 func TestHostTask(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	baseMade(t, h, "/home/u/.ansible/tmp")
-	if p := h.Plan(wrap("echo ~"), WarmOptions{}); !p.Reply || p.Stdout != "/home/u\n" {
+	if p := h.planCmd(wrap("echo ~"), WarmOptions{}); !p.Reply || p.Stdout != "/home/u\n" {
 		t.Fatalf("echo ~: %+v", p)
 	}
-	if p := h.Plan(wrap("echo ~other"), WarmOptions{}); p.Reply {
+	if p := h.planCmd(wrap("echo ~other"), WarmOptions{}); p.Reply {
 		t.Fatalf("echo ~other answered locally: %+v", p)
 	}
-	p := h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	p := h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	dir := "/home/u/.ansible/tmp/" + tmpID
 	if !p.Reply || p.Stdout != tmpID+"="+dir+"\n" {
 		t.Fatalf("mkdir: %+v", p)
@@ -107,13 +107,13 @@ func TestHostTask(t *testing.T) {
 	if h.Stage("/home/u/elsewhere.py", module, 0o600) {
 		t.Fatal("upload outside a temp dir staged")
 	}
-	if p := h.Plan(wrap("chmod u+x "+tmpT+"/ "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{}); !p.Reply || p.Exit != 0 {
+	if p := h.planCmd(wrap("chmod u+x "+tmpT+"/ "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{}); !p.Reply || p.Exit != 0 {
 		t.Fatalf("chmod: %+v", p)
 	}
 	if size, mode, ok := h.Virtual(dir + "/AnsiballZ_ping.py"); !ok || size != 6 || mode != 0o700 {
 		t.Fatalf("staged file after chmod: %d %v %v", size, mode, ok)
 	}
-	p = h.Plan(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
+	p = h.planCmd(wrap("/usr/bin/python3 "+tmpT+"/AnsiballZ_ping.py"), WarmOptions{})
 	want := []agent.PrepOp{
 		{Op: "mkdir", Path: "/home/u/.ansible/tmp", Mode: 0o700, Parents: true},
 		{Op: "mkdir", Path: dir, Mode: 0o700},
@@ -126,7 +126,7 @@ func TestHostTask(t *testing.T) {
 	if _, _, ok := h.Virtual(dir); ok {
 		t.Fatal("dir still virtual after the run")
 	}
-	p = h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
+	p = h.planCmd(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
 	if !p.Reply || !reflect.DeepEqual(p.After, []agent.PrepOp{{Op: "remove_all", Path: dir}}) {
 		t.Fatalf("rm: %+v", p)
 	}
@@ -138,9 +138,9 @@ func TestHostTask(t *testing.T) {
 func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	baseMade(t, h, "/home/u/.ansible/tmp")
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	h.Stage("/home/u/.ansible/tmp/"+tmpID+"/x.py", []byte("x"), 0o600)
-	p := h.Plan(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
+	p := h.planCmd(wrap("rm -f -r "+tmpT+"/ > /dev/null 2>&1"), WarmOptions{})
 	if !p.Reply || len(p.After) != 0 {
 		t.Fatalf("rm of a dir that never reached the target: %+v", p)
 	}
@@ -152,8 +152,8 @@ func TestHostRemoveBeforeRunTouchesNothing(t *testing.T) {
 func TestHostPassthroughFlushesFirst(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	baseMade(t, h, "/home/u/.ansible/tmp")
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
-	p := h.Plan("ls -la ~/.ansible/tmp", WarmOptions{})
+	h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	p := h.planCmd("ls -la ~/.ansible/tmp", WarmOptions{})
 	if p.Reply || len(p.Prep) != 2 {
 		t.Fatalf("passthrough must first make the dir: %+v", p)
 	}
@@ -203,20 +203,20 @@ func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
 	dir := "/var/tmp/" + tmpID
 	setfacl := wrap("setfacl -m u:other:r-x " + dir + "/ " + dir + "/AnsiballZ_ping.py")
 	baseMade(t, h, "/var/tmp")
-	h.Plan(mkdirCmd("/var/tmp", dir), WarmOptions{})
-	p := h.Plan(setfacl, WarmOptions{})
+	h.planCmd(mkdirCmd("/var/tmp", dir), WarmOptions{})
+	p := h.planCmd(setfacl, WarmOptions{})
 	if p.Reply {
 		t.Fatalf("first setfacl answered locally: %+v", p)
 	}
-	h.Observe(p.Step, 0)
+	h.observe(p.Step, 0)
 	// Next task: the same steps, now recorded.
-	h.Plan(wrap("rm -f -r "+dir+"/ > /dev/null 2>&1"), WarmOptions{})
-	h.Plan(mkdirCmd("/var/tmp", dir), WarmOptions{})
+	h.planCmd(wrap("rm -f -r "+dir+"/ > /dev/null 2>&1"), WarmOptions{})
+	h.planCmd(mkdirCmd("/var/tmp", dir), WarmOptions{})
 	h.Stage(dir+"/AnsiballZ_ping.py", []byte("m"), 0o600)
-	if p := h.Plan(setfacl, WarmOptions{}); !p.Reply {
+	if p := h.planCmd(setfacl, WarmOptions{}); !p.Reply {
 		t.Fatalf("setfacl after a success not recorded: %+v", p)
 	}
-	p = h.Plan(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-"+key+" ; /usr/bin/python3 "+dir+"/AnsiballZ_ping.py'"), WarmOptions{})
+	p = h.planCmd(wrap("sudo -H -S -n  -u other /bin/sh -c 'echo BECOME-SUCCESS-"+key+" ; /usr/bin/python3 "+dir+"/AnsiballZ_ping.py'"), WarmOptions{})
 	last := p.Prep[len(p.Prep)-1]
 	if last.Op != "run" || !reflect.DeepEqual(last.Argv, []string{"setfacl", "-m", "u:other:r-x", dir + "/", dir + "/AnsiballZ_ping.py"}) {
 		t.Fatalf("run prep ends with %+v", last)
@@ -230,7 +230,7 @@ func TestHostSetfaclRecordedOnceItWorks(t *testing.T) {
 func TestHostStageHeldReleasesOnce(t *testing.T) {
 	h := NewHost("u", "/home/u", "")
 	baseMade(t, h, "/home/u/.ansible/tmp")
-	h.Plan(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
+	h.planCmd(mkdirCmd("~/.ansible/tmp", tmpT), WarmOptions{})
 	dir := "/home/u/.ansible/tmp/" + tmpID
 	released := map[string]int{}
 	rel := func(name string) func() { return func() { released[name]++ } }
@@ -252,11 +252,11 @@ func TestHostStageHeldReleasesOnce(t *testing.T) {
 	}
 	// Removed before it reached the target.
 	id2 := "ansible-tmp-1732412399.1234-4343-987654321098765"
-	h.Plan(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+id2, id2), WarmOptions{})
+	h.planCmd(mkdirCmdID("~/.ansible/tmp", "~/.ansible/tmp/"+id2, id2), WarmOptions{})
 	if !h.StageHeld("/home/u/.ansible/tmp/"+id2+"/c.py", []byte("c"), 0o600, rel("c")) {
 		t.Fatal("c.py not staged")
 	}
-	h.Plan(wrap("rm -f -r ~/.ansible/tmp/"+id2+"/ > /dev/null 2>&1"), WarmOptions{})
+	h.planCmd(wrap("rm -f -r ~/.ansible/tmp/"+id2+"/ > /dev/null 2>&1"), WarmOptions{})
 	if released["c"] != 1 {
 		t.Errorf("a staged file whose dir was removed: %v", released)
 	}

@@ -404,11 +404,11 @@ func TestPlanParsesOnce(t *testing.T) {
 		if src.parses != c.layers {
 			t.Errorf("%s: %d parses, want %d (one per layer)", c.name, src.parses, c.layers)
 		}
-		p := NewHost("u", "/home/u", "").Plan(c.cmd, o)
+		p := NewHost("u", "/home/u", "").planCmd(c.cmd, o)
 		if p.Reply || !p.Warm || p.Command != want {
 			t.Errorf("%s: Plan = %+v, want the warm command", c.name, p)
 		}
-		if p := NewHost("u", "/home/u", "").Plan(c.cmd, WarmOptions{}); p.Warm || p.Command != c.cmd {
+		if p := NewHost("u", "/home/u", "").planCmd(c.cmd, WarmOptions{}); p.Warm || p.Command != c.cmd {
 			t.Errorf("%s: cold Plan = %+v, want the command as sent", c.name, p)
 		}
 	}
@@ -463,7 +463,7 @@ func TestWarmTerminalGoesToTheRun(t *testing.T) {
 		{"sudo on a pty", sudo, true, false},
 	} {
 		h := NewHost("u", "/home/u", "")
-		p := h.Plan(c.cmd, WarmOptions{Agent: agent, AgentID: "1:2", Terminal: c.terminal})
+		p := h.planCmd(c.cmd, WarmOptions{Agent: agent, AgentID: "1:2", Terminal: c.terminal})
 		if !p.Warm {
 			t.Fatalf("%s: not warm: %+v", c.name, p)
 		}
