@@ -60,8 +60,9 @@ func serveExit(t *testing.T, body string) result {
 
 // TestRules attacks the rules themselves with the real ssh client: a
 // wildcard stretched across a person's own DNS name, a list emptied in the
-// file, a rule silent on remote users, a revocation file gone missing, a
-// trusted balancer network a person could send from; and checks that
+// file, a rule silent on remote users, a splice rule naming a credential,
+// a revocation file gone missing, a trusted balancer network a person
+// could send from; and checks that
 // `gomux ca -hosts` trusts the CA for the rules' names only.
 func TestRules(t *testing.T) {
 	r := startRulesLab(t)
@@ -107,6 +108,16 @@ func TestRules(t *testing.T) {
 		res := serveExit(t, "targets:\n  - hosts: [web]\n    users: [alice]\n")
 		if res.Code != 2 || !strings.Contains(res.Stderr, "targets[0].remote_users: required") {
 			t.Errorf("gomux serve with an accelerate rule without remote_users: %+v", res)
+		}
+	})
+
+	t.Run("splice-rule-with-credential-exits-2", func(t *testing.T) {
+		// A spliced connection is the client's own login: a credential
+		// there would read as "gomux logs in with legacy" and do nothing.
+		res := serveExit(t, "upstream:\n  credentials:\n    legacy: {identity_files: [/nonexistent/key]}\n"+
+			"targets:\n  - hosts: [legacy]\n    mode: splice\n    credential: legacy\n")
+		if res.Code != 2 || !strings.Contains(res.Stderr, "targets[0].credential: a splice rule") {
+			t.Errorf("gomux serve with a splice rule naming a credential: %+v", res)
 		}
 	})
 

@@ -768,6 +768,11 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 		// rule would promise what nothing enforces.
 		return &FieldError{f + ".remote_users", errors.New("a splice rule cannot limit remote users: gomux does not see the login inside a spliced connection (use mode accelerate, or the target's sshd)")}
 	}
+	if r.Mode == ModeSplice && r.Credential != "" {
+		// gomux never logs in on a spliced connection: the client does,
+		// with its own key, so a credential there would do nothing.
+		return &FieldError{f + ".credential", errors.New("a splice rule logs in with nothing of gomux's: the client logs in to the target itself (use mode accelerate for gomux's credential)")}
+	}
 	if r.Mode == ModeDeny && len(r.RemoteUsers) > 0 {
 		// A deny rule refuses whatever the login name: remote_users
 		// there would read as "deny only these".
