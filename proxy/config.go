@@ -234,7 +234,8 @@ type TargetRule struct {
 	// Mode is accelerate (default), splice, forward or deny.
 	Mode Mode `yaml:"mode"`
 	// Credential names the upstream credential (upstream.credentials) used
-	// to log in to these targets. Default "default".
+	// to log in to these targets. Default "default". Refused on splice and
+	// forward rules, where gomux does not log in.
 	Credential string `yaml:"credential"`
 	// AgentDial overrides upstream.agent_dial for forwards inside
 	// accelerated sessions to these destinations. Once loaded it holds
