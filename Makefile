@@ -21,7 +21,8 @@ IMAGE_TAR ?= bin/gomux-image.tar
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build agents image deps test unit lint fmt demo bench soak fuzz clean
+# cmd/gomux's TestMakefilePhonyListsTargets keeps this list equal to the targets.
+.PHONY: all build agents image deps test unit lint demo bench soak fuzz clean
 
 all: build
 
@@ -56,6 +57,7 @@ test: agents lint
 	$(GO) test -race -count=1 -timeout 40m ./...
 	cd tools/image && $(GO) test -count=1 -timeout 10m ./...
 
+# The fast path, no root needed: every test but the end-to-end ones, with -race.
 unit: agents
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
