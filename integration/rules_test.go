@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // rulesLab is two targets with names only gomux resolves: gmxok1.lab is
@@ -144,8 +145,8 @@ func TestRules(t *testing.T) {
 		}
 		must(t, os.WriteFile(cfgPath, []byte(emptied), 0o600))
 		must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-		waitFor(t, 20*time.Second, func() bool { return len(g.Events("reload")) > 0 })
-		for _, e := range g.Events("reload") {
+		waitFor(t, 20*time.Second, func() bool { return len(g.Events(proxy.EventReload)) > 0 })
+		for _, e := range g.Events(proxy.EventReload) {
 			if e["result"] == "ok" {
 				t.Errorf("the emptied users list was applied: %v", e)
 			}
@@ -186,7 +187,7 @@ func TestRules(t *testing.T) {
 			t.Errorf("login with revoked_keys missing: %+v", res)
 		}
 		found := false
-		for _, e := range g.Events("front_auth") {
+		for _, e := range g.Events(proxy.EventFrontAuth) {
 			found = found || (e["result"] == "refused" && strings.Contains(fmt.Sprint(e["reason"], e["error"]), "missing"))
 		}
 		if !found {
@@ -218,8 +219,8 @@ func TestRules(t *testing.T) {
 		cfgPath := filepath.Join(g.Dir, "gomux.yaml")
 		appendFile(t, cfgPath, "  - cidrs: [127.0.0.0/8]\n    mode: splice\n")
 		must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-		waitFor(t, 20*time.Second, func() bool { return len(g.Events("reload")) > 0 })
-		if hasEvent(g, "reload", "result", "ok") || !hasEvent(g, "reload", "result", "failed") {
+		waitFor(t, 20*time.Second, func() bool { return len(g.Events(proxy.EventReload)) > 0 })
+		if hasEvent(g, proxy.EventReload, "result", "ok") || !hasEvent(g, proxy.EventReload, "result", "failed") {
 			t.Errorf("a rule reaching the trusted network was applied")
 		}
 		if res := runCmd(g.SSH(ctxT(t, time.Minute), r.t0.Addr, "echo in"), nil); res.Stdout != "in\n" {
