@@ -173,6 +173,7 @@ func BenchmarkRoundTrips(b *testing.B) {
 		}
 	}
 	var t strings.Builder
+	t.WriteString(benchStamp())
 	fmt.Fprintf(&t, "\nround trips per task, measured from outside: latency.yml (40 tasks) and latency-1.yml (its first task), 1 target, each at RTT 0 and RTT %v; "+
 		"per task = (wall40 at %v - wall40 at 0) / %v / 40; marginal = ((wall40 at %v - wall40 at 0) - (wall1 at %v - wall1 at 0)) / %v / 39; %d cores, median of %d\n\n",
 		rtt, rtt, rtt, rtt, rtt, rtt, runtime.NumCPU(), reps)
