@@ -97,7 +97,8 @@ demo: deps build
 # side by side (stock, stock_pipe, mitogen_linear, mitogen_free, gomux,
 # gomux_pipe, gomux_cold, gomux_pipe_cold), and round trips per task for
 # every mode measured from outside (BenchmarkRoundTrips). Tables are
-# printed as they are done, written to bench-results/ (each workload's
+# printed as they are done, written to bench-results/ (each headed with
+# the day and commit measured; each workload's
 # wall times also drawn as bench-results/<workload>.svg), and printed
 # again together at the end. GOMUX_BENCH_REPS (default 3), GOMUX_BENCH_MODES and
 # GOMUX_BENCH_WORKLOADS (comma-separated names) narrow it.
