@@ -21,7 +21,8 @@ IMAGE_TAR ?= bin/gomux-image.tar
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all build agents image deps test unit lint fmt demo bench soak fuzz clean
+# cmd/gomux's TestMakefilePhonyListsTargets keeps this list equal to the targets.
+.PHONY: all build agents image deps test unit lint demo bench soak fuzz clean
 
 all: build
 
@@ -56,6 +57,7 @@ test: agents lint
 	$(GO) test -race -count=1 -timeout 40m ./...
 	cd tools/image && $(GO) test -count=1 -timeout 10m ./...
 
+# The fast path, no root needed: every test but the end-to-end ones, with -race.
 unit: agents
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
@@ -95,7 +97,8 @@ demo: deps build
 # side by side (stock, stock_pipe, mitogen_linear, mitogen_free, gomux,
 # gomux_pipe, gomux_cold, gomux_pipe_cold), and round trips per task for
 # every mode measured from outside (BenchmarkRoundTrips). Tables are
-# printed as they are done, written to bench-results/ (each workload's
+# printed as they are done, written to bench-results/ (each headed with
+# the day and commit measured; each workload's
 # wall times also drawn as bench-results/<workload>.svg), and printed
 # again together at the end. GOMUX_BENCH_REPS (default 3), GOMUX_BENCH_MODES and
 # GOMUX_BENCH_WORKLOADS (comma-separated names) narrow it.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // rootLab is one target whose sshd lets root log in by key and authorizes
@@ -44,7 +45,7 @@ func TestAttackRemoteUserStyle(t *testing.T) {
 		if r.Code != 255 || strings.Contains(r.Stdout, "root") || !strings.Contains(r.Stderr, "may not log in") {
 			t.Errorf("-l %s: %+v", user, r)
 		}
-		if !hasEvent(g, "inner_auth", "remote_user", user) {
+		if !hasEvent(g, proxy.EventInnerAuth, "remote_user", user) {
 			t.Errorf("no inner_auth denial logged for %q", user)
 		}
 	}
@@ -100,7 +101,7 @@ func TestAttackCertificateLimits(t *testing.T) {
 	}
 	// Each refusal is a front_auth event naming the login tried and why.
 	reasons := map[string]bool{}
-	for _, e := range x.g.Events("front_auth") {
+	for _, e := range x.g.Events(proxy.EventFrontAuth) {
 		if e["accepted"] == false && e["user"] == "alice" {
 			if s, ok := e["reason"].(string); ok {
 				reasons[s] = true
@@ -427,7 +428,7 @@ func TestAttackNAT64Spelling(t *testing.T) {
 			t.Errorf("-W %s:22: %+v", host, r)
 		}
 	}
-	for _, e := range g.Events("policy_decision") {
+	for _, e := range g.Events(proxy.EventPolicyDecision) {
 		if e["mode"] != "deny" {
 			t.Errorf("decision not a deny: %v", e)
 		}

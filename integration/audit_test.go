@@ -102,7 +102,7 @@ func TestAuditFlood(t *testing.T) {
 	lines := auditLines(t, auditPath)
 	checkAuditSchema(t, lines)
 	accepted := 0
-	for _, e := range lines["front_auth"] {
+	for _, e := range lines[proxy.EventFrontAuth] {
 		if e["result"] == "accepted" {
 			accepted++
 		}
@@ -110,18 +110,18 @@ func TestAuditFlood(t *testing.T) {
 	if accepted != logins {
 		t.Errorf("audit file has %d accepted front logins, want %d", accepted, logins)
 	}
-	if len(lines["channel"]) < logins || len(lines["policy_decision"]) < logins {
+	if len(lines[proxy.EventChannel]) < logins || len(lines[proxy.EventPolicyDecision]) < logins {
 		t.Errorf("audit file lacks the logins' decisions or commands: %d channel, %d policy_decision",
-			len(lines["channel"]), len(lines["policy_decision"]))
+			len(lines[proxy.EventChannel]), len(lines[proxy.EventPolicyDecision]))
 	}
 	total := 0
-	for _, e := range lines["front_noise"] {
+	for _, e := range lines[proxy.EventFrontNoise] {
 		if !strings.HasPrefix(e["source"].(string), "127.0.0.") {
 			t.Errorf("noise line for an unexpected source: %v", e)
 		}
 		total += int(e["count"].(float64))
 	}
-	if nl := len(lines["front_noise"]); nl == 0 || nl > 2*len(sources) {
+	if nl := len(lines[proxy.EventFrontNoise]); nl == 0 || nl > 2*len(sources) {
 		t.Errorf("%d front_noise lines for %d sources in one interval", nl, len(sources))
 	}
 	if total < n/len(sources)*len(sources)*9/10 {
@@ -131,9 +131,9 @@ func TestAuditFlood(t *testing.T) {
 	for _, es := range lines {
 		all += len(es)
 	}
-	t.Logf("audit file: %d lines, %d of them front_noise counting %d connections", all, len(lines["front_noise"]), total)
+	t.Logf("audit file: %d lines, %d of them front_noise counting %d connections", all, len(lines[proxy.EventFrontNoise]), total)
 	// At warn, the log itself holds no per-connection lines.
-	if c := strings.Count(g.Log(), `"event":"connection"`); c > 0 {
+	if c := strings.Count(g.Log(), eventTag(proxy.EventConnection)); c > 0 {
 		t.Errorf("%d per-connection lines in the log at warn", c)
 	}
 }

@@ -345,7 +345,7 @@ func benchAnsible(b *testing.B, w benchWorkload) {
 			}
 		}
 	}
-	table := benchTable(w, reps, modes, samples, failed)
+	table := benchStamp() + benchTable(w, reps, modes, samples, failed)
 	fmt.Print(table)
 	dir := filepath.Join(repoRoot(), "bench-results")
 	if err := os.MkdirAll(dir, 0o755); err == nil {
@@ -398,6 +398,20 @@ func medianSample(ss []benchSample) (benchSample, bool) {
 		bytesToTargets: int64(med(func(s benchSample) float64 { return float64(s.bytesToTargets) })),
 		tasks:          int(med(func(s benchSample) float64 { return float64(s.tasks) })),
 	}, true
+}
+
+// benchStamp is the line that heads each table a benchmark writes: the
+// day (UTC) and the commit measured, "+dirty" when the tree had changes,
+// so a figure copied to docs/BENCHMARKS.md keeps where it came from.
+func benchStamp() string {
+	rev := "unknown"
+	if out, err := exec.Command("git", "-C", repoRoot(), "rev-parse", "--short", "HEAD").Output(); err == nil {
+		rev = strings.TrimSpace(string(out))
+		if st, err := exec.Command("git", "-C", repoRoot(), "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+			rev += "+dirty"
+		}
+	}
+	return fmt.Sprintf("\nmeasured %s, commit %s\n", time.Now().UTC().Format("2006-01-02"), rev)
 }
 
 // benchTable renders the medians as the markdown table docs/BENCHMARKS.md carries.
@@ -499,4 +513,12 @@ func failureLines(out string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// TestBenchStamp: every table make bench writes names its day and commit
+// ("unknown" outside a git checkout).
+func TestBenchStamp(t *testing.T) {
+	if got := benchStamp(); !regexp.MustCompile(`^\nmeasured \d{4}-\d\d-\d\d, commit ([0-9a-f]+(\+dirty)?|unknown)\n$`).MatchString(got) {
+		t.Errorf("benchStamp() = %q", got)
+	}
 }

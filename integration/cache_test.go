@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // TestBecomeUnsafeAgentCache: the login user's agent cache made writable
@@ -32,11 +33,11 @@ func TestBecomeUnsafeAgentCache(t *testing.T) {
 	g2 := startGomux(t, lab, gomuxOptions{Upstream: "  warm_python: true\n  warm_python_idle: 15s\n"})
 	sameAsDirect(t, lab, g2, becomePlay(t, dir, "mixed-login", "", 1), "ANSIBLE_PIPELINING=True")
 	sameAsDirect(t, lab, g2, becomePlay(t, dir, "mixed-root", "root", 1), "ANSIBLE_PIPELINING=True")
-	ev := g2.Events("agent_cache_unsafe")
+	ev := g2.Events(proxy.EventAgentCacheUnsafe)
 	if len(ev) != 1 || !strings.Contains(ev[0]["reason"].(string), "writable by others") {
 		t.Fatalf("agent_cache_unsafe events %v\n%s", ev, g2.Log())
 	}
-	if len(g2.Events("agent_upload")) != 1 || len(g2.Events("agent_fallback")) != 0 {
+	if len(g2.Events(proxy.EventAgentUpload)) != 1 || len(g2.Events(proxy.EventAgentFallback)) != 0 {
 		t.Fatalf("want one upload and no fallback:\n%s", g2.Log())
 	}
 	st, err := os.Lstat(cache)
@@ -47,7 +48,7 @@ func TestBecomeUnsafeAgentCache(t *testing.T) {
 		t.Fatalf("the upload kept a file from the open cache")
 	}
 	warm := 0
-	for _, e := range g2.Events("channel") {
+	for _, e := range g2.Events(proxy.EventChannel) {
 		if e["warm"] == true {
 			warm++
 		}

@@ -25,6 +25,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // result is what a client observes of one ssh run.
@@ -212,7 +213,7 @@ func TestCore(t *testing.T) {
 		if longRes.Code != 0 || longRes.Stdout != "still-alive\n" {
 			t.Errorf("other session disturbed: %+v", longRes)
 		}
-		if !hasEvent(g, "front_auth", "accepted", false) {
+		if !hasEvent(g, proxy.EventFrontAuth, "accepted", false) {
 			t.Errorf("no front_auth rejection logged")
 		}
 	})
@@ -225,7 +226,7 @@ func TestCore(t *testing.T) {
 		if got.Code != 255 || !strings.Contains(got.Stderr, "may not reach") {
 			t.Errorf("outside target: %+v", got)
 		}
-		if !hasEvent(g2, "forward", "result", "denied") {
+		if !hasEvent(g2, proxy.EventForward, "result", "denied") {
 			t.Errorf("no denial logged")
 		}
 		if r := runCmd(g2.SSH(ctx, host, "echo ok"), nil); r.Stdout != "ok\n" {
@@ -244,7 +245,7 @@ func TestCore(t *testing.T) {
 		if got.Code != 255 || !strings.Contains(got.Stderr, "does not match") {
 			t.Errorf("mismatching target key: %+v", got)
 		}
-		if !hasEvent(g2, "upstream_connect", "", nil) {
+		if !hasEvent(g2, proxy.EventUpstreamConnect, "", nil) {
 			t.Errorf("no upstream_connect failure logged")
 		}
 	})
@@ -273,10 +274,10 @@ func TestCore(t *testing.T) {
 		if r := runCmd(g2.SSH(ctx, host, "echo warm"), nil); r.Stdout != "warm\n" {
 			t.Fatalf("second gomux: %+v", r)
 		}
-		if len(g2.Events("agent_upload")) != 0 {
+		if len(g2.Events(proxy.EventAgentUpload)) != 0 {
 			t.Errorf("second gomux uploaded the agent again")
 		}
-		if !hasEvent(g2, "agent_start", "uploaded", false) {
+		if !hasEvent(g2, proxy.EventAgentStart, "uploaded", false) {
 			t.Errorf("no agent_start without upload logged:\n%s", g2.Log())
 		}
 	})

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // TestDifferential is the rule "what Ansible observes is exactly what it
@@ -102,7 +103,7 @@ func TestDifferential(t *testing.T) {
 		}
 		// The runs through gomux went through the shim, not around it.
 		steps := map[string]int{}
-		for _, e := range g.Events("channel") {
+		for _, e := range g.Events(proxy.EventChannel) {
 			if st, ok := e["step"].(string); ok {
 				steps[st]++
 			}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // faultPlay is one run of testdata/faults.yml through gomux while a test
@@ -207,7 +208,7 @@ func TestFaultsMidPlay(t *testing.T) {
 						f.lift()
 					}
 					fp.finish()
-					if f.byKeepalive && len(g.Events("upstream_keepalive_timeout")) == 0 {
+					if f.byKeepalive && len(g.Events(proxy.EventUpstreamKeepaliveTimeout)) == 0 {
 						t.Errorf("the dead path was not noticed by keepalive")
 					}
 				})
@@ -242,7 +243,7 @@ func TestFaultsMidPlay(t *testing.T) {
 				case <-time.After(30 * time.Second):
 					t.Errorf("the old gomux did not exit after its drain")
 				}
-				if len(g2.Events("inner_connect")) == 0 {
+				if len(g2.Events(proxy.EventInnerConnect)) == 0 {
 					t.Errorf("the task after the drain did not reach the new gomux")
 				}
 			})

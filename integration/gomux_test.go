@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // gomuxBinary is built once per test binary, with the agents embedded.
@@ -314,6 +315,12 @@ func (g *Gomux) Events(name string) []map[string]any {
 	return out
 }
 
+// eventTag is how an event's name appears in a JSON log line, for tests
+// that count or find lines by it.
+func eventTag(name string) string {
+	return `"event":"` + name + `"`
+}
+
 // SSH returns a real ssh client going through gomux to target.
 func (g *Gomux) SSH(ctx context.Context, target string, args ...string) *exec.Cmd {
 	a := append([]string{"-F", g.SSHConfig, "-J", "gomux", target}, args...)
@@ -368,7 +375,7 @@ func (g *Gomux) CPU() time.Duration {
 // reached the target so far (the counters are cumulative per target).
 func (g *Gomux) RoundTrips() int64 {
 	last := map[string]float64{}
-	for _, e := range g.Events("channel") {
+	for _, e := range g.Events(proxy.EventChannel) {
 		rt, ok := e["round_trips"].(float64)
 		if !ok {
 			continue

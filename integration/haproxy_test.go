@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // The addresses of the balancer tests: clients connect to haproxy from
@@ -221,7 +222,7 @@ func TestOpsHAProxy(t *testing.T) {
 			t.Fatalf("ssh through haproxy: %+v", r)
 		}
 	}
-	if na, nb := len(a.Events("inner_connect")), len(b.Events("inner_connect")); na == 0 || nb == 0 {
+	if na, nb := len(a.Events(proxy.EventInnerConnect)), len(b.Events(proxy.EventInnerConnect)); na == 0 || nb == 0 {
 		t.Errorf("inner sessions: %d on replica a, %d on b; round robin should use both", na, nb)
 	}
 
@@ -247,7 +248,7 @@ func TestOpsHAProxy(t *testing.T) {
 	// send-proxy-v2) reach gomux as PROXY v2 LOCAL headers, which keep
 	// the balancer's address and are not refused.
 	for _, g := range []*Gomux{a, b} {
-		waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "proxy_protocol", "local", true) })
+		waitFor(t, 20*time.Second, func() bool { return hasEvent(g, proxy.EventProxyProtocol, "local", true) })
 	}
 }
 
@@ -267,14 +268,14 @@ func checkHAProxyAudit(t *testing.T, lab *harness.Lab, a, b *Gomux) {
 		}
 		for _, e := range all {
 			src, ok := e["source"].(string)
-			if !ok || e["event"] == "front_noise" || e["event"] == "reload" {
+			if !ok || e["event"] == proxy.EventFrontNoise || e["event"] == proxy.EventReload {
 				continue
 			}
 			lines++
 			if !strings.HasPrefix(src, clientAddr+":") {
 				t.Errorf("replica %d: audit line with source %s, want the client's %s: %v", i, src, clientAddr, e)
 			}
-			if e["event"] != "front_auth" {
+			if e["event"] != proxy.EventFrontAuth {
 				continue
 			}
 			switch {
@@ -321,7 +322,7 @@ func TestOpsHAProxyPlaybook(t *testing.T) {
 		t.Errorf("replica b served nothing after replica a drained")
 	}
 	t.Logf("direct %v, through haproxy %v; replica a drained after %d inner sessions, b served %d after",
-		direct.Wall.Round(time.Millisecond), via.Wall.Round(time.Millisecond), len(a.Events("inner_connect")), served)
+		direct.Wall.Round(time.Millisecond), via.Wall.Round(time.Millisecond), len(a.Events(proxy.EventInnerConnect)), served)
 }
 
 // playAndDrain runs the seed playbook through old and new, and sends old
@@ -344,9 +345,9 @@ func playAndDrain(ctx context.Context, t *testing.T, lab *harness.Lab, old, new 
 			// Drain once old has served a good part of the play and has
 			// an inner session open (a step in flight) as far as its log
 			// says.
-			opened, closed := len(old.Events("inner_connect")), len(old.Events("inner_disconnect"))
-			if !drained && opened >= 20 && opened > closed && len(new.Events("inner_connect")) > 0 {
-				before = len(new.Events("inner_connect"))
+			opened, closed := len(old.Events(proxy.EventInnerConnect)), len(old.Events(proxy.EventInnerDisconnect))
+			if !drained && opened >= 20 && opened > closed && len(new.Events(proxy.EventInnerConnect)) > 0 {
+				before = len(new.Events(proxy.EventInnerConnect))
 				must(t, old.cmd.Process.Signal(syscall.SIGTERM))
 				drained = true
 				t.Logf("SIGTERM to the replica on %s after %d inner sessions there, %d of them open", old.Addr, opened, opened-closed)
@@ -369,7 +370,7 @@ func playAndDrain(ctx context.Context, t *testing.T, lab *harness.Lab, old, new 
 	log := old.Log()
 	if i := strings.Index(log, `"message":"draining"`); i >= 0 {
 		t.Logf("on the draining replica after SIGTERM: %d channels ended with their exit status, %d inner sessions closed",
-			strings.Count(log[i:], `"event":"channel"`), strings.Count(log[i:], `"event":"inner_disconnect"`))
+			strings.Count(log[i:], eventTag(proxy.EventChannel)), strings.Count(log[i:], eventTag(proxy.EventInnerDisconnect)))
 	}
-	return run, len(new.Events("inner_connect")) - before
+	return run, len(new.Events(proxy.EventInnerConnect)) - before
 }

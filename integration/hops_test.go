@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // startBanner serves a one-line banner on addr inside target's namespace:
@@ -44,7 +45,7 @@ while True:
 // for from inside a session.
 func innerForwards(g *Gomux, target, result string) int {
 	n := 0
-	for _, e := range g.Events("forward") {
+	for _, e := range g.Events(proxy.EventForward) {
 		if e["via"] == "inner" && e["target"] == target && e["result"] == result {
 			n++
 		}
@@ -115,7 +116,7 @@ func TestHopsDecidedAsFront(t *testing.T) {
 			t.Errorf("the hop to B inside A's session was not terminated by gomux")
 		}
 		denied := false
-		for _, e := range g.Events("inner_auth") {
+		for _, e := range g.Events(proxy.EventInnerAuth) {
 			if e["remote_user"] == "root" && e["target"] == b22 && e["result"] == "denied" {
 				denied = true
 			}
@@ -131,11 +132,11 @@ func TestHopsDecidedAsFront(t *testing.T) {
 			t.Fatalf("ssh -J gomux,A B as %s: %+v", lab.User, r)
 		}
 		// Served from gomux's own upstream to B, as `-J gomux B` is.
-		if !hasEvent(g, "upstream_connect", "target", b22) {
+		if !hasEvent(g, proxy.EventUpstreamConnect, "target", b22) {
 			t.Errorf("gomux made no upstream connection of its own to B")
 		}
 		accepted := false
-		for _, e := range g.Events("inner_auth") {
+		for _, e := range g.Events(proxy.EventInnerAuth) {
 			if e["target"] == b22 && e["remote_user"] == lab.User && e["result"] == "accepted" {
 				accepted = true
 			}
@@ -236,7 +237,7 @@ func TestHopsPolicyReachesOpenConnections(t *testing.T) {
 
 	must(t, os.WriteFile(cfgPath, []byte(strings.Replace(orig, withBob, rule(lab.User), 1)), 0o600))
 	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "result", "ok") })
+	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, proxy.EventReload, "result", "ok") })
 	// The recheck interval is the default, 15 s: the reload itself must
 	// close bob's master, well before.
 	select {
@@ -248,10 +249,10 @@ func TestHopsPolicyReachesOpenConnections(t *testing.T) {
 	if r := viaMaster("echo after"); r.Stdout == "after\n" {
 		t.Errorf("bob ran a command after his removal: %+v", r)
 	}
-	if !hasEvent(g, "policy_revoked", "user", "bob") {
+	if !hasEvent(g, proxy.EventPolicyRevoked, "user", "bob") {
 		t.Errorf("no policy_revoked event naming bob")
 	}
-	if hasEvent(g, "policy_revoked", "user", lab.User) {
+	if hasEvent(g, proxy.EventPolicyRevoked, "user", lab.User) {
 		t.Errorf("the lab user's session was cut though the rule still allows it")
 	}
 	rest, _ := io.ReadAll(br)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/internal/sftptest"
+	"github.com/gomux/gomux/proxy"
 )
 
 // rawFront logs in to gomux's front with golang.org/x/crypto/ssh as
@@ -229,11 +230,11 @@ func TestHostileSFTPOffsets(t *testing.T) {
 		t.Fatalf("exec after hostile writes: %q", got)
 	}
 	assertServing(t, g, target)
-	if len(g.Events("sftp_bad_request")) == 0 {
+	if len(g.Events(proxy.EventSFTPBadRequest)) == 0 {
 		t.Errorf("no sftp_bad_request log line")
 	}
-	if len(g.Events("panic")) != 0 {
-		t.Errorf("a panic was contained, none should happen: %v", g.Events("panic"))
+	if len(g.Events(proxy.EventPanic)) != 0 {
+		t.Errorf("a panic was contained, none should happen: %v", g.Events(proxy.EventPanic))
 	}
 	execOn(t, inner, "rm -rf "+dir+" hostile-"+id)
 }
@@ -325,7 +326,7 @@ func TestHostileUnauthenticated(t *testing.T) {
 	}
 	t.Logf("all 500 closed by gomux %v after they opened (login_grace_time 5s)", time.Since(start).Round(100*time.Millisecond))
 	// (gomux's log is read asynchronously: the last lines may lag.)
-	waitFor(t, 30*time.Second, func() bool { return len(g.Events("login_grace")) >= 500 })
+	waitFor(t, 30*time.Second, func() bool { return len(g.Events(proxy.EventLoginGrace)) >= 500 })
 	assertServing(t, g, target)
 	after := gomuxRSS(t, g)
 
@@ -360,7 +361,7 @@ func TestHostileUnauthenticated(t *testing.T) {
 	if dropped < 200 || dropped == len(burst) {
 		t.Errorf("%d of %d from one source dropped, want the 200 past its cap of 100", dropped, len(burst))
 	}
-	waitFor(t, 30*time.Second, func() bool { return len(g.Events("limit")) >= 200 })
+	waitFor(t, 30*time.Second, func() bool { return len(g.Events(proxy.EventLimit)) >= 200 })
 	assertServing(t, g, target)
 
 	// A logged-in client's forward that never starts its inner login is
@@ -484,8 +485,8 @@ func TestHostileChannelCaps(t *testing.T) {
 			t.Errorf("another person's playbook (pipelining=%s) while mallory is at her caps: %v\n%s", pipelining, r.Err, r.Output)
 		}
 	}
-	if len(g.Events("limit")) < 3 {
-		t.Errorf("refusals not logged: %d limit events", len(g.Events("limit")))
+	if len(g.Events(proxy.EventLimit)) < 3 {
+		t.Errorf("refusals not logged: %d limit events", len(g.Events(proxy.EventLimit)))
 	}
 	// Closing frees the slots: mallory may open a session again.
 	sessions[0].Close()

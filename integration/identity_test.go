@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // identityLab is one gomux set up as a shared bastion: a key file per
@@ -135,7 +136,7 @@ func (x *identityLab) ssh(ctx context.Context, cfg string, args ...string) resul
 // logins counts successful front logins logged for user.
 func (x *identityLab) logins(user string) []map[string]any {
 	var out []map[string]any
-	for _, e := range x.g.Events("front_auth") {
+	for _, e := range x.g.Events(proxy.EventFrontAuth) {
 		if e["accepted"] == true && e["user"] == user {
 			out = append(out, e)
 		}
@@ -175,7 +176,7 @@ func TestIdentity(t *testing.T) {
 		alice, bob := x.keygen("alice"), x.keygen("bob")
 		x.authorize("alice", alice)
 		x.authorize("bob", bob)
-		before := len(x.g.Events("front_auth"))
+		before := len(x.g.Events(proxy.EventFrontAuth))
 		// bob's key claiming alice's name.
 		if r := x.ssh(ctx, x.config("bob-as-alice", "alice", bob), "echo in"); !denied(r) {
 			t.Fatalf("bob's key as alice@gomux: %+v", r)
@@ -192,7 +193,7 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("bob's login events: %v", ls)
 		}
 		var inner int
-		for _, e := range x.g.Events("inner_auth") {
+		for _, e := range x.g.Events(proxy.EventInnerAuth) {
 			if e["user"] == "bob" && e["result"] == "accepted" && e["remote_user"] == x.lab.User {
 				inner++
 			}
@@ -200,7 +201,7 @@ func TestIdentity(t *testing.T) {
 		if inner != 1 {
 			t.Errorf("%d inner logins logged for bob, want 1", inner)
 		}
-		if len(x.g.Events("front_auth")) == before {
+		if len(x.g.Events(proxy.EventFrontAuth)) == before {
 			t.Errorf("the refused attempt was not logged")
 		}
 	})
@@ -221,7 +222,7 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("a key query was logged as a login: %v", ls)
 		}
 		offered := false
-		for _, e := range x.g.Events("front_auth_offer") {
+		for _, e := range x.g.Events(proxy.EventFrontAuthOffer) {
 			offered = offered || e["user"] == "carol"
 		}
 		if !offered {
@@ -347,7 +348,7 @@ func TestIdentity(t *testing.T) {
 			// gomux logs before it closes, but its log is read from a pipe
 			// that may lag the client's exit a little.
 			logged := func() bool {
-				for _, e := range x.g.Events("front_revoked") {
+				for _, e := range x.g.Events(proxy.EventFrontRevoked) {
 					if e["user"] == c.person && strings.Contains(fmt.Sprint(e["reason"]), c.reason) {
 						return true
 					}
@@ -372,13 +373,13 @@ func TestIdentity(t *testing.T) {
 		// The jump leg is frank's; the inner login offers grace's key,
 		// which gomux knows (for grace).
 		inner := x.config("grace-inner", "grace", grace)
-		proxy := fmt.Sprintf("ProxyCommand=ssh -F %s -W %%h:%%p gomux", jump)
-		r := runCmd(exec.CommandContext(ctx, "ssh", "-F", inner, "-o", proxy, x.lab.Targets[0].Addr, "echo in"), nil)
+		proxyCmd := fmt.Sprintf("ProxyCommand=ssh -F %s -W %%h:%%p gomux", jump)
+		r := runCmd(exec.CommandContext(ctx, "ssh", "-F", inner, "-o", proxyCmd, x.lab.Targets[0].Addr, "echo in"), nil)
 		if !denied(r) {
 			t.Fatalf("inner login with another key than the front one: %+v", r)
 		}
 		var refused bool
-		for _, e := range x.g.Events("inner_auth") {
+		for _, e := range x.g.Events(proxy.EventInnerAuth) {
 			refused = refused || (e["user"] == "frank" && e["accepted"] == false && e["fingerprint"] == fingerprint(t, grace+".pub"))
 		}
 		if !refused {
@@ -386,7 +387,7 @@ func TestIdentity(t *testing.T) {
 		}
 		// The same shape with the front key works: the refusal is the key.
 		inner = x.config("frank-inner", "frank", frank)
-		if r := runCmd(exec.CommandContext(ctx, "ssh", "-F", inner, "-o", proxy, x.lab.Targets[0].Addr, "echo in"), nil); r.Code != 0 || r.Stdout != "in\n" {
+		if r := runCmd(exec.CommandContext(ctx, "ssh", "-F", inner, "-o", proxyCmd, x.lab.Targets[0].Addr, "echo in"), nil); r.Code != 0 || r.Stdout != "in\n" {
 			t.Fatalf("inner login with the front key: %+v", r)
 		}
 	})
@@ -405,7 +406,7 @@ func TestIdentity(t *testing.T) {
 			t.Fatalf("sftp: %+v", r)
 		}
 		ops := map[string]bool{}
-		for _, e := range x.g.Events("sftp") {
+		for _, e := range x.g.Events(proxy.EventSFTP) {
 			if strings.Contains(fmt.Sprint(e["path"]), name) && e["user"] == x.lab.User {
 				ops[fmt.Sprint(e["op"])] = true
 			}
@@ -424,7 +425,7 @@ func TestIdentity(t *testing.T) {
 			t.Fatalf("exit 3: %+v", r)
 		}
 		var found bool
-		for _, e := range x.g.Events("channel") {
+		for _, e := range x.g.Events(proxy.EventChannel) {
 			found = found || (e["command"] == "exit 3" && e["exit_status"] == float64(3) && e["user"] == x.lab.User &&
 				e["bytes_out"] != nil && e["duration"] != nil)
 		}
@@ -494,7 +495,7 @@ func TestIdentity(t *testing.T) {
 			t.Fatalf("keyless login: %+v", r)
 		}
 		logged := func() bool {
-			for _, e := range x.g.Events("front_auth") {
+			for _, e := range x.g.Events(proxy.EventFrontAuth) {
 				if e["user"] == "mallory-keyless" && e["accepted"] == false && e["reason"] == "no public key offered" &&
 					e["source"] != nil {
 					return true
@@ -533,7 +534,7 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("recording does not end with the limit marker: %q (%v)", lines[len(lines)-1], err)
 		}
 		var warned bool
-		for _, e := range x.g.Events("recording") {
+		for _, e := range x.g.Events(proxy.EventRecording) {
 			warned = warned || (e["level"] == "warn" && e["recording"] == p && e["limit_mib"] == float64(1))
 		}
 		if !warned {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // unreadFlood is one person's attack on gomux's memory: masters
@@ -69,7 +70,7 @@ func startUnreadFlood(ctx context.Context, t *testing.T, g *Gomux, person, targe
 // refusals are gomux's limit events for person, with their messages.
 func refusals(g *Gomux, person string) (n int, why map[string]bool) {
 	why = map[string]bool{}
-	for _, e := range g.Events("limit") {
+	for _, e := range g.Events(proxy.EventLimit) {
 		if e["user"] == person {
 			n++
 			why[fmt.Sprint(e["error"])] = true

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // scrape fetches gomux's /metrics.
@@ -200,7 +201,7 @@ func TestOpsReload(t *testing.T) {
 	}
 	must(t, os.WriteFile(cfgPath, []byte(denied), 0o600))
 	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "result", "ok") })
+	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, proxy.EventReload, "result", "ok") })
 
 	r := runCmd(g.SSHVerbose(ctx, t0.Addr, "echo in"), nil)
 	if r.Code == 0 || !strings.Contains(r.Stderr, "may not reach") {
@@ -223,8 +224,8 @@ func TestOpsReload(t *testing.T) {
 	// An invalid file: logged, refused, the deny rule stays in force.
 	must(t, os.WriteFile(cfgPath, []byte(denied+"  - hosts: [\"x\"]\n    mode: sideways\n"), 0o600))
 	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "result", "failed") })
-	for _, e := range g.Events("reload") {
+	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, proxy.EventReload, "result", "failed") })
+	for _, e := range g.Events(proxy.EventReload) {
 		if e["result"] == "failed" && !strings.Contains(fmt.Sprint(e["error"]), "sideways") {
 			t.Errorf("reload failure does not say why: %v", e)
 		}
@@ -239,7 +240,7 @@ func TestOpsReload(t *testing.T) {
 	// A config file change alone reloads too (no signal): t0 back.
 	oks := func() int {
 		n := 0
-		for _, e := range g.Events("reload") {
+		for _, e := range g.Events(proxy.EventReload) {
 			if e["result"] == "ok" && e["trigger"] == "config file changed" {
 				n++
 			}
@@ -250,7 +251,7 @@ func TestOpsReload(t *testing.T) {
 	// the one that puts orig back: its failed reload is logged after any
 	// earlier one of the watcher's (reloads run one at a time).
 	waitFor(t, 20*time.Second, func() bool {
-		for _, e := range g.Events("reload") {
+		for _, e := range g.Events(proxy.EventReload) {
 			if e["result"] == "failed" && e["trigger"] == "config file changed" {
 				return true
 			}
@@ -384,7 +385,7 @@ func TestOpsProxyProtocol(t *testing.T) {
 	cfg := readFile(t, cfgPath)
 	must(t, os.WriteFile(cfgPath, []byte(strings.Replace(cfg, "auth:\n", "auth:\n  user_ca_keys: ["+ca+".pub]\n", 1)), 0o600))
 	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "result", "ok") })
+	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, proxy.EventReload, "result", "ok") })
 
 	var clientPort atomic.Int64
 	lb := startBalancer(t, "127.0.0.2", func(c net.Conn) netip.AddrPort {
@@ -401,7 +402,7 @@ func TestOpsProxyProtocol(t *testing.T) {
 		t.Fatalf("ssh through the balancer: %+v\n%s", r, g.Log())
 	}
 	certOK := false
-	for _, e := range g.Events("front_auth") {
+	for _, e := range g.Events(proxy.EventFrontAuth) {
 		src := fmt.Sprint(e["source"])
 		if strings.HasPrefix(src, "127.0.0.2") {
 			t.Errorf("front_auth logged the balancer's address: %v", e)
@@ -413,7 +414,7 @@ func TestOpsProxyProtocol(t *testing.T) {
 	if !certOK {
 		t.Errorf("no accepted login from the real client %s in the log:\n%s", realClient, g.Log())
 	}
-	if !strings.Contains(g.Log(), `"event":"forward","result":"accelerated"`) && !strings.Contains(g.Log(), `"source":"`+realClient) {
+	if !strings.Contains(g.Log(), eventTag(proxy.EventForward)+`,"result":"accelerated"`) && !strings.Contains(g.Log(), `"source":"`+realClient) {
 		t.Errorf("forward not logged with the real client")
 	}
 
@@ -422,7 +423,7 @@ func TestOpsProxyProtocol(t *testing.T) {
 	direct := writeSSHConfig(t, t.TempDir(), lab, g.KnownHosts, certHead(g.Port))
 	runCmd(exec.CommandContext(ctx, "ssh", "-F", direct, "-J", "gomux", tgt.Addr, "true"), nil)
 	refused := false
-	for _, e := range g.Events("front_auth") {
+	for _, e := range g.Events(proxy.EventFrontAuth) {
 		if strings.HasPrefix(fmt.Sprint(e["source"]), "127.0.0.1:") && e["accepted"] == false &&
 			strings.Contains(fmt.Sprint(e["error"], e["reason"]), "source address 127.0.0.1 not allowed") {
 			refused = true
@@ -446,7 +447,7 @@ func TestOpsProxyProtocol(t *testing.T) {
 	if strings.Contains(string(got), "SSH-2.0-gomux\r\n") && len(got) > len("SSH-2.0-gomux\r\n")+2000 {
 		t.Errorf("spoofed header: the handshake went on: %q", got)
 	}
-	waitFor(t, 10*time.Second, func() bool { return hasEvent(g, "proxy_protocol", "result", "untrusted") })
+	waitFor(t, 10*time.Second, func() bool { return hasEvent(g, proxy.EventProxyProtocol, "result", "untrusted") })
 	if strings.Contains(g.Log(), `"source":"203.0.113.9`) {
 		t.Errorf("the spoofed address reached the log as a source")
 	}
@@ -456,7 +457,7 @@ func TestOpsProxyProtocol(t *testing.T) {
 	if r := runCmd(exec.CommandContext(ctx, "ssh", "-F", bare.sshConfig(t, lab, g.KnownHosts), "-J", "gomux", tgt.Addr, "true"), nil); r.Code == 0 {
 		t.Errorf("a connection from the balancer without a PROXY header was served")
 	}
-	waitFor(t, 10*time.Second, func() bool { return hasEvent(g, "proxy_protocol", "result", "missing") })
+	waitFor(t, 10*time.Second, func() bool { return hasEvent(g, proxy.EventProxyProtocol, "result", "missing") })
 }
 
 // TestOpsReplicas runs the seed playbook against two gomux replicas that
@@ -491,7 +492,7 @@ func TestOpsReplicas(t *testing.T) {
 	if via.Err != nil || via.recapString() != direct.recapString() {
 		t.Fatalf("through two replicas:\n%s\nwant:\n%s\n%s", via.recapString(), direct.recapString(), via.Output)
 	}
-	na, nb := len(a.Events("inner_connect")), len(b.Events("inner_connect"))
+	na, nb := len(a.Events(proxy.EventInnerConnect)), len(b.Events(proxy.EventInnerConnect))
 	if na == 0 || nb == 0 {
 		t.Errorf("inner sessions: %d on replica a, %d on replica b; want both to serve", na, nb)
 	}

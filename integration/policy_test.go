@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // policyLab is three targets with names gomux (alone) resolves through its
@@ -103,7 +104,7 @@ func stdioForward(ctx context.Context, g *Gomux, dest string) result {
 // decisions returns gomux's policy_decision events for a requested host.
 func decisions(g *Gomux, via, requested string) []map[string]any {
 	var out []map[string]any
-	for _, e := range g.Events("policy_decision") {
+	for _, e := range g.Events(proxy.EventPolicyDecision) {
 		if e["via"] == via && e["requested"] == requested {
 			out = append(out, e)
 		}
@@ -294,7 +295,7 @@ func TestPolicyAttacks(t *testing.T) {
 		if r.Code != 255 || !strings.Contains(r.Stderr, "may not log in") {
 			t.Errorf("root@allowed.lab: %+v", r)
 		}
-		if !hasEvent(g, "inner_auth", "remote_user", "root") {
+		if !hasEvent(g, proxy.EventInnerAuth, "remote_user", "root") {
 			t.Errorf("no inner_auth denial for root logged")
 		}
 		// root-ok.lab lists root: policy lets it through to the target,
@@ -304,7 +305,7 @@ func TestPolicyAttacks(t *testing.T) {
 			t.Errorf("root@root-ok.lab: %+v", r)
 		}
 		tried := false
-		for _, e := range g.Events("upstream_connect") {
+		for _, e := range g.Events(proxy.EventUpstreamConnect) {
 			if e["remote_user"] == "root" && e["target"] == "root-ok.lab:22" {
 				tried = true
 			}
@@ -360,7 +361,7 @@ func TestPolicyUpstreamUserCA(t *testing.T) {
 	if log := p.t0.SSHDLog(); !strings.Contains(log, want) {
 		t.Errorf("t0's sshd log does not name the person (%q):\n%s", want, log)
 	}
-	if !hasEvent(g, "upstream_connect", "person", p.lab.User) {
+	if !hasEvent(g, proxy.EventUpstreamConnect, "person", p.lab.User) {
 		t.Errorf("upstream connection not keyed by person")
 	}
 	// A forward rule applies to this person: the certificate permits

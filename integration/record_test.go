@@ -12,6 +12,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // casts lists the recordings in dir.
@@ -90,7 +91,7 @@ func TestRecordingsWithoutHoles(t *testing.T) {
 			lines := auditLines(t, auditPath)
 			checkAuditSchema(t, lines)
 			results := map[any]int{}
-			for _, e := range lines["recording"] {
+			for _, e := range lines[proxy.EventRecording] {
 				results[e["result"]]++
 			}
 			if results["started"] != 2 || results["stopped"] != 2 {
@@ -131,7 +132,7 @@ func TestRecordingRequired(t *testing.T) {
 				if r := runCmd(g.SSH(ctx, tg.Addr, "echo plain"), nil); r.Stdout != "plain\n" {
 					t.Errorf("plain exec (agent section %q): %+v", upstream, r)
 				}
-				if !hasEvent(g, "recording", "result", "refused") {
+				if !hasEvent(g, proxy.EventRecording, "result", "refused") {
 					t.Errorf("no recording refusal logged")
 				}
 			}

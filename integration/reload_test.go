@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // TestReloadRecordDir: the operator turns recording on and sends SIGHUP.
@@ -26,7 +27,7 @@ func TestReloadRecordDir(t *testing.T) {
 	cfgPath := filepath.Join(g.Dir, "gomux.yaml")
 	must(t, os.WriteFile(cfgPath, []byte(readFile(t, cfgPath)+"audit:\n  record_dir: "+casts+"\n"), 0o600))
 	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, "reload", "result", "ok") })
+	waitFor(t, 20*time.Second, func() bool { return hasEvent(g, proxy.EventReload, "result", "ok") })
 	if r := runCmd(g.SSH(ctx, tg.Addr, "-tt", "echo recorded-after-reload"), nil); r.Code != 0 {
 		t.Fatalf("pty session: %+v", r)
 	}
@@ -75,14 +76,14 @@ func TestReloadHalfWrittenFile(t *testing.T) {
 		must(t, f.Truncate(int64(len(content))))
 		must(t, f.Close())
 		want := n + 1
-		waitFor(t, 20*time.Second, func() bool { return len(g.Events("reload")) >= want })
+		waitFor(t, 20*time.Second, func() bool { return len(g.Events(proxy.EventReload)) >= want })
 		// The reload came at a poll: the next half is written between
 		// two, where a watcher that reloads at the first sight of a
 		// change would read it.
 		time.Sleep(time.Second)
 	}
 	time.Sleep(5 * time.Second) // any late reload of a half shows now
-	evs := g.Events("reload")
+	evs := g.Events(proxy.EventReload)
 	if len(evs) != rounds {
 		t.Errorf("%d reloads for %d rewrites: %v", len(evs), rounds, evs)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // BenchmarkRoundTrips measures round trips per task from outside: each
@@ -110,7 +111,7 @@ func BenchmarkRoundTrips(b *testing.B) {
 					lab.Targets[0].Relay.SetRTT(d)
 					before, seen := int64(0), 0
 					if g != nil {
-						before, seen = g.RoundTrips(), len(g.Events("channel"))
+						before, seen = g.RoundTrips(), len(g.Events(proxy.EventChannel))
 					}
 					res := runPlaybookOpts(ctx, b, lab, g, playbookPath(playbook), playOpts{
 						env:  m.env,
@@ -123,7 +124,7 @@ func BenchmarkRoundTrips(b *testing.B) {
 					out := run{wall: res.Wall, tasks: rc.sum("ok")}
 					if g != nil {
 						out.counted = g.RoundTrips() - before
-						out.runMedian = medianF(runDurations(g.Events("channel")[seen:]))
+						out.runMedian = medianF(runDurations(g.Events(proxy.EventChannel)[seen:]))
 					}
 					return out, nil
 				}
@@ -172,6 +173,7 @@ func BenchmarkRoundTrips(b *testing.B) {
 		}
 	}
 	var t strings.Builder
+	t.WriteString(benchStamp())
 	fmt.Fprintf(&t, "\nround trips per task, measured from outside: latency.yml (40 tasks) and latency-1.yml (its first task), 1 target, each at RTT 0 and RTT %v; "+
 		"per task = (wall40 at %v - wall40 at 0) / %v / 40; marginal = ((wall40 at %v - wall40 at 0) - (wall1 at %v - wall1 at 0)) / %v / 39; %d cores, median of %d\n\n",
 		rtt, rtt, rtt, rtt, rtt, rtt, runtime.NumCPU(), reps)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // rulesLab is two targets with names only gomux resolves: gmxok1.lab is
@@ -60,8 +61,9 @@ func serveExit(t *testing.T, body string) result {
 
 // TestRules attacks the rules themselves with the real ssh client: a
 // wildcard stretched across a person's own DNS name, a list emptied in the
-// file, a rule silent on remote users, a revocation file gone missing, a
-// trusted balancer network a person could send from; and checks that
+// file, a rule silent on remote users, a splice rule naming a credential,
+// a revocation file gone missing, a trusted balancer network a person
+// could send from; and checks that
 // `gomux ca -hosts` trusts the CA for the rules' names only.
 func TestRules(t *testing.T) {
 	r := startRulesLab(t)
@@ -110,6 +112,16 @@ func TestRules(t *testing.T) {
 		}
 	})
 
+	t.Run("splice-rule-with-credential-exits-2", func(t *testing.T) {
+		// A spliced connection is the client's own login: a credential
+		// there would read as "gomux logs in with legacy" and do nothing.
+		res := serveExit(t, "upstream:\n  credentials:\n    legacy: {identity_files: [/nonexistent/key]}\n"+
+			"targets:\n  - hosts: [legacy]\n    mode: splice\n    credential: legacy\n")
+		if res.Code != 2 || !strings.Contains(res.Stderr, "targets[0].credential: a splice rule") {
+			t.Errorf("gomux serve with a splice rule naming a credential: %+v", res)
+		}
+	})
+
 	t.Run("emptied-users-reload-refused", func(t *testing.T) {
 		// Before: a users: list that lost its last entry loaded as "any
 		// person", so mallory got in after the reload.
@@ -133,8 +145,8 @@ func TestRules(t *testing.T) {
 		}
 		must(t, os.WriteFile(cfgPath, []byte(emptied), 0o600))
 		must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-		waitFor(t, 20*time.Second, func() bool { return len(g.Events("reload")) > 0 })
-		for _, e := range g.Events("reload") {
+		waitFor(t, 20*time.Second, func() bool { return len(g.Events(proxy.EventReload)) > 0 })
+		for _, e := range g.Events(proxy.EventReload) {
 			if e["result"] == "ok" {
 				t.Errorf("the emptied users list was applied: %v", e)
 			}
@@ -175,7 +187,7 @@ func TestRules(t *testing.T) {
 			t.Errorf("login with revoked_keys missing: %+v", res)
 		}
 		found := false
-		for _, e := range g.Events("front_auth") {
+		for _, e := range g.Events(proxy.EventFrontAuth) {
 			found = found || (e["result"] == "refused" && strings.Contains(fmt.Sprint(e["reason"], e["error"]), "missing"))
 		}
 		if !found {
@@ -207,8 +219,8 @@ func TestRules(t *testing.T) {
 		cfgPath := filepath.Join(g.Dir, "gomux.yaml")
 		appendFile(t, cfgPath, "  - cidrs: [127.0.0.0/8]\n    mode: splice\n")
 		must(t, g.cmd.Process.Signal(syscall.SIGHUP))
-		waitFor(t, 20*time.Second, func() bool { return len(g.Events("reload")) > 0 })
-		if hasEvent(g, "reload", "result", "ok") || !hasEvent(g, "reload", "result", "failed") {
+		waitFor(t, 20*time.Second, func() bool { return len(g.Events(proxy.EventReload)) > 0 })
+		if hasEvent(g, proxy.EventReload, "result", "ok") || !hasEvent(g, proxy.EventReload, "result", "failed") {
 			t.Errorf("a rule reaching the trusted network was applied")
 		}
 		if res := runCmd(g.SSH(ctxT(t, time.Minute), r.t0.Addr, "echo in"), nil); res.Stdout != "in\n" {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // TestShimSeedRoundTrips runs the seed playbook through gomux with
@@ -29,7 +30,7 @@ func TestShimSeedRoundTrips(t *testing.T) {
 	var runs []map[string]any
 	var last map[string]any
 	removals := 0
-	for _, e := range g.Events("channel") {
+	for _, e := range g.Events(proxy.EventChannel) {
 		if _, ok := e["round_trips"]; !ok {
 			continue
 		}
@@ -105,7 +106,7 @@ func TestShimBecomeUnprivileged(t *testing.T) {
 		}
 	}
 	local := 0
-	for _, e := range g.Events("channel") {
+	for _, e := range g.Events(proxy.EventChannel) {
 		if e["step"] == "Setfacl" && e["local"] == true {
 			local++
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // soakOnly skips a test outside `make soak`: these run for minutes.
@@ -49,7 +50,7 @@ func sampleGomux(g *Gomux, since time.Time) procSample {
 	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
 		s.fds = len(ents)
 	}
-	if ev := g.Events("stats"); len(ev) > 0 {
+	if ev := g.Events(proxy.EventStats); len(ev) > 0 {
 		if n, ok := ev[len(ev)-1]["goroutines"].(float64); ok {
 			s.goroutines = int(n)
 		}
@@ -98,8 +99,8 @@ func TestSoak(t *testing.T) {
 			if round == 0 {
 				// The baseline needs gomux's own count of goroutines,
 				// from a stats event logged after this first run.
-				n := len(g.Events("stats"))
-				waitFor(t, 30*time.Second, func() bool { return len(g.Events("stats")) > n })
+				n := len(g.Events(proxy.EventStats))
+				waitFor(t, 30*time.Second, func() bool { return len(g.Events(proxy.EventStats)) > n })
 			}
 			samples = append(samples, sampleGomux(g, start))
 			t.Logf("sample %s", samples[len(samples)-1])

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // TestBecomeSpeculative runs pipelined become tasks directly and through
@@ -76,7 +77,7 @@ func TestBecomeSpeculative(t *testing.T) {
 	}
 
 	var ahead, aheadOK, aheadWrong, watched int
-	for _, e := range g.Events("channel") {
+	for _, e := range g.Events(proxy.EventChannel) {
 		spec, ok := e["become_speculated"].(bool)
 		if !ok {
 			continue
@@ -102,7 +103,7 @@ func TestBecomeSpeculative(t *testing.T) {
 	// Pipelined modules went with their command, by parts, and their
 	// archives by reference after the first task of each module.
 	byParts, saved := 0, 0.0
-	for _, e := range g.Events("channel") {
+	for _, e := range g.Events(proxy.EventChannel) {
 		if v, _ := e["module_by_parts"].(bool); v {
 			byParts++
 		}
@@ -113,7 +114,7 @@ func TestBecomeSpeculative(t *testing.T) {
 	if byParts < 5 || saved < 50_000 {
 		t.Fatalf("%d module runs sent by parts, %v bytes saved by reference; want at least 5 (the runs sent ahead) and 50 KB", byParts, saved)
 	}
-	if len(g.Events("become_speculation")) != 1 {
-		t.Fatalf("want one become_speculation warning, have %d", len(g.Events("become_speculation")))
+	if len(g.Events(proxy.EventBecomeSpeculation)) != 1 {
+		t.Fatalf("want one become_speculation warning, have %d", len(g.Events(proxy.EventBecomeSpeculation)))
 	}
 }

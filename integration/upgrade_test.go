@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // oldRelease is the commit the upgrade test builds when no release tag
@@ -107,7 +108,7 @@ func TestOpsUpgrade(t *testing.T) {
 	}
 	var events []string
 	drainedAt := ""
-	for _, e := range old.Events("shutdown") {
+	for _, e := range old.Events(proxy.EventShutdown) {
 		if e["message"] == "draining" {
 			drainedAt = fmt.Sprint(e["time"])
 			events = append(events, fmt.Sprintf("%s: SIGTERM: the old gomux drains", drainedAt))
@@ -115,7 +116,7 @@ func TestOpsUpgrade(t *testing.T) {
 	}
 	for i, g := range []*Gomux{old, cur} {
 		ran := false
-		for _, e := range g.Events("agent_start") {
+		for _, e := range g.Events(proxy.EventAgentStart) {
 			events = append(events, fmt.Sprintf("%s: agent_start by the %s gomux on %v, agent %v, uploaded %v",
 				e["time"], []string{"old", "new"}[i], e["target"], e["agent_version"], e["uploaded"]))
 			ran = ran || fmt.Sprint(e["time"]) <= drainedAt
@@ -147,7 +148,7 @@ func TestOpsUpgrade(t *testing.T) {
 // agentVersions are the agent versions in g's agent_start events.
 func agentVersions(g *Gomux) []string {
 	var out []string
-	for _, e := range g.Events("agent_start") {
+	for _, e := range g.Events(proxy.EventAgentStart) {
 		if v, ok := e["agent_version"].(string); ok && !slices.Contains(out, v) {
 			out = append(out, v)
 		}
@@ -221,13 +222,13 @@ func checkCacheCleanup(t *testing.T, lab *harness.Lab, tl *timeline, agents []st
 	}
 	g.Stop()
 	started := ""
-	for _, e := range g.Events("agent_start") {
+	for _, e := range g.Events(proxy.EventAgentStart) {
 		started = fmt.Sprint(e["agent_version"])
 		if e["uploaded"] == true {
 			t.Errorf("the new agent was uploaded again: the cleanup removed the agent being started")
 		}
 	}
-	for _, e := range g.Events("agent_exit") {
+	for _, e := range g.Events(proxy.EventAgentExit) {
 		tl.add("agent_exit stderr: %v", e["agent_stderr"])
 	}
 	left := cachedAgents(t, cache)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
+	"github.com/gomux/gomux/proxy"
 )
 
 // forkServers returns the PIDs of warm-Python fork server processes
@@ -157,7 +158,7 @@ func TestWarmPython(t *testing.T) {
 		t.Fatalf("%d fork server processes as root before any become task", n)
 	}
 	warm := 0
-	for _, e := range g.Events("channel") {
+	for _, e := range g.Events(proxy.EventChannel) {
 		if e["warm"] == true {
 			warm++
 		}

@@ -234,7 +234,8 @@ type TargetRule struct {
 	// Mode is accelerate (default), splice, forward or deny.
 	Mode Mode `yaml:"mode"`
 	// Credential names the upstream credential (upstream.credentials) used
-	// to log in to these targets. Default "default".
+	// to log in to these targets. Default "default". Refused on splice and
+	// forward rules, where gomux does not log in.
 	Credential string `yaml:"credential"`
 	// AgentDial overrides upstream.agent_dial for forwards inside
 	// accelerated sessions to these destinations. Once loaded it holds
@@ -767,6 +768,11 @@ func (c *Config) validateTarget(f string, r TargetRule) error {
 		// with the target: gomux never sees its login name, so such a
 		// rule would promise what nothing enforces.
 		return &FieldError{f + ".remote_users", errors.New("a splice rule cannot limit remote users: gomux does not see the login inside a spliced connection (use mode accelerate, or the target's sshd)")}
+	}
+	if r.Mode == ModeSplice && r.Credential != "" {
+		// gomux never logs in on a spliced connection: the client does,
+		// with its own key, so a credential there would do nothing.
+		return &FieldError{f + ".credential", errors.New("a splice rule logs in with nothing of gomux's: the client logs in to the target itself (use mode accelerate for gomux's credential)")}
 	}
 	if r.Mode == ModeDeny && len(r.RemoteUsers) > 0 {
 		// A deny rule refuses whatever the login name: remote_users

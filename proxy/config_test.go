@@ -79,6 +79,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"upstream:\n  credentials:\n    ops: {}\ntargets:\n  - hosts: [a]\n", "upstream.credentials.ops"},
 		{"targets:\n  - hosts: [a]\n    mode: fast\n", "targets[0].mode"},
 		{"targets:\n  - hosts: [a]\n    mode: splice\n    remote_users: [deploy]\n", "targets[0].remote_users"},
+		{"upstream:\n  credentials:\n    ops: {identity_files: [k]}\ntargets:\n  - hosts: [a]\n    mode: splice\n    credential: ops\n", "targets[0].credential: a splice rule"},
+		{"targets:\n  - hosts: [a]\n    mode: splice\n    credential: default\n", "targets[0].credential: a splice rule"},
 		{"targets:\n  - hosts: ['[']\n", "bad host pattern"},
 		{"targets:\n  - hosts: ['web[.-]lab']\n", "targets[0].hosts: bad host pattern"},
 		{"targets:\n  - hosts: [a]\n    ports: [0]\n", "targets[0].ports"},

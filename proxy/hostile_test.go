@@ -223,7 +223,7 @@ func TestHostileSFTPOffsets(t *testing.T) {
 	if _, err := c.Stat("/home/u/x"); err == nil || !strings.Contains(err.Error(), "not exist") {
 		t.Fatalf("session no longer serving: %v", err)
 	}
-	if !strings.Contains(log.String(), "sftp_bad_request") {
+	if !strings.Contains(log.String(), EventSFTPBadRequest) {
 		t.Errorf("no log line for the refused write:\n%s", log)
 	}
 }
@@ -327,7 +327,7 @@ func TestSFTPHandleCap(t *testing.T) {
 		t.Fatalf("open after a close: %v", err)
 	}
 	f.Close()
-	if !strings.Contains(log.String(), `"event":"limit"`) {
+	if !strings.Contains(log.String(), `"event":"`+EventLimit+`"`) {
 		t.Errorf("no log line for the refused open:\n%s", log)
 	}
 }

@@ -45,8 +45,8 @@ var (
 
 // Warm rewrites the command of a recognized module run so that the
 // interpreter word becomes `AGENT pyrun ... -- INTERP`, which runs the
-// module in a warm fork server on the target (agent/PROTOCOL.md, "Warm
-// Python"). Every other byte stays as Ansible sent it: become wrappers
+// module in a warm fork server on the target (agent/pyrun/DESIGN.md).
+// Every other byte stays as Ansible sent it: become wrappers
 // still run, so sudo still authenticates and logs, and pyrun runs as the
 // become user. Without become the replacement is guarded by
 // `[ -x AGENT ]`: the login user runs its own agent. Under become it

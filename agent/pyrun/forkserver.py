@@ -1,6 +1,6 @@
 # gomux fork server: a warm Python for Ansible modules on this target.
 #
-# Started by `gomux-agent pyrun` (see PROTOCOL.md, "Warm Python") as
+# Started by `gomux-agent pyrun` (see DESIGN.md beside this file) as
 #   <interpreter> forkserver.py <socket> <idle-seconds> <agent PID:starttime or ->
 # with fd 3 a pipe on which it says "ok" once it listens, or "cold <why>".
 #

@@ -26,7 +26,7 @@ func TestForkServerVersionAgrees(t *testing.T) {
 }
 
 // TestForkServerRefusesOtherVersion: a well-formed request of another
-// version is answered cold ("unknown request version", PROTOCOL.md), and
+// version is answered cold ("unknown request version" from forkserver.py), and
 // the same request of this version is answered ready.
 func TestForkServerRefusesOtherVersion(t *testing.T) {
 	l, script, sock, peer := warmServerAndPeer(t)

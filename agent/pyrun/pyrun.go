@@ -4,7 +4,7 @@
 // and runs the interpreter itself whenever that cannot be exact. It runs
 // on targets, apart from the agent's RPC server: the agent only names
 // its own binary and PID for the `pyrun` command line the shim writes
-// (agent/PROTOCOL.md, "Warm Python").
+// (agent/pyrun/DESIGN.md).
 package pyrun
 
 import (

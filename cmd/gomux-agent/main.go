@@ -2,7 +2,7 @@
 // channel: `gomux-agent serve` speaks the agent protocol on stdin/stdout
 // until stdin closes. `gomux-agent pyrun -- INTERP SCRIPT` is what gomux
 // puts in place of the interpreter of an Ansible module run, to run it in
-// a warm fork server (see agent/PROTOCOL.md). Neither is meant to be run
+// a warm fork server (see agent/pyrun/DESIGN.md). Neither is meant to be run
 // by hand.
 package main
 
