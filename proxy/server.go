@@ -1,7 +1,3 @@
-// Package proxy is gomux's SSH front: it authenticates clients, applies
-// policy to every forwarding request, terminates accelerated inner sessions,
-// and serves them from a pool of upstream connections to targets, each with
-// one agent session multiplexed over it.
 package proxy
 
 import (
