@@ -309,7 +309,7 @@ func (al *AdminListener) Close() error {
 // on a state directory (a restart while the old one drains) is the one
 // administered. Anything else at the path is an error.
 func (s *Server) ListenAdmin(ctx context.Context) (*AdminListener, error) {
-	path := s.config().AdminSocketPath()
+	path := s.start.AdminSocketPath()
 	if len(path) > maxSocketPath {
 		return nil, fmt.Errorf("admin_socket %s: %d bytes, longer than a unix socket path may be (%d): set a shorter admin_socket", path, len(path), maxSocketPath)
 	}

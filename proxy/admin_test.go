@@ -50,7 +50,7 @@ func adminServer(t *testing.T) (*Server, string, *syncBuffer) {
 	s, _ := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n")
 	logs := &syncBuffer{}
 	s.log = zerolog.New(logs)
-	if err := os.MkdirAll(s.config().StateDir, 0o700); err != nil {
+	if err := os.MkdirAll(s.start.StateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -186,7 +186,7 @@ func TestAdminRefusesBadRequests(t *testing.T) {
 // is gone once the server stopped.
 func TestAdminSocketModeAndRemoval(t *testing.T) {
 	s, _ := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n")
-	dir := s.config().StateDir
+	dir := s.start.StateDir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestAdminSocketModeAndRemoval(t *testing.T) {
 	if _, err := s.ListenAdmin(context.Background()); err == nil {
 		t.Fatalf("a regular file at admin_socket was replaced")
 	}
-	s.config().AdminSocket = "/" + strings.Repeat("x", maxSocketPath)
+	s.start.AdminSocket = "/" + strings.Repeat("x", maxSocketPath)
 	if _, err := s.ListenAdmin(context.Background()); err == nil || !strings.Contains(err.Error(), "shorter admin_socket") {
 		t.Fatalf("a path too long for a socket: %v", err)
 	}
@@ -275,7 +275,7 @@ func TestLiveConnsRegistry(t *testing.T) {
 // TestAdminSocketNeedsRestart: the socket is bound once; a reload that
 // moves it says so and keeps the running path.
 func TestAdminSocketNeedsRestart(t *testing.T) {
-	old := &Config{StateDir: "/state"}
+	old := &StartConfig{StateDir: "/state"}
 	cfg := *old
 	cfg.AdminSocket = "/run/gomux.sock"
 	if got := strings.Join(restartOnly(old, &cfg), ","); got != "admin_socket" {
@@ -285,12 +285,12 @@ func TestAdminSocketNeedsRestart(t *testing.T) {
 		t.Fatalf("paths %s %s", old.AdminSocketPath(), cfg.AdminSocketPath())
 	}
 	s, p := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n")
-	running := s.config().AdminSocketPath()
+	running := s.start.AdminSocketPath()
 	os.WriteFile(p, []byte("admin_socket: /elsewhere.sock\ntargets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n"), 0o600)
-	if _, err := s.ReloadFile(p, nil, func(c *Config) { c.StateDir = s.config().StateDir }, "test"); err != nil {
+	if _, err := s.ReloadFile(p, nil, func(c *Config) { c.StateDir = s.start.StateDir }, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.config().AdminSocketPath(); got != running {
+	if got := s.start.AdminSocketPath(); got != running {
 		t.Fatalf("a reload moved the admin socket to %s", got)
 	}
 }
@@ -301,7 +301,7 @@ func TestAdminSocketNeedsRestart(t *testing.T) {
 func TestAdminSocketTakeover(t *testing.T) {
 	serve := func(person string, path string) (*Server, func()) {
 		s, _ := opsServer(t, "targets:\n  - hosts: [a.example.com]\n    remote_users: [deploy]\n")
-		s.config().AdminSocket = path
+		s.start.AdminSocket = path
 		var closed atomic.Int32
 		fakeConn(s, person, "192.0.2.9:5555", "a.example.com", "sleep 1", &closed)
 		ctx, cancel := context.WithCancel(context.Background())

@@ -39,7 +39,7 @@ func TestAgentCacheDaysConfig(t *testing.T) {
 	if err := l.validate(); err == nil || !strings.Contains(err.Error(), "agent_cache_days") {
 		t.Errorf("negative agent_cache_days: %v", err)
 	}
-	old := &Config{Limits: LimitsConfig{AgentCacheDays: 30}}
+	old := &StartConfig{Limits: LimitsConfig{AgentCacheDays: 30}}
 	cfg := *old
 	cfg.Limits.AgentCacheDays = 7
 	if got := strings.Join(restartOnly(old, &cfg), ","); got != "limits.agent_cache_days" {

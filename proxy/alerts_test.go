@@ -48,7 +48,7 @@ func TestMemoryCeilingGauge(t *testing.T) {
 		t.Fatalf("gomux_memory_ceiling_bytes = %v (present %v), want %d", v, ok, MemoryCeiling(s.config().Limits))
 	}
 	os.WriteFile(p, []byte("targets:\n  - hosts: ['*']\n    remote_users: ['*']\nlimits:\n  max_memory_mib: 200\n"), 0o600)
-	keepState := func(c *Config) { c.StateDir = s.config().StateDir }
+	keepState := func(c *Config) { c.StateDir = s.start.StateDir }
 	cfg, err := s.ReloadFile(p, nil, keepState, "test")
 	if err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func (c *checkRun) parseTarget(target string) (string, int, bool) {
 // policy decides as a connection would, and reports false when the
 // person may not go there as the user.
 func (c *checkRun) policy(host string, port int) (Decision, bool) {
-	lc, err := newLiveConfig(c.cfg, "")
+	lc, err := newLiveConfig(&c.cfg.StartConfig, &c.cfg.LiveConfig, "")
 	if err != nil {
 		c.add("policy", "fail", err.Error(), "fix the config file (gomux serve would refuse it too)")
 		return Decision{}, false
@@ -160,7 +160,7 @@ func (c *checkRun) accelerated(agents map[string]dist.Binary, d Decision) {
 	// The pool logs as a connection would; the log explains an agent
 	// that fell back, so keep it.
 	var logBuf lockedBuffer
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits}, zerolog.New(&logBuf))
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.StartConfig.Limits}, zerolog.New(&logBuf))
 	if err != nil {
 		c.add("connect", "fail", err.Error(), "fix the upstream credentials in the config")
 		return

@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,11 +13,26 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Config is everything an operator can set. The zero value is not usable;
-// LoadConfig returns a Config whose every field holds either the operator's
-// value or its documented default, resolved once into plain values, so the
-// rest of the proxy never has to know which.
+// Config is one config file: what only a restart changes (StartConfig)
+// and what a reload replaces (LiveConfig), decoded from the same keys so
+// the file keeps one shape (the limits section holds keys of each). The
+// zero value is not usable; LoadConfig returns a Config whose every field
+// holds either the operator's value or its documented default, resolved
+// once into plain values, so the rest of the proxy never has to know
+// which. A Server keeps the first half as it started and the second
+// behind one accessor, so no code reads a replaced field from the
+// start-up copy.
 type Config struct {
+	StartConfig
+	LiveConfig
+}
+
+// StartConfig is what only a restart changes: what is bound, opened or
+// sized once at start (the listeners, the state directory and its keys,
+// the upstream pool and the shim's state). A reload that changes one of
+// its keys logs it and keeps the running value; RestartOnlyKeys names
+// them, from this type.
+type StartConfig struct {
 	// Listen is the front address. Default 127.0.0.1:2222, so a laptop or CI
 	// runner can start gomux without exposing it.
 	Listen string `yaml:"listen"`
@@ -28,10 +41,6 @@ type Config struct {
 	StateDir string `yaml:"state_dir"`
 	// HostCertValidity is how long a minted host certificate is valid. Default 24h.
 	HostCertValidity Duration `yaml:"host_cert_validity"`
-	// DrainTimeout is how long SIGTERM waits for running channels. Default 30s.
-	DrainTimeout Duration `yaml:"drain_timeout"`
-	// LogLevel is one of debug, info, warn, error. Default info.
-	LogLevel string `yaml:"log_level"`
 	// StatsInterval is how often gomux logs its own goroutines, memory
 	// and open files (event "stats"), so a leak shows in the log before
 	// it shows as an outage. Default 1m.
@@ -48,10 +57,27 @@ type Config struct {
 	// PROXY protocol header. Default off.
 	ProxyProtocol ProxyProtocolConfig `yaml:"proxy_protocol"`
 
-	Auth     AuthConfig     `yaml:"auth"`
-	Audit    AuditConfig    `yaml:"audit"`
 	Upstream UpstreamConfig `yaml:"upstream"`
-	Limits   LimitsConfig   `yaml:"limits"`
+	// Limits are the limits section's keys that size the upstream pool
+	// and the shim's state.
+	Limits LimitsConfig `yaml:"limits"`
+}
+
+// LiveConfig is what a reload replaces: who may log in, where they may
+// go, what is recorded, and what the front admits. Every connection,
+// forward, login and session channel reads the one in force when it
+// starts, and a reload decides again what open ones hold.
+type LiveConfig struct {
+	// DrainTimeout is how long SIGTERM waits for running channels. Default 30s.
+	DrainTimeout Duration `yaml:"drain_timeout"`
+	// LogLevel is one of debug, info, warn, error. Default info.
+	LogLevel string `yaml:"log_level"`
+
+	Auth  AuthConfig  `yaml:"auth"`
+	Audit AuditConfig `yaml:"audit"`
+	// Limits are the limits section's keys that bound what clients may
+	// hold: connections, channels and memory.
+	Limits AdmissionLimits `yaml:"limits"`
 	// Targets are the access rules, first match wins; a destination no
 	// rule matches is denied. Required in a config file. Without a config
 	// file: one rule accelerating every host on port 22, the personal-use
@@ -111,7 +137,10 @@ type AuditConfig struct {
 	RecordRequired bool `yaml:"record_required"`
 }
 
-// UpstreamConfig says how gomux reaches targets.
+// UpstreamConfig says how gomux reaches targets. Only a restart changes
+// it: the upstream pool is made with it. Its agent_dial key is not here:
+// it is the default of the rules' own, which they take when the file is
+// read (explicitBools), so it is reloaded with them.
 type UpstreamConfig struct {
 	// IdentityFiles are private keys offered to targets. Default: the
 	// running user's ~/.ssh/id_ed25519, id_ecdsa and id_rsa that exist.
@@ -175,11 +204,6 @@ type UpstreamConfig struct {
 	// with `credential:`. The name "default" is reserved for the
 	// identity_files, use_ssh_agent and user_ca above. Default none.
 	Credentials map[string]Credential `yaml:"credentials"`
-	// AgentDial lets forwards opened inside an accelerated session (-L, -W,
-	// a nested -J) be dialled by the agent on the target. Default false:
-	// they go through the target sshd's own direct-tcpip, so its
-	// AllowTcpForwarding and PermitOpen still apply. A rule may override it.
-	AgentDial bool `yaml:"agent_dial"`
 }
 
 // DefaultCredential names the credential made of upstream.identity_files,
@@ -319,15 +343,9 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	var set explicitBools
 	personal := path == ""
 	if path != "" {
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		// One file, three readers: each key is one half's, or set's.
+		if err := decodeFile(b, &c.StartConfig, &c.LiveConfig, &set); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, nameFields(b, err))
-		}
-		// The strict decode above accepted these same keys with the same
-		// types, so this one fails only if the file changed in between.
-		if err := yaml.Unmarshal(b, &set); err != nil {
-			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
 		if err := checkRuleLists(b); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)
@@ -420,6 +438,14 @@ type explicitBools struct {
 		Agent       *bool `yaml:"agent"`
 		Ansible     *bool `yaml:"ansible"`
 		WarmPython  *bool `yaml:"warm_python"`
+		// AgentDial lets forwards opened inside an accelerated session
+		// (-L, -W, a nested -J) be dialled by the agent on the target.
+		// Default false: they go through the target sshd's own
+		// direct-tcpip, so its AllowTcpForwarding and PermitOpen still
+		// apply. It is only the default of the rules' own agent_dial,
+		// which they take here, so it lives in no half of Config and is
+		// reloaded with the rules.
+		AgentDial *bool `yaml:"agent_dial"`
 	} `yaml:"upstream"`
 	Targets []struct {
 		AgentDial *bool `yaml:"agent_dial"`
@@ -499,23 +525,19 @@ func fieldAtLine(n *yaml.Node, line int, prefix string) string {
 }
 
 // applyDefaults fills every field the operator left unset with its
-// documented default, section by section, then expands ~ in paths. set
-// says which of the bools the file named.
+// documented default, half by half and section by section, then expands
+// ~ in paths. set says which of the bools the file named.
 func (c *Config) applyDefaults(set *explicitBools) error {
 	home, _ := os.UserHomeDir()
-	if err := c.defaultTop(home); err != nil {
+	if err := c.StartConfig.applyDefaults(home, set); err != nil {
 		return err
 	}
-	c.Auth.applyDefaults(home)
-	c.Upstream.applyDefaults(home, set)
-	c.Limits.applyDefaults()
-	c.defaultTargets(set)
-	c.expandPaths(home)
+	c.LiveConfig.applyDefaults(home, set)
 	return nil
 }
 
-// defaultTop fills the top-level fields.
-func (c *Config) defaultTop(home string) error {
+// applyDefaults fills the restart-only half.
+func (c *StartConfig) applyDefaults(home string, set *explicitBools) error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:2222"
 	}
@@ -531,11 +553,19 @@ func (c *Config) defaultTop(home string) error {
 	if c.HostCertValidity == 0 {
 		c.HostCertValidity = Duration(24 * time.Hour)
 	}
-	if c.Audit.RecordMaxMiB == 0 {
-		c.Audit.RecordMaxMiB = 64
-	}
 	if c.StatsInterval == 0 {
 		c.StatsInterval = Duration(time.Minute)
+	}
+	c.Upstream.applyDefaults(home, set)
+	c.Limits.applyDefaults()
+	c.expandPaths(home)
+	return nil
+}
+
+// applyDefaults fills the half a reload replaces.
+func (c *LiveConfig) applyDefaults(home string, set *explicitBools) {
+	if c.Audit.RecordMaxMiB == 0 {
+		c.Audit.RecordMaxMiB = 64
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = Duration(30 * time.Second)
@@ -543,7 +573,10 @@ func (c *Config) defaultTop(home string) error {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
-	return nil
+	c.Auth.applyDefaults(home)
+	c.Limits.applyDefaults()
+	c.defaultTargets(set)
+	c.expandPaths(home)
 }
 
 // applyDefaults fills the auth section.
@@ -599,7 +632,7 @@ func (u *UpstreamConfig) applyDefaults(home string, set *explicitBools) {
 
 // defaultTargets adds the personal-use rule when there is no file and
 // resolves each rule's mode and agent_dial.
-func (c *Config) defaultTargets(set *explicitBools) {
+func (c *LiveConfig) defaultTargets(set *explicitBools) {
 	if c.Targets == nil {
 		// The personal default; LoadConfig refuses a file without targets.
 		c.Targets = []TargetRule{{Hosts: []string{"*"}}}
@@ -613,24 +646,17 @@ func (c *Config) defaultTargets(set *explicitBools) {
 		if i < len(set.Targets) {
 			own = set.Targets[i].AgentDial
 		}
-		r.AgentDial = orDefault(own, c.Upstream.AgentDial)
+		r.AgentDial = orDefault(own, orDefault(set.Upstream.AgentDial, false))
 	}
 }
 
 // expandPaths turns a leading ~ into the home directory in every path.
-func (c *Config) expandPaths(home string) {
+func (c *StartConfig) expandPaths(home string) {
 	c.StateDir = expandHome(c.StateDir, home)
 	if c.AdminSocket != "" {
 		c.AdminSocket = expandHome(c.AdminSocket, home)
 	}
-	if c.Audit.RecordDir != "" {
-		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
-	}
-	c.Audit.LogFile = expandHome(c.Audit.LogFile, home)
 	u := &c.Upstream
-	expandAll(c.Auth.AuthorizedKeys, home)
-	expandAll(c.Auth.UserCAKeys, home)
-	expandAll(c.Auth.RevokedKeys, home)
 	expandAll(u.IdentityFiles, home)
 	expandAll(u.KnownHosts, home)
 	u.UserCA = expandHome(u.UserCA, home)
@@ -641,6 +667,17 @@ func (c *Config) expandPaths(home string) {
 	}
 }
 
+// expandPaths turns a leading ~ into the home directory in every path.
+func (c *LiveConfig) expandPaths(home string) {
+	if c.Audit.RecordDir != "" {
+		c.Audit.RecordDir = expandHome(c.Audit.RecordDir, home)
+	}
+	c.Audit.LogFile = expandHome(c.Audit.LogFile, home)
+	expandAll(c.Auth.AuthorizedKeys, home)
+	expandAll(c.Auth.UserCAKeys, home)
+	expandAll(c.Auth.RevokedKeys, home)
+}
+
 func expandAll(ps []string, home string) {
 	for i, p := range ps {
 		ps[i] = expandHome(p, home)
@@ -649,7 +686,7 @@ func expandAll(ps []string, home string) {
 
 // AdminSocketPath is where the admin socket is: admin_socket, else
 // admin.sock in the state directory (as -state set it).
-func (c *Config) AdminSocketPath() string {
+func (c *StartConfig) AdminSocketPath() string {
 	if c.AdminSocket != "" {
 		return c.AdminSocket
 	}
@@ -672,7 +709,10 @@ func (c *Config) validate() error {
 	default:
 		return &FieldError{"log_level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel)}
 	}
-	if err := c.Limits.validate(); err != nil {
+	if err := c.StartConfig.Limits.validate(); err != nil {
+		return err
+	}
+	if err := c.LiveConfig.Limits.validate(); err != nil {
 		return err
 	}
 	for _, p := range c.Auth.AuthorizedKeys {

@@ -100,7 +100,7 @@ func TestConfigMinimalFileIsDefaults(t *testing.T) {
 	if err != nil || c.Listen != "127.0.0.1:2222" {
 		t.Fatalf("%v %+v", err, c)
 	}
-	if c.Upstream.UserCertValidity.D() != 5*time.Minute || c.Upstream.AgentDial {
+	if c.Upstream.UserCertValidity.D() != 5*time.Minute || c.Targets[0].AgentDial {
 		t.Errorf("upstream defaults %+v", c.Upstream)
 	}
 }
@@ -176,7 +176,7 @@ func TestConfigSwitchesUnsetFalseTrue(t *testing.T) {
 		{"agent", true, func(c *Config) bool { return c.Upstream.Agent }},
 		{"ansible", true, func(c *Config) bool { return c.Upstream.Ansible }},
 		{"warm_python", true, func(c *Config) bool { return c.Upstream.WarmPython }},
-		{"agent_dial", false, func(c *Config) bool { return c.Upstream.AgentDial }},
+		{"agent_dial", false, func(c *Config) bool { return c.Targets[0].AgentDial }}, // the rules take it
 	} {
 		for _, tc := range []struct {
 			upstream string

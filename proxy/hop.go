@@ -56,7 +56,7 @@ func (h hop) hold(what string, cut func()) (*held, func()) {
 // plain jump host does.
 func (h hop) splice(ctx context.Context, nc gossh.NewChannel) {
 	var dialer net.Dialer
-	dctx, cancel := context.WithTimeout(ctx, h.s.config().Upstream.ConnectTimeout.D())
+	dctx, cancel := context.WithTimeout(ctx, h.s.start.Upstream.ConnectTimeout.D())
 	tc, err := dialer.DialContext(dctx, "tcp", h.d.DialAddr())
 	cancel()
 	if err != nil {

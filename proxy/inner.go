@@ -247,10 +247,10 @@ func (ic *innerConn) flushOnClose(ctx context.Context) {
 	ic.mu.Lock()
 	l := ic.lease
 	ic.mu.Unlock()
-	if l == nil || !ic.s.config().Upstream.Ansible {
+	if l == nil || !ic.s.start.Upstream.Ansible {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, ic.s.config().Upstream.ConnectTimeout.D()+30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, ic.s.start.Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
 	a, err := l.Agent(ctx)
 	if err != nil || a == nil {
@@ -303,7 +303,7 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 // backend returns the lease and, unless the target is in fallback mode, its
 // agent. Errors are phrased for the client, who sees them in "open failed".
 func (ic *innerConn) backend(ctx context.Context) (*Lease, *agent.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.config().Upstream.ConnectTimeout.D()+time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.start.Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
 	l, err := ic.upstreamLease(ctx)
 	if err != nil {
@@ -361,7 +361,7 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 		nc.Reject(gossh.ConnectionFailed, err.Error())
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, ic.s.config().Upstream.ConnectTimeout.D())
+	dctx, cancel := context.WithTimeout(ctx, ic.s.start.Upstream.ConnectTimeout.D())
 	var conn net.Conn
 	if d.AgentDial && a != nil {
 		conn, err = a.Dial(dctx, "tcp", dest)

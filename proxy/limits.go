@@ -11,12 +11,13 @@ import (
 	"time"
 )
 
-// LimitsConfig bounds what clients may hold in gomux, before and after
-// login, as sshd's LoginGraceTime, MaxStartups and MaxSessions do. A
-// client over a limit is refused with a message and a log line; the
-// others are unaffected. Every field has a default; none can be turned
-// off, only raised.
-type LimitsConfig struct {
+// AdmissionLimits bound what clients may hold in gomux, before and after
+// login, as sshd's LoginGraceTime, MaxStartups and MaxSessions do, and
+// their memory. A client over a limit is refused with a message and a
+// log line; the others are unaffected. They are the limits section's
+// keys a reload replaces: a lowered cap refuses new work until old work
+// ends. Every field has a default; none can be turned off, only raised.
+type AdmissionLimits struct {
 	// LoginGraceTime closes a connection not authenticated in this time.
 	// Default 60s.
 	LoginGraceTime Duration `yaml:"login_grace_time"`
@@ -45,6 +46,31 @@ type LimitsConfig struct {
 	// MaxChannelsPerSource caps one source address's open channels.
 	// Default 4000.
 	MaxChannelsPerSource int `yaml:"max_channels_per_source"`
+	// PersonMemoryMiB is one person's share of gomux's memory, in MiB:
+	// every channel they hold open counts 4 MiB (the 2 MiB receive window
+	// x/crypto/ssh gives each channel, which a peer may fill whether or
+	// not anything reads it, and as much for the copies on the way),
+	// plus the uploads and stdin gomux holds for them, each open sftp
+	// file (64 KiB) and each recording (8 KiB). A new channel or
+	// forward past it is refused to that person alone. Default 512, 128
+	// channels: Ansible with forks=50 and ControlPersist holds about 2 a
+	// fork (the jump forward and the step's session; a sftp between).
+	PersonMemoryMiB int `yaml:"person_memory_mib"`
+	// MaxMemoryMiB is the process's soft ceiling, in MiB: above it (what
+	// the channels and uploads of everyone may hold, or what the Go
+	// runtime holds now) new logins and channels are refused for
+	// everyone rather than gomux be killed, and the Go runtime collects
+	// harder before it (its soft memory limit). Default 0: 80% of the
+	// cgroup's memory.max when gomux runs under one (systemd MemoryMax,
+	// a Kubernetes limit), else no ceiling. Both set: the lower.
+	MaxMemoryMiB int `yaml:"max_memory_mib"`
+}
+
+// LimitsConfig is the limits section's keys only a restart changes: they
+// size the upstream pool, its login guard and the shim's state, which are
+// made once with them. Every field has a default; none can be turned off,
+// only raised.
+type LimitsConfig struct {
 	// MaxStagedMiB is the memory, in MiB, for uploads gomux holds back:
 	// staged files of every target and uploads still arriving. An upload
 	// beyond it goes to the target as it arrives. Default 512.
@@ -91,37 +117,10 @@ type LimitsConfig struct {
 	UpstreamDialsPerSecond int `yaml:"upstream_dials_per_second"`
 	// UpstreamDialBurst is that bucket's size. Default 1000.
 	UpstreamDialBurst int `yaml:"upstream_dial_burst"`
-	// PersonMemoryMiB is one person's share of gomux's memory, in MiB:
-	// every channel they hold open counts 4 MiB (the 2 MiB receive window
-	// x/crypto/ssh gives each channel, which a peer may fill whether or
-	// not anything reads it, and as much for the copies on the way),
-	// plus the uploads and stdin gomux holds for them, each open sftp
-	// file (64 KiB) and each recording (8 KiB). A new channel or
-	// forward past it is refused to that person alone. Default 512, 128
-	// channels: Ansible with forks=50 and ControlPersist holds about 2 a
-	// fork (the jump forward and the step's session; a sftp between).
-	PersonMemoryMiB int `yaml:"person_memory_mib"`
-	// MaxMemoryMiB is the process's soft ceiling, in MiB: above it (what
-	// the channels and uploads of everyone may hold, or what the Go
-	// runtime holds now) new logins and channels are refused for
-	// everyone rather than gomux be killed, and the Go runtime collects
-	// harder before it (its soft memory limit). Default 0: 80% of the
-	// cgroup's memory.max when gomux runs under one (systemd MemoryMax,
-	// a Kubernetes limit), else no ceiling. Both set: the lower.
-	MaxMemoryMiB int `yaml:"max_memory_mib"`
 }
 
-func (l *LimitsConfig) applyDefaults() {
-	setDur := func(d *Duration, v time.Duration) {
-		if *d == 0 {
-			*d = Duration(v)
-		}
-	}
-	setInt := func(n *int, v int) {
-		if *n == 0 {
-			*n = v
-		}
-	}
+func (l *AdmissionLimits) applyDefaults() {
+	setDur, setInt := defaultSetters()
 	setDur(&l.LoginGraceTime, 60*time.Second)
 	if l.MaxStartups == "" {
 		l.MaxStartups = "100:30:1000"
@@ -134,6 +133,11 @@ func (l *LimitsConfig) applyDefaults() {
 	setInt(&l.MaxChannelsPerConnection, 64)
 	setInt(&l.MaxChannelsPerUser, 2000)
 	setInt(&l.MaxChannelsPerSource, 4000)
+	setInt(&l.PersonMemoryMiB, 512)
+}
+
+func (l *LimitsConfig) applyDefaults() {
+	setDur, setInt := defaultSetters()
 	setInt(&l.MaxStagedMiB, 512)
 	setInt(&l.MaxSFTPHandles, 256)
 	setDur(&l.TempDirIdle, 30*time.Minute)
@@ -146,10 +150,24 @@ func (l *LimitsConfig) applyDefaults() {
 	setInt(&l.MaxLoginBackoffs, 10000)
 	setInt(&l.UpstreamDialsPerSecond, 200)
 	setInt(&l.UpstreamDialBurst, 1000)
-	setInt(&l.PersonMemoryMiB, 512)
 }
 
-func (l *LimitsConfig) validate() error {
+// defaultSetters set a duration or a count to its default when zero.
+func defaultSetters() (setDur func(*Duration, time.Duration), setInt func(*int, int)) {
+	setDur = func(d *Duration, v time.Duration) {
+		if *d == 0 {
+			*d = Duration(v)
+		}
+	}
+	setInt = func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
+	}
+	return setDur, setInt
+}
+
+func (l *AdmissionLimits) validate() error {
 	su, err := parseStartups(l.MaxStartups)
 	if err != nil {
 		return &FieldError{"limits.max_startups", err}
@@ -157,23 +175,33 @@ func (l *LimitsConfig) validate() error {
 	if l.PerSourceMaxStartups >= su.start && su.start > 1 {
 		return &FieldError{"limits.per_source_max_startups", fmt.Errorf("%d is not below max_startups' start (%d): one source could start the early drop for everyone", l.PerSourceMaxStartups, su.start)}
 	}
-	for name, v := range map[string]int{
+	return positive(map[string]int{
 		"per_source_max_startups":     l.PerSourceMaxStartups,
 		"max_connections_per_user":    l.MaxConnectionsPerUser,
 		"max_connections_per_source":  l.MaxConnectionsPerSource,
 		"max_channels_per_connection": l.MaxChannelsPerConnection,
 		"max_channels_per_user":       l.MaxChannelsPerUser,
 		"max_channels_per_source":     l.MaxChannelsPerSource,
-		"max_staged_mib":              l.MaxStagedMiB,
-		"max_sftp_handles":            l.MaxSFTPHandles,
-		"max_shim_states":             l.MaxShimStates,
-		"agent_cache_days":            l.AgentCacheDays,
-		"max_login_backoffs":          l.MaxLoginBackoffs,
-		"upstream_dials_per_second":   l.UpstreamDialsPerSecond,
-		"upstream_dial_burst":         l.UpstreamDialBurst,
 		"person_memory_mib":           l.PersonMemoryMiB,
 		"max_memory_mib":              l.MaxMemoryMiB,
-	} {
+	})
+}
+
+func (l *LimitsConfig) validate() error {
+	return positive(map[string]int{
+		"max_staged_mib":            l.MaxStagedMiB,
+		"max_sftp_handles":          l.MaxSFTPHandles,
+		"max_shim_states":           l.MaxShimStates,
+		"agent_cache_days":          l.AgentCacheDays,
+		"max_login_backoffs":        l.MaxLoginBackoffs,
+		"upstream_dials_per_second": l.UpstreamDialsPerSecond,
+		"upstream_dial_burst":       l.UpstreamDialBurst,
+	})
+}
+
+// positive refuses a negative value among the limits named.
+func positive(limits map[string]int) error {
+	for name, v := range limits {
 		if v < 0 {
 			return &FieldError{"limits." + name, errors.New("must be positive")}
 		}
@@ -214,7 +242,7 @@ func (e *errLimit) Error() string { return e.msg }
 // limiter counts what clients hold, by person and by source address. It is
 // the one place the limits are decided, so every refusal reads alike.
 type limiter struct {
-	cfg LimitsConfig
+	cfg AdmissionLimits
 	su  startups
 
 	mu       sync.Mutex
@@ -226,7 +254,7 @@ type limiter struct {
 	mem      memAccount
 }
 
-func newLimiter(cfg LimitsConfig) *limiter {
+func newLimiter(cfg AdmissionLimits) *limiter {
 	su, _ := parseStartups(cfg.MaxStartups) // validated with the config
 	return &limiter{cfg: cfg, su: su, unauthBy: map[string]int{}, conns: map[string]int{}, chans: map[string]int{}, rand: rand.IntN,
 		mem: newMemAccount(cfg)}
@@ -236,7 +264,7 @@ func newLimiter(cfg LimitsConfig) *limiter {
 // clients hold is still counted, so a lowered cap refuses new
 // connections and channels until enough old ones have ended, and closes
 // none.
-func (l *limiter) reconfigure(cfg LimitsConfig) {
+func (l *limiter) reconfigure(cfg AdmissionLimits) {
 	su, _ := parseStartups(cfg.MaxStartups) // validated with the config
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -5,8 +5,8 @@ import (
 	"testing"
 )
 
-func testLimits() LimitsConfig {
-	l := LimitsConfig{MaxStartups: "2:50:4", PerSourceMaxStartups: 3, MaxConnectionsPerUser: 2, MaxConnectionsPerSource: 5,
+func testLimits() AdmissionLimits {
+	l := AdmissionLimits{MaxStartups: "2:50:4", PerSourceMaxStartups: 3, MaxConnectionsPerUser: 2, MaxConnectionsPerSource: 5,
 		MaxChannelsPerConnection: 2, MaxChannelsPerUser: 3, MaxChannelsPerSource: 4}
 	l.applyDefaults()
 	return l
@@ -137,8 +137,8 @@ func TestLoginAndChannelCaps(t *testing.T) {
 	}
 }
 
-func TestLimitsConfig(t *testing.T) {
-	var l LimitsConfig
+func TestAdmissionLimits(t *testing.T) {
+	var l AdmissionLimits
 	l.applyDefaults()
 	if l.LoginGraceTime.D().Seconds() != 60 || l.MaxStartups != "100:30:1000" || l.MaxChannelsPerConnection != 64 {
 		t.Fatalf("defaults: %+v", l)
@@ -154,7 +154,7 @@ func TestLimitsConfig(t *testing.T) {
 // holds, or what the runtime holds now) logins and channels are refused
 // for everyone; what is given back can be taken again.
 func TestMemoryShares(t *testing.T) {
-	cfg := LimitsConfig{}
+	cfg := AdmissionLimits{}
 	cfg.applyDefaults()
 	cfg.PersonMemoryMiB = 16 // 4 channels
 	cfg.MaxMemoryMiB = 40

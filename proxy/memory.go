@@ -37,14 +37,14 @@ type memAccount struct {
 	usage func() int64
 }
 
-func newMemAccount(cfg LimitsConfig) memAccount {
+func newMemAccount(cfg AdmissionLimits) memAccount {
 	m := memAccount{held: map[string]int64{}, usage: runtimeMemory}
 	m.configure(cfg)
 	return m
 }
 
 // configure applies the share and ceiling; what is held stays counted.
-func (m *memAccount) configure(cfg LimitsConfig) {
+func (m *memAccount) configure(cfg AdmissionLimits) {
 	m.share = int64(cfg.PersonMemoryMiB) << 20
 	m.ceiling = MemoryCeiling(cfg)
 }
@@ -182,7 +182,7 @@ func runtimeMemory() int64 {
 // limits.max_memory_mib, and 80% of the cgroup's memory.max when gomux
 // runs under one (the lower when both are set); 0 for none. gomux serve
 // gives the Go runtime the same figure as its soft memory limit.
-func MemoryCeiling(cfg LimitsConfig) int64 {
+func MemoryCeiling(cfg AdmissionLimits) int64 {
 	c := int64(cfg.MaxMemoryMiB) << 20
 	if g := cgroupMemoryMax(); g > 0 {
 		g = g / 10 * 8

@@ -265,7 +265,7 @@ func (m *metrics) sessionEnded(s *session, local bool) {
 		kind = "sftp"
 	}
 	m.task(kind, local, time.Since(s.start), s.bytesIn.Load(), s.bytesOut.Load())
-	if s.exec.Kind == shim.StepRun && s.ic.s.config().Upstream.WarmPython {
+	if s.exec.Kind == shim.StepRun && s.ic.s.start.Upstream.WarmPython {
 		m.warm(s.exec.Warm)
 	}
 }

@@ -44,7 +44,7 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 		t.Fatalf("before: %v", d.Mode)
 	}
 	os.WriteFile(p, []byte("listen: 127.0.0.1:9999\nlog_level: debug\ntargets:\n  - cidrs: [192.0.2.0/24]\n    remote_users: [deploy]\nlimits:\n  max_channels_per_connection: 7\n  max_staged_mib: 1\n"), 0o600)
-	keepState := func(c *Config) { c.StateDir = s.config().StateDir } // as -state does
+	keepState := func(c *Config) { c.StateDir = s.start.StateDir } // as -state does
 	cfg, err := s.ReloadFile(p, nil, keepState, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -55,9 +55,8 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 	if d := s.live().policy.Decide(ctx, "alice", "192.0.2.1", 22); d.Mode != ModeAccelerate {
 		t.Fatalf("after: %v %s", d.Mode, d.Reason)
 	}
-	lc := s.live().cfg
-	if lc.Listen != "127.0.0.1:2222" || lc.Limits.MaxStagedMiB != 512 {
-		t.Fatalf("restart-only fields changed by a reload: listen %s, max_staged_mib %d", lc.Listen, lc.Limits.MaxStagedMiB)
+	if s.start.Listen != "127.0.0.1:2222" || s.start.Limits.MaxStagedMiB != 512 {
+		t.Fatalf("restart-only fields changed by a reload: listen %s, max_staged_mib %d", s.start.Listen, s.start.Limits.MaxStagedMiB)
 	}
 	s.limits.mu.Lock()
 	got := s.limits.cfg.MaxChannelsPerConnection
@@ -65,7 +64,12 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 	if got != 7 {
 		t.Fatalf("limits not reconfigured: %d", got)
 	}
-	if r := restartOnly(s.config(), cfg); strings.Join(r, ",") != "listen,limits.max_staged_mib" {
+	file, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keepState(file)
+	if r := restartOnly(&s.start, &file.StartConfig); strings.Join(r, ",") != "listen,limits.max_staged_mib" {
 		t.Fatalf("restart needed: %v", r)
 	}
 
@@ -169,17 +173,23 @@ func TestKubernetesConfigMapLoads(t *testing.T) {
 // it restart-only.
 func TestRestartOnlyAgentDial(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
-	old, err := LoadConfig("")
+	rules := "targets: [{hosts: [a], remote_users: [deploy]}]\n"
+	old, err := LoadConfig(writeConfig(t, rules))
 	if err != nil {
 		t.Fatal(err)
 	}
-	changed := *old
-	changed.Upstream.AgentDial = !old.Upstream.AgentDial
-	if r := restartOnly(old, &changed); len(r) != 0 {
+	changed, err := LoadConfig(writeConfig(t, "upstream: {agent_dial: true}\n"+rules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := restartOnly(&old.StartConfig, &changed.StartConfig); len(r) != 0 {
 		t.Errorf("agent_dial change needs a restart: %v", r)
 	}
+	if !changed.Targets[0].AgentDial || old.Targets[0].AgentDial {
+		t.Errorf("the rules did not take upstream.agent_dial: %v %v", old.Targets[0].AgentDial, changed.Targets[0].AgentDial)
+	}
 	changed.Upstream.ConnectTimeout++
-	if r := restartOnly(old, &changed); strings.Join(r, ",") != "upstream" {
+	if r := restartOnly(&old.StartConfig, &changed.StartConfig); strings.Join(r, ",") != "upstream" {
 		t.Errorf("connect_timeout change: %v", r)
 	}
 }

@@ -295,7 +295,7 @@ type acceptResult struct {
 
 // withProxyProtocol wraps ln when proxy_protocol lists trusted networks.
 func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
-	nets, _ := s.config().ProxyProtocol.networks() // validated with the config
+	nets, _ := s.start.ProxyProtocol.networks() // validated with the config
 	if len(nets) == 0 {
 		return ln
 	}

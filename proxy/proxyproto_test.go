@@ -129,7 +129,7 @@ func TestProxyListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
-	cfg.Limits.LoginGraceTime = Duration(2 * time.Second)
+	cfg.LiveConfig.Limits.LoginGraceTime = Duration(2 * time.Second)
 	s := proxyTestServer(cfg, zerolog.New(&logBuf))
 	listen := func(s *Server) (net.Listener, func(string) net.Conn) {
 		inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -220,7 +220,7 @@ func TestProxyListenerCloseDoesNotWaitForSilentBalancers(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.0/8"}
-	cfg.Limits.LoginGraceTime = Duration(time.Hour)
+	cfg.LiveConfig.Limits.LoginGraceTime = Duration(time.Hour)
 	s := proxyTestServer(cfg, zerolog.Nop())
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -347,8 +347,8 @@ func TestProxyHeaderWaitCountsAsStartup(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
-			cfg.Limits.LoginGraceTime = Duration(time.Hour)
-			cfg.Limits.MaxStartups, cfg.Limits.PerSourceMaxStartups = lim.maxStartups, lim.perSource
+			cfg.LiveConfig.Limits.LoginGraceTime = Duration(time.Hour)
+			cfg.LiveConfig.Limits.MaxStartups, cfg.LiveConfig.Limits.PerSourceMaxStartups = lim.maxStartups, lim.perSource
 			s := proxyTestServer(cfg, zerolog.New(&logBuf))
 			inner, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
@@ -401,7 +401,7 @@ func TestProxyHeaderTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ProxyProtocol.TrustedNetworks = []string{"127.0.0.1/32"}
-	cfg.Limits.LoginGraceTime = Duration(time.Hour)
+	cfg.LiveConfig.Limits.LoginGraceTime = Duration(time.Hour)
 	s := proxyTestServer(cfg, zerolog.New(&logBuf))
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -447,7 +447,7 @@ func waitPending(t *testing.T, pl *proxyListener, n int) {
 // proxyTestServer is the part of a Server the PROXY protocol listener
 // uses: the live config, its limits, metrics and log.
 func proxyTestServer(cfg *Config, log zerolog.Logger) *Server {
-	s := &Server{log: log, metrics: newMetrics(), limits: newLimiter(cfg.Limits)}
-	s.rt.Store(&liveConfig{cfg: cfg})
+	s := &Server{start: cfg.StartConfig, log: log, metrics: newMetrics(), limits: newLimiter(cfg.LiveConfig.Limits)}
+	s.rt.Store(&liveConfig{cfg: &cfg.LiveConfig})
 	return s
 }

@@ -23,7 +23,7 @@ func (s *session) flushFirst() {
 	if !s.first || s.exec.Host() == nil || s.a == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.lease.Context(), s.ic.s.config().Upstream.ConnectTimeout.D()+30*time.Second)
+	ctx, cancel := context.WithTimeout(s.lease.Context(), s.ic.s.start.Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
 	if err := flush(ctx, s.a, s.exec.Host()); err != nil {
 		s.log.Warn().Str("event", EventShimSettle).Err(err).

@@ -19,10 +19,11 @@ import (
 
 // Server is a running gomux front with its upstream pool.
 type Server struct {
+	// start is what only a restart changes, as gomux started with it.
+	start StartConfig
 	// rt is the config in force (Reload replaces it); s.config() reads
-	// it. There is no other copy: a field read anywhere is the one that
-	// runs, and the fields only a restart changes keep their start-up
-	// values in it.
+	// it. It holds no field of start, and start none of it, so a field
+	// read anywhere is the one that runs.
 	rt      atomic.Pointer[liveConfig]
 	metrics *metrics
 	ready   atomic.Bool // accepting, not draining (/readyz)
@@ -67,18 +68,19 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	} else {
 		log.Warn().Str("event", EventConfig).Err(err).Msg("cannot name the account gomux runs as: authorized_keys files without %u admit no one")
 	}
-	lc, err := newLiveConfig(cfg, runAs)
+	live := cfg.LiveConfig
+	lc, err := newLiveConfig(&cfg.StartConfig, &live, runAs)
 	if err != nil {
 		return nil, err
 	}
 	m := newMetrics()
-	budget := shim.NewBudget(int64(cfg.Limits.MaxStagedMiB) << 20)
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.Limits, Budget: budget, metrics: m}, log)
+	budget := shim.NewBudget(int64(cfg.StartConfig.Limits.MaxStagedMiB) << 20)
+	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.StartConfig.Limits, Budget: budget, metrics: m}, log)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{log: log, ca: ca, pool: pool, metrics: m, runAs: runAs,
-		limits: newLimiter(cfg.Limits), budget: budget}
+	s := &Server{start: cfg.StartConfig, log: log, ca: ca, pool: pool, metrics: m, runAs: runAs,
+		limits: newLimiter(live.Limits), budget: budget}
 	s.rt.Store(lc)
 	m.gauges(s)
 	frontSigners := []glider.Signer{ca.HostSigner()}
@@ -301,7 +303,7 @@ func (s *Server) forward(ctx glider.Context, conn *gossh.ServerConn, nc gossh.Ne
 // decide asks policy about one forwarding request, bounding the name
 // lookup by the connect timeout so a slow resolver cannot hold a channel.
 func (s *Server) decide(ctx context.Context, person, host string, port int) Decision {
-	ctx, cancel := context.WithTimeout(ctx, s.config().Upstream.ConnectTimeout.D())
+	ctx, cancel := context.WithTimeout(ctx, s.start.Upstream.ConnectTimeout.D())
 	defer cancel()
 	return s.live().policy.Decide(ctx, person, host, port)
 }

@@ -168,7 +168,7 @@ func (s *session) onEnv(req *gossh.Request) bool {
 	if s.started() || gossh.Unmarshal(req.Payload, &e) != nil {
 		return false
 	}
-	if !matchAny(s.ic.s.config().Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
+	if !matchAny(s.ic.s.start.Upstream.AcceptEnv, e.Name) || strings.ContainsRune(e.Name, '=') {
 		s.log.Debug().Str("env", e.Name).Msg("env request not accepted")
 		return false
 	}
@@ -270,7 +270,7 @@ func (s *session) startProcess(ctx context.Context, req *gossh.Request, kind, cm
 // shimHost is the shim's state of this session's target and login user,
 // looked up once per session; nil with Ansible mode off.
 func (s *session) shimHost() *shim.Host {
-	if !s.ic.s.config().Upstream.Ansible {
+	if !s.ic.s.start.Upstream.Ansible {
 		return nil
 	}
 	return s.lease.Shim(s.a)
@@ -279,9 +279,9 @@ func (s *session) shimHost() *shim.Host {
 // execOptions are what the shim needs to know of this session.
 func (s *session) execOptions() shim.ExecOptions {
 	o := shim.ExecOptions{Terminal: s.pty != nil}
-	if cfg := s.ic.s.config(); cfg.Upstream.WarmPython {
+	if up := &s.ic.s.start.Upstream; up.WarmPython {
 		info := s.a.Info()
-		o.Warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: cfg.Upstream.WarmPythonIdle.D(), Terminal: s.pty != nil}
+		o.Warm = shim.WarmOptions{Agent: info.Executable, AgentID: info.ID(), Idle: up.WarmPythonIdle.D(), Terminal: s.pty != nil}
 	}
 	return o
 }
@@ -690,7 +690,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	cw := &countingRW{rw: s.ch, in: &s.bytesIn, out: &s.bytesOut}
 	host := s.exec.Host()
 	person := s.ic.frontUser
-	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.config().Limits.MaxSFTPHandles, budget: s.ic.s.budget,
+	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.start.Limits.MaxSFTPHandles, budget: s.ic.s.budget,
 		hold: func(n int64) bool { return s.ic.s.limits.hold(person, n) }, free: func(n int64) { s.ic.s.limits.free(person, n) }}, s.log)
 	err := srv.Serve()
 	srv.Close()
@@ -820,7 +820,7 @@ func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch, ch g
 		switch r.Type {
 		case "env":
 			var e envRequest
-			if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.config().Upstream.AcceptEnv, e.Name) {
+			if gossh.Unmarshal(r.Payload, &e) != nil || !matchAny(ic.s.start.Upstream.AcceptEnv, e.Name) {
 				r.Reply(false, nil)
 				continue
 			}

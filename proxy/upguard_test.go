@@ -241,7 +241,7 @@ func TestLoginOutcomeOf(t *testing.T) {
 // TestLoginGuardLimitsNeedRestart: the pool holds the guard's limits, so
 // a reload names them as waiting for a restart instead of claiming them.
 func TestLoginGuardLimitsNeedRestart(t *testing.T) {
-	old := &Config{Limits: guardLimits(LimitsConfig{})}
+	old := &StartConfig{Limits: guardLimits(LimitsConfig{})}
 	cfg := *old
 	cfg.Limits.LoginBackoff = Duration(time.Second)
 	cfg.Limits.UpstreamDialBurst = 5

@@ -372,7 +372,7 @@ func serve(cfg *proxy.Config, configPath string, content []byte, override func(*
 	// The runtime's limit at start (GOMEMLIMIT, or none): what a reload
 	// that removes the ceiling goes back to.
 	memBase := debug.SetMemoryLimit(-1)
-	setMemoryLimit(cfg, memBase)
+	setMemoryLimit(cfg.LiveConfig.Limits, memBase)
 	srv, ln, code := start(cfg, log, stderr)
 	if srv == nil {
 		return code
@@ -503,7 +503,7 @@ func (d *daemon) reload(why string, data []byte) {
 	ncfg, err := d.srv.ReloadFile(d.configPath, data, d.override, why)
 	if err == nil {
 		d.level.set(ncfg.LogLevel)
-		setMemoryLimit(ncfg, d.memBase)
+		setMemoryLimit(ncfg.Limits, d.memBase)
 		if err := d.level.audit.open(ncfg.Audit.LogFile); err != nil {
 			d.log.Error().Str("event", proxy.EventReload).Str("result", "audit_file_failed").Err(err).Msg("audit file not reopened; the open one stays")
 		}
@@ -531,8 +531,8 @@ func (d *daemon) shutdown(errc <-chan error) int {
 // It is 90% of the ceiling, so the collector's working set stays below
 // the figure admission refuses at instead of sitting on it. Without a
 // ceiling the limit gomux started with (GOMEMLIMIT, or none) stays.
-func setMemoryLimit(cfg *proxy.Config, base int64) {
-	if c := proxy.MemoryCeiling(cfg.Limits); c > 0 {
+func setMemoryLimit(limits proxy.AdmissionLimits, base int64) {
+	if c := proxy.MemoryCeiling(limits); c > 0 {
 		debug.SetMemoryLimit(min(c/10*9, base))
 	} else {
 		debug.SetMemoryLimit(base)
