@@ -1,10 +1,15 @@
 package proxy
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 // leafKeys are the dotted keys of struct type t, sections opened.
@@ -112,4 +117,91 @@ func TestParseConfigSplitsOneFile(t *testing.T) {
 		c.LiveConfig.Limits.MaxStartups != "9" || c.Upstream.ConnectTimeout.D().Seconds() != 3 || !c.Targets[0].AgentDial {
 		t.Fatalf("not split as written: %+v", c)
 	}
+}
+
+// keyRE is a config key as the docs write it: listen, limits.max_staged_mib.
+var keyRE = regexp.MustCompile(`^[a-z_]+(\.[a-z_]+)*$`)
+
+// sameKeys reports what want has that got lacks and the other way round.
+func sameKeys(t *testing.T, where string, got []string) {
+	t.Helper()
+	want := RestartOnlyKeys()
+	for _, k := range want {
+		if !slices.Contains(got, k) {
+			t.Errorf("%s does not say %s needs a restart", where, k)
+		}
+	}
+	for _, k := range got {
+		if !slices.Contains(want, k) {
+			t.Errorf("%s says %s needs a restart; RestartOnlyKeys does not", where, k)
+		}
+	}
+}
+
+// TestREADMERestartOnlyKeys: the README's sentence "Only a restart
+// changes ..." lists exactly the restart-only keys, in backticks.
+func TestREADMERestartOnlyKeys(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const marker = "Only a restart changes"
+	text := strings.Join(strings.Fields(string(b)), " ")
+	if strings.Count(text, marker) != 1 {
+		t.Fatalf("README.md: want one sentence starting %q (the restart-only keys), found %d", marker, strings.Count(text, marker))
+	}
+	rest := text[strings.Index(text, marker):]
+	// The sentence ends at the first full stop outside backticks.
+	var keys []string
+	quoted, start := false, 0
+	for i, r := range rest {
+		switch {
+		case r == '`' && !quoted:
+			quoted, start = true, i+1
+		case r == '`':
+			quoted = false
+			if k := rest[start:i]; keyRE.MatchString(k) {
+				keys = append(keys, k)
+			}
+		case r == '.' && !quoted:
+			sameKeys(t, "README.md", keys)
+			return
+		}
+	}
+	t.Fatal("README.md: the restart-only sentence does not end")
+}
+
+// TestDeployConfigMarksRestartOnlyKeys: deploy/gomux.yaml, which shows
+// every key, marks exactly the restart-only ones with "# restart" at
+// the end of their line.
+func TestDeployConfigMarksRestartOnlyKeys(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "deploy", "gomux.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		t.Fatal(err)
+	}
+	var marked []string
+	var walk func(n *yaml.Node, prefix string)
+	walk = func(n *yaml.Node, prefix string) {
+		for _, c := range n.Content {
+			if n.Kind == yaml.DocumentNode {
+				walk(c, prefix)
+			}
+		}
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.LineComment == "# restart" || v.LineComment == "# restart" {
+				marked = append(marked, prefix+k.Value)
+			}
+			walk(v, prefix+k.Value+".")
+		}
+	}
+	walk(&root, "")
+	sameKeys(t, "deploy/gomux.yaml", marked)
 }
