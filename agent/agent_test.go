@@ -137,7 +137,7 @@ func TestHelloVersionMismatch(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(context.Background(), c2sR, s2cW) }()
 	br := bufio.NewReader(s2cR)
-	if err := skipToBanner(br); err != nil {
+	if _, err := readBanner(br); err != nil {
 		t.Fatal(err)
 	}
 	sess, err := yamux.Client(rwc{Reader: br, Writer: c2sW, close: c2sW.Close}, YamuxConfig())

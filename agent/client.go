@@ -24,6 +24,9 @@ import (
 type Client struct {
 	sess *yamux.Session
 	info Info
+	// version is the protocol version agreed at the hello; requests
+	// go out in its shape (wire).
+	version int
 	// replyTimeout bounds the wait for any one reply (nanoseconds), so a
 	// stalled agent ends the request that waits on it, not the caller.
 	replyTimeout atomic.Int64
@@ -75,7 +78,7 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 			c.Close()
 		}
 	})
-	err := skipToBanner(br)
+	oldest, err := readBanner(br)
 	if !stop() {
 		return nil, fmt.Errorf("agent: waiting for the banner: %w", ctx.Err())
 	}
@@ -98,17 +101,43 @@ func NewClient(ctx context.Context, r io.Reader, w io.WriteCloser) (*Client, err
 		return nil, fmt.Errorf("agent: start yamux: %w", err)
 	}
 	c := &Client{sess: sess}
-	var info Info
-	if err := c.call(ctx, &request{Op: "hello", Version: ProtocolVersion}, &info); err != nil {
+	if err := c.hello(ctx, oldest); err != nil {
 		sess.Close()
-		var re *RemoteError
-		if errors.As(err, &re) && re.Op == "hello" {
-			return nil, fmt.Errorf("%w: %w", ErrVersion, err)
-		}
-		return nil, wrap("handshake", err)
+		return nil, err
 	}
-	c.info = info
 	return c, nil
+}
+
+// hello agrees on a protocol version: this client's newest, or, while the
+// agent refuses the one offered and its banner says it serves older ones,
+// the next older one this client speaks.
+func (c *Client) hello(ctx context.Context, oldest int) error {
+	var err error
+	for v := ProtocolVersion; v >= max(oldest, MinProtocolVersion); v-- {
+		c.version = v
+		var info Info
+		err = c.call(ctx, &request{Op: "hello", Version: v}, &info)
+		var re *RemoteError
+		switch {
+		case err == nil:
+			c.info = info
+			return nil
+		case !errors.As(err, &re) || re.Op != "hello":
+			return wrap("handshake", err)
+		}
+	}
+	if err == nil {
+		return fmt.Errorf("%w: the agent serves versions from %d, this gomux speaks %d to %d", ErrVersion, oldest, MinProtocolVersion, ProtocolVersion)
+	}
+	return fmt.Errorf("%w: %w", ErrVersion, err)
+}
+
+// wire is req in the shape of the agreed protocol version.
+func (c *Client) wire(req *request) *request {
+	if c.version == 1 {
+		return req.toV1()
+	}
+	return req
 }
 
 // maxWriteChunk bounds each write yamux makes to the session's writer.
@@ -157,20 +186,21 @@ var ErrVersion = errors.New("agent: protocol version mismatch")
 // the target, so it is safe to send again on a new session.
 var ErrNotSent = errors.New("agent: session ended before the request was sent")
 
-// skipToBanner consumes everything up to and including the banner line.
+// readBanner consumes everything up to and including the banner line and
+// returns the oldest protocol version the agent serves, which it names.
 // The banner may follow noise without a newline (a motd lacking its last
 // line break), so it is searched for byte by byte, not per line. What
 // follows the banner stays buffered in br for yamux.
-func skipToBanner(br *bufio.Reader) error {
+func readBanner(br *bufio.Reader) (int, error) {
 	want := []byte(Banner + " ")
 	tail := make([]byte, 0, 2*len(want)) // the latest bytes read
 	for skipped := 0; ; skipped++ {
 		if skipped > maxNoise {
-			return errors.New("agent: no banner in the first 64 KiB of output")
+			return 0, errors.New("agent: no banner in the first 64 KiB of output")
 		}
 		c, err := br.ReadByte()
 		if err != nil {
-			return fmt.Errorf("agent: no banner: %w", err)
+			return 0, fmt.Errorf("agent: no banner: %w", err)
 		}
 		if len(tail) == cap(tail) {
 			tail = append(tail[:0], tail[len(tail)-len(want)+1:]...)
@@ -184,20 +214,22 @@ func skipToBanner(br *bufio.Reader) error {
 	for {
 		c, err := br.ReadByte()
 		if err != nil {
-			return fmt.Errorf("agent: banner cut short: %w", err)
+			return 0, fmt.Errorf("agent: banner cut short: %w", err)
 		}
 		if c == '\n' {
 			break
 		}
 		if len(v) >= 32 {
-			return errors.New("agent: banner line too long")
+			return 0, errors.New("agent: banner line too long")
 		}
 		v = append(v, c)
 	}
-	if got := strings.TrimSpace(string(v)); got != strconv.Itoa(ProtocolVersion) {
-		return fmt.Errorf("%w: agent speaks %q, this gomux speaks %d (stale agent binary?)", ErrVersion, got, ProtocolVersion)
+	got := strings.TrimSpace(string(v))
+	oldest, err := strconv.Atoi(got)
+	if err != nil || oldest > ProtocolVersion {
+		return 0, fmt.Errorf("%w: agent speaks %q and later, this gomux speaks %d to %d (stale agent binary?)", ErrVersion, got, MinProtocolVersion, ProtocolVersion)
 	}
-	return nil
+	return oldest, nil
 }
 
 // Info is what the agent said about itself at the handshake.
@@ -222,7 +254,7 @@ func (c *Client) open(ctx context.Context, req *request) (*yamux.Stream, error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrNotSent, req.Op, err)
 	}
-	if err := writeJSON(st, frameRequest, req); err != nil {
+	if err := writeJSON(st, frameRequest, c.wire(req)); err != nil {
 		st.Close()
 		return nil, wrap("send "+req.Op, err)
 	}
@@ -334,17 +366,17 @@ func (c *Client) Rmdir(ctx context.Context, path string) error {
 // Rename moves oldpath to newpath; without overwrite an existing newpath
 // is an error, as SFTP's RENAME requires.
 func (c *Client) Rename(ctx context.Context, oldpath, newpath string, overwrite bool) error {
-	return c.call(ctx, &request{Op: "rename", Path: oldpath, Path2: newpath, Bool: overwrite}, nil)
+	return c.call(ctx, &request{Op: "rename", Path: oldpath, NewPath: newpath, Overwrite: overwrite}, nil)
 }
 
 // Symlink creates link pointing at target (stored as given).
 func (c *Client) Symlink(ctx context.Context, target, link string) error {
-	return c.call(ctx, &request{Op: "symlink", Path: target, Path2: link}, nil)
+	return c.call(ctx, &request{Op: "symlink", Path: target, Link: link}, nil)
 }
 
 // Link creates a hard link.
 func (c *Client) Link(ctx context.Context, oldpath, newpath string) error {
-	return c.call(ctx, &request{Op: "link", Path: oldpath, Path2: newpath}, nil)
+	return c.call(ctx, &request{Op: "link", Path: oldpath, NewPath: newpath}, nil)
 }
 
 // Readlink returns a symlink's content.

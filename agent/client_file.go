@@ -57,7 +57,7 @@ const readAhead = 16
 // Open opens a file with os.OpenFile flags; a relative path is relative
 // to the home directory.
 func (c *Client) Open(ctx context.Context, path string, flag int, perm fs.FileMode) (*File, error) {
-	st, err := c.open(ctx, &request{Op: "open", Path: path, Flag: flag, Mode: uint32(perm)})
+	st, err := c.open(ctx, &request{Op: "open", Path: path, Flags: flag, Mode: uint32(perm)})
 	if err != nil {
 		return nil, err
 	}

@@ -226,13 +226,13 @@ func (f fileOps) do(req *request) (v any, path string, err error) {
 	case "rmdir":
 		return ok, req.Path, removeDir(f.abs(req.Path))
 	case "rename":
-		return ok, req.Path, f.rename(req.Path, req.Path2, req.Bool)
+		return ok, req.Path, f.rename(req.Path, req.NewPath, req.Overwrite)
 	case "posix-rename":
-		return ok, req.Path, f.rename(req.Path, req.Path2, true)
+		return ok, req.Path, f.rename(req.Path, req.NewPath, true)
 	case "symlink":
-		return ok, req.Path2, os.Symlink(req.Path, f.abs(req.Path2))
+		return ok, req.Link, os.Symlink(req.Path, f.abs(req.Link))
 	case "link":
-		return ok, req.Path2, os.Link(f.abs(req.Path), f.abs(req.Path2))
+		return ok, req.NewPath, os.Link(f.abs(req.Path), f.abs(req.NewPath))
 	case "readlink":
 		t, err := os.Readlink(f.abs(req.Path))
 		return t, req.Path, err

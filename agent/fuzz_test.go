@@ -55,6 +55,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"op":"open","flag":-1,"mode":4294967295}`))
+	f.Add([]byte(`{"op":"rename","path":"a","path2":"b","bool":true,"new_path":"c"}`))
+	f.Add([]byte(`{"op":"symlink","path":"t","link":"l","path2":"m"}`))
 	f.Add([]byte(`{"op":1}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		req, err := decodeRequest(in)

@@ -9,6 +9,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -22,13 +23,22 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// ProtocolVersion changes whenever a frame or request changes meaning.
-// gomux embeds the agent it speaks to, so both ends always match; the
-// check catches a stale binary under a reused name.
-const ProtocolVersion = 1
+// ProtocolVersion is the newest protocol version this build speaks. It
+// changes whenever a frame or request changes meaning. gomux embeds the
+// agent it speaks to, so both ends normally match; the check catches a
+// stale binary under a reused name.
+const ProtocolVersion = 2
 
-// Banner starts the agent's output, followed by a space, the protocol
-// version and a newline. Everything before it (login-shell noise) is skipped.
+// MinProtocolVersion is the oldest protocol version this build still
+// speaks, on both sides: the agent serves a client of it and the client
+// talks to an agent of it (version 1 sent rename's new name as "path2",
+// open's flags as "flag", rename's overwrite as "bool").
+const MinProtocolVersion = 1
+
+// Banner starts the agent's output, followed by a space, the oldest
+// protocol version the agent serves and a newline (a version 1 client
+// accepts only "1" there). Everything before it (login-shell noise) is
+// skipped.
 const Banner = "GOMUX-AGENT"
 
 // MaxFrame bounds a frame's payload so a corrupt length never makes either
@@ -124,15 +134,54 @@ type request struct {
 	Version int          `json:"version,omitempty"`
 	Exec    *ExecRequest `json:"exec,omitempty"`
 	Path    string       `json:"path,omitempty"`
-	Path2   string       `json:"path2,omitempty"`
-	Flag    int          `json:"flag,omitempty"`
-	Mode    uint32       `json:"mode,omitempty"`
-	Bool    bool         `json:"bool,omitempty"`
-	Attr    *wireAttr    `json:"attr,omitempty"`
-	Network string       `json:"network,omitempty"`
-	Address string       `json:"address,omitempty"`
-	Timeout int64        `json:"timeout_ms,omitempty"`
-	Prep    []PrepOp     `json:"prep,omitempty"`
+	// NewPath is where rename, posix-rename and link put Path.
+	NewPath string `json:"new_path,omitempty"`
+	// Link is the link symlink makes; Path is its target, stored as given.
+	Link string `json:"link,omitempty"`
+	// Flags are open's Linux O_* flags.
+	Flags int    `json:"flags,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`
+	// Overwrite lets rename replace an existing NewPath (POSIX rename);
+	// without it an existing NewPath fails with EEXIST, as SFTP's RENAME.
+	Overwrite bool      `json:"overwrite,omitempty"`
+	Attr      *wireAttr `json:"attr,omitempty"`
+	Network   string    `json:"network,omitempty"`
+	Address   string    `json:"address,omitempty"`
+	Timeout   int64     `json:"timeout_ms,omitempty"`
+	Prep      []PrepOp  `json:"prep,omitempty"`
+
+	// V1Path2, V1Flag and V1Bool are version 1's generic fields, which
+	// NewPath and Link, Flags and Overwrite replaced in version 2: the
+	// agent reads them from a version 1 client (fromV1) and the client
+	// writes them for a version 1 agent (toV1).
+	V1Path2 string `json:"path2,omitempty"`
+	V1Flag  int    `json:"flag,omitempty"`
+	V1Bool  bool   `json:"bool,omitempty"`
+}
+
+// fromV1 moves a version 1 request's generic fields into the named fields
+// its op gives them; a version 2 request, which has none, is unchanged.
+func (r *request) fromV1() {
+	switch r.Op {
+	case "rename", "posix-rename", "link":
+		r.NewPath = cmp.Or(r.NewPath, r.V1Path2)
+	case "symlink":
+		r.Link = cmp.Or(r.Link, r.V1Path2)
+	case "open":
+		r.Flags = cmp.Or(r.Flags, r.V1Flag)
+	}
+	if r.Op == "rename" {
+		r.Overwrite = r.Overwrite || r.V1Bool
+	}
+	r.V1Path2, r.V1Flag, r.V1Bool = "", 0, false
+}
+
+// toV1 is r as a version 1 agent reads it.
+func (r request) toV1() *request {
+	r.V1Path2 = cmp.Or(r.NewPath, r.Link)
+	r.V1Flag, r.V1Bool = r.Flags, r.Overwrite
+	r.NewPath, r.Link, r.Flags, r.Overwrite = "", "", 0, false
+	return &r
 }
 
 // decodeRequest parses a stream's header frame. It is a fuzz target: it
@@ -145,6 +194,7 @@ func decodeRequest(p []byte) (*request, error) {
 	if r.Op == "" {
 		return nil, errors.New("agent: request without op")
 	}
+	r.fromV1()
 	return &r, nil
 }
 

@@ -70,7 +70,7 @@ func (s *Server) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	s.mu.Lock()
 	s.closed = false
 	s.mu.Unlock()
-	if _, err := fmt.Fprintf(w, "%s %d\n", Banner, ProtocolVersion); err != nil {
+	if _, err := fmt.Fprintf(w, "%s %d\n", Banner, MinProtocolVersion); err != nil {
 		return fmt.Errorf("agent: write banner: %w", err)
 	}
 	conn := rwc{Reader: r, Writer: newFrameWriter(w), close: func() error {
@@ -255,7 +255,7 @@ func (s *Server) serveStream(ctx context.Context, st net.Conn, info Info) {
 		}
 		s.exec(ctx, st, req.Exec, info)
 	case "open":
-		s.serveFile(st, fo.abs(req.Path), req.Flag, os.FileMode(req.Mode))
+		s.serveFile(st, fo.abs(req.Path), req.Flags, os.FileMode(req.Mode))
 	case "dial":
 		s.dial(ctx, st, req)
 	default:
@@ -274,11 +274,11 @@ func reply(st net.Conn, op, path string, v any, err error) {
 	writeJSON(st, frameOK, v)
 }
 
-// hello answers the handshake: the agent's Info, when the client speaks
-// this protocol version.
+// hello answers the handshake: the agent's Info, when the client speaks a
+// protocol version this agent serves.
 func hello(st net.Conn, req *request, info Info) {
-	if req.Version != ProtocolVersion {
-		reply(st, req.Op, "", nil, fmt.Errorf("protocol version %d not supported, agent speaks %d", req.Version, ProtocolVersion))
+	if req.Version < MinProtocolVersion || req.Version > ProtocolVersion {
+		reply(st, req.Op, "", nil, fmt.Errorf("protocol version %d not supported, agent speaks %d to %d", req.Version, MinProtocolVersion, ProtocolVersion))
 		return
 	}
 	reply(st, req.Op, "", info, nil)

@@ -10,12 +10,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/pires/go-proxyproto"
 )
 
 // ProxyProtocolConfig lets gomux sit behind a TCP load balancer (HAProxy,
@@ -139,12 +138,6 @@ type proxyHeader struct {
 	Src, Dst netip.AddrPort
 }
 
-// The PROXY protocol's two signatures.
-var (
-	proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
-	proxyV1Sig = []byte("PROXY ")
-)
-
 // defaultProxyHeaderTimeout is how long a connection from a trusted
 // balancer may take to send its PROXY header. HAProxy, nginx and cloud
 // balancers send it as the first bytes of the connection, before any of
@@ -158,112 +151,109 @@ const defaultProxyHeaderTimeout = 5 * time.Second
 // sends tens of bytes, a few hundred with TLS TLVs.
 const maxProxyV2Len = 4096
 
+// maxProxyV1Len is the longest v1 header line, CRLF included (the spec's
+// bound).
+const maxProxyV1Len = 107
+
+// proxyV1Sig is the start of a v1 header: the signature and the space
+// that must follow it.
+const proxyV1Sig = "PROXY "
+
 // errNotProxy is a connection that did not start with a PROXY header.
 var errNotProxy = errors.New("no PROXY protocol header")
 
 // parseProxyHeader reads one PROXY protocol v1 or v2 header from r and
-// nothing after it, so r then yields the SSH stream.
+// nothing after it, so r then yields the SSH stream. The header's bytes
+// are framed here, and parsed by github.com/pires/go-proxyproto: gomux
+// frames them itself so that a header may arrive in several reads (the
+// library refuses a v1 line not already buffered whole), that no byte of
+// the client's stream is read, and that a v2 block is bounded before it
+// is read.
 func parseProxyHeader(r *bufio.Reader) (proxyHeader, error) {
+	frame, err := readProxyFrame(r)
+	if err != nil {
+		return proxyHeader{}, err
+	}
+	if frame[0] == proxyproto.SIGV2[0] {
+		// gomux keeps the balancer's own address for a LOCAL header
+		// whatever its address block says, and for a PROXY header of
+		// family UNSPEC (the spec lets a receiver accept it so; the
+		// library refuses it): both are parsed as LOCAL, UNSPEC.
+		if cmd := frame[12] & 0xf; cmd == 0 || cmd == 1 && frame[13] == 0 {
+			frame[12], frame[13] = frame[12]&0xf0, 0
+		}
+	}
+	h, err := proxyproto.Read(bufio.NewReaderSize(bytes.NewReader(frame), len(frame)))
+	if err != nil {
+		return proxyHeader{}, fmt.Errorf("PROXY v%d header: %w", proxyVersion(frame), err)
+	}
+	if h.Command.IsLocal() {
+		return proxyHeader{Local: true}, nil
+	}
+	src, dst, ok := h.TCPAddrs()
+	if !ok {
+		return proxyHeader{}, fmt.Errorf("PROXY v%d header: address family 0x%02x is not TCP", proxyVersion(frame), byte(h.TransportProtocol))
+	}
+	return proxyHeader{Src: tcpAddrPort(src), Dst: tcpAddrPort(dst)}, nil
+}
+
+func proxyVersion(frame []byte) int {
+	if frame[0] == proxyproto.SIGV2[0] {
+		return 2
+	}
+	return 1
+}
+
+func tcpAddrPort(a *net.TCPAddr) netip.AddrPort {
+	ip, _ := netip.AddrFromSlice(a.IP)
+	return netip.AddrPortFrom(ip.Unmap(), uint16(a.Port))
+}
+
+// readProxyFrame reads the bytes of one PROXY header: a v1 line up to its
+// LF (at most maxProxyV1Len bytes), or a v2 header's 16 fixed bytes and
+// the block they announce (at most maxProxyV2Len). It returns errNotProxy
+// when r does not start with either signature.
+func readProxyFrame(r *bufio.Reader) ([]byte, error) {
 	first, err := r.Peek(1)
 	if err != nil {
-		return proxyHeader{}, fmt.Errorf("read PROXY header: %w", err)
+		return nil, fmt.Errorf("read PROXY header: %w", err)
 	}
 	switch first[0] {
-	case proxyV2Sig[0]:
-		return parseProxyV2(r)
+	case proxyproto.SIGV2[0]:
+		frame := make([]byte, 16, 16+maxProxyV2Len)
+		if _, err := io.ReadFull(r, frame); err != nil {
+			return nil, fmt.Errorf("read PROXY v2 header: %w", err)
+		}
+		if !bytes.Equal(frame[:12], proxyproto.SIGV2) {
+			return nil, errNotProxy
+		}
+		n := int(binary.BigEndian.Uint16(frame[14:]))
+		if n > maxProxyV2Len {
+			return nil, fmt.Errorf("PROXY v2 header: %d bytes of addresses (max %d): %w", n, maxProxyV2Len, proxyproto.ErrInvalidLength)
+		}
+		frame = frame[:16+n]
+		if _, err := io.ReadFull(r, frame[16:]); err != nil {
+			return nil, fmt.Errorf("read PROXY v2 addresses: %w", err)
+		}
+		return frame, nil
 	case proxyV1Sig[0]:
-		return parseProxyV1(r)
-	}
-	return proxyHeader{}, errNotProxy
-}
-
-func parseProxyV1(r *bufio.Reader) (proxyHeader, error) {
-	// At most 107 bytes, CRLF included (the spec's bound).
-	var line []byte
-	for len(line) < 107 {
-		b, err := r.ReadByte()
-		if err != nil {
-			return proxyHeader{}, fmt.Errorf("read PROXY v1 header: %w", err)
+		var line []byte
+		for len(line) < maxProxyV1Len {
+			b, err := r.ReadByte()
+			if err != nil {
+				return nil, fmt.Errorf("read PROXY v1 header: %w", err)
+			}
+			line = append(line, b)
+			if b == '\n' {
+				break
+			}
 		}
-		line = append(line, b)
-		if b == '\n' {
-			break
+		if !bytes.HasPrefix(line, []byte(proxyV1Sig)) {
+			return nil, errNotProxy
 		}
+		return line, nil
 	}
-	if !bytes.HasPrefix(line, proxyV1Sig) {
-		return proxyHeader{}, errNotProxy
-	}
-	if !bytes.HasSuffix(line, []byte("\r\n")) {
-		return proxyHeader{}, errors.New("PROXY v1 header longer than 107 bytes or not ended by CRLF")
-	}
-	f := strings.Split(string(line[len(proxyV1Sig):len(line)-2]), " ")
-	if f[0] == "UNKNOWN" {
-		return proxyHeader{Local: true}, nil
-	}
-	if len(f) != 5 || (f[0] != "TCP4" && f[0] != "TCP6") {
-		return proxyHeader{}, fmt.Errorf("PROXY v1 header %q: want TCP4|TCP6 src dst sport dport", line[:len(line)-2])
-	}
-	var h proxyHeader
-	for i, dst := range []*netip.AddrPort{&h.Src, &h.Dst} {
-		a, err := netip.ParseAddr(f[1+i])
-		if err != nil || a.Zone() != "" || a.Is4() != (f[0] == "TCP4") {
-			return proxyHeader{}, fmt.Errorf("PROXY v1 header: bad %s address %q", f[0], f[1+i])
-		}
-		p, err := strconv.ParseUint(f[3+i], 10, 16)
-		if err != nil || (len(f[3+i]) > 1 && f[3+i][0] == '0') {
-			return proxyHeader{}, fmt.Errorf("PROXY v1 header: bad port %q", f[3+i])
-		}
-		*dst = netip.AddrPortFrom(a, uint16(p))
-	}
-	return h, nil
-}
-
-func parseProxyV2(r *bufio.Reader) (proxyHeader, error) {
-	var fixed [16]byte
-	if _, err := io.ReadFull(r, fixed[:]); err != nil {
-		return proxyHeader{}, fmt.Errorf("read PROXY v2 header: %w", err)
-	}
-	if !bytes.Equal(fixed[:12], proxyV2Sig) {
-		return proxyHeader{}, errNotProxy
-	}
-	if fixed[12]>>4 != 2 {
-		return proxyHeader{}, fmt.Errorf("PROXY v2 header: version %d", fixed[12]>>4)
-	}
-	cmd, fam := fixed[12]&0xf, fixed[13]
-	n := int(binary.BigEndian.Uint16(fixed[14:]))
-	if n > maxProxyV2Len {
-		return proxyHeader{}, fmt.Errorf("PROXY v2 header: %d bytes of addresses (max %d)", n, maxProxyV2Len)
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return proxyHeader{}, fmt.Errorf("read PROXY v2 addresses: %w", err)
-	}
-	switch cmd {
-	case 0: // LOCAL: the balancer's own connection
-		return proxyHeader{Local: true}, nil
-	case 1: // PROXY
-	default:
-		return proxyHeader{}, fmt.Errorf("PROXY v2 header: command %d", cmd)
-	}
-	var alen int
-	switch fam {
-	case 0x11: // TCP over IPv4
-		alen = 4
-	case 0x21: // TCP over IPv6
-		alen = 16
-	case 0x00: // UNSPEC: addresses unknown, the balancer's own kept
-		return proxyHeader{Local: true}, nil
-	default:
-		return proxyHeader{}, fmt.Errorf("PROXY v2 header: address family 0x%02x is not TCP", fam)
-	}
-	if len(body) < 2*alen+4 {
-		return proxyHeader{}, fmt.Errorf("PROXY v2 header: %d bytes, too short for its addresses", len(body))
-	}
-	src, _ := netip.AddrFromSlice(body[:alen])
-	dst, _ := netip.AddrFromSlice(body[alen : 2*alen])
-	sp := binary.BigEndian.Uint16(body[2*alen:])
-	dp := binary.BigEndian.Uint16(body[2*alen+2:])
-	return proxyHeader{Src: netip.AddrPortFrom(src.Unmap(), sp), Dst: netip.AddrPortFrom(dst.Unmap(), dp)}, nil
+	return nil, errNotProxy
 }
 
 // proxyListener reads the PROXY header of each connection from a trusted
@@ -486,7 +476,7 @@ type sniffConn struct {
 func (c *sniffConn) Read(p []byte) (int, error) {
 	if !c.checked {
 		c.checked = true
-		if b, _ := c.br.Peek(5); bytes.Equal(b, proxyV1Sig[:5]) || bytes.Equal(b, proxyV2Sig[:5]) {
+		if b, _ := c.br.Peek(5); bytes.Equal(b, proxyproto.SIGV1) || bytes.Equal(b, proxyproto.SIGV2[:5]) {
 			c.pl.s.metrics.proxyHeader("untrusted")
 			c.pl.s.log.Warn().Str("event", EventProxyProtocol).Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
 				Msg("PROXY header from an address not in proxy_protocol.trusted_networks; closing")

@@ -5,18 +5,21 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 )
 
 func proxyV2(cmd, fam byte, addrs []byte, tlv []byte) []byte {
-	b := append([]byte{}, proxyV2Sig...)
+	b := append([]byte{}, proxyproto.SIGV2...)
 	b = append(b, 0x20|cmd, fam)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(addrs)+len(tlv)))
 	b = append(b, addrs...)
@@ -36,58 +39,77 @@ func TestParseProxyHeader(t *testing.T) {
 		b := append(s[:], d[:]...)
 		return append(b, 0x1f, 0x90, 0, 22)
 	}()
-	for _, tc := range []struct {
-		name  string
-		in    []byte
-		src   string
-		local bool
-		err   string
-	}{
-		{"v1 tcp4", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 51234 2222\r\nSSH-2.0-x\r\n"), "192.0.2.7:51234", false, ""},
-		{"v1 tcp6", []byte("PROXY TCP6 2001:db8::1 2001:db8::2 8080 22\r\nSSH"), "[2001:db8::1]:8080", false, ""},
-		{"v1 unknown", []byte("PROXY UNKNOWN\r\nSSH"), "", true, ""},
-		{"v1 family mismatch", []byte("PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n"), "", false, "bad TCP4 address"},
-		{"v1 bad port", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 70000 22\r\n"), "", false, "bad port"},
-		{"v1 leading zero port", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 022 22\r\n"), "", false, "bad port"},
-		{"v1 too long", []byte("PROXY TCP4 " + strings.Repeat("1", 120) + "\r\n"), "", false, "longer than 107"},
-		{"v1 no crlf", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 1 22\n"), "", false, "CRLF"},
-		{"v1 fields", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 1\r\n"), "", false, "want TCP4"},
-		{"v2 tcp4", append(proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 40000, 2222), []byte{0x04, 0, 1, 0}), "SSH"...), "198.51.100.9:40000", false, ""},
-		{"v2 tcp6", proxyV2(1, 0x21, v6, nil), "[2001:db8::1]:8080", false, ""},
-		{"v2 local", proxyV2(0, 0, nil, nil), "", true, ""},
-		{"v2 unspec", proxyV2(1, 0, nil, nil), "", true, ""},
-		{"v2 udp", proxyV2(1, 0x12, v4Addrs("198.51.100.9", "10.0.0.1", 1, 2), nil), "", false, "not TCP"},
-		{"v2 short", proxyV2(1, 0x11, []byte{1, 2, 3}, nil), "", false, "too short"},
-		{"v2 truncated", proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 1, 2), nil)[:20], "", false, "EOF"},
-		{"v2 version 1", append(append([]byte{}, proxyV2Sig...), 0x11, 0x11, 0, 0), "", false, "version 1"},
-		{"v2 huge", append(append([]byte{}, proxyV2Sig...), 0x21, 0x11, 0xff, 0xff), "", false, "max"},
-		{"ssh", []byte("SSH-2.0-OpenSSH_9.2\r\n"), "", false, "no PROXY protocol header"},
-		{"empty", nil, "", false, "EOF"},
+	for _, tc := range []headerCase{
+		{"v1 tcp4", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 51234 2222\r\nSSH-2.0-x\r\n"), "192.0.2.7:51234", false, "", nil},
+		{"v1 tcp6", []byte("PROXY TCP6 2001:db8::1 2001:db8::2 8080 22\r\nSSH"), "[2001:db8::1]:8080", false, "", nil},
+		{"v1 unknown", []byte("PROXY UNKNOWN\r\nSSH"), "", true, "", nil},
+		{"v1 family mismatch", []byte("PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n"), "", false, "", proxyproto.ErrInvalidAddress},
+		{"v1 bad port", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 70000 22\r\n"), "", false, "", proxyproto.ErrInvalidPortNumber},
+		{"v1 leading zero port", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 022 22\r\n"), "", false, "", proxyproto.ErrInvalidPortNumber},
+		{"v1 too long", []byte("PROXY TCP4 " + strings.Repeat("1", 120) + "\r\n"), "", false, "", proxyproto.ErrVersion1HeaderTooLong},
+		{"v1 no crlf", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 1 22\n"), "", false, "", proxyproto.ErrLineMustEndWithCrlf},
+		{"v1 fields", []byte("PROXY TCP4 192.0.2.7 10.0.0.1 1\r\n"), "", false, "", proxyproto.ErrCantReadAddressFamilyAndProtocol},
+		{"v2 tcp4", append(proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 40000, 2222), []byte{0x04, 0, 1, 0}), "SSH"...), "198.51.100.9:40000", false, "", nil},
+		{"v2 tcp6", proxyV2(1, 0x21, v6, nil), "[2001:db8::1]:8080", false, "", nil},
+		{"v2 local", proxyV2(0, 0, nil, nil), "", true, "", nil},
+		{"v2 unspec", proxyV2(1, 0, nil, nil), "", true, "", nil},
+		{"v2 udp", proxyV2(1, 0x12, v4Addrs("198.51.100.9", "10.0.0.1", 1, 2), nil), "", false, "not TCP", nil},
+		{"v2 short", proxyV2(1, 0x11, []byte{1, 2, 3}, nil), "", false, "", proxyproto.ErrInvalidLength},
+		{"v2 truncated", proxyV2(1, 0x11, v4Addrs("198.51.100.9", "10.0.0.1", 1, 2), nil)[:20], "", false, "EOF", nil},
+		{"v2 version 1", append(append([]byte{}, proxyproto.SIGV2...), 0x11, 0x11, 0, 0), "", false, "", proxyproto.ErrUnsupportedProtocolVersionAndCommand},
+		{"v2 huge", append(append([]byte{}, proxyproto.SIGV2...), 0x21, 0x11, 0xff, 0xff), "", false, "max", proxyproto.ErrInvalidLength},
+		{"v2 local odd family", proxyV2(0, 0x13, []byte{1, 2, 3}, nil), "", true, "", nil},
+		{"v2 unix", proxyV2(1, 0x31, make([]byte, 216), nil), "", false, "not TCP", nil},
+		{"v1 not PROXY", []byte("PROXYjunk TCP4\r\n"), "", false, "no PROXY protocol header", nil},
+		{"ssh", []byte("SSH-2.0-OpenSSH_9.2\r\n"), "", false, "no PROXY protocol header", nil},
+		{"empty", nil, "", false, "EOF", nil},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			br := bufio.NewReader(bytes.NewReader(tc.in))
-			h, err := parseProxyHeader(br)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("err %v, want %q", err, tc.err)
+		// Split: the header arrives one byte per read, as a balancer's
+		// header split over segments would; gomux waits for the rest.
+		for _, split := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s split %v", tc.name, split), func(t *testing.T) {
+				var in io.Reader = bytes.NewReader(tc.in)
+				if split {
+					in = iotest.OneByteReader(in)
 				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if h.Local != tc.local || (!tc.local && h.Src.String() != tc.src) {
-				t.Fatalf("got %+v, want src %s local %v", h, tc.src, tc.local)
-			}
-			// Nothing after the header is consumed.
-			rest, _ := io.ReadAll(br)
-			if len(tc.in) > 0 && !bytes.HasSuffix(tc.in, rest) {
-				t.Fatalf("rest %q", rest)
-			}
-			if strings.HasPrefix(tc.name, "v1 tcp4") && string(rest) != "SSH-2.0-x\r\n" {
-				t.Fatalf("rest %q", rest)
-			}
-		})
+				parseOne(t, bufio.NewReader(in), tc)
+			})
+		}
+	}
+}
+
+// headerCase is one input to parseProxyHeader and what it must give.
+type headerCase struct {
+	name  string
+	in    []byte
+	src   string
+	local bool
+	err   string // part of the error gomux's wrapper writes
+	is    error  // the library's error it wraps
+}
+
+func parseOne(t *testing.T, br *bufio.Reader, tc headerCase) {
+	t.Helper()
+	h, err := parseProxyHeader(br)
+	if tc.err != "" || tc.is != nil {
+		if err == nil || !strings.Contains(err.Error(), tc.err) || tc.is != nil && !errors.Is(err, tc.is) {
+			t.Fatalf("err %v, want %q (%v)", err, tc.err, tc.is)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Local != tc.local || (!tc.local && h.Src.String() != tc.src) {
+		t.Fatalf("got %+v, want src %s local %v", h, tc.src, tc.local)
+	}
+	// Nothing after the header is consumed.
+	rest, _ := io.ReadAll(br)
+	if len(tc.in) > 0 && !bytes.HasSuffix(tc.in, rest) {
+		t.Fatalf("rest %q", rest)
+	}
+	if strings.HasPrefix(tc.name, "v1 tcp4") && string(rest) != "SSH-2.0-x\r\n" {
+		t.Fatalf("rest %q", rest)
 	}
 }
 
