@@ -38,7 +38,7 @@ type innerConn struct {
 
 	remoteUser string
 	tasks      gogroup.Group
-	sessions   atomic.Int32 // session channels opened, for settle
+	sessions   atomic.Int32 // session channels opened, for flushFirst
 
 	mu    sync.Mutex
 	lease *Lease
