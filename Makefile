@@ -7,7 +7,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 # target/arches that is not a comment (agent/dist and the launcher read it too).
 ARCHES   := $(shell awk '$$1 !~ /^\#/ { print $$1 }' target/arches)
 AGENTS   := $(foreach a,$(ARCHES),agent/dist/bin/gomux-agent-linux-$(a))
-AGENT_SRC := $(shell find agent cmd/gomux-agent \( -name '*.go' -not -name '*_test.go' \) -o -name '*.py' 2>/dev/null) go.mod go.sum
+AGENT_SRC := $(shell find agent cmd/gomux-agent target \( -name '*.go' -not -name '*_test.go' \) -o -name '*.py' 2>/dev/null) target/arches go.mod go.sum
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # The fork server runs under the target's system Python: lint and compile
 # it with Debian's (pyflakes3, /usr/bin/python3), not a developer's. The

@@ -63,10 +63,21 @@ func loadPrograms(compact bool) (programs, error) {
 	return programs{t}, nil
 }
 
-// sent is the programs as gomux sends them, parsed on first use: the
-// agent uses this package for its layout only, and should not pay for
-// the parse at each start.
-var sent = sync.OnceValue(func() programs { return mustLoad(true) })
+// sent returns the programs as gomux sends them, parsed once, on first
+// use. They are held in variables with no initializer, set only here:
+// the agent uses this package for its layout only, and so neither pays
+// for the parse at each start nor links text/template (a third more
+// of its size to upload to every target) — an initialized package
+// variable would make the linker keep both.
+func sent() programs {
+	sentOnce.Do(func() { sentPrograms = mustLoad(true) })
+	return sentPrograms
+}
+
+var (
+	sentOnce     sync.Once
+	sentPrograms programs
+)
 
 func mustLoad(compact bool) programs {
 	p, err := loadPrograms(compact)

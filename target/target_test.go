@@ -19,6 +19,7 @@ func TestQuote(t *testing.T) {
 		"/usr/bin/x":            "/usr/bin/x",
 		"a-b_c@d%e+f=g:h,i.j/k": "a-b_c@d%e+f=g:h,i.j/k",
 		"a b":                   "'a b'",
+		"/x/my agent":           "'/x/my agent'",
 		"it's":                  `'it'"'"'s'`,
 		"$HOME":                 "'$HOME'",
 		"*":                     "'*'",
