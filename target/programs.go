@@ -172,6 +172,12 @@ func Upload(sha string) string {
 	return "exec /bin/sh -c " + Quote(sent().render("upload.sh", uploadData{sha}))
 }
 
+// CacheMountOptions is the command that prints the mount options of the
+// file system the agent cache is, or would be, on, with a fixed PATH: an
+// agent that did not start may be on a noexec mount (gomux check says
+// so).
+func CacheMountOptions() string { return sent().render("cachemount.sh", nil) }
+
 // WarmRun is one Ansible module run that gomux hands to a warm Python
 // fork server on the target (`gomux-agent pyrun`, agent/PROTOCOL.md),
 // written as shell that runs the interpreter exactly as Ansible asked

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,6 +36,7 @@ func samples(t *testing.T) map[string]any {
 		t.Fatal("no become program for an agent named by its hash")
 	}
 	return map[string]any{
+		"cachemount.sh":  nil,
 		"launcher.sh":    launcherData(map[string]string{"amd64": sampleSHA, "arm64": sampleSHA2}, 30),
 		"upload.sh":      uploadData{sampleSHA},
 		"warm.sh":        warm,
@@ -146,6 +148,7 @@ func TestProgramsSpellLayout(t *testing.T) {
 	launcher := sent().render("launcher.sh", data["launcher.sh"])
 	for name, want := range map[string][]string{
 		"launcher.sh":    {`d="$HOME/` + CacheDir + `"`, `"$d/` + AgentName("$h") + `"`, `"` + NoAgent + ` `, `"` + NeedAgent + ` `},
+		"cachemount.sh":  {`"$HOME/` + path.Dir(CacheDir) + `"`},
 		"upload.sh":      {`d="$HOME/` + CacheDir + `"`, `"$d/` + AgentName("$h") + `"`, `"$d/.` + AgentName("$h") + `.$$"`, "echo " + Uploaded + " "},
 		"warm-become.sh": {`"$HOME/` + CacheDir + `/` + AgentName(`"`+sampleSHA), `"$d/.` + AgentName(`"`+sampleSHA+`.$$;`)},
 	} {
