@@ -209,3 +209,20 @@ func runSh(t *testing.T, home, cmd string, stdin []byte) (string, error) {
 	out, err := c.Output()
 	return string(out), err
 }
+
+// BenchmarkWarmRunProgram is what the shim pays per warm module run for
+// its rewrite: rendering the program, under become and without.
+func BenchmarkWarmRunProgram(b *testing.B) {
+	w := WarmRun{Agent: "/home/u/.cache/gomux/agent-" + sampleSHA, AgentID: "77:9000", Idle: 5 * time.Minute, Run: "/usr/bin/python3 /tmp/x/AnsiballZ_ping.py"}
+	for _, become := range []bool{false, true} {
+		w.Become = become
+		name := map[bool]string{false: "plain", true: "become"}[become]
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, ok := w.Program(); !ok {
+					b.Fatal("no program")
+				}
+			}
+		})
+	}
+}

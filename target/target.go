@@ -17,7 +17,7 @@ import (
 // CacheDir is the agent cache, relative to the home of the user the agent
 // runs as: the agent binaries, by their SHA-256, and the blob cache. The
 // launcher, the upload and the become guard (the *.sh programs) spell
-// the same path; TestProgramsSpellCacheDir holds them to it.
+// the same path; TestProgramsSpellLayout holds them to it.
 const CacheDir = ".cache/gomux"
 
 // BlobDir is the agent's content-addressed blob cache inside CacheDir.
