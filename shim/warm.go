@@ -65,8 +65,8 @@ func Warm(cmd string, o WarmOptions) (string, bool) {
 // The result is not parsed again: spliceWord replaces a word only when
 // target.Quote reproduces it byte for byte and puts target.Quote of the
 // new value in its place, which is always one word, so the outer layers
-// parse as before; and the guarded text that replaceRun splices into the innermost
-// layer is fixed shell around the words it keeps. FuzzWarm checks that
+// parse as before; and the guarded text that replaceRun splices into the
+// innermost layer is fixed shell around the words it keeps. FuzzWarm checks that
 // every rewrite parses, to the innermost layer.
 func (s *source) warm(cmd string, step Step, o WarmOptions) (string, bool) {
 	run, ok := step.(Run)
