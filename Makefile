@@ -3,9 +3,11 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
-ARCHES   := amd64 arm64
+# The GOARCHes of the agent builds: the first word of each line of
+# target/arches that is not a comment (agent/dist and the launcher read it too).
+ARCHES   := $(shell awk '$$1 !~ /^\#/ { print $$1 }' target/arches)
 AGENTS   := $(foreach a,$(ARCHES),agent/dist/bin/gomux-agent-linux-$(a))
-AGENT_SRC := $(shell find agent cmd/gomux-agent \( -name '*.go' -not -name '*_test.go' \) -o -name '*.py' 2>/dev/null) go.mod go.sum
+AGENT_SRC := $(shell find agent cmd/gomux-agent target \( -name '*.go' -not -name '*_test.go' \) -o -name '*.py' 2>/dev/null) target/arches go.mod go.sum
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # The fork server runs under the target's system Python: lint and compile
 # it with Debian's (pyflakes3, /usr/bin/python3), not a developer's. The
@@ -13,7 +15,13 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PYTHON   ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 PYFLAKES ?= pyflakes3
 PY_SRC   := agent/pyrun/forkserver.py
-DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema haproxy prometheus
+# The shell programs gomux runs on targets (target/*.sh) are templates:
+# target/testdata/*.sh are them as written, filled with sample values
+# (kept current by the target package's TestPrograms), for sh -n and
+# Debian's shellcheck.
+SH_PROGRAMS := $(wildcard target/testdata/*.sh)
+SHELLCHECK ?= shellcheck
+DEB_PACKAGES := openssh-server openssh-client ansible-core ansible-mitogen sudo acl iproute2 tmux lsof procps pyflakes3 asciinema haproxy prometheus shellcheck
 # make image: an OCI image layout (and a tarball for docker/podman load)
 # built by tools/image, its own module, without a container daemon.
 IMAGE_DIR ?= bin/image
@@ -69,6 +77,9 @@ lint: agents
 	cd tools/image && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
 	$(PYFLAKES) $(PY_SRC)
 	$(PYTHON) -c 'import sys; [compile(open(f, "rb").read(), f, "exec") for f in sys.argv[1:]]' $(PY_SRC)
+	$(GO) test -count=1 -run '^TestPrograms$$' ./target
+	for f in $(SH_PROGRAMS); do sh -n "$$f" || exit 1; done
+	$(SHELLCHECK) $(SH_PROGRAMS)
 
 # Each fuzz target for a while; `go test` alone runs their seed corpora.
 fuzz: agents

@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"syscall"
 	"time"
+
+	"github.com/gomux/gomux/target"
 )
 
 // PrepOp is one filesystem step a batch performs before its command, so a
@@ -64,7 +66,7 @@ var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 var errNoBlob = errors.New("blob not in cache")
 
 // blobDir is the agent's content-addressed cache, beside its own binary.
-func blobDir(home string) string { return filepath.Join(home, ".cache", "gomux", "blobs") }
+func blobDir(home string) string { return target.BlobPath(home) }
 
 // batch performs a request's prep ops in order, then runs its command
 // (when there is one) exactly as exec does. Cached contents are checked
@@ -323,7 +325,7 @@ func writePart(st io.Reader, f io.Writer, home string, part PrepPart, cached map
 	if _, err := os.Stat(cache); err != nil {
 		// Best effort: a cache that cannot be written only costs a resend.
 		if os.MkdirAll(filepath.Dir(cache), 0o700) == nil {
-			tmp := fmt.Sprintf("%s.%d.tmp", cache, os.Getpid())
+			tmp := filepath.Join(filepath.Dir(cache), target.BlobTempName(part.SHA256, os.Getpid()))
 			if os.WriteFile(tmp, data, 0o600) == nil {
 				os.Rename(tmp, cache)
 			} else {

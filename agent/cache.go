@@ -5,21 +5,20 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gomux/gomux/target"
 )
 
-// The names the agent cache (~/.cache/gomux) holds: agents by their
-// SHA-256 and the upload's temporary files (the proxy's uploadScript),
-// blobs by their SHA-256 and writePart's temporary files. Cleaning
-// touches nothing else there.
-var (
-	cachedAgentName = regexp.MustCompile(`^agent-[0-9a-f]{64}$`)
-	agentTempName   = regexp.MustCompile(`^\.agent-[0-9a-f]{64}\.[0-9]+$`)
-	blobName        = regexp.MustCompile(`^[0-9a-f]{64}(\.[0-9]+\.tmp)?$`)
-)
+// isCachedAgent says whether name is an agent in the agent cache
+// (target.CacheDir): cleaning touches only the names the cache holds
+// (target.AgentName, target.IsAgentTemp, target.IsBlobName).
+func isCachedAgent(name string) bool {
+	_, ok := target.AgentSHA(name)
+	return ok
+}
 
 // CacheCleanup says what CleanCache did.
 type CacheCleanup struct {
@@ -45,7 +44,7 @@ type CacheCleanup struct {
 // is positive.
 func CleanCache(exe string, maxAge time.Duration, now time.Time) (CacheCleanup, error) {
 	dir := filepath.Dir(exe)
-	if maxAge <= 0 || !cachedAgentName.MatchString(filepath.Base(exe)) || filepath.Base(dir) != "gomux" {
+	if maxAge <= 0 || !isCachedAgent(filepath.Base(exe)) || !target.IsCachePath(dir) {
 		return CacheCleanup{}, nil
 	}
 	res := CacheCleanup{Dir: dir}
@@ -59,10 +58,10 @@ func CleanCache(exe string, maxAge time.Duration, now time.Time) (CacheCleanup, 
 		return res, err
 	}
 	cutoff := now.Add(-maxAge)
-	isOld := func(name string) bool { return agentTempName.MatchString(name) || cachedAgentName.MatchString(name) }
+	isOld := func(name string) bool { return target.IsAgentTemp(name) || isCachedAgent(name) }
 	removed, err := removeOld(dfd, isOld, self, cutoff)
 	res.Removed = append(res.Removed, removed...)
-	bfd, berr := unix.Openat(dfd, "blobs", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	bfd, berr := unix.Openat(dfd, target.BlobDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if berr != nil {
 		if errors.Is(berr, unix.ENOENT) {
 			return res, err
@@ -70,9 +69,9 @@ func CleanCache(exe string, maxAge time.Duration, now time.Time) (CacheCleanup, 
 		return res, errors.Join(err, fmt.Errorf("open blob cache: %w", berr))
 	}
 	defer unix.Close(bfd)
-	removed, berr = removeOld(bfd, blobName.MatchString, self, cutoff)
+	removed, berr = removeOld(bfd, target.IsBlobName, self, cutoff)
 	for _, n := range removed {
-		res.Removed = append(res.Removed, "blobs/"+n)
+		res.Removed = append(res.Removed, target.BlobDir+"/"+n)
 	}
 	return res, errors.Join(err, berr)
 }

@@ -148,8 +148,8 @@ func sudoKeepsPath(t *testing.T, user string) {
 }
 
 // TestHardeningBecomeInstallHostilePath is the attack on the become
-// install step (shim.becomeGuard): the become user's shell copies, hashes
-// and renames the agent into its own cache. Here the login user's sudo
+// install step (target/warm-become.sh): the become user's shell copies,
+// hashes and renames the agent into its own cache. Here the login user's sudo
 // needs a password (so the login user is not root), sudo is named by
 // absolute path (become_exe), and sudoers keeps the caller's PATH (PATH
 // is on sudo's default env_keep list; only secure_path, which Debian sets

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,99 +15,32 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
-	"github.com/gomux/gomux/internal/fixedpath"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/target"
 )
 
-// Launcher status lines. The launcher prints one of these, or execs the
-// agent, which prints agent.Banner.
+// Launcher status lines (target.Launcher, target.Upload). The launcher
+// prints one of these, or execs the agent, which prints agent.Banner.
 const (
-	needAgentLine = "GOMUX-NEED-AGENT"
-	noAgentLine   = "GOMUX-NO-AGENT"
-	uploadedLine  = "GOMUX-UPLOADED"
+	needAgentLine = target.NeedAgent
+	noAgentLine   = target.NoAgent
+	uploadedLine  = target.Uploaded
 )
 
-// cacheChecks is shell that sets bad to why the agent cache
-// ($HOME/.cache/gomux, in d) cannot be trusted: a file there runs as the
-// login user, so no one else may be able to write it or rename it. As
-// OpenSSH's StrictModes does for authorized_keys, $HOME and ~/.cache must
-// be owned by the user (or root) and not writable by group or others;
-// then ~/.cache/gomux must be a directory (not a symlink) owned by the
-// user and not writable by group or others. top is set when the fault
-// is above ~/.cache/gomux (gomux cannot fix it and does without the
-// agent); otherwise the upload script replaces the directory.
-const cacheChecks = `u=$(id -u); bad=; top=; ` +
-	`for p in "$HOME" "$HOME/.cache"; do [ -e "$p" ] || continue; s=$(stat -Lc '%u %a' "$p") || { bad="cannot stat $p"; top=1; break; }; ` +
-	`case "$s" in "$u "*|"0 "*) ;; *) bad="$p is not owned by uid $u ($s)"; top=1; break ;; esac; ` +
-	`case "$s" in *[2367]?|*[2367]) bad="$p is writable by others (mode ${s#* })"; top=1; break ;; esac; done; ` +
-	`if [ -z "$bad" ] && { [ -e "$d" ] || [ -L "$d" ]; }; then ` +
-	`if [ -L "$d" ] || [ ! -d "$d" ] || [ ! -O "$d" ]; then bad="$d is not a directory owned by uid $u"; ` +
-	`else s=$(stat -c '%a' "$d"); case "$s" in *[2367]?|*[2367]) bad="$d is writable by others (mode $s)" ;; esac; fi; fi; `
-
-// launcherScript starts the cached agent if its hash verifies. It runs
-// under /bin/sh whatever the login shell is, and costs one round trip on a
-// warm target. It opens the agent once, hashes that open file, checks
-// that the path still names that very file (test -ef) and executes it by
-// its path, so ps and the agent's own executable path show the real
-// name, not /proc/self/fd/3. Only the login user could swap the file in
-// between: the launcher runs only from a cache directory no one else can
-// write (cacheChecks), and this is the login user running its own file.
-// The become side never runs it (see shim.Warm). Where the file was
-// replaced between the hash and the check (a concurrent upload from
-// another connection to the same home, as on a shared NFS home), it looks
-// again, up to three times. It runs its tools with a fixed PATH
-// (fixedpath.Set) and gives the agent back the PATH it was given, which
-// the agent passes on to the commands it runs, as sshd would. The agent
-// is told cacheDays, after which it removes what no start has used
-// (agent.CleanCache).
+// launcherScript is the command that starts the cached agent if its hash
+// verifies (target.Launcher). The agent is told cacheDays, after which it
+// removes what no start has used (agent.CleanCache).
 func launcherScript(bins map[string]dist.Binary, cacheDays int) string {
-	var cases strings.Builder
+	sums := make(map[string]string, len(bins))
 	for _, b := range bins {
-		switch b.Arch {
-		case "amd64":
-			fmt.Fprintf(&cases, "x86_64|amd64) h=%s ;; ", b.SHA256)
-		case "arm64":
-			fmt.Fprintf(&cases, "aarch64|arm64) h=%s ;; ", b.SHA256)
-		}
+		sums[b.Arch] = b.SHA256
 	}
-	// No umask here: the agent and every command it runs inherit this
-	// shell's, which must stay the one sshd gave the login.
-	script := `path0=${PATH-}; pathset=${PATH+1}; ` + fixedpath.Set + `m=$(uname -m); case "$m" in ` + cases.String() +
-		`*) echo "` + noAgentLine + ` no agent build for machine $m"; exit 0 ;; esac; ` +
-		`d="$HOME/.cache/gomux"; f="$d/agent-$h"; ` + cacheChecks +
-		`if [ -n "$top" ]; then echo "` + noAgentLine + ` unsafe agent cache: $bad"; exit 0; fi; ` +
-		`if [ -n "$bad" ]; then echo "` + needAgentLine + ` $h $m unsafe agent cache: $bad"; exit 0; fi; ` +
-		`for i in 1 2 3; do ` +
-		`if [ -f "$f" ] && [ ! -L "$f" ] && [ -O "$f" ] && exec 3<"$f"; then ` +
-		`if [ "$(sha256sum <&3 2>/dev/null | cut -c1-64)" = "$h" ] && [ "$f" -ef /proc/self/fd/3 ]; then ` +
-		`if [ -n "$pathset" ]; then PATH=$path0; else unset PATH; fi; exec "$f" serve -cache-days ` + strconv.Itoa(cacheDays) + `; fi; exec 3<&-; ` +
-		`else break; fi; done; ` +
-		`echo "` + needAgentLine + ` $h $m"`
-	return "exec /bin/sh -c " + shellQuote(script)
+	return target.Launcher(sums, cacheDays)
 }
 
-// uploadScript writes the agent from stdin into the per-user cache under a
-// temporary name, verifies it, and renames it into place, so a broken
-// transfer never leaves a file the launcher would run. A cache directory
-// that others could write (cacheChecks) is removed first and made again,
-// 0700: whatever is in it is not the user's. Its tools run with a fixed
-// PATH (fixedpath.Set).
-func uploadScript(hash string) string {
-	script := fixedpath.Set + `umask 077; d="$HOME/.cache/gomux"; ` + cacheChecks +
-		`if [ -n "$top" ]; then echo "$bad" >&2; exit 1; fi; ` +
-		`if [ -n "$bad" ]; then rm -rf "$d" || exit 1; fi; ` +
-		`t="$d/.agent-` + hash + `.$$"; f="$d/agent-` + hash + `"; ` +
-		`mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && cat > "$t" && [ "$(sha256sum < "$t" | cut -c1-64)" = "` + hash + `" ] && chmod 700 "$t" && ` +
-		// A shared home (NFS) or a second gomux may have put a good copy
-		// there meanwhile: keep it, so a launcher hashing it is not raced.
-		`{ { [ -f "$f" ] && [ ! -L "$f" ] && [ "$(sha256sum < "$f" | cut -c1-64)" = "` + hash + `" ] && rm -f "$t"; } || mv -f "$t" "$f"; } && echo ` + uploadedLine + ` && exit 0; ` +
-		`rm -f "$t"; exit 1`
-	return "exec /bin/sh -c " + shellQuote(script)
-}
-
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
-}
+// uploadScript is the command that writes the agent from stdin into the
+// per-user cache and verifies it (target.Upload).
+func uploadScript(hash string) string { return target.Upload(hash) }
 
 // errNeedAgent means the target has no verified copy of the agent;
 // unsafe says why the cache directory was not trusted, when it was not.
@@ -396,12 +328,11 @@ type closeBoth struct {
 
 func (c closeBoth) Close() error { return c.sess.Close() }
 
+// archOf is the GOARCH of a `uname -m` name, or the name itself when
+// there is no agent build for it.
 func archOf(machine string) string {
-	switch machine {
-	case "x86_64", "amd64":
-		return "amd64"
-	case "aarch64", "arm64":
-		return "arm64"
+	if a, ok := target.ArchOf(machine); ok {
+		return a
 	}
 	return machine
 }
@@ -456,7 +387,7 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 		return fmt.Errorf("upload agent: %w", err)
 	}
 	if err != nil || !strings.Contains(out.String(), uploadedLine) {
-		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/.cache/gomux: %v stderr: %q", err, stderr.String())}
+		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/"+target.CacheDir+": %v stderr: %q", err, stderr.String())}
 	}
 	u.pool.m.agentUpload(len(bin.Data))
 	u.logger().Info().Str("event", EventAgentUpload).Str("arch", arch).Str("sha256", bin.SHA256).

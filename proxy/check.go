@@ -18,8 +18,8 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/gomux/gomux/agent/dist"
-	"github.com/gomux/gomux/internal/fixedpath"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/target"
 )
 
 // HostCAExists reports whether stateDir already holds a host CA, so
@@ -193,8 +193,8 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 		reason := lease.fallbackReason()
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
-			if opts := remote(ctx, lease, findmntCommand); hasMountOpt(opts, "noexec") {
-				reason = "the agent cache ~/.cache/gomux is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
+			if opts := remote(ctx, lease, target.CacheMountOptions()); hasMountOpt(opts, "noexec") {
+				reason = "the agent cache ~/" + target.CacheDir + " is on a noexec filesystem (" + strings.TrimSpace(opts) + "): " + reason
 				fix = "mount the home directory (or ~/.cache) without noexec, or accept fallback: gomux then serves this target through its sshd, channel by channel, without acceleration"
 			}
 		}
@@ -203,14 +203,14 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 		info := a.Info()
 		how := "cached copy verified and started"
 		if strings.Contains(logs.String(), `"event":"`+EventAgentUpload+`"`) {
-			how = "uploaded to ~/.cache/gomux, verified and started"
+			how = "uploaded to ~/" + target.CacheDir + ", verified and started"
 		}
 		c.add("agent", "ok", fmt.Sprintf("%s (agent %s, %s, home %s)", how, info.AgentVersion, info.Arch, info.Home), "")
 	}
 }
 
 // python looks for the interpreter Ansible would use, through the login
-// shell's PATH as Ansible's discovery does (so not fixedpath.Set): it runs
+// shell's PATH as Ansible's discovery does (so not a fixed PATH): it runs
 // as the login user, and reports what Ansible would find.
 func (c *checkRun) python(ctx context.Context, lease *Lease) {
 	if out := remote(ctx, lease, `for p in python3 /usr/bin/python3 python /usr/libexec/platform-python; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; "$p" -c 'import sys; print(sys.version.split()[0])'; exit 0; }; done; exit 1`); out != "" {
@@ -298,14 +298,10 @@ func agentFix(reason string) string {
 	case strings.Contains(reason, "unsafe agent cache"), strings.Contains(reason, "not owned"), strings.Contains(reason, "writable by others"):
 		return "make the home directory and ~/.cache owned by the user and not group- or world-writable (as sshd's StrictModes wants)"
 	case strings.Contains(reason, "cannot install"):
-		return "give the user a writable home (~/.cache/gomux), or accept fallback through sshd"
+		return "give the user a writable home (~/" + target.CacheDir + "), or accept fallback through sshd"
 	}
 	return "see the reason; gomux serves this target through its sshd, channel by channel, without acceleration"
 }
-
-// findmntCommand prints the mount options of the file system the agent
-// cache would be on, with a fixed PATH (fixedpath.Set).
-const findmntCommand = fixedpath.Set + `findmnt -no OPTIONS -T "$HOME/.cache" 2>/dev/null || findmnt -no OPTIONS -T "$HOME"`
 
 func hasMountOpt(opts, want string) bool {
 	for _, o := range strings.Split(strings.TrimSpace(opts), ",") {

@@ -9,6 +9,7 @@ import (
 	"mvdan.cc/sh/v3/syntax"
 
 	"github.com/gomux/gomux/shim"
+	"github.com/gomux/gomux/target"
 )
 
 // redacted replaces a secret in a logged command.
@@ -104,7 +105,7 @@ func (r *redactions) call(n *syntax.CallExpr) {
 			continue
 		}
 		if inner := redactScript(v, r.depth+1); inner != v {
-			r.add(w, shellQuote(inner))
+			r.add(w, target.Quote(inner))
 		}
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 	"mvdan.cc/sh/v3/syntax"
 
-	"github.com/gomux/gomux/internal/fixedpath"
+	"github.com/gomux/gomux/target"
 )
 
 // WarmOptions name the agent that serves warm module runs on a target.
@@ -38,9 +38,6 @@ func (r Run) takesTerminal(o WarmOptions) bool { return o.Terminal && r.Become =
 var (
 	warmInterpRE = regexp.MustCompile(`^python3(\.[0-9]+)?$`)
 	warmScriptRE = regexp.MustCompile(`^AnsiballZ_[A-Za-z0-9_.]+\.py$`)
-	// warmAgentRE is the name the launcher gives the agent: its content's
-	// SHA-256, which the launcher checked before it ran it.
-	warmAgentRE = regexp.MustCompile(`^agent-([0-9a-f]{64})$`)
 )
 
 // Warm rewrites the command of a recognized module run so that the
@@ -50,7 +47,7 @@ var (
 // still run, so sudo still authenticates and logs, and pyrun runs as the
 // become user. Without become the replacement is guarded by
 // `[ -x AGENT ]`: the login user runs its own agent. Under become it
-// never runs the login user's file (see becomeGuard): the become user
+// never runs the login user's file (see target.WarmRun): the become user
 // runs its own verified copy, or the interpreter exactly as Ansible
 // asked. ok is false, and cmd is to be run unchanged, for anything
 // unusual: async_wrapper, interpreter flags or arguments, an interpreter
@@ -66,10 +63,10 @@ func Warm(cmd string, o WarmOptions) (string, bool) {
 // warm is Warm of cmd, which s recognized as step, reusing s's trees.
 //
 // The result is not parsed again: spliceWord replaces a word only when
-// shQuote reproduces it byte for byte and puts shQuote of the new value
-// in its place, which is always one word, so the outer layers parse as
-// before; and the guarded text that replaceRun splices into the innermost
-// layer is fixed shell around the words it keeps. FuzzWarm checks that
+// target.Quote reproduces it byte for byte and puts target.Quote of the
+// new value in its place, which is always one word, so the outer layers
+// parse as before; and the guarded text that replaceRun splices into the
+// innermost layer is fixed shell around the words it keeps. FuzzWarm checks that
 // every rewrite parses, to the innermost layer.
 func (s *source) warm(cmd string, step Step, o WarmOptions) (string, bool) {
 	run, ok := step.(Run)
@@ -152,84 +149,22 @@ func (s *source) warmBecomeInner(src string, o WarmOptions) (string, bool) {
 	return replaceRun(src, call, o, true)
 }
 
-// replaceRun puts the guarded pyrun in place of the run's simple command.
+// replaceRun puts the guarded pyrun (target.WarmRun) in place of the
+// run's simple command.
 func replaceRun(src string, call *syntax.CallExpr, o WarmOptions, become bool) (string, bool) {
 	start, end := int(call.Pos().Offset()), int(call.End().Offset())
 	interp := int(call.Args[0].Pos().Offset())
 	if start < 0 || start > interp || interp > end || end > len(src) {
 		return "", false
 	}
-	flags := ""
-	if o.AgentID != "" {
-		flags += "-agent " + shQuote(o.AgentID) + " "
-	}
-	if o.Idle > 0 {
-		flags += "-idle " + shQuote(o.Idle.String()) + " "
-	}
-	if o.Terminal {
-		flags += "-ctty 0 "
-	}
-	orig := src[start:end]
-	cond, agent := "[ -x "+shQuote(o.Agent)+" ]", shQuote(o.Agent)
-	if become {
-		m := warmAgentRE.FindStringSubmatch(path.Base(o.Agent))
-		if m == nil {
-			return "", false
-		}
-		cond, agent = becomeGuard(o.Agent, m[1])
-	}
-	guarded := "if " + cond + "; then " + src[start:interp] + agent + " pyrun " + flags + "-- " +
-		src[interp:end] + "; else " + orig + "; fi"
-	if become {
-		guarded = becomeAgentVar + `="$HOME/.cache/gomux/agent-` + path.Base(o.Agent)[len("agent-"):] + `"; ` + guarded
+	guarded, ok := target.WarmRun{
+		Agent: o.Agent, Become: become, AgentID: o.AgentID, Idle: o.Idle, Terminal: o.Terminal,
+		Env: src[start:interp], Run: src[interp:end],
+	}.Program()
+	if !ok {
+		return "", false
 	}
 	return src[:start] + guarded + src[end:], true
-}
-
-// becomeAgentVar is the shell variable (never exported) that names the
-// become user's own copy of the agent in a become wrapper's shell.
-const becomeAgentVar = "_gomux_agent"
-
-// becomeGuard is the condition, and the agent word, of a module run under
-// become. The login user can write its own agent file, so running that
-// file as the become user would hand the login user the become user's
-// rights at the next become task. Instead the become user's shell runs
-// $HOME/.cache/gomux/agent-SHA of its own HOME (sudo -H, su and doas set
-// it): it takes that file only when the file and its directory are owned
-// by itself (test -O, the effective uid) and neither is a symlink, which
-// costs no process. Otherwise it installs it: in a subshell, with umask
-// 077, it creates the directory, checks owner and no symlink again,
-// chmods it 0700 (so no one else can add, rename or replace entries in
-// it from then on), copies the login user's agent into a temporary file
-// there (a regular file, at most 64 MiB, so a login user's symlink to
-// /dev/zero cannot fill the disk), hashes THAT copy, and renames it into
-// place only if the hash is SHA. The copy cannot change after it was
-// hashed: only the become user (or root) can write that directory and
-// file, so there is no window between the check and the exec; HOME and
-// HOME/.cache must be the become user's own as well, so no one else can
-// rename a directory on that path in between. Any failure (a HOME that is not the
-// become user's, a login user's agent it cannot read, a bad hash, a
-// missing tool) runs the interpreter exactly as Ansible asked; the
-// install's output goes to /dev/null, so the task's output is stock.
-func becomeGuard(loginAgent, sha string) (cond, agent string) {
-	v := `"$` + becomeAgentVar + `"`
-	d := `"$HOME/.cache/gomux"`
-	// HOME and HOME/.cache must be the become user's own too: were
-	// either the login user's (sudo without -H, env_keep HOME), the login
-	// user could rename a directory on the path between the check and
-	// the exec and have the shell run a file of theirs.
-	home := `[ -O "$HOME" ] && [ -d "$HOME/.cache" ] && [ ! -L "$HOME/.cache" ] && [ -O "$HOME/.cache" ]`
-	check := home + ` && [ -f ` + v + ` ] && [ ! -L ` + v + ` ] && [ -O ` + v + ` ] && [ -d ` + d + ` ] && [ ! -L ` + d + ` ] && [ -O ` + d + ` ]`
-	// The subshell fixes PATH first: the become method may have kept the
-	// login user's (su; sudo without secure_path), and a fake mkdir or
-	// sha256sum there would run as the become user. The module run after
-	// it keeps the PATH it was given.
-	install := `( ` + fixedpath.Set + `umask 077; d=` + d + `; t="$d/.agent-` + sha + `.$$"; ` +
-		`[ -O "$HOME" ] && mkdir -p "$d" && [ ! -L "$d" ] && [ -O "$d" ] && chmod 700 "$d" && [ -f ` + shQuote(loginAgent) + ` ] && head -c 67108864 ` + shQuote(loginAgent) + ` > "$t" && ` +
-		`[ "$(sha256sum < "$t" | cut -c1-64)" = ` + sha + ` ] && chmod 500 "$t" && mv -f "$t" ` + v + ` || { rm -f "$t"; exit 1; } ) >/dev/null 2>&1`
-	// test -x last: a copy on a noexec mount is not installed again.
-	cond = `case "$HOME" in /?*) { { ` + check + `; } || { ` + install + ` && ` + check + `; }; } && [ -x ` + v + ` ] ;; *) false ;; esac`
-	return cond, v
 }
 
 // rewriteShellC applies fn to the command word of `SHELL -c WORD`.
@@ -258,31 +193,12 @@ func spliceWord(src string, w *syntax.Word, fn func(string) (string, bool)) (str
 		return "", false
 	}
 	start, end := int(w.Pos().Offset()), int(w.End().Offset())
-	if start < 0 || end > len(src) || start > end || shQuote(v) != src[start:end] {
+	if start < 0 || end > len(src) || start > end || target.Quote(v) != src[start:end] {
 		return "", false
 	}
 	nv, ok := fn(v)
 	if !ok {
 		return "", false
 	}
-	return src[:start] + shQuote(nv) + src[end:], true
-}
-
-// shQuote is Python's shlex.quote, which Ansible uses for every level.
-func shQuote(s string) string {
-	if s == "" {
-		return "''"
-	}
-	safe := true
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_@%+=:,./-", c) >= 0) {
-			safe = false
-			break
-		}
-	}
-	if safe {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+	return src[:start] + target.Quote(nv) + src[end:], true
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gomux/gomux/internal/fixedpath"
+	"github.com/gomux/gomux/target"
 )
 
 const (
@@ -30,9 +30,11 @@ func TestWarmRewrites(t *testing.T) {
 	}
 	// Under become the login user's agent is only the source of a copy.
 	bguard := func(run string) string {
-		cond, a := becomeGuard(agent, warmSHA)
-		return `_gomux_agent="$HOME/.cache/gomux/agent-` + warmSHA + `"; if ` + cond + "; then " + a + " pyrun -agent 77:9000 -idle 5m0s -- " +
-			run + "; else " + run + "; fi"
+		g, ok := target.WarmRun{Agent: agent, Become: true, AgentID: "77:9000", Idle: 5 * time.Minute, Run: run}.Program()
+		if !ok {
+			t.Fatal("no become guard for the agent")
+		}
+		return g
 	}
 	q := func(s string) string { return strings.ReplaceAll(s, "'", `'"'"'"'"'"'"'"'"'`) }
 	for _, c := range []struct {
@@ -127,7 +129,7 @@ func TestWarmRunsInShell(t *testing.T) {
 	if err := os.WriteFile(py, []byte("#!/bin/sh\necho PY \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	wrap := func(inner string) string { return "/bin/sh -c " + shQuote(inner) }
+	wrap := func(inner string) string { return "/bin/sh -c " + target.Quote(inner) }
 	plain := wrap(py + " " + warmScript + " && sleep 0")
 	o := WarmOptions{Agent: agent, AgentID: "1:2"}
 	w, ok := Warm(plain, o)
@@ -184,7 +186,7 @@ func (l *becomeLab) run() string {
 	l.t.Helper()
 	inner := "echo BECOME-SUCCESS-" + warmKey + " ; " + l.py + " " + warmScript
 	env := strings.Join(append([]string{"HOME=" + l.home}, l.env...), " ")
-	cmd := "/bin/sh -c " + shQuote("/usr/bin/env "+env+" /bin/sh -c "+shQuote(inner)+" && sleep 0")
+	cmd := "/bin/sh -c " + target.Quote("/usr/bin/env "+env+" /bin/sh -c "+target.Quote(inner)+" && sleep 0")
 	w, ok := Warm(cmd, WarmOptions{Agent: l.loginAgent, AgentID: "1:2"})
 	if !ok {
 		l.t.Fatalf("not rewritten: %s", cmd)
@@ -359,20 +361,6 @@ func TestWarmBecomeRefusesUnsafeCopy(t *testing.T) {
 	}
 }
 
-func TestShQuoteMatchesShlex(t *testing.T) {
-	for in, want := range map[string]string{
-		"":            "''",
-		"abc/d.e-f":   "abc/d.e-f",
-		"a b":         "'a b'",
-		"it's":        `'it'"'"'s'`,
-		"/x/my agent": "'/x/my agent'",
-	} {
-		if got := shQuote(in); got != want {
-			t.Errorf("shQuote(%q) = %s, want %s", in, got, want)
-		}
-	}
-}
-
 // warmCases are module runs Ansible sends, with how many layers of shell
 // text each has: the command, its `sh -c` script, a script path (which
 // the recognizer also tries as su's `-c` text), a become wrapper's script,
@@ -470,20 +458,6 @@ func TestWarmTerminalGoesToTheRun(t *testing.T) {
 		if p.TerminalToRun != c.want || strings.Contains(p.Command, "-ctty 0") != c.want {
 			t.Errorf("%s: TerminalToRun %v, command %q; want %v", c.name, p.TerminalToRun, p.Command, c.want)
 		}
-	}
-}
-
-// TestBecomeGuardFixesPath: the become install step is a shell program run
-// as the become user with whatever PATH the become method kept; it parses
-// (sh -n) and runs no tool by a bare name before it fixes PATH.
-func TestBecomeGuardFixesPath(t *testing.T) {
-	cond, _ := becomeGuard("/home/u/.cache/gomux/agent-"+warmSHA, warmSHA)
-	prog := "if " + cond + "; then :; fi"
-	if out, err := exec.Command("/bin/sh", "-n", "-c", prog).CombinedOutput(); err != nil {
-		t.Errorf("sh -n: %v %s", err, out)
-	}
-	if bare, err := fixedpath.Unfixed(prog); err != nil || len(bare) > 0 {
-		t.Errorf("the become guard runs %q through the PATH it was given (%v):\n%s", bare, err, prog)
 	}
 }
 

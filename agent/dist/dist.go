@@ -9,6 +9,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+
+	"github.com/gomux/gomux/target"
 )
 
 //go:embed all:bin
@@ -25,15 +27,13 @@ type Binary struct {
 	Data []byte
 }
 
-// Arches lists the GOARCH values gomux builds the agent for.
-func Arches() []string { return []string{"amd64", "arm64"} }
-
 // Load returns the embedded binaries that are present. Missing ones are not
 // an error here: a gomux built without `make` still serves targets in
 // fallback mode, and says why in its logs.
 func Load() (map[string]Binary, error) {
 	out := map[string]Binary{}
-	for _, a := range Arches() {
+	for _, arch := range target.Arches() {
+		a := arch.GOARCH
 		b, err := fs.ReadFile(files, "bin/gomux-agent-linux-"+a)
 		if err != nil {
 			continue

@@ -31,6 +31,8 @@ import (
 	_ "embed"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gomux/gomux/target"
 )
 
 // forkServerScript is the Python side of the warm interpreter; pyrun
@@ -253,7 +255,7 @@ func pyConnect(ctx context.Context, o pyRunOptions, stdin **os.File) (int, error
 		return -1, err
 	}
 	key := pyServerKey(o, req)
-	sock := filepath.Join(dir, "py-"+key+".sock")
+	sock := filepath.Join(dir, target.ForkServerSocket(key))
 	conn, err := pyDial(sock)
 	if err != nil {
 		conn, err = pyStartServer(ctx, o, dir, sock, key)
@@ -625,17 +627,18 @@ func confinementKey() []byte {
 }
 
 // pyRunDir returns a directory only euid can use: $XDG_RUNTIME_DIR/gomux
-// when that is euid's, else /tmp/gomux-<euid>. Anything else there (a
+// (target.RunDirName) when that is euid's, else /tmp/gomux-<euid>
+// (target.FallbackRunDir). Anything else there (a
 // symlink, another owner, a wider mode) is refused: the run goes cold.
 func pyRunDir(euid int) (string, error) {
 	if x := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(x) && privateDir(x, euid, false) == nil {
-		d := filepath.Join(x, "gomux")
+		d := filepath.Join(x, target.RunDirName)
 		unix.Mkdir(d, 0o700)
 		if err := privateDir(d, euid, true); err == nil {
 			return d, nil
 		}
 	}
-	d := fmt.Sprintf("/tmp/gomux-%d", euid)
+	d := target.FallbackRunDir(euid)
 	unix.Mkdir(d, 0o700)
 	if err := privateDir(d, euid, true); err != nil {
 		return "", err
@@ -673,7 +676,7 @@ func pyDial(sock string) (int, error) {
 // pyStartServer starts the fork server for key, unless another client
 // did while this one waited for the lock, and connects to it.
 func pyStartServer(ctx context.Context, o pyRunOptions, dir, sock, key string) (int, error) {
-	lock, err := unix.Open(filepath.Join(dir, "py-"+key+".lock"), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	lock, err := unix.Open(filepath.Join(dir, target.ForkServerLock(key)), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return -1, fmt.Errorf("lock: %w", err)
 	}

@@ -22,6 +22,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
+
+	"github.com/gomux/gomux/target"
 )
 
 // pyRunHelperName, as argv[0] of this test binary, makes it act as
@@ -352,18 +354,16 @@ type pyResult struct {
 func (l *pyLab) cmd(warm bool, argv ...string) *exec.Cmd {
 	line := ""
 	if warm {
-		line = shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(agentID(l.t, os.Getpid())) + " -- "
+		line = target.Quote(l.helper) + " pyrun -agent " + target.Quote(agentID(l.t, os.Getpid())) + " -- "
 	}
 	for _, a := range argv {
-		line += shellQuoteTest(a) + " "
+		line += target.Quote(a) + " "
 	}
 	c := exec.Command("/bin/sh", "-c", "umask 027; exec "+line)
 	c.Env = l.env
 	c.Dir = l.work
 	return c
 }
-
-func shellQuoteTest(s string) string { return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'" }
 
 func (l *pyLab) run(warm bool, stdin string, argv ...string) pyResult {
 	l.t.Helper()
@@ -823,23 +823,23 @@ func TestPyRunControllingTerminal(t *testing.T) {
 		c.Wait()
 		return strings.TrimSpace(strings.ReplaceAll(out.String(), "\r", ""))
 	}
-	run := "exec " + shellQuoteTest(l.python) + " " + shellQuoteTest(script)
-	pyrun := shellQuoteTest(l.helper) + " pyrun -agent " + shellQuoteTest(agentID(t, os.Getpid()))
+	run := "exec " + target.Quote(l.python) + " " + target.Quote(script)
+	pyrun := target.Quote(l.helper) + " pyrun -agent " + target.Quote(agentID(t, os.Getpid()))
 	want := "ctty=True fg=True"
 	if got := onTerminal(run, true); got != want {
 		t.Fatalf("without gomux: %q, want %q", got, want)
 	}
 	for i := range 2 {
-		if got := onTerminal("exec "+pyrun+" -ctty 0 -- "+shellQuoteTest(l.python)+" "+shellQuoteTest(script), false); got != want {
+		if got := onTerminal("exec "+pyrun+" -ctty 0 -- "+target.Quote(l.python)+" "+target.Quote(script), false); got != want {
 			t.Errorf("warm run %d with -ctty 0: %q, want %q", i, got, want)
 		}
 	}
 	// A cold run (an interpreter the fork server cannot serve) takes it too.
-	cold := "GOMUX_PYRUN_DEBUG=1 PYTHONDONTWRITEBYTECODE=1 exec " + pyrun + " -ctty 0 -- " + shellQuoteTest(l.python) + " " + shellQuoteTest(script)
+	cold := "GOMUX_PYRUN_DEBUG=1 PYTHONDONTWRITEBYTECODE=1 exec " + pyrun + " -ctty 0 -- " + target.Quote(l.python) + " " + target.Quote(script)
 	if got := onTerminal(cold, false); !strings.HasSuffix(got, want) || !strings.Contains(got, "cold") {
 		t.Errorf("cold run with -ctty 0: %q, want it cold and %q", got, want)
 	}
-	if got := onTerminal("exec "+pyrun+" -- "+shellQuoteTest(l.python)+" "+shellQuoteTest(script), true); got != "ctty=False fg=False" {
+	if got := onTerminal("exec "+pyrun+" -- "+target.Quote(l.python)+" "+target.Quote(script), true); got != "ctty=False fg=False" {
 		t.Errorf("warm run while the shell's session holds the terminal: %q", got)
 	}
 }

@@ -135,7 +135,7 @@ func cleanCache(log *slog.Logger, days int) {
 }
 
 // launcherFD is the descriptor through which the launcher hashed this
-// binary before it executed it by path (see the proxy's launcherScript).
+// binary before it executed it by path (see target.Launcher).
 const launcherFD = 3
 
 // closeLauncherFD closes the launcher's descriptor of this binary, so no
