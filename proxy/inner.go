@@ -15,6 +15,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // innerConn is one accelerated forwarding: the client's second SSH session,
@@ -41,7 +42,7 @@ type innerConn struct {
 	sessions   atomic.Int32 // session channels opened, for flushFirst
 
 	mu    sync.Mutex
-	lease *Lease
+	lease *upstream.Lease
 }
 
 // channelConn lets an SSH channel carry a nested SSH connection.
@@ -276,7 +277,7 @@ func (ic *innerConn) checkInnerKey(key gossh.PublicKey) error {
 
 // upstreamLease returns a live lease for this connection's target,
 // replacing one whose connection has died so the next channel reconnects.
-func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
+func (ic *innerConn) upstreamLease(ctx context.Context) (*upstream.Lease, error) {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
 	if ic.lease != nil {
@@ -289,7 +290,7 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 		}
 	}
 	d := ic.decision
-	l, err := ic.s.pool.Acquire(ctx, UpstreamTarget{
+	l, err := ic.s.pool.Acquire(ctx, upstream.Target{
 		Host: d.HostPort(), Dial: d.DialAddr(), User: ic.remoteUser, Credential: d.Credential, Person: ic.frontUser,
 		Forwarding: ic.s.live().policy.GrantsForwarding(ic.frontUser),
 	})
@@ -302,7 +303,7 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 
 // backend returns the lease and, unless the target is in fallback mode, its
 // agent. Errors are phrased for the client, who sees them in "open failed".
-func (ic *innerConn) backend(ctx context.Context) (*Lease, *agent.Client, error) {
+func (ic *innerConn) backend(ctx context.Context) (*upstream.Lease, *agent.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.start.Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
 	l, err := ic.upstreamLease(ctx)

@@ -200,3 +200,8 @@ func unescape(s string, escapable func(byte) bool) string {
 	}
 	return b.String()
 }
+
+// shellQuote quotes s as one POSIX shell word.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}

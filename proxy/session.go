@@ -16,6 +16,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -71,7 +72,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 type session struct {
 	ic    *innerConn
 	a     *agent.Client
-	lease *Lease
+	lease *upstream.Lease
 	ch    gossh.Channel
 	log   zerolog.Logger
 	start time.Time
@@ -404,7 +405,7 @@ func (s *session) runWholeStdin(ctx context.Context) {
 	var in io.Reader
 	var parts []agent.PrepPart
 	if whole {
-		parts = shim.ModuleParts(buf.Bytes(), s.ic.s.pool.sums)
+		parts = shim.ModuleParts(buf.Bytes(), s.ic.s.pool.Sums())
 	}
 	if parts != nil {
 		exec.Stdin = parts
@@ -734,7 +735,7 @@ func (c *countingRW) Close() error { return nil }
 // forwardSession serves a session channel in fallback mode by opening a
 // channel of the same type upstream and relaying requests and data
 // unchanged, so the target's sshd answers everything itself.
-func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewChannel) {
+func (ic *innerConn) forwardSession(ctx context.Context, l *upstream.Lease, nc gossh.NewChannel) {
 	start := time.Now()
 	uch, ureqs, err := l.Client().OpenChannel("session", nc.ExtraData())
 	if err != nil {

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"errors"
@@ -88,9 +88,9 @@ type errThrottled struct {
 
 func (e *errThrottled) Error() string { return e.msg }
 
-func newLoginGuard(l LimitsConfig, now func() time.Time) *loginGuard {
+func newLoginGuard(l Limits, now func() time.Time) *loginGuard {
 	return &loginGuard{
-		base: l.LoginBackoff.D(), max: max(l.LoginBackoffMax.D(), l.LoginBackoff.D()), maxEntries: l.MaxLoginBackoffs,
+		base: l.LoginBackoff, max: max(l.LoginBackoffMax, l.LoginBackoff), maxEntries: l.MaxLoginBackoffs,
 		rate: float64(l.UpstreamDialsPerSecond), burst: float64(l.UpstreamDialBurst), now: now,
 		fails: map[failKey]*failEntry{}, busy: map[failKey]chan struct{}{}, buckets: map[string]*dialBucket{},
 	}
@@ -300,7 +300,7 @@ func loginOutcomeOf(err error, authStarted bool) loginOutcome {
 
 // logThrottled logs a login the guard refused, with the person: the line
 // an operator finds when someone reports "cannot reach".
-func (p *Pool) logThrottled(t UpstreamTarget, err error) {
+func (p *Pool) logThrottled(t Target, err error) {
 	var te *errThrottled
 	if !errors.As(err, &te) {
 		return

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -210,7 +210,7 @@ func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*a
 
 // logFallback records that the target is served without the agent.
 func (u *upstream) logFallback(reason string) {
-	u.pool.m.agentFallback()
+	u.pool.m.AgentFallback()
 	u.logger().Warn().Str("event", EventAgentFallback).Str("reason", reason).Msg("serving target without agent")
 }
 
@@ -234,7 +234,7 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 		// again when that happens (launcherScript).
 		a, err = u.launch(ctx)
 	}
-	u.pool.m.agentStart(err)
+	u.pool.m.AgentStart(err)
 	if err != nil {
 		log.Warn().Str("event", EventAgentStart).Err(err).Dur("duration", time.Since(start)).Msg("agent start failed")
 		return nil, err
@@ -267,7 +267,7 @@ func (u *upstream) launch(ctx context.Context) (a *agent.Client, err error) {
 	w := &stderrWatch{buf: &boundedBuffer{max: 64 << 10}, copied: make(chan struct{}), decided: make(chan struct{})}
 	if !u.pool.tasks.Go(func() { u.watchStderr(ch, w) }) {
 		ch.sess.Close()
-		return nil, errShuttingDown
+		return nil, ErrShuttingDown
 	}
 	defer func() { w.decide(err == nil) }()
 	// Only for the launcher's status line: once it is read, what is left
@@ -296,7 +296,7 @@ func (u *upstream) launch(ctx context.Context) (a *agent.Client, err error) {
 		ch.sess.Close()
 		return nil, err
 	}
-	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout.D())
+	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout)
 	return a, nil
 }
 
@@ -458,7 +458,7 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 	if err != nil || !strings.Contains(out.String(), uploadedLine) {
 		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/.cache/gomux: %v stderr: %q", err, stderr.String())}
 	}
-	u.pool.m.agentUpload(len(bin.Data))
+	u.pool.m.AgentUpload(len(bin.Data))
 	u.logger().Info().Str("event", EventAgentUpload).Str("arch", arch).Str("sha256", bin.SHA256).
 		Int("bytes", len(bin.Data)).Dur("duration", time.Since(start)).Msg("agent uploaded")
 	return nil

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func TestPoolKeepaliveClosesSilentUpstream(t *testing.T) {
 	addr, hostKey := startUpstreamHelper(t)
 	relay := startBlackHoleRelay(t, addr)
 	cfg := benchPoolConfig(t, t.TempDir(), relay.addr, hostKey)
-	cfg.Upstream.KeepaliveInterval = Duration(100 * time.Millisecond)
+	cfg.Upstream.KeepaliveInterval = 100 * time.Millisecond
 	cfg.Upstream.KeepaliveCountMax = 2
 	pool, err := NewPool(cfg, zerolog.Nop())
 	if err != nil {
@@ -32,7 +32,7 @@ func TestPoolKeepaliveClosesSilentUpstream(t *testing.T) {
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := pool.Acquire(ctx, UpstreamTarget{Host: relay.addr, Dial: relay.addr, User: "ka"})
+	l, err := pool.Acquire(ctx, Target{Host: relay.addr, Dial: relay.addr, User: "ka"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestPoolRefusesWhatTargetsSendUnasked(t *testing.T) {
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "unasked"})
+	l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: "unasked"})
 	if err != nil {
 		t.Fatal(err)
 	}

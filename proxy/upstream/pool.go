@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,27 +24,12 @@ import (
 	"github.com/gomux/gomux/shim"
 )
 
-// PoolConfig is what the upstream pool needs from the operator's config.
-type PoolConfig struct {
-	Upstream UpstreamConfig
-	StateDir string
-	// Agents are the agent binaries by GOARCH; empty means every target is
-	// served in fallback mode.
-	Agents map[string]dist.Binary
-	// Limits bound the per-target Ansible state and agent replies.
-	Limits LimitsConfig
-	// Budget is the staging memory shared by every target.
-	Budget *shim.Budget
-	// metrics records dials and agent starts; nil records nothing.
-	metrics *metrics
-}
-
 // Pool keeps one SSH connection per (target, remote user, credential) and
 // shares it among every downstream connection that maps to it: this is what
 // turns many short-lived client sessions into one warm upstream session.
 type Pool struct {
-	cfg    UpstreamConfig
-	limits LimitsConfig
+	cfg    Config
+	limits Limits
 	budget *shim.Budget
 	// sums are the module archives' sums, shared by every target.
 	sums   *shim.Sums
@@ -52,7 +37,7 @@ type Pool struct {
 	keys   *hostKeys
 	creds  map[string]*credential
 	log    zerolog.Logger
-	m      *metrics
+	m      Metrics
 	// guard holds back new logins after failed ones and paces each
 	// person's dials, so no one gets gomux's address banned by a target.
 	guard *loginGuard
@@ -81,9 +66,9 @@ type poolKey struct {
 	forwarding bool
 }
 
-// UpstreamTarget is what an upstream connection is for: where, as whom,
+// Target is what an upstream connection is for: where, as whom,
 // with which credential, on whose behalf.
-type UpstreamTarget struct {
+type Target struct {
 	// Host is name:port as the rule matched it, for known_hosts.
 	Host string
 	// Dial is ip:port, the address policy resolved and checked.
@@ -114,7 +99,7 @@ type credential struct {
 // cannot be used unattended and are reported, not skipped silently.
 func loadCredential(field, name string, files []string, useAgent bool, caFile, prefix string) (*credential, error) {
 	if err := checkPrincipalPrefix(prefix); err != nil {
-		return nil, &FieldError{field + ".user_principal_prefix", err}
+		return nil, fmt.Errorf("%s.user_principal_prefix: %w", field, err)
 	}
 	c := &credential{name: name, useAgent: useAgent, prefix: prefix}
 	for _, f := range files {
@@ -163,6 +148,9 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		creds[n] = lc
 	}
 	cfg.Limits.applyDefaults() // for pools made without a Config
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{
 		cfg:    cfg.Upstream,
@@ -177,7 +165,7 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 		},
 		creds:  creds,
 		log:    log,
-		m:      cfg.metrics,
+		m:      cfg.Metrics,
 		guard:  newLoginGuard(cfg.Limits, time.Now),
 		ctx:    ctx,
 		cancel: cancel,
@@ -188,10 +176,9 @@ func NewPool(cfg PoolConfig, log zerolog.Logger) (*Pool, error) {
 	return p, nil
 }
 
-// errShuttingDown is what an Acquire gets once the pool has closed.
-// errShuttingDown is what a request that arrives while gomux stops is
-// refused with.
-var errShuttingDown = errors.New("gomux is shutting down")
+// ErrShuttingDown is what an Acquire gets once the pool has closed, and
+// what a request that arrives while gomux stops is refused with.
+var ErrShuttingDown = errors.New("gomux is shutting down")
 
 // Close ends every upstream connection and waits for the pool's
 // goroutines. Nothing in it can fail: connections are closed, not
@@ -218,7 +205,7 @@ func (p *Pool) Len() int {
 // none. Concurrent callers for one key share a single dial. Connections are
 // shared per (target, remote user, credential), and per person too when the
 // credential signs certificates naming the person.
-func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
+func (p *Pool) Acquire(ctx context.Context, t Target) (*Lease, error) {
 	if t.Credential == "" {
 		t.Credential = DefaultCredential
 	}
@@ -253,7 +240,7 @@ func (p *Pool) Acquire(ctx context.Context, t UpstreamTarget) (*Lease, error) {
 			if !p.tasks.Go(u.connect) {
 				p.mu.Unlock()
 				p.guard.done(login, loginNotTried)
-				return nil, errShuttingDown
+				return nil, ErrShuttingDown
 			}
 			p.conns[key] = u
 		}
@@ -298,7 +285,7 @@ func (p *Pool) release(u *upstream) {
 		return
 	}
 	var timer *time.Timer
-	timer = time.AfterFunc(p.cfg.IdleTimeout.D(), func() {
+	timer = time.AfterFunc(p.cfg.IdleTimeout, func() {
 		// Decide and unlist under one lock: once the connection has left
 		// the map no Acquire can lease it, so closing it can never pull a
 		// connection out from under a lease taken after the check.
@@ -358,7 +345,7 @@ func (l *Lease) Shim(a *agent.Client) *shim.Host {
 			p.evictLocked(len(p.hosts) - max + 1)
 		}
 		info := a.Info()
-		h = shim.NewHostLimits(info.User, info.Home, info.RealHome, shim.HostLimits{Budget: p.budget, TempDirIdle: p.limits.TempDirIdle.D(), Sums: p.sums})
+		h = shim.NewHostLimits(info.User, info.Home, info.RealHome, shim.HostLimits{Budget: p.budget, TempDirIdle: p.limits.TempDirIdle, Sums: p.sums})
 		p.hosts[l.u.key] = h
 	}
 	return h
@@ -438,7 +425,7 @@ func (u *upstream) connect() {
 	// Before ready is closed, so a request waiting on this one sees the
 	// backoff a refusal starts.
 	u.pool.guard.done(u.login, loginOutcomeOf(err, authStarted))
-	u.pool.m.upstreamDial(err)
+	u.pool.m.UpstreamDial(err)
 	if err != nil {
 		log.Warn().Str("event", EventUpstreamConnect).Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
 		u.err = err
@@ -450,7 +437,7 @@ func (u *upstream) connect() {
 	if u.pool.ctx.Err() != nil {
 		// The pool closed while we dialled.
 		c.Close()
-		u.err = errShuttingDown
+		u.err = ErrShuttingDown
 		u.pool.forget(u)
 		close(u.dead)
 		close(u.ready)
@@ -502,7 +489,7 @@ func (u *upstream) startKeepalive() {
 	u.kmu.Lock()
 	defer u.kmu.Unlock()
 	if !u.kaStopped {
-		u.kaTimer = time.AfterFunc(u.pool.cfg.KeepaliveInterval.D(), u.onKeepaliveTimer)
+		u.kaTimer = time.AfterFunc(u.pool.cfg.KeepaliveInterval, u.onKeepaliveTimer)
 	}
 }
 
@@ -540,7 +527,7 @@ func (u *upstream) keepaliveTick() {
 	}
 	send := !u.kaInflight
 	u.kaInflight = true
-	u.kaTimer.Reset(u.pool.cfg.KeepaliveInterval.D())
+	u.kaTimer.Reset(u.pool.cfg.KeepaliveInterval)
 	u.kmu.Unlock()
 	if !send {
 		return
@@ -607,7 +594,7 @@ func (in incoming) serve() {
 // authStarted reports that the target had asked for a public key, so a
 // failure after it is the login's (see loginOutcomeOf).
 func (p *Pool) dial(ctx context.Context, key poolKey) (_ *gossh.Client, _ incoming, authStarted bool, _ error) {
-	timeout := p.cfg.ConnectTimeout.D()
+	timeout := p.cfg.ConnectTimeout
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// Host keys are looked up by the name the rule matched; the TCP
@@ -668,7 +655,7 @@ func (p *Pool) signers(key poolKey) ([]gossh.Signer, func(), error) {
 	cred := p.creds[key.cred]
 	var signers []gossh.Signer
 	if cred.ca != nil {
-		s, err := signUserCert(cred.ca, key.person, cred.prefix+key.user, key.forwarding, p.cfg.UserCertValidity.D())
+		s, err := signUserCert(cred.ca, key.person, cred.prefix+key.user, key.forwarding, p.cfg.UserCertValidity)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -736,7 +723,37 @@ func signUserCert(ca gossh.Signer, person, principal string, forwarding bool, va
 	return cs, nil
 }
 
-// joinHostPort keeps address formatting in one place.
-func joinHostPort(host string, port int) string {
-	return net.JoinHostPort(host, strconv.Itoa(port))
+// Sums are the module archives' sums, shared by every target: the shim
+// reads them to split a module archive into parts the agent may have.
+func (p *Pool) Sums() *shim.Sums { return p.sums }
+
+// PublicKeys lists the fingerprints of a credential's key files, for a
+// fix (gomux check) that says which key the target must accept.
+func (p *Pool) PublicKeys(cred string) string {
+	c := p.creds[cred]
+	if c == nil {
+		return "none"
+	}
+	var fps []string
+	for _, s := range c.signers {
+		fps = append(fps, gossh.FingerprintSHA256(s.PublicKey()))
+	}
+	if c.ca != nil {
+		fps = append(fps, "certificates from user CA "+gossh.FingerprintSHA256(c.ca.PublicKey()))
+	}
+	if c.useAgent {
+		fps = append(fps, "the ssh-agent's keys")
+	}
+	if len(fps) == 0 {
+		return "none configured"
+	}
+	return strings.Join(fps, ", ")
+}
+
+// FallbackReason is why this lease's target is served without an agent,
+// "" while it is not (gomux check reports it).
+func (l *Lease) FallbackReason() string {
+	l.u.amu.Lock()
+	defer l.u.amu.Unlock()
+	return l.u.fallback
 }

@@ -1,0 +1,57 @@
+package proxy
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gomux/gomux/internal/fixedpath"
+)
+
+// TestAgentCacheDaysConfig: 30 days by default, a negative value refused,
+// and a reload names a change as waiting for a restart (the pool holds
+// the value).
+func TestAgentCacheDaysConfig(t *testing.T) {
+	var l LimitsConfig
+	l.applyDefaults()
+	if l.AgentCacheDays != 30 {
+		t.Errorf("default agent_cache_days %d, want 30", l.AgentCacheDays)
+	}
+	l.AgentCacheDays = -1
+	if err := l.validate(); err == nil || !strings.Contains(err.Error(), "agent_cache_days") {
+		t.Errorf("negative agent_cache_days: %v", err)
+	}
+	old := &StartConfig{Limits: LimitsConfig{AgentCacheDays: 30}}
+	cfg := *old
+	cfg.Limits.AgentCacheDays = 7
+	if got := strings.Join(restartOnly(old, &cfg), ","); got != "limits.agent_cache_days" {
+		t.Errorf("restart needed for %q", got)
+	}
+}
+
+// TestLoginGuardLimitsNeedRestart: the pool holds the guard's limits, so
+// a reload names them as waiting for a restart instead of claiming them.
+func TestLoginGuardLimitsNeedRestart(t *testing.T) {
+	old := &StartConfig{}
+	old.Limits.applyDefaults()
+	cfg := *old
+	cfg.Limits.LoginBackoff = Duration(time.Second)
+	cfg.Limits.UpstreamDialBurst = 5
+	got := strings.Join(restartOnly(old, &cfg), ",")
+	if got != "limits.login_backoff,limits.upstream_dial_burst" {
+		t.Errorf("restart needed for %q", got)
+	}
+}
+
+// TestCheckProgramFixesPath: the mount probe gomux check runs on a target
+// parses (sh -n) and runs no tool by a bare name before it has fixed
+// PATH (fixedpath.Unfixed), as the upstream package's launcher does.
+func TestCheckProgramFixesPath(t *testing.T) {
+	if out, err := exec.Command("/bin/sh", "-n", "-c", findmntCommand).CombinedOutput(); err != nil {
+		t.Errorf("sh -n: %v %s", err, out)
+	}
+	if bare, err := fixedpath.Unfixed(findmntCommand); err != nil || len(bare) > 0 {
+		t.Errorf("runs %q through the PATH it was given (%v):\n%s", bare, err, findmntCommand)
+	}
+}
