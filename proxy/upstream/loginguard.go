@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -308,20 +307,4 @@ func (p *Pool) logThrottled(t Target, err error) {
 	p.log.Warn().Str("event", EventUpstreamBackoff).Str("person", t.Person).Str("target", t.Host).Str("addr", t.Dial).
 		Str("remote_user", t.User).Str("credential", t.Credential).Str("reason", te.reason).Dur("retry_in", te.retry).
 		Msg("upstream login not attempted")
-}
-
-// checkPrincipalPrefix refuses a user_principal_prefix that would not
-// stay one name in an AuthorizedPrincipalsFile line (spaces, commas,
-// "#", quotes, control characters).
-func checkPrincipalPrefix(p string) error {
-	for _, r := range p {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-@+:", r)
-		if !ok {
-			return fmt.Errorf("%q: only letters, digits and . _ - @ + : are allowed", p)
-		}
-	}
-	if len(p) > 64 {
-		return fmt.Errorf("%q: at most 64 characters", p)
-	}
-	return nil
 }
