@@ -304,7 +304,7 @@ func remote(ctx context.Context, l *upstream.Lease, cmd string) string {
 }
 
 func remoteErr(ctx context.Context, l *upstream.Lease, cmd string) (string, error) {
-	sess, err := l.Client().NewSession()
+	sess, err := l.NewSession()
 	if err != nil {
 		return "", err
 	}

@@ -367,7 +367,7 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 	if d.AgentDial && a != nil {
 		conn, err = a.Dial(dctx, "tcp", dest)
 	} else {
-		conn, err = l.Client().DialContext(dctx, "tcp", dest)
+		conn, err = l.DialContext(dctx, "tcp", dest)
 	}
 	cancel()
 	if err != nil {

@@ -737,7 +737,7 @@ func (c *countingRW) Close() error { return nil }
 // unchanged, so the target's sshd answers everything itself.
 func (ic *innerConn) forwardSession(ctx context.Context, l *upstream.Lease, nc gossh.NewChannel) {
 	start := time.Now()
-	uch, ureqs, err := l.Client().OpenChannel("session", nc.ExtraData())
+	uch, ureqs, err := l.OpenChannel("session", nc.ExtraData())
 	if err != nil {
 		msg := fmt.Sprintf("gomux: open session on %s: %v", ic.host, err)
 		ic.log.Warn().Str("event", EventChannel).Str("mode", "fallback").Err(err).Msg("session refused")

@@ -126,6 +126,9 @@ func (e fallbackError) Error() string { return e.reason }
 // start runs at a time per upstream; others wait for it.
 func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 	for {
+		if err := u.ended(); err != nil {
+			return nil, err
+		}
 		u.amu.Lock()
 		if u.fallback != "" {
 			u.amu.Unlock()
@@ -192,6 +195,14 @@ func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*a
 	u.amu.Lock()
 	u.starting = nil
 	close(ch)
+	if err != nil {
+		if e := u.ended(); e != nil {
+			// The start failed because the connection went: that, not
+			// the target, is the reason, and it is no cause to fall back.
+			u.amu.Unlock()
+			return nil, fmt.Errorf("%w (%w)", e, err)
+		}
+	}
 	var fb fallbackError
 	switch {
 	case errors.As(err, &fb):

@@ -20,6 +20,11 @@ type upstream struct {
 	err    error
 	client *gossh.Client
 
+	// cause is why the connection ended: the first reason recorded
+	// (end), guarded by dmu. It is set before dead is closed.
+	dmu   sync.Mutex
+	cause error
+
 	// guarded by pool.mu
 	refs int
 	idle *time.Timer
@@ -65,6 +70,7 @@ func (u *upstream) connect() {
 	if err != nil {
 		log.Warn().Str("event", EventUpstreamConnect).Err(err).Dur("duration", time.Since(start)).Msg("upstream connect failed")
 		u.err = err
+		u.end(err)
 		u.pool.forget(u)
 		close(u.dead)
 		close(u.ready)
@@ -74,6 +80,7 @@ func (u *upstream) connect() {
 		// The pool closed while we dialled.
 		c.Close()
 		u.err = ErrShuttingDown
+		u.end(ErrShuttingDown)
 		u.pool.forget(u)
 		close(u.dead)
 		close(u.ready)
@@ -86,12 +93,13 @@ func (u *upstream) connect() {
 		// Close cancelled the context after the check above, and may
 		// have looked at this connection before it was ready: whichever
 		// of the two saw the other last closes it.
+		u.end(ErrShuttingDown)
 		c.Close()
 	}
 
 	u.startKeepalive()
 	in.serve()
-	err = c.Wait()
+	u.end(waitCause(c.Wait()))
 	u.stopKeepalive()
 	u.pool.forget(u)
 	close(u.dead)
@@ -101,19 +109,7 @@ func (u *upstream) connect() {
 	if ac != nil {
 		ac.Close()
 	}
-	log.Info().Str("event", EventUpstreamClosed).AnErr("reason", err).Dur("duration", time.Since(start)).Msg("upstream connection ended")
-}
-
-// closeConn closes a connected upstream. One still dialling is ended by
-// the pool's context instead, which connect() checks.
-func (u *upstream) closeConn() {
-	select {
-	case <-u.ready:
-		if u.client != nil {
-			u.client.Close()
-		}
-	default:
-	}
+	log.Info().Str("event", EventUpstreamClosed).AnErr("reason", u.reason()).Dur("duration", time.Since(start)).Msg("upstream connection ended")
 }
 
 // incoming is what a target may send unasked on an upstream connection:

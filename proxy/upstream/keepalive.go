@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -46,6 +47,7 @@ func (u *upstream) keepaliveTick() {
 		u.kaStopped = true
 		u.kmu.Unlock()
 		u.logger().Warn().Str("event", EventUpstreamKeepaliveTimeout).Int("missed", missed).Msg("upstream stopped answering keepalives, closing")
+		u.end(fmt.Errorf("%w (%d intervals unanswered)", ErrKeepaliveTimeout, missed))
 		u.client.Close()
 		return
 	}

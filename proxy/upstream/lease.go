@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"net"
 	"sync"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -27,8 +28,45 @@ func (l *Lease) Release() {
 // the client's Listen and HandleChannelOpen are not for use.
 func (l *Lease) Client() *gossh.Client { return l.u.client }
 
-// Dead is closed when the SSH connection has ended.
+// Dead is closed when the SSH connection has ended; Err then says why.
 func (l *Lease) Dead() <-chan struct{} { return l.u.dead }
+
+// Err is nil while the connection is up; once it has ended, ErrEnded
+// with the reason it ended (the first one recorded: a keepalive timeout,
+// the idle timer, the pool closing, the target hanging up), the error
+// every later call on this lease returns.
+func (l *Lease) Err() error { return l.u.ended() }
+
+// OpenChannel opens a channel on the connection (a fallback session).
+// On a connection that has ended, the error is Err's.
+func (l *Lease) OpenChannel(name string, data []byte) (gossh.Channel, <-chan *gossh.Request, error) {
+	if err := l.u.ended(); err != nil {
+		return nil, nil, err
+	}
+	ch, reqs, err := l.u.client.OpenChannel(name, data)
+	return ch, reqs, l.u.explain(err)
+}
+
+// NewSession opens a session on the connection (gomux check's probes).
+// On a connection that has ended, the error is Err's.
+func (l *Lease) NewSession() (*gossh.Session, error) {
+	if err := l.u.ended(); err != nil {
+		return nil, err
+	}
+	s, err := l.u.client.NewSession()
+	return s, l.u.explain(err)
+}
+
+// DialContext has the target's sshd connect to addr (direct-tcpip), for
+// a forward sent on from the target. On a connection that has ended, the
+// error is Err's.
+func (l *Lease) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if err := l.u.ended(); err != nil {
+		return nil, err
+	}
+	c, err := l.u.client.DialContext(ctx, network, addr)
+	return c, l.u.explain(err)
+}
 
 // Agent returns the agent session, starting the agent if it is not
 // running. A nil client with a nil error means fallback mode: the target

@@ -132,7 +132,7 @@ func (p *Pool) Close() {
 	p.tasks.Close()
 	p.mu.Lock()
 	for _, u := range p.conns {
-		u.closeConn()
+		u.endWith(ErrShuttingDown)
 	}
 	p.mu.Unlock()
 	p.tasks.Wait()
@@ -244,7 +244,7 @@ func (p *Pool) release(u *upstream) {
 		}
 		p.mu.Unlock()
 		u.logger().Info().Str("event", EventUpstreamIdleClose).Msg("upstream idle, closing")
-		u.closeConn()
+		u.endWith(ErrIdleTimeout)
 	})
 	u.idle = timer
 }
