@@ -185,12 +185,12 @@ func (c *checkRun) accelerated(agents map[string]dist.Binary, d Decision) {
 // agent starts the agent as a connection would and says how it went;
 // logs holds what the pool logged meanwhile.
 func (c *checkRun) agent(ctx context.Context, lease *upstream.Lease, logs *lockedBuffer) {
-	a, err := lease.Agent(ctx)
+	st, err := lease.Agent(ctx)
 	switch {
 	case err != nil:
 		c.add("agent", "fail", err.Error(), "gomux will retry per channel; see the "+upstream.EventAgentStart+" log lines")
-	case a == nil:
-		reason := lease.FallbackReason()
+	case st.Mode == upstream.ModeFallback:
+		reason := st.Reason
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
 			if opts := remote(ctx, lease, findmntCommand); hasMountOpt(opts, "noexec") {
@@ -200,7 +200,7 @@ func (c *checkRun) agent(ctx context.Context, lease *upstream.Lease, logs *locke
 		}
 		c.add("agent", "warn", "fell back to the target's sshd: "+reason, fix)
 	default:
-		info := a.Info()
+		info := st.Agent.Info()
 		how := "cached copy verified and started"
 		if strings.Contains(logs.String(), `"event":"`+upstream.EventAgentUpload+`"`) {
 			how = "uploaded to ~/.cache/gomux, verified and started"

@@ -13,7 +13,6 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/gomux/gomux/proxy/upstream"
 )
@@ -253,10 +252,11 @@ func (ic *innerConn) flushOnClose(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, ic.s.start.Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
-	a, err := l.Agent(ctx)
-	if err != nil || a == nil {
+	st, err := l.Agent(ctx)
+	if err != nil || st.Mode != upstream.ModeAgent {
 		return
 	}
+	a := st.Agent
 	if err := flush(ctx, a, l.Shim(a)); err != nil {
 		ic.log.Warn().Str("event", EventInnerDrain).Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
@@ -301,20 +301,21 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*upstream.Lease, error)
 	return l, nil
 }
 
-// backend returns the lease and, unless the target is in fallback mode, its
-// agent. Errors are phrased for the client, who sees them in "open failed".
-func (ic *innerConn) backend(ctx context.Context) (*upstream.Lease, *agent.Client, error) {
+// backend returns the lease and how its target is served: by its agent,
+// or in fallback mode. Errors are phrased for the client, who sees them
+// in "open failed".
+func (ic *innerConn) backend(ctx context.Context) (*upstream.Lease, upstream.Start, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.start.Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
 	l, err := ic.upstreamLease(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("gomux: cannot reach %s as %s: %w", ic.addr, ic.remoteUser, err)
+		return nil, upstream.Start{}, fmt.Errorf("gomux: cannot reach %s as %s: %w", ic.addr, ic.remoteUser, err)
 	}
-	a, err := l.Agent(ctx)
+	st, err := l.Agent(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("gomux: cannot start agent on %s: %w", ic.addr, err)
+		return nil, upstream.Start{}, fmt.Errorf("gomux: cannot start agent on %s: %w", ic.addr, err)
 	}
-	return l, a, nil
+	return l, st, nil
 }
 
 // handleDirect serves a direct-tcpip request inside the session (-L, -W,
@@ -356,7 +357,7 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 	d, log := h.d, h.log.With().Str("event", EventForward).Str("via", "inner").Logger()
 	dest := d.DialAddr()
 	start := time.Now()
-	l, a, err := ic.backend(ctx)
+	l, st, err := ic.backend(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("forward failed")
 		nc.Reject(gossh.ConnectionFailed, err.Error())
@@ -364,8 +365,8 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 	}
 	dctx, cancel := context.WithTimeout(ctx, ic.s.start.Upstream.ConnectTimeout.D())
 	var conn net.Conn
-	if d.AgentDial && a != nil {
-		conn, err = a.Dial(dctx, "tcp", dest)
+	if d.AgentDial && st.Mode == upstream.ModeAgent {
+		conn, err = st.Agent.Dial(dctx, "tcp", dest)
 	} else {
 		conn, err = l.DialContext(dctx, "tcp", dest)
 	}

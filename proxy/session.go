@@ -50,13 +50,13 @@ type exitSignal struct {
 const maxEnv = 128
 
 func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
-	l, a, err := ic.backend(ctx)
+	l, st, err := ic.backend(ctx)
 	if err != nil {
 		ic.log.Warn().Str("event", EventChannel).Err(err).Msg("session refused")
 		nc.Reject(gossh.ConnectionFailed, err.Error())
 		return
 	}
-	if a == nil {
+	if st.Mode == upstream.ModeFallback {
 		ic.forwardSession(ctx, l, nc)
 		return
 	}
@@ -64,7 +64,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	if err != nil {
 		return
 	}
-	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log, first: ic.sessions.Add(1) == 1}
+	s := &session{ic: ic, a: st.Agent, lease: l, ch: ch, start: time.Now(), log: ic.log, first: ic.sessions.Add(1) == 1}
 	s.serve(ctx, reqs)
 }
 
@@ -348,9 +348,9 @@ func (s *session) begin(ctx context.Context, exec *agent.ExecRequest) (*agent.Pr
 	ctx = s.exec.Sending(ctx)
 	p, err := start(ctx, s.exec.Prep, exec)
 	if errors.Is(err, agent.ErrNotSent) {
-		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
+		if l, st, berr := s.ic.backend(ctx); berr == nil && st.Mode == upstream.ModeAgent {
 			s.log.Info().Str("event", EventChannel).Err(err).Msg("agent session had ended; sending the command again on a new one")
-			s.lease, s.a = l, a
+			s.lease, s.a = l, st.Agent
 			retry := *exec
 			retry.Command = s.exec.Cold()
 			p, err = s.a.Batch(ctx, s.exec.Prep, &retry)

@@ -122,21 +122,23 @@ type fallbackError struct{ reason string }
 
 func (e fallbackError) Error() string { return e.reason }
 
-// agentClient returns the running agent, starting it if needed. Only one
-// start runs at a time per upstream; others wait for it.
-func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
+// agentClient returns how the target is served: the running agent,
+// starting it if needed, or fallback with its reason. Only one start runs
+// at a time per upstream; others wait for it.
+func (u *upstream) agentClient(ctx context.Context) (Start, error) {
 	for {
 		if err := u.ended(); err != nil {
-			return nil, err
+			return Start{}, err
 		}
 		u.amu.Lock()
 		if u.fallback != "" {
+			reason := u.fallback
 			u.amu.Unlock()
-			return nil, nil
+			return fallback(reason), nil
 		}
 		if a := u.liveAgentLocked(); a != nil {
 			u.amu.Unlock()
-			return a, nil
+			return Start{Mode: ModeAgent, Agent: a}, nil
 		}
 		if ch := u.starting; ch != nil {
 			u.amu.Unlock()
@@ -144,14 +146,14 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 			case <-ch:
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return Start{}, ctx.Err()
 			}
 		}
 		if reason := u.noAgentReason(); reason != "" {
 			u.fallback = reason
 			u.amu.Unlock()
 			u.logFallback(reason)
-			return nil, nil
+			return fallback(reason), nil
 		}
 		ch := make(chan struct{})
 		u.starting = ch
@@ -189,9 +191,9 @@ func (u *upstream) noAgentReason() string {
 }
 
 // settleStart records how the start announced on ch ended and wakes the
-// callers waiting on it: a running agent, fallback mode (nil, nil), or an
-// error for this attempt only.
-func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*agent.Client, error) {
+// callers waiting on it: a running agent, fallback mode, or an error for
+// this attempt only.
+func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (Start, error) {
 	u.amu.Lock()
 	u.starting = nil
 	close(ch)
@@ -200,7 +202,7 @@ func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*a
 			// The start failed because the connection went: that, not
 			// the target, is the reason, and it is no cause to fall back.
 			u.amu.Unlock()
-			return nil, fmt.Errorf("%w (%w)", e, err)
+			return Start{}, fmt.Errorf("%w (%w)", e, err)
 		}
 	}
 	var fb fallbackError
@@ -209,14 +211,14 @@ func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*a
 		u.fallback = fb.reason
 		u.amu.Unlock()
 		u.logFallback(fb.reason)
-		return nil, nil
+		return fallback(fb.reason), nil
 	case err != nil:
 		u.amu.Unlock()
-		return nil, err
+		return Start{}, err
 	}
 	u.agent = a
 	u.amu.Unlock()
-	return a, nil
+	return Start{Mode: ModeAgent, Agent: a}, nil
 }
 
 // logFallback records that the target is served without the agent.

@@ -68,12 +68,51 @@ func (l *Lease) DialContext(ctx context.Context, network, addr string) (net.Conn
 	return c, l.u.explain(err)
 }
 
-// Agent returns the agent session, starting the agent if it is not
-// running. A nil client with a nil error means fallback mode: the target
-// cannot run the agent and is served channel by channel.
-func (l *Lease) Agent(ctx context.Context) (*agent.Client, error) {
+// Agent says how the target is served, starting the agent if it is not
+// running: ModeAgent with the agent session, or ModeFallback with the
+// reason the target cannot run it (then it is served channel by channel
+// through its sshd, for as long as the connection lasts). An error is
+// for this attempt only: the next call tries again.
+func (l *Lease) Agent(ctx context.Context) (Start, error) {
 	return l.u.agentClient(ctx)
 }
+
+// Mode is how a target is served.
+type Mode int
+
+// The modes of Start.
+const (
+	// ModeAgent: gomux-agent runs on the target and serves it.
+	ModeAgent Mode = iota + 1
+	// ModeFallback: the agent cannot run there (Start.Reason says why);
+	// every channel is forwarded to the target's sshd.
+	ModeFallback
+)
+
+// String names the mode, for logs and test failures.
+func (m Mode) String() string {
+	switch m {
+	case ModeAgent:
+		return "agent"
+	case ModeFallback:
+		return "fallback"
+	}
+	return "unknown"
+}
+
+// Start is how a lease's target is served: an explicit result, so
+// fallback is never confused with a missing agent.
+type Start struct {
+	Mode Mode
+	// Agent is the agent session in ModeAgent, nil otherwise.
+	Agent *agent.Client
+	// Reason is why in ModeFallback ("agent disabled in config", "no
+	// agent build for machine ..."), "" otherwise.
+	Reason string
+}
+
+// fallback is the Start of a target served without the agent.
+func fallback(reason string) Start { return Start{Mode: ModeFallback, Reason: reason} }
 
 // Shim returns the Ansible state for this lease's (target, user), made on
 // first use from what the agent reported. It outlives connections, since
@@ -116,11 +155,3 @@ func (l *Lease) Go(fn func()) bool {
 
 // Context is the pool's, cancelled when gomux shuts down.
 func (l *Lease) Context() context.Context { return l.u.pool.ctx }
-
-// FallbackReason is why this lease's target is served without an agent,
-// "" while it is not (gomux check reports it).
-func (l *Lease) FallbackReason() string {
-	l.u.amu.Lock()
-	defer l.u.amu.Unlock()
-	return l.u.fallback
-}

@@ -204,13 +204,14 @@ func openIdle(ctx context.Context, pool *Pool, addr, user string, used bool) err
 		return fmt.Errorf("acquire %s: %w", user, err)
 	}
 	defer l.Release()
-	a, err := l.Agent(ctx)
+	st, err := l.Agent(ctx)
 	if err != nil {
 		return fmt.Errorf("agent for %s: %w", user, err)
 	}
-	if a == nil {
-		return fmt.Errorf("agent for %s: pool fell back to plain channels", user)
+	if st.Mode != ModeAgent {
+		return fmt.Errorf("agent for %s: pool fell back to plain channels: %s", user, st.Reason)
 	}
+	a := st.Agent
 	if used {
 		if err := useSession(ctx, a); err != nil {
 			return fmt.Errorf("use session %s: %w", user, err)

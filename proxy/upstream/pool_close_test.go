@@ -86,9 +86,9 @@ func TestAgentHandshakeErrorSaysItOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	a, err := l.Agent(ctx)
+	st, err := l.Agent(ctx)
 	if err == nil {
-		t.Fatalf("agent start succeeded (%v) against an agent that died", a)
+		t.Fatalf("agent start succeeded (%+v) against an agent that died", st)
 	}
 	if n := strings.Count(err.Error(), "handshake"); n != 1 {
 		t.Errorf("error %q names the handshake %d times, want once", err, n)

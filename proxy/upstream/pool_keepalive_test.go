@@ -37,10 +37,11 @@ func TestPoolKeepaliveClosesSilentUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	a, err := l.Agent(ctx)
-	if err != nil || a == nil {
-		t.Fatalf("agent: %v %v", a, err)
+	st, err := l.Agent(ctx)
+	if err != nil || st.Mode != ModeAgent {
+		t.Fatalf("agent: %+v %v", st, err)
 	}
+	a := st.Agent
 	// Ten intervals, every keepalive answered: the connection stays.
 	select {
 	case <-l.Dead():
