@@ -23,9 +23,12 @@ func (l *Lease) Release() {
 	l.once.Do(func() { l.u.pool.release(l.u) })
 }
 
-// Client is the SSH connection, for fallback channels and dials. The
-// pool refuses every channel the target opens (see incoming.serve), so
-// the client's Listen and HandleChannelOpen are not for use.
+// Client is the SSH connection, for what the lease's own methods do not
+// cover (its server version): channels and dials go through OpenChannel,
+// NewSession and DialContext, whose errors say why a connection that has
+// ended ended. The pool refuses every channel the target opens (see
+// incoming.serve), so the client's Listen and HandleChannelOpen are not
+// for use.
 func (l *Lease) Client() *gossh.Client { return l.u.client }
 
 // Dead is closed when the SSH connection has ended; Err then says why.
