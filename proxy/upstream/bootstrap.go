@@ -194,16 +194,18 @@ func (u *upstream) noAgentReason() string {
 // callers waiting on it: a running agent, fallback mode, or an error for
 // this attempt only.
 func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (Start, error) {
+	var ended error
+	if err != nil {
+		ended = u.ended() // before amu: dmu is never taken under it
+	}
 	u.amu.Lock()
 	u.starting = nil
 	close(ch)
-	if err != nil {
-		if e := u.ended(); e != nil {
-			// The start failed because the connection went: that, not
-			// the target, is the reason, and it is no cause to fall back.
-			u.amu.Unlock()
-			return Start{}, fmt.Errorf("%w (%w)", e, err)
-		}
+	if ended != nil {
+		// The start failed because the connection went: that, not the
+		// target, is the reason, and it is no cause to fall back.
+		u.amu.Unlock()
+		return Start{}, fmt.Errorf("%w (%w)", ended, err)
 	}
 	var fb fallbackError
 	switch {

@@ -35,15 +35,16 @@
 //
 // Pool.mu may be held while taking loginGuard.mu (Acquire asks the guard
 // under it, so a dial is admitted and listed at once), upstream.dmu
-// (Close and the idle timer record why they close a connection under
-// it), the locks inside a shim.Host (Lease.Shim, prune and eviction read
+// (Close records why it closes each connection under it), the locks
+// inside a shim.Host (Lease.Shim, prune and eviction read
 // and drop Hosts under it) and the pool's task group (gogroup.Group.Go
 // under it). Nothing else is taken under Pool.mu. Every other mutex here
 // is a leaf: no lock of this package is taken while amu, kmu, dmu,
 // loginGuard.mu, hostKeys.mu or boundedBuffer.mu is held, and amu and
 // Pool.mu are never held together. No lock is held across network I/O,
-// except that Close and the idle timer close connections under Pool.mu
-// (closing does not wait on the peer).
+// except that Close closes the connections under Pool.mu (closing does
+// not wait on the peer); the idle timer unlists a connection under it
+// and closes it after.
 //
 // A connection's fields set once before a channel is closed (client and
 // err before ready) are read without a lock after receiving from that
