@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"os/exec"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -53,5 +54,43 @@ func TestCheckProgramFixesPath(t *testing.T) {
 	}
 	if bare, err := fixedpath.Unfixed(findmntCommand); err != nil || len(bare) > 0 {
 		t.Errorf("runs %q through the PATH it was given (%v):\n%s", bare, err, findmntCommand)
+	}
+}
+
+// TestPoolConfigCopiesEveryField: every field of upstream.Config and
+// upstream.Limits is filled from the config field of the same name, so a
+// setting added to both is not silently dropped on its way to the pool.
+func TestPoolConfigCopiesEveryField(t *testing.T) {
+	var cfg StartConfig
+	setAll(t, reflect.ValueOf(&cfg.Upstream).Elem())
+	setAll(t, reflect.ValueOf(&cfg.Limits).Elem())
+	cfg.Upstream.Credentials = map[string]Credential{"c": {IdentityFiles: []string{"f"}, UseSSHAgent: true, UserCA: "ca", UserPrincipalPrefix: "p"}}
+	pc := poolConfig(&cfg, nil, nil, nil)
+	for _, v := range []reflect.Value{reflect.ValueOf(pc.Upstream), reflect.ValueOf(pc.Limits), reflect.ValueOf(pc.Upstream.Credentials["c"])} {
+		for i := range v.NumField() {
+			if v.Field(i).IsZero() {
+				t.Errorf("%s.%s is not filled from the config", v.Type().Name(), v.Type().Field(i).Name)
+			}
+		}
+	}
+}
+
+// setAll gives every settable scalar and slice field of v a non-zero value.
+func setAll(t *testing.T, v reflect.Value) {
+	t.Helper()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Int, reflect.Int64:
+			f.SetInt(7)
+		case reflect.String:
+			f.SetString("x")
+		case reflect.Slice:
+			if f.Type().Elem().Kind() == reflect.String {
+				f.Set(reflect.ValueOf([]string{"x"}))
+			}
+		}
 	}
 }
