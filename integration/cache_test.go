@@ -10,6 +10,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // TestBecomeUnsafeAgentCache: the login user's agent cache made writable
@@ -33,11 +34,11 @@ func TestBecomeUnsafeAgentCache(t *testing.T) {
 	g2 := startGomux(t, lab, gomuxOptions{Upstream: "  warm_python: true\n  warm_python_idle: 15s\n"})
 	sameAsDirect(t, lab, g2, becomePlay(t, dir, "mixed-login", "", 1), "ANSIBLE_PIPELINING=True")
 	sameAsDirect(t, lab, g2, becomePlay(t, dir, "mixed-root", "root", 1), "ANSIBLE_PIPELINING=True")
-	ev := g2.Events(proxy.EventAgentCacheUnsafe)
+	ev := g2.Events(upstream.EventAgentCacheUnsafe)
 	if len(ev) != 1 || !strings.Contains(ev[0]["reason"].(string), "writable by others") {
 		t.Fatalf("agent_cache_unsafe events %v\n%s", ev, g2.Log())
 	}
-	if len(g2.Events(proxy.EventAgentUpload)) != 1 || len(g2.Events(proxy.EventAgentFallback)) != 0 {
+	if len(g2.Events(upstream.EventAgentUpload)) != 1 || len(g2.Events(upstream.EventAgentFallback)) != 0 {
 		t.Fatalf("want one upload and no fallback:\n%s", g2.Log())
 	}
 	st, err := os.Lstat(cache)

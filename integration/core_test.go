@@ -26,6 +26,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // result is what a client observes of one ssh run.
@@ -245,7 +246,7 @@ func TestCore(t *testing.T) {
 		if got.Code != 255 || !strings.Contains(got.Stderr, "does not match") {
 			t.Errorf("mismatching target key: %+v", got)
 		}
-		if !hasEvent(g2, proxy.EventUpstreamConnect, "", nil) {
+		if !hasEvent(g2, upstream.EventUpstreamConnect, "", nil) {
 			t.Errorf("no upstream_connect failure logged")
 		}
 	})
@@ -274,10 +275,10 @@ func TestCore(t *testing.T) {
 		if r := runCmd(g2.SSH(ctx, host, "echo warm"), nil); r.Stdout != "warm\n" {
 			t.Fatalf("second gomux: %+v", r)
 		}
-		if len(g2.Events(proxy.EventAgentUpload)) != 0 {
+		if len(g2.Events(upstream.EventAgentUpload)) != 0 {
 			t.Errorf("second gomux uploaded the agent again")
 		}
-		if !hasEvent(g2, proxy.EventAgentStart, "uploaded", false) {
+		if !hasEvent(g2, upstream.EventAgentStart, "uploaded", false) {
 			t.Errorf("no agent_start without upload logged:\n%s", g2.Log())
 		}
 	})

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
-	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // TestFallback serves a user whose home cannot hold the agent: gomux must
@@ -53,10 +53,10 @@ func TestFallback(t *testing.T) {
 	if r.Code != 0 {
 		t.Errorf("sftp in fallback: %+v", r)
 	}
-	if !hasEvent(g, proxy.EventAgentFallback, "", nil) {
+	if !hasEvent(g, upstream.EventAgentFallback, "", nil) {
 		t.Errorf("no agent_fallback event logged")
 	}
-	if n := len(g.Events(proxy.EventAgentFallback)); n != 1 {
+	if n := len(g.Events(upstream.EventAgentFallback)); n != 1 {
 		t.Errorf("fallback reason logged %d times, want once", n)
 	}
 }

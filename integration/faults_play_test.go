@@ -16,6 +16,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // faultPlay is one run of testdata/faults.yml through gomux while a test
@@ -208,7 +209,7 @@ func TestFaultsMidPlay(t *testing.T) {
 						f.lift()
 					}
 					fp.finish()
-					if f.byKeepalive && len(g.Events(proxy.EventUpstreamKeepaliveTimeout)) == 0 {
+					if f.byKeepalive && len(g.Events(upstream.EventUpstreamKeepaliveTimeout)) == 0 {
 						t.Errorf("the dead path was not noticed by keepalive")
 					}
 				})

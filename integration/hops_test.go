@@ -15,6 +15,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // startBanner serves a one-line banner on addr inside target's namespace:
@@ -132,7 +133,7 @@ func TestHopsDecidedAsFront(t *testing.T) {
 			t.Fatalf("ssh -J gomux,A B as %s: %+v", lab.User, r)
 		}
 		// Served from gomux's own upstream to B, as `-J gomux B` is.
-		if !hasEvent(g, proxy.EventUpstreamConnect, "target", b22) {
+		if !hasEvent(g, upstream.EventUpstreamConnect, "target", b22) {
 			t.Errorf("gomux made no upstream connection of its own to B")
 		}
 		accepted := false

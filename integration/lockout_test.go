@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
-	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // The documented defaults of limits.login_backoff and login_backoff_max.
@@ -105,7 +105,7 @@ func TestLockoutFailedLoginLoop(t *testing.T) {
 		t.Errorf("t0's sshd logged %d failed logins from gomux in %v, want 1..%d:\n%s", failed, elapsed, allowed, t0.SSHDLog())
 	}
 	for _, person := range []string{"bob", "mallory"} {
-		if !hasEvent(g, proxy.EventUpstreamBackoff, "person", person) {
+		if !hasEvent(g, upstream.EventUpstreamBackoff, "person", person) {
 			t.Errorf("no upstream_backoff event names %s", person)
 		}
 	}

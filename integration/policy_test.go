@@ -14,6 +14,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // policyLab is three targets with names gomux (alone) resolves through its
@@ -305,7 +306,7 @@ func TestPolicyAttacks(t *testing.T) {
 			t.Errorf("root@root-ok.lab: %+v", r)
 		}
 		tried := false
-		for _, e := range g.Events(proxy.EventUpstreamConnect) {
+		for _, e := range g.Events(upstream.EventUpstreamConnect) {
 			if e["remote_user"] == "root" && e["target"] == "root-ok.lab:22" {
 				tried = true
 			}
@@ -361,7 +362,7 @@ func TestPolicyUpstreamUserCA(t *testing.T) {
 	if log := p.t0.SSHDLog(); !strings.Contains(log, want) {
 		t.Errorf("t0's sshd log does not name the person (%q):\n%s", want, log)
 	}
-	if !hasEvent(g, proxy.EventUpstreamConnect, "person", p.lab.User) {
+	if !hasEvent(g, upstream.EventUpstreamConnect, "person", p.lab.User) {
 		t.Errorf("upstream connection not keyed by person")
 	}
 	// A forward rule applies to this person: the certificate permits

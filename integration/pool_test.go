@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/integration/harness"
-	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // TestPoolLifecycle: an upstream connection that drops is replaced on the
@@ -24,17 +24,17 @@ func TestPoolLifecycle(t *testing.T) {
 	}
 	// The network drops every connection: the next session reconnects.
 	tgt.Relay.CloseAll()
-	waitFor(t, 10*time.Second, func() bool { return len(g.Events(proxy.EventUpstreamClosed)) > 0 })
+	waitFor(t, 10*time.Second, func() bool { return len(g.Events(upstream.EventUpstreamClosed)) > 0 })
 	if r := runCmd(g.SSH(ctx, tgt.Addr, "echo two"), nil); r.Stdout != "two\n" {
 		t.Fatalf("session after the upstream dropped: %+v", r)
 	}
-	if n := len(g.Events(proxy.EventUpstreamConnect)); n != 2 {
+	if n := len(g.Events(upstream.EventUpstreamConnect)); n != 2 {
 		t.Errorf("upstream connects: %d, want 2", n)
 	}
 	// No one uses it now: it closes after the idle timeout.
-	waitFor(t, 20*time.Second, func() bool { return len(g.Events(proxy.EventUpstreamIdleClose)) > 0 })
+	waitFor(t, 20*time.Second, func() bool { return len(g.Events(upstream.EventUpstreamIdleClose)) > 0 })
 	waitFor(t, 10*time.Second, func() bool { return establishedSSH(t, tgt) == 0 })
-	if !strings.Contains(g.Log(), eventTag(proxy.EventAgentExit)) {
+	if !strings.Contains(g.Log(), eventTag(upstream.EventAgentExit)) {
 		t.Errorf("agent session not ended with the idle connection")
 	}
 }

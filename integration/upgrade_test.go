@@ -13,6 +13,7 @@ import (
 
 	"github.com/gomux/gomux/integration/harness"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // oldRelease is the commit the upgrade test builds when no release tag
@@ -116,7 +117,7 @@ func TestOpsUpgrade(t *testing.T) {
 	}
 	for i, g := range []*Gomux{old, cur} {
 		ran := false
-		for _, e := range g.Events(proxy.EventAgentStart) {
+		for _, e := range g.Events(upstream.EventAgentStart) {
 			events = append(events, fmt.Sprintf("%s: agent_start by the %s gomux on %v, agent %v, uploaded %v",
 				e["time"], []string{"old", "new"}[i], e["target"], e["agent_version"], e["uploaded"]))
 			ran = ran || fmt.Sprint(e["time"]) <= drainedAt
@@ -148,7 +149,7 @@ func TestOpsUpgrade(t *testing.T) {
 // agentVersions are the agent versions in g's agent_start events.
 func agentVersions(g *Gomux) []string {
 	var out []string
-	for _, e := range g.Events(proxy.EventAgentStart) {
+	for _, e := range g.Events(upstream.EventAgentStart) {
 		if v, ok := e["agent_version"].(string); ok && !slices.Contains(out, v) {
 			out = append(out, v)
 		}
@@ -222,13 +223,13 @@ func checkCacheCleanup(t *testing.T, lab *harness.Lab, tl *timeline, agents []st
 	}
 	g.Stop()
 	started := ""
-	for _, e := range g.Events(proxy.EventAgentStart) {
+	for _, e := range g.Events(upstream.EventAgentStart) {
 		started = fmt.Sprint(e["agent_version"])
 		if e["uploaded"] == true {
 			t.Errorf("the new agent was uploaded again: the cleanup removed the agent being started")
 		}
 	}
-	for _, e := range g.Events(proxy.EventAgentExit) {
+	for _, e := range g.Events(upstream.EventAgentExit) {
 		tl.add("agent_exit stderr: %v", e["agent_stderr"])
 	}
 	left := cachedAgents(t, cache)

@@ -27,23 +27,6 @@ func newSigner(t *testing.T) gossh.Signer {
 	return s
 }
 
-// newTestSSHServer is an x/crypto SSH server config that admits any key,
-// with a fresh host key, and a loopback listener for it; the caller
-// closes the listener.
-func newTestSSHServer(t *testing.T) (*gossh.ServerConfig, gossh.Signer, net.Listener) {
-	t.Helper()
-	signer := newSigner(t)
-	scfg := &gossh.ServerConfig{
-		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
-	}
-	scfg.AddHostKey(signer)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return scfg, signer, ln
-}
-
 var testAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}
 
 func TestAuthenticatorKeysAndReload(t *testing.T) {

@@ -14,11 +14,11 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	gossh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/gomux/gomux/agent/dist"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/target"
 )
 
@@ -160,7 +160,7 @@ func (c *checkRun) accelerated(agents map[string]dist.Binary, d Decision) {
 	// The pool logs as a connection would; the log explains an agent
 	// that fell back, so keep it.
 	var logBuf lockedBuffer
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.StartConfig.Limits}, zerolog.New(&logBuf))
+	pool, err := upstream.NewPool(poolConfig(&cfg.StartConfig, agents, nil, nil), zerolog.New(&logBuf))
 	if err != nil {
 		c.add("connect", "fail", err.Error(), "fix the upstream credentials in the config")
 		return
@@ -168,7 +168,7 @@ func (c *checkRun) accelerated(agents map[string]dist.Binary, d Decision) {
 	defer pool.Close()
 	actx, cancel := context.WithTimeout(c.ctx, 2*cfg.Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
-	lease, err := pool.Acquire(actx, UpstreamTarget{Host: d.HostPort(), Dial: d.DialAddr(), User: c.user, Credential: d.Credential, Person: c.person})
+	lease, err := pool.Acquire(actx, upstream.Target{Host: d.HostPort(), Dial: d.DialAddr(), User: c.user, Credential: d.Credential, Person: c.person})
 	if err != nil {
 		c.steps = append(c.steps, connectFailure(err, d, c.user, pool)...)
 		return
@@ -184,13 +184,13 @@ func (c *checkRun) accelerated(agents map[string]dist.Binary, d Decision) {
 
 // agent starts the agent as a connection would and says how it went;
 // logs holds what the pool logged meanwhile.
-func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) {
-	a, err := lease.Agent(ctx)
+func (c *checkRun) agent(ctx context.Context, lease *upstream.Lease, logs *lockedBuffer) {
+	st, err := lease.Agent(ctx)
 	switch {
 	case err != nil:
-		c.add("agent", "fail", err.Error(), "gomux will retry per channel; see the "+EventAgentStart+" log lines")
-	case a == nil:
-		reason := lease.fallbackReason()
+		c.add("agent", "fail", err.Error(), "gomux will retry per channel; see the "+upstream.EventAgentStart+" log lines")
+	case st.Mode == upstream.ModeFallback:
+		reason := st.Reason
 		fix := agentFix(reason)
 		if strings.Contains(reason, "Permission denied") || strings.Contains(reason, "did not start") {
 			if opts := remote(ctx, lease, target.CacheMountOptions()); hasMountOpt(opts, "noexec") {
@@ -200,9 +200,9 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 		}
 		c.add("agent", "warn", "fell back to the target's sshd: "+reason, fix)
 	default:
-		info := a.Info()
+		info := st.Agent.Info()
 		how := "cached copy verified and started"
-		if strings.Contains(logs.String(), `"event":"`+EventAgentUpload+`"`) {
+		if strings.Contains(logs.String(), `"event":"`+upstream.EventAgentUpload+`"`) {
 			how = "uploaded to ~/" + target.CacheDir + ", verified and started"
 		}
 		c.add("agent", "ok", fmt.Sprintf("%s (agent %s, %s, home %s)", how, info.AgentVersion, info.Arch, info.Home), "")
@@ -212,7 +212,7 @@ func (c *checkRun) agent(ctx context.Context, lease *Lease, logs *lockedBuffer) 
 // python looks for the interpreter Ansible would use, through the login
 // shell's PATH as Ansible's discovery does (so not a fixed PATH): it runs
 // as the login user, and reports what Ansible would find.
-func (c *checkRun) python(ctx context.Context, lease *Lease) {
+func (c *checkRun) python(ctx context.Context, lease *upstream.Lease) {
 	if out := remote(ctx, lease, `for p in python3 /usr/bin/python3 python /usr/libexec/platform-python; do command -v "$p" >/dev/null 2>&1 && { command -v "$p"; "$p" -c 'import sys; print(sys.version.split()[0])'; exit 0; }; done; exit 1`); out != "" {
 		c.add("python", "ok", strings.Join(strings.Fields(out), " "), "")
 	} else {
@@ -222,7 +222,7 @@ func (c *checkRun) python(ctx context.Context, lease *Lease) {
 
 // sudo checks become without a password, running sudo by name as
 // Ansible does (the login user's PATH, as the login user).
-func (c *checkRun) sudo(ctx context.Context, lease *Lease) {
+func (c *checkRun) sudo(ctx context.Context, lease *upstream.Lease) {
 	if out, err := remoteErr(ctx, lease, `sudo -n true`); err == nil {
 		c.add("sudo", "ok", "sudo -n true works: become without a password", "")
 	} else {
@@ -232,7 +232,7 @@ func (c *checkRun) sudo(ctx context.Context, lease *Lease) {
 }
 
 // connectFailure says which part of the upstream connection failed.
-func connectFailure(err error, d Decision, user string, pool *Pool) []CheckStep {
+func connectFailure(err error, d Decision, user string, pool *upstream.Pool) []CheckStep {
 	var ke *knownhosts.KeyError
 	msg := err.Error()
 	switch {
@@ -245,7 +245,7 @@ func connectFailure(err error, d Decision, user string, pool *Pool) []CheckStep 
 			{Name: "host_key", Status: "fail", Detail: "the target's host key is in no known_hosts file: " + msg,
 				Fix: "add it to upstream.known_hosts (verify ssh-keyscan " + d.Host + " out of band, or use an @cert-authority line), or set upstream.trust_on_first_use"}}
 	case strings.Contains(msg, "unable to authenticate") || strings.Contains(msg, "no supported methods remain"):
-		fps := pool.publicKeys(d.Credential)
+		fps := pool.PublicKeys(d.Credential)
 		return []CheckStep{{Name: "connect", Status: "ok", Detail: "TCP to " + d.DialAddr()},
 			{Name: "host_key", Status: "ok", Detail: "verified against known_hosts"},
 			{Name: "login", Status: "fail", Detail: msg,
@@ -261,29 +261,6 @@ func connectFailure(err error, d Decision, user string, pool *Pool) []CheckStep 
 func isDialError(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "dial"
-}
-
-// publicKeys lists the fingerprints of a credential's key files, for a
-// fix that says which key the target must accept.
-func (p *Pool) publicKeys(cred string) string {
-	c := p.creds[cred]
-	if c == nil {
-		return "none"
-	}
-	var fps []string
-	for _, s := range c.signers {
-		fps = append(fps, gossh.FingerprintSHA256(s.PublicKey()))
-	}
-	if c.ca != nil {
-		fps = append(fps, "certificates from user CA "+gossh.FingerprintSHA256(c.ca.PublicKey()))
-	}
-	if c.useAgent {
-		fps = append(fps, "the ssh-agent's keys")
-	}
-	if len(fps) == 0 {
-		return "none configured"
-	}
-	return strings.Join(fps, ", ")
 }
 
 // agentFix is the fix for an agent fallback reason.
@@ -314,7 +291,7 @@ func hasMountOpt(opts, want string) bool {
 
 // remote runs cmd on the lease's connection in a plain session (the way
 // fallback would) and returns its stdout, "" on failure.
-func remote(ctx context.Context, l *Lease, cmd string) string {
+func remote(ctx context.Context, l *upstream.Lease, cmd string) string {
 	out, err := remoteErr(ctx, l, cmd)
 	if err != nil {
 		return ""
@@ -322,8 +299,8 @@ func remote(ctx context.Context, l *Lease, cmd string) string {
 	return out
 }
 
-func remoteErr(ctx context.Context, l *Lease, cmd string) (string, error) {
-	sess, err := l.Client().NewSession()
+func remoteErr(ctx context.Context, l *upstream.Lease, cmd string) (string, error) {
+	sess, err := l.NewSession()
 	if err != nil {
 		return "", err
 	}
@@ -344,13 +321,6 @@ func remoteErr(ctx context.Context, l *Lease, cmd string) (string, error) {
 		return out.String() + errb.String(), err
 	}
 	return out.String(), nil
-}
-
-// fallbackReason is why this lease's target is served without an agent.
-func (l *Lease) fallbackReason() string {
-	l.u.amu.Lock()
-	defer l.u.amu.Unlock()
-	return l.u.fallback
 }
 
 // lockedBuffer is a log sink safe for the pool's goroutines.

@@ -12,14 +12,27 @@ import (
 	"testing"
 )
 
-// declaredEvents reads the Event constants from events.go: name by value.
+// eventFiles declare every event gomux logs: proxy's own, and the
+// upstream pool's (which cannot import proxy).
+var eventFiles = []string{"events.go", "upstream/events.go"}
+
+// declaredEvents reads the Event constants from eventFiles: name by value.
 func declaredEvents(t *testing.T) map[string]string {
 	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), "events.go", nil, parser.ParseComments)
+	byValue := map[string]string{}
+	for _, name := range eventFiles {
+		declaredIn(t, name, byValue)
+	}
+	return byValue
+}
+
+// declaredIn adds the Event constants of one file to byValue.
+func declaredIn(t *testing.T, name string, byValue map[string]string) {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), name, nil, parser.ParseComments)
 	if err != nil {
 		t.Fatal(err)
 	}
-	byValue := map[string]string{}
 	for _, d := range f.Decls {
 		gd, ok := d.(*ast.GenDecl)
 		if !ok || gd.Tok != token.CONST {
@@ -46,7 +59,6 @@ func declaredEvents(t *testing.T) map[string]string {
 			}
 		}
 	}
-	return byValue
 }
 
 // TestEventsDeclared fails when a log line in proxy/ or cmd/gomux uses an
@@ -60,7 +72,8 @@ func TestEventsDeclared(t *testing.T) {
 	lit := regexp.MustCompile(`"event",\s*"([^"]*)"|"event":"([a-z_0-9]+)"`)
 	files, _ := filepath.Glob("*.go")
 	more, _ := filepath.Glob("../cmd/gomux/*.go")
-	for _, f := range append(files, more...) {
+	up, _ := filepath.Glob("upstream/*.go")
+	for _, f := range append(append(files, more...), up...) {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
@@ -71,7 +84,7 @@ func TestEventsDeclared(t *testing.T) {
 		for _, m := range lit.FindAllStringSubmatch(string(b), -1) {
 			name := m[1] + m[2]
 			if _, ok := declared[name]; !ok {
-				t.Errorf("%s logs event %q, which events.go does not declare", f, name)
+				t.Errorf("%s logs event %q, which no event file declares", f, name)
 			}
 		}
 	}

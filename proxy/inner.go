@@ -13,8 +13,8 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // innerConn is one accelerated forwarding: the client's second SSH session,
@@ -41,7 +41,7 @@ type innerConn struct {
 	sessions   atomic.Int32 // session channels opened, for flushFirst
 
 	mu    sync.Mutex
-	lease *Lease
+	lease *upstream.Lease
 }
 
 // channelConn lets an SSH channel carry a nested SSH connection.
@@ -252,10 +252,11 @@ func (ic *innerConn) flushOnClose(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, ic.s.start.Upstream.ConnectTimeout.D()+30*time.Second)
 	defer cancel()
-	a, err := l.Agent(ctx)
-	if err != nil || a == nil {
+	st, err := l.Agent(ctx)
+	if err != nil || st.Mode != upstream.ModeAgent {
 		return
 	}
+	a := st.Agent
 	if err := flush(ctx, a, l.Shim(a)); err != nil {
 		ic.log.Warn().Str("event", EventInnerDrain).Err(err).Msg("could not write staged temp dirs to the target before closing")
 	}
@@ -276,7 +277,7 @@ func (ic *innerConn) checkInnerKey(key gossh.PublicKey) error {
 
 // upstreamLease returns a live lease for this connection's target,
 // replacing one whose connection has died so the next channel reconnects.
-func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
+func (ic *innerConn) upstreamLease(ctx context.Context) (*upstream.Lease, error) {
 	ic.mu.Lock()
 	defer ic.mu.Unlock()
 	if ic.lease != nil {
@@ -289,7 +290,7 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 		}
 	}
 	d := ic.decision
-	l, err := ic.s.pool.Acquire(ctx, UpstreamTarget{
+	l, err := ic.s.pool.Acquire(ctx, upstream.Target{
 		Host: d.HostPort(), Dial: d.DialAddr(), User: ic.remoteUser, Credential: d.Credential, Person: ic.frontUser,
 		Forwarding: ic.s.live().policy.GrantsForwarding(ic.frontUser),
 	})
@@ -300,20 +301,21 @@ func (ic *innerConn) upstreamLease(ctx context.Context) (*Lease, error) {
 	return l, nil
 }
 
-// backend returns the lease and, unless the target is in fallback mode, its
-// agent. Errors are phrased for the client, who sees them in "open failed".
-func (ic *innerConn) backend(ctx context.Context) (*Lease, *agent.Client, error) {
+// backend returns the lease and how its target is served: by its agent,
+// or in fallback mode. Errors are phrased for the client, who sees them
+// in "open failed".
+func (ic *innerConn) backend(ctx context.Context) (*upstream.Lease, upstream.Start, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*ic.s.start.Upstream.ConnectTimeout.D()+time.Minute)
 	defer cancel()
 	l, err := ic.upstreamLease(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("gomux: cannot reach %s as %s: %w", ic.addr, ic.remoteUser, err)
+		return nil, upstream.Start{}, fmt.Errorf("gomux: cannot reach %s as %s: %w", ic.addr, ic.remoteUser, err)
 	}
-	a, err := l.Agent(ctx)
+	st, err := l.Agent(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("gomux: cannot start agent on %s: %w", ic.addr, err)
+		return nil, upstream.Start{}, fmt.Errorf("gomux: cannot start agent on %s: %w", ic.addr, err)
 	}
-	return l, a, nil
+	return l, st, nil
 }
 
 // handleDirect serves a direct-tcpip request inside the session (-L, -W,
@@ -355,7 +357,7 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 	d, log := h.d, h.log.With().Str("event", EventForward).Str("via", "inner").Logger()
 	dest := d.DialAddr()
 	start := time.Now()
-	l, a, err := ic.backend(ctx)
+	l, st, err := ic.backend(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("forward failed")
 		nc.Reject(gossh.ConnectionFailed, err.Error())
@@ -363,10 +365,10 @@ func (ic *innerConn) forwardFromTarget(ctx context.Context, h hop, nc gossh.NewC
 	}
 	dctx, cancel := context.WithTimeout(ctx, ic.s.start.Upstream.ConnectTimeout.D())
 	var conn net.Conn
-	if d.AgentDial && a != nil {
-		conn, err = a.Dial(dctx, "tcp", dest)
+	if d.AgentDial && st.Mode == upstream.ModeAgent {
+		conn, err = st.Agent.Dial(dctx, "tcp", dest)
 	} else {
-		conn, err = l.Client().DialContext(dctx, "tcp", dest)
+		conn, err = l.DialContext(dctx, "tcp", dest)
 	}
 	cancel()
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/gomux/gomux/shim"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // metrics is what gomux counts for Prometheus, recorded at the same points
@@ -72,7 +74,7 @@ func newMetrics() *metrics {
 		uploadBytes: counter("gomux_agent_upload_bytes_total",
 			"Bytes of agent binaries uploaded."),
 		agentFallbacks: counter("gomux_agent_fallbacks_total",
-			"Upstreams served without an agent (the agent cannot run there; the reason is in the "+EventAgentFallback+" log line)."),
+			"Upstreams served without an agent (the agent cannot run there; the reason is in the "+upstream.EventAgentFallback+" log line)."),
 		taskSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gomux_task_duration_seconds",
 			Help:    "Duration of inner session channels, by kind (exec, shell, sftp, fallback) and whether gomux answered it locally.",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gomux/gomux/agent/dist"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -29,7 +30,7 @@ type Server struct {
 	ready   atomic.Bool // accepting, not draining (/readyz)
 	log     zerolog.Logger
 	ca      *HostCA
-	pool    *Pool
+	pool    *upstream.Pool
 	front   *glider.Server
 	tasks   gogroup.Group
 	// drain ends each connection once nothing runs on it after SIGTERM.
@@ -75,7 +76,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 	}
 	m := newMetrics()
 	budget := shim.NewBudget(int64(cfg.StartConfig.Limits.MaxStagedMiB) << 20)
-	pool, err := NewPool(PoolConfig{Upstream: cfg.Upstream, StateDir: cfg.StateDir, Agents: agents, Limits: cfg.StartConfig.Limits, Budget: budget, metrics: m}, log)
+	pool, err := upstream.NewPool(poolConfig(&cfg.StartConfig, agents, budget, m), log)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +144,7 @@ func frontName() string { return "gomux" }
 func (s *Server) KnownHostsLine() string { return s.ca.KnownHostsLine() }
 
 // Pool exposes the upstream pool for tests and metrics.
-func (s *Server) Pool() *Pool { return s.pool }
+func (s *Server) Pool() *upstream.Pool { return s.pool }
 
 // authenticate answers whether a key would be accepted. The client may
 // only be asking (a query, before any signature), so an acceptance here is

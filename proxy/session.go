@@ -16,6 +16,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
 )
 
@@ -49,13 +50,13 @@ type exitSignal struct {
 const maxEnv = 128
 
 func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
-	l, a, err := ic.backend(ctx)
+	l, st, err := ic.backend(ctx)
 	if err != nil {
 		ic.log.Warn().Str("event", EventChannel).Err(err).Msg("session refused")
 		nc.Reject(gossh.ConnectionFailed, err.Error())
 		return
 	}
-	if a == nil {
+	if st.Mode == upstream.ModeFallback {
 		ic.forwardSession(ctx, l, nc)
 		return
 	}
@@ -63,7 +64,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 	if err != nil {
 		return
 	}
-	s := &session{ic: ic, a: a, lease: l, ch: ch, start: time.Now(), log: ic.log, first: ic.sessions.Add(1) == 1}
+	s := &session{ic: ic, a: st.Agent, lease: l, ch: ch, start: time.Now(), log: ic.log, first: ic.sessions.Add(1) == 1}
 	s.serve(ctx, reqs)
 }
 
@@ -71,7 +72,7 @@ func (ic *innerConn) handleSession(ctx context.Context, nc gossh.NewChannel) {
 type session struct {
 	ic    *innerConn
 	a     *agent.Client
-	lease *Lease
+	lease *upstream.Lease
 	ch    gossh.Channel
 	log   zerolog.Logger
 	start time.Time
@@ -347,9 +348,9 @@ func (s *session) begin(ctx context.Context, exec *agent.ExecRequest) (*agent.Pr
 	ctx = s.exec.Sending(ctx)
 	p, err := start(ctx, s.exec.Prep, exec)
 	if errors.Is(err, agent.ErrNotSent) {
-		if l, a, berr := s.ic.backend(ctx); berr == nil && a != nil {
+		if l, st, berr := s.ic.backend(ctx); berr == nil && st.Mode == upstream.ModeAgent {
 			s.log.Info().Str("event", EventChannel).Err(err).Msg("agent session had ended; sending the command again on a new one")
-			s.lease, s.a = l, a
+			s.lease, s.a = l, st.Agent
 			retry := *exec
 			retry.Command = s.exec.Cold()
 			p, err = s.a.Batch(ctx, s.exec.Prep, &retry)
@@ -404,7 +405,7 @@ func (s *session) runWholeStdin(ctx context.Context) {
 	var in io.Reader
 	var parts []agent.PrepPart
 	if whole {
-		parts = shim.ModuleParts(buf.Bytes(), s.ic.s.pool.sums)
+		parts = shim.ModuleParts(buf.Bytes(), s.ic.s.pool.Sums())
 	}
 	if parts != nil {
 		exec.Stdin = parts
@@ -734,9 +735,9 @@ func (c *countingRW) Close() error { return nil }
 // forwardSession serves a session channel in fallback mode by opening a
 // channel of the same type upstream and relaying requests and data
 // unchanged, so the target's sshd answers everything itself.
-func (ic *innerConn) forwardSession(ctx context.Context, l *Lease, nc gossh.NewChannel) {
+func (ic *innerConn) forwardSession(ctx context.Context, l *upstream.Lease, nc gossh.NewChannel) {
 	start := time.Now()
-	uch, ureqs, err := l.Client().OpenChannel("session", nc.ExtraData())
+	uch, ureqs, err := l.OpenChannel("session", nc.ExtraData())
 	if err != nil {
 		msg := fmt.Sprintf("gomux: open session on %s: %v", ic.host, err)
 		ic.log.Warn().Str("event", EventChannel).Str("mode", "fallback").Err(err).Msg("session refused")

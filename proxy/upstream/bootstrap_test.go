@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -15,7 +15,6 @@ import (
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/agent/dist"
 	"github.com/gomux/gomux/internal/fixedpath"
-	"github.com/gomux/gomux/target"
 )
 
 // fakeAgent is a shell script standing in for the agent binary: the
@@ -236,7 +235,6 @@ func TestTargetProgramsFixPath(t *testing.T) {
 	for name, prog := range map[string]string{
 		"launcher": launcherScript(map[string]dist.Binary{bin.Arch: bin, "arm64": {Arch: "arm64", SHA256: bin.SHA256}}, 30),
 		"upload":   uploadScript(bin.SHA256),
-		"findmnt":  target.CacheMountOptions(),
 	} {
 		if out, err := exec.Command("/bin/sh", "-n", "-c", prog).CombinedOutput(); err != nil {
 			t.Errorf("%s: sh -n: %v %s", name, err, out)

@@ -1,7 +1,12 @@
-package proxy
+package upstream
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"net"
+
 	"context"
+	gossh "golang.org/x/crypto/ssh"
 	"testing"
 	"time"
 
@@ -15,7 +20,7 @@ import (
 func TestPoolIdleCloseNeverTakesALease(t *testing.T) {
 	addr, hostKey := startUpstreamHelper(t)
 	cfg := benchPoolConfig(t, t.TempDir(), addr, hostKey)
-	cfg.Upstream.IdleTimeout = Duration(time.Millisecond)
+	cfg.Upstream.IdleTimeout = time.Millisecond
 	pool, err := NewPool(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +29,7 @@ func TestPoolIdleCloseNeverTakesALease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for i := range 300 {
-		l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "racer"})
+		l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: "racer"})
 		if err != nil {
 			t.Fatalf("acquire %d: %v", i, err)
 		}
@@ -38,4 +43,34 @@ func TestPoolIdleCloseNeverTakesALease(t *testing.T) {
 		// Sometimes come back just as the timer fires.
 		time.Sleep(time.Duration(i%3) * 500 * time.Microsecond)
 	}
+}
+
+// newSigner makes an ed25519 signer for a test host or user key.
+func newSigner(t *testing.T) gossh.Signer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// newTestSSHServer is an SSH server config that takes any public key,
+// its host key, and a listener on the loopback address for it.
+func newTestSSHServer(t *testing.T) (*gossh.ServerConfig, gossh.Signer, net.Listener) {
+	t.Helper()
+	signer := newSigner(t)
+	scfg := &gossh.ServerConfig{
+		PublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey) (*gossh.Permissions, error) { return nil, nil },
+	}
+	scfg.AddHostKey(signer)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return scfg, signer, ln
 }

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -54,18 +54,23 @@ type fallbackError struct{ reason string }
 
 func (e fallbackError) Error() string { return e.reason }
 
-// agentClient returns the running agent, starting it if needed. Only one
-// start runs at a time per upstream; others wait for it.
-func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
+// agentClient returns how the target is served: the running agent,
+// starting it if needed, or fallback with its reason. Only one start runs
+// at a time per upstream; others wait for it.
+func (u *upstream) agentClient(ctx context.Context) (Start, error) {
 	for {
+		if err := u.ended(); err != nil {
+			return Start{}, err
+		}
 		u.amu.Lock()
 		if u.fallback != "" {
+			reason := u.fallback
 			u.amu.Unlock()
-			return nil, nil
+			return fallback(reason), nil
 		}
 		if a := u.liveAgentLocked(); a != nil {
 			u.amu.Unlock()
-			return a, nil
+			return Start{Mode: ModeAgent, Agent: a}, nil
 		}
 		if ch := u.starting; ch != nil {
 			u.amu.Unlock()
@@ -73,14 +78,14 @@ func (u *upstream) agentClient(ctx context.Context) (*agent.Client, error) {
 			case <-ch:
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return Start{}, ctx.Err()
 			}
 		}
 		if reason := u.noAgentReason(); reason != "" {
 			u.fallback = reason
 			u.amu.Unlock()
 			u.logFallback(reason)
-			return nil, nil
+			return fallback(reason), nil
 		}
 		ch := make(chan struct{})
 		u.starting = ch
@@ -118,31 +123,41 @@ func (u *upstream) noAgentReason() string {
 }
 
 // settleStart records how the start announced on ch ended and wakes the
-// callers waiting on it: a running agent, fallback mode (nil, nil), or an
-// error for this attempt only.
-func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (*agent.Client, error) {
+// callers waiting on it: a running agent, fallback mode, or an error for
+// this attempt only.
+func (u *upstream) settleStart(ch chan struct{}, a *agent.Client, err error) (Start, error) {
+	var ended error
+	if err != nil {
+		ended = u.ended() // before amu: dmu is never taken under it
+	}
 	u.amu.Lock()
 	u.starting = nil
 	close(ch)
+	if ended != nil {
+		// The start failed because the connection went: that, not the
+		// target, is the reason, and it is no cause to fall back.
+		u.amu.Unlock()
+		return Start{}, fmt.Errorf("%w (%w)", ended, err)
+	}
 	var fb fallbackError
 	switch {
 	case errors.As(err, &fb):
 		u.fallback = fb.reason
 		u.amu.Unlock()
 		u.logFallback(fb.reason)
-		return nil, nil
+		return fallback(fb.reason), nil
 	case err != nil:
 		u.amu.Unlock()
-		return nil, err
+		return Start{}, err
 	}
 	u.agent = a
 	u.amu.Unlock()
-	return a, nil
+	return Start{Mode: ModeAgent, Agent: a}, nil
 }
 
 // logFallback records that the target is served without the agent.
 func (u *upstream) logFallback(reason string) {
-	u.pool.m.agentFallback()
+	u.pool.m.AgentFallback()
 	u.logger().Warn().Str("event", EventAgentFallback).Str("reason", reason).Msg("serving target without agent")
 }
 
@@ -166,7 +181,7 @@ func (u *upstream) startAgent(ctx context.Context) (*agent.Client, error) {
 		// again when that happens (launcherScript).
 		a, err = u.launch(ctx)
 	}
-	u.pool.m.agentStart(err)
+	u.pool.m.AgentStart(err)
 	if err != nil {
 		log.Warn().Str("event", EventAgentStart).Err(err).Dur("duration", time.Since(start)).Msg("agent start failed")
 		return nil, err
@@ -199,7 +214,7 @@ func (u *upstream) launch(ctx context.Context) (a *agent.Client, err error) {
 	w := &stderrWatch{buf: &boundedBuffer{max: 64 << 10}, copied: make(chan struct{}), decided: make(chan struct{})}
 	if !u.pool.tasks.Go(func() { u.watchStderr(ch, w) }) {
 		ch.sess.Close()
-		return nil, errShuttingDown
+		return nil, ErrShuttingDown
 	}
 	defer func() { w.decide(err == nil) }()
 	// Only for the launcher's status line: once it is read, what is left
@@ -228,7 +243,7 @@ func (u *upstream) launch(ctx context.Context) (a *agent.Client, err error) {
 		ch.sess.Close()
 		return nil, err
 	}
-	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout.D())
+	a.SetReplyTimeout(u.pool.limits.AgentReplyTimeout)
 	return a, nil
 }
 
@@ -389,7 +404,7 @@ func (u *upstream) upload(ctx context.Context, arch string) error {
 	if err != nil || !strings.Contains(out.String(), uploadedLine) {
 		return fallbackError{reason: fmt.Sprintf("cannot install agent in ~/"+target.CacheDir+": %v stderr: %q", err, stderr.String())}
 	}
-	u.pool.m.agentUpload(len(bin.Data))
+	u.pool.m.AgentUpload(len(bin.Data))
 	u.logger().Info().Str("event", EventAgentUpload).Str("arch", arch).Str("sha256", bin.SHA256).
 		Int("bytes", len(bin.Data)).Dur("duration", time.Since(start)).Msg("agent uploaded")
 	return nil

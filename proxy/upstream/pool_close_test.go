@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -29,9 +29,9 @@ func TestPoolAcquireAfterClose(t *testing.T) {
 	pool.Close() // twice is fine
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err = pool.Acquire(ctx, UpstreamTarget{Host: "127.0.0.1:1", Dial: "127.0.0.1:1", User: "late"})
-	if !errors.Is(err, errShuttingDown) {
-		t.Fatalf("Acquire after Close: %v, want %v", err, errShuttingDown)
+	_, err = pool.Acquire(ctx, Target{Host: "127.0.0.1:1", Dial: "127.0.0.1:1", User: "late"})
+	if !errors.Is(err, ErrShuttingDown) {
+		t.Fatalf("Acquire after Close: %v, want %v", err, ErrShuttingDown)
 	}
 	if n := pool.Len(); n != 0 {
 		t.Errorf("pool lists %d connections after a refused Acquire", n)
@@ -81,14 +81,14 @@ func TestAgentHandshakeErrorSaysItOnce(t *testing.T) {
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "dies"})
+	l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: "dies"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	a, err := l.Agent(ctx)
+	st, err := l.Agent(ctx)
 	if err == nil {
-		t.Fatalf("agent start succeeded (%v) against an agent that died", a)
+		t.Fatalf("agent start succeeded (%+v) against an agent that died", st)
 	}
 	if n := strings.Count(err.Error(), "handshake"); n != 1 {
 		t.Errorf("error %q names the handshake %d times, want once", err, n)

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -65,7 +65,7 @@ func TestPoolUserPrincipalPrefix(t *testing.T) {
 	cfg.Upstream.IdentityFiles = nil
 	cfg.Upstream.UserCA = writeCAKey(t, dir, "ca")
 	cfg.Upstream.UserPrincipalPrefix = "gomux-"
-	cfg.Upstream.UserCertValidity = Duration(time.Minute)
+	cfg.Upstream.UserCertValidity = time.Minute
 	cfg.Upstream.Credentials = map[string]Credential{
 		"pinned": {UserCA: writeCAKey(t, dir, "ca2"), UserPrincipalPrefix: "bastion."},
 		"plain":  {UserCA: writeCAKey(t, dir, "ca3")},
@@ -78,7 +78,7 @@ func TestPoolUserPrincipalPrefix(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for user, cred := range map[string]string{"deploy": "", "app": "pinned", "ops": "plain"} {
-		l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: user, Credential: cred, Person: "alice"})
+		l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: user, Credential: cred, Person: "alice"})
 		if err != nil {
 			t.Fatalf("%s: %v", user, err)
 		}

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func TestPoolKeepaliveClosesSilentUpstream(t *testing.T) {
 	addr, hostKey := startUpstreamHelper(t)
 	relay := startBlackHoleRelay(t, addr)
 	cfg := benchPoolConfig(t, t.TempDir(), relay.addr, hostKey)
-	cfg.Upstream.KeepaliveInterval = Duration(100 * time.Millisecond)
+	cfg.Upstream.KeepaliveInterval = 100 * time.Millisecond
 	cfg.Upstream.KeepaliveCountMax = 2
 	pool, err := NewPool(cfg, zerolog.Nop())
 	if err != nil {
@@ -32,15 +32,16 @@ func TestPoolKeepaliveClosesSilentUpstream(t *testing.T) {
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := pool.Acquire(ctx, UpstreamTarget{Host: relay.addr, Dial: relay.addr, User: "ka"})
+	l, err := pool.Acquire(ctx, Target{Host: relay.addr, Dial: relay.addr, User: "ka"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	a, err := l.Agent(ctx)
-	if err != nil || a == nil {
-		t.Fatalf("agent: %v %v", a, err)
+	st, err := l.Agent(ctx)
+	if err != nil || st.Mode != ModeAgent {
+		t.Fatalf("agent: %+v %v", st, err)
 	}
+	a := st.Agent
 	// Ten intervals, every keepalive answered: the connection stays.
 	select {
 	case <-l.Dead():
@@ -175,7 +176,7 @@ func TestPoolRefusesWhatTargetsSendUnasked(t *testing.T) {
 	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "unasked"})
+	l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: "unasked"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -35,7 +35,7 @@ func refusingTarget(t *testing.T) (addr string, hostKey gossh.PublicKey, conns *
 func TestPoolLoginBackoff(t *testing.T) {
 	addr, hk, conns := refusingTarget(t)
 	cfg := benchPoolConfig(t, t.TempDir(), addr, hk)
-	cfg.Limits = LimitsConfig{LoginBackoff: Duration(time.Hour)}
+	cfg.Limits = Limits{LoginBackoff: time.Hour}
 	pool, err := NewPool(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +44,7 @@ func TestPoolLoginBackoff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	acquire := func(person, user string) error {
-		l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: user, Person: person})
+		l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: user, Person: person})
 		if err == nil {
 			l.Release()
 		}
@@ -92,7 +92,7 @@ func TestPoolUnreachableNoBackoff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for range 3 {
-		_, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: "deploy", Person: "alice"})
+		_, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: "deploy", Person: "alice"})
 		if err == nil || errors.As(err, new(*errThrottled)) {
 			t.Fatalf("unreachable target: %v, want the dial's error", err)
 		}

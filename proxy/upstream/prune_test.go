@@ -1,6 +1,7 @@
-package proxy
+package upstream
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 
 func TestPruneShimStates(t *testing.T) {
 	budget := shim.NewBudget(1 << 20)
-	p, err := NewPool(PoolConfig{Limits: LimitsConfig{ShimStateIdle: Duration(time.Hour), TempDirIdle: Duration(30 * time.Minute), MaxShimStates: 3}, Budget: budget}, zerolog.Nop())
+	p, err := NewPool(PoolConfig{Limits: Limits{ShimStateIdle: time.Hour, TempDirIdle: 30 * time.Minute, MaxShimStates: 3}, Budget: budget}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,3 +66,19 @@ func TestPruneShimStates(t *testing.T) {
 		t.Fatalf("%d states, in-use kept %v; want 3 with the one in use", n, kept)
 	}
 }
+
+// planTempDir has host keep ~/.ansible/tmp/ansible-tmp-1-2-3 virtual, as
+// in a real run: a first temp dir step in the base ran on the target and
+// succeeded, so the next one is answered locally (as proxy's test helper
+// of the same name).
+func planTempDir(t testing.TB, host *shim.Host) shim.Plan {
+	t.Helper()
+	first := host.Exec(strings.ReplaceAll(tempDirCmd, "ansible-tmp-1-2-3", "ansible-tmp-1-2-0"), shim.ExecOptions{})
+	if first.Reply {
+		t.Fatalf("first temp dir step answered locally: %+v", first)
+	}
+	first.Done(0)
+	return host.Exec(tempDirCmd, shim.ExecOptions{}).Plan
+}
+
+const tempDirCmd = `/bin/sh -c '( umask 77 && mkdir -p "` + "` echo ~/.ansible/tmp `" + `"&& mkdir "` + "` echo ~/.ansible/tmp/ansible-tmp-1-2-3 `" + `" && echo ansible-tmp-1-2-3="` + "` echo ~/.ansible/tmp/ansible-tmp-1-2-3 `" + `" ) && sleep 0'`

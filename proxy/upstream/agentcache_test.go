@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"crypto/sha256"
@@ -23,26 +23,5 @@ func TestLauncherPassesCacheDays(t *testing.T) {
 	out, _ := runScript(t, home, launcherScript(map[string]dist.Binary{bin.Arch: bin}, 12), nil)
 	if out != agent.Banner+" 1 serve -cache-days 12\n" {
 		t.Errorf("launcher said %q", out)
-	}
-}
-
-// TestAgentCacheDaysConfig: 30 days by default, a negative value refused,
-// and a reload names a change as waiting for a restart (the pool holds
-// the value).
-func TestAgentCacheDaysConfig(t *testing.T) {
-	var l LimitsConfig
-	l.applyDefaults()
-	if l.AgentCacheDays != 30 {
-		t.Errorf("default agent_cache_days %d, want 30", l.AgentCacheDays)
-	}
-	l.AgentCacheDays = -1
-	if err := l.validate(); err == nil || !strings.Contains(err.Error(), "agent_cache_days") {
-		t.Errorf("negative agent_cache_days: %v", err)
-	}
-	old := &StartConfig{Limits: LimitsConfig{AgentCacheDays: 30}}
-	cfg := *old
-	cfg.Limits.AgentCacheDays = 7
-	if got := strings.Join(restartOnly(old, &cfg), ","); got != "limits.agent_cache_days" {
-		t.Errorf("restart needed for %q", got)
 	}
 }

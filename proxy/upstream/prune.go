@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"sort"
@@ -11,7 +11,7 @@ import (
 // until the pool closes, so neither grows with every target and alias
 // ever reached.
 func (p *Pool) pruneLoop() {
-	every := min(p.limits.TempDirIdle.D(), p.limits.ShimStateIdle.D()) / 2
+	every := min(p.limits.TempDirIdle, p.limits.ShimStateIdle) / 2
 	every = max(min(every, time.Minute), time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -33,7 +33,7 @@ func (p *Pool) prune(now time.Time) {
 	defer p.mu.Unlock()
 	for k, h := range p.hosts {
 		idle, empty := h.Expire(now)
-		if empty && idle > p.limits.ShimStateIdle.D() && !p.inUseLocked(k) {
+		if empty && idle > p.limits.ShimStateIdle && !p.inUseLocked(k) {
 			p.dropHostLocked(k, h, "idle")
 		}
 	}

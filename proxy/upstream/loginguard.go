@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"errors"
@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -88,9 +87,9 @@ type errThrottled struct {
 
 func (e *errThrottled) Error() string { return e.msg }
 
-func newLoginGuard(l LimitsConfig, now func() time.Time) *loginGuard {
+func newLoginGuard(l Limits, now func() time.Time) *loginGuard {
 	return &loginGuard{
-		base: l.LoginBackoff.D(), max: max(l.LoginBackoffMax.D(), l.LoginBackoff.D()), maxEntries: l.MaxLoginBackoffs,
+		base: l.LoginBackoff, max: max(l.LoginBackoffMax, l.LoginBackoff), maxEntries: l.MaxLoginBackoffs,
 		rate: float64(l.UpstreamDialsPerSecond), burst: float64(l.UpstreamDialBurst), now: now,
 		fails: map[failKey]*failEntry{}, busy: map[failKey]chan struct{}{}, buckets: map[string]*dialBucket{},
 	}
@@ -300,7 +299,7 @@ func loginOutcomeOf(err error, authStarted bool) loginOutcome {
 
 // logThrottled logs a login the guard refused, with the person: the line
 // an operator finds when someone reports "cannot reach".
-func (p *Pool) logThrottled(t UpstreamTarget, err error) {
+func (p *Pool) logThrottled(t Target, err error) {
 	var te *errThrottled
 	if !errors.As(err, &te) {
 		return
@@ -308,20 +307,4 @@ func (p *Pool) logThrottled(t UpstreamTarget, err error) {
 	p.log.Warn().Str("event", EventUpstreamBackoff).Str("person", t.Person).Str("target", t.Host).Str("addr", t.Dial).
 		Str("remote_user", t.User).Str("credential", t.Credential).Str("reason", te.reason).Dur("retry_in", te.retry).
 		Msg("upstream login not attempted")
-}
-
-// checkPrincipalPrefix refuses a user_principal_prefix that would not
-// stay one name in an AuthorizedPrincipalsFile line (spaces, commas,
-// "#", quotes, control characters).
-func checkPrincipalPrefix(p string) error {
-	for _, r := range p {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-@+:", r)
-		if !ok {
-			return fmt.Errorf("%q: only letters, digits and . _ - @ + : are allowed", p)
-		}
-	}
-	if len(p) > 64 {
-		return fmt.Errorf("%q: at most 64 characters", p)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -127,16 +127,15 @@ func benchPoolConfig(b testing.TB, dir, addr string, hostKey gossh.PublicKey) Po
 		b.Fatal(err)
 	}
 	return PoolConfig{
-		Upstream: UpstreamConfig{
+		Upstream: Config{
 			IdentityFiles:     []string{id},
 			UseSSHAgent:       false,
 			KnownHosts:        []string{kh},
-			ConnectTimeout:    Duration(30 * time.Second),
-			KeepaliveInterval: Duration(15 * time.Second),
+			ConnectTimeout:    30 * time.Second,
+			KeepaliveInterval: 15 * time.Second,
 			KeepaliveCountMax: 3,
-			IdleTimeout:       Duration(time.Hour),
+			IdleTimeout:       time.Hour,
 			Agent:             true,
-			Ansible:           true,
 		},
 		StateDir: filepath.Join(dir, "state"),
 		// Only the launcher's hash check reads this; the helper never
@@ -200,18 +199,19 @@ func measureIdleSessions(b *testing.B, cfg PoolConfig, addr string, n int, used 
 // the lease, leaving the session as the pool keeps it between tasks.
 // With used, the session first carries usedBytes each way.
 func openIdle(ctx context.Context, pool *Pool, addr, user string, used bool) error {
-	l, err := pool.Acquire(ctx, UpstreamTarget{Host: addr, Dial: addr, User: user})
+	l, err := pool.Acquire(ctx, Target{Host: addr, Dial: addr, User: user})
 	if err != nil {
 		return fmt.Errorf("acquire %s: %w", user, err)
 	}
 	defer l.Release()
-	a, err := l.Agent(ctx)
+	st, err := l.Agent(ctx)
 	if err != nil {
 		return fmt.Errorf("agent for %s: %w", user, err)
 	}
-	if a == nil {
-		return fmt.Errorf("agent for %s: pool fell back to plain channels", user)
+	if st.Mode != ModeAgent {
+		return fmt.Errorf("agent for %s: pool fell back to plain channels: %s", user, st.Reason)
 	}
+	a := st.Agent
 	if used {
 		if err := useSession(ctx, a); err != nil {
 			return fmt.Errorf("use session %s: %w", user, err)

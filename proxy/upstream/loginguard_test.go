@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"errors"
@@ -13,10 +13,10 @@ import (
 // fakeClock is a settable now for the guard.
 type fakeClock struct{ t time.Time }
 
-func (c *fakeClock) now() time.Time           { return c.t }
-func (c *fakeClock) add(d time.Duration)      { c.t = c.t.Add(d) }
-func newFakeClock() *fakeClock                { return &fakeClock{t: time.Unix(1_000_000, 0)} }
-func guardLimits(l LimitsConfig) LimitsConfig { l.applyDefaults(); return l }
+func (c *fakeClock) now() time.Time      { return c.t }
+func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
+func newFakeClock() *fakeClock           { return &fakeClock{t: time.Unix(1_000_000, 0)} }
+func guardLimits(l Limits) Limits        { l.applyDefaults(); return l }
 
 // tryLogin asks g about a and, when admitted, reports o.
 func tryLogin(t *testing.T, g *loginGuard, a loginAttempt, o loginOutcome) error {
@@ -43,7 +43,7 @@ func throttled(err error, reason string) bool {
 // success clears it.
 func TestLoginGuardBackoff(t *testing.T) {
 	clk := newFakeClock()
-	g := newLoginGuard(guardLimits(LimitsConfig{LoginBackoff: Duration(time.Minute), LoginBackoffMax: Duration(4 * time.Minute)}), clk.now)
+	g := newLoginGuard(guardLimits(Limits{LoginBackoff: time.Minute, LoginBackoffMax: 4 * time.Minute}), clk.now)
 	a := loginAttempt{person: "alice", dial: "10.0.0.1:22", user: "deploy", cred: "default"}
 	b := a
 	b.person = "bob" // the same failing user, another person
@@ -82,7 +82,7 @@ func TestLoginGuardBackoff(t *testing.T) {
 // person, and the same person elsewhere, are not held up.
 func TestLoginGuardPersonTarget(t *testing.T) {
 	clk := newFakeClock()
-	g := newLoginGuard(guardLimits(LimitsConfig{}), clk.now)
+	g := newLoginGuard(guardLimits(Limits{}), clk.now)
 	at := func(person, dial, user string) loginAttempt {
 		return loginAttempt{person: person, dial: dial, user: user, cred: "default"}
 	}
@@ -130,7 +130,7 @@ func TestLoginGuardPersonTarget(t *testing.T) {
 // failures count no backoff.
 func TestLoginGuardOneInFlight(t *testing.T) {
 	clk := newFakeClock()
-	g := newLoginGuard(guardLimits(LimitsConfig{}), clk.now)
+	g := newLoginGuard(guardLimits(Limits{}), clk.now)
 	a := loginAttempt{person: "mallory", dial: "10.0.0.1:22", user: "nosuch1", cred: "default"}
 	b := a
 	b.user = "nosuch2"
@@ -165,7 +165,7 @@ func TestLoginGuardOneInFlight(t *testing.T) {
 // token bucket; another person has their own.
 func TestLoginGuardDialRate(t *testing.T) {
 	clk := newFakeClock()
-	g := newLoginGuard(guardLimits(LimitsConfig{UpstreamDialsPerSecond: 2, UpstreamDialBurst: 5}), clk.now)
+	g := newLoginGuard(guardLimits(Limits{UpstreamDialsPerSecond: 2, UpstreamDialBurst: 5}), clk.now)
 	at := func(person string, i int) loginAttempt {
 		return loginAttempt{person: person, dial: fmt.Sprintf("10.0.1.%d:22", i), user: "deploy", cred: "default"}
 	}
@@ -194,7 +194,7 @@ func TestLoginGuardDialRate(t *testing.T) {
 // run of failures long over is forgotten.
 func TestLoginGuardBounded(t *testing.T) {
 	clk := newFakeClock()
-	g := newLoginGuard(guardLimits(LimitsConfig{MaxLoginBackoffs: 50, UpstreamDialBurst: 10000}), clk.now)
+	g := newLoginGuard(guardLimits(Limits{MaxLoginBackoffs: 50, UpstreamDialBurst: 10000}), clk.now)
 	for i := range 1000 {
 		a := loginAttempt{person: fmt.Sprintf("p%d", i), dial: fmt.Sprintf("10.1.%d.%d:22", i/250, i%250), user: "u", cred: "default"}
 		if err := tryLogin(t, g, a, loginRefused); err != nil {
@@ -238,26 +238,13 @@ func TestLoginOutcomeOf(t *testing.T) {
 	}
 }
 
-// TestLoginGuardLimitsNeedRestart: the pool holds the guard's limits, so
-// a reload names them as waiting for a restart instead of claiming them.
-func TestLoginGuardLimitsNeedRestart(t *testing.T) {
-	old := &StartConfig{Limits: guardLimits(LimitsConfig{})}
-	cfg := *old
-	cfg.Limits.LoginBackoff = Duration(time.Second)
-	cfg.Limits.UpstreamDialBurst = 5
-	got := strings.Join(restartOnly(old, &cfg), ",")
-	if got != "limits.login_backoff,limits.upstream_dial_burst" {
-		t.Errorf("restart needed for %q", got)
-	}
-}
-
 // TestLoginGuardPersonalCredential: where gomux mints a certificate per
 // person, the target may refuse one person and take another, so one
 // person's refusals do not hold back another person's login as the same
 // user.
 func TestLoginGuardPersonalCredential(t *testing.T) {
 	clk := newFakeClock()
-	g := newLoginGuard(guardLimits(LimitsConfig{LoginBackoff: Duration(time.Minute), LoginBackoffMax: Duration(4 * time.Minute)}), clk.now)
+	g := newLoginGuard(guardLimits(Limits{LoginBackoff: time.Minute, LoginBackoffMax: 4 * time.Minute}), clk.now)
 	mallory := loginAttempt{person: "mallory", dial: "10.0.0.1:22", user: "deploy", cred: "default", personal: true}
 	alice := mallory
 	alice.person = "alice"
