@@ -47,12 +47,15 @@
 //     innerConn owns (ic.tasks): "session" by handleSession,
 //     "direct-tcpip" (a hop inside the session) by handleDirect, which
 //     decides it exactly as at the front.
-//  7. Upstream (innerConn.backend). The first channel that needs the
-//     target acquires a Lease from the pool for (target, remote user,
-//     credential): the pool shares one SSH connection and one agent
-//     session per key among every front connection, starts the agent
-//     (or falls back to the target's sshd, where the session's channels
-//     are relayed unchanged: forwardSession), and keeps them until idle.
+//  7. Upstream (innerConn.backend, package proxy/upstream). The first
+//     channel that needs the target acquires an upstream.Lease for
+//     (target, remote user, credential): the pool shares one SSH
+//     connection and one agent session per key among every front
+//     connection and keeps them until idle. Lease.Agent says how the
+//     target is served: upstream.ModeAgent, or upstream.ModeFallback with
+//     its reason, where the session's channels are relayed unchanged to
+//     the target's sshd (forwardSession). A connection that died says
+//     why to every later caller (upstream.ErrEnded wrapping the cause).
 //  8. End. When the client closes the inner connection, serve flushes
 //     what the shim still holds only in memory for the target
 //     (flushOnClose), waits for its channel goroutines and releases the
