@@ -95,7 +95,7 @@ fuzz: agents
 	$(GO) test -run '^$$' -fuzz '^FuzzParseProxyHeader$$' -fuzztime 30s ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./shim
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKRL$$' -fuzztime 30s ./proxy
-	$(GO) test -run '^$$' -fuzz '^FuzzRedactCommand$$' -fuzztime 30s ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzRedactCommand$$' -fuzztime 30s ./proxy/audit
 
 # demo: three targets, the same work directly and through gomux.
 demo: deps build

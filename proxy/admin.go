@@ -21,6 +21,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/audit"
 )
 
 // The admin socket answers `gomux sessions` and `gomux kill`: who is on
@@ -125,7 +126,7 @@ func (h *held) run(what string) (drop func()) {
 func runName(kind, cmd string) string {
 	switch kind {
 	case "exec":
-		return RedactCommand(cmd)
+		return audit.RedactCommand(cmd)
 	case "subsystem":
 		return cmd
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/audit"
 	"github.com/gomux/gomux/proxy/upstream"
 )
 
@@ -33,7 +34,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *upstream.Lease, nc g
 	}
 	defer ic.held.run("fallback session")()
 	var cmd string
-	var rec atomic.Pointer[recorder] // set before the command starts
+	var rec atomic.Pointer[recording] // set before the command starts
 	var fromClient gogroup.Group
 	fromClient.Go(func() {
 		cmd = ic.forwardClientRequests(reqs, uch, ch, &rec)
@@ -58,10 +59,10 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *upstream.Lease, nc g
 	ch.Close()
 	fromClient.Wait()
 	ic.s.metrics.task("fallback", false, time.Since(start), in, out+errOut)
-	ev := ic.log.Info().Str("event", EventChannel).Str("mode", "fallback").Str("command", RedactCommand(cmd)).Bool("exited", exited).
+	ev := ic.log.Info().Str("event", EventChannel).Str("mode", "fallback").Str("command", audit.RedactCommand(cmd)).Bool("exited", exited).
 		Int64("bytes_in", in).Int64("bytes_out", out+errOut).Dur("duration", time.Since(start))
 	if r := rec.Load(); r != nil {
-		ev = ev.Str("recording", r.path)
+		ev = ev.Str("recording", r.Path())
 		r.finish(ic.log)
 	}
 	ev.Msg("session ended")
@@ -70,7 +71,7 @@ func (ic *innerConn) forwardSession(ctx context.Context, l *upstream.Lease, nc g
 // recTee writes to w and to the recording once there is one.
 type recTee struct {
 	w   io.Writer
-	rec *atomic.Pointer[recorder]
+	rec *atomic.Pointer[recording]
 }
 
 func (t recTee) Write(p []byte) (int, error) {
@@ -86,7 +87,7 @@ func (t recTee) Write(p []byte) (int, error) {
 // a pty, or a shell, is recorded as through the agent: the recording is
 // set in rec before the command starts, and where recording is required
 // and cannot be had, the command is refused with a message on ch.
-func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch, ch gossh.Channel, rec *atomic.Pointer[recorder]) (cmd string) {
+func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch, ch gossh.Channel, rec *atomic.Pointer[recording]) (cmd string) {
 	var pty *agent.Pty
 	for r := range reqs {
 		switch r.Type {
@@ -104,7 +105,7 @@ func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch, ch g
 		case "window-change":
 			var w windowChange
 			if rc := rec.Load(); rc != nil && gossh.Unmarshal(r.Payload, &w) == nil {
-				rc.resize(w.Cols, w.Rows)
+				rc.Resize(w.Cols, w.Rows)
 			}
 		case "exec", "subsystem", "shell":
 			var e execRequest
@@ -126,7 +127,7 @@ func (ic *innerConn) forwardClientRequests(reqs <-chan *gossh.Request, uch, ch g
 // recordFallback opens the recording of a fallback session about to run
 // r (exec or shell; a subsystem is not recorded), and says whether r may
 // go on; when not, r was refused with a message on ch.
-func (ic *innerConn) recordFallback(r *gossh.Request, cmd string, pty *agent.Pty, ch gossh.Channel, rec *atomic.Pointer[recorder]) bool {
+func (ic *innerConn) recordFallback(r *gossh.Request, cmd string, pty *agent.Pty, ch gossh.Channel, rec *atomic.Pointer[recording]) bool {
 	if r.Type == "subsystem" || rec.Load() != nil {
 		return true
 	}

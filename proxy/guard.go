@@ -11,6 +11,8 @@ import (
 	glider "github.com/gliderlabs/ssh"
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gomux/gomux/proxy/audit"
 )
 
 // frontStateKey finds a front connection's frontState in its context.
@@ -132,7 +134,7 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	if err != nil {
 		s.metrics.frontConn("dropped")
 		s.metrics.limit("startup")
-		s.noise.add(sourceOf(conn.RemoteAddr()), noiseDropped)
+		s.noise.Add(sourceOf(conn.RemoteAddr()), audit.NoiseDropped)
 		s.log.Debug().Str("event", EventLimit).Str("source", src).Err(err).Msg("connection dropped before login")
 		// RFC 4253 4.2 lets a server send lines before its version; the
 		// client shows this one in its debug output.
@@ -149,7 +151,7 @@ func (s *Server) admit(ctx glider.Context, conn net.Conn) net.Conn {
 	grace := s.live().cfg.Limits.LoginGraceTime.D()
 	fs.grace = time.AfterFunc(grace, func() {
 		if fs.expire() {
-			s.noise.add(sourceOf(conn.RemoteAddr()), noiseGrace)
+			s.noise.Add(sourceOf(conn.RemoteAddr()), audit.NoiseGrace)
 			s.log.Debug().Str("event", EventLoginGrace).Str("source", src).Dur("login_grace_time", grace).
 				Msg("not authenticated within the login grace time; closing")
 			conn.Close()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gomux/gomux/agent/dist"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/audit"
 	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
 )
@@ -36,9 +37,9 @@ type Server struct {
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
 	limits *limiter
-	noise  noise
+	noise  audit.Noise
 	// recordings opens session recordings within the quota.
-	recordings recordings
+	recordings audit.Recordings
 	budget     *shim.Budget
 	// runAs is the account gomux runs as: the one name a key file
 	// without %u vouches for.
@@ -114,7 +115,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
 			// A failed login was logged where it was refused; the rest is
 			// noise, counted per source (LogNoise).
-			s.noise.add(sourceOf(conn.RemoteAddr()), noiseHandshake)
+			s.noise.Add(sourceOf(conn.RemoteAddr()), audit.NoiseHandshake)
 			s.log.Debug().Str("event", EventConnection).Str("source", conn.RemoteAddr().String()).Err(err).
 				Str("result", "failed").Msg("front handshake or authentication failed")
 		},

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/audit"
 	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
 )
@@ -92,7 +93,7 @@ type session struct {
 	mu   sync.Mutex
 	proc *agent.Process
 	// rec records the terminal output of a pty session (audit.record_dir).
-	rec *recorder
+	rec *recording
 
 	bytesIn, bytesOut atomic.Int64
 	run               gogroup.Group
@@ -189,7 +190,7 @@ func (s *session) onWindowChange(req *gossh.Request) bool {
 		s.pty.Cols, s.pty.Rows, s.pty.WidthPx, s.pty.HeightPx = w.Cols, w.Rows, w.WidthPx, w.HeightPx
 	}
 	if s.rec != nil {
-		s.rec.resize(w.Cols, w.Rows)
+		s.rec.Resize(w.Cols, w.Rows)
 	}
 	if p := s.process(); p != nil {
 		p.Resize(w.Cols, w.Rows, w.WidthPx, w.HeightPx)
@@ -318,7 +319,7 @@ func (s *session) startOnAgent(ctx context.Context, req *gossh.Request) bool {
 			s.spawn(func() { s.replyLocally(reply) })
 			return true
 		}
-		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.exec.Command)).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", audit.RedactCommand(s.exec.Command)).Err(err).Msg("exec failed")
 		// A broken agent is a broken path to the target: close without
 		// an exit status so the client reports a connection failure.
 		answer(req, false)
@@ -419,7 +420,7 @@ func (s *session) runWholeStdin(ctx context.Context) {
 			s.replyLocally(reply)
 			return
 		}
-		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Err(err).Msg("exec failed")
+		s.log.Warn().Str("event", EventChannel).Str("kind", s.kind).Str("command", audit.RedactCommand(s.cmd)).Err(err).Msg("exec failed")
 		s.ch.Close()
 		return
 	}
@@ -433,7 +434,7 @@ func (s *session) runWholeStdin(ctx context.Context) {
 // (shim.Exec.Stdout: a become marker watched, one sent ahead removed).
 func (s *session) becomeStdout(p *agent.Process) io.Reader {
 	return s.exec.Stdout(p.Stdout(), func() {
-		s.log.Warn().Str("event", EventBecomeSpeculation).Str("command", RedactCommand(s.cmd)).
+		s.log.Warn().Str("event", EventBecomeSpeculation).Str("command", audit.RedactCommand(s.cmd)).
 			Msg("BECOME-SUCCESS was sent ahead but the target's output did not begin with it; its output is passed on unchanged")
 	})
 }
@@ -451,7 +452,7 @@ func (s *session) replyLocally(plan shim.Plan) {
 	}
 	s.reportExit(plan.Exit, "", false)
 	s.ic.s.metrics.sessionEnded(s, true)
-	s.counters(s.log.Info().Str("event", EventChannel).Str("kind", "exec").Str("command", RedactCommand(s.cmd)).Str("step", s.exec.Kind.String()).
+	s.counters(s.log.Info().Str("event", EventChannel).Str("kind", "exec").Str("command", audit.RedactCommand(s.cmd)).Str("step", s.exec.Kind.String()).
 		Bool("local", true).Int("exit_status", plan.Exit).Dur("duration", time.Since(s.start))).Msg("answered locally")
 	if len(plan.After) == 0 {
 		return
@@ -672,13 +673,13 @@ func (s *session) copyInput(p *agent.Process, stdin io.Reader) *gogroup.Group {
 // endEvent is the session's closing log line, with what every ending
 // reports, and closes the recording.
 func (s *session) endEvent() *zerolog.Event {
-	log := s.log.Info().Str("event", EventChannel).Str("kind", s.kind).Str("command", RedactCommand(s.cmd)).Str("step", s.exec.Kind.String()).Bool("pty", s.pty != nil).
+	log := s.log.Info().Str("event", EventChannel).Str("kind", s.kind).Str("command", audit.RedactCommand(s.cmd)).Str("step", s.exec.Kind.String()).Bool("pty", s.pty != nil).
 		Bool("warm", s.exec.Warm).Bool("module_by_parts", s.wholeStdin)
 	if s.exec.BecomeWatched() {
 		log = log.Bool("become_speculated", s.exec.Ahead != "").Bool("become_marker_seen", s.exec.MarkerSeen())
 	}
 	if s.rec != nil {
-		log = log.Str("recording", s.rec.path)
+		log = log.Str("recording", s.rec.Path())
 		s.rec.finish(s.log)
 	}
 	return log

@@ -18,7 +18,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"github.com/gomux/gomux/agent/dist"
 	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/gomux/gomux/proxy"
+	"github.com/gomux/gomux/proxy/audit"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -273,7 +273,7 @@ func newLogger(w io.Writer, level string) (zerolog.Logger, *levelFilter) {
 type levelFilter struct {
 	w     io.Writer
 	lvl   atomic.Int32
-	audit auditFile
+	audit audit.File
 }
 
 func (l *levelFilter) set(level string) {
@@ -289,7 +289,7 @@ func (l *levelFilter) Write(p []byte) (int, error) { return l.w.Write(p) }
 // WriteLevel is what zerolog calls for each event.
 func (l *levelFilter) WriteLevel(level zerolog.Level, p []byte) (int, error) {
 	shown := int32(level) >= l.lvl.Load()
-	if proxy.IsAuditEvent(eventOf(p)) && !l.audit.write(p) {
+	if proxy.IsAuditEvent(eventOf(p)) && !l.audit.Append(p) {
 		// No audit file: the log is the audit trail, at any level.
 		shown = true
 	}
@@ -315,60 +315,15 @@ func eventOf(p []byte) string {
 	return string(rest[:j])
 }
 
-// auditFile is audit.log_file: an append-only JSON-lines file, opened at
-// start and again at every reload (so logrotate can move it away and
-// reload gomux).
-type auditFile struct {
-	mu   sync.Mutex
-	f    *os.File
-	path string
-}
-
-// open (re)opens path, "" closing the file; on error the open file stays.
-func (a *auditFile) open(path string) error {
-	var f *os.File
-	if path != "" {
-		var err error
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-		if err != nil {
-			return fmt.Errorf("audit.log_file: %w", err)
-		}
-	}
-	a.mu.Lock()
-	old := a.f
-	a.f, a.path = f, path
-	a.mu.Unlock()
-	if old != nil {
-		old.Close()
-	}
-	return nil
-}
-
-// write appends one line; false when there is no audit file or the
-// write failed.
-func (a *auditFile) write(p []byte) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.f == nil {
-		return false
-	}
-	// A failed write (a full disk) is no write: the caller sends the
-	// line to the log at any level instead, so it is not lost.
-	_, err := a.f.Write(p)
-	return err == nil
-}
-
-func (a *auditFile) close() { a.open("") }
-
 // serve runs `gomux serve` until a stop signal and a drain, or until the
 // server fails; it returns the exit status.
 func serve(cfg *proxy.Config, configPath string, content []byte, override func(*proxy.Config), stderr io.Writer) int {
 	log, level := newLogger(stderr, cfg.LogLevel)
-	if err := level.audit.open(cfg.Audit.LogFile); err != nil {
+	if err := level.audit.Open(cfg.Audit.LogFile); err != nil {
 		fmt.Fprintln(stderr, "gomux:", err)
 		return 2
 	}
-	defer level.audit.close()
+	defer level.audit.Close()
 	// The runtime's limit at start (GOMEMLIMIT, or none): what a reload
 	// that removes the ceiling goes back to.
 	memBase := debug.SetMemoryLimit(-1)
@@ -504,7 +459,7 @@ func (d *daemon) reload(why string, data []byte) {
 	if err == nil {
 		d.level.set(ncfg.LogLevel)
 		setMemoryLimit(ncfg.Limits, d.memBase)
-		if err := d.level.audit.open(ncfg.Audit.LogFile); err != nil {
+		if err := d.level.audit.Open(ncfg.Audit.LogFile); err != nil {
 			d.log.Error().Str("event", proxy.EventReload).Str("result", "audit_file_failed").Err(err).Msg("audit file not reopened; the open one stays")
 		}
 		d.drainTimeout = ncfg.DrainTimeout.D()

@@ -1,4 +1,4 @@
-package proxy
+package audit
 
 import (
 	"bufio"
@@ -13,7 +13,7 @@ import (
 
 func TestRecorder(t *testing.T) {
 	dir := t.TempDir()
-	r, err := newRecorder(dir, castHeader{Width: 80, Height: 24, Env: map[string]string{"TERM": "xterm"},
+	r, err := newRecorder(dir, Header{Width: 80, Height: 24, Env: map[string]string{"TERM": "xterm"},
 		User: "alice", Target: "web1:22", Command: "top"}, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -21,7 +21,7 @@ func TestRecorder(t *testing.T) {
 	// "é" is two bytes; split across two writes it must still arrive whole.
 	r.Write([]byte("caf\xc3"))
 	r.Write([]byte("\xa9 ok\n"))
-	r.resize(100, 30)
+	r.Resize(100, 30)
 	r.Write([]byte("\xe2\x82"))
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
@@ -61,7 +61,7 @@ func TestRecorder(t *testing.T) {
 func TestRecorderStopsAtLimit(t *testing.T) {
 	dir := t.TempDir()
 	const limit = 64 << 10
-	r, err := newRecorder(dir, castHeader{Width: 80, Height: 24, Env: map[string]string{"TERM": "xterm"}, User: "alice", Target: "web1:22"}, limit)
+	r, err := newRecorder(dir, Header{Width: 80, Height: 24, Env: map[string]string{"TERM": "xterm"}, User: "alice", Target: "web1:22"}, limit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestRecorderStopsAtLimit(t *testing.T) {
 			t.Fatalf("Write = %d, %v: a full recording must not fail the session", n, err)
 		}
 	}
-	r.resize(100, 30)
+	r.Resize(100, 30)
 	if err := r.Close(); err != nil {
 		t.Fatalf("Close: %v (the limit is not an error of the recording)", err)
 	}
@@ -112,11 +112,11 @@ func TestRecorderStopsAtLimit(t *testing.T) {
 // started.
 func TestRecordingsStopTogetherAtTheQuota(t *testing.T) {
 	dir := t.TempDir()
-	var rs recordings
-	cfg := AuditConfig{RecordDir: dir, RecordMaxMiB: 64, RecordQuotaMiB: 1}
-	var recs []*recorder
+	var rs Recordings
+	o := RecordOptions{Dir: dir, MaxMiB: 64, QuotaMiB: 1}
+	var recs []*Recorder
 	for i := range 3 {
-		r, err := rs.open(cfg, castHeader{User: fmt.Sprint("p", i), Target: "t"})
+		r, err := rs.Open(o, Header{User: fmt.Sprint("p", i), Target: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +140,7 @@ func TestRecordingsStopTogetherAtTheQuota(t *testing.T) {
 	if total > 1<<20+3*(fullMarkerRoom+8192) {
 		t.Errorf("three recordings hold %d bytes past a 1 MiB quota", total)
 	}
-	if _, err := rs.open(cfg, castHeader{User: "late", Target: "t"}); !errors.Is(err, errRecordQuota) {
+	if _, err := rs.Open(o, Header{User: "late", Target: "t"}); !errors.Is(err, ErrRecordQuota) {
 		t.Errorf("a recording after the quota was reached: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package audit
 
 import (
 	"bufio"
@@ -14,16 +14,12 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
-
-	"github.com/rs/zerolog"
-
-	"github.com/gomux/gomux/agent"
 )
 
-// castHeader is the first line of an asciicast v2 file. Players ignore
+// Header is the first line of an asciicast v2 file. Players ignore
 // fields they do not know; gomux adds who and where, so a recording names
 // its person without the log.
-type castHeader struct {
+type Header struct {
 	Version   int               `json:"version"`
 	Width     uint32            `json:"width"`
 	Height    uint32            `json:"height"`
@@ -36,11 +32,11 @@ type castHeader struct {
 	Target    string            `json:"gomux_target"`
 }
 
-// recorder writes one pty session as asciicast v2: terminal output and
+// Recorder writes one pty session as asciicast v2: terminal output and
 // resizes, each with its time since the start. Input is never recorded.
 // A write error, or reaching the size limit, stops the recording, never
 // the session.
-type recorder struct {
+type Recorder struct {
 	path  string
 	start time.Time
 	// limit is the most bytes the file may hold (0: no limit); onFull,
@@ -53,9 +49,6 @@ type recorder struct {
 	// running at once stop together there.
 	used  *atomic.Int64
 	quota int64
-	// release, when set, gives back the recording's count against its
-	// person's memory share (recordingCost); finish calls it.
-	release func()
 
 	mu      sync.Mutex
 	f       *os.File
@@ -75,7 +68,7 @@ const fullMarkerRoom = 128
 // newRecorder creates a new recording file in dir, mode 0600, and writes
 // its header. The name says when, who and where, plus random bytes so two
 // sessions never share a file. limit caps the file's size (0: none).
-func newRecorder(dir string, h castHeader, limit int64) (*recorder, error) {
+func newRecorder(dir string, h Header, limit int64) (*Recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recording dir: %w", err)
 	}
@@ -97,7 +90,7 @@ func newRecorder(dir string, h castHeader, limit int64) (*recorder, error) {
 		f.Close()
 		return nil, err
 	}
-	r := &recorder{path: p, start: start, limit: limit, f: f, w: bufio.NewWriter(f), size: int64(len(b)) + 1}
+	r := &Recorder{path: p, start: start, limit: limit, f: f, w: bufio.NewWriter(f), size: int64(len(b)) + 1}
 	r.w.Write(b)
 	r.w.WriteByte('\n')
 	if err := r.w.Flush(); err != nil {
@@ -119,7 +112,7 @@ func fileSafe(s string) string {
 
 // Write records terminal output. It always reports success, so a full
 // disk cannot break the session it records.
-func (r *recorder) Write(p []byte) (int, error) {
+func (r *Recorder) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	data := append(r.partial, p...)
@@ -139,14 +132,14 @@ func (r *recorder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// resize records a window change.
-func (r *recorder) resize(cols, rows uint32) {
+// Resize records a window change.
+func (r *Recorder) Resize(cols, rows uint32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.eventLocked("r", fmt.Sprintf("%dx%d", cols, rows))
 }
 
-func (r *recorder) eventLocked(kind, data string) {
+func (r *Recorder) eventLocked(kind, data string) {
 	if r.err != nil || data == "" {
 		return
 	}
@@ -179,7 +172,7 @@ func (r *recorder) eventLocked(kind, data string) {
 
 // writeLocked writes one event line and flushes it, so a recording is
 // complete up to the last event even if gomux is killed.
-func (r *recorder) writeLocked(b []byte) {
+func (r *Recorder) writeLocked(b []byte) {
 	r.w.Write(b)
 	r.w.WriteByte('\n')
 	r.size += int64(len(b)) + 1
@@ -193,7 +186,7 @@ func (r *recorder) writeLocked(b []byte) {
 
 // Close ends the recording and returns the first error it met, other
 // than reaching its size limit (reported when it happened, by onFull).
-func (r *recorder) Close() error {
+func (r *Recorder) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.partial) > 0 {
@@ -209,11 +202,24 @@ func (r *recorder) Close() error {
 	return r.err
 }
 
-// recordings opens session recordings in audit.record_dir within
+// Path is the recording's file.
+func (r *Recorder) Path() string { return r.path }
+
+// Limit is the most bytes the file may hold (0: no limit).
+func (r *Recorder) Limit() int64 { return r.limit }
+
+// Size is the bytes written to the file so far.
+func (r *Recorder) Size() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.size
+}
+
+// Recordings opens session recordings in audit.record_dir within
 // audit.record_quota_mib: it knows what the directory holds (counted
 // again at most every recountEvery, so files an operator moved away are
 // seen) plus what recorders wrote since.
-type recordings struct {
+type Recordings struct {
 	mu      sync.Mutex
 	dir     string
 	counted time.Time
@@ -223,36 +229,52 @@ type recordings struct {
 // recountEvery is how often the recordings directory is measured again.
 const recountEvery = time.Minute
 
-// errRecordQuota is a recording not started because the directory holds
+// ErrRecordQuota is a recording not started because the directory holds
 // audit.record_quota_mib already.
-var errRecordQuota = errors.New("audit.record_quota_mib reached")
+var ErrRecordQuota = errors.New("audit.record_quota_mib reached")
 
-// open starts a recording described by h under cfg, limited to the
-// smaller of record_max_mib and what the quota leaves.
-func (rs *recordings) open(cfg AuditConfig, h castHeader) (*recorder, error) {
-	if cfg.RecordDir == "" {
+// RecordOptions are the settings a recording is opened with: the audit
+// section of gomux's config, and who to tell when it stops early.
+type RecordOptions struct {
+	// Dir is audit.record_dir, where the recording is written.
+	Dir string
+	// MaxMiB is audit.record_max_mib, the most one recording may hold
+	// (0: no limit).
+	MaxMiB int
+	// QuotaMiB is audit.record_quota_mib, the most Dir may hold (0: no
+	// quota).
+	QuotaMiB int
+	// OnFull, when set, is called once, under the recorder's lock, when
+	// the recording stops at its limit or the quota.
+	OnFull func()
+}
+
+// Open starts a recording described by h under o, limited to the
+// smaller of MaxMiB and what the quota leaves.
+func (rs *Recordings) Open(o RecordOptions, h Header) (*Recorder, error) {
+	if o.Dir == "" {
 		return nil, errors.New("audit.record_dir is not set")
 	}
-	limit := int64(cfg.RecordMaxMiB) << 20
-	if cfg.RecordQuotaMiB > 0 {
-		left := int64(cfg.RecordQuotaMiB)<<20 - rs.usage(cfg.RecordDir)
+	limit := int64(o.MaxMiB) << 20
+	if o.QuotaMiB > 0 {
+		left := int64(o.QuotaMiB)<<20 - rs.usage(o.Dir)
 		if left <= fullMarkerRoom+4096 {
-			return nil, fmt.Errorf("%w (%d MiB in %s)", errRecordQuota, cfg.RecordQuotaMiB, cfg.RecordDir)
+			return nil, fmt.Errorf("%w (%d MiB in %s)", ErrRecordQuota, o.QuotaMiB, o.Dir)
 		}
 		limit = min(limit, left)
 	}
-	r, err := newRecorder(cfg.RecordDir, h, limit)
+	r, err := newRecorder(o.Dir, h, limit)
 	if err != nil {
 		return nil, err
 	}
-	r.used, r.quota = &rs.used, int64(cfg.RecordQuotaMiB)<<20
+	r.used, r.quota, r.onFull = &rs.used, int64(o.QuotaMiB)<<20, o.OnFull
 	rs.used.Add(r.size)
 	return r, nil
 }
 
 // usage is what dir holds, measured again when it is another directory
 // or the last count is older than recountEvery.
-func (rs *recordings) usage(dir string) int64 {
+func (rs *Recordings) usage(dir string) int64 {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if dir == rs.dir && time.Since(rs.counted) < recountEvery {
@@ -268,76 +290,4 @@ func (rs *recordings) usage(dir string) int64 {
 	rs.dir, rs.counted = dir, time.Now()
 	rs.used.Store(total)
 	return total
-}
-
-// recordingCost is what one open recording counts against its person's
-// memory share: its write buffer and a held partial character.
-const recordingCost = 8 << 10
-
-// record opens the recording a session is due: one with a pty, or a shell
-// without one, when audit.record_dir is set or recording is required. It
-// returns nil and no error when none is due, or when one could not be made
-// and recording is not required (logged: the session goes on). An error
-// means recording is required and cannot be had: the caller refuses the
-// session with it (phrased for the client, without gomux's paths).
-func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger) (*recorder, error) {
-	audit := ic.s.config().Audit
-	if pty == nil && kind != "shell" || audit.RecordDir == "" && !audit.RecordRequired {
-		return nil, nil
-	}
-	h := castHeader{Width: 80, Height: 24, Command: RedactCommand(cmd), Env: map[string]string{},
-		Title: ic.frontUser + " as " + ic.remoteUser + "@" + ic.host, User: ic.frontUser, Remote: ic.remoteUser, Target: ic.addr}
-	if pty != nil {
-		h.Env["TERM"] = pty.Term
-		if pty.Cols > 0 && pty.Rows > 0 {
-			h.Width, h.Height = pty.Cols, pty.Rows
-		}
-	}
-	rec, err := ic.s.recordings.open(audit, h)
-	if err == nil && !ic.s.limits.hold(ic.frontUser, recordingCost) {
-		rec.Close()
-		os.Remove(rec.path)
-		rec, err = nil, errors.New("the person holds their memory share (limits.person_memory_mib)")
-	}
-	if err != nil {
-		if audit.RecordRequired {
-			log.Warn().Str("event", EventRecording).Str("result", "refused").Err(err).
-				Msg("session refused: audit.record_required and it cannot be recorded")
-			why := "recording is unavailable"
-			if errors.Is(err, errRecordQuota) {
-				why = "the recordings quota is reached"
-			}
-			return nil, fmt.Errorf("gomux: this session must be recorded and cannot be (%s)", why)
-		}
-		log.Error().Str("event", EventRecording).Str("result", "failed").Err(err).Msg("cannot record the session; it goes on unrecorded")
-		return nil, nil
-	}
-	person := ic.frontUser
-	rec.release = func() { ic.s.limits.free(person, recordingCost) }
-	rec.onFull = func() {
-		log.Warn().Str("event", EventRecording).Str("result", "full").Str("recording", rec.path).
-			Int("limit_mib", int(rec.limit>>20)).Msg("recording stopped at its size limit or the quota; the session goes on")
-	}
-	log.Info().Str("event", EventRecording).Str("result", "started").Str("recording", rec.path).Bool("pty", pty != nil).
-		Msg("recording started")
-	return rec, nil
-}
-
-// finish closes the recording and logs its end, the audit event that
-// pairs with its start: complete, or why not.
-func (r *recorder) finish(log zerolog.Logger) {
-	err := r.Close()
-	if r.release != nil {
-		r.release()
-	}
-	r.mu.Lock()
-	size := r.size
-	r.mu.Unlock()
-	if err != nil {
-		log.Error().Str("event", EventRecording).Str("result", "incomplete").Str("recording", r.path).Int64("bytes", size).
-			Err(err).Msg("recording incomplete")
-		return
-	}
-	log.Info().Str("event", EventRecording).Str("result", "stopped").Str("recording", r.path).Int64("bytes", size).
-		Msg("recording stopped")
 }
