@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // Config is one config file: what only a restart changes (StartConfig)
@@ -207,8 +209,8 @@ type UpstreamConfig struct {
 }
 
 // DefaultCredential names the credential made of upstream.identity_files,
-// upstream.use_ssh_agent and upstream.user_ca.
-const DefaultCredential = "default"
+// upstream.use_ssh_agent and upstream.user_ca: the pool's own name for it.
+const DefaultCredential = upstream.DefaultCredential
 
 // Credential is one way of logging in to targets. Which one a connection
 // uses is part of the pool's key, so targets never see a credential their

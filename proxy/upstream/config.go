@@ -55,7 +55,7 @@ type Credential struct {
 }
 
 // DefaultCredential names the credential made of Config's own
-// IdentityFiles, UseSSHAgent and UserCA (proxy.DefaultCredential).
+// IdentityFiles, UseSSHAgent and UserCA; proxy.DefaultCredential is this name.
 const DefaultCredential = "default"
 
 // Limits are the limits the pool enforces (the fields of the same names
