@@ -14,6 +14,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/admission"
 	"github.com/gomux/gomux/proxy/upstream"
 )
 
@@ -91,7 +92,7 @@ func (ic *innerConn) serve(ctx context.Context, conn net.Conn) {
 	})
 	defer ic.s.drain.untrack(act)
 	ic.tasks.Go(func() { gossh.DiscardRequests(reqs) })
-	var open chanCount // this inner connection's open channels
+	var open admission.ChanCount // this inner connection's open channels
 	for nc := range chans {
 		ic.dispatchChannel(ctx, sc, act, &open, nc)
 	}
@@ -178,7 +179,7 @@ func (ic *innerConn) verifiedKey(meta gossh.ConnMetadata, key gossh.PublicKey, _
 
 // dispatchChannel hands a new channel to the handler of its type, within
 // the channel limits and unless gomux is draining or shutting down.
-func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, act *activity, open *chanCount, nc gossh.NewChannel) {
+func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, act *activity, open *admission.ChanCount, nc gossh.NewChannel) {
 	// Every new channel rides on this session's decision (a forward rule
 	// sends on from its target, with its login): decided again now.
 	if why := ic.s.live().policy.Recheck(ic.frontUser, ic.decision, ic.remoteUser); why != "" {
@@ -197,7 +198,7 @@ func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, 
 		nc.Reject(gossh.UnknownChannelType, "unsupported channel type")
 		return
 	}
-	release, freeMemory, err := ic.s.limits.openChannel(ic.frontUser, sourceOf(sc.RemoteAddr()), open)
+	release, freeMemory, err := ic.s.limits.OpenChannel(ic.frontUser, admission.SourceOf(sc.RemoteAddr()), open)
 	ic.s.metrics.channel("inner", nc.ChannelType())
 	if err != nil {
 		ic.s.metrics.limit("channel")
@@ -205,7 +206,7 @@ func (ic *innerConn) dispatchChannel(ctx context.Context, sc *gossh.ServerConn, 
 		nc.Reject(gossh.ResourceShortage, err.Error())
 		return
 	}
-	ctx = withChannelMemory(ctx, freeMemory)
+	ctx = admission.WithChannelMemory(ctx, freeMemory)
 	if !act.begin() {
 		release()
 		nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")

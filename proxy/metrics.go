@@ -121,7 +121,7 @@ func (m *metrics) gauges(s *Server) {
 			return 0
 		}),
 		gf("gomux_memory_ceiling_bytes", "The memory ceiling in force (limits.max_memory_mib, or 80% of the cgroup limit when lower): past it gomux refuses new logins and channels; 0 for none.",
-			func() float64 { return float64(s.limits.memCeiling()) }),
+			func() float64 { return float64(s.limits.Ceiling()) }),
 		gf("gomux_drain_deadline_timestamp_seconds", "When the running drain closes the connections still open (Unix time, drain_timeout after SIGTERM); 0 when not draining.",
 			func() float64 { return float64(s.drainDeadline.Load()) }),
 		cf("gomux_shim_round_trips_total", "Requests that reached a target through the Ansible shim (batches, passed-through commands, sftp operations, deferred removals, resends after a cache miss).",
@@ -129,13 +129,6 @@ func (m *metrics) gauges(s *Server) {
 		cf("gomux_shim_local_steps_total", "Ansible steps gomux answered without a round trip to the target.",
 			func() float64 { return float64(s.pool.ShimTotals().Local) }),
 	)
-}
-
-// memCeiling is the memory ceiling in force, for its gauge.
-func (l *limiter) memCeiling() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.mem.ceiling
 }
 
 func (m *metrics) frontConn(result string) {

@@ -58,9 +58,7 @@ func TestReloadSwapsPolicyAndLimitsKeepsRestartFields(t *testing.T) {
 	if s.start.Listen != "127.0.0.1:2222" || s.start.Limits.MaxStagedMiB != 512 {
 		t.Fatalf("restart-only fields changed by a reload: listen %s, max_staged_mib %d", s.start.Listen, s.start.Limits.MaxStagedMiB)
 	}
-	s.limits.mu.Lock()
-	got := s.limits.cfg.MaxChannelsPerConnection
-	s.limits.mu.Unlock()
+	got := s.limits.Limits().MaxChannelsPerConnection
 	if got != 7 {
 		t.Fatalf("limits not reconfigured: %d", got)
 	}

@@ -48,7 +48,7 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 			log.Warn().Str("event", EventRecording).Str("result", "full").Str("recording", rec.Path()).
 				Int("limit_mib", int(rec.Limit()>>20)).Msg("recording stopped at its size limit or the quota; the session goes on")
 		}}, h)
-	if err == nil && !ic.s.limits.hold(ic.frontUser, recordingCost) {
+	if err == nil && !ic.s.limits.Hold(ic.frontUser, recordingCost) {
 		rec.Close()
 		os.Remove(rec.Path())
 		rec, err = nil, errors.New("the person holds their memory share (limits.person_memory_mib)")
@@ -69,7 +69,7 @@ func (ic *innerConn) record(kind, cmd string, pty *agent.Pty, log zerolog.Logger
 	person := ic.frontUser
 	log.Info().Str("event", EventRecording).Str("result", "started").Str("recording", rec.Path()).Bool("pty", pty != nil).
 		Msg("recording started")
-	return &recording{Recorder: rec, release: func() { ic.s.limits.free(person, recordingCost) }}, nil
+	return &recording{Recorder: rec, release: func() { ic.s.limits.Free(person, recordingCost) }}, nil
 }
 
 // finish closes the recording and logs its end, the audit event that

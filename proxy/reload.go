@@ -68,7 +68,7 @@ func (s *Server) Reload(cfg *Config) (restartNeeded []string, err error) {
 		s.metrics.reload(false)
 		return nil, err
 	}
-	s.limits.reconfigure(running.LiveConfig.Limits)
+	s.limits.Reconfigure(admissionLimits(running.LiveConfig.Limits))
 	prev := s.rt.Swap(lc)
 	close(prev.replaced)
 	s.metrics.reload(true)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gomux/gomux/agent/dist"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/admission"
 	"github.com/gomux/gomux/proxy/audit"
 	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
@@ -36,7 +37,7 @@ type Server struct {
 	tasks   gogroup.Group
 	// drain ends each connection once nothing runs on it after SIGTERM.
 	drain  drainer
-	limits *limiter
+	limits *admission.Limiter
 	noise  audit.Noise
 	// recordings opens session recordings within the quota.
 	recordings audit.Recordings
@@ -82,7 +83,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		return nil, err
 	}
 	s := &Server{start: cfg.StartConfig, log: log, ca: ca, pool: pool, metrics: m, runAs: runAs,
-		limits: newLimiter(live.Limits), budget: budget}
+		limits: admission.NewLimiter(admissionLimits(live.Limits)), budget: budget}
 	s.rt.Store(lc)
 	m.gauges(s)
 	frontSigners := []glider.Signer{ca.HostSigner()}
@@ -115,7 +116,7 @@ func NewServer(cfg *Config, agents map[string]dist.Binary, log zerolog.Logger) (
 		ConnectionFailedCallback: func(conn net.Conn, err error) {
 			// A failed login was logged where it was refused; the rest is
 			// noise, counted per source (LogNoise).
-			s.noise.Add(sourceOf(conn.RemoteAddr()), audit.NoiseHandshake)
+			s.noise.Add(admission.SourceOf(conn.RemoteAddr()), audit.NoiseHandshake)
 			s.log.Debug().Str("event", EventConnection).Str("source", conn.RemoteAddr().String()).Err(err).
 				Str("result", "failed").Msg("front handshake or authentication failed")
 		},
@@ -193,11 +194,11 @@ func (s *Server) verified(ctx glider.Context, conn gossh.ConnMetadata, key gossh
 			Msg("front login refused")
 		return nil, err
 	}
-	fs, _ := ctx.Value(frontStateKey{}).(*frontState)
+	fs, _ := ctx.Value(frontStateKey{}).(*admission.Front)
 	if fs == nil {
 		return nil, errors.New("gomux: connection state missing")
 	}
-	if err := fs.login(s.limits, conn.User()); err != nil {
+	if err := fs.Login(s.limits, conn.User()); err != nil {
 		s.metrics.limit("login")
 		s.log.Warn().Str("event", EventLimit).Str("user", conn.User()).Str("source", conn.RemoteAddr().String()).
 			Err(err).Msg("login refused")
@@ -239,7 +240,7 @@ func (s *Server) refuseSession(_ *glider.Server, conn *gossh.ServerConn, nc goss
 }
 
 func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx glider.Context) {
-	fs, _ := ctx.Value(frontStateKey{}).(*frontState)
+	fs, _ := ctx.Value(frontStateKey{}).(*admission.Front)
 	act, _ := ctx.Value(activityKey{}).(*activity)
 	if fs == nil || act == nil {
 		nc.Reject(gossh.ResourceShortage, "gomux: connection state missing")
@@ -251,7 +252,7 @@ func (s *Server) handleForward(_ *glider.Server, conn *gossh.ServerConn, nc goss
 		nc.Reject(gossh.ResourceShortage, "gomux is restarting: connect again")
 		return
 	}
-	release, _, err := s.limits.openChannel(conn.User(), sourceOf(conn.RemoteAddr()), &fs.chans)
+	release, _, err := s.limits.OpenChannel(conn.User(), admission.SourceOf(conn.RemoteAddr()), fs.Channels())
 	if err != nil {
 		act.end()
 		s.metrics.limit("channel")

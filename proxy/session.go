@@ -15,6 +15,7 @@ import (
 
 	"github.com/gomux/gomux/agent"
 	"github.com/gomux/gomux/internal/gogroup"
+	"github.com/gomux/gomux/proxy/admission"
 	"github.com/gomux/gomux/proxy/audit"
 	"github.com/gomux/gomux/proxy/upstream"
 	"github.com/gomux/gomux/shim"
@@ -114,7 +115,7 @@ func (s *session) serve(ctx context.Context, reqs <-chan *gossh.Request) {
 	// count against the person's memory (a command that never reads its
 	// stdin may keep its process, and this handler, waiting), and
 	// whatever still runs for it is stopped.
-	freeChannelMemory(ctx)
+	admission.FreeChannelMemory(ctx)
 	if s.unrun != nil {
 		s.unrun()
 	}
@@ -373,18 +374,18 @@ func (s *session) runWholeStdin(ctx context.Context) {
 	var buf bytes.Buffer
 	var held int64
 	person := s.ic.frontUser
-	defer func() { s.ic.s.budget.Release(held); s.ic.s.limits.free(person, held) }()
+	defer func() { s.ic.s.budget.Release(held); s.ic.s.limits.Free(person, held) }()
 	whole := false
 	chunk := make([]byte, 32<<10)
 	for {
 		n, err := s.ch.Read(chunk)
 		if n > 0 {
-			if int64(buf.Len()+n) > maxWholeStdin || !s.ic.s.limits.hold(person, int64(n)) {
+			if int64(buf.Len()+n) > maxWholeStdin || !s.ic.s.limits.Hold(person, int64(n)) {
 				buf.Write(chunk[:n])
 				break
 			}
 			if !s.ic.s.budget.Reserve(int64(n)) {
-				s.ic.s.limits.free(person, int64(n))
+				s.ic.s.limits.Free(person, int64(n))
 				buf.Write(chunk[:n])
 				break
 			}
@@ -692,7 +693,7 @@ func (s *session) serveSFTP(ctx context.Context) {
 	host := s.exec.Host()
 	person := s.ic.frontUser
 	srv := newSFTPServer(ctx, s.a, host, cw, sftpLimits{handles: s.ic.s.start.Limits.MaxSFTPHandles, budget: s.ic.s.budget,
-		hold: func(n int64) bool { return s.ic.s.limits.hold(person, n) }, free: func(n int64) { s.ic.s.limits.free(person, n) }}, s.log)
+		hold: func(n int64) bool { return s.ic.s.limits.Hold(person, n) }, free: func(n int64) { s.ic.s.limits.Free(person, n) }}, s.log)
 	err := srv.Serve()
 	srv.Close()
 	s.flushFirst()

@@ -3,12 +3,9 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
-	"strconv"
-	"strings"
-	"sync"
 	"time"
+
+	"github.com/gomux/gomux/proxy/admission"
 )
 
 // AdmissionLimits bound what clients may hold in gomux, before and after
@@ -125,8 +122,8 @@ func (l *AdmissionLimits) applyDefaults() {
 	if l.MaxStartups == "" {
 		l.MaxStartups = "100:30:1000"
 	}
-	if su, err := parseStartups(l.MaxStartups); err == nil {
-		setInt(&l.PerSourceMaxStartups, max(min(50, su.start-1), 1))
+	if su, err := admission.ParseStartups(l.MaxStartups); err == nil {
+		setInt(&l.PerSourceMaxStartups, max(min(50, su.Start-1), 1))
 	}
 	setInt(&l.MaxConnectionsPerUser, 500)
 	setInt(&l.MaxConnectionsPerSource, 1000)
@@ -168,12 +165,12 @@ func defaultSetters() (setDur func(*Duration, time.Duration), setInt func(*int, 
 }
 
 func (l *AdmissionLimits) validate() error {
-	su, err := parseStartups(l.MaxStartups)
+	su, err := admission.ParseStartups(l.MaxStartups)
 	if err != nil {
 		return &FieldError{"limits.max_startups", err}
 	}
-	if l.PerSourceMaxStartups >= su.start && su.start > 1 {
-		return &FieldError{"limits.per_source_max_startups", fmt.Errorf("%d is not below max_startups' start (%d): one source could start the early drop for everyone", l.PerSourceMaxStartups, su.start)}
+	if l.PerSourceMaxStartups >= su.Start && su.Start > 1 {
+		return &FieldError{"limits.per_source_max_startups", fmt.Errorf("%d is not below max_startups' start (%d): one source could start the early drop for everyone", l.PerSourceMaxStartups, su.Start)}
 	}
 	return positive(map[string]int{
 		"per_source_max_startups":     l.PerSourceMaxStartups,
@@ -209,196 +206,22 @@ func positive(limits map[string]int) error {
 	return nil
 }
 
-// startups is a parsed MaxStartups.
-type startups struct{ start, rate, full int }
-
-func parseStartups(s string) (startups, error) {
-	f := strings.Split(s, ":")
-	var v []int
-	for _, x := range f {
-		n, err := strconv.Atoi(x)
-		if err != nil || n < 0 {
-			return startups{}, fmt.Errorf("%q is not start:rate:full (or one number)", s)
-		}
-		v = append(v, n)
+// admissionLimits is what the limiter is given from the limits section:
+// admission cannot import proxy, so it has its own plain type.
+func admissionLimits(l AdmissionLimits) admission.Limits {
+	return admission.Limits{
+		MaxStartups: l.MaxStartups, PerSourceMaxStartups: l.PerSourceMaxStartups,
+		MaxConnectionsPerUser: l.MaxConnectionsPerUser, MaxConnectionsPerSource: l.MaxConnectionsPerSource,
+		MaxChannelsPerConnection: l.MaxChannelsPerConnection, MaxChannelsPerUser: l.MaxChannelsPerUser,
+		MaxChannelsPerSource: l.MaxChannelsPerSource,
+		PersonMemoryMiB:      l.PersonMemoryMiB, MaxMemoryMiB: l.MaxMemoryMiB,
 	}
-	switch len(v) {
-	case 1:
-		return startups{v[0], 100, v[0]}, nil
-	case 3:
-		if v[0] < 1 || v[1] > 100 || v[2] < v[0] {
-			return startups{}, fmt.Errorf("%q: want 1 <= start <= full and rate <= 100", s)
-		}
-		return startups{v[0], v[1], v[2]}, nil
-	}
-	return startups{}, fmt.Errorf("%q is not start:rate:full (or one number)", s)
 }
 
-// errLimit is a client over one of the limits; the message says which.
-type errLimit struct{ msg string }
-
-func (e *errLimit) Error() string { return e.msg }
-
-// limiter counts what clients hold, by person and by source address. It is
-// the one place the limits are decided, so every refusal reads alike.
-type limiter struct {
-	cfg AdmissionLimits
-	su  startups
-
-	mu       sync.Mutex
-	unauth   int
-	unauthBy map[string]int
-	conns    map[string]int // "user:NAME" and "source:ADDR"
-	chans    map[string]int
-	rand     func(n int) int
-	mem      memAccount
-}
-
-func newLimiter(cfg AdmissionLimits) *limiter {
-	su, _ := parseStartups(cfg.MaxStartups) // validated with the config
-	return &limiter{cfg: cfg, su: su, unauthBy: map[string]int{}, conns: map[string]int{}, chans: map[string]int{}, rand: rand.IntN,
-		mem: newMemAccount(cfg)}
-}
-
-// reconfigure applies new limits to what is admitted from now on; what
-// clients hold is still counted, so a lowered cap refuses new
-// connections and channels until enough old ones have ended, and closes
-// none.
-func (l *limiter) reconfigure(cfg AdmissionLimits) {
-	su, _ := parseStartups(cfg.MaxStartups) // validated with the config
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.cfg, l.su = cfg, su
-	l.mem.configure(cfg)
-}
-
-// sourceOf is the address part of a peer, the unit of per-source limits.
-func sourceOf(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	h, _, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	return h
-}
-
-// startup admits a new, unauthenticated connection from source, counting
-// it against MaxStartups and the source's connections. done is called
-// when it authenticates or closes (either gives the startup slot back);
-// closed when it closes (which gives the connection slot back).
-func (l *limiter) startup(source string) (done, closed func(), err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := l.unauth; n >= l.su.start {
-		drop := n >= l.su.full
-		if !drop {
-			p := l.su.rate + (100-l.su.rate)*(n-l.su.start)/max(l.su.full-l.su.start, 1)
-			drop = l.rand(100) < p
-		}
-		if drop {
-			return nil, nil, &errLimit{fmt.Sprintf("gomux: too many unauthenticated connections (%d, max_startups %s)", n, l.cfg.MaxStartups)}
-		}
-	}
-	if l.unauthBy[source] >= l.cfg.PerSourceMaxStartups {
-		return nil, nil, &errLimit{fmt.Sprintf("gomux: too many unauthenticated connections from %s (per_source_max_startups %d)", source, l.cfg.PerSourceMaxStartups)}
-	}
-	sk := "source:" + source
-	if l.conns[sk] >= l.cfg.MaxConnectionsPerSource {
-		return nil, nil, &errLimit{fmt.Sprintf("gomux: too many connections from %s (max_connections_per_source %d)", source, l.cfg.MaxConnectionsPerSource)}
-	}
-	l.unauth++
-	l.unauthBy[source]++
-	l.conns[sk]++
-	var once, once2 sync.Once
-	done = func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.unauth--
-			decr(l.unauthBy, source)
-		})
-	}
-	closed = func() {
-		done()
-		once2.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			decr(l.conns, sk)
-		})
-	}
-	return done, closed, nil
-}
-
-// login counts an authenticated connection of user; release gives it back.
-func (l *limiter) login(user string) (release func(), err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	k := "user:" + user
-	if l.conns[k] >= l.cfg.MaxConnectionsPerUser {
-		return nil, &errLimit{fmt.Sprintf("gomux: %s has too many connections (max_connections_per_user %d)", user, l.cfg.MaxConnectionsPerUser)}
-	}
-	if err := l.mem.ceilingLocked(channelCost); err != nil { // room for its first channel
-		return nil, err
-	}
-	l.conns[k]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			decr(l.conns, k)
-		})
-	}, nil
-}
-
-// chanCount is one SSH connection's open channels.
-type chanCount struct {
-	mu sync.Mutex
-	n  int
-}
-
-// channel admits a new channel of user from source on a connection whose
-// channels cc counts; release gives it back when the channel ends.
-func (l *limiter) channel(user, source string, cc *chanCount) (release func(), err error) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	uk, sk := "user:"+user, "source:"+source
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if cc.n >= l.cfg.MaxChannelsPerConnection {
-		return nil, &errLimit{fmt.Sprintf("gomux: too many channels on this connection (max_channels_per_connection %d)", l.cfg.MaxChannelsPerConnection)}
-	}
-	if l.chans[uk] >= l.cfg.MaxChannelsPerUser {
-		return nil, &errLimit{fmt.Sprintf("gomux: %s has too many channels open (max_channels_per_user %d)", user, l.cfg.MaxChannelsPerUser)}
-	}
-	if l.chans[sk] >= l.cfg.MaxChannelsPerSource {
-		return nil, &errLimit{fmt.Sprintf("gomux: too many channels open from %s (max_channels_per_source %d)", source, l.cfg.MaxChannelsPerSource)}
-	}
-	cc.n++
-	l.chans[uk]++
-	l.chans[sk]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			cc.mu.Lock()
-			cc.n--
-			cc.mu.Unlock()
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			decr(l.chans, uk)
-			decr(l.chans, sk)
-		})
-	}, nil
-}
-
-// decr lowers a count, deleting it at zero so the maps hold only what is
-// in use.
-func decr(m map[string]int, k string) {
-	if m[k] <= 1 {
-		delete(m, k)
-		return
-	}
-	m[k]--
+// MemoryCeiling is the process's soft memory ceiling in bytes under cfg:
+// limits.max_memory_mib, and 80% of the cgroup's memory.max when gomux
+// runs under one (the lower when both are set); 0 for none. gomux serve
+// gives the Go runtime the same figure as its soft memory limit.
+func MemoryCeiling(cfg AdmissionLimits) int64 {
+	return admission.MemoryCeiling(admissionLimits(cfg))
 }

@@ -1,4 +1,4 @@
-package proxy
+package admission
 
 import (
 	"bufio"
@@ -15,120 +15,8 @@ import (
 
 	"github.com/gomux/gomux/internal/gogroup"
 	"github.com/pires/go-proxyproto"
+	"github.com/rs/zerolog"
 )
-
-// ProxyProtocolConfig lets gomux sit behind a TCP load balancer (HAProxy,
-// an AWS NLB, a Kubernetes Service with a proxy-protocol annotation) and
-// still see each client's own address: in its logs, its per-source
-// limits and a certificate's source-address option.
-type ProxyProtocolConfig struct {
-	// TrustedNetworks are the load balancers' addresses. A connection from
-	// one must start with a PROXY protocol v1 or v2 header (as HAProxy and
-	// nginx require once it is on), or it is closed. A connection from any
-	// other address is served as it is, with its own address, and is
-	// closed if it sends a PROXY header: nobody else may claim a source.
-	// Default none: PROXY protocol off.
-	TrustedNetworks []string `yaml:"trusted_networks"`
-}
-
-// validateOps checks the fields of running gomux for a team: metrics and
-// the PROXY protocol.
-func (c *Config) validateOps() error {
-	if c.MetricsListen != "" {
-		if _, _, err := splitHostPort(c.MetricsListen); err != nil {
-			return &FieldError{"metrics_listen", err}
-		}
-	}
-	nets, err := c.ProxyProtocol.networks()
-	if err != nil {
-		return err
-	}
-	if len(nets) == 0 {
-		return nil
-	}
-	own, err := ownAddrs()
-	if err != nil {
-		return &FieldError{"proxy_protocol.trusted_networks", fmt.Errorf("cannot list gomux's own addresses to check against: %w", err)}
-	}
-	return checkTrustedNetworks(nets, c.Targets, c.Listen, own)
-}
-
-// ownAddrs are the addresses of this machine's interfaces.
-func ownAddrs() ([]netip.Addr, error) {
-	as, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Addr
-	for _, a := range as {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok {
-				out = append(out, ip.Unmap())
-			}
-		}
-	}
-	return out, nil
-}
-
-// checkTrustedNetworks refuses a trusted network from which a person
-// could send gomux a PROXY header of their choosing, and so any client
-// address (past per-source limits, a certificate's source-address, the
-// logs): one that a non-deny rule's cidrs reach (a host there is one a
-// person may log in to, then connect to gomux from), or one holding
-// gomux's own listen or interface address (a splice to gomux's own
-// listener arrives from it). Loopback is allowed, for a balancer on the
-// same machine: no rule reaches loopback unless its cidrs name it, which
-// the first check refuses.
-func checkTrustedNetworks(nets []netip.Prefix, rules []TargetRule, listen string, own []netip.Addr) error {
-	type self struct {
-		what string
-		addr netip.Addr
-	}
-	var selves []self
-	if h, _, err := splitHostPort(listen); err == nil {
-		if a, err := netip.ParseAddr(h); err == nil {
-			selves = append(selves, self{"listen address", a.Unmap()})
-		}
-	}
-	for _, a := range own {
-		selves = append(selves, self{"own address", a})
-	}
-	for i, n := range nets {
-		f := fmt.Sprintf("proxy_protocol.trusted_networks[%d]", i)
-		for j, r := range rules {
-			if r.Mode == ModeDeny || r.Mode == ModeForward {
-				// A forward rule's destination is dialled from the
-				// session's target, where its addresses (its loopback)
-				// are the target's own.
-				continue
-			}
-			for _, c := range r.CIDRs {
-				if rn, err := parseCIDR(c); err == nil && rn.Overlaps(n) {
-					return &FieldError{f, fmt.Errorf("%s overlaps targets[%d].cidrs %s: a person that rule lets reach a host there could connect to gomux from it with a forged PROXY header; list only the balancers' own addresses", n, j, rn)}
-				}
-			}
-		}
-		for _, s := range selves {
-			if s.addr.IsLoopback() || s.addr.IsUnspecified() || !n.Contains(s.addr) {
-				continue
-			}
-			return &FieldError{f, fmt.Errorf("%s holds gomux's %s %s: a connection gomux itself makes (a splice to its own listener) would come from a trusted address and could carry a forged PROXY header; list only the balancers' own addresses", n, s.what, s.addr)}
-		}
-	}
-	return nil
-}
-
-func (p ProxyProtocolConfig) networks() ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for i, n := range p.TrustedNetworks {
-		pr, err := parseCIDR(n)
-		if err != nil {
-			return nil, &FieldError{fmt.Sprintf("proxy_protocol.trusted_networks[%d]", i), err}
-		}
-		out = append(out, pr)
-	}
-	return out, nil
-}
 
 // proxyHeader is what a PROXY protocol header said.
 type proxyHeader struct {
@@ -256,17 +144,21 @@ func readProxyFrame(r *bufio.Reader) ([]byte, error) {
 	return nil, errNotProxy
 }
 
-// proxyListener reads the PROXY header of each connection from a trusted
+// Listener reads the PROXY header of each connection from a trusted
 // balancer before handing it to the front, in a goroutine per
 // connection with the login grace time as its deadline, so a slow or
 // silent balancer connection never holds up the others. It runs before
 // the front's admission, so the per-source limits count real clients.
-type proxyListener struct {
+type Listener struct {
 	net.Listener
-	s       *Server
 	trusted []netip.Prefix
 	// headerTimeout bounds the wait for a trusted connection's header.
 	headerTimeout time.Duration
+	grace         func() time.Duration
+	limits        *Limiter
+	metrics       Metrics
+	log           zerolog.Logger
+	events        Events
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -283,26 +175,72 @@ type acceptResult struct {
 	err  error
 }
 
-// withProxyProtocol wraps ln when proxy_protocol lists trusted networks.
-func (s *Server) withProxyProtocol(ln net.Listener) net.Listener {
-	nets, _ := s.start.ProxyProtocol.networks() // validated with the config
-	if len(nets) == 0 {
-		return ln
-	}
-	return newProxyListener(s, ln, nets, defaultProxyHeaderTimeout)
+// ListenerConfig is what a Listener needs from the front: package
+// proxy fills it from its config, metrics and logger.
+type ListenerConfig struct {
+	// Trusted are the balancers' networks (proxy_protocol.trusted_networks).
+	Trusted []netip.Prefix
+	// HeaderTimeout bounds the wait for a trusted connection's header;
+	// zero means defaultProxyHeaderTimeout.
+	HeaderTimeout time.Duration
+	// Grace is the login grace time in force, which bounds that wait too.
+	Grace func() time.Duration
+	// Limits counts a connection waiting for its header as a startup.
+	Limits *Limiter
+	// Metrics counts headers and drops; nil counts nothing.
+	Metrics Metrics
+	// Log gets one line per refused connection and per header read.
+	Log zerolog.Logger
+	// Events names the log lines' events (proxy/events.go declares them).
+	Events Events
 }
 
-// newProxyListener starts reading headers from ln's connections; a
-// trusted one's header must arrive within headerTimeout.
-func newProxyListener(s *Server, ln net.Listener, nets []netip.Prefix, headerTimeout time.Duration) *proxyListener {
+// Events are the names of the events a Listener logs: package proxy
+// declares every event name in one file, so it passes them in.
+type Events struct {
+	// ProxyProtocol is a header read or refused.
+	ProxyProtocol string
+	// Limit is a connection dropped by max_startups or a per-source cap.
+	Limit string
+}
+
+// Metrics is what a Listener counts, implemented by proxy's Prometheus
+// metrics: an interface, so this package needs no registry.
+type Metrics interface {
+	// ProxyHeader counts one header by result: ok, local, missing,
+	// invalid, untrusted.
+	ProxyHeader(result string)
+	// FrontConn counts one front connection by result (dropped).
+	FrontConn(result string)
+	// Limit counts one refusal by a limit, by stage (startup).
+	Limit(stage string)
+}
+
+// noMetrics counts nothing.
+type noMetrics struct{}
+
+func (noMetrics) ProxyHeader(string) {}
+func (noMetrics) FrontConn(string)   {}
+func (noMetrics) Limit(string)       {}
+
+// NewListener starts reading headers from ln's connections; a trusted
+// one's header must arrive within cfg.HeaderTimeout and the grace time.
+func NewListener(ln net.Listener, cfg ListenerConfig) *Listener {
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = defaultProxyHeaderTimeout
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	pl := &proxyListener{Listener: ln, s: s, trusted: nets, headerTimeout: headerTimeout, ctx: ctx, cancel: cancel,
+	pl := &Listener{Listener: ln, trusted: cfg.Trusted, headerTimeout: cfg.HeaderTimeout, grace: cfg.Grace,
+		limits: cfg.Limits, metrics: cfg.Metrics, log: cfg.Log, events: cfg.Events, ctx: ctx, cancel: cancel,
 		out: make(chan acceptResult), pending: map[net.Conn]struct{}{}}
 	pl.tasks.Go(pl.acceptLoop)
 	return pl
 }
 
-func (pl *proxyListener) acceptLoop() {
+func (pl *Listener) acceptLoop() {
 	for {
 		c, err := pl.Listener.Accept()
 		if err != nil {
@@ -328,7 +266,7 @@ func (pl *proxyListener) acceptLoop() {
 
 // readHeader reads a new connection's PROXY header and hands the
 // connection to Accept, or closes it when the listener closes first.
-func (pl *proxyListener) readHeader(c net.Conn) {
+func (pl *Listener) readHeader(c net.Conn) {
 	c = pl.handshake(c)
 	if c == nil {
 		return
@@ -342,7 +280,7 @@ func (pl *proxyListener) readHeader(c net.Conn) {
 
 // handshake returns the connection to serve, with the client's address,
 // or nil when it was refused (and closed).
-func (pl *proxyListener) handshake(c net.Conn) net.Conn {
+func (pl *Listener) handshake(c net.Conn) net.Conn {
 	peer := c.RemoteAddr()
 	ap, err := netip.ParseAddrPort(peer.String())
 	trusted := err == nil && containsAddr(pl.trusted, ap.Addr().Unmap())
@@ -357,7 +295,7 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 	if !ok {
 		return nil
 	}
-	wait := min(pl.headerTimeout, pl.s.live().cfg.Limits.LoginGraceTime.D())
+	wait := min(pl.headerTimeout, pl.grace())
 	pl.mu.Lock()
 	if pl.ctx.Err() != nil {
 		pl.mu.Unlock()
@@ -388,20 +326,20 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 		if errors.As(err, &ne) && ne.Timeout() {
 			err = fmt.Errorf("no PROXY header within %v (header timeout): %w", wait, err)
 		}
-		pl.s.metrics.proxyHeader(result)
-		pl.s.log.Warn().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("result", result).Err(err).
+		pl.metrics.ProxyHeader(result)
+		pl.log.Warn().Str("event", pl.events.ProxyProtocol).Str("balancer", peer.String()).Str("result", result).Err(err).
 			Msg("connection from a trusted balancer without a valid PROXY header; closing")
 		c.Close()
 		return nil
 	}
 	pc := &proxiedConn{Conn: c, br: br, remote: peer}
 	if h.Local {
-		pl.s.metrics.proxyHeader("local")
+		pl.metrics.ProxyHeader("local")
 	} else {
-		pl.s.metrics.proxyHeader("ok")
+		pl.metrics.ProxyHeader("ok")
 		pc.remote = net.TCPAddrFromAddrPort(h.Src)
 	}
-	pl.s.log.Debug().Str("event", EventProxyProtocol).Str("balancer", peer.String()).Str("source", pc.remote.String()).
+	pl.log.Debug().Str("event", pl.events.ProxyProtocol).Str("balancer", peer.String()).Str("source", pc.remote.String()).
 		Bool("local", h.Local).Msg("PROXY header read")
 	return pc
 }
@@ -410,14 +348,14 @@ func (pl *proxyListener) handshake(c net.Conn) net.Conn {
 // an unauthenticated connection from the balancer; release gives the
 // slot back. Over the limit, the connection is refused (ok false) with
 // the limit's message and closed.
-func (pl *proxyListener) startupSlot(c net.Conn, peer net.Addr) (release func(), ok bool) {
-	_, closed, err := pl.s.limits.startup(sourceOf(peer))
+func (pl *Listener) startupSlot(c net.Conn, peer net.Addr) (release func(), ok bool) {
+	_, closed, err := pl.limits.Startup(SourceOf(peer))
 	if err == nil {
 		return closed, true
 	}
-	pl.s.metrics.frontConn("dropped")
-	pl.s.metrics.limit("startup")
-	pl.s.log.Warn().Str("event", EventLimit).Str("balancer", peer.String()).Err(err).
+	pl.metrics.FrontConn("dropped")
+	pl.metrics.Limit("startup")
+	pl.log.Warn().Str("event", pl.events.Limit).Str("balancer", peer.String()).Err(err).
 		Msg("balancer connection dropped while waiting for its PROXY header")
 	c.SetWriteDeadline(time.Now().Add(time.Second))
 	io.WriteString(c, err.Error()+"\r\n")
@@ -427,7 +365,7 @@ func (pl *proxyListener) startupSlot(c net.Conn, peer net.Addr) (release func(),
 
 // Accept returns the next connection whose header, if it needed one, has
 // been read.
-func (pl *proxyListener) Accept() (net.Conn, error) {
+func (pl *Listener) Accept() (net.Conn, error) {
 	select {
 	case r := <-pl.out:
 		return r.conn, r.err
@@ -437,7 +375,7 @@ func (pl *proxyListener) Accept() (net.Conn, error) {
 }
 
 // Close stops accepting and waits for the header readers.
-func (pl *proxyListener) Close() error {
+func (pl *Listener) Close() error {
 	var err error
 	pl.once.Do(func() {
 		pl.mu.Lock()
@@ -469,7 +407,7 @@ func (c *proxiedConn) RemoteAddr() net.Addr       { return c.remote }
 type sniffConn struct {
 	net.Conn
 	br      *bufio.Reader
-	pl      *proxyListener
+	pl      *Listener
 	checked bool
 }
 
@@ -477,12 +415,22 @@ func (c *sniffConn) Read(p []byte) (int, error) {
 	if !c.checked {
 		c.checked = true
 		if b, _ := c.br.Peek(5); bytes.Equal(b, proxyproto.SIGV1) || bytes.Equal(b, proxyproto.SIGV2[:5]) {
-			c.pl.s.metrics.proxyHeader("untrusted")
-			c.pl.s.log.Warn().Str("event", EventProxyProtocol).Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
+			c.pl.metrics.ProxyHeader("untrusted")
+			c.pl.log.Warn().Str("event", c.pl.events.ProxyProtocol).Str("source", c.Conn.RemoteAddr().String()).Str("result", "untrusted").
 				Msg("PROXY header from an address not in proxy_protocol.trusted_networks; closing")
 			c.Conn.Close()
 			return 0, errors.New("gomux: PROXY header from an untrusted address")
 		}
 	}
 	return c.br.Read(p)
+}
+
+// containsAddr says whether one of nets holds a (as proxy's policy does).
+func containsAddr(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,4 +1,4 @@
-package proxy
+package admission
 
 import (
 	"context"
@@ -27,7 +27,7 @@ const channelCost = 4 << 20
 // it against the process's ceiling. gomux is one process for everyone:
 // one person's excess must hurt that person, and the process must refuse
 // new work before it is killed. Its methods are called with the
-// limiter's lock held.
+// Limiter's lock held.
 type memAccount struct {
 	share   int64 // bytes per person
 	ceiling int64 // bytes for the process; 0: none
@@ -37,14 +37,14 @@ type memAccount struct {
 	usage func() int64
 }
 
-func newMemAccount(cfg AdmissionLimits) memAccount {
+func newMemAccount(cfg Limits) memAccount {
 	m := memAccount{held: map[string]int64{}, usage: runtimeMemory}
 	m.configure(cfg)
 	return m
 }
 
 // configure applies the share and ceiling; what is held stays counted.
-func (m *memAccount) configure(cfg AdmissionLimits) {
+func (m *memAccount) configure(cfg Limits) {
 	m.share = int64(cfg.PersonMemoryMiB) << 20
 	m.ceiling = MemoryCeiling(cfg)
 }
@@ -92,7 +92,7 @@ func (m *memAccount) ceilingLocked(n int64) error {
 // channel's handler when it returns, or earlier the session whose client
 // closed the channel (its buffers are gone then, while the handler may
 // still wait for the target).
-func (l *limiter) holdChannel(person string) (free func(), err error) {
+func (l *Limiter) holdChannel(person string) (free func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.mem.holdLocked(person, channelCost); err != nil {
@@ -108,12 +108,12 @@ func (l *limiter) holdChannel(person string) (free func(), err error) {
 	}, nil
 }
 
-// openChannel admits a new channel of person from source on a connection
+// OpenChannel admits a new channel of person from source on a connection
 // whose channels cc counts: within the channel caps (channel) and the
 // person's memory share (holdChannel). release gives both back when the
 // handler ends; freeMemory gives the memory back earlier, once the
 // channel itself has closed (release then skips it).
-func (l *limiter) openChannel(person, source string, cc *chanCount) (release, freeMemory func(), err error) {
+func (l *Limiter) OpenChannel(person, source string, cc *ChanCount) (release, freeMemory func(), err error) {
 	count, err := l.channel(person, source, cc)
 	if err != nil {
 		return nil, nil, err
@@ -130,31 +130,31 @@ func (l *limiter) openChannel(person, source string, cc *chanCount) (release, fr
 // that gives the channel's memory back.
 type channelMemoryKey struct{}
 
-// withChannelMemory gives a handler's context the function that frees its
+// WithChannelMemory gives a handler's context the function that frees its
 // channel's memory.
-func withChannelMemory(ctx context.Context, free func()) context.Context {
+func WithChannelMemory(ctx context.Context, free func()) context.Context {
 	return context.WithValue(ctx, channelMemoryKey{}, free)
 }
 
-// freeChannelMemory gives back the memory of the channel ctx serves, if
+// FreeChannelMemory gives back the memory of the channel ctx serves, if
 // it is counted.
-func freeChannelMemory(ctx context.Context) {
+func FreeChannelMemory(ctx context.Context) {
 	if free, ok := ctx.Value(channelMemoryKey{}).(func()); ok {
 		free()
 	}
 }
 
-// hold counts n bytes of stdin or an upload that gomux holds for person,
+// Hold counts n bytes of stdin or an upload that gomux holds for person,
 // false when it would pass their share or the ceiling: the caller then
 // streams instead of holding.
-func (l *limiter) hold(person string, n int64) bool {
+func (l *Limiter) Hold(person string, n int64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.mem.holdLocked(person, n) == nil
 }
 
-// free gives back what hold counted.
-func (l *limiter) free(person string, n int64) {
+// Free gives back what Hold counted.
+func (l *Limiter) Free(person string, n int64) {
 	if n == 0 {
 		return
 	}
@@ -164,7 +164,7 @@ func (l *limiter) free(person string, n int64) {
 }
 
 // heldBy is what person holds now, for logs and tests.
-func (l *limiter) heldBy(person string) int64 {
+func (l *Limiter) heldBy(person string) int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.mem.held[person]
@@ -182,7 +182,7 @@ func runtimeMemory() int64 {
 // limits.max_memory_mib, and 80% of the cgroup's memory.max when gomux
 // runs under one (the lower when both are set); 0 for none. gomux serve
 // gives the Go runtime the same figure as its soft memory limit.
-func MemoryCeiling(cfg AdmissionLimits) int64 {
+func MemoryCeiling(cfg Limits) int64 {
 	c := int64(cfg.MaxMemoryMiB) << 20
 	if g := cgroupMemoryMax(); g > 0 {
 		g = g / 10 * 8
@@ -224,4 +224,11 @@ func cgroupMemoryMax() int64 {
 		}
 	}
 	return 0
+}
+
+// Ceiling is the memory ceiling in force, for its gauge.
+func (l *Limiter) Ceiling() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.mem.ceiling
 }

@@ -1,38 +1,42 @@
-package proxy
+package admission
 
 import (
 	"strings"
 	"testing"
 )
 
-func testLimits() AdmissionLimits {
-	l := AdmissionLimits{MaxStartups: "2:50:4", PerSourceMaxStartups: 3, MaxConnectionsPerUser: 2, MaxConnectionsPerSource: 5,
-		MaxChannelsPerConnection: 2, MaxChannelsPerUser: 3, MaxChannelsPerSource: 4}
-	l.applyDefaults()
-	return l
+func testLimits() Limits {
+	return Limits{MaxStartups: "2:50:4", PerSourceMaxStartups: 3, MaxConnectionsPerUser: 2, MaxConnectionsPerSource: 5,
+		MaxChannelsPerConnection: 2, MaxChannelsPerUser: 3, MaxChannelsPerSource: 4, PersonMemoryMiB: 512}
+}
+
+// defaultLimits are proxy.AdmissionLimits' defaults.
+func defaultLimits() Limits {
+	return Limits{MaxStartups: "100:30:1000", PerSourceMaxStartups: 50, MaxConnectionsPerUser: 500, MaxConnectionsPerSource: 1000,
+		MaxChannelsPerConnection: 64, MaxChannelsPerUser: 2000, MaxChannelsPerSource: 4000, PersonMemoryMiB: 512}
 }
 
 func TestParseStartups(t *testing.T) {
-	for in, want := range map[string]startups{"10:30:100": {10, 30, 100}, "7": {7, 100, 7}} {
-		got, err := parseStartups(in)
+	for in, want := range map[string]Startups{"10:30:100": {10, 30, 100}, "7": {7, 100, 7}} {
+		got, err := ParseStartups(in)
 		if err != nil || got != want {
-			t.Errorf("parseStartups(%q) = %v, %v", in, got, err)
+			t.Errorf("ParseStartups(%q) = %v, %v", in, got, err)
 		}
 	}
 	for _, bad := range []string{"", "a", "1:2", "10:101:20", "10:30:5", "0:30:10", "-1"} {
-		if _, err := parseStartups(bad); err == nil {
-			t.Errorf("parseStartups(%q) accepted", bad)
+		if _, err := ParseStartups(bad); err == nil {
+			t.Errorf("ParseStartups(%q) accepted", bad)
 		}
 	}
 }
 
 func TestMaxStartupsEarlyDrop(t *testing.T) {
-	l := newLimiter(testLimits())
+	l := NewLimiter(testLimits())
 	roll := 0
 	l.rand = func(int) int { return roll }
 	var closers []func()
 	admit := func(src string) error {
-		_, closed, err := l.startup(src)
+		_, closed, err := l.Startup(src)
 		if err == nil {
 			closers = append(closers, closed)
 		}
@@ -73,22 +77,22 @@ func TestMaxStartupsEarlyDrop(t *testing.T) {
 func TestPerSourceStartups(t *testing.T) {
 	lc := testLimits()
 	lc.MaxStartups = "100"
-	l := newLimiter(lc)
+	l := NewLimiter(lc)
 	for i := 0; i < 3; i++ {
-		if _, _, err := l.startup("a"); err != nil {
+		if _, _, err := l.Startup("a"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := l.startup("a"); err == nil || !strings.Contains(err.Error(), "per_source_max_startups") {
+	if _, _, err := l.Startup("a"); err == nil || !strings.Contains(err.Error(), "per_source_max_startups") {
 		t.Fatalf("4th from one source: %v", err)
 	}
-	if _, _, err := l.startup("b"); err != nil {
+	if _, _, err := l.Startup("b"); err != nil {
 		t.Fatalf("another source refused: %v", err)
 	}
 }
 
 func TestLoginAndChannelCaps(t *testing.T) {
-	l := newLimiter(testLimits())
+	l := NewLimiter(testLimits())
 	r1, err := l.login("alice")
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +112,7 @@ func TestLoginAndChannelCaps(t *testing.T) {
 		t.Fatalf("login after a close: %v", err)
 	}
 
-	var c1, c2 chanCount
+	var c1, c2 ChanCount
 	rel, err := l.channel("alice", "s", &c1)
 	if err != nil {
 		t.Fatal(err)
@@ -137,28 +141,15 @@ func TestLoginAndChannelCaps(t *testing.T) {
 	}
 }
 
-func TestAdmissionLimits(t *testing.T) {
-	var l AdmissionLimits
-	l.applyDefaults()
-	if l.LoginGraceTime.D().Seconds() != 60 || l.MaxStartups != "100:30:1000" || l.MaxChannelsPerConnection != 64 {
-		t.Fatalf("defaults: %+v", l)
-	}
-	l.MaxStartups = "x"
-	if err := l.validate(); err == nil || !strings.Contains(err.Error(), "limits.max_startups") {
-		t.Fatalf("bad max_startups: %v", err)
-	}
-}
-
 // TestMemoryShares: a person's channels count 4 MiB each against their
 // share, which refuses only them; above the ceiling (by what everyone
 // holds, or what the runtime holds now) logins and channels are refused
 // for everyone; what is given back can be taken again.
 func TestMemoryShares(t *testing.T) {
-	cfg := AdmissionLimits{}
-	cfg.applyDefaults()
+	cfg := defaultLimits()
 	cfg.PersonMemoryMiB = 16 // 4 channels
 	cfg.MaxMemoryMiB = 40
-	l := newLimiter(cfg)
+	l := NewLimiter(cfg)
 	l.mem.ceiling = 40 << 20 // no cgroup in the way
 	var used int64
 	l.mem.usage = func() int64 { return used }
@@ -173,7 +164,7 @@ func TestMemoryShares(t *testing.T) {
 	if _, err := l.holdChannel("alice"); err == nil || !strings.Contains(err.Error(), "alice holds their memory share") {
 		t.Fatalf("fifth channel past a 16 MiB share: %v", err)
 	}
-	if l.hold("alice", 1) {
+	if l.Hold("alice", 1) {
 		t.Errorf("held stdin past the share")
 	}
 	// Bob is not alice.
