@@ -9,17 +9,17 @@
 // # A front connection
 //
 //  1. Accept (Server.Serve). The listener is wrapped for the PROXY
-//     protocol (proxyproto.go): a connection from a trusted_networks
-//     address must begin with a header, which names the client every
-//     later decision and log line uses. gliderlabs/ssh's accept loop
+//     protocol (admission.Listener, wired in balancer.go): a connection
+//     from a trusted_networks address must begin with a header, which
+//     names the client every later decision and log line uses. gliderlabs/ssh's accept loop
 //     starts one goroutine per connection, which runs the SSH handshake
 //     and then x/crypto's channel loop; gomux owns nothing on it until
 //     the callbacks below.
-//  2. Admission (guard.go, limits.go, memory.go), in ConnCallback:
-//     max_startups and per_source_max_startups take a startup slot, the
-//     login grace timer starts, and a refused connection is closed before
-//     any SSH byte. The frontState that tracks the slots rides in the
-//     glider context.
+//  2. Admission (package proxy/admission, wired in guard.go), in
+//     ConnCallback: max_startups and per_source_max_startups take a
+//     startup slot (Limiter.Startup), the login grace timer starts, and
+//     a refused connection is closed before any SSH byte. The
+//     admission.Front that tracks the slots rides in the glider context.
 //  3. Authentication (server.go, auth.go, krl.go). PublicKeyHandler
 //     (authenticate) only answers whether a key could log in; the login
 //     is decided once the client has signed (verified): the key or
@@ -27,12 +27,13 @@
 //     the person's connection slot, and front_auth is logged. From here
 //     the person never changes for this connection.
 //  4. A direct-tcpip channel (handleForward, on x/crypto's goroutine):
-//     the channel is admitted (limiter.openChannel: per-connection and
-//     per-person counts and the person's memory share), then served on a
-//     goroutine the Server owns (s.tasks). forward asks the policy
-//     (Policy.Decide: person, normalized destination, port) and the hop
-//     (hop.go) acts on the Decision: refuse, splice (dial and copy bytes,
-//     as a plain jump host), or accelerate.
+//     the channel is admitted (admission.Limiter.OpenChannel:
+//     per-connection and per-person counts and the person's memory
+//     share), then served on a goroutine the Server owns (s.tasks).
+//     forward asks the policy (Policy.Decide: person, normalized
+//     destination, port) and the hop (hop.go) acts on the Decision:
+//     refuse, splice (dial and copy bytes, as a plain jump host), or
+//     accelerate.
 //  5. Hold and recheck (recheck.go). Whatever a decision let through is
 //     held in the connection's holdings; a reload (liveConfig replaced)
 //     and every auth.recheck_interval decide it again against the live
@@ -60,7 +61,7 @@
 //     what the shim still holds only in memory for the target
 //     (flushOnClose), waits for its channel goroutines and releases the
 //     lease; the front connection's slots go back when its net.Conn
-//     closes (guardedConn). A drain (SIGTERM) closes idle inner
+//     closes (admission.Front.Guard). A drain (SIGTERM) closes idle inner
 //     connections the same way and waits for busy ones.
 //
 // # One Ansible task
