@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gomux/gomux/proxy/admission"
+	"github.com/gomux/gomux/proxy/upstream"
 )
 
 // AdmissionLimits bound what clients may hold in gomux, before and after
@@ -137,16 +138,18 @@ func (l *LimitsConfig) applyDefaults() {
 	setDur, setInt := defaultSetters()
 	setInt(&l.MaxStagedMiB, 512)
 	setInt(&l.MaxSFTPHandles, 256)
-	setDur(&l.TempDirIdle, 30*time.Minute)
-	setDur(&l.ShimStateIdle, time.Hour)
-	setInt(&l.MaxShimStates, 10000)
-	setDur(&l.AgentReplyTimeout, 2*time.Minute)
-	setInt(&l.AgentCacheDays, 30)
-	setDur(&l.LoginBackoff, time.Minute)
-	setDur(&l.LoginBackoffMax, time.Hour)
-	setInt(&l.MaxLoginBackoffs, 10000)
-	setInt(&l.UpstreamDialsPerSecond, 200)
-	setInt(&l.UpstreamDialBurst, 1000)
+	// The pool's limits default to the pool's own defaults.
+	d := upstream.DefaultLimits()
+	setDur(&l.TempDirIdle, d.TempDirIdle)
+	setDur(&l.ShimStateIdle, d.ShimStateIdle)
+	setInt(&l.MaxShimStates, d.MaxShimStates)
+	setDur(&l.AgentReplyTimeout, d.AgentReplyTimeout)
+	setInt(&l.AgentCacheDays, d.AgentCacheDays)
+	setDur(&l.LoginBackoff, d.LoginBackoff)
+	setDur(&l.LoginBackoffMax, d.LoginBackoffMax)
+	setInt(&l.MaxLoginBackoffs, d.MaxLoginBackoffs)
+	setInt(&l.UpstreamDialsPerSecond, d.UpstreamDialsPerSecond)
+	setInt(&l.UpstreamDialBurst, d.UpstreamDialBurst)
 }
 
 // defaultSetters set a duration or a count to its default when zero.

@@ -75,28 +75,46 @@ type Limits struct {
 	UpstreamDialBurst      int
 }
 
-// applyDefaults fills zero fields with proxy.LimitsConfig's defaults.
+// DefaultLimits are the values a zero field of Limits takes, and the
+// defaults of proxy.LimitsConfig's fields of the same names: written once.
+func DefaultLimits() Limits {
+	return Limits{
+		TempDirIdle:            30 * time.Minute,
+		ShimStateIdle:          time.Hour,
+		MaxShimStates:          10000,
+		AgentReplyTimeout:      2 * time.Minute,
+		AgentCacheDays:         30,
+		LoginBackoff:           time.Minute,
+		LoginBackoffMax:        time.Hour,
+		MaxLoginBackoffs:       10000,
+		UpstreamDialsPerSecond: 200,
+		UpstreamDialBurst:      1000,
+	}
+}
+
+// applyDefaults fills zero fields from DefaultLimits.
 func (l *Limits) applyDefaults() {
-	setDur := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
+	d := DefaultLimits()
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
 		}
 	}
-	setInt := func(n *int, v int) {
+	setInt := func(n *int, def int) {
 		if *n == 0 {
-			*n = v
+			*n = def
 		}
 	}
-	setDur(&l.TempDirIdle, 30*time.Minute)
-	setDur(&l.ShimStateIdle, time.Hour)
-	setInt(&l.MaxShimStates, 10000)
-	setDur(&l.AgentReplyTimeout, 2*time.Minute)
-	setInt(&l.AgentCacheDays, 30)
-	setDur(&l.LoginBackoff, time.Minute)
-	setDur(&l.LoginBackoffMax, time.Hour)
-	setInt(&l.MaxLoginBackoffs, 10000)
-	setInt(&l.UpstreamDialsPerSecond, 200)
-	setInt(&l.UpstreamDialBurst, 1000)
+	setDur(&l.TempDirIdle, d.TempDirIdle)
+	setDur(&l.ShimStateIdle, d.ShimStateIdle)
+	setInt(&l.MaxShimStates, d.MaxShimStates)
+	setDur(&l.AgentReplyTimeout, d.AgentReplyTimeout)
+	setInt(&l.AgentCacheDays, d.AgentCacheDays)
+	setDur(&l.LoginBackoff, d.LoginBackoff)
+	setDur(&l.LoginBackoffMax, d.LoginBackoffMax)
+	setInt(&l.MaxLoginBackoffs, d.MaxLoginBackoffs)
+	setInt(&l.UpstreamDialsPerSecond, d.UpstreamDialsPerSecond)
+	setInt(&l.UpstreamDialBurst, d.UpstreamDialBurst)
 }
 
 // Metrics is what the pool counts, implemented by proxy's Prometheus
