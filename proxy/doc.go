@@ -11,10 +11,10 @@
 //  1. Accept (Server.Serve). The listener is wrapped for the PROXY
 //     protocol (admission.Listener, wired in balancer.go): a connection
 //     from a trusted_networks address must begin with a header, which
-//     names the client every later decision and log line uses. gliderlabs/ssh's accept loop
-//     starts one goroutine per connection, which runs the SSH handshake
-//     and then x/crypto's channel loop; gomux owns nothing on it until
-//     the callbacks below.
+//     names the client every later decision and log line uses.
+//     gliderlabs/ssh's accept loop starts one goroutine per connection,
+//     which runs the SSH handshake and then x/crypto's channel loop;
+//     gomux owns nothing on it until the callbacks below.
 //  2. Admission (package proxy/admission, wired in guard.go), in
 //     ConnCallback: max_startups and per_source_max_startups take a
 //     startup slot (Limiter.Startup), the login grace timer starts, and
@@ -102,6 +102,13 @@
 // Whatever the shim decided, the session only moves bytes; what it saw
 // (an exit, a become marker, a deferred step that failed) goes back
 // through the shim.Exec's methods.
+//
+// Every login, decision, channel and sftp operation above is a log event
+// named in events.go; the audit events among them (AuditFields) are
+// written whatever log_level says, and to audit.log_file when it is set
+// (cmd/gomux routes them). Package proxy/audit redacts the
+// commands they carry and records pty sessions and shells (recording.go
+// admits a recording against the person's memory share).
 //
 // Anything the shim does not recognize runs unchanged on the agent
 // (shim.StepPassthrough), with everything staged that it could see sent
