@@ -304,6 +304,23 @@ func (l *pyLab) serverPID() int {
 	return 0
 }
 
+// waitExited waits until process pid has exited (gone, or a zombie
+// whose files are closed), for at most ten seconds.
+func waitExited(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && len(b) > i+2 && b[i+2] == 'Z' {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("process %d did not exit after SIGKILL", pid)
+}
+
 func ppidOf(pid int) int {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	i := bytes.LastIndexByte(b, ')')
@@ -518,7 +535,10 @@ func TestPyRunServerKilledMidRun(t *testing.T) {
 	if rest != "released\n" || c.ProcessState.ExitCode() != 5 {
 		t.Fatalf("run across a killed server: %q %v", rest, err)
 	}
-	// The next run starts a new server.
+	// The next run starts a new server once the old one is gone. Until
+	// its socket closes (kill returns before the process has exited), a
+	// run may connect to it, be reset and go cold, as it should.
+	waitExited(t, old)
 	if r := l.run(true, "", l.python, fakeAnsiballZ(t, l.work, `{"act": "warm"}`)); r.stdout != "True\n" {
 		t.Fatalf("after the kill: %+v", r)
 	}
