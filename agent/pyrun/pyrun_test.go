@@ -304,16 +304,28 @@ func (l *pyLab) serverPID() int {
 	return 0
 }
 
+// procStat is /proc/PID/stat split into fields after the command name
+// (which may hold spaces and parentheses): [0] is the state, [1] the
+// parent, [19] the start time.
+func procStat(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 > len(b) {
+		return nil, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return strings.Fields(string(b[i+2:])), nil
+}
+
 // waitExited waits until process pid has exited (gone, or a zombie
 // whose files are closed), for at most ten seconds.
 func waitExited(t *testing.T, pid int) {
 	t.Helper()
 	for i := 0; i < 200; i++ {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return
-		}
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 && len(b) > i+2 && b[i+2] == 'Z' {
+		f, err := procStat(pid)
+		if err != nil || len(f) > 0 && f[0] == "Z" {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -322,12 +334,7 @@ func waitExited(t *testing.T, pid int) {
 }
 
 func ppidOf(pid int) int {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+2:]))
+	f, _ := procStat(pid)
 	if len(f) < 2 {
 		return 0
 	}
@@ -339,15 +346,10 @@ func ppidOf(pid int) int {
 // "PID:STARTTIME", the start time being /proc/PID/stat field 22.
 func agentID(t *testing.T, pid int) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := procStat(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 > len(b) {
-		t.Fatalf("bad /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(b[i+2:]))
 	if len(f) < 20 {
 		t.Fatalf("bad /proc/%d/stat", pid)
 	}
